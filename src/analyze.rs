@@ -1,0 +1,353 @@
+//! Analysis: τ, γ, ε and σ² of every unified layer, and the variances they predict.
+//!
+//! In: a [`Network`] and [`Options`] (mode, optional cap). Out: one [`LayerAnalysis`]
+//! per layer, in order. Notation and equations are the paper's (DESIGN.md):
+//! - forward:  `q^(ℓ) = σ_b² + σ_w² q^(ℓ-1) τ_{ℓ-1} ε_ℓ / M'_ℓ`, `q^(0) = 1`, `τ_0 = 1`;
+//! - backward: `r^(ℓ-1) = σ_w² r^(ℓ) γ_ℓ ε_ℓ / M_{ℓ-1}`, `r^(L) = 1`;
+//! - proposed σ²: forward `M'_ℓ / (τ_{ℓ-1} ε_ℓ)` (6), backward `M_{ℓ-1} / (γ_ℓ ε_ℓ)` (7);
+//! - baselines: Xavier `2/(fan_in + fan_out)`, Kaiming `2/fan_in` or `2/fan_out`, with
+//!   PyTorch's fans, as the reference code computes them.
+//!
+//! τ_ℓ = E[z²]/q and γ_ℓ = E[(∂z/∂u)²]-weighted gradient gain of the layer's activation
+//! followed by its pooling, for u ~ N(0, 1). For ReLU, leaky ReLU and identity they are
+//! exact (closed form, or one 1-D integral for max pooling); for tanh, sigmoid, GELU and
+//! SiLU (not positively homogeneous) they are evaluated at unit variance, which is the
+//! variance a forward plan keeps. Biases are zero (σ_b² = 0).
+
+use crate::ir::{Activation, PoolKind};
+use crate::quad::integrate_width;
+use crate::unify::{Layer, Network};
+use statrs::function::erf::erfc;
+use std::f64::consts::{PI, SQRT_2};
+
+/// How σ² is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Keeps the forward signal variance (the paper's eq. 6).
+    Forward,
+    /// Keeps the backward gradient variance (the paper's eq. 7).
+    Backward,
+    /// Glorot & Bengio: 2 / (fan_in + fan_out).
+    Xavier,
+    /// He et al., fan-in: 2 / fan_in.
+    KaimingIn,
+    /// He et al., fan-out: 2 / fan_out.
+    KaimingOut,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 5] = [Mode::Forward, Mode::Backward, Mode::Xavier, Mode::KaimingIn, Mode::KaimingOut];
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Forward => "forward",
+            Mode::Backward => "backward",
+            Mode::Xavier => "xavier",
+            Mode::KaimingIn => "kaiming-in",
+            Mode::KaimingOut => "kaiming-out",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Options {
+    pub mode: Mode,
+    /// The reference code's cap: σ ≤ cap × the padding-aware He value
+    /// (`sqrt(M'/(ε/2))` forward, `sqrt(M/(ε/2))` backward). Only for forward/backward.
+    pub std_cap: Option<f64>,
+}
+
+/// Everything the plan says about one layer's numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerAnalysis {
+    /// `M_{ℓ-1}`
+    pub m_in: u64,
+    /// `M'_ℓ`
+    pub m_conv: u64,
+    /// `M_ℓ`
+    pub m_out: u64,
+    /// `ε_ℓ`
+    pub connections: u64,
+    pub fan_in: u64,
+    pub fan_out: u64,
+    /// `T_ℓ` (1 without pooling).
+    pub window: u64,
+    pub tau: f64,
+    pub gamma: f64,
+    /// The chosen σ_w² (after the cap).
+    pub variance: f64,
+    /// σ_w before the cap.
+    pub uncapped_std: f64,
+    pub capped: bool,
+    /// Predicted `q^(ℓ)`: variance of the conv output `u^(ℓ)`.
+    pub forward_variance: f64,
+    /// Predicted `r^(ℓ-1)`: variance of the gradient at the layer's input `z^(ℓ-1)`.
+    pub backward_variance: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum AnalysisError {
+    #[error("layer {layer} (`{module}`): {message}")]
+    Layer { layer: usize, module: String, message: String },
+}
+
+/// The pooling seen by the constants: kind and window size `T`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PoolingKind {
+    None,
+    Max(u64),
+    Avg(u64),
+}
+
+/// τ and γ of an activation followed by a pooling, for unit-variance Gaussian input.
+pub fn constants(act: Activation, pool: PoolingKind) -> Result<(f64, f64), String> {
+    if let Activation::LeakyRelu { slope } = act {
+        if !slope.is_finite() {
+            return Err("the leaky ReLU slope must be finite".into());
+        }
+    }
+    match piecewise_linear_slope(act) {
+        Some(a) => Ok(piecewise_linear_constants(a, pool)),
+        None => smooth_constants(act, pool),
+    }
+}
+
+/// `Some(a)` when `f(u) = u` for u > 0 and `a·u` for u < 0.
+fn piecewise_linear_slope(act: Activation) -> Option<f64> {
+    match act {
+        Activation::Relu => Some(0.0),
+        Activation::Identity => Some(1.0),
+        Activation::LeakyRelu { slope } => Some(slope),
+        _ => None,
+    }
+}
+
+fn piecewise_linear_constants(a: f64, pool: PoolingKind) -> (f64, f64) {
+    let second = (1.0 + a * a) / 2.0; // E f(u)² = E f'(u)²
+    let mean = (1.0 - a) / (2.0 * PI).sqrt(); // E f(u)
+    match pool {
+        PoolingKind::None => (second, second),
+        PoolingKind::Avg(t) => {
+            let t = t as f64;
+            ((second + (t - 1.0) * mean * mean) / t, second / (t * t))
+        }
+        PoolingKind::Max(t) if a >= 0.0 => {
+            // f is non-decreasing, so max_i f(u_i) = f(max_i u_i).
+            let (pos, neg) = max_second_moment_halves(t);
+            let p_neg = 0.5f64.powf(t as f64); // P(max < 0)
+            (pos + a * a * neg, ((1.0 - p_neg) + a * a * p_neg) / t as f64)
+        }
+        PoolingKind::Max(t) => {
+            // A negative slope makes f non-monotone: fall back to the generic integrals.
+            smooth_max(|u| if u > 0.0 { u } else { a * u }, |u| if u > 0.0 { 1.0 } else { a }, t, false)
+                .unwrap_or((f64::NAN, f64::NAN))
+        }
+    }
+}
+
+/// Standard normal density.
+pub fn phi(x: f64) -> f64 {
+    (-0.5 * x * x).exp() / (2.0 * PI).sqrt()
+}
+
+/// Standard normal cdf, accurate in both tails.
+pub fn big_phi(x: f64) -> f64 {
+    0.5 * erfc(-x / SQRT_2)
+}
+
+/// `ln Φ(x)`, accurate in both tails.
+fn ln_big_phi(x: f64) -> f64 {
+    if x > 0.0 {
+        (-0.5 * erfc(x / SQRT_2)).ln_1p()
+    } else {
+        big_phi(x).ln()
+    }
+}
+
+/// Density of the maximum of `t` independent standard normals: `t φ(m) Φ(m)^(t-1)`.
+pub fn max_density(t: u64, m: f64) -> f64 {
+    if t == 1 {
+        return phi(m);
+    }
+    let log = (t as f64).ln() - 0.5 * m * m - 0.5 * (2.0 * PI).ln() + (t - 1) as f64 * ln_big_phi(m);
+    log.exp()
+}
+
+/// Upper integration limit beyond which the max density is negligible (< 1e-30 relative).
+fn upper_limit(t: u64) -> f64 {
+    (2.0 * (t as f64).ln()).sqrt() + 12.0
+}
+
+/// `(∫_0^∞ m² p_T(m) dm, ∫_{-∞}^0 m² p_T(m) dm)`: the two halves of E[max²].
+/// The first is the paper's τ for max pooling after a ReLU.
+pub fn max_second_moment_halves(t: u64) -> (f64, f64) {
+    let f = |m: f64| m * m * max_density(t, m);
+    let pos = integrate_width(f, 0.0, upper_limit(t), 0.25);
+    let neg = integrate_width(f, -12.0, 0.0, 0.25);
+    (pos, neg)
+}
+
+fn smooth_fns(act: Activation) -> (fn(f64) -> f64, fn(f64) -> f64, bool) {
+    fn sig(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+    match act {
+        Activation::Tanh => (f64::tanh, |x| 1.0 - x.tanh().powi(2), true),
+        Activation::Sigmoid => (sig, |x| sig(x) * (1.0 - sig(x)), true),
+        Activation::Gelu => (|x| x * big_phi(x), |x| big_phi(x) + x * phi(x), false),
+        Activation::Silu => (|x| x * sig(x), |x| sig(x) * (1.0 + x * (1.0 - sig(x))), false),
+        Activation::Relu => (|x| x.max(0.0), |x| if x > 0.0 { 1.0 } else { 0.0 }, true),
+        Activation::Identity => (|x| x, |_| 1.0, true),
+        Activation::LeakyRelu { .. } => unreachable!("leaky ReLU has closed forms"),
+    }
+}
+
+fn gauss_mean(f: impl Fn(f64) -> f64) -> f64 {
+    integrate_width(|u| f(u) * phi(u), -12.0, 0.0, 0.25) + integrate_width(|u| f(u) * phi(u), 0.0, 12.0, 0.25)
+}
+
+fn smooth_max(f: impl Fn(f64) -> f64, df: impl Fn(f64) -> f64, t: u64, monotone: bool) -> Result<(f64, f64), String> {
+    if !monotone && t > 1 {
+        return Err("max pooling after a non-monotone activation has no τ/γ in this analysis".into());
+    }
+    let hi = upper_limit(t);
+    let moment = |g: &dyn Fn(f64) -> f64| integrate_width(|m| g(m) * max_density(t, m), -12.0, 0.0, 0.25) + integrate_width(|m| g(m) * max_density(t, m), 0.0, hi, 0.25);
+    let tau = moment(&|m| f(m) * f(m));
+    let gamma = moment(&|m| df(m) * df(m)) / t as f64;
+    Ok((tau, gamma))
+}
+
+fn smooth_constants(act: Activation, pool: PoolingKind) -> Result<(f64, f64), String> {
+    let (f, df, monotone) = smooth_fns(act);
+    let second = gauss_mean(|u| f(u) * f(u));
+    let grad = gauss_mean(|u| df(u) * df(u));
+    match pool {
+        PoolingKind::None => Ok((second, grad)),
+        PoolingKind::Avg(t) => {
+            let mean = gauss_mean(f);
+            let t = t as f64;
+            Ok(((second + (t - 1.0) * mean * mean) / t, grad / (t * t)))
+        }
+        PoolingKind::Max(t) => smooth_max(f, df, t, monotone),
+    }
+}
+
+/// The pooling of a layer as the constants see it.
+pub fn pooling_kind(layer: &Layer) -> PoolingKind {
+    match &layer.pooling {
+        None => PoolingKind::None,
+        Some(p) => {
+            let t = p.geometry.window_size();
+            match p.kind {
+                PoolKind::Max => PoolingKind::Max(t),
+                PoolKind::Avg => PoolingKind::Avg(t),
+            }
+        }
+    }
+}
+
+/// Analyses every layer. Counts are exact integers; σ² and predictions are f64.
+pub fn analyze(net: &Network, opts: Options) -> Result<Vec<LayerAnalysis>, AnalysisError> {
+    let mut out: Vec<LayerAnalysis> = Vec::with_capacity(net.layers.len());
+    for layer in &net.layers {
+        let fail = |message: String| AnalysisError::Layer { layer: layer.index, module: layer.weight.module.clone(), message };
+        let pool = pooling_kind(layer);
+        let (tau, gamma) = constants(layer.activation, pool).map_err(|m| fail(m))?;
+        let geo = &layer.weight.geometry;
+        let connections = geo
+            .connections()
+            .and_then(|c| u64::try_from(c).ok())
+            .ok_or_else(|| fail("the number of connections does not fit in 64 bits".into()))?;
+        if connections == 0 {
+            return Err(fail("no output of this layer reads any input (every window lies in the padding)".into()));
+        }
+        let window = match pool {
+            PoolingKind::None => 1,
+            PoolingKind::Max(t) | PoolingKind::Avg(t) => t,
+        };
+        out.push(LayerAnalysis {
+            m_in: geo.m_in(),
+            m_conv: geo.m_out(),
+            m_out: layer.output.numel(),
+            connections,
+            fan_in: layer.weight.fan_in(),
+            fan_out: layer.weight.fan_out(),
+            window,
+            tau,
+            gamma,
+            variance: 0.0,
+            uncapped_std: 0.0,
+            capped: false,
+            forward_variance: 0.0,
+            backward_variance: 0.0,
+        });
+    }
+    // σ² per layer.
+    for k in 0..out.len() {
+        let tau_prev = if k == 0 { 1.0 } else { out[k - 1].tau };
+        let a = &mut out[k];
+        let eps = a.connections as f64;
+        let (variance, he) = match opts.mode {
+            Mode::Forward => (a.m_conv as f64 / (tau_prev * eps), a.m_conv as f64 / (0.5 * eps)),
+            Mode::Backward => (a.m_in as f64 / (a.gamma * eps), a.m_in as f64 / (0.5 * eps)),
+            Mode::Xavier => (2.0 / (a.fan_in + a.fan_out) as f64, f64::INFINITY),
+            Mode::KaimingIn => (2.0 / a.fan_in as f64, f64::INFINITY),
+            Mode::KaimingOut => (2.0 / a.fan_out as f64, f64::INFINITY),
+        };
+        a.uncapped_std = variance.sqrt();
+        a.variance = variance;
+        if let Some(cap) = opts.std_cap {
+            let limit = cap * he.sqrt();
+            if a.uncapped_std > limit {
+                a.capped = true;
+                a.variance = limit * limit;
+            }
+        }
+    }
+    // Predicted variances.
+    let mut q_prev_tau = 1.0; // q^(0) τ_0
+    for a in out.iter_mut() {
+        let q = a.variance * q_prev_tau * a.connections as f64 / a.m_conv as f64;
+        a.forward_variance = q;
+        q_prev_tau = q * a.tau;
+    }
+    let mut r = 1.0; // r^(L)
+    for a in out.iter_mut().rev() {
+        r = a.variance * r * a.gamma * a.connections as f64 / a.m_in as f64;
+        a.backward_variance = r;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relu_without_pooling_is_one_half() {
+        assert_eq!(constants(Activation::Relu, PoolingKind::None).unwrap(), (0.5, 0.5));
+        assert_eq!(constants(Activation::Identity, PoolingKind::None).unwrap(), (1.0, 1.0));
+    }
+
+    #[test]
+    fn average_pool_matches_the_paper_table() {
+        for t in [1u64, 4, 9, 49] {
+            let (tau, gamma) = constants(Activation::Relu, PoolingKind::Avg(t)).unwrap();
+            let tf = t as f64;
+            assert!((tau - (1.0 + (tf - 1.0) / PI) / (2.0 * tf)).abs() < 1e-15);
+            assert!((gamma - 1.0 / (2.0 * tf * tf)).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn generic_quadrature_agrees_with_closed_forms() {
+        // The smooth path, run on ReLU and identity, must reproduce the closed forms.
+        for pool in [PoolingKind::None, PoolingKind::Avg(9), PoolingKind::Max(9), PoolingKind::Max(49)] {
+            for act in [Activation::Relu, Activation::Identity] {
+                let exact = piecewise_linear_constants(if act == Activation::Relu { 0.0 } else { 1.0 }, pool);
+                let generic = smooth_constants(act, pool).unwrap();
+                assert!((exact.0 - generic.0).abs() < 1e-9 * exact.0, "{act} {pool:?}: {exact:?} vs {generic:?}");
+                assert!((exact.1 - generic.1).abs() < 1e-9 * exact.1, "{act} {pool:?}: {exact:?} vs {generic:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Diagnostics: errors that point into a source text.
+//!
+//! Every front-end error is a [`Diagnostic`]: a byte span and a plain-words message.
+//! [`render`] prints them the way a compiler does (`--> file:line:col`, the source line
+//! and a caret), using pest's renderer so that syntax errors and semantic errors look
+//! the same. Spans are plain byte offsets so that later stages can keep them without
+//! borrowing the source.
+
+use std::fmt;
+
+/// A half-open byte range `start..end` into one source text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Span {
+        Span { start, end }
+    }
+    pub fn from_pest(span: pest::Span<'_>) -> Span {
+        Span { start: span.start(), end: span.end() }
+    }
+}
+
+/// One error in a source text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    pub span: Span,
+    pub message: String,
+    /// A secondary remark printed after the message (e.g. where a name was first defined).
+    pub note: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(span: Span, message: impl Into<String>) -> Diagnostic {
+        Diagnostic { span, message: message.into(), note: None }
+    }
+    pub fn with_note(mut self, note: impl Into<String>) -> Diagnostic {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+/// Line and column (both 1-based, columns in characters) of a byte offset.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..floor_char_boundary(src, offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn floor_char_boundary(src: &str, mut offset: usize) -> usize {
+    while offset > 0 && !src.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
+
+/// Renders one diagnostic like a compiler error: `--> path:line:col`, the line, a caret.
+pub fn render(src: &str, path: &str, diag: &Diagnostic) -> String {
+    let start = floor_char_boundary(src, diag.span.start.min(src.len()));
+    let mut end = floor_char_boundary(src, diag.span.end.min(src.len())).max(start);
+    // Keep the underline on the first line of a multi-line span.
+    if let Some(nl) = src[start..end].find('\n') {
+        end = start + nl;
+    }
+    let variant = pest::error::ErrorVariant::<()>::CustomError { message: diag.message.clone() };
+    let rendered = match pest::Span::new(src, start, end) {
+        Some(span) if start != end => pest::error::Error::new_from_span(variant, span),
+        _ => {
+            let pos = pest::Position::new(src, start).unwrap_or_else(|| pest::Position::from_start(src));
+            pest::error::Error::new_from_pos(variant, pos)
+        }
+    }
+    .with_path(path)
+    .to_string();
+    let mut out = format!("error: {}\n{}", diag.message, rendered);
+    if let Some(note) = &diag.note {
+        out.push_str(&format!("\n  = note: {note}"));
+    }
+    out
+}
+
+/// All the diagnostics of one source, rendered together.
+#[derive(Debug, Clone)]
+pub struct Diagnostics {
+    pub path: String,
+    pub source: String,
+    pub items: Vec<Diagnostic>,
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (k, d) in self.items.iter().enumerate() {
+            if k > 0 {
+                writeln!(f)?;
+            }
+            writeln!(f, "{}", render(&self.source, &self.path, d))?;
+        }
+        if self.items.len() > 1 {
+            write!(f, "\nerror: {} errors in {}", self.items.len(), self.path)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}

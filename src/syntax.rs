@@ -1,0 +1,311 @@
+//! Parsing: `.cnn` text → [`File`], an AST that keeps every span.
+//!
+//! In: the source text. Out: the AST, or every syntax error found (pest stops at the
+//! first one; number-range errors are all collected). The AST says nothing about which
+//! layers exist or what their options mean: that is lowering's job (`crate::lower`),
+//! which then reports unknown names with their spans.
+
+use crate::diag::{Diagnostic, Span};
+use pest::iterators::Pair;
+use pest::Parser;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/cnnc.pest"]
+struct CnnParser;
+
+/// A value with the span it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(value: T, span: Span) -> Spanned<T> {
+        Spanned { value, span }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct File {
+    pub name: Spanned<String>,
+    pub input: Spanned<Vec<u64>>,
+    pub items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    /// `repeat N { … }`
+    Repeat { count: Spanned<u64>, body: Vec<Item>, span: Span },
+    /// `layer, layer, … × N` (a chain of one layer is the common case).
+    Chain { layers: Vec<Layer>, times: Option<Spanned<u64>>, span: Span },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    pub label: Option<Spanned<String>>,
+    pub op: Spanned<String>,
+    pub args: Vec<Arg>,
+    /// Written input size (`conv(3) 64 -> 128`, `linear 512 -> 10`).
+    pub in_size: Option<Spanned<u64>>,
+    /// Written output size (`-> 128`).
+    pub out_size: Option<Spanned<u64>>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arg {
+    pub kind: ArgKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ArgKind {
+    /// `key=value`
+    Keyed { key: Spanned<String>, value: Value },
+    /// `s2`, `p1x2`: a letter and sizes.
+    Compact { letter: char, dims: Vec<u64> },
+    /// `3` or `3x5` (an integer alone is a one-element size).
+    Dims(Vec<u64>),
+    /// `0.1`, `-2.5e-3`
+    Number(f64),
+    /// `nobias`, `ceil`
+    Flag(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Dims(Vec<u64>),
+    Number(f64),
+    Ident(String),
+}
+
+impl Value {
+    pub fn describe(&self) -> String {
+        match self {
+            Value::Dims(d) => d.iter().map(u64::to_string).collect::<Vec<_>>().join("x"),
+            Value::Number(x) => x.to_string(),
+            Value::Ident(s) => s.clone(),
+        }
+    }
+}
+
+/// Parses a whole `.cnn` source. Errors carry byte spans into `src`.
+pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
+    let mut pairs = CnnParser::parse(Rule::file, src).map_err(|e| vec![syntax_error(e)])?;
+    let file = pairs.next().expect("the file rule always yields one pair");
+    let mut b = Builder { errors: Vec::new() };
+    let out = b.file(file);
+    if b.errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(b.errors)
+    }
+}
+
+fn syntax_error(e: pest::error::Error<Rule>) -> Diagnostic {
+    let e = e.renamed_rules(|r| rule_name(*r).to_string());
+    let span = match e.location {
+        pest::error::InputLocation::Pos(p) => Span::new(p, p),
+        pest::error::InputLocation::Span((a, b)) => Span::new(a, b),
+    };
+    let message = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, negatives } => {
+            let mut pos: Vec<String> = positives.iter().map(|r| rule_name(*r).to_string()).collect();
+            pos.sort();
+            pos.dedup();
+            let neg: Vec<String> = negatives.iter().map(|r| rule_name(*r).to_string()).collect();
+            match (pos.is_empty(), neg.is_empty()) {
+                (false, _) => format!("syntax error: expected {}", join_or(&pos)),
+                (true, false) => format!("syntax error: unexpected {}", join_or(&neg)),
+                (true, true) => "syntax error".to_string(),
+            }
+        }
+        pest::error::ErrorVariant::CustomError { message } => message.clone(),
+    };
+    Diagnostic::new(span, message)
+}
+
+fn join_or(items: &[String]) -> String {
+    match items.len() {
+        0 => String::new(),
+        1 => items[0].clone(),
+        n => format!("{} or {}", items[..n - 1].join(", "), items[n - 1]),
+    }
+}
+
+fn rule_name(rule: Rule) -> &'static str {
+    match rule {
+        Rule::EOI => "end of file",
+        Rule::file => "a network description",
+        Rule::network_decl => "`network NAME`",
+        Rule::input_decl => "`input CxHxW`",
+        Rule::repeat => "`repeat N { … }`",
+        Rule::item | Rule::chain | Rule::layer => "a layer",
+        Rule::times => "`× N`",
+        Rule::sizes => "`-> N`",
+        Rule::label => "a layer name",
+        Rule::op_name => "a layer kind",
+        Rule::args | Rule::arg => "an option",
+        Rule::keyed => "`key=value`",
+        Rule::value => "a value",
+        Rule::compact => "an option like `s2`",
+        Rule::flag => "a flag",
+        Rule::dims => "a size like `3` or `3x3`",
+        Rule::paren_dims => "a shape like `(3, 224, 224)`",
+        Rule::number => "a number",
+        Rule::uint => "an integer",
+        Rule::ident => "a name",
+        Rule::WHITESPACE | Rule::COMMENT => "whitespace",
+    }
+}
+
+struct Builder {
+    errors: Vec<Diagnostic>,
+}
+
+impl Builder {
+    fn file(&mut self, pair: Pair<'_, Rule>) -> File {
+        let mut name = None;
+        let mut input = None;
+        let mut items = Vec::new();
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::network_decl => {
+                    let id = p.into_inner().next().expect("network_decl has a name");
+                    name = Some(Spanned::new(id.as_str().to_string(), Span::from_pest(id.as_span())));
+                }
+                Rule::input_decl => {
+                    let span = Span::from_pest(p.as_span());
+                    let d = p.into_inner().next().expect("input_decl has dims");
+                    input = Some(Spanned::new(self.dims(d), span));
+                }
+                Rule::repeat | Rule::chain => items.push(self.item(p)),
+                Rule::EOI => {}
+                r => unreachable!("unexpected rule {r:?} in file"),
+            }
+        }
+        File {
+            name: name.expect("grammar requires a network declaration"),
+            input: input.expect("grammar requires an input declaration"),
+            items,
+        }
+    }
+
+    fn item(&mut self, pair: Pair<'_, Rule>) -> Item {
+        let span = Span::from_pest(pair.as_span());
+        match pair.as_rule() {
+            Rule::repeat => {
+                let mut inner = pair.into_inner();
+                let count = self.uint_spanned(inner.next().expect("repeat has a count"));
+                let body = inner.map(|p| self.item(p)).collect();
+                Item::Repeat { count, body, span }
+            }
+            Rule::chain => {
+                let mut layers = Vec::new();
+                let mut times = None;
+                for p in pair.into_inner() {
+                    match p.as_rule() {
+                        Rule::layer => layers.push(self.layer(p)),
+                        Rule::times => {
+                            let n = p.into_inner().next().expect("times has a count");
+                            times = Some(self.uint_spanned(n));
+                        }
+                        r => unreachable!("unexpected rule {r:?} in chain"),
+                    }
+                }
+                Item::Chain { layers, times, span }
+            }
+            r => unreachable!("unexpected rule {r:?} as item"),
+        }
+    }
+
+    fn layer(&mut self, pair: Pair<'_, Rule>) -> Layer {
+        let span = Span::from_pest(pair.as_span());
+        let mut label = None;
+        let mut op = None;
+        let mut args = Vec::new();
+        let mut in_size = None;
+        let mut out_size = None;
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::label => label = Some(Spanned::new(p.as_str().to_string(), Span::from_pest(p.as_span()))),
+                Rule::op_name => op = Some(Spanned::new(p.as_str().to_string(), Span::from_pest(p.as_span()))),
+                Rule::args => args = p.into_inner().map(|a| self.arg(a)).collect(),
+                Rule::sizes => {
+                    let nums: Vec<_> = p.into_inner().collect();
+                    let mut nums: Vec<Spanned<u64>> = nums.into_iter().map(|n| self.uint_spanned(n)).collect();
+                    out_size = nums.pop();
+                    in_size = nums.pop();
+                }
+                r => unreachable!("unexpected rule {r:?} in layer"),
+            }
+        }
+        Layer { label, op: op.expect("layer has an op name"), args, in_size, out_size, span }
+    }
+
+    fn arg(&mut self, pair: Pair<'_, Rule>) -> Arg {
+        let span = Span::from_pest(pair.as_span());
+        let inner = pair.into_inner().next().expect("arg has one alternative");
+        let kind = match inner.as_rule() {
+            Rule::keyed => {
+                let mut it = inner.into_inner();
+                let k = it.next().expect("keyed has a key");
+                let key = Spanned::new(k.as_str().to_string(), Span::from_pest(k.as_span()));
+                let v = it.next().expect("keyed has a value").into_inner().next().expect("value has one alternative");
+                let value = match v.as_rule() {
+                    Rule::dims => Value::Dims(self.dims(v)),
+                    Rule::number => Value::Number(self.number(v)),
+                    Rule::ident => Value::Ident(v.as_str().to_string()),
+                    r => unreachable!("unexpected rule {r:?} in value"),
+                };
+                ArgKind::Keyed { key, value }
+            }
+            Rule::compact => {
+                let letter = inner.as_str().chars().next().expect("compact starts with a letter");
+                let d = inner.into_inner().next().expect("compact has dims");
+                ArgKind::Compact { letter, dims: self.dims(d) }
+            }
+            Rule::dims => ArgKind::Dims(self.dims(inner)),
+            Rule::number => ArgKind::Number(self.number(inner)),
+            Rule::flag => ArgKind::Flag(inner.as_str().to_string()),
+            r => unreachable!("unexpected rule {r:?} in arg"),
+        };
+        Arg { kind, span }
+    }
+
+    fn dims(&mut self, pair: Pair<'_, Rule>) -> Vec<u64> {
+        pair.into_inner().map(|p| self.uint(p)).collect()
+    }
+
+    fn uint_spanned(&mut self, pair: Pair<'_, Rule>) -> Spanned<u64> {
+        let span = Span::from_pest(pair.as_span());
+        Spanned::new(self.uint(pair), span)
+    }
+
+    fn uint(&mut self, pair: Pair<'_, Rule>) -> u64 {
+        match pair.as_str().parse::<u64>() {
+            Ok(v) => v,
+            Err(_) => {
+                self.errors.push(Diagnostic::new(
+                    Span::from_pest(pair.as_span()),
+                    format!("integer `{}` is too large (the limit is {})", pair.as_str(), u64::MAX),
+                ));
+                0
+            }
+        }
+    }
+
+    fn number(&mut self, pair: Pair<'_, Rule>) -> f64 {
+        match pair.as_str().parse::<f64>() {
+            Ok(v) if v.is_finite() => v,
+            _ => {
+                self.errors.push(Diagnostic::new(
+                    Span::from_pest(pair.as_span()),
+                    format!("number `{}` is not a finite number", pair.as_str()),
+                ));
+                0.0
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+"""Independent high-precision values of the max-pooling constant tau (DESIGN.md, paper Table 1).
+
+tau(T) = T * integral_0^inf s^2 phi(s) Phi(s)^(T-1) ds, and, for a leaky ReLU of slope a,
+the negative half weighted by a^2. Computed with mpmath at 40 significant digits, by
+tanh-sinh quadrature split at the peak; nothing here shares code with src/analyze.rs.
+
+Run: python3 tests/data/analysis/maxpool_tau.py > tests/data/analysis/maxpool_tau.txt
+"""
+import mpmath as mp
+
+mp.mp.dps = 40
+
+def pdf_max(T):
+    return lambda s: T * mp.npdf(s) * mp.ncdf(s) ** (T - 1)
+
+def tau_pos(T):
+    f = pdf_max(T)
+    return mp.quad(lambda s: s * s * f(s), [0, 1, 2, 3, 4, 6, 10, mp.inf])
+
+def tau_neg(T):
+    f = pdf_max(T)
+    return mp.quad(lambda s: s * s * f(s), [-mp.inf, -10, -6, -4, -3, -2, -1, 0])
+
+print("# T  positive_half  negative_half   (tau_relu = positive_half; tau_leaky(a) = positive + a^2 negative)")
+for T in list(range(1, 17)) + [25, 49, 100, 196, 1024]:
+    print(T, mp.nstr(tau_pos(T), 25), mp.nstr(tau_neg(T), 25))
