@@ -31,14 +31,22 @@ pub struct Diagnostic {
     pub message: String,
     /// A secondary remark printed after the message (e.g. where a name was first defined).
     pub note: Option<String>,
+    /// Where the note points, when it points somewhere (rendered as `path:line:col`).
+    pub note_span: Option<Span>,
 }
 
 impl Diagnostic {
     pub fn new(span: Span, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { span, message: message.into(), note: None }
+        Diagnostic { span, message: message.into(), note: None, note_span: None }
     }
     pub fn with_note(mut self, note: impl Into<String>) -> Diagnostic {
         self.note = Some(note.into());
+        self
+    }
+    /// A note about another place in the same source.
+    pub fn with_note_at(mut self, span: Span, note: impl Into<String>) -> Diagnostic {
+        self.note = Some(note.into());
+        self.note_span = Some(span);
         self
     }
 }
@@ -59,27 +67,40 @@ fn floor_char_boundary(src: &str, mut offset: usize) -> usize {
     offset
 }
 
-/// Renders one diagnostic like a compiler error: `--> path:line:col`, the line, a caret.
+/// Renders one diagnostic like a compiler error:
+///
+/// ```text
+/// error: unknown layer `convv`
+///  --> net.cnn:4:1
+///   |
+/// 4 | convv(3) -> 8
+///   | ^^^^^
+/// ```
 pub fn render(src: &str, path: &str, diag: &Diagnostic) -> String {
     let start = floor_char_boundary(src, diag.span.start.min(src.len()));
-    let mut end = floor_char_boundary(src, diag.span.end.min(src.len())).max(start);
-    // Keep the underline on the first line of a multi-line span.
-    if let Some(nl) = src[start..end].find('\n') {
-        end = start + nl;
-    }
-    let variant = pest::error::ErrorVariant::<()>::CustomError { message: diag.message.clone() };
-    let rendered = match pest::Span::new(src, start, end) {
-        Some(span) if start != end => pest::error::Error::new_from_span(variant, span),
-        _ => {
-            let pos = pest::Position::new(src, start).unwrap_or_else(|| pest::Position::from_start(src));
-            pest::error::Error::new_from_pos(variant, pos)
-        }
-    }
-    .with_path(path)
-    .to_string();
-    let mut out = format!("error: {}\n{}", diag.message, rendered);
+    let end = floor_char_boundary(src, diag.span.end.min(src.len())).max(start);
+    let (line, col) = line_col(src, start);
+    let line_start = src[..start].rfind('\n').map_or(0, |k| k + 1);
+    let line_end = src[start..].find('\n').map_or(src.len(), |k| start + k);
+    let text = src[line_start..line_end].trim_end_matches('\r');
+    // Underline to the end of the span or of the line, whichever comes first; at least one caret.
+    let width = src[start..end.min(line_end).max(start)].chars().count().max(1);
+    let number = line.to_string();
+    let gutter = " ".repeat(number.len());
+    let indent: String = text.chars().take(col - 1).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+    let mut out = format!(
+        "error: {}\n{gutter}--> {path}:{line}:{col}\n{gutter} |\n{number} | {text}\n{gutter} | {indent}{}",
+        diag.message,
+        "^".repeat(width)
+    );
     if let Some(note) = &diag.note {
-        out.push_str(&format!("\n  = note: {note}"));
+        match diag.note_span {
+            Some(at) => {
+                let (l, c) = line_col(src, at.start);
+                out.push_str(&format!("\n{gutter} = note: {note} at {path}:{l}:{c}"));
+            }
+            None => out.push_str(&format!("\n{gutter} = note: {note}")),
+        }
     }
     out
 }

@@ -367,7 +367,7 @@ impl Lower {
                     if first != this {
                         self.errors.push(
                             Diagnostic::new(this, format!("the layer name `{name}` is used twice"))
-                                .with_note(format!("first used at byte {}", first.start)),
+                                .with_note_at(first, "first used"),
                         );
                     }
                 } else {

@@ -104,7 +104,6 @@ pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
 }
 
 fn syntax_error(e: pest::error::Error<Rule>) -> Diagnostic {
-    let e = e.renamed_rules(|r| rule_name(*r).to_string());
     let span = match e.location {
         pest::error::InputLocation::Pos(p) => Span::new(p, p),
         pest::error::InputLocation::Span((a, b)) => Span::new(a, b),
