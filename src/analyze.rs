@@ -15,9 +15,9 @@
 //! variance a forward plan keeps. Biases are zero (σ_b² = 0).
 
 use crate::ir::{Activation, PoolKind};
-use crate::quad::integrate_width;
+use crate::quad::{integrate, integrate_width};
 use crate::unify::{Layer, Network};
-use statrs::function::erf::erfc;
+use libm::erfc;
 use std::f64::consts::{PI, SQRT_2};
 
 /// How σ² is chosen.
@@ -177,12 +177,28 @@ fn upper_limit(t: u64) -> f64 {
     (2.0 * (t as f64).ln()).sqrt() + 12.0
 }
 
+/// Lower integration limit of the negative half. There `ln Φ(m) ≤ −ln 2 + m·φ(0)/Φ(0)`
+/// (concavity), so `Φ(m)^(T−1)` decays like `exp(0.79 (T−1) m)` relative to its value at 0:
+/// beyond `80 / (0.79 (T−1))` the integrand is below e^-80 of its scale.
+fn lower_limit(t: u64) -> f64 {
+    if t <= 1 {
+        -12.0
+    } else {
+        -(80.0 / (0.79 * (t - 1) as f64)).min(12.0)
+    }
+}
+
+/// ∫ g(m) p_T(m) dm over the negative half, with panels fitted to its decay.
+fn negative_half(g: impl Fn(f64) -> f64, t: u64) -> f64 {
+    integrate(g, lower_limit(t), 0.0, 48)
+}
+
 /// `(∫_0^∞ m² p_T(m) dm, ∫_{-∞}^0 m² p_T(m) dm)`: the two halves of E[max²].
 /// The first is the paper's τ for max pooling after a ReLU.
 pub fn max_second_moment_halves(t: u64) -> (f64, f64) {
     let f = |m: f64| m * m * max_density(t, m);
     let pos = integrate_width(f, 0.0, upper_limit(t), 0.25);
-    let neg = integrate_width(f, -12.0, 0.0, 0.25);
+    let neg = negative_half(f, t);
     (pos, neg)
 }
 
@@ -210,7 +226,7 @@ fn smooth_max(f: impl Fn(f64) -> f64, df: impl Fn(f64) -> f64, t: u64, monotone:
         return Err("max pooling after a non-monotone activation has no τ/γ in this analysis".into());
     }
     let hi = upper_limit(t);
-    let moment = |g: &dyn Fn(f64) -> f64| integrate_width(|m| g(m) * max_density(t, m), -12.0, 0.0, 0.25) + integrate_width(|m| g(m) * max_density(t, m), 0.0, hi, 0.25);
+    let moment = |g: &dyn Fn(f64) -> f64| negative_half(|m| g(m) * max_density(t, m), t) + integrate_width(|m| g(m) * max_density(t, m), 0.0, hi, 0.25);
     let tau = moment(&|m| f(m) * f(m));
     let gamma = moment(&|m| df(m) * df(m)) / t as f64;
     Ok((tau, gamma))

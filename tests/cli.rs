@@ -1,0 +1,80 @@
+//! The command line: exit codes, error output, atomic writes, and the checked-in
+//! JSON Schema of the plan.
+
+use std::process::Command;
+
+fn cnnc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn schema_in_specs_is_up_to_date() {
+    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/specs/plan.schema.json")).unwrap();
+    assert!(
+        checked_in == cnnc::plan::schema_json(),
+        "specs/plan.schema.json is stale: run `cargo run -- schema -o specs/plan.schema.json`"
+    );
+}
+
+#[test]
+fn plan_prints_json_that_round_trips() {
+    let (code, out, err) = cnnc(&["plan", "specs/f34.cnn", "--mode", "forward"]);
+    assert_eq!(code, 0, "{err}");
+    let plan: cnnc::plan::Plan = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan.format, "cnnc-plan/1");
+    assert_eq!(plan.summary.weight_layers, 34);
+    assert_eq!(plan.summary.parameters, 21_108_362);
+    assert_eq!(plan.layers[33].weight.name, "69.weight");
+}
+
+#[test]
+fn yaml_output_to_a_file() {
+    let dir = std::env::temp_dir().join(format!("cnnc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("f34.yaml");
+    let (code, out, err) = cnnc(&["plan", "specs/f34.cnn", "--mode", "backward", "--format", "yaml", "-o", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty());
+    let plan: cnnc::plan::Plan = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(plan.mode, "backward");
+    // No temporary file is left beside the output.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_exit_non_zero_with_a_located_message() {
+    let (code, out, err) = cnnc(&["plan", "tests/data/dsl/err/two_pools.cnn"]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("--> tests/data/dsl/err/two_pools.cnn:3:33"), "{err}");
+    let (code, _, err) = cnnc(&["plan", "no/such/file.cnn"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read no/such/file.cnn"), "{err}");
+    let (code, _, err) = cnnc(&["plan", "specs/f34.cnn", "--mode", "xavier", "--std-cap", "3"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--std-cap applies to the forward and backward modes only"), "{err}");
+    let (code, _, err) = cnnc(&["inspect", "specs/f34.cnn", "--layer", "35", "--unit", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--layer 35 is out of range: F34 has layers 1 to 34"), "{err}");
+    let (code, _, err) = cnnc(&["inspect", "specs/f34.cnn", "--layer", "34", "--unit", "10"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unit 10 is out of range"), "{err}");
+}
+
+#[test]
+fn inspect_lists_the_index_sets() {
+    let (code, out, err) = cnnc(&["inspect", "specs/f34.cnn", "--layer", "1", "--unit", "0", "--limit", "4"]);
+    assert_eq!(code, 0, "{err}");
+    // Corner unit of the 7×7/s2/p3 conv: 4×4 taps of 3 channels read real input.
+    assert!(out.contains("s(ℓ,i)  (inputs z^(ℓ-1) read, index=(c,y,x); 48 elements, first 4 shown)"), "{out}");
+    assert!(out.contains("0=(0,0,0) 1=(0,0,1) 2=(0,0,2) 3=(0,0,3)"), "{out}");
+    assert!(out.contains("a(ℓ,i)"));
+    // Pooled output 0 of the 3×3/s2/p1 max pool: a 2×2 window (the rest is padding).
+    assert!(out.contains("t(ℓ,i)  (elements of v pooled into z_0, T = 9; 4 elements)"), "{out}");
+    let (code, out, _) = cnnc(&["inspect", "specs/f34.cnn", "--layer", "2", "--unit", "57", "--backward"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("j(ℓ,i)  (conv outputs u^(ℓ) that read it, index=(c,y,x); 576 elements"), "{out}");
+}
