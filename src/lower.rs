@@ -499,6 +499,10 @@ impl Lower {
         }
         let output = Shape::Image { c: out_channels, h: out[0], w: out[1] };
         let Some(output) = self.check_numel(output, layer.span) else { return };
+        let weights = [c / groups.value, kernel[0], kernel[1]].iter().try_fold(out_channels, |acc, &x| acc.checked_mul(x));
+        if !weights.is_some_and(|n| n <= MAX_NUMEL) {
+            return self.shape_err(layer.span, format!("this conv would have more than {MAX_NUMEL} weights"));
+        }
         let conv = ir::Conv { in_channels: c, out_channels, kernel, stride, pad, dilation, groups: groups.value, bias };
         self.push(Op::Conv(conv), output, name, layer.span);
         self.shape = Some(output);
@@ -591,6 +595,9 @@ impl Lower {
         }
         if n > MAX_SIZE * 64 {
             return self.shape_err(layer.span, format!("a linear layer over {n} inputs is over the limit of {}", MAX_SIZE * 64));
+        }
+        if n.checked_mul(out).is_none_or(|w| w > MAX_NUMEL) {
+            return self.shape_err(layer.span, format!("this linear layer would have more than {MAX_NUMEL} weights"));
         }
         let output = Shape::Vector { n: out };
         self.push(Op::Linear(ir::Linear { in_features: n, out_features: out, bias }), output, name, layer.span);
