@@ -10,6 +10,7 @@ pub mod diag;
 pub mod index;
 pub mod ir;
 pub mod lower;
+pub mod onnx;
 pub mod plan;
 pub mod quad;
 pub mod report;
@@ -29,6 +30,9 @@ pub enum Error {
     Graph(Vec<String>),
     #[error("{0}")]
     Analysis(#[from] analyze::AnalysisError),
+    /// Errors of the ONNX importer and exporter.
+    #[error("{0}")]
+    Onnx(#[from] onnx::OnnxError),
 }
 
 /// A `.cnn` source text and the path it is reported under.

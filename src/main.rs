@@ -45,12 +45,15 @@ impl From<ModeArg> for Mode {
 enum Command {
     /// Emit the initialization plan (JSON by default)
     Plan {
-        /// A network description (.cnn)
+        /// A network description (.cnn) or an ONNX model (.onnx)
         file: PathBuf,
         #[arg(long, value_enum, default_value = "forward")]
         mode: ModeArg,
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
+        /// ONNX only: one sample's input shape CxHxW (when the graph's sizes are symbolic)
+        #[arg(long, value_parser = parse_input)]
+        input: Option<[u64; 3]>,
         /// Cap σ at this multiple of the padding-aware He value (the reference code uses 3)
         #[arg(long)]
         std_cap: Option<f64>,
@@ -65,12 +68,23 @@ enum Command {
         mode: ModeArg,
         #[arg(long)]
         std_cap: Option<f64>,
+        /// ONNX only: one sample's input shape CxHxW
+        #[arg(long, value_parser = parse_input)]
+        input: Option<[u64; 3]>,
     },
     /// Print the graph IR (one line per node, with inferred shapes)
-    Graph { file: PathBuf },
+    Graph {
+        file: PathBuf,
+        /// ONNX only: one sample's input shape CxHxW
+        #[arg(long, value_parser = parse_input)]
+        input: Option<[u64; 3]>,
+    },
     /// Print the explicit index sets of one unit: s, a, c, t (or j, h, d with --backward)
     Inspect {
         file: PathBuf,
+        /// ONNX only: one sample's input shape CxHxW
+        #[arg(long, value_parser = parse_input)]
+        input: Option<[u64; 3]>,
         /// Layer ℓ, from 1
         #[arg(long)]
         layer: usize,
@@ -84,6 +98,40 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         limit: usize,
     },
+    /// Write a runnable ONNX model (opset 13) of a network, weights drawn from its plan
+    ExportOnnx {
+        /// A network description (.cnn) or an ONNX model (.onnx)
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "forward")]
+        mode: ModeArg,
+        #[arg(long)]
+        std_cap: Option<f64>,
+        /// Seed of the weight generator
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// ONNX only: one sample's input shape CxHxW
+        #[arg(long, value_parser = parse_input)]
+        input: Option<[u64; 3]>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Rewrite the weight and bias initializers of an ONNX model from its plan
+    Init {
+        /// An ONNX model (.onnx)
+        model: PathBuf,
+        #[arg(long, value_enum, default_value = "forward")]
+        mode: ModeArg,
+        #[arg(long)]
+        std_cap: Option<f64>,
+        /// Seed of the weight generator
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// One sample's input shape CxHxW (when the graph's sizes are symbolic)
+        #[arg(long, value_parser = parse_input)]
+        input: Option<[u64; 3]>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Print the JSON Schema of the plan format
     Schema {
         #[arg(short, long)]
@@ -95,6 +143,46 @@ fn read_source(path: &Path) -> Result<Source> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
     Ok(Source::new(path.display().to_string(), text))
+}
+
+/// Parses `--input CxHxW`.
+fn parse_input(s: &str) -> std::result::Result<[u64; 3], String> {
+    let parts: Vec<&str> = s.split(['x', 'X', ',']).collect();
+    let sizes: Option<Vec<u64>> = parts.iter().map(|p| p.trim().parse::<u64>().ok().filter(|&v| v > 0)).collect();
+    match sizes.as_deref() {
+        Some(&[c, h, w]) => Ok([c, h, w]),
+        _ => Err(format!("expected CxHxW with three positive sizes (e.g. 3x224x224), got `{s}`")),
+    }
+}
+
+fn is_onnx(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// The graph IR of a `.cnn` file or an `.onnx` model.
+fn load_graph(path: &Path, input: Option<[u64; 3]>) -> Result<cnnc::ir::Graph> {
+    if is_onnx(path) {
+        return cnnc::onnx::load(path, &cnnc::onnx::ImportOptions { input }).map_err(|e| match e {
+            e @ cnnc::onnx::OnnxError::Io { .. } => anyhow::Error::from(cnnc::Error::from(e)),
+            e => anyhow::anyhow!("{}: {}", path.display(), cnnc::Error::from(e)),
+        });
+    }
+    if input.is_some() {
+        bail!("--input applies to ONNX models only: {} declares its input", path.display());
+    }
+    Ok(read_source(path)?.graph()?)
+}
+
+/// The unified layers of a `.cnn` file or an `.onnx` model.
+fn load_network(path: &Path, input: Option<[u64; 3]>) -> Result<cnnc::unify::Network> {
+    if is_onnx(path) {
+        let graph = load_graph(path, input)?;
+        return cnnc::network(&graph, None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    if input.is_some() {
+        bail!("--input applies to ONNX models only: {} declares its input", path.display());
+    }
+    Ok(read_source(path)?.network()?)
 }
 
 fn check_cap(cap: Option<f64>, mode: Mode) -> Result<()> {
@@ -126,10 +214,10 @@ fn emit(output: &Option<PathBuf>, text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Plan { file, mode, format, std_cap, output } => {
+        Command::Plan { file, mode, format, std_cap, input, output } => {
             let mode = mode.into();
             check_cap(std_cap, mode)?;
-            let net = read_source(&file)?.network()?;
+            let net = load_network(&file, input)?;
             let plan = cnnc::plan(&net, Options { mode, std_cap })?;
             let text = match format {
                 Format::Json => plan.to_json(),
@@ -137,24 +225,46 @@ fn run(cli: Cli) -> Result<()> {
             };
             emit(&output, &text)
         }
-        Command::Lower { file, mode, std_cap } => {
+        Command::Lower { file, mode, std_cap, input } => {
             let mode = mode.into();
             check_cap(std_cap, mode)?;
-            let net = read_source(&file)?.network()?;
+            let net = load_network(&file, input)?;
             let analysis = analyze::analyze(&net, Options { mode, std_cap })?;
             emit(&None, &report::lower_table(&net, &analysis, mode))
         }
-        Command::Graph { file } => {
-            let graph = read_source(&file)?.graph()?;
+        Command::Graph { file, input } => {
+            let graph = load_graph(&file, input)?;
             emit(&None, &report::graph_table(&graph))
         }
-        Command::Inspect { file, layer, unit, backward, limit } => {
-            let net = read_source(&file)?.network()?;
+        Command::Inspect { file, input, layer, unit, backward, limit } => {
+            let net = load_network(&file, input)?;
             let Some(l) = layer.checked_sub(1).and_then(|k| net.layers.get(k)) else {
                 bail!("--layer {layer} is out of range: {} has layers 1 to {}", net.name, net.layers.len());
             };
             let text = report::inspect(&net, l, unit, backward, limit).map_err(anyhow::Error::msg)?;
             emit(&None, &text)
+        }
+        Command::ExportOnnx { file, mode, std_cap, seed, input, output } => {
+            let mode = mode.into();
+            check_cap(std_cap, mode)?;
+            let graph = load_graph(&file, input)?;
+            let net = load_network(&file, input)?;
+            let plan = cnnc::plan(&net, Options { mode, std_cap })?;
+            let model = cnnc::onnx::export(&graph, &plan, seed).map_err(cnnc::Error::from)?;
+            let bytes = cnnc::onnx::encode(&model).map_err(cnnc::Error::from)?;
+            cnnc::write_atomic(&output, &bytes).with_context(|| format!("cannot write {}", output.display()))
+        }
+        Command::Init { model, mode, std_cap, seed, input, output } => {
+            let mode = mode.into();
+            check_cap(std_cap, mode)?;
+            let in_model = |e: cnnc::Error| anyhow::anyhow!("{}: {e}", model.display());
+            let mut proto = cnnc::onnx::read_model(&model).map_err(|e| in_model(e.into()))?;
+            let graph = cnnc::onnx::import(&proto, &cnnc::onnx::ImportOptions { input }).map_err(|e| in_model(e.into()))?;
+            let net = cnnc::network(&graph, None).map_err(in_model)?;
+            let plan = cnnc::plan(&net, Options { mode, std_cap })?;
+            cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+            let bytes = cnnc::onnx::encode(&proto).map_err(cnnc::Error::from)?;
+            cnnc::write_atomic(&output, &bytes).with_context(|| format!("cannot write {}", output.display()))
         }
         Command::Schema { output } => emit(&output, &cnnc::plan::schema_json()),
     }

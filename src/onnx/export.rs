@@ -1,0 +1,310 @@
+//! Graph IR + plan → ONNX, and re-initialization of an existing model from its plan.
+//!
+//! [`export`] writes opset 13 (IR version 7): Conv, Gemm (transB = 1, PyTorch's
+//! `[out, in]` layout), Relu, LeakyRelu, Tanh, Sigmoid, MaxPool, AveragePool,
+//! GlobalAveragePool, GlobalMaxPool, Flatten (axis 1). The batch axis is symbolic (`N`).
+//! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
+//! Box–Muller, seeded), one stream over the layers in order; biases are zero.
+//!
+//! [`reinit`] replaces, for each layer of a plan, the weight and bias initializers named
+//! in it (keeping their dims and float type) and touches nothing else; a parameter given
+//! only as a graph input with a declared shape gets a new initializer.
+
+use super::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use super::{Bytes, OnnxError};
+use crate::ir::{self, Activation, Op, PoolKind, Shape};
+use crate::plan::{Plan, PlanLayer};
+use prost::Message;
+
+/// The opset and IR version that [`export`] writes.
+pub const OPSET: i64 = 13;
+pub const IR_VERSION: i64 = 7;
+
+/// Protobuf cannot encode a message of 2 GiB or more.
+const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
+
+/// A seeded generator of standard normal samples (splitmix64 → Box–Muller). Small,
+/// dependency-free, and the same on every platform for a given seed.
+#[derive(Clone, Debug)]
+pub struct Normal {
+    state: u64,
+    spare: Option<f64>,
+}
+
+impl Normal {
+    pub fn new(seed: u64) -> Normal {
+        Normal { state: seed, spare: None }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform sample in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// One sample of N(0, 1).
+    pub fn sample(&mut self) -> f64 {
+        if let Some(s) = self.spare.take() {
+            return s;
+        }
+        let r = (-2.0 * self.uniform().ln()).sqrt();
+        let theta = std::f64::consts::TAU * self.uniform();
+        self.spare = Some(r * theta.sin());
+        r * theta.cos()
+    }
+}
+
+fn fill(rng: &mut Normal, numel: usize, std: f64, ty: DataType) -> Bytes {
+    match ty {
+        DataType::Double => {
+            let mut out = Vec::with_capacity(numel * 8);
+            for _ in 0..numel {
+                out.extend_from_slice(&(rng.sample() * std).to_le_bytes());
+            }
+            Bytes::from(out)
+        }
+        _ => {
+            let mut out = Vec::with_capacity(numel * 4);
+            for _ in 0..numel {
+                out.extend_from_slice(&((rng.sample() * std) as f32).to_le_bytes());
+            }
+            Bytes::from(out)
+        }
+    }
+}
+
+fn zeros(numel: usize, ty: DataType) -> Bytes {
+    Bytes::from(vec![0u8; numel * if ty == DataType::Double { 8 } else { 4 }])
+}
+
+fn tensor(name: &str, dims: &[u64], ty: DataType, data: Bytes) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(ty as i32),
+        raw_data: Some(data),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[u64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.iter().map(|&x| x as i64).collect(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(v), ..Default::default() }
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(v), ..Default::default() }
+}
+
+fn node(name: &str, op: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto { name: Some(name.into()), op_type: Some(op.into()), input: inputs, output: vec![output.into()], attribute, ..Default::default() }
+}
+
+fn value_info(name: &str, shape: Shape) -> ValueInfoProto {
+    use tensor_shape_proto::{dimension::Value, Dimension};
+    let mut dim = vec![Dimension { value: Some(Value::DimParam("N".into())), ..Default::default() }];
+    dim.extend(shape.dims().into_iter().map(|d| Dimension { value: Some(Value::DimValue(d as i64)), ..Default::default() }));
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Float as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pads(p: &[ir::Pad; 2]) -> Vec<u64> {
+    vec![p[0].begin, p[1].begin, p[0].end, p[1].end]
+}
+
+fn numel(dims: &[u64]) -> Result<usize, OnnxError> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?))
+        .filter(|&n| n <= PROTOBUF_LIMIT)
+        .ok_or_else(|| OnnxError::Model(format!("a tensor of shape {dims:?} is too large to write")))
+}
+
+/// Builds a runnable ONNX model of `graph`, with weights drawn from `plan` (which must be
+/// the plan of `graph`: its layers are the graph's conv and linear nodes, in order).
+pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, OnnxError> {
+    let weight_nodes = graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_) | Op::Linear(_))).count();
+    if weight_nodes != plan.layers.len() {
+        return Err(OnnxError::Model(format!("the plan has {} layers but the graph {weight_nodes} weight nodes", plan.layers.len())));
+    }
+    let mut rng = Normal::new(seed);
+    let mut layers = plan.layers.iter();
+    let mut g = GraphProto { name: Some(graph.name.clone()), input: vec![value_info("input", graph.input)], ..Default::default() };
+    // ONNX name of each IR value: value 0 is "input".
+    let mut names: Vec<String> = vec!["input".into()];
+    for (k, n) in graph.nodes.iter().enumerate() {
+        let mut input = names[n.inputs.first().map_or(0, |v| v.0)].clone();
+        let out = if k + 1 == graph.nodes.len() { "output".to_string() } else { format!("v{}", k + 1) };
+        let in_shape = graph.shape(n.inputs.first().copied().unwrap_or(ir::ValueId(0)));
+        match &n.op {
+            Op::Conv(c) => {
+                let l = layers.next().expect("counted above");
+                let inputs = params(&mut g, &mut rng, l, input)?;
+                let attrs = vec![
+                    ints("kernel_shape", &c.kernel),
+                    ints("strides", &c.stride),
+                    ints("pads", &pads(&c.pad)),
+                    ints("dilations", &c.dilation),
+                    int("group", c.groups as i64),
+                ];
+                g.node.push(node(&n.name, "Conv", inputs, &out, attrs));
+            }
+            Op::Linear(_) => {
+                let l = layers.next().expect("counted above");
+                if let Shape::Image { .. } = in_shape {
+                    let flat = format!("v{}.flat", k + 1);
+                    g.node.push(node(&format!("{}.flatten", n.name), "Flatten", vec![input], &flat, vec![int("axis", 1)]));
+                    input = flat;
+                }
+                let inputs = params(&mut g, &mut rng, l, input)?;
+                g.node.push(node(&n.name, "Gemm", inputs, &out, vec![int("transB", 1)]));
+            }
+            Op::Activation(a) => {
+                let (op, attrs) = match a {
+                    Activation::Identity => ("Identity", vec![]),
+                    Activation::Relu => ("Relu", vec![]),
+                    Activation::LeakyRelu { slope } => ("LeakyRelu", vec![float("alpha", *slope as f32)]),
+                    Activation::Tanh => ("Tanh", vec![]),
+                    Activation::Sigmoid => ("Sigmoid", vec![]),
+                    other => return Err(OnnxError::Model(format!("activation {other} of node `{}` has no opset {OPSET} operator", n.name))),
+                };
+                g.node.push(node(&n.name, op, vec![input], &out, attrs));
+            }
+            Op::Pool(p) => {
+                let mut attrs = vec![ints("kernel_shape", &p.kernel), ints("strides", &p.stride), ints("pads", &pads(&p.pad)), int("ceil_mode", p.ceil_mode as i64)];
+                let op = match p.kind {
+                    PoolKind::Max => "MaxPool",
+                    PoolKind::Avg => {
+                        attrs.push(int("count_include_pad", p.count_include_pad as i64));
+                        "AveragePool"
+                    }
+                };
+                g.node.push(node(&n.name, op, vec![input], &out, attrs));
+            }
+            Op::GlobalPool(kind) => {
+                let op = if *kind == PoolKind::Max { "GlobalMaxPool" } else { "GlobalAveragePool" };
+                g.node.push(node(&n.name, op, vec![input], &out, vec![]));
+            }
+            Op::Flatten => g.node.push(node(&n.name, "Flatten", vec![input], &out, vec![int("axis", 1)])),
+        }
+        names.push(out);
+    }
+    let last = graph.nodes.last().map_or(graph.input, |n| n.output);
+    g.output = vec![value_info(names.last().expect("value 0 exists"), last)];
+    Ok(ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+        producer_name: Some("cnnc".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        doc_string: Some(format!("weights drawn from a cnnc plan: mode {}, seed {seed}", plan.mode)),
+        graph: Some(g),
+        ..Default::default()
+    })
+}
+
+/// Adds the layer's weight and bias initializers; returns the node's inputs.
+fn params(g: &mut GraphProto, rng: &mut Normal, l: &PlanLayer, input: String) -> Result<Vec<String>, OnnxError> {
+    let w = &l.weight;
+    g.initializer.push(tensor(&w.name, &w.shape, DataType::Float, fill(rng, numel(&w.shape)?, w.std, DataType::Float)));
+    let mut inputs = vec![input, w.name.clone()];
+    if let Some(b) = &l.bias {
+        g.initializer.push(tensor(&b.name, &b.shape, DataType::Float, zeros(numel(&b.shape)?, DataType::Float)));
+        inputs.push(b.name.clone());
+    }
+    Ok(inputs)
+}
+
+/// Encodes a model; fails past protobuf's 2 GiB limit.
+pub fn encode(model: &ModelProto) -> Result<Vec<u8>, OnnxError> {
+    let len = model.encoded_len();
+    if len > PROTOBUF_LIMIT {
+        return Err(OnnxError::Model(format!(
+            "the model takes {len} bytes, past protobuf's 2 GiB limit (writing external data is not supported yet)"
+        )));
+    }
+    Ok(model.encode_to_vec())
+}
+
+/// Redraws the initializers that `plan` names (weights from N(0, std²), biases zero),
+/// keeping their dims and float type; every other part of `model` is left as it was.
+pub fn reinit(model: &mut ModelProto, plan: &Plan, seed: u64) -> Result<(), OnnxError> {
+    let g = model.graph.as_mut().ok_or_else(|| OnnxError::Decode("the model has no graph".into()))?;
+    let mut rng = Normal::new(seed);
+    for l in &plan.layers {
+        set(g, &l.weight.name, Some((&mut rng, l.weight.std)))?;
+        if let Some(b) = &l.bias {
+            set(g, &b.name, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites initializer `name` with normal samples (`Some`) or zeros (`None`).
+fn set(g: &mut GraphProto, name: &str, normal: Option<(&mut Normal, f64)>) -> Result<(), OnnxError> {
+    let (dims, ty, slot) = match g.initializer.iter().position(|t| t.name() == name) {
+        Some(k) => {
+            let t = &g.initializer[k];
+            let ty = match DataType::try_from(t.data_type()) {
+                Ok(DataType::Float) => DataType::Float,
+                Ok(DataType::Double) => DataType::Double,
+                Ok(other) => return Err(OnnxError::Model(format!("initializer `{name}` has type {}: cnnc writes float and double weights", other.as_str_name()))),
+                Err(_) => return Err(OnnxError::Model(format!("initializer `{name}` has an unknown data type {}", t.data_type()))),
+            };
+            (t.dims.clone(), ty, Some(k))
+        }
+        None => {
+            use tensor_shape_proto::dimension::Value;
+            let vi = g.input.iter().find(|v| v.name() == name).ok_or_else(|| OnnxError::Model(format!("the model has no initializer `{name}`")))?;
+            let dims = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(type_proto::Value::TensorType(t)) => t
+                    .shape
+                    .as_ref()
+                    .map(|s| s.dim.iter().map(|d| if let Some(Value::DimValue(v)) = d.value { Some(v) } else { None }).collect::<Option<Vec<i64>>>()),
+                _ => None,
+            };
+            let dims = dims.flatten().ok_or_else(|| OnnxError::Model(format!("the graph input `{name}` has no static shape")))?;
+            (dims, DataType::Float, None)
+        }
+    };
+    let udims: Vec<u64> = dims.iter().map(|&d| d.max(0) as u64).collect();
+    let n = numel(&udims)?;
+    let data = match normal {
+        Some((rng, std)) => fill(rng, n, std, ty),
+        None => zeros(n, ty),
+    };
+    match slot {
+        Some(k) => {
+            let old = &mut g.initializer[k];
+            let fresh = TensorProto { name: old.name.take(), dims, data_type: Some(ty as i32), raw_data: Some(data), doc_string: old.doc_string.take(), ..Default::default() };
+            *old = fresh;
+        }
+        None => g.initializer.push(TensorProto { name: Some(name.into()), dims, data_type: Some(ty as i32), raw_data: Some(data), ..Default::default() }),
+    }
+    Ok(())
+}
