@@ -202,7 +202,10 @@ pub fn max_second_moment_halves(t: u64) -> (f64, f64) {
     (pos, neg)
 }
 
-fn smooth_fns(act: Activation) -> (fn(f64) -> f64, fn(f64) -> f64, bool) {
+/// An activation as (f, f', whether f is non-decreasing).
+type ActivationFns = (fn(f64) -> f64, fn(f64) -> f64, bool);
+
+fn smooth_fns(act: Activation) -> ActivationFns {
     fn sig(x: f64) -> f64 {
         1.0 / (1.0 + (-x).exp())
     }
@@ -267,7 +270,7 @@ pub fn analyze(net: &Network, opts: Options) -> Result<Vec<LayerAnalysis>, Analy
     for layer in &net.layers {
         let fail = |message: String| AnalysisError::Layer { layer: layer.index, module: layer.weight.module.clone(), message };
         let pool = pooling_kind(layer);
-        let (tau, gamma) = constants(layer.activation, pool).map_err(|m| fail(m))?;
+        let (tau, gamma) = constants(layer.activation, pool).map_err(&fail)?;
         let geo = &layer.weight.geometry;
         let connections = geo
             .connections()

@@ -500,7 +500,7 @@ impl Lower {
         let output = Shape::Image { c: out_channels, h: out[0], w: out[1] };
         let Some(output) = self.check_numel(output, layer.span) else { return };
         let weights = [c / groups.value, kernel[0], kernel[1]].iter().try_fold(out_channels, |acc, &x| acc.checked_mul(x));
-        if !weights.is_some_and(|n| n <= MAX_NUMEL) {
+        if weights.is_none_or(|n| n > MAX_NUMEL) {
             return self.shape_err(layer.span, format!("this conv would have more than {MAX_NUMEL} weights"));
         }
         let conv = ir::Conv { in_channels: c, out_channels, kernel, stride, pad, dilation, groups: groups.value, bias };
