@@ -140,9 +140,10 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::network_decl => "`network NAME`",
         Rule::input_decl => "`input CxHxW`",
         Rule::repeat => "`repeat N { … }`",
+        Rule::close_brace => "`}`",
         Rule::item | Rule::chain | Rule::layer => "a layer",
         Rule::times => "`× N`",
-        Rule::sizes => "`-> N`",
+        Rule::sizes | Rule::in_size => "`-> N`",
         Rule::label => "a layer name",
         Rule::op_name => "a layer kind",
         Rule::args | Rule::arg => "an option",
@@ -197,7 +198,7 @@ impl Builder {
             Rule::repeat => {
                 let mut inner = pair.into_inner();
                 let count = self.uint_spanned(inner.next().expect("repeat has a count"));
-                let body = inner.map(|p| self.item(p)).collect();
+                let body = inner.filter(|p| p.as_rule() != Rule::close_brace).map(|p| self.item(p)).collect();
                 Item::Repeat { count, body, span }
             }
             Rule::chain => {
@@ -232,10 +233,12 @@ impl Builder {
                 Rule::op_name => op = Some(Spanned::new(p.as_str().to_string(), Span::from_pest(p.as_span()))),
                 Rule::args => args = p.into_inner().map(|a| self.arg(a)).collect(),
                 Rule::sizes => {
-                    let nums: Vec<_> = p.into_inner().collect();
-                    let mut nums: Vec<Spanned<u64>> = nums.into_iter().map(|n| self.uint_spanned(n)).collect();
-                    out_size = nums.pop();
-                    in_size = nums.pop();
+                    for n in p.into_inner() {
+                        match n.as_rule() {
+                            Rule::in_size => in_size = Some(self.uint_spanned(n)),
+                            _ => out_size = Some(self.uint_spanned(n)),
+                        }
+                    }
                 }
                 r => unreachable!("unexpected rule {r:?} in layer"),
             }
