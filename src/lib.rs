@@ -10,6 +10,7 @@ pub mod diag;
 pub mod index;
 pub mod ir;
 pub mod lower;
+pub mod nn;
 pub mod onnx;
 pub mod plan;
 pub mod quad;
@@ -31,7 +32,7 @@ pub enum Error {
     #[error("{0}")]
     Analysis(#[from] analyze::AnalysisError),
     /// Errors of the ONNX importer and exporter.
-    #[error("{0}")]
+    #[error(transparent)]
     Onnx(#[from] onnx::OnnxError),
 }
 
