@@ -627,7 +627,9 @@ fn relu<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 
 fn leaky_relu<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let slope = cx.float("alpha", 0.01)?;
-    activation(imp, cx, Activation::LeakyRelu { slope: slope as f64 })
+    // The shortest decimal that reads back as this f32 (0.2, not 0.20000000298…).
+    let slope: f64 = slope.to_string().parse().unwrap_or(slope as f64);
+    activation(imp, cx, Activation::LeakyRelu { slope })
 }
 
 fn tanh<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {

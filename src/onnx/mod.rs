@@ -43,7 +43,7 @@ use std::path::Path;
 /// An error of the ONNX importer or exporter.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: String, source: std::io::Error },
     /// The bytes are not a protobuf `ModelProto`, or not an ONNX model.
     #[error("not a valid ONNX model: {0}")]

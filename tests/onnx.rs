@@ -1,0 +1,738 @@
+//! ONNX import, export and re-initialization.
+//!
+//! - hand-built `ModelProto`s, one per operator and attribute variant;
+//! - fixtures under `tests/data/onnx/{ok,err}` (made by `make_fixtures.py` with the
+//!   official `onnx` package, and by `cnnc export-onnx`) with the expected dump beside
+//!   each (`.lower` for a model, `.err` for a rejected one); `UPDATE_EXPECT=1` rewrites them;
+//! - the round trip spec → ONNX → plan = spec → plan, and `init`.
+
+use cnnc::analyze::{Mode, Options};
+use cnnc::ir::{self, Op, Pad, PoolKind, Shape};
+use cnnc::onnx::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use cnnc::onnx::{self, Bytes, ImportOptions};
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+// ------------------------------------------------------------------ builders
+
+enum A {
+    I(i64),
+    Is(Vec<i64>),
+    F(f32),
+    S(&'static str),
+}
+
+fn attr(name: &str, a: A) -> AttributeProto {
+    let mut p = AttributeProto { name: Some(name.into()), ..Default::default() };
+    match a {
+        A::I(v) => (p.i, p.r#type) = (Some(v), Some(AttributeType::Int as i32)),
+        A::Is(v) => (p.ints, p.r#type) = (v, Some(AttributeType::Ints as i32)),
+        A::F(v) => (p.f, p.r#type) = (Some(v), Some(AttributeType::Float as i32)),
+        A::S(v) => (p.s, p.r#type) = (Some(Bytes::from(v.as_bytes().to_vec())), Some(AttributeType::String as i32)),
+    }
+    p
+}
+
+fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        name: Some(name.into()),
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+/// A float initializer with these dims (no data: planning reads shapes only).
+fn init(name: &str, dims: &[i64]) -> TensorProto {
+    TensorProto { name: Some(name.into()), dims: dims.to_vec(), data_type: Some(DataType::Float as i32), ..Default::default() }
+}
+
+fn int64s(name: &str, v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A graph input; `None` sizes are symbolic.
+fn input(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    use tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension { value: Some(d.map_or(Value::DimParam("N".into()), Value::DimValue)), ..Default::default() })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(1), shape: Some(TensorShapeProto { dim }) })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn image_input(c: i64, h: i64, w: i64) -> ValueInfoProto {
+    input("x", &[None, Some(c), Some(h), Some(w)])
+}
+
+fn model(inputs: Vec<ValueInfoProto>, nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(13) }],
+        graph: Some(GraphProto { name: Some("test".into()), node: nodes, initializer: inits, input: inputs, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn import(m: &ModelProto) -> Result<ir::Graph, String> {
+    onnx::import(m, &ImportOptions::default()).map_err(|e| e.to_string())
+}
+
+/// Encodes then decodes, as a file would go.
+fn import_bytes(m: &ModelProto) -> Result<ir::Graph, String> {
+    let model = onnx::decode(Bytes::from(m.encode_to_vec())).map_err(|e| e.to_string())?;
+    import(&model)
+}
+
+fn conv_of(g: &ir::Graph, k: usize) -> &ir::Conv {
+    match &g.nodes[k].op {
+        Op::Conv(c) => c,
+        other => panic!("node {k} is {other:?}"),
+    }
+}
+
+fn pool_of(g: &ir::Graph, k: usize) -> &ir::Pool {
+    match &g.nodes[k].op {
+        Op::Pool(p) => p,
+        other => panic!("node {k} is {other:?}"),
+    }
+}
+
+fn img(c: u64, h: u64, w: u64) -> Shape {
+    Shape::Image { c, h, w }
+}
+
+fn pad(begin: u64, end: u64) -> Pad {
+    Pad { begin, end }
+}
+
+/// One Conv with weight [8, 3/group, k, k] on a 3×H×W input, with the given attributes.
+fn one_conv(h: i64, w: i64, k: i64, group: i64, attrs: Vec<AttributeProto>) -> Result<ir::Graph, String> {
+    let mut attrs = attrs;
+    attrs.push(attr("group", A::I(group)));
+    let cin = if group == 3 { 3 } else { 3 };
+    import_bytes(&model(
+        vec![image_input(cin, h, w)],
+        vec![node("c", "Conv", &["x", "W", "B"], &["y"], attrs)],
+        vec![init("W", &[6, 3 / group, k, k]), init("B", &[6])],
+    ))
+}
+
+// ------------------------------------------------------------------ proto drift
+
+fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+#[test]
+fn generated_code_matches_the_vendored_proto() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let proto = std::fs::read(root.join("src/onnx/onnx.proto")).unwrap();
+    let generated = std::fs::read_to_string(root.join("src/onnx/onnx.rs")).unwrap();
+    let recorded = generated
+        .lines()
+        .take(8)
+        .find_map(|l| l.strip_prefix("// onnx.proto fnv1a64: "))
+        .expect("onnx.rs records the hash of the onnx.proto it was generated from");
+    assert_eq!(
+        recorded,
+        format!("{:016x}", fnv1a64(&proto)),
+        "src/onnx/onnx.proto changed since src/onnx/onnx.rs was generated: regenerate it (see src/onnx/mod.rs)"
+    );
+}
+
+// ------------------------------------------------------------------ operators
+
+#[test]
+fn conv_explicit_asymmetric_pads_strides_dilations() {
+    let g = one_conv(
+        17,
+        20,
+        3,
+        1,
+        vec![attr("pads", A::Is(vec![1, 0, 2, 3])), attr("strides", A::Is(vec![2, 3])), attr("dilations", A::Is(vec![2, 1]))],
+    )
+    .unwrap();
+    let c = conv_of(&g, 0);
+    assert_eq!(c.pad, [pad(1, 2), pad(0, 3)]);
+    assert_eq!((c.stride, c.dilation, c.kernel, c.groups, c.bias), ([2, 3], [2, 1], [3, 3], 1, true));
+    // h: (17 + 3 - 5) / 2 + 1 = 8; w: (20 + 3 - 3) / 3 + 1 = 7
+    assert_eq!(g.nodes[0].output, img(6, 8, 7));
+    let p = g.nodes[0].params.as_ref().unwrap();
+    assert_eq!((p.weight.as_str(), p.bias.as_deref()), ("W", Some("B")));
+    assert_eq!(g.nodes[0].origin, ir::Origin::OnnxNode("c".into()));
+}
+
+#[test]
+fn conv_groups() {
+    let g = one_conv(8, 8, 3, 3, vec![attr("pads", A::Is(vec![1, 1, 1, 1]))]).unwrap();
+    assert_eq!(conv_of(&g, 0).groups, 3);
+    assert_eq!(conv_of(&g, 0).in_channels, 3);
+    assert_eq!(g.nodes[0].output, img(6, 8, 8));
+}
+
+#[test]
+fn conv_auto_pad() {
+    let same_upper = one_conv(10, 7, 4, 1, vec![attr("auto_pad", A::S("SAME_UPPER")), attr("strides", A::Is(vec![2, 2]))]).unwrap();
+    // out = ceil(10/2) = 5: total pad (5-1)*2 + 4 - 10 = 2; w: out 4, total (3*2 + 4 - 7) = 3
+    assert_eq!(conv_of(&same_upper, 0).pad, [pad(1, 1), pad(1, 2)]);
+    assert_eq!(same_upper.nodes[0].output, img(6, 5, 4));
+    let same_lower = one_conv(10, 7, 4, 1, vec![attr("auto_pad", A::S("SAME_LOWER")), attr("strides", A::Is(vec![2, 2]))]).unwrap();
+    assert_eq!(conv_of(&same_lower, 0).pad, [pad(1, 1), pad(2, 1)]);
+    let valid = one_conv(10, 7, 4, 1, vec![attr("auto_pad", A::S("VALID")), attr("pads", A::Is(vec![5, 5, 5, 5]))]).unwrap();
+    assert_eq!(conv_of(&valid, 0).pad, [pad(0, 0), pad(0, 0)]);
+    assert_eq!(valid.nodes[0].output, img(6, 7, 4));
+    let notset = one_conv(10, 7, 3, 1, vec![attr("auto_pad", A::S("NOTSET"))]).unwrap();
+    assert_eq!(notset.nodes[0].output, img(6, 8, 5));
+}
+
+#[test]
+fn conv_without_bias() {
+    let g = import(&model(vec![image_input(3, 8, 8)], vec![node("c", "Conv", &["x", "W", ""], &["y"], vec![])], vec![init("W", &[4, 3, 1, 1])]))
+        .unwrap();
+    assert!(!conv_of(&g, 0).bias);
+    assert_eq!(g.nodes[0].params.as_ref().unwrap().bias, None);
+}
+
+fn stem(extra: Vec<NodeProto>, extra_inits: Vec<TensorProto>) -> Result<ir::Graph, String> {
+    let mut nodes = vec![node("conv", "Conv", &["x", "W", "B"], &["c"], vec![])];
+    nodes.extend(extra);
+    let mut inits = vec![init("W", &[4, 3, 3, 3]), init("B", &[4])];
+    inits.extend(extra_inits);
+    import_bytes(&model(vec![image_input(3, 11, 11)], nodes, inits))
+}
+
+#[test]
+fn max_pool_pads_and_ceil_mode() {
+    // conv 3×3 on 11×11 → 9×9; pool 2/s2 with ceil: 5 (the last window starts inside)
+    let g = stem(
+        vec![node("pool", "MaxPool", &["c"], &["p"], vec![attr("kernel_shape", A::Is(vec![2, 2])), attr("strides", A::Is(vec![2, 2])), attr("ceil_mode", A::I(1))])],
+        vec![],
+    )
+    .unwrap();
+    let p = pool_of(&g, 1);
+    assert_eq!((p.kind, p.ceil_mode, p.kernel, p.stride), (PoolKind::Max, true, [2, 2], [2, 2]));
+    assert_eq!(g.nodes[1].output, img(4, 5, 5));
+    let g = stem(
+        vec![node("pool", "MaxPool", &["c"], &["p"], vec![attr("kernel_shape", A::Is(vec![3, 3])), attr("strides", A::Is(vec![2, 2])), attr("pads", A::Is(vec![1, 1, 1, 1]))])],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(pool_of(&g, 1).pad, [pad(1, 1), pad(1, 1)]);
+    assert_eq!(g.nodes[1].output, img(4, 5, 5));
+}
+
+#[test]
+fn average_pool_count_include_pad() {
+    for flag in [0, 1] {
+        let g = stem(
+            vec![node(
+                "pool",
+                "AveragePool",
+                &["c"],
+                &["p"],
+                vec![attr("kernel_shape", A::Is(vec![3, 3])), attr("pads", A::Is(vec![1, 1, 1, 1])), attr("count_include_pad", A::I(flag))],
+            )],
+            vec![],
+        )
+        .unwrap();
+        let p = pool_of(&g, 1);
+        assert_eq!((p.kind, p.count_include_pad), (PoolKind::Avg, flag == 1));
+        assert_eq!(g.nodes[1].output, img(4, 9, 9));
+    }
+}
+
+#[test]
+fn global_pools_and_reduce_mean() {
+    for (op, kind) in [("GlobalAveragePool", PoolKind::Avg), ("GlobalMaxPool", PoolKind::Max)] {
+        let g = stem(vec![node("g", op, &["c"], &["p"], vec![])], vec![]).unwrap();
+        assert_eq!((&g.nodes[1].op, g.nodes[1].output), (&Op::GlobalPool(kind), img(4, 1, 1)));
+    }
+    // opset 13 form: axes attribute; keepdims 0 adds a flatten
+    let g = stem(vec![node("m", "ReduceMean", &["c"], &["p"], vec![attr("axes", A::Is(vec![2, 3])), attr("keepdims", A::I(0))])], vec![]).unwrap();
+    assert_eq!(g.nodes[1].op, Op::GlobalPool(PoolKind::Avg));
+    assert_eq!((&g.nodes[2].op, g.nodes[2].output), (&Op::Flatten, Shape::Vector { n: 4 }));
+    // opset 18 form: axes as an input, negative
+    let g = stem(vec![node("m", "ReduceMean", &["c", "axes"], &["p"], vec![])], vec![int64s("axes", &[-1, -2])]).unwrap();
+    assert_eq!((&g.nodes[1].op, g.nodes[1].output, g.nodes.len()), (&Op::GlobalPool(PoolKind::Avg), img(4, 1, 1), 2));
+    let err = stem(vec![node("m", "ReduceMean", &["c"], &["p"], vec![attr("axes", A::Is(vec![1]))])], vec![]).unwrap_err();
+    assert_eq!(err, "node `m` (ReduceMean): axes [1] are not supported: only the spatial axes [2, 3] (a global pooling)");
+}
+
+#[test]
+fn activations_and_no_ops() {
+    let g = stem(
+        vec![
+            node("d", "Dropout", &["c"], &["d"], vec![]),
+            node("a", "LeakyRelu", &["d"], &["a"], vec![attr("alpha", A::F(0.25))]),
+            node("i", "Identity", &["a"], &["i"], vec![]),
+        ],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(g.nodes.len(), 2);
+    assert_eq!(g.nodes[1].op, Op::Activation(ir::Activation::LeakyRelu { slope: 0.25 }));
+    assert_eq!(g.nodes[1].inputs, vec![ir::ValueId(1)]);
+    let g = stem(vec![node("r", "Relu", &["c"], &["r"], vec![]), node("l", "LeakyRelu", &["r"], &["l"], vec![])], vec![]).unwrap();
+    assert_eq!(g.nodes[2].op, Op::Activation(ir::Activation::LeakyRelu { slope: 0.01 }));
+}
+
+fn linear(g: &ir::Graph, k: usize) -> (&ir::Linear, &ir::ParamNames) {
+    match &g.nodes[k].op {
+        Op::Linear(l) => (l, g.nodes[k].params.as_ref().unwrap()),
+        other => panic!("node {k} is {other:?}"),
+    }
+}
+
+#[test]
+fn gemm_trans_b_and_flatten() {
+    for (trans, dims) in [(1, [10i64, 324]), (0, [324, 10])] {
+        let g = stem(
+            vec![
+                node("f", "Flatten", &["c"], &["f"], vec![attr("axis", A::I(1))]),
+                node("fc", "Gemm", &["f", "FW", "FB"], &["y"], vec![attr("transB", A::I(trans)), attr("alpha", A::F(1.0))]),
+            ],
+            vec![init("FW", &dims), init("FB", &[10])],
+        )
+        .unwrap();
+        assert_eq!(g.nodes[1].output, Shape::Vector { n: 324 });
+        let (l, p) = linear(&g, 2);
+        assert_eq!((l.in_features, l.out_features, l.bias), (324, 10, true));
+        assert_eq!((p.weight.as_str(), p.bias.as_deref()), ("FW", Some("FB")));
+    }
+}
+
+#[test]
+fn matmul_plus_add_is_one_linear_layer() {
+    let g = stem(
+        vec![
+            node("shape", "Constant", &[], &["s"], vec![AttributeProto { t: Some(int64s("v", &[0, -1])), ..attr("value", A::I(0)) }]),
+            node("view", "Reshape", &["c", "s"], &["f"], vec![]),
+            node("mm", "MatMul", &["f", "MW"], &["m"], vec![]),
+            node("add", "Add", &["MB", "m"], &["y"], vec![]),
+            node("relu", "Relu", &["y"], &["z"], vec![]),
+        ],
+        vec![init("MW", &[324, 7]), init("MB", &[7])],
+    )
+    .unwrap();
+    assert_eq!(g.nodes.len(), 4, "{:#?}", g.nodes);
+    let (l, p) = linear(&g, 2);
+    assert_eq!((l.in_features, l.out_features), (324, 7));
+    assert_eq!((p.weight.as_str(), p.bias.as_deref()), ("MW", Some("MB")));
+    assert_eq!(g.nodes[3].inputs, vec![ir::ValueId(3)]);
+}
+
+#[test]
+fn reshape_targets() {
+    let ok = |target: &[i64]| stem(vec![node("view", "Reshape", &["c", "s"], &["f"], vec![])], vec![int64s("s", target)]);
+    for t in [[1, 324], [-1, 324], [0, -1], [8, -1]] {
+        assert_eq!(ok(&t).unwrap().nodes[1].output, Shape::Vector { n: 324 }, "{t:?}");
+    }
+    assert_eq!(
+        ok(&[4, 9, 9]).unwrap_err(),
+        "node `view` (Reshape): a reshape of (4,9,9) to [4, 9, 9] is not supported: only to 2-D (batch, 324)"
+    );
+}
+
+#[test]
+fn weights_as_graph_inputs_and_nodes_out_of_order() {
+    let m = model(
+        vec![input("W", &[Some(4), Some(3), Some(3), Some(3)]), image_input(3, 8, 8), input("B", &[Some(4)])],
+        vec![node("relu", "Relu", &["c"], &["r"], vec![]), node("conv", "Conv", &["x", "W", "B"], &["c"], vec![])],
+        vec![],
+    );
+    let g = import_bytes(&m).unwrap();
+    assert_eq!(g.input, img(3, 8, 8));
+    assert_eq!(g.nodes[0].name, "conv");
+    assert_eq!(g.nodes[1].inputs, vec![ir::ValueId(1)]);
+}
+
+#[test]
+fn unnamed_nodes_are_named_by_op_and_index() {
+    let m = model(vec![image_input(3, 8, 8)], vec![node("", "Conv", &["x", "W"], &["c"], vec![]), node("", "Relu", &["c"], &["r"], vec![])], vec![init("W", &[4, 3, 3, 3])]);
+    let g = import(&m).unwrap();
+    assert_eq!((g.nodes[0].name.as_str(), g.nodes[1].name.as_str()), ("Conv#0", "Relu#1"));
+}
+
+#[test]
+fn input_option_overrides_symbolic_sizes() {
+    let m = model(vec![input("x", &[None, Some(3), None, None])], vec![node("conv", "Conv", &["x", "W"], &["c"], vec![])], vec![init("W", &[4, 3, 3, 3])]);
+    assert_eq!(
+        import(&m).unwrap_err(),
+        "the graph input `x` has shape [?, 3, ?, ?] with unknown or symbolic sizes: give one sample's shape with --input CxHxW"
+    );
+    let g = onnx::import(&m, &ImportOptions { input: Some([3, 32, 16]) }).unwrap();
+    assert_eq!(g.nodes[0].output, img(4, 30, 14));
+}
+
+// ------------------------------------------------------------------ errors at nodes
+
+fn conv_error(attrs: Vec<AttributeProto>, w: &[i64]) -> String {
+    import(&model(vec![image_input(3, 8, 8)], vec![node("conv", "Conv", &["x", "W"], &["c"], attrs)], vec![init("W", w)])).unwrap_err()
+}
+
+#[test]
+fn attribute_errors_name_the_attribute_op_and_node() {
+    let cases: Vec<(Vec<AttributeProto>, &str)> = vec![
+        (vec![attr("strides", A::Is(vec![1, 0]))], "node `conv` (Conv): attribute `strides` = [1, 0] is out of range: each value must be from 1 to 2147483648"),
+        (vec![attr("strides", A::Is(vec![1, 1, 1]))], "node `conv` (Conv): attribute `strides` = [1, 1, 1] must have 2 values (2-D only), got 3"),
+        (vec![attr("pads", A::Is(vec![1, -1, 0, 0]))], "node `conv` (Conv): attribute `pads` = [1, -1, 0, 0] is out of range: each value must be from 0 to 2147483648"),
+        (vec![attr("group", A::I(0))], "node `conv` (Conv): attribute `group` = 0 is out of range: it must divide the 4 output channels"),
+        (vec![attr("group", A::F(1.0))], "node `conv` (Conv): attribute `group` must be an integer"),
+        (vec![attr("auto_pad", A::S("SAME"))], "node `conv` (Conv): attribute `auto_pad` = `SAME` is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER"),
+        (vec![attr("kernel_shape", A::Is(vec![5, 5]))], "node `conv` (Conv): attribute `kernel_shape` = [5, 5] disagrees with the weight `W` [4, 3, 3, 3]"),
+        (vec![attr("dilations", A::Is(vec![9, 9]))], "node `conv` (Conv): the output would be empty: input (3,8,8), kernel 3×3, dilation [9, 9], padding [Pad { begin: 0, end: 0 }, Pad { begin: 0, end: 0 }]"),
+    ];
+    for (attrs, expected) in cases {
+        assert_eq!(conv_error(attrs, &[4, 3, 3, 3]), expected);
+    }
+    assert_eq!(conv_error(vec![], &[4, 3, 3]), "node `conv` (Conv): the weight `W` has shape [4, 3, 3]: cnnc handles 2-D convolutions (a 4-D weight)");
+    assert_eq!(conv_error(vec![], &[4, 2, 3, 3]), "node `conv` (Conv): the input has 3 channels but the weight `W` [4, 2, 3, 3] with group 1 expects 2");
+    assert_eq!(conv_error(vec![], &[4, 3, 0, 3]), "node `conv` (Conv): the weight `W` has an invalid shape [4, 3, 0, 3]");
+}
+
+#[test]
+fn other_node_errors() {
+    let err = stem(vec![node("pool", "MaxPool", &["c"], &["p"], vec![])], vec![]).unwrap_err();
+    assert_eq!(err, "node `pool` (MaxPool): attribute `kernel_shape` is required");
+    let err = stem(vec![node("pool", "MaxPool", &["c"], &["p"], vec![attr("kernel_shape", A::Is(vec![2, 2])), attr("ceil_mode", A::I(2))])], vec![]).unwrap_err();
+    assert_eq!(err, "node `pool` (MaxPool): attribute `ceil_mode` must be 0 or 1, got 2");
+    let err = stem(vec![node("fc", "Gemm", &["c", "FW"], &["y"], vec![])], vec![init("FW", &[324, 10])]).unwrap_err();
+    assert_eq!(err, "node `fc` (Gemm): input `c` has shape (4,9,9): Gemm needs a 2-D (N, F) input (flatten it first)");
+    let err = stem(
+        vec![node("f", "Flatten", &["c"], &["f"], vec![]), node("fc", "Gemm", &["f", "FW"], &["y"], vec![attr("alpha", A::F(2.0))])],
+        vec![init("FW", &[324, 10])],
+    )
+    .unwrap_err();
+    assert_eq!(err, "node `fc` (Gemm): attribute `alpha` = 2 is not supported: cnnc plans Gemm with alpha = beta = 1");
+    let err = stem(vec![node("r", "Relu", &["nowhere"], &["r"], vec![])], vec![]).unwrap_err();
+    assert_eq!(err, "node `r` (Relu): input `nowhere` is not defined by any node, initializer or graph input");
+    let err = stem(vec![node("f", "Flatten", &["c"], &["f"], vec![attr("axis", A::I(2))])], vec![]).unwrap_err();
+    assert_eq!(err, "node `f` (Flatten): attribute `axis` = 2 is not supported: only axis 1 (keep the batch axis)");
+}
+
+#[test]
+fn unsupported_ops_are_listed_at_once() {
+    let err = stem(
+        vec![
+            node("bn", "BatchNormalization", &["c", "s", "b", "m", "v"], &["n"], vec![]),
+            node("res", "Add", &["n", "c"], &["a"], vec![]),
+            node("", "Concat", &["a", "c"], &["y"], vec![]),
+            NodeProto { domain: Some("com.microsoft".into()), ..node("fused", "FusedConv", &["y"], &["z"], vec![]) },
+        ],
+        vec![],
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("4 unsupported ONNX nodes: `bn` (BatchNormalization), `res` (Add), `Concat#3` (Concat), `fused` (com.microsoft::FusedConv) (cnnc imports chains of Conv, Gemm, MatMul(+Add), "),
+        "{err}"
+    );
+}
+
+#[test]
+fn model_errors() {
+    // a cycle
+    let err = stem(vec![node("a", "Relu", &["b_out"], &["a_out"], vec![]), node("b", "Relu", &["a_out"], &["b_out"], vec![])], vec![]).unwrap_err();
+    assert_eq!(err, "the graph has a cycle: nodes `a` (Relu), `b` (Relu) depend on each other");
+    // two data inputs
+    let m = model(vec![image_input(3, 8, 8), input("z", &[None, Some(3)])], vec![node("r", "Relu", &["x"], &["r"], vec![])], vec![]);
+    assert_eq!(import(&m).unwrap_err(), "the graph has 2 data inputs (`x`, `z`): cnnc plans networks with one input");
+    // no weight layer
+    let m = model(vec![image_input(3, 8, 8)], vec![node("r", "Relu", &["x"], &["r"], vec![])], vec![]);
+    let g = import(&m).unwrap();
+    assert!(cnnc::network(&g, None).is_err());
+    // old opset
+    let mut m = model(vec![image_input(3, 8, 8)], vec![], vec![]);
+    m.opset_import[0].version = Some(6);
+    assert_eq!(import(&m).unwrap_err(), "the model uses opset 6: cnnc imports opset 7 and later");
+    // produced twice
+    let err = stem(vec![node("a", "Relu", &["c"], &["c"], vec![])], vec![]).unwrap_err();
+    assert_eq!(err, "value `c` is produced by two nodes");
+}
+
+#[test]
+fn decode_errors_never_panic() {
+    let good = model(vec![image_input(3, 8, 8)], vec![node("conv", "Conv", &["x", "W"], &["c"], vec![])], vec![init("W", &[4, 3, 3, 3])]).encode_to_vec();
+    for cut in 0..good.len() {
+        let _ = onnx::decode(Bytes::from(good[..cut].to_vec())).and_then(|m| onnx::import(&m, &ImportOptions::default()));
+    }
+    // flip every byte in turn: decode + import + unify + plan must not panic
+    for k in 0..good.len() {
+        let mut bad = good.clone();
+        bad[k] ^= 0xA5;
+        if let Ok(g) = onnx::decode(Bytes::from(bad)).and_then(|m| onnx::import(&m, &ImportOptions::default())) {
+            if let Ok(net) = cnnc::network(&g, None) {
+                let _ = cnnc::plan(&net, Options { mode: Mode::Forward, std_cap: None });
+            }
+        }
+    }
+    assert_eq!(onnx::decode(Bytes::new()).unwrap_err().to_string(), "not a valid ONNX model: the file decodes as protobuf but has no graph");
+}
+
+// ------------------------------------------------------------------ fixtures
+
+fn data_dir(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx").join(sub)
+}
+
+fn fixtures(sub: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data_dir(sub)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
+    v.sort();
+    v
+}
+
+fn input_of(path: &Path) -> Option<[u64; 3]> {
+    let text = std::fs::read_to_string(path.with_extension("input")).ok()?;
+    let v: Vec<u64> = text.trim().split('x').map(|s| s.parse().unwrap()).collect();
+    Some([v[0], v[1], v[2]])
+}
+
+/// The dump a fixture is checked against: the `lower` table, or the error message.
+fn check(path: &Path) -> String {
+    let result = onnx::load(path, &ImportOptions { input: input_of(path) }).map_err(cnnc::Error::from).and_then(|g| {
+        let net = cnnc::network(&g, None)?;
+        let analysis = cnnc::analyze::analyze(&net, Options { mode: Mode::Forward, std_cap: None })?;
+        Ok(cnnc::report::lower_table(&net, &analysis, Mode::Forward))
+    });
+    match result {
+        Ok(table) => table,
+        Err(e) => format!("{e}\n"),
+    }
+}
+
+fn expect_file(path: &Path, actual: &str) {
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|_| panic!("{} is missing: run with UPDATE_EXPECT=1", path.display()));
+    assert_eq!(actual, expected, "{} differs (UPDATE_EXPECT=1 rewrites it)", path.display());
+}
+
+#[test]
+fn ok_fixtures_match_their_lower_tables() {
+    let files = fixtures("ok");
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        let out = check(&f);
+        assert!(!out.starts_with("error") && out.contains("mode forward"), "{}: {out}", f.display());
+        expect_file(&f.with_extension("lower"), &out);
+    }
+}
+
+#[test]
+fn err_fixtures_match_their_messages() {
+    let files = fixtures("err");
+    assert!(files.len() >= 8, "{files:?}");
+    for f in files {
+        let out = check(&f);
+        expect_file(&f.with_extension("err"), &out);
+    }
+}
+
+#[test]
+fn dynamo_fixture_needs_input_and_has_no_weight_data() {
+    let path = data_dir("ok").join("dynamo_style.onnx");
+    assert!(!data_dir("ok").join("dynamo_style.onnx.data").exists());
+    let err = onnx::load(&path, &ImportOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("give one sample's shape with --input CxHxW"), "{err}");
+}
+
+// ------------------------------------------------------------------ export, round trip, init
+
+fn spec_plan(text: &str, mode: Mode) -> (ir::Graph, cnnc::plan::Plan) {
+    let src = cnnc::Source::new("t.cnn", text);
+    let graph = src.graph().unwrap();
+    let plan = cnnc::plan(&src.network().unwrap(), Options { mode, std_cap: None }).unwrap();
+    (graph, plan)
+}
+
+/// The plan with names blanked: what must survive spec → ONNX → plan.
+fn numbers(p: &cnnc::plan::Plan) -> cnnc::plan::Plan {
+    let mut p = p.clone();
+    p.network = String::new();
+    for l in &mut p.layers {
+        l.name = String::new();
+        l.weight.name = String::new();
+        if let Some(b) = &mut l.bias {
+            b.name = String::new();
+        }
+    }
+    p
+}
+
+const SPECS: &[&str] = &[
+    "network A\ninput 3x32x32\nConv(3/p1) -> 8, relu\nMaxPool(2/s2)\nConv(3/s2/p1) -> 16, leaky_relu(0.1)\nAvgPool(3/s2/p1)\nConv(1) -> 16, relu\nglobal_maxpool\nLinear -> 10\n",
+    "network B\ninput 1x28x28\nConv(5) -> 6, relu\nMaxPool(3/s2/p1)\nConv(5) -> 16, relu\nflatten\nLinear -> 120, relu\nLinear -> 84, tanh\nLinear -> 10\n",
+];
+
+#[test]
+fn round_trip_spec_to_onnx_to_plan() {
+    let mut texts: Vec<String> = SPECS.iter().map(|s| s.to_string()).collect();
+    texts.push(std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/f34.cnn")).unwrap().replace("input 3x224x224", "input 3x64x64"));
+    for text in &texts {
+        for mode in [Mode::Forward, Mode::Backward] {
+            let (graph, plan) = spec_plan(text, mode);
+            let model = onnx::export(&graph, &plan, 7).unwrap();
+            let bytes = onnx::encode(&model).unwrap();
+            let back = onnx::import(&onnx::decode(Bytes::from(bytes)).unwrap(), &ImportOptions::default()).unwrap();
+            let plan2 = cnnc::plan(&cnnc::network(&back, None).unwrap(), Options { mode, std_cap: None }).unwrap();
+            assert_eq!(numbers(&plan2), numbers(&plan), "{text}");
+            // the initializer names are the plan's
+            let inits: Vec<&str> = model.graph.as_ref().unwrap().initializer.iter().map(|t| t.name()).collect();
+            assert_eq!(inits[0], plan.layers[0].weight.name);
+        }
+    }
+}
+
+fn floats(t: &TensorProto) -> Vec<f32> {
+    t.raw_data.as_ref().unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn std_of(v: &[f32]) -> f64 {
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+}
+
+#[test]
+fn exported_weights_follow_the_plan() {
+    let (graph, plan) = spec_plan(SPECS[0], Mode::Forward);
+    let model = onnx::export(&graph, &plan, 1).unwrap();
+    let g = model.graph.as_ref().unwrap();
+    for l in &plan.layers {
+        let w = g.initializer.iter().find(|t| t.name() == l.weight.name).unwrap();
+        assert_eq!(w.dims, l.weight.shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+        let s = std_of(&floats(w));
+        assert!((s / l.weight.std - 1.0).abs() < 0.15, "{}: {s} vs {}", l.weight.name, l.weight.std);
+        let b = g.initializer.iter().find(|t| Some(t.name()) == l.bias.as_ref().map(|b| b.name.as_str())).unwrap();
+        assert!(floats(b).iter().all(|&x| x == 0.0));
+    }
+    // the same seed gives the same bytes; another seed does not
+    assert_eq!(onnx::encode(&onnx::export(&graph, &plan, 1).unwrap()).unwrap(), onnx::encode(&model).unwrap());
+    assert_ne!(onnx::encode(&onnx::export(&graph, &plan, 2).unwrap()).unwrap(), onnx::encode(&model).unwrap());
+}
+
+#[test]
+fn normal_generator_moments() {
+    let mut rng = onnx::Normal::new(42);
+    let v: Vec<f64> = (0..200_000).map(|_| rng.sample()).collect();
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+    let kurt = v.iter().map(|x| (x - mean).powi(4)).sum::<f64>() / v.len() as f64 / (var * var);
+    assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01 && (kurt - 3.0).abs() < 0.05, "{mean} {var} {kurt}");
+}
+
+#[test]
+fn init_rewrites_initializers_only() {
+    let path = data_dir("ok").join("torchscript_style.onnx");
+    let original = onnx::read_model(&path).unwrap();
+    let graph = onnx::import(&original, &ImportOptions::default()).unwrap();
+    let plan = cnnc::plan(&cnnc::network(&graph, None).unwrap(), Options { mode: Mode::Backward, std_cap: None }).unwrap();
+    let mut model = original.clone();
+    onnx::reinit(&mut model, &plan, 3).unwrap();
+    let (a, b) = (original.graph.as_ref().unwrap(), model.graph.as_ref().unwrap());
+    assert_eq!((&a.node, &a.input, &a.output, &a.name), (&b.node, &b.input, &b.output, &b.name));
+    assert_eq!((&original.opset_import, original.ir_version, &original.producer_name), (&model.opset_import, model.ir_version, &model.producer_name));
+    assert_eq!(a.initializer.len(), b.initializer.len());
+    for (x, y) in a.initializer.iter().zip(&b.initializer) {
+        assert_eq!((x.name(), &x.dims, x.data_type), (y.name(), &y.dims, y.data_type));
+    }
+    let conv = b.initializer.iter().find(|t| t.name() == "features.3.weight").unwrap();
+    let s = std_of(&floats(conv));
+    assert!((s / plan.layers[1].weight.std - 1.0).abs() < 0.1, "{s} vs {}", plan.layers[1].weight.std);
+    assert!(floats(b.initializer.iter().find(|t| t.name() == "fc.bias").unwrap()).iter().all(|&x| x == 0.0));
+    // the re-initialized model plans the same
+    let again = onnx::import(&onnx::decode(Bytes::from(onnx::encode(&model).unwrap())).unwrap(), &ImportOptions::default()).unwrap();
+    assert_eq!(again, graph);
+}
+
+#[test]
+fn init_adds_initializers_for_weights_given_as_inputs() {
+    let path = data_dir("ok").join("no_params.onnx");
+    let mut model = onnx::read_model(&path).unwrap();
+    let graph = onnx::import(&model, &ImportOptions::default()).unwrap();
+    let plan = cnnc::plan(&cnnc::network(&graph, None).unwrap(), Options { mode: Mode::Forward, std_cap: None }).unwrap();
+    onnx::reinit(&mut model, &plan, 0).unwrap();
+    let names: Vec<&str> = model.graph.as_ref().unwrap().initializer.iter().map(|t| t.name()).collect();
+    assert_eq!(names, ["w1", "b1", "w3", "w2"]);
+    assert_eq!(model.graph.as_ref().unwrap().initializer[3].dims, [6, 10]);
+}
+
+// ------------------------------------------------------------------ CLI
+
+fn cnnc(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn cli_plan_lower_export_init() {
+    let dir = std::env::temp_dir().join(format!("cnnc-onnx-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dynamo = data_dir("ok").join("dynamo_style.onnx");
+    let dynamo = dynamo.to_str().unwrap();
+    let (ok, out, err) = cnnc(&["plan", dynamo, "--mode", "backward", "--input", "3x64x64"]);
+    assert!(ok, "{err}");
+    let plan: cnnc::plan::Plan = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan.layers.iter().map(|l| l.weight.name.as_str()).collect::<Vec<_>>(), ["conv1.weight", "conv2.weight", "fc.weight"]);
+    assert_eq!(plan.layers[2].bias.as_ref().unwrap().name, "fc.bias");
+    let (ok, _, err) = cnnc(&["plan", dynamo]);
+    assert!(!ok);
+    assert!(err.starts_with("error: ") && err.contains("dynamo_style.onnx: the graph input `x` has shape [?, 3, ?, ?]"), "{err}");
+    let (ok, _, err) = cnnc(&["plan", dynamo, "--input", "3x64"]);
+    assert!(!ok && err.contains("expected CxHxW"), "{err}");
+
+    let spec = dir.join("a.cnn");
+    std::fs::write(&spec, SPECS[0]).unwrap();
+    let exported = dir.join("a.onnx");
+    let (ok, _, err) = cnnc(&["export-onnx", spec.to_str().unwrap(), "--mode", "forward", "--seed", "7", "-o", exported.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (_, from_spec, _) = cnnc(&["lower", spec.to_str().unwrap()]);
+    let (ok, from_onnx, err) = cnnc(&["lower", exported.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(from_onnx, from_spec);
+    let reinit = dir.join("a.init.onnx");
+    let (ok, _, err) = cnnc(&["init", exported.to_str().unwrap(), "--mode", "backward", "--seed", "7", "-o", reinit.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (_, graph_a, _) = cnnc(&["graph", exported.to_str().unwrap()]);
+    let (_, graph_b, _) = cnnc(&["graph", reinit.to_str().unwrap()]);
+    assert_eq!(graph_a, graph_b);
+    let (ok, _, err) = cnnc(&["plan", spec.to_str().unwrap(), "--input", "3x8x8"]);
+    assert!(!ok && err.contains("--input applies to ONNX models only"), "{err}");
+    let (ok, _, err) = cnnc(&["plan", dir.join("missing.onnx").to_str().unwrap()]);
+    assert!(!ok && err.contains("cannot read") && err.contains("missing.onnx"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn export_of_the_small_spec_is_stable() {
+    // tests/data/onnx/ok/exported_small.onnx was written by
+    // `cnnc export-onnx tests/data/onnx/ok/exported_small.cnn --seed 7 -o …`.
+    let text = std::fs::read_to_string(data_dir("ok").join("exported_small.cnn")).unwrap();
+    let (graph, plan) = spec_plan(&text, Mode::Forward);
+    let bytes = onnx::encode(&onnx::export(&graph, &plan, 7).unwrap()).unwrap();
+    let path = data_dir("ok").join("exported_small.onnx");
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    assert!(std::fs::read(&path).unwrap() == bytes, "{} differs from a fresh export (UPDATE_EXPECT=1 rewrites it)", path.display());
+}
