@@ -128,9 +128,8 @@ fn pad(begin: u64, end: u64) -> Pad {
 fn one_conv(h: i64, w: i64, k: i64, group: i64, attrs: Vec<AttributeProto>) -> Result<ir::Graph, String> {
     let mut attrs = attrs;
     attrs.push(attr("group", A::I(group)));
-    let cin = if group == 3 { 3 } else { 3 };
     import_bytes(&model(
-        vec![image_input(cin, h, w)],
+        vec![image_input(3, h, w)],
         vec![node("c", "Conv", &["x", "W", "B"], &["y"], attrs)],
         vec![init("W", &[6, 3 / group, k, k]), init("B", &[6])],
     ))

@@ -749,9 +749,9 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         .and_then(|p| p.ints.clone())
         .ok_or_else(|| format!("the shape `{target_name}` must be a constant int64 tensor"))?;
     let n = shape.numel() as i64;
-    let ok = match target.as_slice() {
-        &[_, f] if f == n => true,
-        &[b, -1] => b == 0 || b > 0,
+    let ok = match *target.as_slice() {
+        [_, f] if f == n => true,
+        [b, -1] => b >= 0,
         _ => false,
     };
     if !ok {
