@@ -735,3 +735,42 @@ fn export_of_the_small_spec_is_stable() {
     }
     assert!(std::fs::read(&path).unwrap() == bytes, "{} differs from a fresh export (UPDATE_EXPECT=1 rewrites it)", path.display());
 }
+
+#[test]
+fn shapes_only_reading_matches_full_decoding() {
+    // a model whose tensors are past the keep limit (so their payloads are skipped)
+    let (graph, plan) = spec_plan(SPECS[1], Mode::Forward);
+    let exported = onnx::encode(&onnx::export(&graph, &plan, 3).unwrap()).unwrap();
+    let mut files: Vec<Vec<u8>> = fixtures("ok").iter().map(|p| std::fs::read(p).unwrap()).collect();
+    files.push(exported.clone());
+    for bytes in &files {
+        let full = onnx::decode(Bytes::from(bytes.clone())).unwrap();
+        let slim = onnx::decode_shapes(std::io::Cursor::new(bytes), bytes.len() as u64).unwrap();
+        let opts = ImportOptions { input: Some([3, 64, 64]).filter(|_| full.graph.as_ref().unwrap().name() == "dynamo_style") };
+        assert_eq!(onnx::import(&slim, &opts).unwrap(), onnx::import(&full, &opts).unwrap());
+    }
+    let slim = onnx::decode_shapes(std::io::Cursor::new(&exported), exported.len() as u64).unwrap();
+    let big = slim.graph.as_ref().unwrap().initializer.iter().find(|t| t.dims.iter().product::<i64>() > 1024).unwrap();
+    assert!(big.raw_data.is_none(), "the payload of `{}` was read", big.name());
+    assert!(slim.encoded_len() < exported.len() / 20);
+}
+
+#[test]
+fn shapes_only_reading_of_damaged_files_never_panics() {
+    let good = std::fs::read(data_dir("ok").join("torchscript_style.onnx")).unwrap();
+    for cut in (0..good.len()).step_by(7) {
+        let r = onnx::decode_shapes(std::io::Cursor::new(&good[..cut]), cut as u64);
+        assert!(r.is_err() || cut == 0, "{cut}");
+    }
+    for k in (0..good.len()).step_by(3) {
+        let mut bad = good.clone();
+        bad[k] = bad[k].wrapping_add(0x41);
+        if let Ok(m) = onnx::decode_shapes(std::io::Cursor::new(&bad), bad.len() as u64) {
+            if let Ok(g) = onnx::import(&m, &ImportOptions::default()) {
+                if let Ok(net) = cnnc::network(&g, None) {
+                    let _ = cnnc::plan(&net, Options { mode: Mode::Forward, std_cap: None });
+                }
+            }
+        }
+    }
+}

@@ -8,9 +8,10 @@
 //! Invariants:
 //! - Only this module touches protobuf types; nothing outside sees [`proto`] except through
 //!   [`ModelProto`] values handed back to the CLI for encoding.
-//! - Decoding never copies weight bytes: the generated code stores `bytes` fields as
-//!   [`Bytes`], which prost slices out of the input buffer, and planning reads only tensor
-//!   dims (and the values of small int64 tensors such as a `Reshape` target).
+//! - Planning never reads weight bytes: [`load`] walks the file's protobuf framing and
+//!   seeks past the large tensor payloads (`slim.rs`), then decodes the rest. A full
+//!   [`decode`] (for `init`) does not copy them: the generated code stores `bytes` fields
+//!   as [`Bytes`], which prost slices out of the input buffer.
 //! - Import never panics on bad input: every problem is an [`OnnxError`].
 //!
 //! `proto` (`onnx.rs`) is generated once from the vendored `onnx.proto` and committed, so
@@ -31,6 +32,7 @@ pub mod proto;
 
 mod export;
 mod import;
+mod slim;
 
 pub use export::{encode, export, reinit, Normal};
 pub use import::{import, ImportOptions, SUPPORTED_OPS};
@@ -76,7 +78,18 @@ pub fn read_model(path: &Path) -> Result<ModelProto, OnnxError> {
     decode(Bytes::from(data))
 }
 
-/// Reads, decodes and imports a model file into the graph IR.
+/// Reads a model file for planning: every field but the large weight payloads, which are
+/// skipped with a seek (see `slim.rs`). The model's tensors keep their dims and types.
+pub fn read_model_shapes(path: &Path) -> Result<ModelProto, OnnxError> {
+    decode(Bytes::from(slim::read_slim(path)?))
+}
+
+/// [`read_model_shapes`] from any seekable reader of `len` bytes, positioned at the start.
+pub fn decode_shapes<R: std::io::BufRead + std::io::Seek>(r: R, len: u64) -> Result<ModelProto, OnnxError> {
+    decode(Bytes::from(slim::slim(r, len)?))
+}
+
+/// Reads (shapes only), decodes and imports a model file into the graph IR.
 pub fn load(path: &Path, opts: &ImportOptions) -> Result<crate::ir::Graph, OnnxError> {
-    import(&read_model(path)?, opts)
+    import(&read_model_shapes(path)?, opts)
 }
