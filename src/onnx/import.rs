@@ -325,15 +325,20 @@ fn checked_shape(s: Shape) -> Result<Shape, String> {
     }
 }
 
+/// A tensor's dims, and its values when it is an int64 tensor of at most 16 elements
+/// whose data matches its dims.
 fn param_of(t: &TensorProto) -> Param {
-    let ints = if t.data_type() == DataType::Int64 as i32 && t.dims.iter().product::<i64>() <= 16 {
-        if !t.int64_data.is_empty() {
-            Some(t.int64_data.clone())
-        } else {
-            t.raw_data.as_ref().filter(|r| r.len() % 8 == 0).map(|r| r.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    let count = t.dims.iter().try_fold(1i64, |a, &d| if d < 0 { None } else { a.checked_mul(d) });
+    let ints = match count {
+        Some(n) if t.data_type() == DataType::Int64 as i32 && n <= 16 => {
+            let values: Vec<i64> = match &t.raw_data {
+                _ if !t.int64_data.is_empty() => t.int64_data.clone(),
+                Some(raw) if raw.len() as i64 == 8 * n => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+                _ => Vec::new(),
+            };
+            Some(values).filter(|v| v.len() as i64 == n)
         }
-    } else {
-        None
+        _ => None,
     };
     Param { dims: t.dims.clone(), ints }
 }
