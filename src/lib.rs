@@ -16,6 +16,7 @@ pub mod plan;
 pub mod quad;
 pub mod report;
 pub mod syntax;
+pub mod train;
 pub mod unify;
 
 use diag::{Diagnostic, Diagnostics};

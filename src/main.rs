@@ -132,6 +132,22 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Train the network with the candle back end (weights drawn from a plan)
+    Train(TrainArgs),
+    /// Write a synthetic image-folder data set (textured shapes with noise, one class per folder)
+    SynthData {
+        /// Output directory (one folder per class)
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        #[arg(long, default_value_t = 60)]
+        per_class: usize,
+        /// Image side in pixels
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Print the JSON Schema of the plan format
     Schema {
         #[arg(short, long)]
@@ -266,8 +282,162 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = cnnc::onnx::encode(&proto).map_err(cnnc::Error::from)?;
             cnnc::write_atomic(&output, &bytes).with_context(|| format!("cannot write {}", output.display()))
         }
+        Command::Train(args) => train_command(args),
+        Command::SynthData { dir, classes, per_class, size, seed } => {
+            cnnc::train::data::synthesize(&dir, classes, per_class, size, seed)?;
+            eprintln!("wrote {} images in {classes} class folders under {}", classes * per_class, dir.display());
+            Ok(())
+        }
         Command::Schema { output } => emit(&output, &cnnc::plan::schema_json()),
     }
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// A network description (.cnn) or an ONNX model (.onnx); with --resume, the run's
+    model: Option<PathBuf>,
+    /// Data: a folder with IDX files (MNIST, Fashion-MNIST), train/ and val/ class folders, or class folders
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Initialization mode, used to plan the network at --image-size
+    #[arg(long, value_enum, default_value = "forward")]
+    init: ModeArg,
+    /// A plan file (JSON or YAML) to use instead of --init; it must be for this input size
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Images are resized and center-cropped to this size (default: the network's declared size)
+    #[arg(long)]
+    image_size: Option<u64>,
+    /// Total epochs [default: 300]; with --resume, training continues up to this many
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Seed of the weights and the batch order
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu or cuda (cuda needs a build with `--features cuda`)
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Fraction of each class held out for validation, for a data folder without train/ and val/
+    #[arg(long, default_value_t = 0.25)]
+    val_split: f64,
+    /// The run directory: config, plan, metrics.jsonl, checkpoint
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// No progress bar or per-epoch lines
+    #[arg(long)]
+    quiet: bool,
+    /// Use only the first N training images (0: all)
+    #[arg(long, default_value_t = 0)]
+    limit_train: usize,
+    /// Use only the first N validation images (0: all)
+    #[arg(long, default_value_t = 0)]
+    limit_val: usize,
+}
+
+fn train_command(a: TrainArgs) -> Result<()> {
+    use cnnc::train::{self, data};
+    let (config, plan, run, resume) = match &a.resume {
+        Some(run) => {
+            let (mut config, plan, done) = train::run_config(run)?;
+            if let Some(e) = a.epochs {
+                config.epochs = e;
+            }
+            if config.epochs <= done {
+                bail!("{} has already trained {done} epochs; pass --epochs N with N > {done} to continue", run.display());
+            }
+            (config, Some(plan), run.clone(), true)
+        }
+        None => {
+            let Some(model) = &a.model else { bail!("train needs a network file (or --resume RUN)") };
+            let Some(data) = &a.data else { bail!("train needs --data DIR") };
+            let Some(out) = &a.out else { bail!("train needs --out RUN (the run directory)") };
+            if out.join(train::CHECKPOINT).exists() {
+                bail!("{} already holds a run; use --resume {} to continue it, or another --out", out.display(), out.display());
+            }
+            let init = match &a.plan {
+                Some(p) => format!("plan:{}", p.display()),
+                None => Mode::from(a.init).name().to_string(),
+            };
+            let config = train::Config {
+                model: model.display().to_string(),
+                data: data.display().to_string(),
+                init,
+                image_size: 0,
+                epochs: a.epochs.unwrap_or(300),
+                batch_size: a.batch_size,
+                lr: a.lr,
+                momentum: a.momentum,
+                weight_decay: a.weight_decay,
+                seed: a.seed,
+                device: a.device.clone(),
+                val_split: a.val_split,
+                limit_train: a.limit_train,
+                limit_val: a.limit_val,
+            };
+            (config, None, out.clone(), false)
+        }
+    };
+    let mut config = config;
+    train::device(&config.device)?;
+    let net = train::load_network(Path::new(&config.model), a.image_size.or((config.image_size > 0).then_some(config.image_size)))?;
+    let (c, h, w) = net.input.chw();
+    if h != w {
+        bail!("{}: the input is {h}x{w}; training needs square images (pass --image-size)", config.model);
+    }
+    config.image_size = h;
+    let plan = match (plan, &a.plan) {
+        (Some(p), _) => p,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let parsed: Result<cnnc::plan::Plan, String> = if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                serde_norway::from_str(&text).map_err(|e| e.to_string())
+            } else {
+                serde_json::from_str(&text).map_err(|e| e.to_string())
+            };
+            parsed.map_err(|e| anyhow::anyhow!("{}: not a cnnc plan: {e}", path.display()))?
+        }
+        (None, None) => cnnc::plan(&net, Options { mode: a.init.into(), std_cap: None })?,
+    };
+    let target = data::Target { channels: c as usize, size: h as usize };
+    let mut split = data::load(Path::new(&config.data), target, config.val_split, config.seed)?;
+    if config.limit_train > 0 {
+        split.train.truncate(config.limit_train);
+    }
+    if config.limit_val > 0 {
+        split.val.truncate(config.limit_val);
+    }
+    if !split.skipped.is_empty() {
+        eprintln!("skipped {} images that could not be decoded, e.g. {}: {}", split.skipped.len(), split.skipped[0].0.display(), split.skipped[0].1);
+    }
+    if !a.quiet {
+        eprintln!(
+            "{}: {} at {h}x{w}, init {}, {} classes, {} train / {} val images, device {}",
+            run.display(),
+            net.name,
+            config.init,
+            split.classes.len(),
+            split.train.len(),
+            split.val.len(),
+            config.device
+        );
+    }
+    let summary = train::train(&net, &plan, &split, &config, &run, resume, !a.quiet)?;
+    if let Some(m) = summary.epochs.last() {
+        let val = m.val_accuracy.map_or("n/a".to_string(), |v| format!("{:.2}%", 100.0 * v));
+        println!("epoch {}: train loss {:.4}, val accuracy {val}; run in {}", m.epoch, m.train_loss, run.display());
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,350 @@
+//! Training on the candle back end: data, SGD, the epoch loop, checkpoints.
+//!
+//! In: a [`Network`], a [`Plan`] for it, a data [`data::Split`] and a [`Config`]. Out: a
+//! run directory holding `config.json`, `plan.json`, `metrics.jsonl` (one JSON line per
+//! epoch: train loss/accuracy, val loss/accuracy, images/s) and `checkpoint.safetensors`
+//! (weights `param.<name>`, momentum buffers `momentum.<name>`, and in its metadata the
+//! epoch, the config and the plan).
+//!
+//! Invariants: files are replaced atomically (temporary file + rename), so a crash leaves
+//! the last good checkpoint; the checkpoint is written before the epoch's metrics line,
+//! and a resumed run drops metrics lines past its checkpoint. All randomness derives from
+//! the seed: weights from (seed), the batch order of epoch e from (seed, e); so resuming
+//! after epoch e replays exactly what a straight run does (on the CPU, bit for bit).
+
+pub mod data;
+pub mod sgd;
+
+use crate::nn::{Model, NnError};
+use crate::plan::Plan;
+use crate::unify::Network;
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] NnError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("the loss is {loss} at epoch {epoch}, step {step}: training stopped (lower --lr?); the last good checkpoint is kept")]
+    NonFinite { loss: f32, epoch: usize, step: usize },
+    #[error("{0}")]
+    Config(String),
+    #[error("at epoch {epoch}, step {step}: {source}")]
+    Step { epoch: usize, step: usize, source: candle_core::Error },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Everything that defines a run (saved in the run and its checkpoints).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// The network file (.cnn or .onnx).
+    pub model: String,
+    /// The data directory.
+    pub data: String,
+    /// The init mode, or `plan:<file>` when a plan was given.
+    pub init: String,
+    pub image_size: u64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub device: String,
+    pub val_split: f64,
+    /// Keep only the first N training / validation images (0: all).
+    pub limit_train: usize,
+    pub limit_val: usize,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    /// Absent when there is no validation set.
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub images_per_s: f64,
+    pub seconds: f64,
+}
+
+/// What a checkpoint holds besides tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CheckpointMeta {
+    format: String,
+    /// Epochs completed.
+    epoch: usize,
+    config: Config,
+    plan: Plan,
+}
+
+const CHECKPOINT_FORMAT: &str = "cnnc-checkpoint/1";
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const METRICS: &str = "metrics.jsonl";
+
+fn file_err(path: &Path, message: impl std::fmt::Display) -> TrainError {
+    TrainError::File { path: path.to_path_buf(), message: message.to_string() }
+}
+
+/// The device named by `--device`: `cpu`, or `cuda` (needs the `cuda` feature).
+pub fn device(name: &str) -> Result<Device, TrainError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if cfg!(feature = "cuda") => Device::new_cuda(0).map_err(|e| TrainError::Config(format!("cannot open CUDA device 0: {e}"))),
+        "cuda" => Err(TrainError::Config("--device cuda: this cnnc was built without CUDA support; rebuild with `cargo build --release --features cuda`".into())),
+        other => Err(TrainError::Config(format!("unknown device `{other}` (expected cpu or cuda)"))),
+    }
+}
+
+/// Writes weights and momentum buffers with the epoch, config and plan, atomically.
+fn save_checkpoint(path: &Path, model: &Model, opt: &sgd::Sgd, meta: &CheckpointMeta) -> Result<(), TrainError> {
+    let mut tensors: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("param.{n}"), v.as_tensor().clone())).collect();
+    tensors.extend(opt.state().into_iter().map(|(n, t)| (format!("momentum.{n}"), t)));
+    let host: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
+    let views: Vec<(String, &Tensor)> = host.iter().map(|(n, t)| (n.clone(), t)).collect();
+    let metadata = HashMap::from([("cnnc".to_string(), serde_json::to_string(meta).expect("checkpoint metadata serializes"))]);
+    let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| TrainError::Checkpoint { path: path.into(), message: e.to_string() })?;
+    crate::write_atomic(path, &bytes).map_err(|e| file_err(path, e))
+}
+
+/// Reads a checkpoint: its metadata and tensors (on `device`).
+fn load_checkpoint(path: &Path, device: &Device) -> Result<(CheckpointMeta, HashMap<String, Tensor>), TrainError> {
+    let bad = |m: String| TrainError::Checkpoint { path: path.into(), message: m };
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta_json = header.metadata().as_ref().and_then(|m| m.get("cnnc")).ok_or_else(|| bad("no cnnc metadata".into()))?;
+    let meta: CheckpointMeta = serde_json::from_str(meta_json).map_err(|e| bad(format!("bad metadata: {e}")))?;
+    if meta.format != CHECKPOINT_FORMAT {
+        return Err(bad(format!("format `{}`, expected `{CHECKPOINT_FORMAT}`", meta.format)));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+    Ok((meta, tensors))
+}
+
+/// Reads the config of an existing run (from its checkpoint).
+pub fn run_config(run: &Path) -> Result<(Config, Plan, usize), TrainError> {
+    let (meta, _) = load_checkpoint(&run.join(CHECKPOINT), &Device::Cpu)?;
+    Ok((meta.config, meta.plan, meta.epoch))
+}
+
+/// Cross-entropy (mean over the batch) and the number of correct predictions.
+fn loss_and_correct(logits: &Tensor, labels: &Tensor) -> candle_core::Result<(Tensor, usize)> {
+    let loss = candle_nn::loss::cross_entropy(logits, labels)?;
+    let pred = logits.argmax(1)?;
+    let correct = pred.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+    Ok((loss, correct))
+}
+
+fn to_batch(ds: &data::Dataset, idx: &[usize], dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let (x, y) = ds.batch(idx);
+    let x = Tensor::from_vec(x, (idx.len(), ds.channels, ds.size, ds.size), dev)?;
+    let y = Tensor::from_vec(y, idx.len(), dev)?;
+    Ok((x, y))
+}
+
+/// Mean loss and accuracy over a data set, in batches.
+fn evaluate(model: &Model, ds: &data::Dataset, batch: usize) -> Result<(Option<f64>, Option<f64>), TrainError> {
+    if ds.is_empty() {
+        return Ok((None, None));
+    }
+    let (mut loss, mut correct) = (0.0, 0);
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    for chunk in idx.chunks(batch) {
+        let (x, y) = to_batch(ds, chunk, &model.device)?;
+        let logits = model.forward(&x)?.detach();
+        let (l, c) = loss_and_correct(&logits.reshape((chunk.len(), ()))?, &y)?;
+        loss += l.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        correct += c;
+    }
+    Ok((Some(loss / ds.len() as f64), Some(correct as f64 / ds.len() as f64)))
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub epochs: Vec<EpochMetrics>,
+    pub run: PathBuf,
+}
+
+/// Trains `net` from `plan` on `split` and writes the run to `run`. With `resume`, the
+/// run's checkpoint is loaded (its weights, momentum and epoch) and training continues
+/// to `config.epochs`. `progress` shows a progress bar on stderr.
+pub fn train(net: &Network, plan: &Plan, split: &data::Split, config: &Config, run: &Path, resume: bool, progress: bool) -> Result<Summary, TrainError> {
+    if config.batch_size == 0 {
+        return Err(TrainError::Config("--batch-size must be at least 1".into()));
+    }
+    if split.train.is_empty() {
+        return Err(TrainError::Config("the training set is empty".into()));
+    }
+    let classes = net.layers.last().map_or(0, |l| l.output.numel()) as usize;
+    let max_label = split.train.labels.iter().chain(&split.val.labels).copied().max().unwrap_or(0) as usize;
+    if max_label >= classes {
+        return Err(TrainError::Config(format!("the data has {} classes but the network has {classes} outputs", max_label + 1)));
+    }
+    let dev = device(&config.device)?;
+    let model = Model::new(net, plan, config.seed, &dev, DType::F32)?;
+    let mut opt = sgd::Sgd::new(model.named_vars(), config.lr, config.momentum, config.weight_decay);
+    let ckpt = run.join(CHECKPOINT);
+    let metrics_path = run.join(METRICS);
+    let mut start = 0;
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    if resume {
+        let (meta, mut tensors) = load_checkpoint(&ckpt, &dev)?;
+        let bad = |m: String| TrainError::Checkpoint { path: ckpt.clone(), message: m };
+        if meta.plan != *plan {
+            return Err(bad("its plan differs from this run's plan".into()));
+        }
+        for (name, var) in model.named_vars() {
+            let t = tensors.remove(&format!("param.{name}")).ok_or_else(|| bad(format!("no weights for `{name}`")))?;
+            if t.dims() != var.as_tensor().dims() {
+                return Err(bad(format!("`{name}` has shape {:?}, the model {:?}", t.dims(), var.as_tensor().dims())));
+            }
+            var.set(&t.to_dtype(DType::F32)?)?;
+        }
+        let momentum: Vec<(String, Tensor)> = tensors.into_iter().filter_map(|(n, t)| n.strip_prefix("momentum.").map(|n| (n.to_string(), t))).collect();
+        opt.load_state(momentum).map_err(bad)?;
+        start = meta.epoch;
+        if let Ok(text) = std::fs::read_to_string(&metrics_path) {
+            history = text.lines().filter_map(|l| serde_json::from_str::<EpochMetrics>(l).ok()).filter(|m| m.epoch <= start).collect();
+        }
+    } else {
+        std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
+        crate::write_atomic(&run.join("plan.json"), plan.to_json().as_bytes()).map_err(|e| file_err(run, e))?;
+        let _ = std::fs::remove_file(&metrics_path);
+    }
+    crate::write_atomic(&run.join("config.json"), serde_json::to_string_pretty(config).expect("config serializes").as_bytes()).map_err(|e| file_err(run, e))?;
+    write_metrics(&metrics_path, &history)?;
+
+    let steps = split.train.len().div_ceil(config.batch_size);
+    for epoch in start + 1..=config.epochs {
+        let t0 = Instant::now();
+        let bar = if progress {
+            let b = indicatif::ProgressBar::new(steps as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{epoch}/{}", config.epochs));
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let order = data::epoch_order(split.train.len(), config.seed, epoch);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for (step, idx) in order.chunks(config.batch_size).enumerate() {
+            let step = step + 1;
+            let at = |source| TrainError::Step { epoch, step, source };
+            let (x, y) = to_batch(&split.train, idx, &dev).map_err(at)?;
+            let logits = model.forward(&x)?;
+            let (loss, c) = loss_and_correct(&logits.reshape((idx.len(), ())).map_err(at)?, &y).map_err(at)?;
+            let l = loss.to_scalar::<f32>().map_err(at)?;
+            if !l.is_finite() {
+                bar.abandon();
+                return Err(TrainError::NonFinite { loss: l, epoch, step });
+            }
+            let grads = loss.backward().map_err(at)?;
+            opt.step(&grads).map_err(at)?;
+            loss_sum += l as f64 * idx.len() as f64;
+            correct += c;
+            seen += idx.len();
+            bar.set_message(format!("loss {:.4} {:.0} img/s", loss_sum / seen as f64, seen as f64 / t0.elapsed().as_secs_f64()));
+            bar.inc(1);
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let (val_loss, val_accuracy) = evaluate(&model, &split.val, config.batch_size)?;
+        let m = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: correct as f64 / seen as f64,
+            val_loss,
+            val_accuracy,
+            images_per_s: seen as f64 / train_seconds,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        let meta = CheckpointMeta { format: CHECKPOINT_FORMAT.into(), epoch, config: config.clone(), plan: plan.clone() };
+        save_checkpoint(&ckpt, &model, &opt, &meta)?;
+        history.push(m.clone());
+        write_metrics(&metrics_path, &history)?;
+        if progress {
+            eprintln!(
+                "epoch {epoch}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.0} img/s, {:.1} s",
+                config.epochs,
+                m.train_loss,
+                100.0 * m.train_accuracy,
+                m.val_loss.unwrap_or(f64::NAN),
+                100.0 * m.val_accuracy.unwrap_or(f64::NAN),
+                m.images_per_s,
+                m.seconds
+            );
+        }
+    }
+    Ok(Summary { epochs: history, run: run.to_path_buf() })
+}
+
+fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<(), TrainError> {
+    let mut text = String::new();
+    for m in history {
+        text.push_str(&serde_json::to_string(m).expect("metrics serialize"));
+        text.push('\n');
+    }
+    crate::write_atomic(path, text.as_bytes()).map_err(|e| file_err(path, e))
+}
+
+/// The weights of a run's checkpoint, by parameter name (for tests and tools).
+pub fn checkpoint_weights(run: &Path) -> Result<Vec<(String, Vec<f32>)>, TrainError> {
+    let (_, tensors) = load_checkpoint(&run.join(CHECKPOINT), &Device::Cpu)?;
+    let mut out: Vec<(String, Vec<f32>)> = tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)))
+        .collect::<candle_core::Result<_>>()?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Loads a `.cnn` or `.onnx` network with its input resized to `image_size`×`image_size`
+/// (channels kept), or as declared when `image_size` is `None`. The plan must be made
+/// for the network this returns: ε and M depend on the input size.
+pub fn load_network(path: &Path, image_size: Option<u64>) -> Result<Network, TrainError> {
+    let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    let fail = |e: crate::Error| TrainError::Config(format!("{}: {e}", path.display()));
+    if is_onnx {
+        let declared = crate::onnx::load(path, &crate::onnx::ImportOptions { input: None }).map_err(|e| fail(e.into()))?;
+        let graph = match image_size {
+            Some(s) => {
+                let (c, _, _) = declared.input.chw();
+                crate::onnx::load(path, &crate::onnx::ImportOptions { input: Some([c, s, s]) }).map_err(|e| fail(e.into()))?
+            }
+            None => declared,
+        };
+        return crate::network(&graph, None).map_err(fail);
+    }
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|_| file_err(path, "not UTF-8 text"))?;
+    let src = crate::Source::new(path.display().to_string(), text);
+    let mut file = src.parse().map_err(fail)?;
+    if let Some(s) = image_size {
+        match file.input.value.len() {
+            3 => {
+                file.input.value[1] = s;
+                file.input.value[2] = s;
+            }
+            _ => return Err(TrainError::Config(format!("{}: --image-size needs an image input (CxHxW), the network takes {:?}", path.display(), file.input.value))),
+        }
+    }
+    let graph = crate::lower::lower(&file).map_err(|d| fail(crate::Error::Source(crate::diag::Diagnostics { path: src.path.clone(), source: src.text.clone(), items: d })))?;
+    crate::network(&graph, Some(&src)).map_err(fail)
+}

@@ -1,0 +1,125 @@
+//! The training loop: exact resume (2 epochs straight = 1 + resume 1, bit for bit on the
+//! CPU), metrics and checkpoint files, a non-finite loss stopping the run, and the CLI.
+
+use cnnc::train::{self, data, Config};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/train/tiny.cnn");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cnnc-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(data: &Path, epochs: usize, lr: f64) -> Config {
+    Config {
+        model: TINY.into(),
+        data: data.display().to_string(),
+        init: "forward".into(),
+        image_size: 16,
+        epochs,
+        batch_size: 8,
+        lr,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        seed: 3,
+        device: "cpu".into(),
+        val_split: 0.25,
+        limit_train: 0,
+        limit_val: 0,
+    }
+}
+
+#[test]
+fn two_epochs_straight_equal_one_plus_resume_one() {
+    let root = tmp("resume");
+    let data_dir = root.join("data");
+    data::synthesize(&data_dir, 4, 10, 16, 1).unwrap();
+    let net = train::load_network(Path::new(TINY), None).unwrap();
+    let plan = cnnc::plan(&net, cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None }).unwrap();
+    let split = data::load(&data_dir, data::Target { channels: 3, size: 16 }, 0.25, 3).unwrap();
+
+    let straight = root.join("straight");
+    let s = train::train(&net, &plan, &split, &config(&data_dir, 2, 0.05), &straight, false, false).unwrap();
+    assert_eq!(s.epochs.len(), 2);
+
+    let split_run = root.join("split");
+    train::train(&net, &plan, &split, &config(&data_dir, 1, 0.05), &split_run, false, false).unwrap();
+    let after_one = train::checkpoint_weights(&split_run).unwrap();
+    let r = train::train(&net, &plan, &split, &config(&data_dir, 2, 0.05), &split_run, true, false).unwrap();
+    assert_eq!(r.epochs.len(), 2, "metrics of epoch 1 are kept");
+
+    let a = train::checkpoint_weights(&straight).unwrap();
+    let b = train::checkpoint_weights(&split_run).unwrap();
+    assert_eq!(a.iter().map(|t| &t.0).collect::<Vec<_>>(), b.iter().map(|t| &t.0).collect::<Vec<_>>());
+    assert!(a.iter().any(|(n, _)| n.starts_with("momentum.")), "momentum buffers are saved");
+    assert_eq!(a, b, "resumed weights and momentum equal the straight run's");
+    assert_ne!(after_one, b, "the second epoch changed the weights");
+
+    let metrics = std::fs::read_to_string(straight.join(train::METRICS)).unwrap();
+    let lines: Vec<train::EpochMetrics> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(lines, s.epochs);
+    let resumed = std::fs::read_to_string(split_run.join(train::METRICS)).unwrap();
+    assert_eq!(resumed.lines().count(), 2);
+    // Train losses are identical too (same batches, same weights).
+    assert_eq!(lines[1].train_loss, r.epochs[1].train_loss);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let root = tmp("nan");
+    let data_dir = root.join("data");
+    data::synthesize(&data_dir, 4, 8, 16, 2).unwrap();
+    let net = train::load_network(Path::new(TINY), None).unwrap();
+    let plan = cnnc::plan(&net, cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None }).unwrap();
+    let split = data::load(&data_dir, data::Target { channels: 3, size: 16 }, 0.25, 3).unwrap();
+    let run = root.join("run");
+    train::train(&net, &plan, &split, &config(&data_dir, 1, 0.01), &run, false, false).unwrap();
+    let good = std::fs::read(run.join(train::CHECKPOINT)).unwrap();
+    let err = train::train(&net, &plan, &split, &config(&data_dir, 3, 1e30), &run, true, false).unwrap_err().to_string();
+    assert!(err.contains("at epoch 2, step"), "{err}");
+    assert_eq!(std::fs::read(run.join(train::CHECKPOINT)).unwrap(), good);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+fn cnnc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn cli_synth_data_train_and_resume() {
+    let root = tmp("cli");
+    let d = root.join("demo");
+    let run = root.join("run");
+    let (code, _, err) = cnnc(&["synth-data", d.to_str().unwrap(), "--classes", "4", "--per-class", "6", "--size", "20", "--seed", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let base = ["train", TINY, "--data", d.to_str().unwrap(), "--image-size", "12", "--batch-size", "4", "--quiet"];
+    let (code, out, err) = cnnc(&[&base[..], &["--epochs", "1", "--init", "kaiming-in", "--out", run.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("epoch 1:"), "{out}");
+    let plan: cnnc::plan::Plan = serde_json::from_str(&std::fs::read_to_string(run.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(plan.input_shape, [3, 12, 12], "the plan is made at --image-size");
+    assert_eq!(plan.mode, "kaiming-in");
+    // The same --out again is refused; --resume continues.
+    let (code, _, err) = cnnc(&[&base[..], &["--epochs", "1", "--out", run.to_str().unwrap()]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("already holds a run"), "{err}");
+    let (code, out, err) = cnnc(&["train", "--resume", run.to_str().unwrap(), "--epochs", "2", "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("epoch 2:"), "{out}");
+    let (code, _, err) = cnnc(&[&base[..], &["--device", "cuda", "--out", root.join("cuda").to_str().unwrap()]].concat());
+    assert_eq!(code, 1);
+    if !cfg!(feature = "cuda") {
+        assert!(err.contains("built without CUDA support"), "{err}");
+    }
+    let (code, _, err) = cnnc(&["train", TINY, "--data", root.join("nothing").to_str().unwrap(), "--out", root.join("x").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing") && err.contains("no such directory"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
