@@ -267,8 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             let net = load_network(&file, input)?;
             let plan = cnnc::plan(&net, Options { mode, std_cap })?;
             let model = cnnc::onnx::export(&graph, &plan, seed).map_err(cnnc::Error::from)?;
-            let bytes = cnnc::onnx::encode(&model).map_err(cnnc::Error::from)?;
-            cnnc::write_atomic(&output, &bytes).with_context(|| format!("cannot write {}", output.display()))
+            cnnc::onnx::write_model(model, &output, None).map_err(cnnc::Error::from).with_context(|| format!("cannot write {}", output.display()))
         }
         Command::Init { model, mode, std_cap, seed, input, output } => {
             let mode = mode.into();
@@ -279,8 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             let net = cnnc::network(&graph, None).map_err(in_model)?;
             let plan = cnnc::plan(&net, Options { mode, std_cap })?;
             cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
-            let bytes = cnnc::onnx::encode(&proto).map_err(cnnc::Error::from)?;
-            cnnc::write_atomic(&output, &bytes).with_context(|| format!("cannot write {}", output.display()))
+            cnnc::onnx::write_model(proto, &output, None).map_err(cnnc::Error::from).with_context(|| format!("cannot write {}", output.display()))
         }
         Command::Train(args) => train_command(args),
         Command::SynthData { dir, classes, per_class, size, seed } => {

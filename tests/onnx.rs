@@ -774,3 +774,40 @@ fn shapes_only_reading_of_damaged_files_never_panics() {
         }
     }
 }
+
+#[test]
+fn large_models_write_their_weights_as_external_data() {
+    let dir = std::env::temp_dir().join(format!("cnnc-onnx-ext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (graph, plan) = spec_plan(SPECS[1], Mode::Forward);
+    let model = onnx::export(&graph, &plan, 5).unwrap();
+    let inline = onnx::encode(&model).unwrap();
+    let path = dir.join("b.onnx");
+    // a limit below the model's size stands for protobuf's 2 GiB
+    onnx::write_model(model.clone(), &path, Some(inline.len() / 2)).unwrap();
+    let data = std::fs::read(dir.join("b.onnx.data")).unwrap();
+    let written = onnx::read_model(&path).unwrap();
+    let g = written.graph.as_ref().unwrap();
+    let mut moved = 0;
+    for (t, orig) in g.initializer.iter().zip(&model.graph.as_ref().unwrap().initializer) {
+        let entry = |k: &str| t.external_data.iter().find(|e| e.key() == k).map(|e| e.value().to_string());
+        match entry("offset") {
+            Some(off) => {
+                let (off, len): (usize, usize) = (off.parse().unwrap(), entry("length").unwrap().parse().unwrap());
+                assert_eq!(entry("location").as_deref(), Some("b.onnx.data"));
+                assert_eq!(&data[off..off + len], orig.raw_data.as_deref().unwrap());
+                moved += 1;
+            }
+            None => assert_eq!(t.raw_data, orig.raw_data),
+        }
+    }
+    assert!(moved >= 3);
+    // planning needs no weight bytes: the same graph comes back
+    assert_eq!(onnx::load(&path, &ImportOptions::default()).unwrap(), onnx::import(&model, &ImportOptions::default()).unwrap());
+    // under the limit, one inline file
+    let small = dir.join("c.onnx");
+    onnx::write_model(model, &small, None).unwrap();
+    assert_eq!(std::fs::read(&small).unwrap(), inline);
+    assert!(!dir.join("c.onnx.data").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

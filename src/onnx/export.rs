@@ -251,6 +251,47 @@ pub fn encode(model: &ModelProto) -> Result<Vec<u8>, OnnxError> {
     Ok(model.encode_to_vec())
 }
 
+/// Tensors at least this large go to the external data file when a model is too large
+/// to encode inline.
+const EXTERNAL_MIN: usize = 1024;
+
+/// Writes `model` to `path` atomically. When its encoding would exceed `limit` bytes
+/// (protobuf's 2 GiB with [`PROTOBUF_LIMIT`]; smaller in tests), the raw data of every
+/// initializer of at least 1 KiB moves to `<file name>.data` beside it, the ONNX external
+/// data layout (`location` relative to the model, `offset`, `length`).
+pub fn write_model(mut model: ModelProto, path: &std::path::Path, limit: Option<usize>) -> Result<(), OnnxError> {
+    use super::proto::{tensor_proto::DataLocation, StringStringEntryProto};
+    use std::io::Write;
+    let limit = limit.unwrap_or(PROTOBUF_LIMIT);
+    let io = |source| OnnxError::Io { path: path.display().to_string(), source };
+    if model.encoded_len() > limit {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
+        let location = format!("{name}.data");
+        let data_path = path.with_file_name(&location);
+        let tmp = path.with_file_name(format!(".{location}.tmp{}", std::process::id()));
+        let result = (|| -> Result<(), OnnxError> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+            let mut offset = 0usize;
+            for t in model.graph.iter_mut().flat_map(|g| g.initializer.iter_mut()) {
+                let Some(raw) = t.raw_data.take_if(|r| r.len() >= EXTERNAL_MIN) else { continue };
+                out.write_all(&raw).map_err(io)?;
+                let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+                t.external_data = vec![entry("location", location.clone()), entry("offset", offset.to_string()), entry("length", raw.len().to_string())];
+                t.data_location = Some(DataLocation::External as i32);
+                offset += raw.len();
+            }
+            out.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &data_path).map_err(io)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+    }
+    let bytes = encode(&model)?;
+    crate::write_atomic(path, &bytes).map_err(io)
+}
+
 /// Redraws the initializers that `plan` names (weights from N(0, std²), biases zero),
 /// keeping their dims and float type; every other part of `model` is left as it was.
 pub fn reinit(model: &mut ModelProto, plan: &Plan, seed: u64) -> Result<(), OnnxError> {

@@ -34,7 +34,7 @@ mod export;
 mod import;
 mod slim;
 
-pub use export::{encode, export, reinit, Normal};
+pub use export::{encode, export, reinit, write_model, Normal};
 pub use import::{import, ImportOptions, SUPPORTED_OPS};
 pub use proto::ModelProto;
 pub use prost::bytes::Bytes;
