@@ -245,7 +245,7 @@ pub fn encode(model: &ModelProto) -> Result<Vec<u8>, OnnxError> {
     let len = model.encoded_len();
     if len > PROTOBUF_LIMIT {
         return Err(OnnxError::Model(format!(
-            "the model takes {len} bytes, past protobuf's 2 GiB limit (writing external data is not supported yet)"
+            "the model takes {len} bytes, past protobuf's 2 GiB limit (write it with `write_model`, which moves large tensors to external data)"
         )));
     }
     Ok(model.encode_to_vec())
