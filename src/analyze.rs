@@ -14,6 +14,8 @@
 //! SiLU (not positively homogeneous) they are evaluated at unit variance, which is the
 //! variance a forward plan keeps. Biases are zero (σ_b² = 0).
 
+pub mod map;
+
 use crate::ir::{Activation, PoolKind};
 use crate::quad::{integrate, integrate_width};
 use crate::unify::{Layer, Network};
@@ -82,6 +84,29 @@ pub struct LayerAnalysis {
     pub forward_variance: f64,
     /// Predicted `r^(ℓ-1)`: variance of the gradient at the layer's input `z^(ℓ-1)`.
     pub backward_variance: f64,
+    /// Map analysis only: (min, max) over positions of the predicted conv-output variance.
+    pub forward_range: Option<(f64, f64)>,
+    /// Map analysis only: (min, max) over positions of the predicted input-gradient variance.
+    pub backward_range: Option<(f64, f64)>,
+}
+
+/// Which variance model chooses σ² and makes the predictions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Analysis {
+    /// The paper's: every unit's variance replaced by its layer mean.
+    #[default]
+    Paper,
+    /// Position-resolved: a variance per spatial position ([`map`]).
+    Map,
+}
+
+impl Analysis {
+    pub fn name(self) -> &'static str {
+        match self {
+            Analysis::Paper => "paper",
+            Analysis::Map => "map",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -264,8 +289,13 @@ pub fn pooling_kind(layer: &Layer) -> PoolingKind {
     }
 }
 
-/// Analyses every layer. Counts are exact integers; σ² and predictions are f64.
+/// Analyses every layer with the paper's layer-mean analysis.
 pub fn analyze(net: &Network, opts: Options) -> Result<Vec<LayerAnalysis>, AnalysisError> {
+    analyze_with(net, opts, Analysis::Paper)
+}
+
+/// Analyses every layer. Counts are exact integers; σ² and predictions are f64.
+pub fn analyze_with(net: &Network, opts: Options, analysis: Analysis) -> Result<Vec<LayerAnalysis>, AnalysisError> {
     let mut out: Vec<LayerAnalysis> = Vec::with_capacity(net.layers.len());
     for layer in &net.layers {
         let fail = |message: String| AnalysisError::Layer { layer: layer.index, module: layer.weight.module.clone(), message };
@@ -298,19 +328,27 @@ pub fn analyze(net: &Network, opts: Options) -> Result<Vec<LayerAnalysis>, Analy
             capped: false,
             forward_variance: 0.0,
             backward_variance: 0.0,
+            forward_range: None,
+            backward_range: None,
         });
     }
+    let maps = match analysis {
+        Analysis::Paper => None,
+        Analysis::Map => Some(map::analyze_map(net)?),
+    };
     // σ² per layer.
     for k in 0..out.len() {
         let tau_prev = if k == 0 { 1.0 } else { out[k - 1].tau };
         let a = &mut out[k];
         let eps = a.connections as f64;
-        let (variance, he) = match opts.mode {
-            Mode::Forward => (a.m_conv as f64 / (tau_prev * eps), a.m_conv as f64 / (0.5 * eps)),
-            Mode::Backward => (a.m_in as f64 / (a.gamma * eps), a.m_in as f64 / (0.5 * eps)),
-            Mode::Xavier => (2.0 / (a.fan_in + a.fan_out) as f64, f64::INFINITY),
-            Mode::KaimingIn => (2.0 / a.fan_in as f64, f64::INFINITY),
-            Mode::KaimingOut => (2.0 / a.fan_out as f64, f64::INFINITY),
+        let (variance, he) = match (opts.mode, &maps) {
+            (Mode::Forward, Some(m)) => (m[k].forward_variance, a.m_conv as f64 / (0.5 * eps)),
+            (Mode::Backward, Some(m)) => (m[k].backward_variance, a.m_in as f64 / (0.5 * eps)),
+            (Mode::Forward, None) => (a.m_conv as f64 / (tau_prev * eps), a.m_conv as f64 / (0.5 * eps)),
+            (Mode::Backward, None) => (a.m_in as f64 / (a.gamma * eps), a.m_in as f64 / (0.5 * eps)),
+            (Mode::Xavier, _) => (2.0 / (a.fan_in + a.fan_out) as f64, f64::INFINITY),
+            (Mode::KaimingIn, _) => (2.0 / a.fan_in as f64, f64::INFINITY),
+            (Mode::KaimingOut, _) => (2.0 / a.fan_out as f64, f64::INFINITY),
         };
         a.uncapped_std = variance.sqrt();
         a.variance = variance;
@@ -323,6 +361,23 @@ pub fn analyze(net: &Network, opts: Options) -> Result<Vec<LayerAnalysis>, Analy
         }
     }
     // Predicted variances.
+    if let Some(m) = maps {
+        // The maps scale linearly with σ²: the prediction for the chosen σ² is the
+        // normalized map times the product of σ²/σ²_normalizing so far.
+        let mut scale = 1.0;
+        for (a, lm) in out.iter_mut().zip(&m) {
+            scale *= a.variance / lm.forward_variance;
+            a.forward_variance = scale;
+            a.forward_range = Some((scale * lm.forward_range.0, scale * lm.forward_range.1));
+        }
+        let mut scale = 1.0;
+        for (a, lm) in out.iter_mut().zip(&m).rev() {
+            scale *= a.variance / lm.backward_variance;
+            a.backward_variance = scale;
+            a.backward_range = Some((scale * lm.backward_range.0, scale * lm.backward_range.1));
+        }
+        return Ok(out);
+    }
     let mut q_prev_tau = 1.0; // q^(0) τ_0
     for a in out.iter_mut() {
         let q = a.variance * q_prev_tau * a.connections as f64 / a.m_conv as f64;

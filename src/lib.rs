@@ -98,10 +98,15 @@ pub fn network(graph: &ir::Graph, source: Option<&Source>) -> Result<unify::Netw
     })
 }
 
-/// Analyses a network and builds its plan.
+/// Analyses a network with the paper's analysis and builds its plan.
 pub fn plan(net: &unify::Network, opts: analyze::Options) -> Result<plan::Plan, Error> {
-    let analysis = analyze::analyze(net, opts)?;
-    Ok(plan::build(net, &analysis, opts))
+    plan_with(net, opts, analyze::Analysis::Paper)
+}
+
+/// Analyses a network with the given analysis and builds its plan.
+pub fn plan_with(net: &unify::Network, opts: analyze::Options, analysis: analyze::Analysis) -> Result<plan::Plan, Error> {
+    let layers = analyze::analyze_with(net, opts, analysis)?;
+    Ok(plan::build(net, &layers, opts))
 }
 
 /// Writes `contents` to `path` atomically: a temporary file beside it, then a rename,

@@ -41,6 +41,21 @@ impl From<ModeArg> for Mode {
     }
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AnalysisArg {
+    Paper,
+    Map,
+}
+
+impl From<AnalysisArg> for cnnc::analyze::Analysis {
+    fn from(a: AnalysisArg) -> Self {
+        match a {
+            AnalysisArg::Paper => cnnc::analyze::Analysis::Paper,
+            AnalysisArg::Map => cnnc::analyze::Analysis::Map,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Emit the initialization plan (JSON by default)
@@ -57,6 +72,9 @@ enum Command {
         /// Cap σ at this multiple of the padding-aware He value (the reference code uses 3)
         #[arg(long)]
         std_cap: Option<f64>,
+        /// paper: the paper's layer means; map: a variance per spatial position
+        #[arg(long, value_enum, default_value = "paper")]
+        analysis: AnalysisArg,
         /// Write the plan here (atomically) instead of to stdout
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -71,6 +89,9 @@ enum Command {
         /// ONNX only: one sample's input shape CxHxW
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
+        /// paper: the paper's layer means; map: a variance per spatial position
+        #[arg(long, value_enum, default_value = "paper")]
+        analysis: AnalysisArg,
     },
     /// Print the graph IR (one line per node, with inferred shapes)
     Graph {
@@ -230,22 +251,22 @@ fn emit(output: &Option<PathBuf>, text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Plan { file, mode, format, std_cap, input, output } => {
+        Command::Plan { file, mode, format, std_cap, analysis, input, output } => {
             let mode = mode.into();
             check_cap(std_cap, mode)?;
             let net = load_network(&file, input)?;
-            let plan = cnnc::plan(&net, Options { mode, std_cap })?;
+            let plan = cnnc::plan_with(&net, Options { mode, std_cap }, analysis.into())?;
             let text = match format {
                 Format::Json => plan.to_json(),
                 Format::Yaml => plan.to_yaml(),
             };
             emit(&output, &text)
         }
-        Command::Lower { file, mode, std_cap, input } => {
+        Command::Lower { file, mode, std_cap, input, analysis } => {
             let mode = mode.into();
             check_cap(std_cap, mode)?;
             let net = load_network(&file, input)?;
-            let analysis = analyze::analyze(&net, Options { mode, std_cap })?;
+            let analysis = analyze::analyze_with(&net, Options { mode, std_cap }, analysis.into())?;
             emit(&None, &report::lower_table(&net, &analysis, mode))
         }
         Command::Graph { file, input } => {

@@ -28,7 +28,8 @@ pub struct Plan {
     pub input_shape: Vec<u64>,
     /// forward | backward | xavier | kaiming-in | kaiming-out
     pub mode: String,
-    /// Which analysis produced the variances: "paper" (the layer mean of the paper).
+    /// Which analysis produced the variances: "paper" (the paper's layer means) or "map"
+    /// (a variance per spatial position).
     pub analysis: String,
     /// The cap on σ, as a multiple of the padding-aware He value, when one was asked for.
     pub std_cap: Option<f64>,
@@ -165,6 +166,13 @@ pub struct Predicted {
     /// r^(ℓ-1): variance of the gradient at the layer input z^(ℓ-1), for a unit-variance
     /// gradient at the network output.
     pub backward_variance: f64,
+    /// Map analysis only: [min, max] over positions of the conv-output variance
+    /// (`forward_variance` is its mean).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub forward_range: Option<[f64; 2]>,
+    /// Map analysis only: [min, max] over positions of the input-gradient variance.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backward_range: Option<[f64; 2]>,
 }
 
 fn pad4(pad: &[Pad; 2]) -> Vec<u64> {
@@ -243,7 +251,12 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
             bias: w.bias_param.as_ref().map(|name| BiasInit { name: name.clone(), shape: vec![w.geometry.out_channels], init: "zeros".into() }),
             capped: a.capped,
             uncapped_std: a.uncapped_std,
-            predicted: Predicted { forward_variance: a.forward_variance, backward_variance: a.backward_variance },
+            predicted: Predicted {
+                forward_variance: a.forward_variance,
+                backward_variance: a.backward_variance,
+                forward_range: a.forward_range.map(|(lo, hi)| [lo, hi]),
+                backward_range: a.backward_range.map(|(lo, hi)| [lo, hi]),
+            },
         });
     }
     let summary = Summary {
@@ -260,7 +273,7 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
         network: net.name.clone(),
         input_shape: net.input.dims(),
         mode: opts.mode.name().into(),
-        analysis: "paper".into(),
+        analysis: if analysis.iter().any(|a| a.forward_range.is_some()) { "map".into() } else { "paper".into() },
         std_cap: opts.std_cap,
         summary,
         layers,

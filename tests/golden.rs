@@ -76,6 +76,26 @@ fn spec_plans() {
     finish(failures);
 }
 
+/// The position-resolved analysis of F34: its JSON plans (which record the analysis and
+/// the range of each predicted map) and its lower tables.
+#[test]
+fn map_analysis_plans() {
+    let mut failures = Vec::new();
+    let net = source(&root().join("specs/f34.cnn")).network().unwrap();
+    let mut tables = String::new();
+    for mode in [Mode::Forward, Mode::Backward] {
+        let opts = Options { mode, std_cap: None };
+        let plan = cnnc::plan_with(&net, opts, analyze::Analysis::Map).unwrap();
+        assert_eq!(plan.analysis, "map");
+        check(&root().join(format!("tests/data/plans/f34.{}.map.json", mode.name())), &plan.to_json(), &mut failures);
+        let analysis = analyze::analyze_with(&net, opts, analyze::Analysis::Map).unwrap();
+        tables.push_str(&report::lower_table(&net, &analysis, mode));
+        tables.push('\n');
+    }
+    check(&root().join("tests/data/lower/f34.map.txt"), &tables, &mut failures);
+    finish(failures);
+}
+
 /// The reference code's cap, in YAML, for F34.
 #[test]
 fn capped_yaml_plan() {
