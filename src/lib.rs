@@ -13,6 +13,7 @@ pub mod lower;
 pub mod nn;
 pub mod onnx;
 pub mod plan;
+pub mod probe;
 pub mod quad;
 pub mod report;
 pub mod syntax;

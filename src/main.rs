@@ -155,6 +155,31 @@ enum Command {
     },
     /// Train the network with the candle back end (weights drawn from a plan)
     Train(TrainArgs),
+    /// Measure the variances a plan predicts in the real (candle) network, layer by layer
+    Probe {
+        /// A network description (.cnn) or an ONNX model (.onnx)
+        file: PathBuf,
+        /// Initializations to compare, comma-separated (forward, backward, xavier, kaiming-in, kaiming-out)
+        #[arg(long, value_delimiter = ',', default_value = "forward")]
+        init: Vec<ModeArg>,
+        /// paper: the paper's layer means; map: a variance per spatial position
+        #[arg(long, value_enum, default_value = "paper")]
+        analysis: AnalysisArg,
+        /// K: independent weight draws per init
+        #[arg(long, default_value_t = 8)]
+        draws: usize,
+        /// N(0,1) inputs per draw
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Re-plan the network for square inputs of this size
+        #[arg(long)]
+        image_size: Option<u64>,
+        /// Print JSON instead of tables
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a synthetic image-folder data set (textured shapes with noise, one class per folder)
     SynthData {
         /// Output directory (one folder per class)
@@ -302,6 +327,23 @@ fn run(cli: Cli) -> Result<()> {
             cnnc::onnx::write_model(proto, &output, None).map_err(cnnc::Error::from).with_context(|| format!("cannot write {}", output.display()))
         }
         Command::Train(args) => train_command(args),
+        Command::Probe { file, init, analysis, draws, batch, seed, image_size, json } => {
+            let net = cnnc::train::load_network(&file, image_size)?;
+            let mut reports = Vec::new();
+            for mode in init {
+                let plan = cnnc::plan_with(&net, Options { mode: mode.into(), std_cap: None }, analysis.into())?;
+                let opts = cnnc::probe::ProbeOptions { draws, batch, seed };
+                let report = cnnc::probe::probe(&net, &plan, opts, &candle_core::Device::Cpu)?;
+                if !json {
+                    emit(&None, &(report.table() + "\n"))?;
+                }
+                reports.push(report);
+            }
+            if json {
+                emit(&None, &(serde_json::to_string_pretty(&reports)? + "\n"))?;
+            }
+            Ok(())
+        }
         Command::SynthData { dir, classes, per_class, size, seed } => {
             cnnc::train::data::synthesize(&dir, classes, per_class, size, seed)?;
             eprintln!("wrote {} images in {classes} class folders under {}", classes * per_class, dir.display());

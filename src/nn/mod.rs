@@ -221,7 +221,15 @@ fn batch_shape(n: usize, s: Shape) -> Vec<usize> {
 }
 
 impl ModelLayer {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `z^(ℓ) = pool(f(conv(z^(ℓ-1))))` for a batch.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let u = self.conv(x)?;
+        self.activate_and_pool(&u)
+    }
+
+    /// `u^(ℓ) = conv(z^(ℓ-1))` (bias included) for a batch, shaped (N, C, H, W) for a
+    /// conv or (N, out) for a linear layer.
+    pub fn conv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
         let (c, h, w) = self.input.chw();
         let u = match &self.op {
@@ -245,6 +253,13 @@ impl ModelLayer {
                 }
             }
         };
+        Ok(u)
+    }
+
+    /// `z^(ℓ) = pool(f(u^(ℓ)))` for a batch of conv outputs.
+    pub fn activate_and_pool(&self, u: &Tensor) -> candle_core::Result<Tensor> {
+        let n = u.dim(0)?;
+        let u = u.clone();
         let v = match self.activation {
             Activation::Identity => u,
             Activation::Relu => u.relu()?,

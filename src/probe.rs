@@ -1,0 +1,177 @@
+//! The signal-propagation probe: does the real network keep the variances a plan predicts?
+//!
+//! In: a [`Network`], a [`Plan`] for it, and [`ProbeOptions`]. Out: per layer, the plan's
+//! predicted `q^(ℓ)` (variance of the conv output) and `r^(ℓ-1)` (variance of the gradient
+//! at the layer input), and what the candle network measures: for each of K independent
+//! weight draws, N(0,1) inputs are pushed through, the loss is `⟨y, g⟩` with g ~ N(0,1)
+//! (so the output gradient has unit variance, the plan's `r^(L) = 1`), and the mean over
+//! units and samples of `u²` and of `(∂loss/∂z^(ℓ-1))²` is taken. The report gives the
+//! mean over draws, its standard error, and measured/predicted.
+//!
+//! The backward pass runs layer by layer (each layer's input a fresh variable, the
+//! gradient from the layer above fed in as the loss weights), which is the chain rule
+//! exactly and lets every intermediate gradient be read.
+
+use crate::nn::{Model, NnError};
+use crate::plan::Plan;
+use crate::unify::Network;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_distr::Distribution;
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeOptions {
+    /// K: independent weight draws.
+    pub draws: usize,
+    /// Inputs per draw.
+    pub batch: usize,
+    pub seed: u64,
+}
+
+/// Mean over draws and its standard error.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Stat {
+    pub mean: f64,
+    /// Standard error of the mean over draws (0 with one draw).
+    pub stderr: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    fn of(xs: &[f64]) -> Stat {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        Stat { mean, stderr: (var / n).sqrt(), min: xs.iter().cloned().fold(f64::INFINITY, f64::min), max: xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max) }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LayerProbe {
+    pub index: usize,
+    pub name: String,
+    pub predicted_forward: f64,
+    pub measured_forward: Stat,
+    pub predicted_backward: f64,
+    pub measured_backward: Stat,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ProbeReport {
+    pub network: String,
+    pub mode: String,
+    pub analysis: String,
+    pub draws: usize,
+    pub batch: usize,
+    pub layers: Vec<LayerProbe>,
+}
+
+fn mean_square(t: &Tensor) -> candle_core::Result<f64> {
+    t.to_dtype(DType::F64)?.sqr()?.mean_all()?.to_scalar::<f64>()
+}
+
+/// `shape` samples of N(0,1), drawn from `rng` in order.
+pub fn gaussian(shape: &[usize], rng: &mut rand::rngs::StdRng, dev: &Device) -> candle_core::Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rand_distr::StandardNormal.sample(rng)).collect();
+    Tensor::from_vec(values, shape, dev)
+}
+
+/// Measures one draw: (E[u²] per layer, E[(∂loss/∂z^(ℓ-1))²] per layer).
+pub fn measure(model: &Model, x: &Tensor, rng: &mut rand::rngs::StdRng) -> Result<(Vec<f64>, Vec<f64>), NnError> {
+    let at = |k: usize, l: &crate::nn::ModelLayer, e: candle_core::Error| NnError::Layer { layer: k + 1, module: l.module.clone(), message: e.to_string() };
+    let mut inputs = Vec::with_capacity(model.layers.len());
+    let mut forward = Vec::with_capacity(model.layers.len());
+    let mut z = x.clone();
+    for (k, l) in model.layers.iter().enumerate() {
+        let u = l.conv(&z).map_err(|e| at(k, l, e))?;
+        forward.push(mean_square(&u).map_err(|e| at(k, l, e))?);
+        inputs.push(z);
+        z = l.activate_and_pool(&u).map_err(|e| at(k, l, e))?;
+    }
+    let mut grad = gaussian(z.dims(), rng, &model.device)?.to_dtype(model.dtype)?;
+    let mut backward = vec![0.0; model.layers.len()];
+    for (k, l) in model.layers.iter().enumerate().rev() {
+        let input = Var::from_tensor(&inputs[k].detach()).map_err(|e| at(k, l, e))?;
+        let out = l.forward(input.as_tensor()).map_err(|e| at(k, l, e))?;
+        let loss = (out * &grad).and_then(|t| t.sum_all()).map_err(|e| at(k, l, e))?;
+        let grads = loss.backward().map_err(|e| at(k, l, e))?;
+        grad = match grads.get(input.as_tensor()) {
+            Some(g) => g.detach(),
+            None => Tensor::zeros(input.dims(), model.dtype, &model.device)?,
+        };
+        backward[k] = mean_square(&grad).map_err(|e| at(k, l, e))?;
+    }
+    Ok((forward, backward))
+}
+
+/// Runs the probe: `opts.draws` weight draws of `plan`, each with `opts.batch` inputs.
+pub fn probe(net: &Network, plan: &Plan, opts: ProbeOptions, device: &Device) -> Result<ProbeReport, NnError> {
+    if opts.draws == 0 || opts.batch == 0 {
+        return Err(NnError::PlanMismatch("the probe needs at least one draw and one input".into()));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut fwd: Vec<Vec<f64>> = vec![Vec::new(); net.layers.len()];
+    let mut bwd: Vec<Vec<f64>> = vec![Vec::new(); net.layers.len()];
+    let mut shape = vec![opts.batch];
+    shape.extend(net.input.dims().into_iter().map(|d| d as usize));
+    for draw in 0..opts.draws {
+        let model = Model::new(net, plan, opts.seed.wrapping_add(draw as u64), device, DType::F32)?;
+        let x = gaussian(&shape, &mut rng, device)?;
+        let (f, b) = measure(&model, &x, &mut rng)?;
+        for k in 0..net.layers.len() {
+            fwd[k].push(f[k]);
+            bwd[k].push(b[k]);
+        }
+    }
+    let layers = net
+        .layers
+        .iter()
+        .zip(&plan.layers)
+        .enumerate()
+        .map(|(k, (l, p))| LayerProbe {
+            index: l.index,
+            name: l.weight.module.clone(),
+            predicted_forward: p.predicted.forward_variance,
+            measured_forward: Stat::of(&fwd[k]),
+            predicted_backward: p.predicted.backward_variance,
+            measured_backward: Stat::of(&bwd[k]),
+        })
+        .collect();
+    Ok(ProbeReport { network: net.name.clone(), mode: plan.mode.clone(), analysis: plan.analysis.clone(), draws: opts.draws, batch: opts.batch, layers })
+}
+
+fn fmt(x: f64) -> String {
+    if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e4) {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+impl ProbeReport {
+    /// The terminal table: per layer, predicted vs measured (mean ± standard error) and the ratio.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{}  init {} (analysis {})  {} draws × {} inputs\n{:>3}  {:<10} {:>10} {:>22} {:>8}   {:>10} {:>22} {:>8}\n",
+            self.network, self.mode, self.analysis, self.draws, self.batch, "ℓ", "name", "q pred", "q measured ± se", "ratio", "r pred", "r measured ± se", "ratio"
+        );
+        for l in &self.layers {
+            let q = &l.measured_forward;
+            let r = &l.measured_backward;
+            out.push_str(&format!(
+                "{:>3}  {:<10} {:>10} {:>22} {:>8.3}   {:>10} {:>22} {:>8.3}\n",
+                l.index,
+                l.name,
+                fmt(l.predicted_forward),
+                format!("{} ± {}", fmt(q.mean), fmt(q.stderr)),
+                q.mean / l.predicted_forward,
+                fmt(l.predicted_backward),
+                format!("{} ± {}", fmt(r.mean), fmt(r.stderr)),
+                r.mean / l.predicted_backward
+            ));
+        }
+        out
+    }
+}
