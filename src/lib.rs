@@ -7,12 +7,14 @@
 
 pub mod analyze;
 pub mod diag;
+pub mod experiment;
 pub mod index;
 pub mod ir;
 pub mod lower;
 pub mod nn;
 pub mod onnx;
 pub mod plan;
+pub mod plot;
 pub mod probe;
 pub mod quad;
 pub mod report;

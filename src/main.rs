@@ -179,6 +179,16 @@ enum Command {
         /// Print JSON instead of tables
         #[arg(long)]
         json: bool,
+        /// Also draw measured variance against depth, every init on one chart (SVG)
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Train every (init, seed) of a YAML grid (resumable) and tabulate it like the paper's Table 4
+    Experiment {
+        /// The experiment's YAML file (see experiments/f34-demo.yaml)
+        config: PathBuf,
+        #[arg(long)]
+        quiet: bool,
     },
     /// Write a synthetic image-folder data set (textured shapes with noise, one class per folder)
     SynthData {
@@ -327,7 +337,15 @@ fn run(cli: Cli) -> Result<()> {
             cnnc::onnx::write_model(proto, &output, None).map_err(cnnc::Error::from).with_context(|| format!("cannot write {}", output.display()))
         }
         Command::Train(args) => train_command(args),
-        Command::Probe { file, init, analysis, draws, batch, seed, image_size, json } => {
+        Command::Experiment { config, quiet } => {
+            let exe = std::env::current_exe().context("cannot find the cnnc executable")?;
+            cnnc::experiment::run(&config, &exe, quiet)?;
+            let out = cnnc::experiment::load_config(&config)?.out;
+            let base = config.parent().unwrap_or(Path::new("."));
+            eprintln!("results: {}", base.join(out).join("results.md").display());
+            Ok(())
+        }
+        Command::Probe { file, init, analysis, draws, batch, seed, image_size, json, plot } => {
             let net = cnnc::train::load_network(&file, image_size)?;
             let mut reports = Vec::new();
             for mode in init {
@@ -341,6 +359,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             if json {
                 emit(&None, &(serde_json::to_string_pretty(&reports)? + "\n"))?;
+            }
+            if let Some(path) = plot {
+                let svg = cnnc::probe::plot(&reports).map_err(anyhow::Error::msg)?;
+                cnnc::write_atomic(&path, svg.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
             }
             Ok(())
         }

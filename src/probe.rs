@@ -175,3 +175,17 @@ impl ProbeReport {
         out
     }
 }
+
+/// Measured variance against depth for several reports on one chart (log scale): the
+/// conv-output variance q and the input-gradient variance r of each init.
+pub fn plot(reports: &[ProbeReport]) -> Result<String, String> {
+    let mut series = Vec::new();
+    for r in reports {
+        let q = r.layers.iter().map(|l| (l.index as f64, l.measured_forward.mean)).collect();
+        let g = r.layers.iter().map(|l| (l.index as f64, l.measured_backward.mean)).collect();
+        series.push(crate::plot::Series { name: format!("{} q (u²)", r.mode), points: q });
+        series.push(crate::plot::Series { name: format!("{} r (∂z²)", r.mode), points: g });
+    }
+    let title = reports.first().map_or("probe".to_string(), |r| format!("{}: measured variance per layer ({} analysis, {} draws)", r.network, r.analysis, r.draws));
+    crate::plot::line_chart(&title, "layer ℓ", "variance", &series, true)
+}
