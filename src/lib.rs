@@ -7,6 +7,7 @@
 
 pub mod analyze;
 pub mod diag;
+pub mod emit;
 pub mod experiment;
 pub mod index;
 pub mod ir;

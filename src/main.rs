@@ -209,6 +209,52 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Emit code: a candle crate, or a Python module that applies the plan in PyTorch
+    #[command(subcommand)]
+    Emit(EmitCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum EmitCommand {
+    /// A Rust crate: the network as candle layers initialized from its plan, and a training binary
+    Candle {
+        /// A network description (.cnn)
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "forward")]
+        mode: ModeArg,
+        #[arg(long)]
+        std_cap: Option<f64>,
+        #[arg(long, value_enum, default_value = "paper")]
+        analysis: AnalysisArg,
+        /// The crate's directory (created; generated files in it are replaced)
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The package name [default: the network's name, lower case]
+        #[arg(long)]
+        name: Option<String>,
+        /// The cnnc dependency's path in the generated Cargo.toml [default: this cnnc's source]
+        #[arg(long)]
+        cnnc_path: Option<String>,
+        /// Omit `[workspace]`: the crate is to be a member of an enclosing workspace
+        #[arg(long)]
+        workspace_member: bool,
+    },
+    /// A Python module that applies the plan to a PyTorch model (stdout, or -o FILE.py)
+    PytorchInit {
+        /// A network description (.cnn) or an ONNX model (.onnx)
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "forward")]
+        mode: ModeArg,
+        #[arg(long)]
+        std_cap: Option<f64>,
+        #[arg(long, value_enum, default_value = "paper")]
+        analysis: AnalysisArg,
+        /// ONNX only: one sample's input shape CxHxW
+        #[arg(long, value_parser = parse_input)]
+        input: Option<[u64; 3]>,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn read_source(path: &Path) -> Result<Source> {
@@ -372,6 +418,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Schema { output } => emit(&output, &cnnc::plan::schema_json()),
+        Command::Emit(cmd) => emit_command(cmd),
     }
 }
 
@@ -533,6 +580,39 @@ fn main() -> ExitCode {
                 _ => eprintln!("error: {e:#}"),
             }
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn emit_command(cmd: EmitCommand) -> Result<()> {
+    match cmd {
+        EmitCommand::Candle { file, mode, std_cap, analysis, output, name, cnnc_path, workspace_member } => {
+            let mode = mode.into();
+            check_cap(std_cap, mode)?;
+            if is_onnx(&file) {
+                bail!("emit candle takes a .cnn description (the generated test re-plans it); {} is ONNX", file.display());
+            }
+            let src = read_source(&file)?;
+            let net = src.network()?;
+            let plan = cnnc::plan_with(&net, Options { mode, std_cap }, analysis.into())?;
+            let opts = cnnc::emit::candle::CandleOptions {
+                name: name.unwrap_or_else(|| cnnc::emit::candle::package_name(&net.name)),
+                spec_path: file.display().to_string(),
+                spec_text: src.text.clone(),
+                cnnc_path: cnnc_path.unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").to_string()),
+                standalone: !workspace_member,
+            };
+            let files = cnnc::emit::candle::generate(&net, &plan, &opts)?;
+            cnnc::emit::write_files(&output, &files).with_context(|| format!("cannot write {}", output.display()))?;
+            eprintln!("wrote {} ({} files); cd {} && cargo run --release -- --data DIR", output.display(), files.len(), output.display());
+            Ok(())
+        }
+        EmitCommand::PytorchInit { file, mode, std_cap, analysis, input, output } => {
+            let mode = mode.into();
+            check_cap(std_cap, mode)?;
+            let net = load_network(&file, input)?;
+            let plan = cnnc::plan_with(&net, Options { mode, std_cap }, analysis.into())?;
+            emit(&output, &cnnc::emit::pytorch::init_module(&plan, &file.display().to_string())?)
         }
     }
 }

@@ -1,0 +1,41 @@
+//! `cnnc emit pytorch-init`: a Python module holding `codegen/consumers/apply_plan.py`'s
+//! rules verbatim and the plan as JSON (CI runs no Python; the consumer is exercised by
+//! hand, see the README).
+
+use cnnc::analyze::{Mode, Options};
+use cnnc::Source;
+use std::process::Command;
+
+fn f34_plan() -> cnnc::plan::Plan {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/specs/f34.cnn")).unwrap();
+    let net = Source::new("specs/f34.cnn", text).network().unwrap();
+    cnnc::plan(&net, Options { mode: Mode::Forward, std_cap: None }).unwrap()
+}
+
+#[test]
+fn module_embeds_the_plan_and_the_rules() {
+    let plan = f34_plan();
+    let py = cnnc::emit::pytorch::init_module(&plan, "specs/f34.cnn").unwrap();
+    let start = py.find("json.loads(r'''").unwrap() + "json.loads(r'''".len();
+    let end = start + py[start..].find("'''").unwrap();
+    assert_eq!(&py[start..end], plan.to_json());
+    let consumer = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/codegen/consumers/apply_plan.py")).unwrap();
+    for f in ["def validate_plan(", "def match_parameters(", "def apply_plan("] {
+        let body = &consumer[consumer.find(f).unwrap()..];
+        let end = ["\n\n\n", "\n# ---"].iter().filter_map(|m| body.find(m)).min().unwrap();
+        let body = &body[..end];
+        assert!(py.contains(body), "{f} is not emitted verbatim");
+    }
+    assert!(py.contains("def apply(model, generator=None):"));
+}
+
+#[test]
+fn cli_prints_the_module() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["emit", "pytorch-init", "specs/f34.cnn", "--mode", "forward"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), cnnc::emit::pytorch::init_module(&f34_plan(), "specs/f34.cnn").unwrap());
+}
