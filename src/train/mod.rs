@@ -11,8 +11,11 @@
 //! and a resumed run drops metrics lines past its checkpoint. All randomness derives from
 //! the seed: weights from (seed), the batch order of epoch e from (seed, e); so resuming
 //! after epoch e replays exactly what a straight run does (on the CPU, bit for bit).
+//! Batches are normalized on a worker thread while the model trains ([`loader`]), in the
+//! same order and with the same contents as without it.
 
 pub mod data;
+pub mod loader;
 pub mod sgd;
 
 use crate::nn::{Model, NnError};
@@ -147,27 +150,29 @@ fn loss_and_correct(logits: &Tensor, labels: &Tensor) -> candle_core::Result<(Te
     Ok((loss, correct))
 }
 
-fn to_batch(ds: &data::Dataset, idx: &[usize], dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let (x, y) = ds.batch(idx);
-    let x = Tensor::from_vec(x, (idx.len(), ds.channels, ds.size, ds.size), dev)?;
-    let y = Tensor::from_vec(y, idx.len(), dev)?;
+fn to_tensors(ds: &data::Dataset, b: loader::Batch, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let n = b.len();
+    let x = Tensor::from_vec(b.x, (n, ds.channels, ds.size, ds.size), dev)?;
+    let y = Tensor::from_vec(b.y, n, dev)?;
     Ok((x, y))
 }
 
 /// Mean loss and accuracy over a data set, in batches.
-fn evaluate(model: &Model, ds: &data::Dataset, batch: usize) -> Result<(Option<f64>, Option<f64>), TrainError> {
+fn evaluate(model: &Model, ds: &data::Dataset, batch: usize, prefetch: loader::Prefetch) -> Result<(Option<f64>, Option<f64>), TrainError> {
     if ds.is_empty() {
         return Ok((None, None));
     }
     let (mut loss, mut correct) = (0.0, 0);
     let idx: Vec<usize> = (0..ds.len()).collect();
-    for chunk in idx.chunks(batch) {
-        let (x, y) = to_batch(ds, chunk, &model.device)?;
+    loader::for_each_batch(ds, &idx, batch, prefetch, |_, b| -> Result<(), TrainError> {
+        let n = b.len();
+        let (x, y) = to_tensors(ds, b, &model.device)?;
         let logits = model.forward(&x)?.detach();
-        let (l, c) = loss_and_correct(&logits.reshape((chunk.len(), ()))?, &y)?;
-        loss += l.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        let (l, c) = loss_and_correct(&logits.reshape((n, ()))?, &y)?;
+        loss += l.to_scalar::<f32>()? as f64 * n as f64;
         correct += c;
-    }
+        Ok(())
+    })?;
     Ok((Some(loss / ds.len() as f64), Some(correct as f64 / ds.len() as f64)))
 }
 
@@ -180,8 +185,15 @@ pub struct Summary {
 
 /// Trains `net` from `plan` on `split` and writes the run to `run`. With `resume`, the
 /// run's checkpoint is loaded (its weights, momentum and epoch) and training continues
-/// to `config.epochs`. `progress` shows a progress bar on stderr.
+/// to `config.epochs`. `progress` shows a progress bar on stderr. Batches are prepared
+/// on a worker thread ([`loader::Prefetch::default`]).
 pub fn train(net: &Network, plan: &Plan, split: &data::Split, config: &Config, run: &Path, resume: bool, progress: bool) -> Result<Summary, TrainError> {
+    train_with(net, plan, split, config, run, resume, progress, loader::Prefetch::default())
+}
+
+/// [`train`] with the batches prepared as `prefetch` says; the result does not depend on it.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(net: &Network, plan: &Plan, split: &data::Split, config: &Config, run: &Path, resume: bool, progress: bool, prefetch: loader::Prefetch) -> Result<Summary, TrainError> {
     if config.batch_size == 0 {
         return Err(TrainError::Config("--batch-size must be at least 1".into()));
     }
@@ -244,12 +256,13 @@ pub fn train(net: &Network, plan: &Plan, split: &data::Split, config: &Config, r
         };
         let order = data::epoch_order(split.train.len(), config.seed, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for (step, idx) in order.chunks(config.batch_size).enumerate() {
+        loader::for_each_batch(&split.train, &order, config.batch_size, prefetch, |step, b| {
             let step = step + 1;
             let at = |source| TrainError::Step { epoch, step, source };
-            let (x, y) = to_batch(&split.train, idx, &dev).map_err(at)?;
+            let n = b.len();
+            let (x, y) = to_tensors(&split.train, b, &dev).map_err(at)?;
             let logits = model.forward(&x)?;
-            let (loss, c) = loss_and_correct(&logits.reshape((idx.len(), ())).map_err(at)?, &y).map_err(at)?;
+            let (loss, c) = loss_and_correct(&logits.reshape((n, ())).map_err(at)?, &y).map_err(at)?;
             let l = loss.to_scalar::<f32>().map_err(at)?;
             if !l.is_finite() {
                 bar.abandon();
@@ -257,15 +270,16 @@ pub fn train(net: &Network, plan: &Plan, split: &data::Split, config: &Config, r
             }
             let grads = loss.backward().map_err(at)?;
             opt.step(&grads).map_err(at)?;
-            loss_sum += l as f64 * idx.len() as f64;
+            loss_sum += l as f64 * n as f64;
             correct += c;
-            seen += idx.len();
+            seen += n;
             bar.set_message(format!("loss {:.4} {:.0} img/s", loss_sum / seen as f64, seen as f64 / t0.elapsed().as_secs_f64()));
             bar.inc(1);
-        }
+            Ok(())
+        })?;
         let train_seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let (val_loss, val_accuracy) = evaluate(&model, &split.val, config.batch_size)?;
+        let (val_loss, val_accuracy) = evaluate(&model, &split.val, config.batch_size, prefetch)?;
         let m = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,
