@@ -95,6 +95,41 @@ impl PoolSpec {
         }
     }
 
+    /// The pooling of a unified layer, checked ([`PoolSpec::check`]).
+    pub fn of(p: &crate::unify::Pooling) -> Result<PoolSpec, String> {
+        let g = &p.geometry;
+        let (pad_end, count_include_pad) = match &p.pool {
+            Some(q) => ([q.pad[0].end, q.pad[1].end], q.count_include_pad),
+            None => ([0, 0], false),
+        };
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let dim = |a: &crate::index::PoolAxis, end: u64| PoolDim {
+            input: size(a.input),
+            output: size(a.output),
+            kernel: size(a.kernel),
+            stride: size(a.stride),
+            pad_begin: size(a.pad_begin),
+            pad_end: size(end),
+        };
+        let mode = match p.kind {
+            crate::ir::PoolKind::Max => PoolMode::Max,
+            crate::ir::PoolKind::Avg => PoolMode::Avg { count_include_pad },
+        };
+        let spec = PoolSpec { mode, h: dim(&g.h, pad_end[0]), w: dim(&g.w, pad_end[1]) };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// The gradient of the input `x` (N, C, H, W) given the output's gradient `grad`:
+    /// what the backward pass of [`PoolSpec::apply`] computes, here without a graph (for
+    /// profiling and tests).
+    pub fn grad_input(&self, x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+        let dev = x.device().clone();
+        let cpu = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_device(&Device::Cpu)?.contiguous() };
+        let dx = cpu(x)?.apply_op2_no_bwd(&cpu(grad)?, &Pool2dBackward(*self))?;
+        dx.to_device(&dev)
+    }
+
     fn dims(&self, layout: &Layout) -> candle_core::Result<(usize, usize)> {
         let (n, c, h, w) = layout.shape().dims4()?;
         if h != self.h.input || w != self.w.input {
@@ -248,10 +283,7 @@ impl CustomOp1 for Pool2d {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dev = arg.device().clone();
-        let cpu = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_device(&Device::Cpu)?.contiguous() };
-        let dx = cpu(arg)?.apply_op2_no_bwd(&cpu(grad_res)?, &Pool2dBackward(self.0))?;
-        Ok(Some(dx.to_device(&dev)?))
+        Ok(Some(self.0.grad_input(arg, grad_res)?))
     }
 }
 
