@@ -163,7 +163,10 @@ fn main() {
 
     println!();
     println!("Index-set enumeration (median over {enum_runs} runs, after one warm-up; count checked against ε)");
-    println!("{:<12} {:>3} {:<32} {:>11} {:>11} {:>12} {:>5}", "network", "ℓ", "enumeration", "connections", "median", "throughput", "runs");
+    println!(
+        "{:<12} {:>3} {:<32} {:>11} {:>11} {:>12} {:>5}",
+        "network", "ℓ", "enumeration", "connections", "median", "throughput", "runs"
+    );
     println!("{}", "-".repeat(92));
     let net = f34.network().expect("F34 compiles");
     let mut check = 0u64;

@@ -124,17 +124,30 @@ fn profile_layer(timer: &mut Timer, group: usize, l: &Layer) -> BTreeMap<&'stati
         WeightKind::Conv => {
             let c = l.weight.conv.as_ref().expect("a conv layer has its options");
             let (pad, stride, dil, groups) = (c.pad[0].begin as usize, c.stride[0] as usize, c.dilation[0] as usize, c.groups as usize);
-            assert!(c.pad.iter().all(|p| p.begin as usize == pad && p.end as usize == pad) && c.stride[1] as usize == stride, "F34's convs are symmetric");
+            assert!(
+                c.pad.iter().all(|p| p.begin as usize == pad && p.end as usize == pad) && c.stride[1] as usize == stride,
+                "F34's convs are symmetric"
+            );
             let (n, cin, h, _) = x.dims4().unwrap();
             let (_, cout, ho, wo) = g_u.dims4().unwrap();
             let (kh, kw) = (c.kernel[0] as usize, c.kernel[1] as usize);
             let k = cin / groups * kh * kw;
             let flops = 2.0 * (n * ho * wo * cout * k) as f64;
             let rows = n * ho * wo;
-            put("conv forward", timer.time(key("conv forward"), || x.conv2d(&w, pad, stride, dil, groups)), flops, gemm(timer, rows, k, cout));
+            put(
+                "conv forward",
+                timer.time(key("conv forward"), || x.conv2d(&w, pad, stride, dil, groups)),
+                flops,
+                gemm(timer, rows, k, cout),
+            );
             // As candle's backprop does it (candle-core 0.11, backprop.rs, Op::Conv2D).
             let out_padding = h - ((ho - 1) * stride + dil * (kh - 1) + 1 - 2 * pad);
-            put("conv backward: input grad", timer.time(key("conv backward: input grad"), || g_u.conv_transpose2d(&w, pad, out_padding, stride, dil)), flops, gemm(timer, rows, cout, k));
+            put(
+                "conv backward: input grad",
+                timer.time(key("conv backward: input grad"), || g_u.conv_transpose2d(&w, pad, out_padding, stride, dil)),
+                flops,
+                gemm(timer, rows, cout, k),
+            );
             let weight_grad = || {
                 let gk = x.transpose(0, 1)?.conv2d(&g_u.transpose(0, 1)?, pad, dil, stride, 1)?.transpose(0, 1)?;
                 let (_, _, g0, g1) = gk.dims4()?;
@@ -144,11 +157,21 @@ fn profile_layer(timer: &mut Timer, group: usize, l: &Layer) -> BTreeMap<&'stati
                     Ok(gk)
                 }
             };
-            put("conv backward: weight grad", timer.time(key("conv backward: weight grad"), weight_grad), flops, gemm(timer, cout, rows, k));
+            put(
+                "conv backward: weight grad",
+                timer.time(key("conv backward: weight grad"), weight_grad),
+                flops,
+                gemm(timer, cout, rows, k),
+            );
             if l.weight.bias_param.is_some() {
                 let b = randn(&[cout]);
                 put("bias add forward", timer.time(key("bias add forward"), || g_u.broadcast_add(&b.reshape((1, (), 1, 1))?)), 0.0, 0.0);
-                put("bias add backward", timer.time(key("bias add backward"), || g_u.sum_keepdim([0usize, 2, 3].as_slice())?.squeeze(0)), 0.0, 0.0);
+                put(
+                    "bias add backward",
+                    timer.time(key("bias add backward"), || g_u.sum_keepdim([0usize, 2, 3].as_slice())?.squeeze(0)),
+                    0.0,
+                    0.0,
+                );
             }
         }
         WeightKind::Linear => {
@@ -163,7 +186,12 @@ fn profile_layer(timer: &mut Timer, group: usize, l: &Layer) -> BTreeMap<&'stati
                 drop(std::hint::black_box(gx));
                 Ok(gw)
             };
-            put("linear backward (2 matmuls)", timer.time(key("linear backward (2 matmuls)"), back), 2.0 * flops, gemm(timer, BATCH, nout, m) + gemm(timer, m, BATCH, nout));
+            put(
+                "linear backward (2 matmuls)",
+                timer.time(key("linear backward (2 matmuls)"), back),
+                2.0 * flops,
+                gemm(timer, BATCH, nout, m) + gemm(timer, m, BATCH, nout),
+            );
             if l.weight.bias_param.is_some() {
                 let b = randn(&[nout]);
                 put("bias add forward", timer.time(key("bias add forward"), || g.broadcast_add(&b)), 0.0, 0.0);
@@ -185,7 +213,8 @@ fn profile_layer(timer: &mut Timer, group: usize, l: &Layer) -> BTreeMap<&'stati
         let z = spec.apply(&v).unwrap();
         let g_z = randn(z.dims());
         acc += accumulate(timer, "z", &g_z);
-        let (fwd, bwd) = (timer.time(key("pool forward"), || spec.apply(&v)), timer.time(key("pool backward"), || spec.grad_input(&v, &g_z)));
+        let (fwd, bwd) =
+            (timer.time(key("pool forward"), || spec.apply(&v)), timer.time(key("pool backward"), || spec.grad_input(&v, &g_z)));
         match spec.mode {
             PoolMode::Max => {
                 put("max pool forward (cnnc)", fwd, 0.0, 0.0);
@@ -242,7 +271,10 @@ impl Whole {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("CNNC_PROFILE_SIZES").ok().map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect()).unwrap_or_else(|| vec![64, 224]);
+    let sizes: Vec<usize> = std::env::var("CNNC_PROFILE_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![64, 224]);
     let rounds = env("CNNC_PROFILE_ROUNDS", 3.0).max(1.0) as usize;
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/f34.cnn");
     println!("candle CPU threads: {}, rounds: {rounds}", candle_core::utils::get_num_threads());
@@ -251,7 +283,15 @@ fn main() {
         // Identical layers (same shapes and options) are timed once.
         let mut groups: Vec<(String, usize, &Layer)> = Vec::new();
         for l in &net.layers {
-            let key = format!("{:?}|{:?}|{:?}|{:?}|{:?}|{:?}", l.input, l.weight.kind, l.weight.conv, l.weight.weight_shape, l.activation, l.pooling.as_ref().map(|p| (&p.geometry, &p.pool)));
+            let key = format!(
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                l.input,
+                l.weight.kind,
+                l.weight.conv,
+                l.weight.weight_shape,
+                l.activation,
+                l.pooling.as_ref().map(|p| (&p.geometry, &p.pool))
+            );
             match groups.iter_mut().find(|g| g.0 == key) {
                 Some(g) => g.1 += 1,
                 None => groups.push((key, 1, l)),
@@ -293,7 +333,11 @@ fn main() {
         println!("\n  {:<34} {:>9} {:>7} {:>9} {:>11}", "op (whole network, one step)", "ms", "share", "GFLOP/s", "× its GEMM");
         for row in ROWS {
             let Some(c) = totals.get(row) else { continue };
-            let (gflops, ratio) = if c.flops > 0.0 { (format!("{:.1}", c.flops / c.secs / 1e9), format!("{:.1}", c.secs / c.gemm_secs)) } else { (String::new(), String::new()) };
+            let (gflops, ratio) = if c.flops > 0.0 {
+                (format!("{:.1}", c.flops / c.secs / 1e9), format!("{:.1}", c.secs / c.gemm_secs))
+            } else {
+                (String::new(), String::new())
+            };
             println!("  {row:<34} {:>9.1} {:>6.1}% {gflops:>9} {ratio:>11}", c.secs * 1e3, 100.0 * c.secs / step);
         }
         let other = fwd_bwd - parts;
@@ -301,7 +345,11 @@ fn main() {
         println!("  {:<34} {:>9.1} {:>6.1}%", "SGD step (cnnc's Sgd)", sgd * 1e3, 100.0 * sgd / step);
         println!("  {:<34} {:>9.1} {:>6.1}%   ({:.2} images/s)", "training step (measured)", step * 1e3, 100.0, BATCH as f64 / step);
         println!("  {:<34} {:>9.1}           ({:.2} images/s)", "forward pass alone (measured)", fwd * 1e3, BATCH as f64 / fwd);
-        let conv_gemm: f64 = ["conv forward", "conv backward: input grad", "conv backward: weight grad"].iter().filter_map(|r| totals.get(r)).map(|c| c.gemm_secs).sum();
+        let conv_gemm: f64 = ["conv forward", "conv backward: input grad", "conv backward: weight grad"]
+            .iter()
+            .filter_map(|r| totals.get(r))
+            .map(|c| c.gemm_secs)
+            .sum();
         println!("  the convs' FLOPs as plain GEMMs would take {:.1} ms", conv_gemm * 1e3);
     }
 }

@@ -163,8 +163,7 @@ fn piecewise_linear_constants(a: f64, pool: PoolingKind) -> (f64, f64) {
         }
         PoolingKind::Max(t) => {
             // A negative slope makes f non-monotone: fall back to the generic integrals.
-            smooth_max(|u| if u > 0.0 { u } else { a * u }, |u| if u > 0.0 { 1.0 } else { a }, t, false)
-                .unwrap_or((f64::NAN, f64::NAN))
+            smooth_max(|u| if u > 0.0 { u } else { a * u }, |u| if u > 0.0 { 1.0 } else { a }, t, false).unwrap_or((f64::NAN, f64::NAN))
         }
     }
 }
@@ -254,7 +253,9 @@ fn smooth_max(f: impl Fn(f64) -> f64, df: impl Fn(f64) -> f64, t: u64, monotone:
         return Err("max pooling after a non-monotone activation has no τ/γ in this analysis".into());
     }
     let hi = upper_limit(t);
-    let moment = |g: &dyn Fn(f64) -> f64| negative_half(|m| g(m) * max_density(t, m), t) + integrate_width(|m| g(m) * max_density(t, m), 0.0, hi, 0.25);
+    let moment = |g: &dyn Fn(f64) -> f64| {
+        negative_half(|m| g(m) * max_density(t, m), t) + integrate_width(|m| g(m) * max_density(t, m), 0.0, hi, 0.25)
+    };
     let tau = moment(&|m| f(m) * f(m));
     let gamma = moment(&|m| df(m) * df(m)) / t as f64;
     Ok((tau, gamma))

@@ -109,8 +109,10 @@ impl RunResult {
 }
 
 pub fn load_config(path: &Path) -> Result<ExperimentConfig, ExperimentError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ExperimentError::Config { path: path.display().to_string(), message: e.to_string() })?;
-    let cfg: ExperimentConfig = serde_norway::from_str(&text).map_err(|e| ExperimentError::Config { path: path.display().to_string(), message: e.to_string() })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ExperimentError::Config { path: path.display().to_string(), message: e.to_string() })?;
+    let cfg: ExperimentConfig =
+        serde_norway::from_str(&text).map_err(|e| ExperimentError::Config { path: path.display().to_string(), message: e.to_string() })?;
     let bad = |message: String| ExperimentError::Config { path: path.display().to_string(), message };
     if cfg.inits.is_empty() || cfg.seeds.is_empty() {
         return Err(bad("`inits` and `seeds` must each list at least one value".into()));
@@ -203,7 +205,9 @@ pub fn run(config_path: &Path, exe: &Path, quiet: bool) -> Result<Vec<RunResult>
                 if !quiet {
                     eprintln!("experiment: {name} ({done}/{} epochs done)", cfg.epochs);
                 }
-                let output = cmd.output().map_err(|e| ExperimentError::Run { run: name.clone(), message: format!("cannot start {}: {e}", exe.display()) })?;
+                let output = cmd
+                    .output()
+                    .map_err(|e| ExperimentError::Run { run: name.clone(), message: format!("cannot start {}: {e}", exe.display()) })?;
                 if !output.status.success() {
                     let stderr = String::from_utf8_lossy(&output.stderr);
                     if stderr.contains("NaN") || stderr.contains("infinite") {
@@ -214,7 +218,12 @@ pub fn run(config_path: &Path, exe: &Path, quiet: bool) -> Result<Vec<RunResult>
                     }
                 }
             }
-            results.push(RunResult { init: init.clone(), seed, val_accuracy: read_val_accuracy(&metrics), diverged: diverged_mark.exists() });
+            results.push(RunResult {
+                init: init.clone(),
+                seed,
+                val_accuracy: read_val_accuracy(&metrics),
+                diverged: diverged_mark.exists(),
+            });
         }
     }
     let md = results_markdown(&cfg, &results, config_path);

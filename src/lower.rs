@@ -70,7 +70,8 @@ fn expand<'a>(
                     errors.push(Diagnostic::new(count.span, "`repeat 0` repeats nothing; remove the block or repeat at least once"));
                 }
                 if count.value > MAX_NODES {
-                    errors.push(Diagnostic::new(count.span, format!("repeat count {} is over the limit of {MAX_NODES} layers", count.value)));
+                    errors
+                        .push(Diagnostic::new(count.span, format!("repeat count {} is over the limit of {MAX_NODES} layers", count.value)));
                     return Err(());
                 }
                 for k in 0..count.value {
@@ -97,7 +98,10 @@ fn expand<'a>(
                     for layer in layers {
                         *total += 1;
                         if *total > MAX_NODES {
-                            errors.push(Diagnostic::new(layer.span, format!("the network has more than {MAX_NODES} layers after expanding repeats")));
+                            errors.push(Diagnostic::new(
+                                layer.span,
+                                format!("the network has more than {MAX_NODES} layers after expanding repeats"),
+                            ));
                             return Err(());
                         }
                         out.push((layer, path.clone()));
@@ -366,8 +370,7 @@ impl Lower {
                     let (first, this) = (*first, label.span);
                     if first != this {
                         self.errors.push(
-                            Diagnostic::new(this, format!("the layer name `{name}` is used twice"))
-                                .with_note_at(first, "first used"),
+                            Diagnostic::new(this, format!("the layer name `{name}` is used twice")).with_note_at(first, "first used"),
                         );
                     }
                 } else {
@@ -471,7 +474,10 @@ impl Lower {
         };
         if let Some(i) = &layer.in_size {
             if i.value != c {
-                return self.shape_err(i.span, format!("channel mismatch: this conv is written for {} input channels, but its input {shape} has {c}", i.value));
+                return self.shape_err(
+                    i.span,
+                    format!("channel mismatch: this conv is written for {} input channels, but its input {shape} has {c}", i.value),
+                );
             }
         }
         if c % groups.value != 0 || out_channels % groups.value != 0 {
@@ -590,7 +596,10 @@ impl Lower {
         };
         if let Some(i) = &layer.in_size {
             if i.value != n {
-                return self.shape_err(i.span, format!("size mismatch: this linear layer is written for {} inputs, but its input {shape} has {n}", i.value));
+                return self.shape_err(
+                    i.span,
+                    format!("size mismatch: this linear layer is written for {} inputs, but its input {shape} has {n}", i.value),
+                );
             }
         }
         if n > MAX_SIZE * 64 {
@@ -655,7 +664,10 @@ impl Lower {
         };
         for axis in 0..2 {
             if pad[axis].begin.max(pad[axis].end) * 2 > kernel[axis] {
-                return self.shape_err(layer.span, format!("the padding of {op} must be at most half its kernel, or a window would see only padding"));
+                return self.shape_err(
+                    layer.span,
+                    format!("the padding of {op} must be at most half its kernel, or a window would see only padding"),
+                );
             }
         }
         let Some(shape) = self.shape else { return };
@@ -669,7 +681,10 @@ impl Lower {
                 None => {
                     return self.shape_err(
                         layer.op.span,
-                        format!("{op} output {axis_name} would be ≤ 0: input {axis_name} {input} with padding is smaller than the kernel {}", kernel[axis]),
+                        format!(
+                            "{op} output {axis_name} would be ≤ 0: input {axis_name} {input} with padding is smaller than the kernel {}",
+                            kernel[axis]
+                        ),
                     )
                 }
             }

@@ -259,7 +259,8 @@ enum EmitCommand {
 
 fn read_source(path: &Path) -> Result<Source> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
     Ok(Source::new(path.display().to_string(), text))
 }
 
@@ -369,7 +370,9 @@ fn run(cli: Cli) -> Result<()> {
             let net = load_network(&file, input)?;
             let plan = cnnc::plan(&net, Options { mode, std_cap })?;
             let model = cnnc::onnx::export(&graph, &plan, seed).map_err(cnnc::Error::from)?;
-            cnnc::onnx::write_model(model, &output, None).map_err(cnnc::Error::from).with_context(|| format!("cannot write {}", output.display()))
+            cnnc::onnx::write_model(model, &output, None)
+                .map_err(cnnc::Error::from)
+                .with_context(|| format!("cannot write {}", output.display()))
         }
         Command::Init { model, mode, std_cap, seed, input, output } => {
             let mode = mode.into();
@@ -380,7 +383,9 @@ fn run(cli: Cli) -> Result<()> {
             let net = cnnc::network(&graph, None).map_err(in_model)?;
             let plan = cnnc::plan(&net, Options { mode, std_cap })?;
             cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
-            cnnc::onnx::write_model(proto, &output, None).map_err(cnnc::Error::from).with_context(|| format!("cannot write {}", output.display()))
+            cnnc::onnx::write_model(proto, &output, None)
+                .map_err(cnnc::Error::from)
+                .with_context(|| format!("cannot write {}", output.display()))
         }
         Command::Train(args) => train_command(args),
         Command::Experiment { config, quiet } => {
@@ -548,7 +553,12 @@ fn train_command(a: TrainArgs) -> Result<()> {
         split.val.truncate(config.limit_val);
     }
     if !split.skipped.is_empty() {
-        eprintln!("skipped {} images that could not be decoded, e.g. {}: {}", split.skipped.len(), split.skipped[0].0.display(), split.skipped[0].1);
+        eprintln!(
+            "skipped {} images that could not be decoded, e.g. {}: {}",
+            split.skipped.len(),
+            split.skipped[0].0.display(),
+            split.skipped[0].1
+        );
     }
     if !a.quiet {
         eprintln!(

@@ -248,7 +248,11 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
                 std: a.variance.sqrt(),
                 variance: a.variance,
             },
-            bias: w.bias_param.as_ref().map(|name| BiasInit { name: name.clone(), shape: vec![w.geometry.out_channels], init: "zeros".into() }),
+            bias: w.bias_param.as_ref().map(|name| BiasInit {
+                name: name.clone(),
+                shape: vec![w.geometry.out_channels],
+                init: "zeros".into(),
+            }),
             capped: a.capped,
             uncapped_std: a.uncapped_std,
             predicted: Predicted {

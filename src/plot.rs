@@ -13,7 +13,10 @@ pub struct Series {
 /// (non-positive values are dropped), labelled as such.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> Result<String, String> {
     let transform = |y: f64| if log_y { (y > 0.0).then(|| y.log10()) } else { Some(y) };
-    let pts: Vec<Vec<(f64, f64)>> = series.iter().map(|s| s.points.iter().filter_map(|&(x, y)| transform(y).filter(|v| v.is_finite()).map(|v| (x, v))).collect()).collect();
+    let pts: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|s| s.points.iter().filter_map(|&(x, y)| transform(y).filter(|v| v.is_finite()).map(|v| (x, v))).collect())
+        .collect();
     let all: Vec<&(f64, f64)> = pts.iter().flatten().collect();
     if all.is_empty() {
         return Err("nothing to plot".into());

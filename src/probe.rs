@@ -43,7 +43,12 @@ impl Stat {
         let n = xs.len() as f64;
         let mean = xs.iter().sum::<f64>() / n;
         let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-        Stat { mean, stderr: (var / n).sqrt(), min: xs.iter().cloned().fold(f64::INFINITY, f64::min), max: xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max) }
+        Stat {
+            mean,
+            stderr: (var / n).sqrt(),
+            min: xs.iter().cloned().fold(f64::INFINITY, f64::min),
+            max: xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        }
     }
 }
 
@@ -80,7 +85,11 @@ pub fn gaussian(shape: &[usize], rng: &mut rand::rngs::StdRng, dev: &Device) -> 
 
 /// Measures one draw: (E[u²] per layer, E[(∂loss/∂z^(ℓ-1))²] per layer).
 pub fn measure(model: &Model, x: &Tensor, rng: &mut rand::rngs::StdRng) -> Result<(Vec<f64>, Vec<f64>), NnError> {
-    let at = |k: usize, l: &crate::nn::ModelLayer, e: candle_core::Error| NnError::Layer { layer: k + 1, module: l.module.clone(), message: e.to_string() };
+    let at = |k: usize, l: &crate::nn::ModelLayer, e: candle_core::Error| NnError::Layer {
+        layer: k + 1,
+        module: l.module.clone(),
+        message: e.to_string(),
+    };
     let mut inputs = Vec::with_capacity(model.layers.len());
     let mut forward = Vec::with_capacity(model.layers.len());
     let mut z = x.clone();
@@ -139,7 +148,14 @@ pub fn probe(net: &Network, plan: &Plan, opts: ProbeOptions, device: &Device) ->
             measured_backward: Stat::of(&bwd[k]),
         })
         .collect();
-    Ok(ProbeReport { network: net.name.clone(), mode: plan.mode.clone(), analysis: plan.analysis.clone(), draws: opts.draws, batch: opts.batch, layers })
+    Ok(ProbeReport {
+        network: net.name.clone(),
+        mode: plan.mode.clone(),
+        analysis: plan.analysis.clone(),
+        draws: opts.draws,
+        batch: opts.batch,
+        layers,
+    })
 }
 
 fn fmt(x: f64) -> String {
@@ -155,7 +171,19 @@ impl ProbeReport {
     pub fn table(&self) -> String {
         let mut out = format!(
             "{}  init {} (analysis {})  {} draws × {} inputs\n{:>3}  {:<10} {:>10} {:>22} {:>8}   {:>10} {:>22} {:>8}\n",
-            self.network, self.mode, self.analysis, self.draws, self.batch, "ℓ", "name", "q pred", "q measured ± se", "ratio", "r pred", "r measured ± se", "ratio"
+            self.network,
+            self.mode,
+            self.analysis,
+            self.draws,
+            self.batch,
+            "ℓ",
+            "name",
+            "q pred",
+            "q measured ± se",
+            "ratio",
+            "r pred",
+            "r measured ± se",
+            "ratio"
         );
         for l in &self.layers {
             let q = &l.measured_forward;
@@ -186,6 +214,8 @@ pub fn plot(reports: &[ProbeReport]) -> Result<String, String> {
         series.push(crate::plot::Series { name: format!("{} q (u²)", r.mode), points: q });
         series.push(crate::plot::Series { name: format!("{} r (∂z²)", r.mode), points: g });
     }
-    let title = reports.first().map_or("probe".to_string(), |r| format!("{}: measured variance per layer ({} analysis, {} draws)", r.network, r.analysis, r.draws));
+    let title = reports.first().map_or("probe".to_string(), |r| {
+        format!("{}: measured variance per layer ({} analysis, {} draws)", r.network, r.analysis, r.draws)
+    });
     crate::plot::line_chart(&title, "layer ℓ", "variance", &series, true)
 }

@@ -16,14 +16,34 @@ pub fn graph_table(g: &Graph) -> String {
         let detail = match &n.op {
             Op::Conv(c) => format!(
                 "conv {}->{} k{}x{} s{}x{} pad(t{},l{},b{},r{}) d{}x{} g{}{}",
-                c.in_channels, c.out_channels, c.kernel[0], c.kernel[1], c.stride[0], c.stride[1], c.pad[0].begin, c.pad[1].begin, c.pad[0].end,
-                c.pad[1].end, c.dilation[0], c.dilation[1], c.groups, if c.bias { "" } else { " nobias" }
+                c.in_channels,
+                c.out_channels,
+                c.kernel[0],
+                c.kernel[1],
+                c.stride[0],
+                c.stride[1],
+                c.pad[0].begin,
+                c.pad[1].begin,
+                c.pad[0].end,
+                c.pad[1].end,
+                c.dilation[0],
+                c.dilation[1],
+                c.groups,
+                if c.bias { "" } else { " nobias" }
             ),
             Op::Linear(l) => format!("linear {}->{}{}", l.in_features, l.out_features, if l.bias { "" } else { " nobias" }),
             Op::Activation(a) => a.to_string(),
             Op::Pool(p) => format!(
                 "{} k{}x{} s{}x{} pad(t{},l{},b{},r{}){}",
-                n.op.kind_name(), p.kernel[0], p.kernel[1], p.stride[0], p.stride[1], p.pad[0].begin, p.pad[1].begin, p.pad[0].end, p.pad[1].end,
+                n.op.kind_name(),
+                p.kernel[0],
+                p.kernel[1],
+                p.stride[0],
+                p.stride[1],
+                p.pad[0].begin,
+                p.pad[1].begin,
+                p.pad[0].end,
+                p.pad[1].end,
                 if p.ceil_mode { " ceil" } else { "" }
             ),
             other => other.kind_name().to_string(),
@@ -51,10 +71,14 @@ pub fn lower_table(net: &Network, analysis: &[LayerAnalysis], mode: Mode) -> Str
     for (l, a) in net.layers.iter().zip(analysis) {
         let pool = match &l.pooling {
             None => "-".to_string(),
-            Some(p) => format!("{}{}", if p.global { "global " } else { "" }, match p.kind {
-                crate::ir::PoolKind::Max => "max",
-                crate::ir::PoolKind::Avg => "avg",
-            }),
+            Some(p) => format!(
+                "{}{}",
+                if p.global { "global " } else { "" },
+                match p.kind {
+                    crate::ir::PoolKind::Max => "max",
+                    crate::ir::PoolKind::Avg => "avg",
+                }
+            ),
         };
         rows.push(vec![
             l.index.to_string(),
@@ -110,7 +134,13 @@ pub fn lower_table(net: &Network, analysis: &[LayerAnalysis], mode: Mode) -> Str
     }
     let params: u64 = net.layers.iter().map(|l| l.weight.parameters()).sum();
     let capped = analysis.iter().filter(|a| a.capped).count();
-    let _ = writeln!(out, "{} weight layers, {} parameters{}", net.layers.len(), params, if capped > 0 { format!(", {capped} capped (*)") } else { String::new() });
+    let _ = writeln!(
+        out,
+        "{} weight layers, {} parameters{}",
+        net.layers.len(),
+        params,
+        if capped > 0 { format!(", {capped} capped (*)") } else { String::new() }
+    );
     out
 }
 
@@ -126,7 +156,11 @@ pub fn inspect(net: &Network, layer: &Layer, unit: u64, backward: bool, limit: u
     let mut out = format!("network {}  layer {} (`{}`)  unit {unit}\n", net.name, layer.index, layer.weight.module);
     let list = |out: &mut String, name: &str, what: &str, items: Vec<String>, total: u64| {
         let shown = items.len();
-        let _ = writeln!(out, "{name}  ({what}; {total} elements{})", if (shown as u64) < total { format!(", first {shown} shown") } else { String::new() });
+        let _ = writeln!(
+            out,
+            "{name}  ({what}; {total} elements{})",
+            if (shown as u64) < total { format!(", first {shown} shown") } else { String::new() }
+        );
         for chunk in items.chunks(8) {
             let _ = writeln!(out, "  {}", chunk.join(" "));
         }

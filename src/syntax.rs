@@ -302,10 +302,8 @@ impl Builder {
         match pair.as_str().parse::<f64>() {
             Ok(v) if v.is_finite() => v,
             _ => {
-                self.errors.push(Diagnostic::new(
-                    Span::from_pest(pair.as_span()),
-                    format!("number `{}` is not a finite number", pair.as_str()),
-                ));
+                self.errors
+                    .push(Diagnostic::new(Span::from_pest(pair.as_span()), format!("number `{}` is not a finite number", pair.as_str())));
                 0.0
             }
         }

@@ -106,7 +106,14 @@ pub fn unify(graph: &Graph) -> Result<Network, Vec<UnifyError>> {
 
     for (k, node) in graph.nodes.iter().enumerate() {
         if node.inputs != [ValueId(k)] {
-            err(node, format!("{} `{}` does not read the previous layer's output: only chains of layers can be unified", node.op.kind_name(), node.name));
+            err(
+                node,
+                format!(
+                    "{} `{}` does not read the previous layer's output: only chains of layers can be unified",
+                    node.op.kind_name(),
+                    node.name
+                ),
+            );
             continue;
         }
         let input = graph.shape(ValueId(k));
@@ -161,7 +168,10 @@ pub fn unify(graph: &Graph) -> Result<Network, Vec<UnifyError>> {
         layers.push(o.layer);
     }
     if layers.is_empty() && errors.is_empty() {
-        errors.push(UnifyError { origin: Origin::Implicit(Box::new(Origin::Source(Default::default()))), message: "the network has no weight layer".into() });
+        errors.push(UnifyError {
+            origin: Origin::Implicit(Box::new(Origin::Source(Default::default()))),
+            message: "the network has no weight layer".into(),
+        });
     }
     if errors.is_empty() {
         Ok(Network { name: graph.name.clone(), input: graph.input, layers })
@@ -193,7 +203,13 @@ fn weight(node: &ir::Node, input: Shape) -> Weight {
                 weight_param,
                 bias_param: if conv.bias { bias_param } else { None },
                 weight_shape: vec![conv.out_channels, conv.in_channels / conv.groups, conv.kernel[0], conv.kernel[1]],
-                geometry: ConvGeometry { in_channels: c, out_channels: conv.out_channels, groups: conv.groups, h: axis(0, h, oh), w: axis(1, w, ow) },
+                geometry: ConvGeometry {
+                    in_channels: c,
+                    out_channels: conv.out_channels,
+                    groups: conv.groups,
+                    h: axis(0, h, oh),
+                    w: axis(1, w, ow),
+                },
                 conv: Some(conv.clone()),
             }
         }
@@ -219,7 +235,13 @@ fn pooling(node: &ir::Node, input: Shape) -> Pooling {
     let (_, oh, ow) = node.output.chw();
     match &node.op {
         Op::Pool(p) => {
-            let axis = |a: usize, input: u64, output: u64| PoolAxis { input, output, kernel: p.kernel[a], stride: p.stride[a], pad_begin: p.pad[a].begin };
+            let axis = |a: usize, input: u64, output: u64| PoolAxis {
+                input,
+                output,
+                kernel: p.kernel[a],
+                stride: p.stride[a],
+                pad_begin: p.pad[a].begin,
+            };
             Pooling {
                 kind: p.kind,
                 global: false,
@@ -230,7 +252,13 @@ fn pooling(node: &ir::Node, input: Shape) -> Pooling {
         }
         Op::GlobalPool(kind) => {
             let full = |n: u64| PoolAxis { input: n, output: 1, kernel: n, stride: 1, pad_begin: 0 };
-            Pooling { kind: *kind, global: true, module: node.name.clone(), geometry: PoolGeometry { channels: c, h: full(h), w: full(w) }, pool: None }
+            Pooling {
+                kind: *kind,
+                global: true,
+                module: node.name.clone(),
+                geometry: PoolGeometry { channels: c, h: full(h), w: full(w) },
+                pool: None,
+            }
         }
         _ => unreachable!("pooling() is called on pooling nodes only"),
     }

@@ -132,8 +132,10 @@ fn plans_keep_the_variance_they_promise() {
 /// to rounding, for every mode, on F34 and F50.
 #[test]
 fn matches_the_reference_conventions() {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference/asv_conventions.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference/asv_conventions.json")).unwrap(),
+    )
+    .unwrap();
     for name in ["f34", "f50"] {
         let n = spec(name);
         let r = &json[name];

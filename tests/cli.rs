@@ -39,7 +39,8 @@ fn yaml_output_to_a_file() {
     let plan: cnnc::plan::Plan = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(plan.mode, "backward");
     // No temporary file is left beside the output.
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".tmp")).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The generated Tiny model with its tests (`layers_are_the_plan`, `same_output_as_cnnc`).
+// The generated file keeps the generator's formatting (rustfmt defaults): not this crate's.
+#[rustfmt::skip]
 #[path = "../codegen/tiny/src/model.rs"]
 #[allow(dead_code)] // INPUT and OUTPUTS are for the generated training binary
 mod tiny_model;
@@ -40,7 +42,8 @@ fn check_crate(dir: &Path, files: &[cnnc::emit::File]) -> Vec<String> {
         match std::fs::read_to_string(&path) {
             Ok(want) if want == f.text => {}
             Ok(want) => {
-                let line = want.lines().zip(f.text.lines()).position(|(a, b)| a != b).unwrap_or(want.lines().count().min(f.text.lines().count()));
+                let line =
+                    want.lines().zip(f.text.lines()).position(|(a, b)| a != b).unwrap_or(want.lines().count().min(f.text.lines().count()));
                 failures.push(format!(
                     "{} differs from the generator's output at line {}:\n  checked in: {}\n  generated:  {}",
                     path.display(),
@@ -77,7 +80,8 @@ fn generated_files_are_deterministic_and_complete() {
 fn generate_text(text: &str, name: &str) -> Result<Vec<cnnc::emit::File>, cnnc::emit::EmitError> {
     let net = Source::new("t.cnn", text).network().unwrap();
     let plan = cnnc::plan(&net, Options { mode: Mode::Forward, std_cap: None }).unwrap();
-    let opts = CandleOptions { name: name.into(), spec_path: "t.cnn".into(), spec_text: text.into(), cnnc_path: "/cnnc".into(), standalone: true };
+    let opts =
+        CandleOptions { name: name.into(), spec_path: "t.cnn".into(), spec_text: text.into(), cnnc_path: "/cnnc".into(), standalone: true };
     candle::generate(&net, &plan, &opts)
 }
 
@@ -105,7 +109,19 @@ fn cli_writes_the_crate() {
     let dir = std::env::temp_dir().join(format!("cnnc-emit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
-        .args(["emit", "candle", "codegen/specs/tiny.cnn", "--mode", "forward", "--name", "tiny", "--cnnc-path", "../..", "--workspace-member", "-o"])
+        .args([
+            "emit",
+            "candle",
+            "codegen/specs/tiny.cnn",
+            "--mode",
+            "forward",
+            "--name",
+            "tiny",
+            "--cnnc-path",
+            "../..",
+            "--workspace-member",
+            "-o",
+        ])
         .arg(&dir)
         .current_dir(root())
         .output()
@@ -114,7 +130,12 @@ fn cli_writes_the_crate() {
     for f in generate("codegen/specs/tiny.cnn", "tiny") {
         assert_eq!(std::fs::read_to_string(dir.join(&f.path)).unwrap(), f.text, "{}", f.path);
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_cnnc")).args(["emit", "candle", "tests/data/onnx/ok/missing.onnx", "-o"]).arg(&dir).current_dir(root()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["emit", "candle", "tests/data/onnx/ok/missing.onnx", "-o"])
+        .arg(&dir)
+        .current_dir(root())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("emit candle takes a .cnn description"));
     std::fs::remove_dir_all(&dir).unwrap();

@@ -35,7 +35,10 @@ fn a_grid_runs_resumes_and_skips_finished_runs() {
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    write(&dir.join("tiny.cnn"), "network Tiny\ninput 3x8x8\nconv(3/p1) -> 4, relu, maxpool(2)\nconv(3/p1) -> 4, relu, global_avgpool\nlinear -> 2\n");
+    write(
+        &dir.join("tiny.cnn"),
+        "network Tiny\ninput 3x8x8\nconv(3/p1) -> 4, relu, maxpool(2)\nconv(3/p1) -> 4, relu, global_avgpool\nlinear -> 2\n",
+    );
     let config = |epochs: usize| {
         format!(
             "model: tiny.cnn\ndata: data\nepochs: {epochs}\nbatch_size: 4\nlr: 0.05\ninits: [forward, kaiming-in]\nseeds: [0, 1]\nval_split: 0.25\nout: runs\n"

@@ -20,7 +20,8 @@ fn check(expected: &Path, actual: &str, failures: &mut Vec<String>) {
     match std::fs::read_to_string(expected) {
         Ok(want) if want == actual => {}
         Ok(want) => {
-            let line = want.lines().zip(actual.lines()).position(|(a, b)| a != b).unwrap_or(want.lines().count().min(actual.lines().count()));
+            let line =
+                want.lines().zip(actual.lines()).position(|(a, b)| a != b).unwrap_or(want.lines().count().min(actual.lines().count()));
             failures.push(format!(
                 "{} differs at line {}:\n  want: {}\n  got:  {}",
                 expected.display(),

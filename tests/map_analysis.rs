@@ -162,7 +162,10 @@ fn map_matches_brute_force_on_convs_and_average_pooling() {
 #[test]
 fn map_matches_brute_force_on_max_pooling() {
     // Overlapping, padded max pooling after padded convs: windows with unequal variances.
-    check_against_brute_force("network M\ninput 1x8x8\nconv(3/p1) -> 2, relu, maxpool(3/s2/p1)\nconv(3/p1) -> 2, relu, global_maxpool\nlinear -> 2\n", 2e-6);
+    check_against_brute_force(
+        "network M\ninput 1x8x8\nconv(3/p1) -> 2, relu, maxpool(3/s2/p1)\nconv(3/p1) -> 2, relu, global_maxpool\nlinear -> 2\n",
+        2e-6,
+    );
 }
 
 /// Without padding and with non-overlapping pooling every map is uniform, and the map

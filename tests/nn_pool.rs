@@ -102,7 +102,8 @@ fn forward_and_backward_match_the_index_sets() {
             let m_out = g.m_out() as usize;
             let x = rng.vec(batch * m_in);
             let r = rng.vec(batch * m_out);
-            let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (batch, channels as usize, h.input, w.input), &Device::Cpu).unwrap()).unwrap();
+            let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (batch, channels as usize, h.input, w.input), &Device::Cpu).unwrap())
+                .unwrap();
             let z = spec.apply(xv.as_tensor()).unwrap();
             assert_eq!(z.dims(), &[batch, channels as usize, h.output, w.output]);
             let rt = Tensor::from_vec(r.clone(), z.shape(), &Device::Cpu).unwrap();

@@ -9,8 +9,8 @@
 use cnnc::analyze::{Mode, Options};
 use cnnc::ir::{self, Op, Pad, PoolKind, Shape};
 use cnnc::onnx::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
+    NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use cnnc::onnx::{self, Bytes, ImportOptions};
 use prost::Message;
@@ -205,8 +205,12 @@ fn conv_auto_pad() {
 
 #[test]
 fn conv_without_bias() {
-    let g = import(&model(vec![image_input(3, 8, 8)], vec![node("c", "Conv", &["x", "W", ""], &["y"], vec![])], vec![init("W", &[4, 3, 1, 1])]))
-        .unwrap();
+    let g = import(&model(
+        vec![image_input(3, 8, 8)],
+        vec![node("c", "Conv", &["x", "W", ""], &["y"], vec![])],
+        vec![init("W", &[4, 3, 1, 1])],
+    ))
+    .unwrap();
     assert!(!conv_of(&g, 0).bias);
     assert_eq!(g.nodes[0].params.as_ref().unwrap().bias, None);
 }
@@ -223,7 +227,13 @@ fn stem(extra: Vec<NodeProto>, extra_inits: Vec<TensorProto>) -> Result<ir::Grap
 fn max_pool_pads_and_ceil_mode() {
     // conv 3×3 on 11×11 → 9×9; pool 2/s2 with ceil: 5 (the last window starts inside)
     let g = stem(
-        vec![node("pool", "MaxPool", &["c"], &["p"], vec![attr("kernel_shape", A::Is(vec![2, 2])), attr("strides", A::Is(vec![2, 2])), attr("ceil_mode", A::I(1))])],
+        vec![node(
+            "pool",
+            "MaxPool",
+            &["c"],
+            &["p"],
+            vec![attr("kernel_shape", A::Is(vec![2, 2])), attr("strides", A::Is(vec![2, 2])), attr("ceil_mode", A::I(1))],
+        )],
         vec![],
     )
     .unwrap();
@@ -231,7 +241,13 @@ fn max_pool_pads_and_ceil_mode() {
     assert_eq!((p.kind, p.ceil_mode, p.kernel, p.stride), (PoolKind::Max, true, [2, 2], [2, 2]));
     assert_eq!(g.nodes[1].output, img(4, 5, 5));
     let g = stem(
-        vec![node("pool", "MaxPool", &["c"], &["p"], vec![attr("kernel_shape", A::Is(vec![3, 3])), attr("strides", A::Is(vec![2, 2])), attr("pads", A::Is(vec![1, 1, 1, 1]))])],
+        vec![node(
+            "pool",
+            "MaxPool",
+            &["c"],
+            &["p"],
+            vec![attr("kernel_shape", A::Is(vec![3, 3])), attr("strides", A::Is(vec![2, 2])), attr("pads", A::Is(vec![1, 1, 1, 1]))],
+        )],
         vec![],
     )
     .unwrap();
@@ -266,7 +282,8 @@ fn global_pools_and_reduce_mean() {
         assert_eq!((&g.nodes[1].op, g.nodes[1].output), (&Op::GlobalPool(kind), img(4, 1, 1)));
     }
     // opset 13 form: axes attribute; keepdims 0 adds a flatten
-    let g = stem(vec![node("m", "ReduceMean", &["c"], &["p"], vec![attr("axes", A::Is(vec![2, 3])), attr("keepdims", A::I(0))])], vec![]).unwrap();
+    let g = stem(vec![node("m", "ReduceMean", &["c"], &["p"], vec![attr("axes", A::Is(vec![2, 3])), attr("keepdims", A::I(0))])], vec![])
+        .unwrap();
     assert_eq!(g.nodes[1].op, Op::GlobalPool(PoolKind::Avg));
     assert_eq!((&g.nodes[2].op, g.nodes[2].output), (&Op::Flatten, Shape::Vector { n: 4 }));
     // opset 18 form: axes as an input, negative
@@ -366,14 +383,22 @@ fn weights_as_graph_inputs_and_nodes_out_of_order() {
 
 #[test]
 fn unnamed_nodes_are_named_by_op_and_index() {
-    let m = model(vec![image_input(3, 8, 8)], vec![node("", "Conv", &["x", "W"], &["c"], vec![]), node("", "Relu", &["c"], &["r"], vec![])], vec![init("W", &[4, 3, 3, 3])]);
+    let m = model(
+        vec![image_input(3, 8, 8)],
+        vec![node("", "Conv", &["x", "W"], &["c"], vec![]), node("", "Relu", &["c"], &["r"], vec![])],
+        vec![init("W", &[4, 3, 3, 3])],
+    );
     let g = import(&m).unwrap();
     assert_eq!((g.nodes[0].name.as_str(), g.nodes[1].name.as_str()), ("Conv#0", "Relu#1"));
 }
 
 #[test]
 fn input_option_overrides_symbolic_sizes() {
-    let m = model(vec![input("x", &[None, Some(3), None, None])], vec![node("conv", "Conv", &["x", "W"], &["c"], vec![])], vec![init("W", &[4, 3, 3, 3])]);
+    let m = model(
+        vec![input("x", &[None, Some(3), None, None])],
+        vec![node("conv", "Conv", &["x", "W"], &["c"], vec![])],
+        vec![init("W", &[4, 3, 3, 3])],
+    );
     assert_eq!(
         import(&m).unwrap_err(),
         "the graph input `x` has shape [?, 3, ?, ?] with unknown or symbolic sizes: give one sample's shape with --input CxHxW"
@@ -403,8 +428,14 @@ fn attribute_errors_name_the_attribute_op_and_node() {
     for (attrs, expected) in cases {
         assert_eq!(conv_error(attrs, &[4, 3, 3, 3]), expected);
     }
-    assert_eq!(conv_error(vec![], &[4, 3, 3]), "node `conv` (Conv): the weight `W` has shape [4, 3, 3]: cnnc handles 2-D convolutions (a 4-D weight)");
-    assert_eq!(conv_error(vec![], &[4, 2, 3, 3]), "node `conv` (Conv): the input has 3 channels but the weight `W` [4, 2, 3, 3] with group 1 expects 2");
+    assert_eq!(
+        conv_error(vec![], &[4, 3, 3]),
+        "node `conv` (Conv): the weight `W` has shape [4, 3, 3]: cnnc handles 2-D convolutions (a 4-D weight)"
+    );
+    assert_eq!(
+        conv_error(vec![], &[4, 2, 3, 3]),
+        "node `conv` (Conv): the input has 3 channels but the weight `W` [4, 2, 3, 3] with group 1 expects 2"
+    );
     assert_eq!(conv_error(vec![], &[4, 3, 0, 3]), "node `conv` (Conv): the weight `W` has an invalid shape [4, 3, 0, 3]");
 }
 
@@ -412,7 +443,11 @@ fn attribute_errors_name_the_attribute_op_and_node() {
 fn other_node_errors() {
     let err = stem(vec![node("pool", "MaxPool", &["c"], &["p"], vec![])], vec![]).unwrap_err();
     assert_eq!(err, "node `pool` (MaxPool): attribute `kernel_shape` is required");
-    let err = stem(vec![node("pool", "MaxPool", &["c"], &["p"], vec![attr("kernel_shape", A::Is(vec![2, 2])), attr("ceil_mode", A::I(2))])], vec![]).unwrap_err();
+    let err = stem(
+        vec![node("pool", "MaxPool", &["c"], &["p"], vec![attr("kernel_shape", A::Is(vec![2, 2])), attr("ceil_mode", A::I(2))])],
+        vec![],
+    )
+    .unwrap_err();
     assert_eq!(err, "node `pool` (MaxPool): attribute `ceil_mode` must be 0 or 1, got 2");
     let err = stem(vec![node("fc", "Gemm", &["c", "FW"], &["y"], vec![])], vec![init("FW", &[324, 10])]).unwrap_err();
     assert_eq!(err, "node `fc` (Gemm): input `c` has shape (4,9,9): Gemm needs a 2-D (N, F) input (flatten it first)");
@@ -449,7 +484,8 @@ fn unsupported_ops_are_listed_at_once() {
 #[test]
 fn model_errors() {
     // a cycle
-    let err = stem(vec![node("a", "Relu", &["b_out"], &["a_out"], vec![]), node("b", "Relu", &["a_out"], &["b_out"], vec![])], vec![]).unwrap_err();
+    let err = stem(vec![node("a", "Relu", &["b_out"], &["a_out"], vec![]), node("b", "Relu", &["a_out"], &["b_out"], vec![])], vec![])
+        .unwrap_err();
     assert_eq!(err, "the graph has a cycle: nodes `a` (Relu), `b` (Relu) depend on each other");
     // two data inputs
     let m = model(vec![image_input(3, 8, 8), input("z", &[None, Some(3)])], vec![node("r", "Relu", &["x"], &["r"], vec![])], vec![]);
@@ -469,7 +505,8 @@ fn model_errors() {
 
 #[test]
 fn decode_errors_never_panic() {
-    let good = model(vec![image_input(3, 8, 8)], vec![node("conv", "Conv", &["x", "W"], &["c"], vec![])], vec![init("W", &[4, 3, 3, 3])]).encode_to_vec();
+    let good = model(vec![image_input(3, 8, 8)], vec![node("conv", "Conv", &["x", "W"], &["c"], vec![])], vec![init("W", &[4, 3, 3, 3])])
+        .encode_to_vec();
     for cut in 0..good.len() {
         let _ = onnx::decode(Bytes::from(good[..cut].to_vec())).and_then(|m| onnx::import(&m, &ImportOptions::default()));
     }
@@ -483,7 +520,10 @@ fn decode_errors_never_panic() {
             }
         }
     }
-    assert_eq!(onnx::decode(Bytes::new()).unwrap_err().to_string(), "not a valid ONNX model: the file decodes as protobuf but has no graph");
+    assert_eq!(
+        onnx::decode(Bytes::new()).unwrap_err().to_string(),
+        "not a valid ONNX model: the file decodes as protobuf but has no graph"
+    );
 }
 
 // ------------------------------------------------------------------ fixtures
@@ -493,7 +533,11 @@ fn data_dir(sub: &str) -> PathBuf {
 }
 
 fn fixtures(sub: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(data_dir(sub)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data_dir(sub))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
     v.sort();
     v
 }
@@ -586,7 +630,11 @@ const SPECS: &[&str] = &[
 #[test]
 fn round_trip_spec_to_onnx_to_plan() {
     let mut texts: Vec<String> = SPECS.iter().map(|s| s.to_string()).collect();
-    texts.push(std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/f34.cnn")).unwrap().replace("input 3x224x224", "input 3x64x64"));
+    texts.push(
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/f34.cnn"))
+            .unwrap()
+            .replace("input 3x224x224", "input 3x64x64"),
+    );
     for text in &texts {
         for mode in [Mode::Forward, Mode::Backward] {
             let (graph, plan) = spec_plan(text, mode);
@@ -650,7 +698,10 @@ fn init_rewrites_initializers_only() {
     onnx::reinit(&mut model, &plan, 3).unwrap();
     let (a, b) = (original.graph.as_ref().unwrap(), model.graph.as_ref().unwrap());
     assert_eq!((&a.node, &a.input, &a.output, &a.name), (&b.node, &b.input, &b.output, &b.name));
-    assert_eq!((&original.opset_import, original.ir_version, &original.producer_name), (&model.opset_import, model.ir_version, &model.producer_name));
+    assert_eq!(
+        (&original.opset_import, original.ir_version, &original.producer_name),
+        (&model.opset_import, model.ir_version, &model.producer_name)
+    );
     assert_eq!(a.initializer.len(), b.initializer.len());
     for (x, y) in a.initializer.iter().zip(&b.initializer) {
         assert_eq!((x.name(), &x.dims, x.data_type), (y.name(), &y.dims, y.data_type));

@@ -21,7 +21,9 @@ fn rel(a: f64, b: f64) -> f64 {
 /// by a naive Wᵀg.
 #[test]
 fn measurements_match_independent_computations() {
-    let n = net("network P\ninput 2x6x5\nconv(3/p1/s1) -> 3, relu, maxpool(3/s2/p1)\nconv(2) -> 4, leaky_relu(0.1), global_avgpool\nlinear -> 5\n");
+    let n = net(
+        "network P\ninput 2x6x5\nconv(3/p1/s1) -> 3, relu, maxpool(3/s2/p1)\nconv(2) -> 4, leaky_relu(0.1), global_avgpool\nlinear -> 5\n",
+    );
     let plan = cnnc::plan(&n, Options { mode: Mode::Forward, std_cap: None }).unwrap();
     let dev = Device::Cpu;
     let model = Model::new(&n, &plan, 11, &dev, DType::F64).unwrap();
@@ -98,9 +100,18 @@ fn map_plans_keep_their_promise_on_a_small_network() {
     }
     let off = |r: &cnnc::probe::ProbeReport, k: usize, fwd: bool| {
         let l = &r.layers[k];
-        if fwd { (l.measured_forward.mean / l.predicted_forward - 1.0).abs() } else { (l.measured_backward.mean / l.predicted_backward - 1.0).abs() }
+        if fwd {
+            (l.measured_forward.mean / l.predicted_forward - 1.0).abs()
+        } else {
+            (l.measured_backward.mean / l.predicted_backward - 1.0).abs()
+        }
     };
-    assert!(off(&fwd_map, 3, true) < off(&fwd_paper, 3, true), "map closer than paper at the deepest conv\n{}\n{}", fwd_map.table(), fwd_paper.table());
+    assert!(
+        off(&fwd_map, 3, true) < off(&fwd_paper, 3, true),
+        "map closer than paper at the deepest conv\n{}\n{}",
+        fwd_map.table(),
+        fwd_paper.table()
+    );
 
     let bwd_map = run(Mode::Backward, Analysis::Map);
     let bwd_paper = run(Mode::Backward, Analysis::Paper);
@@ -108,5 +119,10 @@ fn map_plans_keep_their_promise_on_a_small_network() {
         let ratio = l.measured_backward.mean / l.predicted_backward;
         assert!((0.8..1.2).contains(&ratio), "map backward, layer {}: ratio {ratio}\n{}", l.index, bwd_map.table());
     }
-    assert!(off(&bwd_map, 0, false) < off(&bwd_paper, 0, false), "map closer than paper at the max-pooled layer\n{}\n{}", bwd_map.table(), bwd_paper.table());
+    assert!(
+        off(&bwd_map, 0, false) < off(&bwd_paper, 0, false),
+        "map closer than paper at the max-pooled layer\n{}\n{}",
+        bwd_map.table(),
+        bwd_paper.table()
+    );
 }

@@ -9,7 +9,12 @@ use std::path::Path;
 /// 23 gray 3×3 images whose bytes encode (image, position), labels `i mod 5`.
 fn dataset() -> Dataset {
     let n = 23;
-    Dataset { pixels: (0..n * 9).map(|k| (k * 7 % 256) as u8).collect(), labels: (0..n as u32).map(|i| i % 5).collect(), channels: 1, size: 3 }
+    Dataset {
+        pixels: (0..n * 9).map(|k| (k * 7 % 256) as u8).collect(),
+        labels: (0..n as u32).map(|i| i % 5).collect(),
+        channels: 1,
+        size: 3,
+    }
 }
 
 fn collect(ds: &Dataset, order: &[usize], batch: usize, p: Prefetch) -> Vec<(usize, Batch)> {
@@ -54,7 +59,11 @@ fn an_error_stops_the_loop_and_the_workers() {
         let mut seen = Vec::new();
         let r = for_each_batch(&ds, &order, 2, p, |k, _| {
             seen.push(k);
-            if k == 3 { Err(format!("NaN at step {k}")) } else { Ok(()) }
+            if k == 3 {
+                Err(format!("NaN at step {k}"))
+            } else {
+                Ok(())
+            }
         });
         assert_eq!(r, Err("NaN at step 3".to_string()));
         assert_eq!(seen, [0, 1, 2, 3], "{p:?}");

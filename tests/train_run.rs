@@ -125,7 +125,8 @@ fn cli_synth_data_train_and_resume() {
     if !cfg!(feature = "cuda") {
         assert!(err.contains("built without CUDA support"), "{err}");
     }
-    let (code, _, err) = cnnc(&["train", TINY, "--data", root.join("nothing").to_str().unwrap(), "--out", root.join("x").to_str().unwrap()]);
+    let (code, _, err) =
+        cnnc(&["train", TINY, "--data", root.join("nothing").to_str().unwrap(), "--out", root.join("x").to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("nothing") && err.contains("no such directory"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();

@@ -90,7 +90,8 @@ fn window(layer: &Layer, oy: u64, ox: u64) -> Window {
     let g = &p.geometry;
     let (ys, xs) = (g.h.window(oy), g.w.window(ox));
     let include_pad = p.pool.as_ref().is_none_or(|q| q.count_include_pad);
-    let divisor = if include_pad && !p.global { (g.h.kernel * g.w.kernel) as f64 } else { ((ys.end - ys.start) * (xs.end - xs.start)) as f64 };
+    let divisor =
+        if include_pad && !p.global { (g.h.kernel * g.w.kernel) as f64 } else { ((ys.end - ys.start) * (xs.end - xs.start)) as f64 };
     Window { ys, xs, divisor }
 }
 
@@ -165,7 +166,11 @@ fn forward_layer(layer: &Layer, input: &Map, cache: &mut Cache) -> Result<(f64, 
     }
     let mean = q.mean();
     if !(mean > 0.0 && mean.is_finite()) {
-        return Err(AnalysisError::Layer { layer: layer.index, module: layer.weight.module.clone(), message: "no unit of this layer reads any input".into() });
+        return Err(AnalysisError::Layer {
+            layer: layer.index,
+            module: layer.weight.module.clone(),
+            message: "no unit of this layer reads any input".into(),
+        });
     }
     let sigma2 = 1.0 / mean;
     q.scale(sigma2);
@@ -200,7 +205,8 @@ fn forward_layer(layer: &Layer, input: &Map, cache: &mut Cache) -> Result<(f64, 
                                     message: "max pooling after a non-monotone activation has no map analysis".into(),
                                 });
                             }
-                            let s: Vec<f64> = win.ys.clone().flat_map(|y| win.xs.clone().map(move |x| (y, x))).map(|(y, x)| q.at(y, x).sqrt()).collect();
+                            let s: Vec<f64> =
+                                win.ys.clone().flat_map(|y| win.xs.clone().map(move |x| (y, x))).map(|(y, x)| q.at(y, x).sqrt()).collect();
                             let mm = cached_max(cache, &s);
                             mm.second_pos + a * a * mm.second_neg
                         }
@@ -275,7 +281,11 @@ fn backward_layer(layer: &Layer, grad_out: &Map, q: &Map, cache: &mut Cache) -> 
     }
     let mean = r.mean();
     if !(mean > 0.0 && mean.is_finite()) {
-        return Err(AnalysisError::Layer { layer: layer.index, module: layer.weight.module.clone(), message: "no gradient reaches this layer's input".into() });
+        return Err(AnalysisError::Layer {
+            layer: layer.index,
+            module: layer.weight.module.clone(),
+            message: "no gradient reaches this layer's input".into(),
+        });
     }
     let sigma2 = 1.0 / mean;
     r.scale(sigma2);

@@ -49,7 +49,8 @@ fn fill(template: &str, vars: &[(&str, &str)]) -> String {
 
 /// A package name cargo accepts: ASCII letters, digits, `-` and `_`, not starting with a digit.
 pub fn valid_package_name(name: &str) -> bool {
-    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A package name from a network name: lower case, other characters as `_`.
@@ -64,7 +65,10 @@ pub fn package_name(network: &str) -> String {
 /// Generates the crate's files. The plan must be the network's.
 pub fn generate(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<Vec<File>, EmitError> {
     if !valid_package_name(&opts.name) {
-        return Err(EmitError::Unsupported(format!("`{}` is not a valid crate name (letters, digits, `-`, `_`; not starting with a digit)", opts.name)));
+        return Err(EmitError::Unsupported(format!(
+            "`{}` is not a valid crate name (letters, digits, `-`, `_`; not starting with a digit)",
+            opts.name
+        )));
     }
     check_plan(net, plan)?;
     let lib = opts.name.replace('-', "_");
@@ -74,7 +78,16 @@ pub fn generate(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<Vec<
         ""
     };
     let generator = format!("cnnc {}", env!("CARGO_PKG_VERSION"));
-    let cargo = fill(CARGO_TEMPLATE, &[("generator", &generator), ("spec", &opts.spec_path), ("name", &opts.name), ("cnnc_path", &opts.cnnc_path), ("workspace", workspace)]);
+    let cargo = fill(
+        CARGO_TEMPLATE,
+        &[
+            ("generator", &generator),
+            ("spec", &opts.spec_path),
+            ("name", &opts.name),
+            ("cnnc_path", &opts.cnnc_path),
+            ("workspace", workspace),
+        ],
+    );
     let vars = [("network", net.name.as_str()), ("spec", &opts.spec_path), ("lib", &lib)];
     Ok(vec![
         File { path: "Cargo.toml".into(), text: cargo },
@@ -90,7 +103,10 @@ fn check_plan(net: &Network, plan: &Plan) -> Result<(), EmitError> {
     }
     for (l, p) in net.layers.iter().zip(&plan.layers) {
         if p.weight.name != l.weight.weight_param || p.weight.shape != l.weight.weight_shape {
-            return Err(EmitError::PlanMismatch(format!("layer {}: the plan has `{}` {:?}, the network `{}` {:?}", l.index, p.weight.name, p.weight.shape, l.weight.weight_param, l.weight.weight_shape)));
+            return Err(EmitError::PlanMismatch(format!(
+                "layer {}: the plan has `{}` {:?}, the network `{}` {:?}",
+                l.index, p.weight.name, p.weight.shape, l.weight.weight_param, l.weight.weight_shape
+            )));
         }
         if !(p.weight.std.is_finite() && p.weight.std >= 0.0) {
             return Err(EmitError::PlanMismatch(format!("layer {}: std {} is not a finite non-negative number", l.index, p.weight.std)));
@@ -206,7 +222,11 @@ fn pool_code(l: &Layer) -> Result<Option<String>, EmitError> {
         )
     };
     let g = &p.geometry;
-    Ok(Some(format!("PoolSpec {{\n                mode: {mode},\n                h: {},\n                w: {},\n            }}", dim(&g.h, pad_end[0]), dim(&g.w, pad_end[1]))))
+    Ok(Some(format!(
+        "PoolSpec {{\n                mode: {mode},\n                h: {},\n                w: {},\n            }}",
+        dim(&g.h, pad_end[0]),
+        dim(&g.w, pad_end[1])
+    )))
 }
 
 fn activation_code(a: Activation) -> Option<String> {
@@ -255,7 +275,11 @@ fn model(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
             WeightKind::Conv => {
                 let cc = conv_code(l)?;
                 let _ = writeln!(fields, "    pub {f}: Conv2d,");
-                let _ = writeln!(inits, "            {f}: conv(&vb, &LAYERS[{k}], {}, {}, {}, {})?,", cc.padding, cc.stride, cc.dilation, cc.groups);
+                let _ = writeln!(
+                    inits,
+                    "            {f}: conv(&vb, &LAYERS[{k}], {}, {}, {}, {})?,",
+                    cc.padding, cc.stride, cc.dilation, cc.groups
+                );
                 let (ic, ih, iw) = l.input.chw();
                 if cur.dims() != [ic, ih, iw] {
                     needs_n = true;
@@ -412,7 +436,9 @@ fn model(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
         );
     }
     if uses_linear {
-        s.push_str("fn linear(vb: &VarBuilder, p: &PlanLayer) -> Result<Linear> {\n    Ok(Linear::new(weight(vb, p)?, bias(vb, p)?))\n}\n\n");
+        s.push_str(
+            "fn linear(vb: &VarBuilder, p: &PlanLayer) -> Result<Linear> {\n    Ok(Linear::new(weight(vb, p)?, bias(vb, p)?))\n}\n\n",
+        );
     }
     let ignore = if parameters > BIG_MODEL_PARAMETERS {
         format!("    #[ignore = \"{parameters} parameters drawn twice: run with --release -- --ignored\"]\n")

@@ -56,7 +56,11 @@ impl SeededVarMap {
                 let d = rand_distr::Uniform::new(lo, up).map_err(|e| candle_core::Error::Msg(format!("U({lo}, {up}): {e}")))?;
                 (0..n).map(|_| d.sample(&mut *rng)).collect()
             }
-            Init::Kaiming { .. } => return Err(candle_core::Error::Msg("SeededVarMap draws N(mean, std²), constants and uniforms; pass the std explicitly".into())),
+            Init::Kaiming { .. } => {
+                return Err(candle_core::Error::Msg(
+                    "SeededVarMap draws N(mean, std²), constants and uniforms; pass the std explicitly".into(),
+                ))
+            }
         })
     }
 }
@@ -72,7 +76,11 @@ impl candle_nn::var_builder::SimpleBackend for SeededVarMap {
         let values = self.draw(&shape, init)?;
         let var = Var::from_tensor(&Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?)?;
         let t = var.as_tensor().clone();
-        self.vars.data().lock().map_err(|_| candle_core::Error::Msg("the variable map's lock is poisoned".into()))?.insert(name.to_string(), var);
+        self.vars
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the variable map's lock is poisoned".into()))?
+            .insert(name.to_string(), var);
         Ok(t)
     }
 

@@ -88,10 +88,16 @@ fn weight_op(l: &Layer) -> Result<WeightOp, NnError> {
         (WeightKind::Linear, _) => Ok(WeightOp::Linear),
         (WeightKind::Conv, Some(c)) => {
             if c.stride[0] != c.stride[1] {
-                return Err(layer_err(l, format!("candle convolutions take one stride for both axes, not {}×{}", c.stride[0], c.stride[1])));
+                return Err(layer_err(
+                    l,
+                    format!("candle convolutions take one stride for both axes, not {}×{}", c.stride[0], c.stride[1]),
+                ));
             }
             if c.dilation[0] != c.dilation[1] {
-                return Err(layer_err(l, format!("candle convolutions take one dilation for both axes, not {}×{}", c.dilation[0], c.dilation[1])));
+                return Err(layer_err(
+                    l,
+                    format!("candle convolutions take one dilation for both axes, not {}×{}", c.dilation[0], c.dilation[1]),
+                ));
             }
             let p = c.pad;
             let symmetric = p[0].begin == p[0].end && p[1].begin == p[1].end && p[0].begin == p[1].begin;
@@ -165,7 +171,10 @@ impl Model {
                 )));
             }
             if !(p.weight.std.is_finite() && p.weight.std >= 0.0) {
-                return Err(NnError::PlanMismatch(format!("layer {} (`{}`): std {} is not a finite non-negative number", l.index, w.module, p.weight.std)));
+                return Err(NnError::PlanMismatch(format!(
+                    "layer {} (`{}`): std {} is not a finite non-negative number",
+                    l.index, w.module, p.weight.std
+                )));
             }
             let shape: Vec<usize> = w.weight_shape.iter().map(|&d| usize_of(d)).collect();
             let numel: usize = shape.iter().product();

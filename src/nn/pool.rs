@@ -72,7 +72,10 @@ impl PoolSpec {
                 return Err("pooling kernel and stride must be at least 1".into());
             }
             if let Some(o) = (0..d.output).find(|&o| d.window(o).is_empty()) {
-                return Err(format!("pooling window {o} holds only padding (kernel {}, stride {}, padding {}+{}, input {})", d.kernel, d.stride, d.pad_begin, d.pad_end, d.input));
+                return Err(format!(
+                    "pooling window {o} holds only padding (kernel {}, stride {}, padding {}+{}, input {})",
+                    d.kernel, d.stride, d.pad_begin, d.pad_end, d.input
+                ));
             }
         }
         Ok(())

@@ -11,8 +11,8 @@
 //! only as a graph input with a declared shape gets a new initializer.
 
 use super::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
+    NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use super::{Bytes, OnnxError};
 use crate::ir::{self, Activation, Op, PoolKind, Shape};
@@ -115,7 +115,14 @@ fn float(name: &str, v: f32) -> AttributeProto {
 }
 
 fn node(name: &str, op: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto { name: Some(name.into()), op_type: Some(op.into()), input: inputs, output: vec![output.into()], attribute, ..Default::default() }
+    NodeProto {
+        name: Some(name.into()),
+        op_type: Some(op.into()),
+        input: inputs,
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    }
 }
 
 fn value_info(name: &str, shape: Shape) -> ValueInfoProto {
@@ -192,12 +199,19 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                     Activation::LeakyRelu { slope } => ("LeakyRelu", vec![float("alpha", *slope as f32)]),
                     Activation::Tanh => ("Tanh", vec![]),
                     Activation::Sigmoid => ("Sigmoid", vec![]),
-                    other => return Err(OnnxError::Model(format!("activation {other} of node `{}` has no opset {OPSET} operator", n.name))),
+                    other => {
+                        return Err(OnnxError::Model(format!("activation {other} of node `{}` has no opset {OPSET} operator", n.name)))
+                    }
                 };
                 g.node.push(node(&n.name, op, vec![input], &out, attrs));
             }
             Op::Pool(p) => {
-                let mut attrs = vec![ints("kernel_shape", &p.kernel), ints("strides", &p.stride), ints("pads", &pads(&p.pad)), int("ceil_mode", p.ceil_mode as i64)];
+                let mut attrs = vec![
+                    ints("kernel_shape", &p.kernel),
+                    ints("strides", &p.stride),
+                    ints("pads", &pads(&p.pad)),
+                    int("ceil_mode", p.ceil_mode as i64),
+                ];
                 let op = match p.kind {
                     PoolKind::Max => "MaxPool",
                     PoolKind::Avg => {
@@ -276,7 +290,8 @@ pub fn write_model(mut model: ModelProto, path: &std::path::Path, limit: Option<
                 let Some(raw) = t.raw_data.take_if(|r| r.len() >= EXTERNAL_MIN) else { continue };
                 out.write_all(&raw).map_err(io)?;
                 let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
-                t.external_data = vec![entry("location", location.clone()), entry("offset", offset.to_string()), entry("length", raw.len().to_string())];
+                t.external_data =
+                    vec![entry("location", location.clone()), entry("offset", offset.to_string()), entry("length", raw.len().to_string())];
                 t.data_location = Some(DataLocation::External as i32);
                 offset += raw.len();
             }
@@ -314,19 +329,27 @@ fn set(g: &mut GraphProto, name: &str, normal: Option<(&mut Normal, f64)>) -> Re
             let ty = match DataType::try_from(t.data_type()) {
                 Ok(DataType::Float) => DataType::Float,
                 Ok(DataType::Double) => DataType::Double,
-                Ok(other) => return Err(OnnxError::Model(format!("initializer `{name}` has type {}: cnnc writes float and double weights", other.as_str_name()))),
+                Ok(other) => {
+                    return Err(OnnxError::Model(format!(
+                        "initializer `{name}` has type {}: cnnc writes float and double weights",
+                        other.as_str_name()
+                    )))
+                }
                 Err(_) => return Err(OnnxError::Model(format!("initializer `{name}` has an unknown data type {}", t.data_type()))),
             };
             (t.dims.clone(), ty, Some(k))
         }
         None => {
             use tensor_shape_proto::dimension::Value;
-            let vi = g.input.iter().find(|v| v.name() == name).ok_or_else(|| OnnxError::Model(format!("the model has no initializer `{name}`")))?;
+            let vi = g
+                .input
+                .iter()
+                .find(|v| v.name() == name)
+                .ok_or_else(|| OnnxError::Model(format!("the model has no initializer `{name}`")))?;
             let dims = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-                Some(type_proto::Value::TensorType(t)) => t
-                    .shape
-                    .as_ref()
-                    .map(|s| s.dim.iter().map(|d| if let Some(Value::DimValue(v)) = d.value { Some(v) } else { None }).collect::<Option<Vec<i64>>>()),
+                Some(type_proto::Value::TensorType(t)) => t.shape.as_ref().map(|s| {
+                    s.dim.iter().map(|d| if let Some(Value::DimValue(v)) = d.value { Some(v) } else { None }).collect::<Option<Vec<i64>>>()
+                }),
                 _ => None,
             };
             let dims = dims.flatten().ok_or_else(|| OnnxError::Model(format!("the graph input `{name}` has no static shape")))?;
@@ -342,10 +365,23 @@ fn set(g: &mut GraphProto, name: &str, normal: Option<(&mut Normal, f64)>) -> Re
     match slot {
         Some(k) => {
             let old = &mut g.initializer[k];
-            let fresh = TensorProto { name: old.name.take(), dims, data_type: Some(ty as i32), raw_data: Some(data), doc_string: old.doc_string.take(), ..Default::default() };
+            let fresh = TensorProto {
+                name: old.name.take(),
+                dims,
+                data_type: Some(ty as i32),
+                raw_data: Some(data),
+                doc_string: old.doc_string.take(),
+                ..Default::default()
+            };
             *old = fresh;
         }
-        None => g.initializer.push(TensorProto { name: Some(name.into()), dims, data_type: Some(ty as i32), raw_data: Some(data), ..Default::default() }),
+        None => g.initializer.push(TensorProto {
+            name: Some(name.into()),
+            dims,
+            data_type: Some(ty as i32),
+            raw_data: Some(data),
+            ..Default::default()
+        }),
     }
     Ok(())
 }

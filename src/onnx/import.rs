@@ -10,7 +10,10 @@
 //! data (produced from the graph input, with an [`ir`] node and a [`Shape`]) or such
 //! parameters. Identity and Dropout produce no IR node: their output is their input.
 
-use super::proto::{attribute_proto::AttributeType, tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+use super::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
+    ValueInfoProto,
+};
 use super::OnnxError;
 use crate::ir::{self, Activation, Conv, Linear, Op, Origin, Pad, ParamNames, Pool, PoolKind, Shape, ValueId};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -56,8 +59,24 @@ const OPS: &[(&str, OpFn, &[usize])] = &[
 
 /// The operator types the importer handles (`Add` only as the bias of a `MatMul`).
 pub const SUPPORTED_OPS: &[&str] = &[
-    "Conv", "Gemm", "MatMul(+Add)", "Relu", "LeakyRelu", "Tanh", "Sigmoid", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-    "ReduceMean", "ReduceMax", "Flatten", "Reshape", "Dropout", "Identity", "Constant",
+    "Conv",
+    "Gemm",
+    "MatMul(+Add)",
+    "Relu",
+    "LeakyRelu",
+    "Tanh",
+    "Sigmoid",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "ReduceMean",
+    "ReduceMax",
+    "Flatten",
+    "Reshape",
+    "Dropout",
+    "Identity",
+    "Constant",
 ];
 
 fn lookup(op: &str) -> Option<&'static (&'static str, OpFn, &'static [usize])> {
@@ -232,8 +251,10 @@ fn topological_order(graph: &GraphProto) -> Result<Vec<usize>, OnnxError> {
         }
     }
     if order.len() < n {
-        let stuck: Vec<String> =
-            (0..n).filter(|&k| pending[k] > 0).map(|k| format!("`{}` ({})", node_name(&graph.node[k], k), graph.node[k].op_type())).collect();
+        let stuck: Vec<String> = (0..n)
+            .filter(|&k| pending[k] > 0)
+            .map(|k| format!("`{}` ({})", node_name(&graph.node[k], k), graph.node[k].op_type()))
+            .collect();
         return Err(OnnxError::Model(format!("the graph has a cycle: nodes {} depend on each other", stuck.join(", "))));
     }
     Ok(order)
@@ -284,7 +305,11 @@ fn data_input<'m>(graph: &'m GraphProto, imp: &Importer<'_>, opts: &ImportOption
         [] => return Err(OnnxError::Model("the graph has no data input (every graph input is a weight or an initializer)".into())),
         many => {
             let names: Vec<String> = many.iter().map(|v| format!("`{}`", v.name())).collect();
-            return Err(OnnxError::Model(format!("the graph has {} data inputs ({}): cnnc plans networks with one input", many.len(), names.join(", "))));
+            return Err(OnnxError::Model(format!(
+                "the graph has {} data inputs ({}): cnnc plans networks with one input",
+                many.len(),
+                names.join(", ")
+            )));
         }
     };
     let name = vi.name();
@@ -302,10 +327,16 @@ fn data_input<'m>(graph: &'m GraphProto, imp: &Importer<'_>, opts: &ImportOption
         Some([_, Some(c), Some(h), Some(w)]) => Shape::Image { c: *c as u64, h: *h as u64, w: *w as u64 },
         Some([_, Some(n)]) => Shape::Vector { n: *n as u64 },
         Some(d @ ([_, _, _, _] | [_, _])) => {
-            return Err(OnnxError::Model(format!("the graph input `{name}` has shape {} with unknown or symbolic sizes: {hint}", dims_text(d))))
+            return Err(OnnxError::Model(format!(
+                "the graph input `{name}` has shape {} with unknown or symbolic sizes: {hint}",
+                dims_text(d)
+            )))
         }
         Some(d) => {
-            return Err(OnnxError::Model(format!("the graph input `{name}` has shape {}: cnnc takes (N, C, H, W) images or (N, F) vectors", dims_text(d))))
+            return Err(OnnxError::Model(format!(
+                "the graph input `{name}` has shape {}: cnnc takes (N, C, H, W) images or (N, F) vectors",
+                dims_text(d)
+            )))
         }
         None => return Err(OnnxError::Model(format!("the graph input `{name}` has no declared shape: {hint}"))),
     };
@@ -333,7 +364,9 @@ fn param_of(t: &TensorProto) -> Param {
         Some(n) if t.data_type() == DataType::Int64 as i32 && n <= 16 => {
             let values: Vec<i64> = match &t.raw_data {
                 _ if !t.int64_data.is_empty() => t.int64_data.clone(),
-                Some(raw) if raw.len() as i64 == 8 * n => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+                Some(raw) if raw.len() as i64 == 8 * n => {
+                    raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+                }
                 _ => Vec::new(),
             };
             Some(values).filter(|v| v.len() as i64 == n)
@@ -418,7 +451,9 @@ impl<'m> Cx<'m> {
         match self.attr(name) {
             None => Ok(default),
             Some(a) if Self::check_type(a, AttributeType::Float, a.f.is_some()) && a.f().is_finite() => Ok(a.f()),
-            Some(a) if Self::check_type(a, AttributeType::Float, a.f.is_some()) => Err(format!("attribute `{name}` must be finite, got {}", a.f())),
+            Some(a) if Self::check_type(a, AttributeType::Float, a.f.is_some()) => {
+                Err(format!("attribute `{name}` must be finite, got {}", a.f()))
+            }
             Some(_) => Err(format!("attribute `{name}` must be a float")),
         }
     }
@@ -488,9 +523,24 @@ impl<'m> Cx<'m> {
 
 impl<'m> Importer<'m> {
     /// Appends an IR node reading `input` and binds `output` to its value.
-    fn push(&mut self, cx: &Cx<'m>, op: Op, input: ValueId, shape: Shape, params: Option<ParamNames>, output: &'m str) -> Result<ValueId, String> {
+    fn push(
+        &mut self,
+        cx: &Cx<'m>,
+        op: Op,
+        input: ValueId,
+        shape: Shape,
+        params: Option<ParamNames>,
+        output: &'m str,
+    ) -> Result<ValueId, String> {
         let shape = checked_shape(shape)?;
-        self.nodes.push(ir::Node { op, inputs: vec![input], output: shape, name: cx.name.clone(), params, origin: Origin::OnnxNode(cx.name.clone()) });
+        self.nodes.push(ir::Node {
+            op,
+            inputs: vec![input],
+            output: shape,
+            name: cx.name.clone(),
+            params,
+            origin: Origin::OnnxNode(cx.name.clone()),
+        });
         let id = ValueId(self.nodes.len());
         self.values.insert(output, (id, shape));
         Ok(id)
@@ -500,7 +550,9 @@ impl<'m> Importer<'m> {
 fn image(cx: &Cx<'_>, shape: Shape) -> Result<(u64, u64, u64), String> {
     match shape {
         Shape::Image { c, h, w } => Ok((c, h, w)),
-        Shape::Vector { .. } => Err(format!("input `{}` has shape {shape}: {} needs an (N, C, H, W) image", cx.input(0).unwrap_or("?"), cx.op)),
+        Shape::Vector { .. } => {
+            Err(format!("input `{}` has shape {shape}: {} needs an (N, C, H, W) image", cx.input(0).unwrap_or("?"), cx.op))
+        }
     }
 }
 
@@ -553,7 +605,9 @@ fn conv<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 fn vector_input(cx: &Cx<'_>, shape: Shape) -> Result<u64, String> {
     match shape {
         Shape::Vector { n } => Ok(n),
-        Shape::Image { .. } => Err(format!("input `{}` has shape {shape}: {} needs a 2-D (N, F) input (flatten it first)", cx.input(0).unwrap_or("?"), cx.op)),
+        Shape::Image { .. } => {
+            Err(format!("input `{}` has shape {shape}: {} needs a 2-D (N, F) input (flatten it first)", cx.input(0).unwrap_or("?"), cx.op))
+        }
     }
 }
 
@@ -662,7 +716,8 @@ fn pool<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, kind: PoolKind) -> Result<(), S
     let ceil_mode = cx.flag("ceil_mode")?;
     let count_include_pad = if kind == PoolKind::Avg { cx.flag("count_include_pad")? } else { false };
     let size = |a: usize, n: u64| {
-        ir::pool_out_size(n, kernel[a], stride[a], pad[a], ceil_mode).ok_or_else(|| format!("the output would be empty: input {shape}, kernel {kernel:?}"))
+        ir::pool_out_size(n, kernel[a], stride[a], pad[a], ceil_mode)
+            .ok_or_else(|| format!("the output would be empty: input {shape}, kernel {kernel:?}"))
     };
     let (oh, ow) = (size(0, h)?, size(1, w)?);
     let op = Op::Pool(Pool { kind, kernel, stride, pad, ceil_mode, count_include_pad });
@@ -704,11 +759,9 @@ fn global_max_pool<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String
 fn reduce<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, kind: PoolKind) -> Result<(), String> {
     let axes: Vec<i64> = match (cx.ints("axes")?, cx.input(1)) {
         (Some(a), _) => a.to_vec(),
-        (None, Some(name)) => imp
-            .params
-            .get(name)
-            .and_then(|p| p.ints.clone())
-            .ok_or_else(|| format!("the axes `{name}` must be a constant int64 tensor"))?,
+        (None, Some(name)) => {
+            imp.params.get(name).and_then(|p| p.ints.clone()).ok_or_else(|| format!("the axes `{name}` must be a constant int64 tensor"))?
+        }
         (None, None) => return Err(format!("{} over all axes is not supported: give axes [2, 3]", cx.op)),
     };
     let mut norm: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + 4 } else { a }).collect();

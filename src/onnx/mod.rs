@@ -36,8 +36,8 @@ mod slim;
 
 pub use export::{encode, export, reinit, write_model, Normal};
 pub use import::{import, ImportOptions, SUPPORTED_OPS};
-pub use proto::ModelProto;
 pub use prost::bytes::Bytes;
+pub use proto::ModelProto;
 
 use prost::Message;
 use std::path::Path;

@@ -27,8 +27,8 @@ enum Msg {
 /// The length-delimited fields walked into rather than copied.
 fn child(msg: Msg, field: u64) -> Option<Msg> {
     match (msg, field) {
-        (Msg::Model, 7) => Some(Msg::Graph),   // ModelProto.graph
-        (Msg::Graph, 5) => Some(Msg::Tensor),  // GraphProto.initializer
+        (Msg::Model, 7) => Some(Msg::Graph),  // ModelProto.graph
+        (Msg::Graph, 5) => Some(Msg::Tensor), // GraphProto.initializer
         _ => None,
     }
 }

@@ -88,13 +88,17 @@ pub struct Target {
 /// Loads `dir` in whichever layout it has (see the module doc).
 pub fn load(dir: &Path, target: Target, val_split: f64, seed: u64) -> Result<Split, DataError> {
     if !(target.channels == 1 || target.channels == 3) {
-        return Err(DataError::Layout(format!("the network takes {} input channels; image data sets give 1 (gray) or 3 (RGB)", target.channels)));
+        return Err(DataError::Layout(format!(
+            "the network takes {} input channels; image data sets give 1 (gray) or 3 (RGB)",
+            target.channels
+        )));
     }
     if !dir.is_dir() {
         return Err(file_err(dir, "no such directory"));
     }
     if let Some(train_images) = find_idx(dir, "train-images-idx3-ubyte") {
-        let need = |stem: &str| find_idx(dir, stem).ok_or_else(|| file_err(dir, format!("has {} but no {stem}[.gz]", train_images.display())));
+        let need =
+            |stem: &str| find_idx(dir, stem).ok_or_else(|| file_err(dir, format!("has {} but no {stem}[.gz]", train_images.display())));
         let train = idx_dataset(&train_images, &need("train-labels-idx1-ubyte")?, target)?;
         let val = idx_dataset(&need("t10k-images-idx3-ubyte")?, &need("t10k-labels-idx1-ubyte")?, target)?;
         let classes = (0..=train.labels.iter().chain(&val.labels).copied().max().unwrap_or(0)).map(|c| c.to_string()).collect();
@@ -165,7 +169,8 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     if bytes.len() < header {
         return Err(file_err(path, "truncated IDX header"));
     }
-    let dims: Vec<usize> = (0..rank).map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize).collect();
+    let dims: Vec<usize> =
+        (0..rank).map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize).collect();
     let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| file_err(path, "IDX dimensions overflow"))?;
     if bytes.len() - header != numel {
         return Err(file_err(path, format!("IDX dimensions {dims:?} need {numel} bytes of data, the file has {}", bytes.len() - header)));
@@ -175,15 +180,23 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>), DataError> {
 
 fn idx_dataset(images: &Path, labels: &Path, target: Target) -> Result<Dataset, DataError> {
     let (dims, pixels) = read_idx(images)?;
-    let &[n, h, w] = &dims[..] else { return Err(file_err(images, format!("expected 3 IDX dimensions (count, rows, columns), got {dims:?}"))) };
+    let &[n, h, w] = &dims[..] else {
+        return Err(file_err(images, format!("expected 3 IDX dimensions (count, rows, columns), got {dims:?}")));
+    };
     let (ldims, labels_raw) = read_idx(labels)?;
     if ldims != [n] {
         return Err(file_err(labels, format!("expected {n} labels (one IDX dimension), got dimensions {ldims:?}")));
     }
-    let mut ds = Dataset { channels: target.channels, size: target.size, labels: labels_raw.iter().map(|&l| l as u32).collect(), pixels: Vec::new() };
+    let mut ds = Dataset {
+        channels: target.channels,
+        size: target.size,
+        labels: labels_raw.iter().map(|&l| l as u32).collect(),
+        pixels: Vec::new(),
+    };
     ds.pixels.reserve(n * ds.image_len());
     for k in 0..n {
-        let gray = image::GrayImage::from_raw(w as u32, h as u32, pixels[k * h * w..(k + 1) * h * w].to_vec()).expect("sizes checked above");
+        let gray =
+            image::GrayImage::from_raw(w as u32, h as u32, pixels[k * h * w..(k + 1) * h * w].to_vec()).expect("sizes checked above");
         push_image(&mut ds, image::DynamicImage::ImageLuma8(gray), target);
     }
     Ok(ds)
@@ -197,7 +210,11 @@ fn push_image(ds: &mut Dataset, img: image::DynamicImage, target: Target) {
     let img = if (w, h) == (s, s) {
         img
     } else {
-        let (nw, nh) = if w <= h { (s, ((h as u64 * s as u64 + w as u64 / 2) / w as u64).max(s as u64) as u32) } else { (((w as u64 * s as u64 + h as u64 / 2) / h as u64).max(s as u64) as u32, s) };
+        let (nw, nh) = if w <= h {
+            (s, ((h as u64 * s as u64 + w as u64 / 2) / w as u64).max(s as u64) as u32)
+        } else {
+            (((w as u64 * s as u64 + h as u64 / 2) / h as u64).max(s as u64) as u32, s)
+        };
         let resized = img.resize_exact(nw, nh, image::imageops::FilterType::Triangle);
         resized.crop_imm((nw - s) / 2, (nh - s) / 2, s, s)
     };
@@ -237,7 +254,9 @@ fn class_files(dir: &Path, classes: &[String]) -> Result<Vec<(PathBuf, u32)>, Da
         let entries = std::fs::read_dir(&cdir).map_err(|e| file_err(&cdir, e))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_ascii_lowercase().as_str())))
+            .filter(|p| {
+                p.is_file() && p.extension().is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_ascii_lowercase().as_str()))
+            })
             .collect();
         if files.is_empty() {
             return Err(file_err(&cdir, "class folder has no PNG or JPEG images"));
@@ -260,7 +279,11 @@ fn decode_all(files: &[(PathBuf, u32)], target: Target, skipped: &mut Vec<(PathB
                     let mut ds = Dataset { channels: target.channels, size: target.size, ..Default::default() };
                     let mut bad = Vec::new();
                     for (path, label) in part {
-                        match image::ImageReader::open(path).map_err(|e| e.to_string()).and_then(|r| r.with_guessed_format().map_err(|e| e.to_string())).and_then(|r| r.decode().map_err(|e| e.to_string())) {
+                        match image::ImageReader::open(path)
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.with_guessed_format().map_err(|e| e.to_string()))
+                            .and_then(|r| r.decode().map_err(|e| e.to_string()))
+                        {
                             Ok(img) => {
                                 push_image(&mut ds, img, target);
                                 ds.labels.push(*label);
@@ -329,7 +352,15 @@ fn synth_image(rng: &mut rand::rngs::StdRng, class: usize, size: usize) -> image
         };
         let stripe = (((x as f64 * ca + y as f64 * sa) / period).floor() as i64).rem_euclid(2) == 0;
         let noise = rng.random_range(-40.0..40.0);
-        let base = if inside { if stripe { fg } else { fg.map(|v| v * 0.45) } } else { bg };
+        let base = if inside {
+            if stripe {
+                fg
+            } else {
+                fg.map(|v| v * 0.45)
+            }
+        } else {
+            bg
+        };
         p.0 = base.map(|v| (v + noise).clamp(0.0, 255.0) as u8);
     }
     img

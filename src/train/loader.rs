@@ -57,7 +57,13 @@ impl Default for Prefetch {
 /// Calls `f(step, batch)` for the batches of `order` (chunks of `batch_size`, the last
 /// one possibly shorter), `step` counting from 0, in order. Stops at the first error of
 /// `f` and returns it, after the workers have stopped.
-pub fn for_each_batch<E>(ds: &Dataset, order: &[usize], batch_size: usize, prefetch: Prefetch, mut f: impl FnMut(usize, Batch) -> Result<(), E>) -> Result<(), E> {
+pub fn for_each_batch<E>(
+    ds: &Dataset,
+    order: &[usize],
+    batch_size: usize,
+    prefetch: Prefetch,
+    mut f: impl FnMut(usize, Batch) -> Result<(), E>,
+) -> Result<(), E> {
     let make = |idx: &[usize]| {
         let (x, y) = ds.batch(idx);
         Batch { x, y }

@@ -106,19 +106,24 @@ pub fn device(name: &str) -> Result<Device, TrainError> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" if cfg!(feature = "cuda") => Device::new_cuda(0).map_err(|e| TrainError::Config(format!("cannot open CUDA device 0: {e}"))),
-        "cuda" => Err(TrainError::Config("--device cuda: this cnnc was built without CUDA support; rebuild with `cargo build --release --features cuda`".into())),
+        "cuda" => Err(TrainError::Config(
+            "--device cuda: this cnnc was built without CUDA support; rebuild with `cargo build --release --features cuda`".into(),
+        )),
         other => Err(TrainError::Config(format!("unknown device `{other}` (expected cpu or cuda)"))),
     }
 }
 
 /// Writes weights and momentum buffers with the epoch, config and plan, atomically.
 fn save_checkpoint(path: &Path, model: &Model, opt: &sgd::Sgd, meta: &CheckpointMeta) -> Result<(), TrainError> {
-    let mut tensors: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("param.{n}"), v.as_tensor().clone())).collect();
+    let mut tensors: Vec<(String, Tensor)> =
+        model.named_vars().into_iter().map(|(n, v)| (format!("param.{n}"), v.as_tensor().clone())).collect();
     tensors.extend(opt.state().into_iter().map(|(n, t)| (format!("momentum.{n}"), t)));
-    let host: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
+    let host: Vec<(String, Tensor)> =
+        tensors.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
     let views: Vec<(String, &Tensor)> = host.iter().map(|(n, t)| (n.clone(), t)).collect();
     let metadata = HashMap::from([("cnnc".to_string(), serde_json::to_string(meta).expect("checkpoint metadata serializes"))]);
-    let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| TrainError::Checkpoint { path: path.into(), message: e.to_string() })?;
+    let bytes = safetensors::tensor::serialize(views, Some(metadata))
+        .map_err(|e| TrainError::Checkpoint { path: path.into(), message: e.to_string() })?;
     crate::write_atomic(path, &bytes).map_err(|e| file_err(path, e))
 }
 
@@ -187,13 +192,30 @@ pub struct Summary {
 /// run's checkpoint is loaded (its weights, momentum and epoch) and training continues
 /// to `config.epochs`. `progress` shows a progress bar on stderr. Batches are prepared
 /// on a worker thread ([`loader::Prefetch::default`]).
-pub fn train(net: &Network, plan: &Plan, split: &data::Split, config: &Config, run: &Path, resume: bool, progress: bool) -> Result<Summary, TrainError> {
+pub fn train(
+    net: &Network,
+    plan: &Plan,
+    split: &data::Split,
+    config: &Config,
+    run: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<Summary, TrainError> {
     train_with(net, plan, split, config, run, resume, progress, loader::Prefetch::default())
 }
 
 /// [`train`] with the batches prepared as `prefetch` says; the result does not depend on it.
 #[allow(clippy::too_many_arguments)]
-pub fn train_with(net: &Network, plan: &Plan, split: &data::Split, config: &Config, run: &Path, resume: bool, progress: bool, prefetch: loader::Prefetch) -> Result<Summary, TrainError> {
+pub fn train_with(
+    net: &Network,
+    plan: &Plan,
+    split: &data::Split,
+    config: &Config,
+    run: &Path,
+    resume: bool,
+    progress: bool,
+    prefetch: loader::Prefetch,
+) -> Result<Summary, TrainError> {
     if config.batch_size == 0 {
         return Err(TrainError::Config("--batch-size must be at least 1".into()));
     }
@@ -225,7 +247,8 @@ pub fn train_with(net: &Network, plan: &Plan, split: &data::Split, config: &Conf
             }
             var.set(&t.to_dtype(DType::F32)?)?;
         }
-        let momentum: Vec<(String, Tensor)> = tensors.into_iter().filter_map(|(n, t)| n.strip_prefix("momentum.").map(|n| (n.to_string(), t))).collect();
+        let momentum: Vec<(String, Tensor)> =
+            tensors.into_iter().filter_map(|(n, t)| n.strip_prefix("momentum.").map(|n| (n.to_string(), t))).collect();
         opt.load_state(momentum).map_err(bad)?;
         start = meta.epoch;
         if let Ok(text) = std::fs::read_to_string(&metrics_path) {
@@ -236,7 +259,8 @@ pub fn train_with(net: &Network, plan: &Plan, split: &data::Split, config: &Conf
         crate::write_atomic(&run.join("plan.json"), plan.to_json().as_bytes()).map_err(|e| file_err(run, e))?;
         let _ = std::fs::remove_file(&metrics_path);
     }
-    crate::write_atomic(&run.join("config.json"), serde_json::to_string_pretty(config).expect("config serializes").as_bytes()).map_err(|e| file_err(run, e))?;
+    crate::write_atomic(&run.join("config.json"), serde_json::to_string_pretty(config).expect("config serializes").as_bytes())
+        .map_err(|e| file_err(run, e))?;
     write_metrics(&metrics_path, &history)?;
 
     let steps = split.train.len().div_ceil(config.batch_size);
@@ -356,9 +380,16 @@ pub fn load_network(path: &Path, image_size: Option<u64>) -> Result<Network, Tra
                 file.input.value[1] = s;
                 file.input.value[2] = s;
             }
-            _ => return Err(TrainError::Config(format!("{}: --image-size needs an image input (CxHxW), the network takes {:?}", path.display(), file.input.value))),
+            _ => {
+                return Err(TrainError::Config(format!(
+                    "{}: --image-size needs an image input (CxHxW), the network takes {:?}",
+                    path.display(),
+                    file.input.value
+                )))
+            }
         }
     }
-    let graph = crate::lower::lower(&file).map_err(|d| fail(crate::Error::Source(crate::diag::Diagnostics { path: src.path.clone(), source: src.text.clone(), items: d })))?;
+    let graph = crate::lower::lower(&file)
+        .map_err(|d| fail(crate::Error::Source(crate::diag::Diagnostics { path: src.path.clone(), source: src.text.clone(), items: d })))?;
     crate::network(&graph, Some(&src)).map_err(fail)
 }

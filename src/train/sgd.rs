@@ -54,7 +54,11 @@ impl Sgd {
                 return Err(format!("the checkpoint has a momentum buffer for `{name}`, which the model does not have"));
             };
             if t.dims() != self.params[k].1.as_tensor().dims() {
-                return Err(format!("momentum buffer `{name}` has shape {:?}, the parameter {:?}", t.dims(), self.params[k].1.as_tensor().dims()));
+                return Err(format!(
+                    "momentum buffer `{name}` has shape {:?}, the parameter {:?}",
+                    t.dims(),
+                    self.params[k].1.as_tensor().dims()
+                ));
             }
             self.buffers[k] = Some(t);
         }
