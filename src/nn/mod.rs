@@ -14,11 +14,11 @@
 
 pub mod pool;
 
-use crate::ir::{Activation, PoolKind, Shape};
+use crate::ir::{Activation, Shape};
 use crate::plan::Plan;
 use crate::unify::{Layer, Network, WeightKind};
 use candle_core::{DType, Device, Tensor, Var};
-use pool::{PoolDim, PoolMode, PoolSpec};
+use pool::PoolSpec;
 use rand::SeedableRng;
 use rand_distr::Distribution;
 
@@ -115,27 +115,7 @@ fn weight_op(l: &Layer) -> Result<WeightOp, NnError> {
 }
 
 fn pool_spec(l: &Layer) -> Result<Option<PoolSpec>, NnError> {
-    let Some(p) = &l.pooling else { return Ok(None) };
-    let g = &p.geometry;
-    let (pad_end, count_include_pad) = match &p.pool {
-        Some(q) => ([q.pad[0].end, q.pad[1].end], q.count_include_pad),
-        None => ([0, 0], false),
-    };
-    let dim = |a: &crate::index::PoolAxis, end: u64| PoolDim {
-        input: usize_of(a.input),
-        output: usize_of(a.output),
-        kernel: usize_of(a.kernel),
-        stride: usize_of(a.stride),
-        pad_begin: usize_of(a.pad_begin),
-        pad_end: usize_of(end),
-    };
-    let mode = match p.kind {
-        PoolKind::Max => PoolMode::Max,
-        PoolKind::Avg => PoolMode::Avg { count_include_pad },
-    };
-    let spec = PoolSpec { mode, h: dim(&g.h, pad_end[0]), w: dim(&g.w, pad_end[1]) };
-    spec.check().map_err(|m| layer_err(l, m))?;
-    Ok(Some(spec))
+    l.pooling.as_ref().map(|p| PoolSpec::of(p).map_err(|m| layer_err(l, m))).transpose()
 }
 
 /// Draws N(0, std²) samples, f64 then rounded to the model's dtype.
