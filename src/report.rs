@@ -8,6 +8,14 @@ use crate::ir::{Graph, Op, ValueId};
 use crate::unify::{Layer, Network};
 use std::fmt::Write;
 
+/// `k{h}x{w} s{h}x{w} pad(t,l,b,r)`: the window of a conv or pooling.
+fn window(kernel: [u64; 2], stride: [u64; 2], pad: &[crate::ir::Pad; 2]) -> String {
+    format!(
+        "k{}x{} s{}x{} pad(t{},l{},b{},r{})",
+        kernel[0], kernel[1], stride[0], stride[1], pad[0].begin, pad[1].begin, pad[0].end, pad[1].end
+    )
+}
+
 /// One line per graph node: value, op, module name, output shape.
 pub fn graph_table(g: &Graph) -> String {
     let mut out = format!("graph {}  input {}\n", g.name, g.input);
@@ -15,17 +23,10 @@ pub fn graph_table(g: &Graph) -> String {
         let inputs: Vec<String> = n.inputs.iter().map(|v| format!("%{}", v.0)).collect();
         let detail = match &n.op {
             Op::Conv(c) => format!(
-                "conv {}->{} k{}x{} s{}x{} pad(t{},l{},b{},r{}) d{}x{} g{}{}",
+                "conv {}->{} {} d{}x{} g{}{}",
                 c.in_channels,
                 c.out_channels,
-                c.kernel[0],
-                c.kernel[1],
-                c.stride[0],
-                c.stride[1],
-                c.pad[0].begin,
-                c.pad[1].begin,
-                c.pad[0].end,
-                c.pad[1].end,
+                window(c.kernel, c.stride, &c.pad),
                 c.dilation[0],
                 c.dilation[1],
                 c.groups,
@@ -33,19 +34,9 @@ pub fn graph_table(g: &Graph) -> String {
             ),
             Op::Linear(l) => format!("linear {}->{}{}", l.in_features, l.out_features, if l.bias { "" } else { " nobias" }),
             Op::Activation(a) => a.to_string(),
-            Op::Pool(p) => format!(
-                "{} k{}x{} s{}x{} pad(t{},l{},b{},r{}){}",
-                n.op.kind_name(),
-                p.kernel[0],
-                p.kernel[1],
-                p.stride[0],
-                p.stride[1],
-                p.pad[0].begin,
-                p.pad[1].begin,
-                p.pad[0].end,
-                p.pad[1].end,
-                if p.ceil_mode { " ceil" } else { "" }
-            ),
+            Op::Pool(p) => {
+                format!("{} {}{}", n.op.kind_name(), window(p.kernel, p.stride, &p.pad), if p.ceil_mode { " ceil" } else { "" })
+            }
             other => other.kind_name().to_string(),
         };
         let _ = writeln!(out, "%{} = {} ({})  -> {}  [{}]", k + 1, detail, inputs.join(", "), n.output, n.name);
