@@ -8,16 +8,20 @@
 //! Invariants: weights are drawn from N(0, std²) with one seeded generator, one stream
 //! over the layers in order (weight by weight, PyTorch's memory layout); biases are zero.
 //! The forward pass is `z^(ℓ) = pool(f(conv(z^(ℓ-1))))` for ℓ = 1..L, exactly the
-//! unified layers; asymmetric or per-axis padding is an explicit zero pad before a
-//! padding-free candle conv; pooling is [`pool::PoolSpec`] (candle's own is unusable).
-//! What candle cannot run (per-axis stride or dilation) is an error naming the layer.
+//! unified layers. On the CPU convolutions are cnnc's im2col + GEMM ops ([`conv`]: any
+//! padding, per-axis stride and dilation, groups); elsewhere, or with [`Kernels::Candle`],
+//! candle's `conv2d` (asymmetric padding by an explicit zero pad). Pooling is
+//! [`pool::PoolSpec`] (candle's own is unusable). What candle's conv cannot run on a GPU
+//! (per-axis stride or dilation) is an error naming the layer.
 
+pub mod conv;
 pub mod pool;
 
 use crate::ir::{Activation, Shape};
 use crate::plan::Plan;
 use crate::unify::{Layer, Network, WeightKind};
 use candle_core::{DType, Device, Tensor, Var};
+use conv::ConvSpec;
 use pool::PoolSpec;
 use rand::SeedableRng;
 use rand_distr::Distribution;
@@ -35,16 +39,18 @@ pub enum NnError {
 /// How one unified layer's weight operation runs in candle.
 #[derive(Clone, Debug)]
 enum WeightOp {
-    Conv {
-        /// Explicit zero padding [top, bottom, left, right], when candle's symmetric
-        /// padding cannot express it; else `None` and `padding` is passed to the conv.
-        explicit_pad: Option<[usize; 4]>,
-        padding: usize,
-        stride: usize,
-        dilation: usize,
-        groups: usize,
-    },
+    Conv(ConvSpec),
     Linear,
+}
+
+/// Which convolution kernels a model runs on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// cnnc's im2col + GEMM ops ([`conv`]), with their own backward: the default.
+    #[default]
+    Cnnc,
+    /// candle's `conv2d` (and its backward): for comparisons. Also what other devices run.
+    Candle,
 }
 
 /// One unified layer, runnable.
@@ -56,6 +62,7 @@ pub struct ModelLayer {
     pub weight: Var,
     pub bias: Option<Var>,
     op: WeightOp,
+    pub kernels: Kernels,
     activation: Activation,
     pool: Option<PoolSpec>,
     /// One sample's input shape (a conv reshapes to it, a linear flattens it).
@@ -83,32 +90,33 @@ fn layer_err(l: &Layer, message: impl Into<String>) -> NnError {
     NnError::Layer { layer: l.index, module: l.weight.module.clone(), message: message.into() }
 }
 
-fn weight_op(l: &Layer) -> Result<WeightOp, NnError> {
+fn weight_op(l: &Layer, device: &Device) -> Result<WeightOp, NnError> {
     match (l.weight.kind, &l.weight.conv) {
         (WeightKind::Linear, _) => Ok(WeightOp::Linear),
         (WeightKind::Conv, Some(c)) => {
-            if c.stride[0] != c.stride[1] {
-                return Err(layer_err(
-                    l,
-                    format!("candle convolutions take one stride for both axes, not {}×{}", c.stride[0], c.stride[1]),
-                ));
-            }
-            if c.dilation[0] != c.dilation[1] {
-                return Err(layer_err(
-                    l,
-                    format!("candle convolutions take one dilation for both axes, not {}×{}", c.dilation[0], c.dilation[1]),
-                ));
+            // cnnc's CPU kernels take per-axis stride and dilation; candle's conv2d (other
+            // devices) takes one value for both axes.
+            if !device.is_cpu() {
+                if c.stride[0] != c.stride[1] {
+                    return Err(layer_err(
+                        l,
+                        format!("candle convolutions take one stride for both axes, not {}×{}", c.stride[0], c.stride[1]),
+                    ));
+                }
+                if c.dilation[0] != c.dilation[1] {
+                    return Err(layer_err(
+                        l,
+                        format!("candle convolutions take one dilation for both axes, not {}×{}", c.dilation[0], c.dilation[1]),
+                    ));
+                }
             }
             let p = c.pad;
-            let symmetric = p[0].begin == p[0].end && p[1].begin == p[1].end && p[0].begin == p[1].begin;
-            let pad = [p[0].begin, p[0].end, p[1].begin, p[1].end].map(usize_of);
-            Ok(WeightOp::Conv {
-                explicit_pad: if symmetric { None } else { Some(pad) },
-                padding: if symmetric { pad[0] } else { 0 },
-                stride: usize_of(c.stride[0]),
-                dilation: usize_of(c.dilation[0]),
+            Ok(WeightOp::Conv(ConvSpec {
+                stride: c.stride.map(usize_of),
+                dilation: c.dilation.map(usize_of),
+                pad: [p[0].begin, p[0].end, p[1].begin, p[1].end].map(usize_of),
                 groups: usize_of(c.groups),
-            })
+            }))
         }
         (WeightKind::Conv, None) => Err(layer_err(l, "a conv layer without its options")),
     }
@@ -170,7 +178,8 @@ impl Model {
                 bias_name: w.bias_param.clone(),
                 weight,
                 bias,
-                op: weight_op(l)?,
+                op: weight_op(l, device)?,
+                kernels: Kernels::default(),
                 activation: l.activation,
                 pool: pool_spec(l)?,
                 input: l.input,
@@ -191,6 +200,14 @@ impl Model {
             }
         }
         out
+    }
+
+    /// Chooses the convolution kernels of every layer (on the CPU; see [`Kernels`]).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Model {
+        for l in &mut self.layers {
+            l.kernels = kernels;
+        }
+        self
     }
 
     /// Runs the network on a batch `x` of shape (N, input dims…); returns (N, output dims…).
@@ -222,15 +239,12 @@ impl ModelLayer {
         let n = x.dim(0)?;
         let (c, h, w) = self.input.chw();
         let u = match &self.op {
-            WeightOp::Conv { explicit_pad, padding, stride, dilation, groups } => {
-                let mut x = x.reshape((n, usize_of(c), usize_of(h), usize_of(w)))?;
-                if let Some([top, bottom, left, right]) = *explicit_pad {
-                    x = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
-                }
-                let u = x.conv2d(self.weight.as_tensor(), *padding, *stride, *dilation, *groups)?;
-                match &self.bias {
-                    Some(b) => u.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1))?)?,
-                    None => u,
+            WeightOp::Conv(spec) => {
+                let x = x.reshape((n, usize_of(c), usize_of(h), usize_of(w)))?;
+                let (w, b) = (self.weight.as_tensor(), self.bias.as_ref().map(|b| b.as_tensor()));
+                match self.kernels {
+                    Kernels::Cnnc => spec.apply(&x, w, b)?,
+                    Kernels::Candle => spec.apply_candle(&x, w, b)?,
                 }
             }
             WeightOp::Linear => {
