@@ -2,7 +2,7 @@
 //!
 //! Out: `Cargo.toml`, `src/lib.rs`, `src/model.rs` (generated here, token by token) and
 //! `src/main.rs` (the training binary, from `codegen/templates/`). The model struct holds
-//! one `candle_nn::Conv2d` or `Linear` per unified layer and a `PoolSpec` per pooling;
+//! one `cnnc::nn::conv::Conv2d` or `candle_nn::Linear` per unified layer and a `PoolSpec` per pooling;
 //! `Model::new(vb)` asks `vb` for every weight with `Init::Randn { mean: 0, stdev: σ }`
 //! (σ from the plan, embedded in `LAYERS`) and every bias with `Init::Const(0)`, in the
 //! plan's order, so that a [`SeededVarMap`](super::SeededVarMap) gives cnnc's own draw.
@@ -172,33 +172,20 @@ fn describe(l: &Layer) -> String {
     s
 }
 
-/// `Conv2dConfig` values and the explicit zero pad [top, bottom, left, right] (when the
-/// padding is not the same on all four sides), as `cnnc::nn` runs them.
+/// The arguments of the generated `conv(vb, p, stride, dilation, pad, groups)`: a
+/// `cnnc::nn::conv::ConvSpec`, as `cnnc::nn` runs it.
 struct ConvCode {
-    padding: u64,
-    stride: u64,
-    dilation: u64,
+    stride: [u64; 2],
+    dilation: [u64; 2],
+    /// [top, bottom, left, right].
+    pad: [u64; 4],
     groups: u64,
-    explicit_pad: Option<[u64; 4]>,
 }
 
 fn conv_code(l: &Layer) -> Result<ConvCode, EmitError> {
     let Some(c) = &l.weight.conv else { return Err(layer_err(l, "a conv layer without its options")) };
-    if c.stride[0] != c.stride[1] {
-        return Err(layer_err(l, format!("candle convolutions take one stride for both axes, not {}×{}", c.stride[0], c.stride[1])));
-    }
-    if c.dilation[0] != c.dilation[1] {
-        return Err(layer_err(l, format!("candle convolutions take one dilation for both axes, not {}×{}", c.dilation[0], c.dilation[1])));
-    }
     let p = c.pad;
-    let symmetric = p[0].begin == p[0].end && p[1].begin == p[1].end && p[0].begin == p[1].begin;
-    Ok(ConvCode {
-        padding: if symmetric { p[0].begin } else { 0 },
-        stride: c.stride[0],
-        dilation: c.dilation[0],
-        groups: c.groups,
-        explicit_pad: (!symmetric).then_some([p[0].begin, p[0].end, p[1].begin, p[1].end]),
-    })
+    Ok(ConvCode { stride: c.stride, dilation: c.dilation, pad: [p[0].begin, p[0].end, p[1].begin, p[1].end], groups: c.groups })
 }
 
 /// The `PoolSpec` literal of layer ℓ's pooling, indented for a field of `Model::new`.
@@ -277,18 +264,13 @@ fn model(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
                 let _ = writeln!(fields, "    pub {f}: Conv2d,");
                 let _ = writeln!(
                     inits,
-                    "            {f}: conv(&vb, &LAYERS[{k}], {}, {}, {}, {})?,",
-                    cc.padding, cc.stride, cc.dilation, cc.groups
+                    "            {f}: conv(&vb, &LAYERS[{k}], {:?}, {:?}, {:?}, {})?,",
+                    cc.stride, cc.dilation, cc.pad, cc.groups
                 );
                 let (ic, ih, iw) = l.input.chw();
                 if cur.dims() != [ic, ih, iw] {
                     needs_n = true;
                     let _ = writeln!(body, "        let x = {}.reshape((n, {ic}, {ih}, {iw}))?;", src(first));
-                    first = false;
-                }
-                if let Some([top, bottom, left, right]) = cc.explicit_pad {
-                    let _ = writeln!(body, "        let x = {}.pad_with_zeros(2, {top}, {bottom})?;", src(first));
-                    let _ = writeln!(body, "        let x = x.pad_with_zeros(3, {left}, {right})?;");
                     first = false;
                 }
                 let arg = if first { "xs" } else { "&x" };
@@ -347,9 +329,6 @@ fn model(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
         mode = plan.mode,
     );
     let mut nn_items = Vec::new();
-    if uses_conv {
-        nn_items.extend(["Conv2d", "Conv2dConfig"]);
-    }
     nn_items.push("Init");
     if uses_linear {
         nn_items.push("Linear");
@@ -357,6 +336,9 @@ fn model(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
     nn_items.extend(["Module", "VarBuilder"]);
     let _ = writeln!(s, "use candle_core::{{Result, Tensor}};");
     let _ = writeln!(s, "use candle_nn::{{{}}};", nn_items.join(", "));
+    if uses_conv {
+        let _ = writeln!(s, "use cnnc::nn::conv::{{Conv2d, ConvSpec}};");
+    }
     if uses_pool {
         let _ = writeln!(s, "use cnnc::nn::pool::{{PoolDim, PoolMode, PoolSpec}};");
     }
@@ -430,9 +412,11 @@ fn model(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
     s.push_str("fn bias(vb: &VarBuilder, p: &PlanLayer) -> Result<Option<Tensor>> {\n    p.bias\n        .map(|b| vb.get_with_hints(p.shape[0], b, Init::Const(0.0)))\n        .transpose()\n}\n\n");
     if uses_conv {
         s.push_str(
-            "fn conv(\n    vb: &VarBuilder,\n    p: &PlanLayer,\n    padding: usize,\n    stride: usize,\n    dilation: usize,\n    groups: usize,\n) -> Result<Conv2d> {\n    \
-             let config = Conv2dConfig {\n        padding,\n        stride,\n        dilation,\n        groups,\n        cudnn_fwd_algo: None,\n    };\n    \
-             Ok(Conv2d::new(weight(vb, p)?, bias(vb, p)?, config))\n}\n\n",
+            "/// A conv layer: cnnc's convolution (im2col + GEMM on the CPU, candle's `conv2d`\n\
+             /// elsewhere), padded by `pad` = [top, bottom, left, right].\n\
+             fn conv(\n    vb: &VarBuilder,\n    p: &PlanLayer,\n    stride: [usize; 2],\n    dilation: [usize; 2],\n    pad: [usize; 4],\n    groups: usize,\n) -> Result<Conv2d> {\n    \
+             let spec = ConvSpec {\n        stride,\n        dilation,\n        pad,\n        groups,\n    };\n    \
+             Ok(Conv2d::new(weight(vb, p)?, bias(vb, p)?, spec))\n}\n\n",
         );
     }
     if uses_linear {

@@ -8,7 +8,8 @@
 //! drawn by candle; over a checkpoint they are loaded.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, Module, VarBuilder};
+use candle_nn::{Init, Linear, Module, VarBuilder};
+use cnnc::nn::conv::{Conv2d, ConvSpec};
 use cnnc::nn::pool::{PoolDim, PoolMode, PoolSpec};
 
 /// The network description this model was generated from.
@@ -339,7 +340,7 @@ impl Model {
     /// Builds the model from `vb` (see the module doc for what each weight is).
     pub fn new(vb: VarBuilder) -> Result<Model> {
         Ok(Model {
-            conv1: conv(&vb, &LAYERS[0], 3, 2, 1, 1)?,
+            conv1: conv(&vb, &LAYERS[0], [2, 2], [1, 1], [3, 3, 3, 3], 1)?,
             pool1: PoolSpec {
                 mode: PoolMode::Max,
                 h: PoolDim {
@@ -359,38 +360,38 @@ impl Model {
                     pad_end: 1,
                 },
             },
-            conv2: conv(&vb, &LAYERS[1], 1, 1, 1, 1)?,
-            conv3: conv(&vb, &LAYERS[2], 1, 1, 1, 1)?,
-            conv4: conv(&vb, &LAYERS[3], 1, 1, 1, 1)?,
-            conv5: conv(&vb, &LAYERS[4], 1, 1, 1, 1)?,
-            conv6: conv(&vb, &LAYERS[5], 1, 1, 1, 1)?,
-            conv7: conv(&vb, &LAYERS[6], 1, 1, 1, 1)?,
-            conv8: conv(&vb, &LAYERS[7], 1, 2, 1, 1)?,
-            conv9: conv(&vb, &LAYERS[8], 1, 1, 1, 1)?,
-            conv10: conv(&vb, &LAYERS[9], 1, 1, 1, 1)?,
-            conv11: conv(&vb, &LAYERS[10], 1, 1, 1, 1)?,
-            conv12: conv(&vb, &LAYERS[11], 1, 1, 1, 1)?,
-            conv13: conv(&vb, &LAYERS[12], 1, 1, 1, 1)?,
-            conv14: conv(&vb, &LAYERS[13], 1, 1, 1, 1)?,
-            conv15: conv(&vb, &LAYERS[14], 1, 1, 1, 1)?,
-            conv16: conv(&vb, &LAYERS[15], 1, 2, 1, 1)?,
-            conv17: conv(&vb, &LAYERS[16], 1, 1, 1, 1)?,
-            conv18: conv(&vb, &LAYERS[17], 1, 1, 1, 1)?,
-            conv19: conv(&vb, &LAYERS[18], 1, 1, 1, 1)?,
-            conv20: conv(&vb, &LAYERS[19], 1, 1, 1, 1)?,
-            conv21: conv(&vb, &LAYERS[20], 1, 1, 1, 1)?,
-            conv22: conv(&vb, &LAYERS[21], 1, 1, 1, 1)?,
-            conv23: conv(&vb, &LAYERS[22], 1, 1, 1, 1)?,
-            conv24: conv(&vb, &LAYERS[23], 1, 1, 1, 1)?,
-            conv25: conv(&vb, &LAYERS[24], 1, 1, 1, 1)?,
-            conv26: conv(&vb, &LAYERS[25], 1, 1, 1, 1)?,
-            conv27: conv(&vb, &LAYERS[26], 1, 1, 1, 1)?,
-            conv28: conv(&vb, &LAYERS[27], 1, 2, 1, 1)?,
-            conv29: conv(&vb, &LAYERS[28], 1, 1, 1, 1)?,
-            conv30: conv(&vb, &LAYERS[29], 1, 1, 1, 1)?,
-            conv31: conv(&vb, &LAYERS[30], 1, 1, 1, 1)?,
-            conv32: conv(&vb, &LAYERS[31], 1, 1, 1, 1)?,
-            conv33: conv(&vb, &LAYERS[32], 1, 1, 1, 1)?,
+            conv2: conv(&vb, &LAYERS[1], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv3: conv(&vb, &LAYERS[2], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv4: conv(&vb, &LAYERS[3], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv5: conv(&vb, &LAYERS[4], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv6: conv(&vb, &LAYERS[5], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv7: conv(&vb, &LAYERS[6], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv8: conv(&vb, &LAYERS[7], [2, 2], [1, 1], [1, 1, 1, 1], 1)?,
+            conv9: conv(&vb, &LAYERS[8], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv10: conv(&vb, &LAYERS[9], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv11: conv(&vb, &LAYERS[10], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv12: conv(&vb, &LAYERS[11], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv13: conv(&vb, &LAYERS[12], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv14: conv(&vb, &LAYERS[13], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv15: conv(&vb, &LAYERS[14], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv16: conv(&vb, &LAYERS[15], [2, 2], [1, 1], [1, 1, 1, 1], 1)?,
+            conv17: conv(&vb, &LAYERS[16], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv18: conv(&vb, &LAYERS[17], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv19: conv(&vb, &LAYERS[18], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv20: conv(&vb, &LAYERS[19], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv21: conv(&vb, &LAYERS[20], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv22: conv(&vb, &LAYERS[21], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv23: conv(&vb, &LAYERS[22], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv24: conv(&vb, &LAYERS[23], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv25: conv(&vb, &LAYERS[24], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv26: conv(&vb, &LAYERS[25], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv27: conv(&vb, &LAYERS[26], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv28: conv(&vb, &LAYERS[27], [2, 2], [1, 1], [1, 1, 1, 1], 1)?,
+            conv29: conv(&vb, &LAYERS[28], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv30: conv(&vb, &LAYERS[29], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv31: conv(&vb, &LAYERS[30], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv32: conv(&vb, &LAYERS[31], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
+            conv33: conv(&vb, &LAYERS[32], [1, 1], [1, 1], [1, 1, 1, 1], 1)?,
             pool33: PoolSpec {
                 mode: PoolMode::Avg {
                     count_include_pad: false,
@@ -548,22 +549,23 @@ fn bias(vb: &VarBuilder, p: &PlanLayer) -> Result<Option<Tensor>> {
         .transpose()
 }
 
+/// A conv layer: cnnc's convolution (im2col + GEMM on the CPU, candle's `conv2d`
+/// elsewhere), padded by `pad` = [top, bottom, left, right].
 fn conv(
     vb: &VarBuilder,
     p: &PlanLayer,
-    padding: usize,
-    stride: usize,
-    dilation: usize,
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pad: [usize; 4],
     groups: usize,
 ) -> Result<Conv2d> {
-    let config = Conv2dConfig {
-        padding,
+    let spec = ConvSpec {
         stride,
         dilation,
+        pad,
         groups,
-        cudnn_fwd_algo: None,
     };
-    Ok(Conv2d::new(weight(vb, p)?, bias(vb, p)?, config))
+    Ok(Conv2d::new(weight(vb, p)?, bias(vb, p)?, spec))
 }
 
 fn linear(vb: &VarBuilder, p: &PlanLayer) -> Result<Linear> {

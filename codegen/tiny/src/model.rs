@@ -8,7 +8,8 @@
 //! drawn by candle; over a checkpoint they are loaded.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, Module, VarBuilder};
+use candle_nn::{Init, Linear, Module, VarBuilder};
+use cnnc::nn::conv::{Conv2d, ConvSpec};
 use cnnc::nn::pool::{PoolDim, PoolMode, PoolSpec};
 
 /// The network description this model was generated from.
@@ -130,8 +131,8 @@ impl Model {
     /// Builds the model from `vb` (see the module doc for what each weight is).
     pub fn new(vb: VarBuilder) -> Result<Model> {
         Ok(Model {
-            conv1: conv(&vb, &LAYERS[0], 1, 2, 1, 1)?,
-            conv2: conv(&vb, &LAYERS[1], 0, 1, 1, 3)?,
+            conv1: conv(&vb, &LAYERS[0], [2, 2], [1, 1], [1, 1, 1, 1], 1)?,
+            conv2: conv(&vb, &LAYERS[1], [1, 1], [1, 1], [1, 0, 2, 1], 3)?,
             pool2: PoolSpec {
                 mode: PoolMode::Max,
                 h: PoolDim {
@@ -151,7 +152,7 @@ impl Model {
                     pad_end: 1,
                 },
             },
-            conv3: conv(&vb, &LAYERS[2], 1, 1, 2, 1)?,
+            conv3: conv(&vb, &LAYERS[2], [1, 1], [2, 2], [1, 1, 1, 1], 1)?,
             pool3: PoolSpec {
                 mode: PoolMode::Avg {
                     count_include_pad: false,
@@ -173,9 +174,9 @@ impl Model {
                     pad_end: 0,
                 },
             },
-            conv4: conv(&vb, &LAYERS[3], 0, 1, 1, 1)?,
-            conv5: conv(&vb, &LAYERS[4], 0, 1, 1, 1)?,
-            conv6: conv(&vb, &LAYERS[5], 0, 1, 1, 1)?,
+            conv4: conv(&vb, &LAYERS[3], [1, 1], [1, 1], [0, 0, 0, 0], 1)?,
+            conv5: conv(&vb, &LAYERS[4], [1, 1], [1, 1], [0, 0, 0, 0], 1)?,
+            conv6: conv(&vb, &LAYERS[5], [1, 1], [1, 1], [0, 0, 0, 0], 1)?,
             pool6: PoolSpec {
                 mode: PoolMode::Max,
                 h: PoolDim {
@@ -206,8 +207,6 @@ impl Model {
         let x = self.conv1.forward(xs)?;
         let x = candle_nn::ops::leaky_relu(&x, 0.2)?;
         // Layer 2: `2`
-        let x = x.pad_with_zeros(2, 1, 0)?;
-        let x = x.pad_with_zeros(3, 2, 1)?;
         let x = self.conv2.forward(&x)?;
         let x = self.pool2.apply(&x)?;
         // Layer 3: `5`
@@ -256,22 +255,23 @@ fn bias(vb: &VarBuilder, p: &PlanLayer) -> Result<Option<Tensor>> {
         .transpose()
 }
 
+/// A conv layer: cnnc's convolution (im2col + GEMM on the CPU, candle's `conv2d`
+/// elsewhere), padded by `pad` = [top, bottom, left, right].
 fn conv(
     vb: &VarBuilder,
     p: &PlanLayer,
-    padding: usize,
-    stride: usize,
-    dilation: usize,
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pad: [usize; 4],
     groups: usize,
 ) -> Result<Conv2d> {
-    let config = Conv2dConfig {
-        padding,
+    let spec = ConvSpec {
         stride,
         dilation,
+        pad,
         groups,
-        cudnn_fwd_algo: None,
     };
-    Ok(Conv2d::new(weight(vb, p)?, bias(vb, p)?, config))
+    Ok(Conv2d::new(weight(vb, p)?, bias(vb, p)?, spec))
 }
 
 fn linear(vb: &VarBuilder, p: &PlanLayer) -> Result<Linear> {
