@@ -153,34 +153,41 @@ impl Geom {
         (iy >= 0 && (iy as usize) < self.h).then_some(iy as usize)
     }
 
-    /// Gathers group `g`'s receptive fields of one sample `x` (C, H, W) into `cols` (K × P).
-    fn im2col<T: Elem>(&self, x: &[T], g: usize, cols: &mut [T]) {
+    /// For each kernel column `kx`: the output columns that read inside the input, and
+    /// the input column of the first of them.
+    fn taps(&self) -> Vec<(std::ops::Range<usize>, usize)> {
+        (0..self.kw)
+            .map(|kx| {
+                let xs = self.valid_cols(kx);
+                let ix0 = if xs.is_empty() { 0 } else { xs.start * self.spec.stride[1] + kx * self.spec.dilation[1] - self.spec.pad[2] };
+                (xs, ix0)
+            })
+            .collect()
+    }
+
+    /// Gathers group `g`'s receptive fields of one sample `x` (C, H, W) into `cols`: K rows
+    /// of P, row `r` at `cols[r·ld..]` (a sample's columns within a block's matrix).
+    fn im2col<T: Elem>(&self, x: &[T], g: usize, cols: &mut [T], ld: usize) {
         let (hw, p, ow, sw) = (self.h * self.w, self.p(), self.ow, self.spec.stride[1]);
+        let taps = self.taps();
         for ci in 0..self.cg() {
             let plane = &x[(g * self.cg() + ci) * hw..][..hw];
             for ky in 0..self.kh {
-                for kx in 0..self.kw {
-                    let row = &mut cols[((ci * self.kh + ky) * self.kw + kx) * p..][..p];
-                    let xs = self.valid_cols(kx);
-                    for oy in 0..self.oh {
-                        let out = &mut row[oy * ow..][..ow];
-                        match self.in_row(oy, ky) {
-                            None => out.fill(T::default()),
-                            Some(iy) => {
-                                out[..xs.start].fill(T::default());
-                                out[xs.end..].fill(T::default());
-                                if xs.is_empty() {
-                                    continue;
-                                }
-                                let ix0 = xs.start * sw + kx * self.spec.dilation[1] - self.spec.pad[2];
-                                let src = &plane[iy * self.w..][..self.w];
-                                if sw == 1 {
-                                    out[xs.clone()].copy_from_slice(&src[ix0..ix0 + xs.len()]);
-                                } else {
-                                    for (o, ox) in out[xs.clone()].iter_mut().zip(0..) {
-                                        *o = src[ix0 + ox * sw];
-                                    }
-                                }
+                for (kx, (xs, ix0)) in taps.iter().enumerate() {
+                    let row = &mut cols[((ci * self.kh + ky) * self.kw + kx) * ld..][..p];
+                    for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
+                        let Some(iy) = self.in_row(oy, ky).filter(|_| !xs.is_empty()) else {
+                            out.fill(T::default());
+                            continue;
+                        };
+                        out[..xs.start].fill(T::default());
+                        out[xs.end..].fill(T::default());
+                        let src = &plane[iy * self.w..][..self.w];
+                        if sw == 1 {
+                            out[xs.clone()].copy_from_slice(&src[*ix0..ix0 + xs.len()]);
+                        } else {
+                            for (o, &v) in out[xs.clone()].iter_mut().zip(src[*ix0..].iter().step_by(sw)) {
+                                *o = v;
                             }
                         }
                     }
@@ -189,31 +196,30 @@ impl Geom {
         }
     }
 
-    /// Adds `cols` (K × P) back into group `g` of one sample's input gradient `dx` (C, H, W):
-    /// the adjoint of [`Geom::im2col`].
-    fn col2im<T: Elem>(&self, cols: &[T], g: usize, dx: &mut [T]) {
+    /// Adds `cols` (K rows of P, row `r` at `cols[r·ld..]`) back into group `g` of one
+    /// sample's input gradient `dx` (C, H, W): the adjoint of [`Geom::im2col`].
+    fn col2im<T: Elem>(&self, cols: &[T], g: usize, dx: &mut [T], ld: usize) {
         let (hw, p, ow, sw) = (self.h * self.w, self.p(), self.ow, self.spec.stride[1]);
+        let taps = self.taps();
         for ci in 0..self.cg() {
             let plane = &mut dx[(g * self.cg() + ci) * hw..][..hw];
             for ky in 0..self.kh {
-                for kx in 0..self.kw {
-                    let row = &cols[((ci * self.kh + ky) * self.kw + kx) * p..][..p];
-                    let xs = self.valid_cols(kx);
+                for (kx, (xs, ix0)) in taps.iter().enumerate() {
                     if xs.is_empty() {
                         continue;
                     }
-                    for oy in 0..self.oh {
+                    let row = &cols[((ci * self.kh + ky) * self.kw + kx) * ld..][..p];
+                    for (oy, src) in row.chunks_exact(ow).enumerate() {
                         let Some(iy) = self.in_row(oy, ky) else { continue };
-                        let ix0 = xs.start * sw + kx * self.spec.dilation[1] - self.spec.pad[2];
                         let dst = &mut plane[iy * self.w..][..self.w];
-                        let src = &row[oy * ow..][xs.clone()];
+                        let src = &src[xs.clone()];
                         if sw == 1 {
-                            for (d, &s) in dst[ix0..ix0 + xs.len()].iter_mut().zip(src) {
+                            for (d, &s) in dst[*ix0..ix0 + xs.len()].iter_mut().zip(src) {
                                 *d += s;
                             }
                         } else {
-                            for (ox, &s) in src.iter().enumerate() {
-                                dst[ix0 + ox * sw] += s;
+                            for (d, &s) in dst[*ix0..].iter_mut().step_by(sw).zip(src) {
+                                *d += s;
                             }
                         }
                     }
@@ -222,10 +228,235 @@ impl Geom {
         }
     }
 
-    /// How to spread a batch over `threads`: by samples (each GEMM single-threaded), or
-    /// sample after sample with multi-threaded GEMMs.
-    fn by_samples(&self, threads: usize) -> bool {
-        threads > 1 && self.n >= threads
+    /// Samples per block: enough that a block's GEMMs have at least [`MIN_COLUMNS`]
+    /// columns (small feature maps, e.g. F34's 7×7 layers, would otherwise run GEMMs of
+    /// 49 columns, and the weight gradient would be read and written once per sample).
+    fn block(&self) -> usize {
+        MIN_COLUMNS.div_ceil(self.p().max(1)).clamp(1, self.n.max(1))
+    }
+}
+
+/// See [`Geom::block`].
+const MIN_COLUMNS: usize = 256;
+
+/// A block of samples `start..start + len`, and its scratch buffers.
+struct Block<T> {
+    start: usize,
+    len: usize,
+    /// K × (len·P): the block's receptive fields, sample j in columns j·P..(j+1)·P.
+    cols: Vec<T>,
+    /// Co/groups × (len·P): one group's outputs (or output gradients), same columns.
+    out: Vec<T>,
+}
+
+impl<T: Elem> Block<T> {
+    fn new() -> Block<T> {
+        Block { start: 0, len: 0, cols: Vec::new(), out: Vec::new() }
+    }
+    fn at(&mut self, g: &Geom, start: usize) -> &mut Block<T> {
+        self.start = start;
+        self.len = g.block().min(g.n - start);
+        self
+    }
+    /// The block's columns.
+    fn nc(&self, g: &Geom) -> usize {
+        self.len * g.p()
+    }
+    /// Fills `cols` with group `grp`'s receptive fields of the block's samples of `x`.
+    fn gather_cols(&mut self, g: &Geom, x: &[T], grp: usize) {
+        let (nc, p) = (self.nc(g), g.p());
+        self.cols.resize(g.k() * nc, T::default());
+        for j in 0..self.len {
+            let xs = &x[(self.start + j) * g.in_sample()..][..g.in_sample()];
+            g.im2col(xs, grp, &mut self.cols[j * p..], nc);
+        }
+    }
+    /// Fills `out` with group `grp`'s rows of the block's samples of `d` (N, Co, P).
+    fn gather_out(&mut self, g: &Geom, d: &[T], grp: usize) {
+        let (nc, p, cog) = (self.nc(g), g.p(), g.cog());
+        self.out.resize(cog * nc, T::default());
+        for j in 0..self.len {
+            let ds = &d[(self.start + j) * g.out_sample() + grp * cog * p..][..cog * p];
+            for (co, row) in ds.chunks_exact(p).enumerate() {
+                self.out[co * nc + j * p..][..p].copy_from_slice(row);
+            }
+        }
+    }
+}
+
+/// Forward of one block into `out` (the block's samples of the output, N×Co×P layout).
+fn forward_block<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, out: &mut [T], blk: &mut Block<T>, par: Parallelism) {
+    let (k, p, cog, nc) = (g.k(), g.p(), g.cog(), blk.nc(g));
+    for grp in 0..g.groups {
+        let wg = &w[grp * cog * k..][..cog * k];
+        let bg = b.map(|b| &b[grp * cog..][..cog]);
+        if blk.len == 1 {
+            // One sample: the GEMM writes the output in place.
+            let dst = &mut out[grp * cog * p..][..cog * p];
+            if let Some(bg) = bg {
+                for (row, &bv) in dst.chunks_exact_mut(p).zip(bg) {
+                    row.fill(bv);
+                }
+            }
+            if g.direct() {
+                let xs = &x[blk.start * g.in_sample() + grp * k * p..][..k * p];
+                matmul(dst, bg.is_some(), cog, p, k, Mat::rows(wg, k), Mat::rows(xs, p), par);
+            } else {
+                blk.gather_cols(g, x, grp);
+                matmul(dst, bg.is_some(), cog, p, k, Mat::rows(wg, k), Mat::rows(&blk.cols, p), par);
+            }
+            continue;
+        }
+        blk.gather_cols(g, x, grp);
+        blk.out.resize(cog * nc, T::default());
+        if let Some(bg) = bg {
+            for (row, &bv) in blk.out.chunks_exact_mut(nc).zip(bg) {
+                row.fill(bv);
+            }
+        }
+        matmul(&mut blk.out, bg.is_some(), cog, nc, k, Mat::rows(wg, k), Mat::rows(&blk.cols, nc), par);
+        for j in 0..blk.len {
+            let dst = &mut out[j * g.out_sample() + grp * cog * p..][..cog * p];
+            for (co, row) in dst.chunks_exact_mut(p).enumerate() {
+                row.copy_from_slice(&blk.out[co * nc + j * p..][..p]);
+            }
+        }
+    }
+}
+
+/// Runs `f(block, the block's part of dst)` over the batch's blocks: in parallel over
+/// rayon's threads (single-threaded GEMMs) when there are enough blocks, else in turn
+/// with multi-threaded GEMMs.
+fn over_blocks<T: Elem>(g: &Geom, dst: &mut [T], per_sample: usize, f: impl Fn(&mut Block<T>, &mut [T], Parallelism) + Sync) {
+    let t = threads();
+    let bs = g.block();
+    let chunk = bs * per_sample;
+    if t > 1 && g.n.div_ceil(bs) >= t {
+        dst.par_chunks_mut(chunk).enumerate().for_each_init(Block::new, |blk, (i, d)| f(blk.at(g, i * bs), d, Parallelism::None));
+    } else {
+        let mut blk = Block::new();
+        for (i, d) in dst.chunks_mut(chunk).enumerate() {
+            f(blk.at(g, i * bs), d, parallelism(t));
+        }
+    }
+}
+
+fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
+    let mut out = vec![T::default(); g.n * g.out_sample()];
+    over_blocks(g, &mut out, g.out_sample(), |blk, o, par| forward_block(g, x, w, b, o, blk, par));
+    out
+}
+
+/// Input gradient of one block's samples (`dx`, N×C×H×W layout) from the output gradient.
+fn input_grad_block<T: Elem>(g: &Geom, dout: &[T], w: &[T], dx: &mut [T], blk: &mut Block<T>, par: Parallelism) {
+    let (k, p, cog, nc) = (g.k(), g.p(), g.cog(), blk.nc(g));
+    for grp in 0..g.groups {
+        let wg = &w[grp * cog * k..][..cog * k];
+        if blk.len == 1 {
+            let dg = &dout[blk.start * g.out_sample() + grp * cog * p..][..cog * p];
+            if g.direct() {
+                let dst = &mut dx[grp * k * p..][..k * p];
+                matmul(dst, false, k, p, cog, Mat::transposed(wg, k), Mat::rows(dg, p), par);
+            } else {
+                blk.cols.resize(k * p, T::default());
+                matmul(&mut blk.cols, false, k, p, cog, Mat::transposed(wg, k), Mat::rows(dg, p), par);
+                g.col2im(&blk.cols, grp, dx, p);
+            }
+            continue;
+        }
+        blk.gather_out(g, dout, grp);
+        blk.cols.resize(k * nc, T::default());
+        matmul(&mut blk.cols, false, k, nc, cog, Mat::transposed(wg, k), Mat::rows(&blk.out, nc), par);
+        for j in 0..blk.len {
+            g.col2im(&blk.cols[j * p..], grp, &mut dx[j * g.in_sample()..][..g.in_sample()], nc);
+        }
+    }
+}
+
+fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
+    let mut dx = vec![T::default(); g.n * g.in_sample()];
+    over_blocks(g, &mut dx, g.in_sample(), |blk, d, par| input_grad_block(g, dout, w, d, blk, par));
+    dx
+}
+
+/// Adds one block's weight and bias gradients into `acc` = [dW (Co × K), db (Co)].
+fn param_grad_block<T: Elem>(g: &Geom, x: &[T], dout: &[T], acc: &mut [T], blk: &mut Block<T>, par: Parallelism) {
+    let (k, p, cog, nc) = (g.k(), g.p(), g.cog(), blk.nc(g));
+    let (dw, db) = acc.split_at_mut(g.co * k);
+    for grp in 0..g.groups {
+        let dst = &mut dw[grp * cog * k..][..cog * k];
+        if blk.len == 1 {
+            let dg = &dout[blk.start * g.out_sample() + grp * cog * p..][..cog * p];
+            if g.direct() {
+                let xs = &x[blk.start * g.in_sample() + grp * k * p..][..k * p];
+                matmul(dst, true, cog, k, p, Mat::rows(dg, p), Mat::transposed(xs, p), par);
+            } else {
+                blk.gather_cols(g, x, grp);
+                matmul(dst, true, cog, k, p, Mat::rows(dg, p), Mat::transposed(&blk.cols, p), par);
+            }
+        } else {
+            blk.gather_out(g, dout, grp);
+            blk.gather_cols(g, x, grp);
+            matmul(dst, true, cog, k, nc, Mat::rows(&blk.out, nc), Mat::transposed(&blk.cols, nc), par);
+        }
+    }
+    for s in blk.start..blk.start + blk.len {
+        for (d, row) in db.iter_mut().zip(dout[s * g.out_sample()..][..g.out_sample()].chunks_exact(p)) {
+            *d += sum(row);
+        }
+    }
+}
+
+/// A sum in eight interleaved partial sums (vectorizable).
+fn sum<T: Elem>(v: &[T]) -> T {
+    let mut acc = [T::default(); 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    let mut s = chunks.remainder().iter().fold(T::default(), |s, &x| s + x);
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
+    let len = g.co * g.k() + g.co;
+    let t = threads();
+    let bs = g.block();
+    let blocks = g.n.div_ceil(bs);
+    if t > 1 && blocks >= t {
+        // One accumulator per job (a fixed split of the blocks), summed in job order.
+        let per = blocks.div_ceil(t);
+        let parts: Vec<Vec<T>> = (0..blocks.div_ceil(per))
+            .into_par_iter()
+            .map(|j| {
+                let mut acc = vec![T::default(); len];
+                let mut blk = Block::new();
+                for i in j * per..((j + 1) * per).min(blocks) {
+                    param_grad_block(g, x, dout, &mut acc, blk.at(g, i * bs), Parallelism::None);
+                }
+                acc
+            })
+            .collect();
+        let mut parts = parts.into_iter();
+        let mut acc = parts.next().unwrap_or_else(|| vec![T::default(); len]);
+        for part in parts {
+            for (a, b) in acc.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        acc
+    } else {
+        let mut acc = vec![T::default(); len];
+        let mut blk = Block::new();
+        for i in 0..blocks {
+            param_grad_block(g, x, dout, &mut acc, blk.at(g, i * bs), parallelism(t));
+        }
+        acc
     }
 }
 
@@ -308,139 +539,6 @@ fn parallelism(threads: usize) -> Parallelism {
 
 fn threads() -> usize {
     candle_core::utils::get_num_threads()
-}
-
-/// Forward: one sample's output (Co × P) from its input.
-fn forward_sample<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, out: &mut [T], cols: &mut Vec<T>, par: Parallelism) {
-    let (k, p, cog) = (g.k(), g.p(), g.cog());
-    let accumulate = match b {
-        Some(b) => {
-            for (row, &bv) in out.chunks_exact_mut(p).zip(b) {
-                row.fill(bv);
-            }
-            true
-        }
-        None => false,
-    };
-    for grp in 0..g.groups {
-        let wg = &w[grp * cog * k..][..cog * k];
-        let dst = &mut out[grp * cog * p..][..cog * p];
-        if g.direct() {
-            let xg = &x[grp * k * p..][..k * p];
-            matmul(dst, accumulate, cog, p, k, Mat::rows(wg, k), Mat::rows(xg, p), par);
-        } else {
-            cols.resize(k * p, T::default());
-            g.im2col(x, grp, cols);
-            matmul(dst, accumulate, cog, p, k, Mat::rows(wg, k), Mat::rows(cols, p), par);
-        }
-    }
-}
-
-fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
-    let mut out = vec![T::default(); g.n * g.out_sample()];
-    let t = threads();
-    if g.by_samples(t) {
-        out.par_chunks_mut(g.out_sample())
-            .zip(x.par_chunks(g.in_sample()))
-            .for_each_init(Vec::new, |cols, (o, xs)| forward_sample(g, xs, w, b, o, cols, Parallelism::None));
-    } else {
-        let mut cols = Vec::new();
-        for (o, xs) in out.chunks_mut(g.out_sample()).zip(x.chunks(g.in_sample())) {
-            forward_sample(g, xs, w, b, o, &mut cols, parallelism(t));
-        }
-    }
-    out
-}
-
-/// Input gradient of one sample (C, H, W) from its output gradient (Co × P).
-fn input_grad_sample<T: Elem>(g: &Geom, dout: &[T], w: &[T], dx: &mut [T], cols: &mut Vec<T>, par: Parallelism) {
-    let (k, p, cog) = (g.k(), g.p(), g.cog());
-    for grp in 0..g.groups {
-        let wg = &w[grp * cog * k..][..cog * k];
-        let dg = &dout[grp * cog * p..][..cog * p];
-        if g.direct() {
-            let dst = &mut dx[grp * k * p..][..k * p];
-            matmul(dst, false, k, p, cog, Mat::transposed(wg, k), Mat::rows(dg, p), par);
-        } else {
-            cols.resize(k * p, T::default());
-            matmul(cols, false, k, p, cog, Mat::transposed(wg, k), Mat::rows(dg, p), par);
-            g.col2im(cols, grp, dx);
-        }
-    }
-}
-
-fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
-    let mut dx = vec![T::default(); g.n * g.in_sample()];
-    let t = threads();
-    if g.by_samples(t) {
-        dx.par_chunks_mut(g.in_sample())
-            .zip(dout.par_chunks(g.out_sample()))
-            .for_each_init(Vec::new, |cols, (d, o)| input_grad_sample(g, o, w, d, cols, Parallelism::None));
-    } else {
-        let mut cols = Vec::new();
-        for (d, o) in dx.chunks_mut(g.in_sample()).zip(dout.chunks(g.out_sample())) {
-            input_grad_sample(g, o, w, d, &mut cols, parallelism(t));
-        }
-    }
-    dx
-}
-
-/// Adds one sample's weight and bias gradients into `acc` = [dW (Co × K), db (Co)].
-fn param_grad_sample<T: Elem>(g: &Geom, x: &[T], dout: &[T], acc: &mut [T], cols: &mut Vec<T>, par: Parallelism) {
-    let (k, p, cog) = (g.k(), g.p(), g.cog());
-    let (dw, db) = acc.split_at_mut(g.co * k);
-    for grp in 0..g.groups {
-        let dg = &dout[grp * cog * p..][..cog * p];
-        let dst = &mut dw[grp * cog * k..][..cog * k];
-        if g.direct() {
-            let xg = &x[grp * k * p..][..k * p];
-            matmul(dst, true, cog, k, p, Mat::rows(dg, p), Mat::transposed(xg, p), par);
-        } else {
-            cols.resize(k * p, T::default());
-            g.im2col(x, grp, cols);
-            matmul(dst, true, cog, k, p, Mat::rows(dg, p), Mat::transposed(cols, p), par);
-        }
-    }
-    for (d, row) in db.iter_mut().zip(dout.chunks_exact(p)) {
-        *d += row.iter().fold(T::default(), |s, &v| s + v);
-    }
-}
-
-fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
-    let len = g.co * g.k() + g.co;
-    let t = threads();
-    if g.by_samples(t) {
-        // One accumulator per rayon job; their sum in a fixed order per job split.
-        let per = g.n.div_ceil(t);
-        let parts: Vec<Vec<T>> = (0..g.n.div_ceil(per))
-            .into_par_iter()
-            .map(|j| {
-                let mut acc = vec![T::default(); len];
-                let mut cols = Vec::new();
-                for s in j * per..((j + 1) * per).min(g.n) {
-                    let xs = &x[s * g.in_sample()..][..g.in_sample()];
-                    let ds = &dout[s * g.out_sample()..][..g.out_sample()];
-                    param_grad_sample(g, xs, ds, &mut acc, &mut cols, Parallelism::None);
-                }
-                acc
-            })
-            .collect();
-        let mut parts = parts.into_iter();
-        let mut acc = parts.next().unwrap_or_else(|| vec![T::default(); len]);
-        for part in parts {
-            for (a, b) in acc.iter_mut().zip(part) {
-                *a += b;
-            }
-        }
-        acc
-    } else {
-        let mut acc = vec![T::default(); len];
-        let mut cols = Vec::new();
-        for (xs, ds) in x.chunks(g.in_sample()).zip(dout.chunks(g.out_sample())) {
-            param_grad_sample(g, xs, ds, &mut acc, &mut cols, parallelism(t));
-        }
-        acc
-    }
 }
 
 fn slice<'a, T>(v: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
