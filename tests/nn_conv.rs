@@ -168,6 +168,43 @@ proptest! {
     }
 }
 
+/// `apply_relu` is `relu(apply(..))`, and its gradients those of the naive loop with the
+/// output gradient masked where the output is not positive.
+#[test]
+fn fused_relu_matches_conv_then_relu() {
+    let dev = Device::Cpu;
+    for (i, k) in [
+        Case { n: 3, c: 4, co: 6, h: 7, w: 6, kh: 3, kw: 3, spec: ConvSpec { stride: [1, 2], dilation: [1, 1], pad: [1, 0, 1, 1], groups: 2 }, bias: true },
+        Case { n: 20, c: 3, co: 5, h: 3, w: 3, kh: 3, kw: 3, spec: ConvSpec { stride: [1, 1], dilation: [1, 1], pad: [1; 4], groups: 1 }, bias: false },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (oh, ow) = k.out();
+        let x = values(k.n * k.c * k.h * k.w, 40 + i as u64);
+        let w = values(k.co * k.cg() * k.kh * k.kw, 50 + i as u64);
+        let b = values(k.co, 60 + i as u64);
+        let g = values(k.n * k.co * oh * ow, 70 + i as u64);
+        let (out, ..) = naive(&k, &x, &w, &b, &g);
+        let masked: Vec<f64> = g.iter().zip(&out).map(|(&g, &o)| if o > 0.0 { g } else { 0.0 }).collect();
+        let (_, dx, dw, db) = naive(&k, &x, &w, &b, &masked);
+        let t = |v: &[f64], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &dev).unwrap();
+        let xv = Var::from_tensor(&t(&x, &[k.n, k.c, k.h, k.w])).unwrap();
+        let wv = Var::from_tensor(&t(&w, &[k.co, k.cg(), k.kh, k.kw])).unwrap();
+        let bv = Var::from_tensor(&t(&b, &[k.co])).unwrap();
+        let y = k.spec.apply_relu(xv.as_tensor(), wv.as_tensor(), k.bias.then(|| bv.as_tensor())).unwrap();
+        let relu_out: Vec<f64> = out.iter().map(|&o| o.max(0.0)).collect();
+        assert!(max_diff(&flat(&y), &relu_out) < 1e-12, "case {i}: forward");
+        assert!(out.iter().any(|&o| o < 0.0) && out.iter().any(|&o| o > 0.0), "case {i}: the mask must matter");
+        let grads = (&y * &t(&g, &[k.n, k.co, oh, ow])).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_diff(&flat(grads.get(xv.as_tensor()).unwrap()), &dx) < 1e-12, "case {i}: dx");
+        assert!(max_diff(&flat(grads.get(wv.as_tensor()).unwrap()), &dw) < 1e-12, "case {i}: dw");
+        if k.bias {
+            assert!(max_diff(&flat(grads.get(bv.as_tensor()).unwrap()), &db) < 1e-12, "case {i}: db");
+        }
+    }
+}
+
 /// Where candle's conv2d applies (one stride and dilation for both axes), both agree.
 #[test]
 fn matches_candle_conv2d() {

@@ -341,9 +341,17 @@ fn over_blocks<T: Elem>(g: &Geom, dst: &mut [T], per_sample: usize, f: impl Fn(&
     }
 }
 
-fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
+fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool) -> Vec<T> {
     let mut out = vec![T::default(); g.n * g.out_sample()];
-    over_blocks(g, &mut out, g.out_sample(), |blk, o, par| forward_block(g, x, w, b, o, blk, par));
+    over_blocks(g, &mut out, g.out_sample(), |blk, o, par| {
+        forward_block(g, x, w, b, o, blk, par);
+        if relu {
+            // While the block's output is still in cache.
+            for v in o.iter_mut() {
+                *v = v.relu();
+            }
+        }
+    });
     out
 }
 
@@ -461,16 +469,24 @@ fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
 }
 
 /// The floats the kernels run on.
-pub trait Elem: Copy + Default + Send + Sync + std::ops::AddAssign + std::ops::Add<Output = Self> + 'static {
+pub trait Elem: Copy + Default + PartialOrd + Send + Sync + std::ops::AddAssign + std::ops::Add<Output = Self> + 'static {
     const ONE: Self;
+    /// `max(v, 0)`, NaN kept (PyTorch's `relu`; candle's maps NaN to 0).
+    fn relu(self) -> Self;
 }
 
 impl Elem for f32 {
     const ONE: f32 = 1.0;
+    fn relu(self) -> f32 {
+        if self < 0.0 { 0.0 } else { self }
+    }
 }
 
 impl Elem for f64 {
     const ONE: f64 = 1.0;
+    fn relu(self) -> f64 {
+        if self < 0.0 { 0.0 } else { self }
+    }
 }
 
 /// A row-major matrix view: element (i, j) at `ptr[i·rs + j·cs]`.
@@ -564,13 +580,26 @@ impl ConvSpec {
     /// differentiable. On a non-CPU device, candle's `conv2d` (after an explicit pad when
     /// the padding is asymmetric), which takes one stride and dilation for both axes.
     pub fn apply(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        self.run(x, w, b, false)
+    }
+
+    /// `relu(conv(x) + b)` in one op: the ReLU is applied as the output is written, and
+    /// the backward masks the gradient in one pass (no separate ReLU nodes, forward or
+    /// backward). Same values as [`ConvSpec::apply`] followed by `relu`.
+    pub fn apply_relu(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        self.run(x, w, b, true)
+    }
+
+    fn run(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool) -> candle_core::Result<Tensor> {
         if !x.device().is_cpu() {
-            return self.apply_candle(x, w, b);
+            let u = self.apply_candle(x, w, b)?;
+            return if relu { u.relu() } else { Ok(u) };
         }
         let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let op = ConvOp { spec: *self, relu };
         match b {
-            Some(b) => x.apply_op3(&w, &b.contiguous()?, ConvOp(*self)),
-            None => x.apply_op2(&w, ConvOp(*self)),
+            Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+            None => x.apply_op2(&w, op),
         }
     }
 
@@ -597,8 +626,11 @@ impl ConvSpec {
         }
     }
 
-    fn backward(&self, x: &Tensor, w: &Tensor, grad: &Tensor, want_bias: bool) -> candle_core::Result<[Option<Tensor>; 3]> {
+    /// The gradients of x, w and b; with a fused ReLU, `grad` is first masked where the
+    /// result `res` is not positive.
+    fn backward(&self, x: &Tensor, w: &Tensor, res: &Tensor, grad: &Tensor, relu: bool, want_bias: bool) -> candle_core::Result<[Option<Tensor>; 3]> {
         let grad = grad.contiguous()?;
+        let grad = if relu { grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMask)? } else { grad };
         let dx =
             if x.track_op() { Some(grad.apply_op2_no_bwd(w, &ConvInputGrad { spec: *self, input: x.shape().clone() })?) } else { None };
         let (dw, db) = if w.track_op() || want_bias {
@@ -614,8 +646,11 @@ impl ConvSpec {
     }
 }
 
-/// The forward op: (x, w[, b]) → out.
-struct ConvOp(ConvSpec);
+/// The forward op: (x, w[, b]) → out, or relu(out).
+struct ConvOp {
+    spec: ConvSpec,
+    relu: bool,
+}
 
 impl ConvOp {
     fn run(
@@ -626,15 +661,16 @@ impl ConvOp {
         lw: &Layout,
         b: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::of(self.0, lx.shape(), lw.shape())?;
+        let g = Geom::of(self.spec, lx.shape(), lw.shape())?;
         let shape = Shape::from((g.n, g.co, g.oh, g.ow));
+        let relu = self.relu;
         let out = match b {
-            None => dispatch!("conv input and weight", [sx => lx, sw => lw], |x, w| forward(&g, x, w, None)),
+            None => dispatch!("conv input and weight", [sx => lx, sw => lw], |x, w| forward(&g, x, w, None, relu)),
             Some((sb, lb)) => {
                 if lb.shape().dims() != [g.co] {
                     candle_core::bail!("conv: bias {:?} does not fit {} output channels", lb.shape(), g.co)
                 }
-                dispatch!("conv input, weight and bias", [sx => lx, sw => lw, sb => lb], |x, w, b| forward(&g, x, w, Some(b)))
+                dispatch!("conv input, weight and bias", [sx => lx, sw => lw, sb => lb], |x, w, b| forward(&g, x, w, Some(b), relu))
             }
         };
         Ok((out, shape))
@@ -650,8 +686,8 @@ impl CustomOp2 for ConvOp {
         self.run(s1, l1, s2, l2, None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, _] = self.0.backward(x, w, grad, false)?;
+    fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, _] = self.spec.backward(x, w, res, grad, self.relu, false)?;
         Ok((dx, dw))
     }
 }
@@ -678,10 +714,10 @@ impl CustomOp3 for ConvOp {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, db] = self.0.backward(x, w, grad, b.track_op())?;
+        let [dx, dw, db] = self.spec.backward(x, w, res, grad, self.relu, b.track_op())?;
         Ok((dx, dw, db))
     }
 }
@@ -725,6 +761,28 @@ impl CustomOp2 for ConvParamGrad {
         }
         let out = dispatch!("conv input and gradient", [sx => lx, sg => lg], |x, d| param_grad(&g, x, d));
         Ok((out, Shape::from(g.co * g.k() + g.co)))
+    }
+}
+
+/// (gradient, relu result) → the gradient where the result is positive, else 0: the
+/// backward of a fused ReLU, PyTorch's (0 at an input of exactly 0, where candle's own
+/// ReLU backward passes the gradient).
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "cnnc-relu-mask"
+    }
+
+    fn cpu_fwd(&self, sg: &CpuStorage, lg: &Layout, sr: &CpuStorage, lr: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        if lg.shape() != lr.shape() {
+            candle_core::bail!("relu backward: gradient {:?} and result {:?} differ in shape", lg.shape(), lr.shape())
+        }
+        fn mask<T: Elem>(g: &[T], r: &[T]) -> Vec<T> {
+            g.iter().zip(r).map(|(&g, &r)| if r > T::default() { g } else { T::default() }).collect()
+        }
+        let out = dispatch!("relu gradient and result", [sg => lg, sr => lr], |g, r| mask(g, r));
+        Ok((out, lg.shape().clone()))
     }
 }
 

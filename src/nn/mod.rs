@@ -229,6 +229,14 @@ fn batch_shape(n: usize, s: Shape) -> Vec<usize> {
 impl ModelLayer {
     /// `z^(ℓ) = pool(f(conv(z^(ℓ-1))))` for a batch.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let (WeightOp::Conv(spec), Activation::Relu, Kernels::Cnnc) = (&self.op, self.activation, self.kernels) {
+            // Conv + bias + ReLU as one op (see `ConvSpec::apply_relu`).
+            let n = x.dim(0)?;
+            let (c, h, w) = self.input.chw();
+            let x = x.reshape((n, usize_of(c), usize_of(h), usize_of(w)))?;
+            let v = spec.apply_relu(&x, self.weight.as_tensor(), self.bias.as_ref().map(|b| b.as_tensor()))?;
+            return self.pool(&v);
+        }
         let u = self.conv(x)?;
         self.activate_and_pool(&u)
     }
@@ -261,7 +269,6 @@ impl ModelLayer {
 
     /// `z^(ℓ) = pool(f(u^(ℓ)))` for a batch of conv outputs.
     pub fn activate_and_pool(&self, u: &Tensor) -> candle_core::Result<Tensor> {
-        let n = u.dim(0)?;
         let u = u.clone();
         let v = match self.activation {
             Activation::Identity => u,
@@ -272,12 +279,18 @@ impl ModelLayer {
             Activation::Gelu => u.gelu_erf()?,
             Activation::Silu => u.silu()?,
         };
+        self.pool(&v)
+    }
+
+    /// `z^(ℓ) = pool(v^(ℓ))`, shaped as the layer's output.
+    fn pool(&self, v: &Tensor) -> candle_core::Result<Tensor> {
+        let n = v.dim(0)?;
         let z = match &self.pool {
             Some(p) => {
                 let (c, h, w) = self.conv_output.chw();
                 p.apply(&v.reshape((n, usize_of(c), usize_of(h), usize_of(w)))?)?
             }
-            None => v,
+            None => v.clone(),
         };
         z.reshape(batch_shape(n, self.output))
     }
