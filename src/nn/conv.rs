@@ -240,7 +240,7 @@ impl Geom {
 const MIN_COLUMNS: usize = 256;
 
 /// A block of samples `start..start + len`, and its scratch buffers.
-struct Block<T> {
+struct Block<T: Elem> {
     start: usize,
     len: usize,
     /// K × (len·P): the block's receptive fields, sample j in columns j·P..(j+1)·P.
@@ -249,9 +249,22 @@ struct Block<T> {
     out: Vec<T>,
 }
 
+/// Makes `v` at least `n` long (its contents are scratch: every use writes before it reads).
+fn grow<T: Elem>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
 impl<T: Elem> Block<T> {
+    /// A block with this thread's scratch buffers, kept from earlier calls (no
+    /// allocation or zeroing per call once the largest layer has run).
     fn new() -> Block<T> {
-        Block { start: 0, len: 0, cols: Vec::new(), out: Vec::new() }
+        let (cols, out) = T::scratch().with(|s| {
+            let mut s = s.borrow_mut();
+            (s.pop().unwrap_or_default(), s.pop().unwrap_or_default())
+        });
+        Block { start: 0, len: 0, cols, out }
     }
     fn at(&mut self, g: &Geom, start: usize) -> &mut Block<T> {
         self.start = start;
@@ -265,7 +278,7 @@ impl<T: Elem> Block<T> {
     /// Fills `cols` with group `grp`'s receptive fields of the block's samples of `x`.
     fn gather_cols(&mut self, g: &Geom, x: &[T], grp: usize) {
         let (nc, p) = (self.nc(g), g.p());
-        self.cols.resize(g.k() * nc, T::default());
+        grow(&mut self.cols, g.k() * nc);
         for j in 0..self.len {
             let xs = &x[(self.start + j) * g.in_sample()..][..g.in_sample()];
             g.im2col(xs, grp, &mut self.cols[j * p..], nc);
@@ -274,13 +287,27 @@ impl<T: Elem> Block<T> {
     /// Fills `out` with group `grp`'s rows of the block's samples of `d` (N, Co, P).
     fn gather_out(&mut self, g: &Geom, d: &[T], grp: usize) {
         let (nc, p, cog) = (self.nc(g), g.p(), g.cog());
-        self.out.resize(cog * nc, T::default());
+        grow(&mut self.out, cog * nc);
         for j in 0..self.len {
             let ds = &d[(self.start + j) * g.out_sample() + grp * cog * p..][..cog * p];
             for (co, row) in ds.chunks_exact(p).enumerate() {
                 self.out[co * nc + j * p..][..p].copy_from_slice(row);
             }
         }
+    }
+}
+
+impl<T: Elem> Drop for Block<T> {
+    fn drop(&mut self) {
+        let (cols, out) = (std::mem::take(&mut self.cols), std::mem::take(&mut self.out));
+        T::scratch().with(|s| {
+            let mut s = s.borrow_mut();
+            // Two per thread at most: a rayon job's blocks run one at a time.
+            if s.len() < 2 {
+                s.push(out);
+                s.push(cols);
+            }
+        });
     }
 }
 
@@ -308,9 +335,9 @@ fn forward_block<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, out: &mut
             continue;
         }
         blk.gather_cols(g, x, grp);
-        blk.out.resize(cog * nc, T::default());
+        grow(&mut blk.out, cog * nc);
         if let Some(bg) = bg {
-            for (row, &bv) in blk.out.chunks_exact_mut(nc).zip(bg) {
+            for (row, &bv) in blk.out[..cog * nc].chunks_exact_mut(nc).zip(bg) {
                 row.fill(bv);
             }
         }
@@ -366,14 +393,14 @@ fn input_grad_block<T: Elem>(g: &Geom, dout: &[T], w: &[T], dx: &mut [T], blk: &
                 let dst = &mut dx[grp * k * p..][..k * p];
                 matmul(dst, false, k, p, cog, Mat::transposed(wg, k), Mat::rows(dg, p), par);
             } else {
-                blk.cols.resize(k * p, T::default());
+                grow(&mut blk.cols, k * p);
                 matmul(&mut blk.cols, false, k, p, cog, Mat::transposed(wg, k), Mat::rows(dg, p), par);
                 g.col2im(&blk.cols, grp, dx, p);
             }
             continue;
         }
         blk.gather_out(g, dout, grp);
-        blk.cols.resize(k * nc, T::default());
+        grow(&mut blk.cols, k * nc);
         matmul(&mut blk.cols, false, k, nc, cog, Mat::transposed(wg, k), Mat::rows(&blk.out, nc), par);
         for j in 0..blk.len {
             g.col2im(&blk.cols[j * p..], grp, &mut dx[j * g.in_sample()..][..g.in_sample()], nc);
@@ -473,6 +500,13 @@ pub trait Elem: Copy + Default + PartialOrd + Send + Sync + std::ops::AddAssign 
     const ONE: Self;
     /// `max(v, 0)`, NaN kept (PyTorch's `relu`; candle's maps NaN to 0).
     fn relu(self) -> Self;
+    /// This thread's spare scratch buffers.
+    fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<Self>>>>;
+}
+
+thread_local! {
+    static SCRATCH_F32: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_F64: std::cell::RefCell<Vec<Vec<f64>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Elem for f32 {
@@ -480,12 +514,18 @@ impl Elem for f32 {
     fn relu(self) -> f32 {
         if self < 0.0 { 0.0 } else { self }
     }
+    fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<f32>>>> {
+        &SCRATCH_F32
+    }
 }
 
 impl Elem for f64 {
     const ONE: f64 = 1.0;
     fn relu(self) -> f64 {
         if self < 0.0 { 0.0 } else { self }
+    }
+    fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<f64>>>> {
+        &SCRATCH_F64
     }
 }
 
