@@ -138,12 +138,13 @@ fn f34_rows(k: Kernels, size: u64, rounds: usize, rows: &mut Vec<Row>) {
 }
 
 fn main() {
+    cnnc::nn::tune_allocator();
     let a = args();
     let threads = candle_core::utils::get_num_threads();
     println!("threads: {threads}");
     println!("{:<58} {:>7} {:>10} {:>10} {:>8}", "workload", "kernels", "best s", "median s", "img/s");
     let mut rows = Vec::new();
-    let mut report = |rows: &mut Vec<Row>, from: usize| {
+    let report = |rows: &mut Vec<Row>, from: usize| {
         for r in &rows[from..] {
             let ips = r.images.map(|n| format!("{:8.2}", n as f64 / r.best)).unwrap_or_default();
             println!("{:<58} {:>7} {:>10.4} {:>10.4} {ips}", r.workload, name(r.kernels), r.best, r.median);

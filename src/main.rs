@@ -581,6 +581,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    cnnc::nn::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -512,7 +512,11 @@ thread_local! {
 impl Elem for f32 {
     const ONE: f32 = 1.0;
     fn relu(self) -> f32 {
-        if self < 0.0 { 0.0 } else { self }
+        if self < 0.0 {
+            0.0
+        } else {
+            self
+        }
     }
     fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<f32>>>> {
         &SCRATCH_F32
@@ -522,7 +526,11 @@ impl Elem for f32 {
 impl Elem for f64 {
     const ONE: f64 = 1.0;
     fn relu(self) -> f64 {
-        if self < 0.0 { 0.0 } else { self }
+        if self < 0.0 {
+            0.0
+        } else {
+            self
+        }
     }
     fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<f64>>>> {
         &SCRATCH_F64
@@ -668,7 +676,15 @@ impl ConvSpec {
 
     /// The gradients of x, w and b; with a fused ReLU, `grad` is first masked where the
     /// result `res` is not positive.
-    fn backward(&self, x: &Tensor, w: &Tensor, res: &Tensor, grad: &Tensor, relu: bool, want_bias: bool) -> candle_core::Result<[Option<Tensor>; 3]> {
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+        relu: bool,
+        want_bias: bool,
+    ) -> candle_core::Result<[Option<Tensor>; 3]> {
         let grad = grad.contiguous()?;
         let grad = if relu { grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMask)? } else { grad };
         let dx =

@@ -98,6 +98,7 @@ fn evaluate(
 }
 
 fn main() -> Result<()> {
+    cnnc::nn::tune_allocator();
     let args = Args::parse();
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
