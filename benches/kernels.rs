@@ -138,7 +138,7 @@ fn f34_rows(k: Kernels, size: u64, rounds: usize, rows: &mut Vec<Row>) {
 }
 
 fn main() {
-    cnnc::nn::tune_allocator();
+    cnnc::nn::tune_cpu();
     let a = args();
     let threads = candle_core::utils::get_num_threads();
     println!("threads: {threads}");

@@ -581,7 +581,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    cnnc::nn::tune_allocator();
+    cnnc::nn::tune_cpu();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,20 +81,29 @@ pub struct Model {
     pub dtype: DType,
 }
 
-/// Keeps freed memory in the process instead of returning it to the system (glibc's
-/// `malloc` only; elsewhere a no-op). Call once, at the start of a program that trains.
+/// Sets up the process for CPU training; call once, first thing in `main`, before any
+/// thread starts. Two things, both measured on the 2-core CI machine with
+/// `cargo bench --bench kernels` (batch 16):
 ///
-/// Why: glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh `mmap`s
-/// and unmaps them when freed, and trims the heap top; a training step frees and
-/// reallocates the same activation-sized blocks every step, so every page is faulted in
-/// and zeroed again, and with two threads each unmap also interrupts the other core to
-/// flush its TLB. Measured on the 2-core CI machine (`cargo bench --bench kernels`):
-/// a 3×3 conv's forward + backward, batch 16, 64→64, 56×56, 2 threads, 164 → 61 ms.
-/// The cost: the process keeps its peak heap.
-pub fn tune_allocator() {
+/// - One thread pool: candle 0.11 runs its elementwise ops on a pool of its own
+///   (`CANDLE_NUM_THREADS`, else as many threads as rayon's), beside rayon's, which the
+///   GEMMs and cnnc's conv ops use; with both pools spinning on the same cores an F34
+///   training step at 64×64 took 356 ms at 2 threads, with candle's pool at one thread
+///   (its ops then run on the calling thread) 296 ms. So `CANDLE_NUM_THREADS` is set to 1
+///   unless the user set it.
+/// - Freed memory stays in the process (glibc's `malloc`; elsewhere a no-op). glibc serves
+///   blocks above its mmap threshold (at most 32 MiB) with fresh `mmap`s and unmaps them
+///   when freed, and trims the heap top; a training step frees and reallocates the same
+///   activation-sized blocks every step, so every page was faulted in and zeroed again,
+///   and with two threads each unmap interrupted the other core to flush its TLB: a 3×3
+///   conv's forward + backward, 64→64, 56×56, 2 threads, took 164 ms, now 61 ms. The cost:
+///   the process keeps its peak heap.
+pub fn tune_cpu() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before other threads
-    // allocate (and is thread-safe in glibc regardless).
+    // SAFETY: mallopt only sets allocator parameters (and is thread-safe in glibc).
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);

@@ -98,7 +98,7 @@ fn evaluate(
 }
 
 fn main() -> Result<()> {
-    cnnc::nn::tune_allocator();
+    cnnc::nn::tune_cpu();
     let args = Args::parse();
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
