@@ -143,14 +143,15 @@ impl PoolSpec {
 
     fn forward<T: Float>(&self, x: &[T], planes: usize) -> Vec<T> {
         let (ih, iw, oh, ow) = (self.h.input, self.w.input, self.h.output, self.w.output);
-        let mut out = Vec::with_capacity(planes * oh * ow);
-        for p in 0..planes {
+        let mut out = vec![T::ZERO; planes * oh * ow];
+        let plane_fn = |(p, out): (usize, &mut [T])| {
             let plane = &x[p * ih * iw..(p + 1) * ih * iw];
+            let mut k = 0;
             for oy in 0..oh {
                 let ys = self.h.window(oy);
                 for ox in 0..ow {
                     let xs = self.w.window(ox);
-                    let v = match self.mode {
+                    out[k] = match self.mode {
                         PoolMode::Max => {
                             let mut m = T::NEG_INFINITY;
                             for y in ys.clone() {
@@ -173,10 +174,11 @@ impl PoolSpec {
                             s / T::from_usize(self.divisor(oy, ox))
                         }
                     };
-                    out.push(v);
+                    k += 1;
                 }
             }
-        }
+        };
+        over_planes(&mut out, oh * ow, plane_fn);
         out
     }
 
@@ -184,8 +186,7 @@ impl PoolSpec {
     fn backward<T: Float>(&self, x: &[T], g: &[T], planes: usize) -> Vec<T> {
         let (ih, iw, oh, ow) = (self.h.input, self.w.input, self.h.output, self.w.output);
         let mut dx = vec![T::ZERO; planes * ih * iw];
-        for p in 0..planes {
-            let dplane = &mut dx[p * ih * iw..(p + 1) * ih * iw];
+        let plane_fn = |(p, dplane): (usize, &mut [T])| {
             for oy in 0..oh {
                 let ys = self.h.window(oy);
                 for ox in 0..ow {
@@ -220,7 +221,8 @@ impl PoolSpec {
                     }
                 }
             }
-        }
+        };
+        over_planes(&mut dx, ih * iw, plane_fn);
         dx
     }
 
@@ -230,8 +232,22 @@ impl PoolSpec {
     }
 }
 
+/// Runs `f((plane index, plane))` over the planes of `out` (each `len` long), split
+/// over rayon's threads when there are more than one (candle's thread count).
+fn over_planes<T: Send>(out: &mut [T], len: usize, f: impl Fn((usize, &mut [T])) + Sync + Send) {
+    use rayon::prelude::*;
+    if len == 0 {
+        return;
+    }
+    if candle_core::utils::get_num_threads() > 1 {
+        out.par_chunks_mut(len).enumerate().for_each(f);
+    } else {
+        out.chunks_mut(len).enumerate().for_each(f);
+    }
+}
+
 /// The floats the ops run on.
-trait Float: Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Div<Output = Self> {
+trait Float: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + std::ops::Div<Output = Self> {
     const ZERO: Self;
     const NEG_INFINITY: Self;
     fn from_usize(n: usize) -> Self;

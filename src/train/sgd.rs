@@ -9,6 +9,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 
 pub struct Sgd {
     params: Vec<(String, Var)>,
@@ -79,6 +80,9 @@ impl Sgd {
     }
 }
 
+/// Elements per rayon job of the fused step (elementwise: the split changes no value).
+const CHUNK: usize = 1 << 16;
+
 fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
@@ -112,11 +116,14 @@ impl InplaceOp3 for MomentumUpdate {
             ($b:expr, $g:expr, $p:expr, $t:ty) => {{
                 let (m, wd) = (self.momentum as $t, self.weight_decay as $t);
                 let (g, p) = (contiguous($g, lg)?, contiguous($p, lp)?);
-                for ((b, &g), &p) in contiguous_mut($b, lb)?.iter_mut().zip(g).zip(p) {
-                    // Candle's `g + p.affine(wd, 0)` and `b.affine(m, 0) + d`, in order.
-                    let d = g + (p * wd + 0.0);
-                    *b = (*b * m + 0.0) + d;
-                }
+                let b = contiguous_mut($b, lb)?;
+                b.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(p.par_chunks(CHUNK)).for_each(|((b, g), p)| {
+                    for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
+                        // Candle's `g + p.affine(wd, 0)` and `b.affine(m, 0) + d`, in order.
+                        let d = g + (p * wd + 0.0);
+                        *b = (*b * m + 0.0) + d;
+                    }
+                });
             }};
         }
         match (b, g, p) {
@@ -145,9 +152,12 @@ impl InplaceOp2 for Descend {
         macro_rules! run {
             ($p:expr, $b:expr, $t:ty) => {{
                 let lr = self.lr as $t;
-                for (p, &b) in contiguous_mut($p, lp)?.iter_mut().zip(contiguous($b, lb)?) {
-                    *p = *p - (b * lr + 0.0);
-                }
+                let (p, b) = (contiguous_mut($p, lp)?, contiguous($b, lb)?);
+                p.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(p, b)| {
+                    for (p, &b) in p.iter_mut().zip(b) {
+                        *p = *p - (b * lr + 0.0);
+                    }
+                });
             }};
         }
         match (p, b) {
