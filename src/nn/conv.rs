@@ -12,17 +12,23 @@
 //! (Co, C/groups, kh, kw), optional bias (Co); output (N, Co, oh, ow) with
 //! `oh = (H + top + bottom − dh·(kh − 1) − 1) / sh + 1` (and `ow` alike).
 //!
-//! How: per sample and group, `cols` (K × P, K = C/groups·kh·kw, P = oh·ow) gathers the
-//! receptive fields (im2col; a 1×1 conv with stride 1 and no padding reads the input
+//! How: the batch is cut into blocks of samples, enough per block that a GEMM has at least
+//! 256 columns (one sample per block from 16×16 maps up). Per block and group, `cols`
+//! (K × B·P, K = C/groups·kh·kw, P = oh·ow, B samples) gathers the receptive fields
+//! (im2col; a one-sample block of a 1×1 conv with stride 1 and no padding reads the input
 //! itself). Then
-//! - forward: `out = W·cols + b`;
+//! - forward: `out = W·cols + b`, with an optional ReLU applied as the block is written
+//!   ([`ConvSpec::apply_relu`]);
 //! - weight gradient: `dW += dOut·colsᵀ`, bias gradient `db = Σ dOut` (one op, [`ConvParamGrad`]);
 //! - input gradient: `dcols = Wᵀ·dOut`, scattered back by col2im ([`ConvInputGrad`]); it is
 //!   skipped when the input tracks no gradient (the data).
 //!
 //! With more than one thread (candle's count: `RAYON_NUM_THREADS`, else the cores) the
-//! samples of a batch are split over rayon's threads, each GEMM single-threaded; a batch
-//! smaller than the thread count runs its samples in turn, each GEMM multi-threaded.
+//! blocks are split over rayon's threads, each GEMM single-threaded (the weight gradient
+//! summed from one accumulator per thread, in a fixed order); fewer blocks than threads
+//! run in turn, each GEMM multi-threaded. Scratch buffers stay with their thread between
+//! calls. Results do not depend on timing: for a given thread count they are
+//! bit-for-bit reproducible (the resume test relies on it).
 //!
 //! Runs on the CPU in f32 and f64. Other devices use candle's `conv2d` (see
 //! [`Conv2d::forward`]).
