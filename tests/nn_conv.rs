@@ -174,8 +174,28 @@ proptest! {
 fn fused_relu_matches_conv_then_relu() {
     let dev = Device::Cpu;
     for (i, k) in [
-        Case { n: 3, c: 4, co: 6, h: 7, w: 6, kh: 3, kw: 3, spec: ConvSpec { stride: [1, 2], dilation: [1, 1], pad: [1, 0, 1, 1], groups: 2 }, bias: true },
-        Case { n: 20, c: 3, co: 5, h: 3, w: 3, kh: 3, kw: 3, spec: ConvSpec { stride: [1, 1], dilation: [1, 1], pad: [1; 4], groups: 1 }, bias: false },
+        Case {
+            n: 3,
+            c: 4,
+            co: 6,
+            h: 7,
+            w: 6,
+            kh: 3,
+            kw: 3,
+            spec: ConvSpec { stride: [1, 2], dilation: [1, 1], pad: [1, 0, 1, 1], groups: 2 },
+            bias: true,
+        },
+        Case {
+            n: 20,
+            c: 3,
+            co: 5,
+            h: 3,
+            w: 3,
+            kh: 3,
+            kw: 3,
+            spec: ConvSpec { stride: [1, 1], dilation: [1, 1], pad: [1; 4], groups: 1 },
+            bias: false,
+        },
     ]
     .into_iter()
     .enumerate()

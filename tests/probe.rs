@@ -1,7 +1,7 @@
 //! The probe: its per-layer measurements against independent computations, and its
 //! verdict on small networks where the theory must hold.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use cnnc::analyze::{Analysis, Mode, Options};
 use cnnc::nn::Model;
 use cnnc::probe::{gaussian, measure, probe, ProbeOptions};
