@@ -329,6 +329,9 @@ fn bad_shapes_are_errors() {
     let w = Tensor::zeros((4, 3, 7, 7), DType::F32, &dev).unwrap();
     let e = spec.apply(&x, &w, None).unwrap_err().to_string();
     assert!(e.contains("does not fit"), "{e}");
+    let w = Tensor::zeros((4, 3, 0, 3), DType::F32, &dev).unwrap();
+    let e = spec.apply(&x, &w, None).unwrap_err().to_string();
+    assert!(e.contains("empty kernel"), "{e}");
     let w = Tensor::zeros((4, 3, 3, 3), DType::F32, &dev).unwrap();
     let b = Tensor::zeros(5, DType::F32, &dev).unwrap();
     let e = spec.apply(&x, &w, Some(&b)).unwrap_err().to_string();

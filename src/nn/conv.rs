@@ -130,9 +130,12 @@ impl Geom {
             candle_core::bail!("conv: input {x:?} and weight {w:?} do not fit {g} groups")
         }
         let out = |len: usize, before: usize, after: usize, k: usize, d: usize, s: usize| -> candle_core::Result<usize> {
+            if k == 0 {
+                candle_core::bail!("conv: empty kernel")
+            }
             let span = d * (k - 1) + 1;
             let padded = len + before + after;
-            if k == 0 || padded < span {
+            if padded < span {
                 candle_core::bail!("conv: kernel {k} (dilation {d}) does not fit input {len} padded by {before}+{after}")
             }
             Ok((padded - span) / s + 1)
@@ -502,10 +505,16 @@ fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
 }
 
 /// The floats the kernels run on.
-pub trait Elem: Copy + Default + PartialOrd + Send + Sync + std::ops::AddAssign + std::ops::Add<Output = Self> + 'static {
+trait Elem: Copy + Default + PartialOrd + Send + Sync + std::ops::AddAssign + std::ops::Add<Output = Self> + 'static {
     const ONE: Self;
     /// `max(v, 0)`, NaN kept (PyTorch's `relu`; candle's maps NaN to 0).
-    fn relu(self) -> Self;
+    fn relu(self) -> Self {
+        if self < Self::default() {
+            Self::default()
+        } else {
+            self
+        }
+    }
     /// This thread's spare scratch buffers.
     fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<Self>>>>;
 }
@@ -515,33 +524,19 @@ thread_local! {
     static SCRATCH_F64: std::cell::RefCell<Vec<Vec<f64>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl Elem for f32 {
-    const ONE: f32 = 1.0;
-    fn relu(self) -> f32 {
-        if self < 0.0 {
-            0.0
-        } else {
-            self
+macro_rules! elem {
+    ($t:ty, $scratch:ident) => {
+        impl Elem for $t {
+            const ONE: $t = 1.0;
+            fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<$t>>>> {
+                &$scratch
+            }
         }
-    }
-    fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<f32>>>> {
-        &SCRATCH_F32
-    }
+    };
 }
 
-impl Elem for f64 {
-    const ONE: f64 = 1.0;
-    fn relu(self) -> f64 {
-        if self < 0.0 {
-            0.0
-        } else {
-            self
-        }
-    }
-    fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<f64>>>> {
-        &SCRATCH_F64
-    }
-}
+elem!(f32, SCRATCH_F32);
+elem!(f64, SCRATCH_F64);
 
 /// A row-major matrix view: element (i, j) at `ptr[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
