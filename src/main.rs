@@ -179,7 +179,7 @@ enum Command {
         /// Print JSON instead of tables
         #[arg(long)]
         json: bool,
-        /// Also draw measured variance against depth, every init on one chart (SVG)
+        /// Also draw measured variance against depth, every init on one chart (PNG for a .png path, else SVG)
         #[arg(long)]
         plot: Option<PathBuf>,
     },
@@ -412,8 +412,8 @@ fn run(cli: Cli) -> Result<()> {
                 emit(&None, &(serde_json::to_string_pretty(&reports)? + "\n"))?;
             }
             if let Some(path) = plot {
-                let svg = cnnc::probe::plot(&reports).map_err(anyhow::Error::msg)?;
-                cnnc::write_atomic(&path, svg.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+                let bytes = cnnc::probe::plot(&reports, cnnc::plot::Format::of(&path)).map_err(anyhow::Error::msg)?;
+                cnnc::write_atomic(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
             }
             Ok(())
         }

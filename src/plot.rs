@@ -1,7 +1,63 @@
-//! SVG line charts (plotters' SVG backend; no fonts needed): variance against depth for
-//! the probe, accuracy against epoch for experiments.
+//! Line charts, SVG or PNG: variance against depth for the probe, accuracy against epoch
+//! for experiments.
+//!
+//! SVG (plotters' SVG backend) names its fonts and needs none. PNG is drawn by plotters'
+//! bitmap backend with DejaVu Sans, embedded (assets/DejaVuSans.ttf, from Debian's
+//! fonts-dejavu-core; its license beside it), so that text renders the same everywhere,
+//! and encoded by the `image` crate.
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use std::path::Path;
+
+/// The two formats, by a path's extension: `.png` is PNG, anything else SVG.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Svg,
+    Png,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("png") => Format::Png,
+            _ => Format::Svg,
+        }
+    }
+}
+
+const SIZE: (u32, u32) = (900, 540);
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// Registers the embedded font as plotters' "sans-serif" (once).
+fn register_font() -> Result<(), String> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| "the embedded font is invalid".to_string())
+    })
+    .clone()
+}
+
+/// Draws `series` on one chart in `format`; returns the file's bytes. `log_y` plots
+/// log10(y) (non-positive values are dropped), labelled as such.
+pub fn line_chart_as(format: Format, title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> Result<Vec<u8>, String> {
+    match format {
+        Format::Svg => line_chart(title, x_label, y_label, series, log_y).map(String::into_bytes),
+        Format::Png => {
+            register_font()?;
+            let (w, h) = SIZE;
+            let mut rgb = vec![0u8; (w * h * 3) as usize];
+            {
+                let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+                draw(&root, title, x_label, y_label, series, log_y)?;
+            }
+            let img = image::RgbImage::from_raw(w, h, rgb).ok_or("the bitmap has the wrong size")?;
+            let mut png = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| e.to_string())?;
+            Ok(png)
+        }
+    }
+}
 
 /// One named line of (x, y) points.
 pub struct Series {
@@ -9,9 +65,24 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Draws `series` on one chart and returns the SVG text. `log_y` plots log10(y)
-/// (non-positive values are dropped), labelled as such.
+/// Draws `series` on one chart and returns the SVG text (see [`line_chart_as`]).
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        draw(&root, title, x_label, y_label, series, log_y)?;
+    }
+    Ok(svg)
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_y: bool,
+) -> Result<(), String> {
     let transform = |y: f64| if log_y { (y > 0.0).then(|| y.log10()) } else { Some(y) };
     let pts: Vec<Vec<(f64, f64)>> = series
         .iter()
@@ -33,11 +104,9 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
     }
     let pad = ((y1 - y0) * 0.05).max(1e-9);
     let (y0, y1) = (y0 - pad, y1 + pad);
-    let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 540)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(40)
@@ -57,5 +126,5 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
-    Ok(svg)
+    Ok(())
 }

@@ -206,7 +206,7 @@ impl ProbeReport {
 
 /// Measured variance against depth for several reports on one chart (log scale): the
 /// conv-output variance q and the input-gradient variance r of each init.
-pub fn plot(reports: &[ProbeReport]) -> Result<String, String> {
+pub fn plot(reports: &[ProbeReport], format: crate::plot::Format) -> Result<Vec<u8>, String> {
     let mut series = Vec::new();
     for r in reports {
         let q = r.layers.iter().map(|l| (l.index as f64, l.measured_forward.mean)).collect();
@@ -217,5 +217,5 @@ pub fn plot(reports: &[ProbeReport]) -> Result<String, String> {
     let title = reports.first().map_or("probe".to_string(), |r| {
         format!("{}: measured variance per layer ({} analysis, {} draws)", r.network, r.analysis, r.draws)
     });
-    crate::plot::line_chart(&title, "layer ℓ", "variance", &series, true)
+    crate::plot::line_chart_as(format, &title, "layer ℓ", "variance", &series, true)
 }
