@@ -1,10 +1,9 @@
 //! Line charts, SVG or PNG: variance against depth for the probe, accuracy against epoch
 //! for experiments.
 //!
-//! SVG (plotters' SVG backend) names its fonts and needs none. PNG is drawn by plotters'
-//! bitmap backend with DejaVu Sans, embedded (assets/DejaVuSans.ttf, from Debian's
-//! fonts-dejavu-core; its license beside it), so that text renders the same everywhere,
-//! and encoded by the `image` crate.
+//! SVG by plotters' SVG backend, PNG by its bitmap backend (encoded by the `image` crate).
+//! Both lay text out with DejaVu Sans, embedded (assets/DejaVuSans.ttf, from Debian's
+//! fonts-dejavu-core; its license beside it), so that text renders the same everywhere.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -44,7 +43,6 @@ pub fn line_chart_as(format: Format, title: &str, x_label: &str, y_label: &str, 
     match format {
         Format::Svg => line_chart(title, x_label, y_label, series, log_y).map(String::into_bytes),
         Format::Png => {
-            register_font()?;
             let (w, h) = SIZE;
             let mut rgb = vec![0u8; (w * h * 3) as usize];
             {
@@ -83,6 +81,9 @@ fn draw<DB: DrawingBackend>(
     series: &[Series],
     log_y: bool,
 ) -> Result<(), String> {
+    // Both backends lay text out with it (with plotters' `ab_glyph` feature, an
+    // unregistered family is an error even for SVG).
+    register_font()?;
     let transform = |y: f64| if log_y { (y > 0.0).then(|| y.log10()) } else { Some(y) };
     let pts: Vec<Vec<(f64, f64)>> = series
         .iter()
