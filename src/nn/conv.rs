@@ -606,19 +606,12 @@ fn threads() -> usize {
     candle_core::utils::get_num_threads()
 }
 
-fn slice<'a, T>(v: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("conv: the {what} is not contiguous"),
-    }
-}
-
 /// Runs `$f::<T>` on the f32 or f64 slices of the storages, wrapping the result.
 macro_rules! dispatch {
     ($what:literal, [$($s:expr => $l:expr),+], |$($v:ident),+| $body:expr) => {{
         match ($($s,)+) {
-            ($(CpuStorage::F32($v),)+) => { $(let $v = slice($v, $l, $what)?;)+ CpuStorage::F32($body) }
-            ($(CpuStorage::F64($v),)+) => { $(let $v = slice($v, $l, $what)?;)+ CpuStorage::F64($body) }
+            ($(CpuStorage::F32($v),)+) => { $(let $v = super::contiguous($v, $l, $what)?;)+ CpuStorage::F32($body) }
+            ($(CpuStorage::F64($v),)+) => { $(let $v = super::contiguous($v, $l, $what)?;)+ CpuStorage::F64($body) }
             _ => candle_core::bail!("conv: {} takes f32 or f64 tensors of one dtype", $what),
         }
     }};

@@ -110,6 +110,23 @@ pub fn tune_cpu() {
     }
 }
 
+/// The elements of a contiguous CPU tensor's storage `v` under `layout`; `what` names the
+/// tensor in the error (the custom ops make their inputs contiguous first).
+pub(crate) fn contiguous<'a, T>(v: &'a [T], layout: &candle_core::Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what} is not contiguous"),
+    }
+}
+
+/// [`contiguous`], mutable (in-place ops).
+pub(crate) fn contiguous_mut<'a, T>(v: &'a mut [T], layout: &candle_core::Layout, what: &str) -> candle_core::Result<&'a mut [T]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
+        None => candle_core::bail!("{what} is not contiguous"),
+    }
+}
+
 fn usize_of(v: u64) -> usize {
     // Lowering bounds every size by `lower::MAX_SIZE`, far below usize::MAX.
     usize::try_from(v).unwrap_or(usize::MAX)

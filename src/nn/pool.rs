@@ -276,13 +276,6 @@ impl Float for f64 {
     }
 }
 
-fn contiguous<'a, T>(v: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("pooling needs a contiguous input"),
-    }
-}
-
 /// The forward op: input (N, C, H, W) → pooled (N, C, H', W').
 struct Pool2d(PoolSpec);
 
@@ -294,8 +287,8 @@ impl CustomOp1 for Pool2d {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (planes, _) = self.0.dims(layout)?;
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(self.0.forward(contiguous(v, layout)?, planes)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.0.forward(contiguous(v, layout)?, planes)),
+            CpuStorage::F32(v) => CpuStorage::F32(self.0.forward(super::contiguous(v, layout, "the pooling input")?, planes)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.0.forward(super::contiguous(v, layout, "the pooling input")?, planes)),
             s => candle_core::bail!("pooling supports f32 and f64, not {:?}", s.dtype()),
         };
         Ok((out, self.0.out_shape(layout)?))
@@ -320,8 +313,16 @@ impl CustomOp2 for Pool2dBackward {
             candle_core::bail!("pooling backward: gradient shape {:?} does not match the output", l2.shape())
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(self.0.backward(contiguous(x, l1)?, contiguous(g, l2)?, planes)),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(self.0.backward(contiguous(x, l1)?, contiguous(g, l2)?, planes)),
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(self.0.backward(
+                super::contiguous(x, l1, "the pooling input")?,
+                super::contiguous(g, l2, "the pooling gradient")?,
+                planes,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(self.0.backward(
+                super::contiguous(x, l1, "the pooling input")?,
+                super::contiguous(g, l2, "the pooling gradient")?,
+                planes,
+            )),
             _ => candle_core::bail!("pooling backward supports f32 and f64 of one type, not {:?} and {:?}", s1.dtype(), s2.dtype()),
         };
         Ok((out, l1.shape().clone()))

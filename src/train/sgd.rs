@@ -7,6 +7,7 @@
 //! the parameter update) with the same arithmetic, operation by operation, as the
 //! tensor expression used elsewhere; no 84 MB temporaries for F34.
 
+use crate::nn::{contiguous, contiguous_mut};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
@@ -83,20 +84,6 @@ impl Sgd {
 /// Elements per rayon job of the fused step (elementwise: the split changes no value).
 const CHUNK: usize = 1 << 16;
 
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("sgd: a tensor is not contiguous"),
-    }
-}
-
-fn contiguous_mut<'a, T>(v: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&mut v[a..b]),
-        None => candle_core::bail!("sgd: a tensor is not contiguous"),
-    }
-}
-
 /// `buf = momentum·buf + (g + wd·p)`, in place on `buf`.
 struct MomentumUpdate {
     momentum: f64,
@@ -115,8 +102,8 @@ impl InplaceOp3 for MomentumUpdate {
         macro_rules! run {
             ($b:expr, $g:expr, $p:expr, $t:ty) => {{
                 let (m, wd) = (self.momentum as $t, self.weight_decay as $t);
-                let (g, p) = (contiguous($g, lg)?, contiguous($p, lp)?);
-                let b = contiguous_mut($b, lb)?;
+                let (g, p) = (contiguous($g, lg, "the gradient")?, contiguous($p, lp, "the parameter")?);
+                let b = contiguous_mut($b, lb, "the momentum buffer")?;
                 b.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(p.par_chunks(CHUNK)).for_each(|((b, g), p)| {
                     for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
                         // Candle's `g + p.affine(wd, 0)` and `b.affine(m, 0) + d`, in order.
@@ -152,7 +139,7 @@ impl InplaceOp2 for Descend {
         macro_rules! run {
             ($p:expr, $b:expr, $t:ty) => {{
                 let lr = self.lr as $t;
-                let (p, b) = (contiguous_mut($p, lp)?, contiguous($b, lb)?);
+                let (p, b) = (contiguous_mut($p, lp, "the parameter")?, contiguous($b, lb, "the momentum buffer")?);
                 p.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(p, b)| {
                     for (p, &b) in p.iter_mut().zip(b) {
                         *p = *p - (b * lr + 0.0);
