@@ -168,6 +168,42 @@ proptest! {
     }
 }
 
+/// How the batch is cut into blocks and the GEMMs into row bands depends on the thread
+/// count: every cut gives the naive loop's values. Run in pools of 1, 2 and 3 threads
+/// (whatever this machine has) on shapes that take each path: many blocks rounded to the
+/// thread count, a batch split evenly over threads, one block whose GEMMs are cut into
+/// bands of rows (Co = 40 > 16-row bands), and a strided 7×7 kernel with a big batch.
+#[test]
+fn every_split_over_threads_matches_naive_loop() {
+    let spec = |stride, pad, groups| ConvSpec { stride: [stride; 2], dilation: [1, 1], pad: [pad; 4], groups };
+    let cases = [
+        Case { n: 7, c: 3, co: 5, h: 8, w: 8, kh: 3, kw: 3, spec: spec(1, 1, 1), bias: true },
+        Case { n: 5, c: 4, co: 6, h: 4, w: 4, kh: 3, kw: 3, spec: spec(1, 1, 2), bias: true },
+        Case { n: 1, c: 6, co: 40, h: 3, w: 3, kh: 3, kw: 3, spec: spec(1, 1, 1), bias: true },
+        Case { n: 2, c: 2, co: 40, h: 2, w: 2, kh: 3, kw: 3, spec: spec(1, 1, 1), bias: false },
+        Case { n: 9, c: 3, co: 4, h: 12, w: 12, kh: 7, kw: 7, spec: spec(2, 3, 1), bias: true },
+    ];
+    for (i, k) in cases.iter().enumerate() {
+        let (oh, ow) = k.out();
+        let x = values(k.n * k.c * k.h * k.w, i as u64);
+        let w = values(k.co * k.cg() * k.kh * k.kw, 10 + i as u64);
+        let b = values(k.co, 20 + i as u64);
+        let g = values(k.n * k.co * oh * ow, 30 + i as u64);
+        let (out, dx, dw, db) = naive(k, &x, &w, &b, &g);
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let (o, gx, gw, gb) = pool.install(|| run(k, &x, &w, &b, &g, DType::F64));
+            let what = format!("case {i} at {threads} threads");
+            assert!(max_diff(&o, &out) < 1e-12, "{what}: forward differs by {}", max_diff(&o, &out));
+            assert!(max_diff(&gx, &dx) < 1e-12, "{what}: input gradient differs by {}", max_diff(&gx, &dx));
+            assert!(max_diff(&gw, &dw) < 1e-12, "{what}: weight gradient differs by {}", max_diff(&gw, &dw));
+            if k.bias {
+                assert!(max_diff(&gb.unwrap(), &db) < 1e-12, "{what}: bias gradient differs");
+            }
+        }
+    }
+}
+
 /// `apply_relu` is `relu(apply(..))`, and its gradients those of the naive loop with the
 /// output gradient masked where the output is not positive.
 #[test]
