@@ -37,6 +37,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+mod winograd;
+
 /// The geometry of a convolution that does not depend on the input's size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvSpec {
@@ -247,20 +249,24 @@ impl Geom {
     /// threads, the batch is split evenly over the threads as long as each block keeps
     /// [`MIN_SPLIT_COLUMNS`] (gather, GEMM and scatter then all run in parallel).
     fn block(&self) -> usize {
-        let (n, t) = (self.n.max(1), self.threads.max(1));
-        let p = self.p().max(1);
-        let bs = MIN_COLUMNS.div_ceil(p).clamp(1, n);
-        if t == 1 {
-            return bs;
-        }
-        let full = n / bs;
-        if full >= t {
-            n.div_ceil(full - full % t)
-        } else if n >= t && n.div_ceil(t) * p >= MIN_SPLIT_COLUMNS {
-            n.div_ceil(t)
-        } else {
-            bs
-        }
+        block_len(self.n, self.p(), self.threads)
+    }
+}
+
+/// [`Geom::block`] for `n` samples of `cols` GEMM columns each, over `threads` threads.
+fn block_len(n: usize, cols: usize, threads: usize) -> usize {
+    let (n, t, p) = (n.max(1), threads.max(1), cols.max(1));
+    let bs = MIN_COLUMNS.div_ceil(p).clamp(1, n);
+    if t == 1 {
+        return bs;
+    }
+    let full = n / bs;
+    if full >= t {
+        n.div_ceil(full - full % t)
+    } else if n >= t && n.div_ceil(t) * p >= MIN_SPLIT_COLUMNS {
+        n.div_ceil(t)
+    } else {
+        bs
     }
 }
 
@@ -399,6 +405,9 @@ fn over_blocks<T: Elem>(g: &Geom, dst: &mut [T], per_sample: usize, f: impl Fn(&
 }
 
 fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool) -> Vec<T> {
+    if winograd::fits(g) {
+        return winograd::forward(g, x, w, b, relu);
+    }
     let mut out = vec![T::default(); g.n * g.out_sample()];
     over_blocks(g, &mut out, g.out_sample(), |blk, o, par| {
         forward_block(g, x, w, b, o, blk, par);
@@ -439,6 +448,9 @@ fn input_grad_block<T: Elem>(g: &Geom, dout: &[T], w: &[T], dx: &mut [T], blk: &
 }
 
 fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
+    if winograd::fits(g) {
+        return winograd::input_grad(g, dout, w);
+    }
     let mut dx = vec![T::default(); g.n * g.in_sample()];
     over_blocks(g, &mut dx, g.in_sample(), |blk, d, par| input_grad_block(g, dout, w, d, blk, par));
     dx
@@ -526,8 +538,20 @@ fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
 }
 
 /// The floats the kernels run on.
-trait Elem: Copy + Default + PartialOrd + Send + Sync + std::ops::AddAssign + std::ops::Add<Output = Self> + 'static {
+trait Elem:
+    Copy
+    + Default
+    + PartialOrd
+    + Send
+    + Sync
+    + std::ops::AddAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
+{
     const ONE: Self;
+    const HALF: Self;
     /// `max(v, 0)`, NaN kept (PyTorch's `relu`; candle's maps NaN to 0).
     fn relu(self) -> Self {
         if self < Self::default() {
@@ -549,6 +573,7 @@ macro_rules! elem {
     ($t:ty, $scratch:ident) => {
         impl Elem for $t {
             const ONE: $t = 1.0;
+            const HALF: $t = 0.5;
             fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<$t>>>> {
                 &$scratch
             }

@@ -1,0 +1,302 @@
+//! 3×3 stride-1 convolutions by Winograd's minimal filtering, F(2×2, 3×3) (Lavin and
+//! Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+//!
+//! Each 2×2 tile of the output is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for the 4×4 input patch `d`
+//! under it: 16 multiplies per tile and channel pair where the direct form takes 36. Over
+//! channels the element-wise products are 16 GEMMs, one per position ξ of the 4×4
+//! transformed tile: `M_ξ (Co × tiles) = U_ξ (Co × C) · V_ξ (C × tiles)`. PyTorch's
+//! oneDNN does the same on CPUs with AVX-512, which is why its 3×3 layers ran at 131
+//! GFLOP/s-equivalent where a GEMM peaks at 110 on our machine.
+//!
+//! The input gradient of such a convolution is again one: the output gradient correlated
+//! with the kernels turned by 180° and transposed over channels, padded by `2 − pad`.
+//! The weight gradient stays im2col + GEMM (its Winograd form, F(3×3, 2×2), saves less).
+//!
+//! F(2×2, 3×3) keeps f32 accuracy: its transforms only add, subtract and halve.
+
+use super::{grow, matmul, parallelism, Block, Elem, Geom, Mat};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Whether the convolution (and its input gradient) goes through Winograd: 3×3, stride 1,
+/// no dilation, one group, and enough channels for the 16 GEMMs to pay for the transforms.
+pub(super) fn fits(g: &Geom) -> bool {
+    let tiles = |a: usize, b: usize| a.div_ceil(2) * b.div_ceil(2);
+    g.kh == 3
+        && g.kw == 3
+        && g.spec.stride == [1, 1]
+        && g.spec.dilation == [1, 1]
+        && g.groups == 1
+        && g.c >= MIN_CHANNELS
+        && g.co >= MIN_CHANNELS
+        && tiles(g.oh, g.ow).min(tiles(g.h, g.w)) >= MIN_TILES
+}
+
+/// Below this many tiles per sample (in the output, or in the input for the input
+/// gradient), the kernels' transform and 16 thin GEMMs cost more than they save
+/// (measured on F34: Winograd won on 16×16 and 8×8 maps, lost on 4×4 and 2×2).
+const MIN_TILES: usize = 16;
+
+/// Below this many input or output channels the GEMMs are too thin (F34's first 3×3
+/// layer has 64).
+const MIN_CHANNELS: usize = 16;
+
+/// One correlation `y (N, Co, OH, OW) = x (N, C, H, W) ⋆ 3×3 kernels`, with x read at
+/// row `2·ty + r − top`, column `2·tx + q − left` for tile (ty, tx) (zero outside).
+struct Corr {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    oh: usize,
+    ow: usize,
+    top: isize,
+    left: isize,
+    threads: usize,
+}
+
+impl Corr {
+    fn th(&self) -> usize {
+        self.oh.div_ceil(2)
+    }
+    fn tw(&self) -> usize {
+        self.ow.div_ceil(2)
+    }
+    fn tiles(&self) -> usize {
+        self.th() * self.tw()
+    }
+    fn out_sample(&self) -> usize {
+        self.co * self.oh * self.ow
+    }
+}
+
+/// The forward pass of the convolution `g`, bias and ReLU included.
+pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool) -> Vec<T> {
+    let s = Corr {
+        n: g.n,
+        c: g.c,
+        h: g.h,
+        w: g.w,
+        co: g.co,
+        oh: g.oh,
+        ow: g.ow,
+        top: g.spec.pad[0] as isize,
+        left: g.spec.pad[2] as isize,
+        threads: g.threads,
+    };
+    let u = transform_kernels(w, g.co, g.c, false);
+    run(&s, x, &u, b, relu)
+}
+
+/// The input gradient of the convolution `g` from its output gradient `dout`.
+pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
+    let s = Corr {
+        n: g.n,
+        c: g.co,
+        h: g.oh,
+        w: g.ow,
+        co: g.c,
+        oh: g.h,
+        ow: g.w,
+        top: 2 - g.spec.pad[0] as isize,
+        left: 2 - g.spec.pad[2] as isize,
+        threads: g.threads,
+    };
+    let u = transform_kernels(w, g.co, g.c, true);
+    run(&s, dout, &u, None, false)
+}
+
+/// `U` (16 × rows × cols, ξ planes [`skew`]ed) from kernels `w` (Co, C, 3, 3): `U_ξ[co][c] = (G w[co][c] Gᵀ)_ξ`,
+/// or with `turned`, `U_ξ[c][co] = (G rot180(w[co][c]) Gᵀ)_ξ`.
+fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, turned: bool) -> Vec<T> {
+    let half = T::HALF;
+    let us = skew(co * c);
+    let mut u = vec![T::default(); 16 * us];
+    for (o, kernels) in w.chunks_exact(c * 9).enumerate() {
+        for (i, k) in kernels.chunks_exact(9).enumerate() {
+            let k: [T; 9] = std::array::from_fn(|j| if turned { k[8 - j] } else { k[j] });
+            // G k (4×3), then (G k) Gᵀ (4×4).
+            let mut gk = [[T::default(); 3]; 4];
+            for col in 0..3 {
+                let (a, b, d) = (k[col], k[3 + col], k[6 + col]);
+                gk[0][col] = a;
+                gk[1][col] = (a + b + d) * half;
+                gk[2][col] = (a - b + d) * half;
+                gk[3][col] = d;
+            }
+            let at = if turned { i * co + o } else { o * c + i };
+            for (r, row) in gk.iter().enumerate() {
+                let [a, b, d] = *row;
+                let v = [a, (a + b + d) * half, (a - b + d) * half, d];
+                for (q, v) in v.into_iter().enumerate() {
+                    u[(r * 4 + q) * us + at] = v;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// Samples per block: enough tiles for the GEMMs, spread evenly over the threads (the
+/// rule of [`Geom::block`], on tiles instead of output positions).
+fn block(s: &Corr) -> usize {
+    super::block_len(s.n, s.tiles(), s.threads)
+}
+
+fn run<T: Elem>(s: &Corr, x: &[T], u: &[T], b: Option<&[T]>, relu: bool) -> Vec<T> {
+    let mut out = vec![T::default(); s.n * s.out_sample()];
+    let bs = block(s);
+    let chunk = bs * s.out_sample();
+    if s.threads > 1 && s.n.div_ceil(bs) >= s.threads {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(Block::new, |blk, (i, o)| run_block(s, x, u, b, relu, i * bs, o, blk, Parallelism::None));
+    } else {
+        let mut blk = Block::new();
+        for (i, o) in out.chunks_mut(chunk).enumerate() {
+            run_block(s, x, u, b, relu, i * bs, o, &mut blk, parallelism(s.threads));
+        }
+    }
+    out
+}
+
+/// Samples `start..` of the output (`out`, as many samples as it holds).
+#[allow(clippy::too_many_arguments)]
+fn run_block<T: Elem>(
+    s: &Corr,
+    x: &[T],
+    u: &[T],
+    b: Option<&[T]>,
+    relu: bool,
+    start: usize,
+    out: &mut [T],
+    blk: &mut Block<T>,
+    par: Parallelism,
+) {
+    let len = out.len() / s.out_sample();
+    let (tp, tw) = (s.tiles(), s.tw());
+    let nt = len * tp;
+    let (c, co) = (s.c, s.co);
+    // V (16 × C × tiles): the transformed input patches; ξ planes `vs` apart.
+    let vs = skew(c * nt);
+    grow(&mut blk.cols, 16 * vs);
+    let v = &mut blk.cols[..16 * vs];
+    let plane_len = s.h * s.w;
+    let span = 2 * tw + 2;
+    // Four input rows under a row of tiles, zero-padded to `span`, and Bᵀ applied to them.
+    let mut rows = vec![T::default(); 4 * span];
+    let mut bt = vec![T::default(); 4 * span];
+    for j in 0..len {
+        let sample = &x[(start + j) * c * plane_len..][..c * plane_len];
+        for (ci, plane) in sample.chunks_exact(plane_len).enumerate() {
+            for ty in 0..s.th() {
+                for (r, row) in rows.chunks_exact_mut(span).enumerate() {
+                    s.padded_row(plane, 2 * ty as isize - s.top + r as isize, row);
+                }
+                let (r0, rest) = rows.split_at(span);
+                let (r1, rest) = rest.split_at(span);
+                let (r2, r3) = rest.split_at(span);
+                let (t0, rest) = bt.split_at_mut(span);
+                let (t1, rest) = rest.split_at_mut(span);
+                let (t2, t3) = rest.split_at_mut(span);
+                for i in 0..span {
+                    t0[i] = r0[i] - r2[i];
+                    t1[i] = r1[i] + r2[i];
+                    t2[i] = r2[i] - r1[i];
+                    t3[i] = r1[i] - r3[i];
+                }
+                let col = ci * nt + j * tp + ty * tw;
+                for (r, t) in bt.chunks_exact(span).enumerate() {
+                    // (Bᵀ d) B along the row: ξ = 4r + q.
+                    let at = |q: usize| (4 * r + q) * vs + col;
+                    let (v0, rest) = v[at(0)..].split_at_mut(vs);
+                    let (v1, rest) = rest.split_at_mut(vs);
+                    let (v2, v3) = rest.split_at_mut(vs);
+                    for tx in 0..tw {
+                        let e = &t[2 * tx..][..4];
+                        v0[tx] = e[0] - e[2];
+                        v1[tx] = e[1] + e[2];
+                        v2[tx] = e[2] - e[1];
+                        v3[tx] = e[1] - e[3];
+                    }
+                }
+            }
+        }
+    }
+    // M_ξ = U_ξ · V_ξ.
+    let ms = skew(co * nt);
+    grow(&mut blk.out, 16 * ms);
+    let m = &mut blk.out[..16 * ms];
+    for xi in 0..16 {
+        let (mx, vx, ux) = (&mut m[xi * ms..][..co * nt], &v[xi * vs..][..c * nt], &u[xi * skew(co * c)..][..co * c]);
+        matmul(mx, false, co, nt, c, Mat::rows(ux, c), Mat::rows(vx, nt), par);
+    }
+    // Y = Aᵀ M A per tile, plus bias, ReLU; a row of tiles at a time: `sa` holds Aᵀ M for
+    // its two output rows (4 × tw each).
+    let (oh, ow) = (s.oh, s.ow);
+    let mut sa = vec![T::default(); 8 * tw];
+    let mut y = vec![T::default(); 2 * tw];
+    for j in 0..len {
+        for o in 0..co {
+            let bias = b.map_or(T::default(), |b| b[o]);
+            let plane = &mut out[(j * co + o) * oh * ow..][..oh * ow];
+            for ty in 0..s.th() {
+                let col = o * nt + j * tp + ty * tw;
+                let mrow = |xi: usize| &m[xi * ms + col..][..tw];
+                for q in 0..4 {
+                    let (m0, m1, m2, m3) = (mrow(q), mrow(4 + q), mrow(8 + q), mrow(12 + q));
+                    let (s0, s1) = sa.split_at_mut(4 * tw);
+                    let (s0, s1) = (&mut s0[q * tw..][..tw], &mut s1[q * tw..][..tw]);
+                    for tx in 0..tw {
+                        s0[tx] = m0[tx] + m1[tx] + m2[tx];
+                        s1[tx] = m1[tx] - m2[tx] - m3[tx];
+                    }
+                }
+                for a in 0..2 {
+                    let oy = 2 * ty + a;
+                    if oy >= oh {
+                        break;
+                    }
+                    let sr = &sa[a * 4 * tw..][..4 * tw];
+                    let (q0, rest) = sr.split_at(tw);
+                    let (q1, rest) = rest.split_at(tw);
+                    let (q2, q3) = rest.split_at(tw);
+                    for tx in 0..tw {
+                        let (e0, e1) = (q0[tx] + q1[tx] + q2[tx] + bias, q1[tx] - q2[tx] - q3[tx] + bias);
+                        y[2 * tx] = if relu { e0.relu() } else { e0 };
+                        y[2 * tx + 1] = if relu { e1.relu() } else { e1 };
+                    }
+                    plane[oy * ow..][..ow].copy_from_slice(&y[..ow]);
+                }
+            }
+        }
+    }
+}
+
+/// The distance between the ξ planes of V and M for planes of `len` elements: past
+/// `len`, to an odd multiple of 64 bytes, so that the 16 streams a transform reads or
+/// writes do not all map to the same cache sets (planes 2^k apart thrash L1 and L2).
+fn skew(len: usize) -> usize {
+    const LINE: usize = 16;
+    let lines = len.div_ceil(LINE);
+    (lines | 1) * LINE
+}
+
+impl Corr {
+    /// Input row `iy` of `plane` (zero outside it), from column `−left` on, into `row`.
+    fn padded_row<T: Elem>(&self, plane: &[T], iy: isize, row: &mut [T]) {
+        if iy < 0 || iy as usize >= self.h {
+            row.fill(T::default());
+            return;
+        }
+        let src = &plane[iy as usize * self.w..][..self.w];
+        // row[i] = src[i − left] where 0 ≤ i − left < w, zero elsewhere.
+        let lo = self.left.clamp(0, row.len() as isize) as usize;
+        let hi = (self.left + self.w as isize).clamp(lo as isize, row.len() as isize) as usize;
+        row[..lo].fill(T::default());
+        row[hi..].fill(T::default());
+        let skip = (lo as isize - self.left) as usize;
+        row[lo..hi].copy_from_slice(&src[skip..][..hi - lo]);
+    }
+}
