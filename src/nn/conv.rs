@@ -610,7 +610,7 @@ impl<T> Mat<T> {
     ///
     /// # Safety
     /// Row `r` must lie inside the view's matrix.
-    unsafe fn from_row(self, r: usize) -> Mat<T> {
+    unsafe fn skip_rows(self, r: usize) -> Mat<T> {
         Mat { ptr: unsafe { self.ptr.offset(r as isize * self.rs) }, ..self }
     }
     /// The transpose of `cols × rows` stored row by row.
@@ -636,7 +636,7 @@ fn matmul<T: Elem>(dst: &mut [T], accumulate: bool, m: usize, n: usize, k: usize
         if t > 1 && band < m {
             dst[..m * n].par_chunks_mut(band * n).enumerate().for_each(|(i, d)| {
                 // SAFETY: rows i·band.. of `a` lie inside the view of m rows.
-                let a = unsafe { a.from_row(i * band) };
+                let a = unsafe { a.skip_rows(i * band) };
                 matmul(d, accumulate, d.len() / n, n, k, a, b, Parallelism::None)
             });
             return;

@@ -183,43 +183,49 @@ fn run_block<T: Elem>(
     grow(&mut blk.cols, 16 * vs);
     let v = &mut blk.cols[..16 * vs];
     let plane_len = s.h * s.w;
-    let span = 2 * tw + 2;
-    // Four input rows under a row of tiles, zero-padded to `span`, and Bᵀ applied to them.
-    let mut rows = vec![T::default(); 4 * span];
-    let mut bt = vec![T::default(); 4 * span];
+    // Four input rows under a row of tiles, zero-padded to 2·tw + 2 columns and split
+    // into even and odd columns (`half` each), and Bᵀ applied to them: every loop below
+    // then runs over contiguous slices (vectorized).
+    let half = tw + 1;
+    let mut row = vec![T::default(); 2 * half];
+    let mut rows = vec![T::default(); 8 * half];
+    let mut bt = vec![T::default(); 8 * half];
     for j in 0..len {
         let sample = &x[(start + j) * c * plane_len..][..c * plane_len];
         for (ci, plane) in sample.chunks_exact(plane_len).enumerate() {
             for ty in 0..s.th() {
-                for (r, row) in rows.chunks_exact_mut(span).enumerate() {
-                    s.padded_row(plane, 2 * ty as isize - s.top + r as isize, row);
+                for (r, split) in rows.chunks_exact_mut(2 * half).enumerate() {
+                    s.padded_row(plane, 2 * ty as isize - s.top + r as isize, &mut row);
+                    let (even, odd) = split.split_at_mut(half);
+                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
                 }
-                let (r0, rest) = rows.split_at(span);
-                let (r1, rest) = rest.split_at(span);
-                let (r2, r3) = rest.split_at(span);
-                let (t0, rest) = bt.split_at_mut(span);
-                let (t1, rest) = rest.split_at_mut(span);
-                let (t2, t3) = rest.split_at_mut(span);
-                for i in 0..span {
-                    t0[i] = r0[i] - r2[i];
-                    t1[i] = r1[i] + r2[i];
-                    t2[i] = r2[i] - r1[i];
-                    t3[i] = r1[i] - r3[i];
-                }
+                let n2 = 2 * half;
+                let (r0, rest) = rows.split_at(n2);
+                let (r1, rest) = rest.split_at(n2);
+                let (r2, r3) = rest.split_at(n2);
+                let (t0, rest) = bt.split_at_mut(n2);
+                let (t1, rest) = rest.split_at_mut(n2);
+                let (t2, t3) = rest.split_at_mut(n2);
+                zip3(t0, r0, r2, |a, b| a - b);
+                zip3(t1, r1, r2, |a, b| a + b);
+                zip3(t2, r2, r1, |a, b| a - b);
+                zip3(t3, r1, r3, |a, b| a - b);
                 let col = ci * nt + j * tp + ty * tw;
-                for (r, t) in bt.chunks_exact(span).enumerate() {
-                    // (Bᵀ d) B along the row: ξ = 4r + q.
-                    let at = |q: usize| (4 * r + q) * vs + col;
-                    let (v0, rest) = v[at(0)..].split_at_mut(vs);
+                for (r, t) in bt.chunks_exact(n2).enumerate() {
+                    // (Bᵀ d) B along the row, ξ = 4r + q: with e = even columns, o = odd,
+                    // tile tx reads e[tx], o[tx], e[tx+1], o[tx+1].
+                    let (e, o) = t.split_at(half);
+                    let (e0, e1, o0, o1) = (&e[..tw], &e[1..], &o[..tw], &o[1..]);
+                    let (v0, rest) = v[(4 * r) * vs + col..].split_at_mut(vs);
                     let (v1, rest) = rest.split_at_mut(vs);
                     let (v2, v3) = rest.split_at_mut(vs);
-                    for tx in 0..tw {
-                        let e = &t[2 * tx..][..4];
-                        v0[tx] = e[0] - e[2];
-                        v1[tx] = e[1] + e[2];
-                        v2[tx] = e[2] - e[1];
-                        v3[tx] = e[1] - e[3];
-                    }
+                    zip3(&mut v0[..tw], e0, e1, |a, b| a - b);
+                    zip3(&mut v1[..tw], o0, e1, |a, b| a + b);
+                    zip3(&mut v2[..tw], e1, o0, |a, b| a - b);
+                    zip3(&mut v3[..tw], o0, o1, |a, b| a - b);
                 }
             }
         }
@@ -248,9 +254,11 @@ fn run_block<T: Elem>(
                     let (m0, m1, m2, m3) = (mrow(q), mrow(4 + q), mrow(8 + q), mrow(12 + q));
                     let (s0, s1) = sa.split_at_mut(4 * tw);
                     let (s0, s1) = (&mut s0[q * tw..][..tw], &mut s1[q * tw..][..tw]);
-                    for tx in 0..tw {
-                        s0[tx] = m0[tx] + m1[tx] + m2[tx];
-                        s1[tx] = m1[tx] - m2[tx] - m3[tx];
+                    for (((d, &a), &b), &c) in s0.iter_mut().zip(m0).zip(m1).zip(m2) {
+                        *d = a + b + c;
+                    }
+                    for (((d, &a), &b), &c) in s1.iter_mut().zip(m1).zip(m2).zip(m3) {
+                        *d = a - b - c;
                     }
                 }
                 for a in 0..2 {
@@ -262,15 +270,22 @@ fn run_block<T: Elem>(
                     let (q0, rest) = sr.split_at(tw);
                     let (q1, rest) = rest.split_at(tw);
                     let (q2, q3) = rest.split_at(tw);
-                    for tx in 0..tw {
-                        let (e0, e1) = (q0[tx] + q1[tx] + q2[tx] + bias, q1[tx] - q2[tx] - q3[tx] + bias);
-                        y[2 * tx] = if relu { e0.relu() } else { e0 };
-                        y[2 * tx + 1] = if relu { e1.relu() } else { e1 };
+                    for ((((pair, &a), &b), &c), &d) in y.chunks_exact_mut(2).zip(q0).zip(q1).zip(q2).zip(q3) {
+                        let (e0, e1) = (a + b + c + bias, b - c - d + bias);
+                        pair[0] = if relu { e0.relu() } else { e0 };
+                        pair[1] = if relu { e1.relu() } else { e1 };
                     }
                     plane[oy * ow..][..ow].copy_from_slice(&y[..ow]);
                 }
             }
         }
+    }
+}
+
+/// `d[i] = f(a[i], b[i])`.
+fn zip3<T: Elem>(d: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+        *d = f(a, b);
     }
 }
 
