@@ -4,13 +4,13 @@
 //! Each 2×2 tile of the output is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for the 4×4 input patch `d`
 //! under it: 16 multiplies per tile and channel pair where the direct form takes 36. Over
 //! channels the element-wise products are 16 GEMMs, one per position ξ of the 4×4
-//! transformed tile: `M_ξ (Co × tiles) = U_ξ (Co × C) · V_ξ (C × tiles)`. PyTorch's
-//! oneDNN does the same on CPUs with AVX-512, which is why its 3×3 layers ran at 131
-//! GFLOP/s-equivalent where a GEMM peaks at 110 on our machine.
+//! transformed tile: `M_ξ (Co × tiles) = U_ξ (Co × C) · V_ξ (C × tiles)`. (PyTorch's 3×3
+//! layers ran at 131 GFLOP/s-equivalent on one core of our machine, where a GEMM peaks at
+//! 110: it too multiplies less than im2col does.)
 //!
 //! The input gradient of such a convolution is again one: the output gradient correlated
 //! with the kernels turned by 180° and transposed over channels, padded by `2 − pad`.
-//! The weight gradient stays im2col + GEMM (its Winograd form, F(3×3, 2×2), saves less).
+//! The weight gradient stays im2col + GEMM (its Winograd form, F(3×3, 2×2), is not done).
 //!
 //! F(2×2, 3×3) keeps f32 accuracy: its transforms only add, subtract and halve.
 
