@@ -198,6 +198,14 @@ impl Geom {
                         let src = &plane[iy * self.w..][..self.w];
                         if sw == 1 {
                             out[xs.clone()].copy_from_slice(&src[*ix0..ix0 + xs.len()]);
+                        } else if sw == 2 {
+                            // Pairs instead of step_by: vectorized (a 7×7/2 stem's gather
+                            // was 20 % of its backward).
+                            let (dst, last) = (&mut out[xs.clone()], xs.len() - 1);
+                            for (o, pair) in dst[..last].iter_mut().zip(src[*ix0..].chunks_exact(2)) {
+                                *o = pair[0];
+                            }
+                            dst[last] = src[ix0 + 2 * last];
                         } else {
                             for (o, &v) in out[xs.clone()].iter_mut().zip(src[*ix0..].iter().step_by(sw)) {
                                 *o = v;

@@ -33,9 +33,11 @@ pub(super) fn fits(g: &Geom) -> bool {
 }
 
 /// Below this many tiles per sample (in the output, or in the input for the input
-/// gradient), the kernels' transform and 16 thin GEMMs cost more than they save
-/// (measured on F34: Winograd won on 16×16 and 8×8 maps, lost on 4×4 and 2×2).
-const MIN_TILES: usize = 16;
+/// gradient), the kernels' transform and 16 thin GEMMs cost more than they save. Measured
+/// on F34's layers at batch 16: 4×4 maps (4 tiles) gain ≈ 10 % forward (1 thread 3.9 →
+/// 3.2–3.7 ms, 2 threads 1.95 → 1.75 ms for 256→256), 2×2 maps (1 tile) lose 2× (512→512:
+/// 4.2 → 7.0–8.3 ms).
+const MIN_TILES: usize = 4;
 
 /// Below this many input or output channels the GEMMs are too thin (F34's first 3×3
 /// layer has 64).
@@ -85,7 +87,7 @@ pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu
         left: g.spec.pad[2] as isize,
         threads: g.threads,
     };
-    let u = transform_kernels(w, g.co, g.c, false);
+    let u = transform_kernels(w, g.co, g.c, false, g.threads);
     run(&s, x, &u, b, relu)
 }
 
@@ -103,39 +105,62 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
         left: 2 - g.spec.pad[2] as isize,
         threads: g.threads,
     };
-    let u = transform_kernels(w, g.co, g.c, true);
+    let u = transform_kernels(w, g.co, g.c, true, g.threads);
     run(&s, dout, &u, None, false)
 }
 
 /// `U` (16 × rows × cols, ξ planes [`skew`]ed) from kernels `w` (Co, C, 3, 3): `U_ξ[co][c] = (G w[co][c] Gᵀ)_ξ`,
-/// or with `turned`, `U_ξ[c][co] = (G rot180(w[co][c]) Gᵀ)_ξ`.
-fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, turned: bool) -> Vec<T> {
-    let half = T::HALF;
-    let us = skew(co * c);
+/// or with `turned`, `U_ξ[c][co] = (G rot180(w[co][c]) Gᵀ)_ξ`. Bands of rows in parallel
+/// (16 Co·C values to write: as long as a small layer's GEMMs).
+fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, turned: bool, threads: usize) -> Vec<T> {
+    let (rows, cols) = if turned { (c, co) } else { (co, c) };
+    let us = skew(rows * cols);
     let mut u = vec![T::default(); 16 * us];
-    for (o, kernels) in w.chunks_exact(c * 9).enumerate() {
-        for (i, k) in kernels.chunks_exact(9).enumerate() {
-            let k: [T; 9] = std::array::from_fn(|j| if turned { k[8 - j] } else { k[j] });
-            // G k (4×3), then (G k) Gᵀ (4×4).
-            let mut gk = [[T::default(); 3]; 4];
-            for col in 0..3 {
-                let (a, b, d) = (k[col], k[3 + col], k[6 + col]);
-                gk[0][col] = a;
-                gk[1][col] = (a + b + d) * half;
-                gk[2][col] = (a - b + d) * half;
-                gk[3][col] = d;
-            }
-            let at = if turned { i * co + o } else { o * c + i };
-            for (r, row) in gk.iter().enumerate() {
-                let [a, b, d] = *row;
-                let v = [a, (a + b + d) * half, (a - b + d) * half, d];
-                for (q, v) in v.into_iter().enumerate() {
-                    u[(r * 4 + q) * us + at] = v;
+    let band = rows.div_ceil(4 * threads.max(1)).max(1);
+    // Task b: band b of each of the 16 planes.
+    let mut tasks: Vec<Vec<&mut [T]>> = (0..rows.div_ceil(band)).map(|_| Vec::with_capacity(16)).collect();
+    for plane in u.chunks_mut(us) {
+        for (task, part) in tasks.iter_mut().zip(plane[..rows * cols].chunks_mut(band * cols)) {
+            task.push(part);
+        }
+    }
+    tasks.into_par_iter().enumerate().for_each(|(b, mut planes)| {
+        for lr in 0..planes[0].len() / cols {
+            let r = b * band + lr;
+            for q in 0..cols {
+                let v = if turned {
+                    transform_kernel(&w[(q * c + r) * 9..][..9], true)
+                } else {
+                    transform_kernel(&w[(r * c + q) * 9..][..9], false)
+                };
+                for (plane, v) in planes.iter_mut().zip(v) {
+                    plane[lr * cols + q] = v;
                 }
             }
         }
-    }
+    });
     u
+}
+
+/// `G k Gᵀ` (4×4, row-major) for one 3×3 kernel `k`, turned by 180° first if `turned`.
+fn transform_kernel<T: Elem>(k: &[T], turned: bool) -> [T; 16] {
+    let half = T::HALF;
+    let k: [T; 9] = std::array::from_fn(|j| if turned { k[8 - j] } else { k[j] });
+    // G k (4×3), then (G k) Gᵀ (4×4).
+    let mut gk = [[T::default(); 3]; 4];
+    for col in 0..3 {
+        let (a, b, d) = (k[col], k[3 + col], k[6 + col]);
+        gk[0][col] = a;
+        gk[1][col] = (a + b + d) * half;
+        gk[2][col] = (a - b + d) * half;
+        gk[3][col] = d;
+    }
+    let mut v = [T::default(); 16];
+    for (r, row) in gk.iter().enumerate() {
+        let [a, b, d] = *row;
+        v[4 * r..4 * r + 4].copy_from_slice(&[a, (a + b + d) * half, (a - b + d) * half, d]);
+    }
+    v
 }
 
 /// Samples per block: enough tiles for the GEMMs, spread evenly over the threads (the
