@@ -509,6 +509,9 @@ fn sum<T: Elem>(v: &[T]) -> T {
 }
 
 fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
+    if winograd::fits(g) {
+        return winograd::param_grad(g, x, dout);
+    }
     let len = g.co * g.k() + g.co;
     let t = g.threads;
     let bs = g.block();

@@ -10,7 +10,8 @@
 //!
 //! The input gradient of such a convolution is again one: the output gradient correlated
 //! with the kernels turned by 180° and transposed over channels, padded by `2 − pad`.
-//! The weight gradient stays im2col + GEMM (its Winograd form, F(3×3, 2×2), is not done).
+//! The weight gradient goes through the same transforms (see [`param_grad`]): 16 GEMMs over
+//! the tiles, summing products of transformed output-gradient tiles and input patches.
 //!
 //! F(2×2, 3×3) keeps f32 accuracy: its transforms only add, subtract and halve.
 
@@ -75,7 +76,13 @@ impl Corr {
 
 /// The forward pass of the convolution `g`, bias and ReLU included.
 pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool) -> Vec<T> {
-    let s = Corr {
+    let u = transform_kernels(w, g.co, g.c, false, g.threads);
+    run(&forward_corr(g), x, &u, b, relu)
+}
+
+/// The correlation the forward pass of `g` is.
+fn forward_corr(g: &Geom) -> Corr {
+    Corr {
         n: g.n,
         c: g.c,
         h: g.h,
@@ -86,9 +93,7 @@ pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu
         top: g.spec.pad[0] as isize,
         left: g.spec.pad[2] as isize,
         threads: g.threads,
-    };
-    let u = transform_kernels(w, g.co, g.c, false, g.threads);
-    run(&s, x, &u, b, relu)
+    }
 }
 
 /// The input gradient of the convolution `g` from its output gradient `dout`.
@@ -107,6 +112,167 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
     };
     let u = transform_kernels(w, g.co, g.c, true, g.threads);
     run(&s, dout, &u, None, false)
+}
+
+/// The weight and bias gradients `[dW (Co × C·9), db (Co)]` of the convolution `g` from
+/// its input `x` and output gradient `dout`. With `E` a 2×2 tile of `dout[co]` and `D` the
+/// 4×4 patch of `x[c]` under it, the forward's `⟨E, Aᵀ[(G w Gᵀ) ⊙ (Bᵀ D B)]A⟩` is
+/// `Σ_ξ (A E Aᵀ)_ξ (G w Gᵀ)_ξ (Bᵀ D B)_ξ`, so `dW[co][c] = Gᵀ S G` with
+/// `S_ξ = Σ_tiles (A E Aᵀ)_ξ (Bᵀ D B)_ξ`: per ξ a GEMM over the tiles,
+/// `S_ξ (Co × C) += E_ξ (Co × tiles) · V_ξᵀ (tiles × C)`, V the forward's input transform.
+pub(super) fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
+    let s = forward_corr(g);
+    let (co, c, t) = (s.co, s.c, s.threads);
+    let ss = skew(co * c);
+    let bs = block(&s);
+    let blocks = s.n.div_ceil(bs);
+    // S summed over blocks `range` (16 planes `ss` apart, Co × C each).
+    let sum_blocks = |range: std::ops::Range<usize>, par: Parallelism| {
+        let mut acc = vec![T::default(); 16 * ss];
+        let mut blk = Block::new();
+        for i in range {
+            let start = i * bs;
+            grad_block(&s, x, dout, start, bs.min(s.n - start), &mut acc, ss, &mut blk, par);
+        }
+        acc
+    };
+    let acc = if t > 1 && blocks >= t {
+        // One accumulator per job (a fixed split of the blocks), summed in job order.
+        let per = blocks.div_ceil(t);
+        let parts: Vec<Vec<T>> = (0..blocks.div_ceil(per))
+            .into_par_iter()
+            .map(|j| sum_blocks(j * per..((j + 1) * per).min(blocks), Parallelism::None))
+            .collect();
+        let mut parts = parts.into_iter();
+        let mut acc = parts.next().unwrap_or_else(|| vec![T::default(); 16 * ss]);
+        for part in parts {
+            for (a, b) in acc.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        acc
+    } else {
+        sum_blocks(0..blocks, parallelism(t))
+    };
+    let k = c * 9;
+    let mut out = vec![T::default(); co * k + co];
+    let (dw, db) = out.split_at_mut(co * k);
+    for (o, kernels) in dw.chunks_exact_mut(k).enumerate() {
+        for (i, kernel) in kernels.chunks_exact_mut(9).enumerate() {
+            let sm: [T; 16] = std::array::from_fn(|xi| acc[xi * ss + o * c + i]);
+            kernel.copy_from_slice(&weight_tile(&sm));
+        }
+    }
+    let p = s.oh * s.ow;
+    for sample in dout.chunks_exact(co * p) {
+        for (d, plane) in db.iter_mut().zip(sample.chunks_exact(p)) {
+            *d += super::sum(plane);
+        }
+    }
+    out
+}
+
+/// Adds samples `start..start + len`'s `S_ξ` into `acc`.
+#[allow(clippy::too_many_arguments)]
+fn grad_block<T: Elem>(
+    s: &Corr,
+    x: &[T],
+    dout: &[T],
+    start: usize,
+    len: usize,
+    acc: &mut [T],
+    ss: usize,
+    blk: &mut Block<T>,
+    par: Parallelism,
+) {
+    let (c, co) = (s.c, s.co);
+    let nt = len * s.tiles();
+    let vs = skew(c * nt);
+    grow(&mut blk.cols, 16 * vs);
+    let v = &mut blk.cols[..16 * vs];
+    transform_input(s, x, start, len, v, vs);
+    let es = skew(co * nt);
+    grow(&mut blk.out, 16 * es);
+    let e = &mut blk.out[..16 * es];
+    transform_grad(s, dout, start, len, e, es);
+    for xi in 0..16 {
+        let (sx, ex, vx) = (&mut acc[xi * ss..][..co * c], &e[xi * es..][..co * nt], &v[xi * vs..][..c * nt]);
+        matmul(sx, true, co, c, nt, Mat::rows(ex, nt), Mat::transposed(vx, nt), par);
+    }
+}
+
+/// E (16 planes `es` apart, each Co × tiles) for samples `start..start + len` of the
+/// output gradient: `A E Aᵀ` for every 2×2 tile E (zero past the output's edge), with
+/// A = [[1,0],[1,1],[1,−1],[0,−1]].
+fn transform_grad<T: Elem>(s: &Corr, dout: &[T], start: usize, len: usize, e: &mut [T], es: usize) {
+    let (tp, tw, co) = (s.tiles(), s.tw(), s.co);
+    let nt = len * tp;
+    let (oh, ow) = (s.oh, s.ow);
+    let zero = T::default();
+    // The tile row's two output rows, even and odd columns (tw each, zero past the edge),
+    // and A applied down them: a[r] = (even, odd) of row r of A E.
+    let mut rows = vec![zero; 4 * tw];
+    let mut a = vec![zero; 8 * tw];
+    for j in 0..len {
+        let sample = &dout[(start + j) * co * oh * ow..][..co * oh * ow];
+        for (o, plane) in sample.chunks_exact(oh * ow).enumerate() {
+            for ty in 0..s.th() {
+                for (i, split) in rows.chunks_exact_mut(2 * tw).enumerate() {
+                    let oy = 2 * ty + i;
+                    let (even, odd) = split.split_at_mut(tw);
+                    if oy >= oh {
+                        even.fill(zero);
+                        odd.fill(zero);
+                        continue;
+                    }
+                    let src = &plane[oy * ow..][..ow];
+                    for (tx, (ev, od)) in even.iter_mut().zip(odd.iter_mut()).enumerate() {
+                        *ev = src[2 * tx];
+                        *od = if 2 * tx + 1 < ow { src[2 * tx + 1] } else { zero };
+                    }
+                }
+                let (r0, r1) = rows.split_at(2 * tw);
+                let (a0, rest) = a.split_at_mut(2 * tw);
+                let (a1, rest) = rest.split_at_mut(2 * tw);
+                let (a2, a3) = rest.split_at_mut(2 * tw);
+                a0.copy_from_slice(r0);
+                zip3(a1, r0, r1, |p, q| p + q);
+                zip3(a2, r0, r1, |p, q| p - q);
+                zip3(a3, r0, r1, |_, q| zero - q);
+                let col = o * nt + j * tp + ty * tw;
+                for (r, ar) in a.chunks_exact(2 * tw).enumerate() {
+                    let (ev, od) = ar.split_at(tw);
+                    let (e0, rest) = e[(4 * r) * es + col..].split_at_mut(es);
+                    let (e1, rest) = rest.split_at_mut(es);
+                    let (e2, e3) = rest.split_at_mut(es);
+                    e0[..tw].copy_from_slice(ev);
+                    zip3(&mut e1[..tw], ev, od, |p, q| p + q);
+                    zip3(&mut e2[..tw], ev, od, |p, q| p - q);
+                    zip3(&mut e3[..tw], ev, od, |_, q| zero - q);
+                }
+            }
+        }
+    }
+}
+
+/// `Gᵀ S G` (3×3, row-major) for one 4×4 `S`, with Gᵀ = [[1,½,½,0],[0,½,−½,0],[0,½,½,1]].
+fn weight_tile<T: Elem>(sm: &[T; 16]) -> [T; 9] {
+    let half = T::HALF;
+    let mut t = [[T::default(); 4]; 3];
+    for q in 0..4 {
+        let (s0, s1, s2, s3) = (sm[q], sm[4 + q], sm[8 + q], sm[12 + q]);
+        t[0][q] = s0 + (s1 + s2) * half;
+        t[1][q] = (s1 - s2) * half;
+        t[2][q] = (s1 + s2) * half + s3;
+    }
+    let mut d = [T::default(); 9];
+    for (r, row) in t.iter().enumerate() {
+        let [t0, t1, t2, t3] = *row;
+        d[3 * r] = t0 + (t1 + t2) * half;
+        d[3 * r + 1] = (t1 - t2) * half;
+        d[3 * r + 2] = (t1 + t2) * half + t3;
+    }
+    d
 }
 
 /// `U` (16 × rows × cols, ξ planes [`skew`]ed) from kernels `w` (Co, C, 3, 3): `U_ξ[co][c] = (G w[co][c] Gᵀ)_ξ`,
@@ -207,54 +373,7 @@ fn run_block<T: Elem>(
     let vs = skew(c * nt);
     grow(&mut blk.cols, 16 * vs);
     let v = &mut blk.cols[..16 * vs];
-    let plane_len = s.h * s.w;
-    // Four input rows under a row of tiles, zero-padded to 2·tw + 2 columns and split
-    // into even and odd columns (`half` each), and Bᵀ applied to them: every loop below
-    // then runs over contiguous slices (vectorized).
-    let half = tw + 1;
-    let mut row = vec![T::default(); 2 * half];
-    let mut rows = vec![T::default(); 8 * half];
-    let mut bt = vec![T::default(); 8 * half];
-    for j in 0..len {
-        let sample = &x[(start + j) * c * plane_len..][..c * plane_len];
-        for (ci, plane) in sample.chunks_exact(plane_len).enumerate() {
-            for ty in 0..s.th() {
-                for (r, split) in rows.chunks_exact_mut(2 * half).enumerate() {
-                    s.padded_row(plane, 2 * ty as isize - s.top + r as isize, &mut row);
-                    let (even, odd) = split.split_at_mut(half);
-                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                }
-                let n2 = 2 * half;
-                let (r0, rest) = rows.split_at(n2);
-                let (r1, rest) = rest.split_at(n2);
-                let (r2, r3) = rest.split_at(n2);
-                let (t0, rest) = bt.split_at_mut(n2);
-                let (t1, rest) = rest.split_at_mut(n2);
-                let (t2, t3) = rest.split_at_mut(n2);
-                zip3(t0, r0, r2, |a, b| a - b);
-                zip3(t1, r1, r2, |a, b| a + b);
-                zip3(t2, r2, r1, |a, b| a - b);
-                zip3(t3, r1, r3, |a, b| a - b);
-                let col = ci * nt + j * tp + ty * tw;
-                for (r, t) in bt.chunks_exact(n2).enumerate() {
-                    // (Bᵀ d) B along the row, ξ = 4r + q: with e = even columns, o = odd,
-                    // tile tx reads e[tx], o[tx], e[tx+1], o[tx+1].
-                    let (e, o) = t.split_at(half);
-                    let (e0, e1, o0, o1) = (&e[..tw], &e[1..], &o[..tw], &o[1..]);
-                    let (v0, rest) = v[(4 * r) * vs + col..].split_at_mut(vs);
-                    let (v1, rest) = rest.split_at_mut(vs);
-                    let (v2, v3) = rest.split_at_mut(vs);
-                    zip3(&mut v0[..tw], e0, e1, |a, b| a - b);
-                    zip3(&mut v1[..tw], o0, e1, |a, b| a + b);
-                    zip3(&mut v2[..tw], e1, o0, |a, b| a - b);
-                    zip3(&mut v3[..tw], o0, o1, |a, b| a - b);
-                }
-            }
-        }
-    }
+    transform_input(s, x, start, len, v, vs);
     // M_ξ = U_ξ · V_ξ.
     let ms = skew(co * nt);
     grow(&mut blk.out, 16 * ms);
@@ -301,6 +420,61 @@ fn run_block<T: Elem>(
                         pair[1] = if relu { e1.relu() } else { e1 };
                     }
                     plane[oy * ow..][..ow].copy_from_slice(&y[..ow]);
+                }
+            }
+        }
+    }
+}
+
+/// V (16 planes `vs` apart, each C × tiles) for samples `start..start + len` of `x`:
+/// `Bᵀ d B` for every tile's 4×4 input patch d.
+fn transform_input<T: Elem>(s: &Corr, x: &[T], start: usize, len: usize, v: &mut [T], vs: usize) {
+    let (tp, tw, c) = (s.tiles(), s.tw(), s.c);
+    let nt = len * tp;
+    let plane_len = s.h * s.w;
+    // Four input rows under a row of tiles, zero-padded to 2·tw + 2 columns and split
+    // into even and odd columns (`half` each), and Bᵀ applied to them: every loop below
+    // then runs over contiguous slices (vectorized).
+    let half = tw + 1;
+    let mut row = vec![T::default(); 2 * half];
+    let mut rows = vec![T::default(); 8 * half];
+    let mut bt = vec![T::default(); 8 * half];
+    for j in 0..len {
+        let sample = &x[(start + j) * c * plane_len..][..c * plane_len];
+        for (ci, plane) in sample.chunks_exact(plane_len).enumerate() {
+            for ty in 0..s.th() {
+                for (r, split) in rows.chunks_exact_mut(2 * half).enumerate() {
+                    s.padded_row(plane, 2 * ty as isize - s.top + r as isize, &mut row);
+                    let (even, odd) = split.split_at_mut(half);
+                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                }
+                let n2 = 2 * half;
+                let (r0, rest) = rows.split_at(n2);
+                let (r1, rest) = rest.split_at(n2);
+                let (r2, r3) = rest.split_at(n2);
+                let (t0, rest) = bt.split_at_mut(n2);
+                let (t1, rest) = rest.split_at_mut(n2);
+                let (t2, t3) = rest.split_at_mut(n2);
+                zip3(t0, r0, r2, |a, b| a - b);
+                zip3(t1, r1, r2, |a, b| a + b);
+                zip3(t2, r2, r1, |a, b| a - b);
+                zip3(t3, r1, r3, |a, b| a - b);
+                let col = ci * nt + j * tp + ty * tw;
+                for (r, t) in bt.chunks_exact(n2).enumerate() {
+                    // (Bᵀ d) B along the row, ξ = 4r + q: with e = even columns, o = odd,
+                    // tile tx reads e[tx], o[tx], e[tx+1], o[tx+1].
+                    let (e, o) = t.split_at(half);
+                    let (e0, e1, o0, o1) = (&e[..tw], &e[1..], &o[..tw], &o[1..]);
+                    let (v0, rest) = v[(4 * r) * vs + col..].split_at_mut(vs);
+                    let (v1, rest) = rest.split_at_mut(vs);
+                    let (v2, v3) = rest.split_at_mut(vs);
+                    zip3(&mut v0[..tw], e0, e1, |a, b| a - b);
+                    zip3(&mut v1[..tw], o0, e1, |a, b| a + b);
+                    zip3(&mut v2[..tw], e1, o0, |a, b| a - b);
+                    zip3(&mut v3[..tw], o0, o1, |a, b| a - b);
                 }
             }
         }
