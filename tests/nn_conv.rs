@@ -168,6 +168,37 @@ proptest! {
     }
 }
 
+/// Random 3×3 stride-1 shapes with 16–18 channels each way: Winograd wherever a sample has
+/// 4 tiles or more, im2col below; both give the naive loop's values.
+fn winograd_case() -> impl Strategy<Value = Case> {
+    (1usize..4, 16usize..19, 16usize..19, 1usize..10, 1usize..10, [0usize..4, 0usize..4, 0usize..4, 0usize..4], any::<bool>())
+        .prop_filter_map("the padded input holds the kernel", |(n, c, co, h, w, pad, bias)| {
+            let spec = ConvSpec { stride: [1, 1], dilation: [1, 1], pad, groups: 1 };
+            (h + pad[0] + pad[1] >= 3 && w + pad[2] + pad[3] >= 3).then_some(Case { n, c, co, h, w, kh: 3, kw: 3, spec, bias })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn winograd_shapes_match_naive_loop(k in winograd_case(), seed in any::<u64>()) {
+        let (oh, ow) = k.out();
+        let x = values(k.n * k.c * k.h * k.w, seed);
+        let w = values(k.co * k.cg() * k.kh * k.kw, seed ^ 1);
+        let b = values(k.co, seed ^ 2);
+        let g = values(k.n * k.co * oh * ow, seed ^ 3);
+        let (out, dx, dw, db) = naive(&k, &x, &w, &b, &g);
+        let (o, gx, gw, gb) = run(&k, &x, &w, &b, &g, DType::F64);
+        prop_assert!(max_diff(&o, &out) < 1e-12, "forward differs by {}", max_diff(&o, &out));
+        prop_assert!(max_diff(&gx, &dx) < 1e-12, "input gradient differs by {}", max_diff(&gx, &dx));
+        prop_assert!(max_diff(&gw, &dw) < 1e-12, "weight gradient differs by {}", max_diff(&gw, &dw));
+        if let Some(gb) = gb {
+            prop_assert!(max_diff(&gb, &db) < 1e-12, "bias gradient differs by {}", max_diff(&gb, &db));
+        }
+    }
+}
+
 /// How the batch is cut into blocks and the GEMMs into row bands depends on the thread
 /// count: every cut gives the naive loop's values. Run in pools of 1, 2 and 3 threads
 /// (whatever this machine has) on shapes that take each path: many blocks rounded to the
