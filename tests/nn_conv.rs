@@ -142,34 +142,34 @@ fn run(k: &Case, x: &[f64], w: &[f64], b: &[f64], g: &[f64], dtype: DType) -> (V
     (flat(&out), dx, dw, db)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
-
-    /// Forward, input, weight and bias gradients equal the naive loop's (f64: 1e-12;
-    /// f32: 1e-4), for any padding, per-axis stride and dilation, and groups.
-    #[test]
-    fn matches_naive_loop(k in case(), seed in any::<u64>()) {
-        let (oh, ow) = k.out();
-        let x = values(k.n * k.c * k.h * k.w, seed);
-        let w = values(k.co * k.cg() * k.kh * k.kw, seed ^ 1);
-        let b = values(k.co, seed ^ 2);
-        let g = values(k.n * k.co * oh * ow, seed ^ 3);
-        let (out, dx, dw, db) = naive(&k, &x, &w, &b, &g);
-        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-4)] {
-            let (o, gx, gw, gb) = run(&k, &x, &w, &b, &g, dtype);
-            prop_assert!(max_diff(&o, &out) < tol, "{dtype:?} forward differs by {}", max_diff(&o, &out));
-            prop_assert!(max_diff(&gx, &dx) < tol, "{dtype:?} input gradient differs by {}", max_diff(&gx, &dx));
-            prop_assert!(max_diff(&gw, &dw) < tol, "{dtype:?} weight gradient differs by {}", max_diff(&gw, &dw));
-            match gb {
-                Some(gb) => prop_assert!(k.bias && max_diff(&gb, &db) < tol, "{dtype:?} bias gradient differs by {}", max_diff(&gb, &db)),
-                None => prop_assert!(!k.bias, "no bias gradient"),
-            }
+/// cnnc's op in `dtype` against the naive loop on case `k`, inputs drawn from `seed`: an
+/// error naming the first result that differs by `tol` or more.
+fn check(k: &Case, seed: u64, dtype: DType, tol: f64) -> Result<(), String> {
+    let (oh, ow) = k.out();
+    let x = values(k.n * k.c * k.h * k.w, seed);
+    let w = values(k.co * k.cg() * k.kh * k.kw, seed ^ 1);
+    let b = values(k.co, seed ^ 2);
+    let g = values(k.n * k.co * oh * ow, seed ^ 3);
+    let (out, dx, dw, db) = naive(k, &x, &w, &b, &g);
+    let (o, gx, gw, gb) = run(k, &x, &w, &b, &g, dtype);
+    let gb = match (gb, k.bias) {
+        (Some(gb), true) => gb,
+        (None, false) => db.clone(),
+        (gb, _) => return Err(format!("bias gradient {gb:?} with bias {}", k.bias)),
+    };
+    for (what, ours, theirs) in
+        [("forward", &o, &out), ("input gradient", &gx, &dx), ("weight gradient", &gw, &dw), ("bias gradient", &gb, &db)]
+    {
+        let d = max_diff(ours, theirs);
+        if !(d < tol) {
+            return Err(format!("{dtype:?} {what} differs by {d}"));
         }
     }
+    Ok(())
 }
 
 /// Random 3×3 stride-1 shapes with 16–18 channels each way: Winograd wherever a sample has
-/// 4 tiles or more, im2col below; both give the naive loop's values.
+/// 4 tiles or more, im2col below.
 fn winograd_case() -> impl Strategy<Value = Case> {
     (1usize..4, 16usize..19, 16usize..19, 1usize..10, 1usize..10, [0usize..4, 0usize..4, 0usize..4, 0usize..4], any::<bool>())
         .prop_filter_map("the padded input holds the kernel", |(n, c, co, h, w, pad, bias)| {
@@ -179,23 +179,21 @@ fn winograd_case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
+    /// Forward, input, weight and bias gradients equal the naive loop's (f64: 1e-12;
+    /// f32: 1e-4), for any padding, per-axis stride and dilation, and groups.
+    #[test]
+    fn matches_naive_loop(k in case(), seed in any::<u64>()) {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-4)] {
+            check(&k, seed, dtype, tol).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    /// The same on shapes that take the Winograd path (f64).
     #[test]
     fn winograd_shapes_match_naive_loop(k in winograd_case(), seed in any::<u64>()) {
-        let (oh, ow) = k.out();
-        let x = values(k.n * k.c * k.h * k.w, seed);
-        let w = values(k.co * k.cg() * k.kh * k.kw, seed ^ 1);
-        let b = values(k.co, seed ^ 2);
-        let g = values(k.n * k.co * oh * ow, seed ^ 3);
-        let (out, dx, dw, db) = naive(&k, &x, &w, &b, &g);
-        let (o, gx, gw, gb) = run(&k, &x, &w, &b, &g, DType::F64);
-        prop_assert!(max_diff(&o, &out) < 1e-12, "forward differs by {}", max_diff(&o, &out));
-        prop_assert!(max_diff(&gx, &dx) < 1e-12, "input gradient differs by {}", max_diff(&gx, &dx));
-        prop_assert!(max_diff(&gw, &dw) < 1e-12, "weight gradient differs by {}", max_diff(&gw, &dw));
-        if let Some(gb) = gb {
-            prop_assert!(max_diff(&gb, &db) < 1e-12, "bias gradient differs by {}", max_diff(&gb, &db));
-        }
+        check(&k, seed, DType::F64, 1e-12).map_err(TestCaseError::fail)?;
     }
 }
 
@@ -215,22 +213,9 @@ fn every_split_over_threads_matches_naive_loop() {
         Case { n: 9, c: 3, co: 4, h: 12, w: 12, kh: 7, kw: 7, spec: spec(2, 3, 1), bias: true },
     ];
     for (i, k) in cases.iter().enumerate() {
-        let (oh, ow) = k.out();
-        let x = values(k.n * k.c * k.h * k.w, i as u64);
-        let w = values(k.co * k.cg() * k.kh * k.kw, 10 + i as u64);
-        let b = values(k.co, 20 + i as u64);
-        let g = values(k.n * k.co * oh * ow, 30 + i as u64);
-        let (out, dx, dw, db) = naive(k, &x, &w, &b, &g);
         for threads in 1..=3 {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let (o, gx, gw, gb) = pool.install(|| run(k, &x, &w, &b, &g, DType::F64));
-            let what = format!("case {i} at {threads} threads");
-            assert!(max_diff(&o, &out) < 1e-12, "{what}: forward differs by {}", max_diff(&o, &out));
-            assert!(max_diff(&gx, &dx) < 1e-12, "{what}: input gradient differs by {}", max_diff(&gx, &dx));
-            assert!(max_diff(&gw, &dw) < 1e-12, "{what}: weight gradient differs by {}", max_diff(&gw, &dw));
-            if k.bias {
-                assert!(max_diff(&gb.unwrap(), &db) < 1e-12, "{what}: bias gradient differs");
-            }
+            pool.install(|| check(k, i as u64, DType::F64, 1e-12)).unwrap_or_else(|e| panic!("case {i} at {threads} threads: {e}"));
         }
     }
 }
@@ -251,23 +236,10 @@ fn winograd_path_matches_naive_loop() {
         Case { n: 2, c: 16, co: 16, h: 1, w: 1, kh: 3, kw: 3, spec: spec([1; 4]), bias: true },
     ];
     for (i, k) in cases.iter().enumerate() {
-        let (oh, ow) = k.out();
-        let x = values(k.n * k.c * k.h * k.w, 40 + i as u64);
-        let w = values(k.co * k.cg() * k.kh * k.kw, 50 + i as u64);
-        let b = values(k.co, 60 + i as u64);
-        let g = values(k.n * k.co * oh * ow, 70 + i as u64);
-        let (out, dx, dw, db) = naive(k, &x, &w, &b, &g);
         for threads in 1..=3 {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-4)] {
-                let (o, gx, gw, gb) = pool.install(|| run(k, &x, &w, &b, &g, dtype));
-                let what = format!("case {i} at {threads} threads, {dtype:?}");
-                assert!(max_diff(&o, &out) < tol, "{what}: forward differs by {}", max_diff(&o, &out));
-                assert!(max_diff(&gx, &dx) < tol, "{what}: input gradient differs by {}", max_diff(&gx, &dx));
-                assert!(max_diff(&gw, &dw) < tol, "{what}: weight gradient differs by {}", max_diff(&gw, &dw));
-                if k.bias {
-                    assert!(max_diff(&gb.unwrap(), &db) < tol, "{what}: bias gradient differs");
-                }
+                pool.install(|| check(k, 40 + i as u64, dtype, tol)).unwrap_or_else(|e| panic!("case {i} at {threads} threads: {e}"));
             }
         }
     }

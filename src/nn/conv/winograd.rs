@@ -188,13 +188,9 @@ fn grad_block<T: Elem>(
 ) {
     let (c, co) = (s.c, s.co);
     let nt = len * s.tiles();
-    let vs = skew(c * nt);
-    grow(&mut blk.cols, 16 * vs);
-    let v = &mut blk.cols[..16 * vs];
+    let (v, vs) = planes(&mut blk.cols, c * nt);
     transform_input(s, x, start, len, v, vs);
-    let es = skew(co * nt);
-    grow(&mut blk.out, 16 * es);
-    let e = &mut blk.out[..16 * es];
+    let (e, es) = planes(&mut blk.out, co * nt);
     transform_grad(s, dout, start, len, e, es);
     for xi in 0..16 {
         let (sx, ex, vx) = (&mut acc[xi * ss..][..co * c], &e[xi * es..][..co * nt], &v[xi * vs..][..c * nt]);
@@ -371,14 +367,10 @@ fn run_block<T: Elem>(
     let nt = len * tp;
     let (c, co) = (s.c, s.co);
     // V (16 × C × tiles): the transformed input patches; ξ planes `vs` apart.
-    let vs = skew(c * nt);
-    grow(&mut blk.cols, 16 * vs);
-    let v = &mut blk.cols[..16 * vs];
+    let (v, vs) = planes(&mut blk.cols, c * nt);
     transform_input(s, x, start, len, v, vs);
     // M_ξ = U_ξ · V_ξ.
-    let ms = skew(co * nt);
-    grow(&mut blk.out, 16 * ms);
-    let m = &mut blk.out[..16 * ms];
+    let (m, ms) = planes(&mut blk.out, co * nt);
     for xi in 0..16 {
         let (mx, vx, ux) = (&mut m[xi * ms..][..co * nt], &v[xi * vs..][..c * nt], &u[xi * skew(co * c)..][..co * c]);
         matmul(mx, false, co, nt, c, Mat::rows(ux, c), Mat::rows(vx, nt), par);
@@ -487,6 +479,13 @@ fn zip3<T: Elem>(d: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
     for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
         *d = f(a, b);
     }
+}
+
+/// 16 [`skew`]ed planes of `len` elements in scratch buffer `buf`, and their stride.
+fn planes<T: Elem>(buf: &mut Vec<T>, len: usize) -> (&mut [T], usize) {
+    let stride = skew(len);
+    grow(buf, 16 * stride);
+    (&mut buf[..16 * stride], stride)
 }
 
 /// The distance between the ξ planes of V and M for planes of `len` elements: past
