@@ -62,16 +62,13 @@ enum Command {
     Plan {
         /// A network description (.cnn) or an ONNX model (.onnx)
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "forward")]
-        mode: ModeArg,
+        #[command(flatten)]
+        init: InitArgs,
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
         /// ONNX only: one sample's input shape CxHxW (when the graph's sizes are symbolic)
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
-        /// Cap σ at this multiple of the padding-aware He value (the reference code uses 3)
-        #[arg(long)]
-        std_cap: Option<f64>,
         /// paper: the paper's layer means; map: a variance per spatial position
         #[arg(long, value_enum, default_value = "paper")]
         analysis: AnalysisArg,
@@ -82,10 +79,8 @@ enum Command {
     /// Print the unified layers: shapes, M, M', ε, T, τ, γ, σ² and predicted variances
     Lower {
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "forward")]
-        mode: ModeArg,
-        #[arg(long)]
-        std_cap: Option<f64>,
+        #[command(flatten)]
+        init: InitArgs,
         /// ONNX only: one sample's input shape CxHxW
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
@@ -123,10 +118,8 @@ enum Command {
     ExportOnnx {
         /// A network description (.cnn) or an ONNX model (.onnx)
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "forward")]
-        mode: ModeArg,
-        #[arg(long)]
-        std_cap: Option<f64>,
+        #[command(flatten)]
+        init: InitArgs,
         /// Seed of the weight generator
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -140,10 +133,8 @@ enum Command {
     Init {
         /// An ONNX model (.onnx)
         model: PathBuf,
-        #[arg(long, value_enum, default_value = "forward")]
-        mode: ModeArg,
-        #[arg(long)]
-        std_cap: Option<f64>,
+        #[command(flatten)]
+        init: InitArgs,
         /// Seed of the weight generator
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -220,10 +211,8 @@ enum EmitCommand {
     Candle {
         /// A network description (.cnn)
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "forward")]
-        mode: ModeArg,
-        #[arg(long)]
-        std_cap: Option<f64>,
+        #[command(flatten)]
+        init: InitArgs,
         #[arg(long, value_enum, default_value = "paper")]
         analysis: AnalysisArg,
         /// The crate's directory (created; generated files in it are replaced)
@@ -243,10 +232,8 @@ enum EmitCommand {
     PytorchInit {
         /// A network description (.cnn) or an ONNX model (.onnx)
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "forward")]
-        mode: ModeArg,
-        #[arg(long)]
-        std_cap: Option<f64>,
+        #[command(flatten)]
+        init: InitArgs,
         #[arg(long, value_enum, default_value = "paper")]
         analysis: AnalysisArg,
         /// ONNX only: one sample's input shape CxHxW
@@ -304,6 +291,25 @@ fn load_network(path: &Path, input: Option<[u64; 3]>) -> Result<cnnc::unify::Net
     Ok(read_source(path)?.network()?)
 }
 
+/// The initialization a plan is derived for: `--mode` and `--std-cap`.
+#[derive(clap::Args, Debug)]
+struct InitArgs {
+    #[arg(long, value_enum, default_value = "forward")]
+    mode: ModeArg,
+    /// Cap σ at this multiple of the padding-aware He value (the reference code uses 3)
+    #[arg(long)]
+    std_cap: Option<f64>,
+}
+
+impl InitArgs {
+    /// The analysis options, the cap checked against the mode.
+    fn options(&self) -> Result<Options> {
+        let mode = self.mode.into();
+        check_cap(self.std_cap, mode)?;
+        Ok(Options { mode, std_cap: self.std_cap })
+    }
+}
+
 fn check_cap(cap: Option<f64>, mode: Mode) -> Result<()> {
     if let Some(c) = cap {
         if !(c.is_finite() && c > 0.0) {
@@ -333,23 +339,21 @@ fn emit(output: &Option<PathBuf>, text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Plan { file, mode, format, std_cap, analysis, input, output } => {
-            let mode = mode.into();
-            check_cap(std_cap, mode)?;
+        Command::Plan { file, init, format, analysis, input, output } => {
+            let opts = init.options()?;
             let net = load_network(&file, input)?;
-            let plan = cnnc::plan_with(&net, Options { mode, std_cap }, analysis.into())?;
+            let plan = cnnc::plan_with(&net, opts, analysis.into())?;
             let text = match format {
                 Format::Json => plan.to_json(),
                 Format::Yaml => plan.to_yaml(),
             };
             emit(&output, &text)
         }
-        Command::Lower { file, mode, std_cap, input, analysis } => {
-            let mode = mode.into();
-            check_cap(std_cap, mode)?;
+        Command::Lower { file, init, input, analysis } => {
+            let opts = init.options()?;
             let net = load_network(&file, input)?;
-            let analysis = analyze::analyze_with(&net, Options { mode, std_cap }, analysis.into())?;
-            emit(&None, &report::lower_table(&net, &analysis, mode))
+            let analysis = analyze::analyze_with(&net, opts, analysis.into())?;
+            emit(&None, &report::lower_table(&net, &analysis, opts.mode))
         }
         Command::Graph { file, input } => {
             let graph = load_graph(&file, input)?;
@@ -363,25 +367,23 @@ fn run(cli: Cli) -> Result<()> {
             let text = report::inspect(&net, l, unit, backward, limit).map_err(anyhow::Error::msg)?;
             emit(&None, &text)
         }
-        Command::ExportOnnx { file, mode, std_cap, seed, input, output } => {
-            let mode = mode.into();
-            check_cap(std_cap, mode)?;
+        Command::ExportOnnx { file, init, seed, input, output } => {
+            let opts = init.options()?;
             let graph = load_graph(&file, input)?;
             let net = load_network(&file, input)?;
-            let plan = cnnc::plan(&net, Options { mode, std_cap })?;
+            let plan = cnnc::plan(&net, opts)?;
             let model = cnnc::onnx::export(&graph, &plan, seed).map_err(cnnc::Error::from)?;
             cnnc::onnx::write_model(model, &output, None)
                 .map_err(cnnc::Error::from)
                 .with_context(|| format!("cannot write {}", output.display()))
         }
-        Command::Init { model, mode, std_cap, seed, input, output } => {
-            let mode = mode.into();
-            check_cap(std_cap, mode)?;
+        Command::Init { model, init, seed, input, output } => {
+            let opts = init.options()?;
             let in_model = |e: cnnc::Error| anyhow::anyhow!("{}: {e}", model.display());
             let mut proto = cnnc::onnx::read_model(&model).map_err(|e| in_model(e.into()))?;
             let graph = cnnc::onnx::import(&proto, &cnnc::onnx::ImportOptions { input }).map_err(|e| in_model(e.into()))?;
             let net = cnnc::network(&graph, None).map_err(in_model)?;
-            let plan = cnnc::plan(&net, Options { mode, std_cap })?;
+            let plan = cnnc::plan(&net, opts)?;
             cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
             cnnc::onnx::write_model(proto, &output, None)
                 .map_err(cnnc::Error::from)
@@ -597,15 +599,14 @@ fn main() -> ExitCode {
 
 fn emit_command(cmd: EmitCommand) -> Result<()> {
     match cmd {
-        EmitCommand::Candle { file, mode, std_cap, analysis, output, name, cnnc_path, workspace_member } => {
-            let mode = mode.into();
-            check_cap(std_cap, mode)?;
+        EmitCommand::Candle { file, init, analysis, output, name, cnnc_path, workspace_member } => {
+            let opts = init.options()?;
             if is_onnx(&file) {
                 bail!("emit candle takes a .cnn description (the generated test re-plans it); {} is ONNX", file.display());
             }
             let src = read_source(&file)?;
             let net = src.network()?;
-            let plan = cnnc::plan_with(&net, Options { mode, std_cap }, analysis.into())?;
+            let plan = cnnc::plan_with(&net, opts, analysis.into())?;
             let opts = cnnc::emit::candle::CandleOptions {
                 name: name.unwrap_or_else(|| cnnc::emit::candle::package_name(&net.name)),
                 spec_path: file.display().to_string(),
@@ -618,11 +619,10 @@ fn emit_command(cmd: EmitCommand) -> Result<()> {
             eprintln!("wrote {} ({} files); cd {} && cargo run --release -- --data DIR", output.display(), files.len(), output.display());
             Ok(())
         }
-        EmitCommand::PytorchInit { file, mode, std_cap, analysis, input, output } => {
-            let mode = mode.into();
-            check_cap(std_cap, mode)?;
+        EmitCommand::PytorchInit { file, init, analysis, input, output } => {
+            let opts = init.options()?;
             let net = load_network(&file, input)?;
-            let plan = cnnc::plan_with(&net, Options { mode, std_cap }, analysis.into())?;
+            let plan = cnnc::plan_with(&net, opts, analysis.into())?;
             emit(&output, &cnnc::emit::pytorch::init_module(&plan, &file.display().to_string())?)
         }
     }
