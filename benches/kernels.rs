@@ -2,7 +2,7 @@
 //! (std only, no harness), so that the three can be compared back to back.
 //!
 //! Run with `RAYON_NUM_THREADS=1 cargo bench --bench kernels -- [--json FILE] [--sizes 64,224]
-//! [--rounds N] [--kernels cnnc,candle]`. Every workload runs in f32, batch 16, once per
+//! [--rounds N] [--kernels cnnc,candle] [--no-conv]` (`--no-conv`: F34 only, e.g. to profile it). Every workload runs in f32, batch 16, once per
 //! kernel set ("candle": candle's `conv2d` and its backward, i.e. before; "cnnc": the
 //! im2col + GEMM ops of src/nn/conv.rs, what `cnnc train` runs):
 //! - conv 3×3, 64→64, 56×56, padding 1, with bias: forward; forward + backward with the
@@ -27,16 +27,18 @@ struct Args {
     sizes: Vec<u64>,
     rounds: usize,
     kernels: Vec<Kernels>,
+    conv: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { json: None, sizes: vec![64, 224], rounds: 5, kernels: vec![Kernels::Candle, Kernels::Cnnc] };
+    let mut a = Args { json: None, sizes: vec![64, 224], rounds: 5, kernels: vec![Kernels::Candle, Kernels::Cnnc], conv: true };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
         match k.as_str() {
             "--json" => a.json = Some(value()),
             "--sizes" => a.sizes = value().split(',').map(|s| s.parse().expect("--sizes: numbers")).collect(),
+            "--no-conv" => a.conv = false,
             "--rounds" => a.rounds = value().parse().expect("--rounds: a number"),
             "--kernels" => {
                 a.kernels = value()
@@ -150,7 +152,7 @@ fn main() {
             println!("{:<58} {:>7} {:>10.4} {:>10.4} {ips}", r.workload, name(r.kernels), r.best, r.median);
         }
     };
-    for &k in &a.kernels {
+    for &k in a.kernels.iter().filter(|_| a.conv) {
         let from = rows.len();
         conv_rows(k, a.rounds, &mut rows);
         report(&mut rows, from);

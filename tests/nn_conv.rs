@@ -138,6 +138,10 @@ fn run(k: &Case, x: &[f64], w: &[f64], b: &[f64], g: &[f64], dtype: DType) -> (V
     assert_eq!(out.dims(), &[k.n, k.co, oh, ow]);
     let grads = (&out * &gt).unwrap().sum_all().unwrap().backward().unwrap();
     let dx = flat(grads.get(xv.as_tensor()).unwrap());
+    // A second backward through the same graph: the forward's kept Winograd kernels are
+    // gone (the first took them), so the input gradient transforms them again.
+    let again = (&out * &gt).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(flat(again.get(xv.as_tensor()).unwrap()), dx, "{k:?}: the second backward's input gradient differs");
     let dw = flat(grads.get(wv.as_tensor()).unwrap());
     let db = grads.get(bv.as_tensor()).map(flat);
     (flat(&out), dx, dw, db)

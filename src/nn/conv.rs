@@ -39,6 +39,8 @@ use rayon::prelude::*;
 
 mod winograd;
 
+use winograd::Kept;
+
 /// The geometry of a convolution that does not depend on the input's size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvSpec {
@@ -412,9 +414,9 @@ fn over_blocks<T: Elem>(g: &Geom, dst: &mut [T], per_sample: usize, f: impl Fn(&
     }
 }
 
-fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool) -> Vec<T> {
+fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool, keep: Option<&Kept>) -> Vec<T> {
     if winograd::fits(g) {
-        return winograd::forward(g, x, w, b, relu);
+        return winograd::forward(g, x, w, b, relu, keep);
     }
     let mut out = vec![T::default(); g.n * g.out_sample()];
     over_blocks(g, &mut out, g.out_sample(), |blk, o, par| {
@@ -455,9 +457,9 @@ fn input_grad_block<T: Elem>(g: &Geom, dout: &[T], w: &[T], dx: &mut [T], blk: &
     }
 }
 
-fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
+fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&Kept>) -> Vec<T> {
     if winograd::fits(g) {
-        return winograd::input_grad(g, dout, w);
+        return winograd::input_grad(g, dout, w, kept);
     }
     let mut dx = vec![T::default(); g.n * g.in_sample()];
     over_blocks(g, &mut dx, g.in_sample(), |blk, d, par| input_grad_block(g, dout, w, d, blk, par));
@@ -727,7 +729,9 @@ impl ConvSpec {
             return if relu { u.relu() } else { Ok(u) };
         }
         let (x, w) = (x.contiguous()?, w.contiguous()?);
-        let op = ConvOp { spec: *self, relu };
+        // What the forward can keep for the input gradient, if there will be one.
+        let kept = x.track_op().then(Kept::default);
+        let op = ConvOp { spec: *self, relu, kept };
         match b {
             Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
             None => x.apply_op2(&w, op),
@@ -767,11 +771,15 @@ impl ConvSpec {
         grad: &Tensor,
         relu: bool,
         want_bias: bool,
+        kept: Option<&Kept>,
     ) -> candle_core::Result<[Option<Tensor>; 3]> {
         let grad = grad.contiguous()?;
         let grad = if relu { grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMask)? } else { grad };
-        let dx =
-            if x.track_op() { Some(grad.apply_op2_no_bwd(w, &ConvInputGrad { spec: *self, input: x.shape().clone() })?) } else { None };
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(w, &ConvInputGrad { spec: *self, input: x.shape().clone(), kept: kept.cloned() })?)
+        } else {
+            None
+        };
         let (dw, db) = if w.track_op() || want_bias {
             let both = x.apply_op2_no_bwd(&grad, &ConvParamGrad { spec: *self, weight: w.shape().clone() })?;
             let wn = w.elem_count();
@@ -789,6 +797,8 @@ impl ConvSpec {
 struct ConvOp {
     spec: ConvSpec,
     relu: bool,
+    /// Set when the input tracks a gradient: what the forward leaves for it.
+    kept: Option<Kept>,
 }
 
 impl ConvOp {
@@ -802,14 +812,14 @@ impl ConvOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geom::of(self.spec, lx.shape(), lw.shape())?;
         let shape = Shape::from((g.n, g.co, g.oh, g.ow));
-        let relu = self.relu;
+        let (relu, keep) = (self.relu, self.kept.as_ref());
         let out = match b {
-            None => dispatch!("conv input and weight", [sx => lx, sw => lw], |x, w| forward(&g, x, w, None, relu)),
+            None => dispatch!("conv input and weight", [sx => lx, sw => lw], |x, w| forward(&g, x, w, None, relu, keep)),
             Some((sb, lb)) => {
                 if lb.shape().dims() != [g.co] {
                     candle_core::bail!("conv: bias {:?} does not fit {} output channels", lb.shape(), g.co)
                 }
-                dispatch!("conv input, weight and bias", [sx => lx, sw => lw, sb => lb], |x, w, b| forward(&g, x, w, Some(b), relu))
+                dispatch!("conv input, weight and bias", [sx => lx, sw => lw, sb => lb], |x, w, b| forward(&g, x, w, Some(b), relu, keep))
             }
         };
         Ok((out, shape))
@@ -826,7 +836,7 @@ impl CustomOp2 for ConvOp {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, _] = self.spec.backward(x, w, res, grad, self.relu, false)?;
+        let [dx, dw, _] = self.spec.backward(x, w, res, grad, self.relu, false, self.kept.as_ref())?;
         Ok((dx, dw))
     }
 }
@@ -856,7 +866,7 @@ impl CustomOp3 for ConvOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, db] = self.spec.backward(x, w, res, grad, self.relu, b.track_op())?;
+        let [dx, dw, db] = self.spec.backward(x, w, res, grad, self.relu, b.track_op(), self.kept.as_ref())?;
         Ok((dx, dw, db))
     }
 }
@@ -865,6 +875,7 @@ impl CustomOp3 for ConvOp {
 struct ConvInputGrad {
     spec: ConvSpec,
     input: Shape,
+    kept: Option<Kept>,
 }
 
 impl CustomOp2 for ConvInputGrad {
@@ -877,7 +888,7 @@ impl CustomOp2 for ConvInputGrad {
         if lg.shape().dims() != [g.n, g.co, g.oh, g.ow] {
             candle_core::bail!("conv backward: gradient {:?} does not fit the output of {:?}", lg.shape(), self.input)
         }
-        let dx = dispatch!("conv gradient and weight", [sg => lg, sw => lw], |d, w| input_grad(&g, d, w));
+        let dx = dispatch!("conv gradient and weight", [sg => lg, sw => lw], |d, w| input_grad(&g, d, w, self.kept.as_ref()));
         Ok((dx, self.input.clone()))
     }
 }

@@ -75,10 +75,41 @@ impl Corr {
     }
 }
 
-/// The forward pass of the convolution `g`, bias and ReLU included.
-pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool) -> Vec<T> {
-    let u = transform_kernels(w, g.co, g.c, false, g.threads);
-    run(&forward_corr(g), x, &u, b, relu)
+/// The forward pass of the convolution `g`, bias and ReLU included. With `keep`, the
+/// transformed kernels are left there for the input gradient.
+pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool, keep: Option<&Kept>) -> Vec<T> {
+    let u = transform_kernels(w, g.co, g.c, g.threads);
+    let us = skew(g.co * g.c);
+    let out = run(&forward_corr(g), x, &|xi| Mat::rows(&u[xi * us..][..g.co * g.c], g.c), b, relu);
+    if let Some(k) = keep {
+        k.put(u);
+    }
+    out
+}
+
+/// The transformed kernels U of a forward pass, kept for its input gradient, which
+/// multiplies by the same matrices: the kernels turned by 180° transform to U with ξ's
+/// rows and columns 0 and 3 swapped (G·J = P·G for the reversal J and the swap P, as
+/// G's middle rows are symmetric), so `U'_ξ = U_{turn(ξ)}ᵀ`. One transform per training
+/// step instead of two. Empty until the forward runs; the input gradient takes it (a
+/// second backward through the same graph transforms again).
+#[derive(Clone, Default)]
+pub(super) struct Kept(std::sync::Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
+
+impl Kept {
+    fn put<T: Elem>(&self, u: Vec<T>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(u));
+    }
+    fn take<T: Elem>(&self) -> Option<Vec<T>> {
+        let u = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        u.downcast::<Vec<T>>().ok().map(|u| *u)
+    }
+}
+
+/// ξ = 4r + q of the kernels turned by 180°: rows and columns 0 and 3 swapped.
+fn turn(xi: usize) -> usize {
+    const P: [usize; 4] = [3, 1, 2, 0];
+    4 * P[xi / 4] + P[xi % 4]
 }
 
 /// The correlation the forward pass of `g` is.
@@ -97,8 +128,9 @@ fn forward_corr(g: &Geom) -> Corr {
     }
 }
 
-/// The input gradient of the convolution `g` from its output gradient `dout`.
-pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
+/// The input gradient of the convolution `g` from its output gradient `dout`, with the
+/// forward's transformed kernels if it [`Kept`] them.
+pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&Kept>) -> Vec<T> {
     let s = Corr {
         n: g.n,
         c: g.co,
@@ -111,8 +143,10 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
         left: 2 - g.spec.pad[2] as isize,
         threads: g.threads,
     };
-    let u = transform_kernels(w, g.co, g.c, true, g.threads);
-    run(&s, dout, &u, None, false)
+    let us = skew(g.co * g.c);
+    let u = kept.and_then(Kept::take).filter(|u: &Vec<T>| u.len() == 16 * us).unwrap_or_else(|| transform_kernels(w, g.co, g.c, g.threads));
+    // The turned kernels, Ci × Co: U_{turn(ξ)} (Co × Ci) read transposed.
+    run(&s, dout, &|xi| Mat::transposed(&u[turn(xi) * us..][..g.co * g.c], g.c), None, false)
 }
 
 /// The weight and bias gradients `[dW (Co × C·9), db (Co)]` of the convolution `g` from
@@ -272,11 +306,10 @@ fn weight_tile<T: Elem>(sm: &[T; 16]) -> [T; 9] {
     d
 }
 
-/// `U` (16 × rows × cols, ξ planes [`skew`]ed) from kernels `w` (Co, C, 3, 3): `U_ξ[co][c] = (G w[co][c] Gᵀ)_ξ`,
-/// or with `turned`, `U_ξ[c][co] = (G rot180(w[co][c]) Gᵀ)_ξ`. Bands of rows in parallel
-/// (16 Co·C values to write: as long as a small layer's GEMMs).
-fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, turned: bool, threads: usize) -> Vec<T> {
-    let (rows, cols) = if turned { (c, co) } else { (co, c) };
+/// `U` (16 × Co × C, ξ planes [`skew`]ed) from kernels `w` (Co, C, 3, 3): `U_ξ[co][c] = (G w[co][c] Gᵀ)_ξ`.
+/// Bands of rows in parallel (16 Co·C values to write: as long as a small layer's GEMMs).
+fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, threads: usize) -> Vec<T> {
+    let (rows, cols) = (co, c);
     let us = skew(rows * cols);
     let mut u = vec![T::default(); 16 * us];
     let band = rows.div_ceil(4 * threads.max(1)).max(1);
@@ -291,11 +324,7 @@ fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, turned: bool, thread
         for lr in 0..planes[0].len() / cols {
             let r = b * band + lr;
             for q in 0..cols {
-                let v = if turned {
-                    transform_kernel(&w[(q * c + r) * 9..][..9], true)
-                } else {
-                    transform_kernel(&w[(r * c + q) * 9..][..9], false)
-                };
+                let v = transform_kernel(&w[(r * c + q) * 9..][..9]);
                 for (plane, v) in planes.iter_mut().zip(v) {
                     plane[lr * cols + q] = v;
                 }
@@ -305,10 +334,9 @@ fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, turned: bool, thread
     u
 }
 
-/// `G k Gᵀ` (4×4, row-major) for one 3×3 kernel `k`, turned by 180° first if `turned`.
-fn transform_kernel<T: Elem>(k: &[T], turned: bool) -> [T; 16] {
+/// `G k Gᵀ` (4×4, row-major) for one 3×3 kernel `k`.
+fn transform_kernel<T: Elem>(k: &[T]) -> [T; 16] {
     let half = T::HALF;
-    let k: [T; 9] = std::array::from_fn(|j| if turned { k[8 - j] } else { k[j] });
     // G k (4×3), then (G k) Gᵀ (4×4).
     let mut gk = [[T::default(); 3]; 4];
     for col in 0..3 {
@@ -332,7 +360,8 @@ fn block(s: &Corr) -> usize {
     super::block_len(s.n, s.tiles(), s.threads)
 }
 
-fn run<T: Elem>(s: &Corr, x: &[T], u: &[T], b: Option<&[T]>, relu: bool) -> Vec<T> {
+/// The correlation `s` of `x` by the transformed kernels `u(ξ)` (Co × C each).
+fn run<T: Elem>(s: &Corr, x: &[T], u: &(dyn Fn(usize) -> Mat<T> + Sync), b: Option<&[T]>, relu: bool) -> Vec<T> {
     let mut out = vec![T::default(); s.n * s.out_sample()];
     let bs = block(s);
     let chunk = bs * s.out_sample();
@@ -354,7 +383,7 @@ fn run<T: Elem>(s: &Corr, x: &[T], u: &[T], b: Option<&[T]>, relu: bool) -> Vec<
 fn run_block<T: Elem>(
     s: &Corr,
     x: &[T],
-    u: &[T],
+    u: &(dyn Fn(usize) -> Mat<T> + Sync),
     b: Option<&[T]>,
     relu: bool,
     start: usize,
@@ -372,8 +401,8 @@ fn run_block<T: Elem>(
     // M_ξ = U_ξ · V_ξ.
     let (m, ms) = planes(&mut blk.out, co * nt);
     for xi in 0..16 {
-        let (mx, vx, ux) = (&mut m[xi * ms..][..co * nt], &v[xi * vs..][..c * nt], &u[xi * skew(co * c)..][..co * c]);
-        matmul(mx, false, co, nt, c, Mat::rows(ux, c), Mat::rows(vx, nt), par);
+        let (mx, vx) = (&mut m[xi * ms..][..co * nt], &v[xi * vs..][..c * nt]);
+        matmul(mx, false, co, nt, c, u(xi), Mat::rows(vx, nt), par);
     }
     // Y = Aᵀ M A per tile, plus bias, ReLU; a row of tiles at a time: `sa` holds Aᵀ M for
     // its two output rows (4 × tw each).
