@@ -575,6 +575,8 @@ trait Elem:
     }
     /// This thread's spare scratch buffers.
     fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<Self>>>>;
+    /// The spare buffers of [`Pooled`].
+    fn pool() -> &'static std::sync::Mutex<Vec<Vec<Self>>>;
 }
 
 thread_local! {
@@ -582,20 +584,79 @@ thread_local! {
     static SCRATCH_F64: std::cell::RefCell<Vec<Vec<f64>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+static POOL_F32: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+static POOL_F64: std::sync::Mutex<Vec<Vec<f64>>> = std::sync::Mutex::new(Vec::new());
+
 macro_rules! elem {
-    ($t:ty, $scratch:ident) => {
+    ($t:ty, $scratch:ident, $pool:ident) => {
         impl Elem for $t {
             const ONE: $t = 1.0;
             const HALF: $t = 0.5;
             fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<$t>>>> {
                 &$scratch
             }
+            fn pool() -> &'static std::sync::Mutex<Vec<Vec<$t>>> {
+                &$pool
+            }
         }
     };
 }
 
-elem!(f32, SCRATCH_F32);
-elem!(f64, SCRATCH_F64);
+elem!(f32, SCRATCH_F32, POOL_F32);
+elem!(f64, SCRATCH_F64, POOL_F64);
+
+/// A scratch vector from a process-wide pool, given back when dropped: for buffers too
+/// big to zero on every call (Winograd's transformed kernels, kept from a forward to its
+/// backward, and its weight-gradient accumulators: 4 MiB each for a 256→256 layer, where
+/// zeroing them took 15 % of the layer's training step). Its contents are arbitrary:
+/// every use writes before it reads.
+struct Pooled<T: Elem> {
+    buf: Vec<T>,
+    len: usize,
+}
+
+/// The most bytes the pool keeps: past it, given-back buffers are freed.
+const POOL_BYTES: usize = 512 << 20;
+
+impl<T: Elem> Pooled<T> {
+    /// `len` elements: the smallest spare buffer that holds them, else the largest one
+    /// grown (zeros only where it grows), else a new one.
+    fn take(len: usize) -> Pooled<T> {
+        let spare = {
+            let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
+            let fit = (0..pool.len()).filter(|&i| pool[i].len() >= len).min_by_key(|&i| pool[i].len());
+            let pick = fit.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].len()));
+            pick.map(|i| pool.swap_remove(i))
+        };
+        let mut buf = spare.unwrap_or_default();
+        grow(&mut buf, len);
+        Pooled { buf, len }
+    }
+}
+
+impl<T: Elem> Drop for Pooled<T> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let bytes = |b: &Vec<T>| b.len() * std::mem::size_of::<T>();
+        let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
+        if pool.iter().map(bytes).sum::<usize>() + bytes(&buf) <= POOL_BYTES {
+            pool.push(buf);
+        }
+    }
+}
+
+impl<T: Elem> std::ops::Deref for Pooled<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[..self.len]
+    }
+}
+
+impl<T: Elem> std::ops::DerefMut for Pooled<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[..self.len]
+    }
+}
 
 /// A row-major matrix view: element (i, j) at `ptr[i·rs + j·cs]`.
 #[derive(Clone, Copy)]

@@ -16,7 +16,7 @@
 //! F(2×2, 3×3) keeps f32 accuracy (its transforms only add, subtract and halve): the tests
 //! hold all three passes to 1e-4 of a naive f64 loop in f32, 1e-12 in f64.
 
-use super::{grow, matmul, parallelism, Block, Elem, Geom, Mat};
+use super::{grow, matmul, parallelism, Block, Elem, Geom, Mat, Pooled};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -97,12 +97,12 @@ pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu
 pub(super) struct Kept(std::sync::Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
 
 impl Kept {
-    fn put<T: Elem>(&self, u: Vec<T>) {
+    fn put<T: Elem>(&self, u: Pooled<T>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(u));
     }
-    fn take<T: Elem>(&self) -> Option<Vec<T>> {
+    fn take<T: Elem>(&self) -> Option<Pooled<T>> {
         let u = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-        u.downcast::<Vec<T>>().ok().map(|u| *u)
+        u.downcast::<Pooled<T>>().ok().map(|u| *u)
     }
 }
 
@@ -144,7 +144,8 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&K
         threads: g.threads,
     };
     let us = skew(g.co * g.c);
-    let u = kept.and_then(Kept::take).filter(|u: &Vec<T>| u.len() == 16 * us).unwrap_or_else(|| transform_kernels(w, g.co, g.c, g.threads));
+    let u =
+        kept.and_then(Kept::take).filter(|u: &Pooled<T>| u.len() == 16 * us).unwrap_or_else(|| transform_kernels(w, g.co, g.c, g.threads));
     // The turned kernels, Ci × Co: U_{turn(ξ)} (Co × Ci) read transposed.
     run(&s, dout, &|xi| Mat::transposed(&u[turn(xi) * us..][..g.co * g.c], g.c), None, false)
 }
@@ -161,53 +162,53 @@ pub(super) fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
     let ss = skew(co * c);
     let bs = block(&s);
     let blocks = s.n.div_ceil(bs);
-    // S summed over blocks `range` (16 planes `ss` apart, Co × C each).
+    // S summed over blocks `range` (16 planes `ss` apart, Co × C each, the first block's
+    // GEMMs writing over the pooled buffer's old contents).
     let sum_blocks = |range: std::ops::Range<usize>, par: Parallelism| {
-        let mut acc = vec![T::default(); 16 * ss];
+        let mut acc = Pooled::take(16 * ss);
+        if range.is_empty() {
+            acc.fill(T::default());
+        }
         let mut blk = Block::new();
-        for i in range {
+        for (k, i) in range.enumerate() {
             let start = i * bs;
-            grad_block(&s, x, dout, start, bs.min(s.n - start), &mut acc, ss, &mut blk, par);
+            grad_block(&s, x, dout, start, bs.min(s.n - start), &mut acc, ss, &mut blk, par, k > 0);
         }
         acc
     };
     let acc = if t > 1 && blocks >= t {
         // One accumulator per job (a fixed split of the blocks), summed in job order.
         let per = blocks.div_ceil(t);
-        let parts: Vec<Vec<T>> = (0..blocks.div_ceil(per))
+        let parts: Vec<Pooled<T>> = (0..blocks.div_ceil(per))
             .into_par_iter()
             .map(|j| sum_blocks(j * per..((j + 1) * per).min(blocks), Parallelism::None))
             .collect();
         let mut parts = parts.into_iter();
-        let mut acc = parts.next().unwrap_or_else(|| vec![T::default(); 16 * ss]);
+        let mut acc = parts.next().expect("one block or more");
         for part in parts {
-            for (a, b) in acc.iter_mut().zip(part) {
-                *a += b;
+            for (a, b) in acc.chunks_mut(ss).zip(part.chunks(ss)) {
+                for (a, &b) in a[..co * c].iter_mut().zip(&b[..co * c]) {
+                    *a += b;
+                }
             }
         }
         acc
     } else {
         sum_blocks(0..blocks, parallelism(t))
     };
-    let k = c * 9;
-    let mut out = vec![T::default(); co * k + co];
-    let (dw, db) = out.split_at_mut(co * k);
-    for (o, kernels) in dw.chunks_exact_mut(k).enumerate() {
-        for (i, kernel) in kernels.chunks_exact_mut(9).enumerate() {
+    let mut out = Vec::with_capacity(co * c * 9 + co);
+    for o in 0..co {
+        for i in 0..c {
             let sm: [T; 16] = std::array::from_fn(|xi| acc[xi * ss + o * c + i]);
-            kernel.copy_from_slice(&weight_tile(&sm));
+            out.extend_from_slice(&weight_tile(&sm));
         }
     }
     let p = s.oh * s.ow;
-    for sample in dout.chunks_exact(co * p) {
-        for (d, plane) in db.iter_mut().zip(sample.chunks_exact(p)) {
-            *d += super::sum(plane);
-        }
-    }
+    out.extend((0..co).map(|o| dout.chunks_exact(co * p).fold(T::default(), |d, sample| d + super::sum(&sample[o * p..][..p]))));
     out
 }
 
-/// Adds samples `start..start + len`'s `S_ξ` into `acc`.
+/// Adds samples `start..start + len`'s `S_ξ` into `acc` (or, unless `accumulate`, writes them there).
 #[allow(clippy::too_many_arguments)]
 fn grad_block<T: Elem>(
     s: &Corr,
@@ -219,6 +220,7 @@ fn grad_block<T: Elem>(
     ss: usize,
     blk: &mut Block<T>,
     par: Parallelism,
+    accumulate: bool,
 ) {
     let (c, co) = (s.c, s.co);
     let nt = len * s.tiles();
@@ -228,7 +230,7 @@ fn grad_block<T: Elem>(
     transform_grad(s, dout, start, len, e, es);
     for xi in 0..16 {
         let (sx, ex, vx) = (&mut acc[xi * ss..][..co * c], &e[xi * es..][..co * nt], &v[xi * vs..][..c * nt]);
-        matmul(sx, true, co, c, nt, Mat::rows(ex, nt), Mat::transposed(vx, nt), par);
+        matmul(sx, accumulate, co, c, nt, Mat::rows(ex, nt), Mat::transposed(vx, nt), par);
     }
 }
 
@@ -308,10 +310,10 @@ fn weight_tile<T: Elem>(sm: &[T; 16]) -> [T; 9] {
 
 /// `U` (16 × Co × C, ξ planes [`skew`]ed) from kernels `w` (Co, C, 3, 3): `U_ξ[co][c] = (G w[co][c] Gᵀ)_ξ`.
 /// Bands of rows in parallel (16 Co·C values to write: as long as a small layer's GEMMs).
-fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, threads: usize) -> Vec<T> {
+fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, threads: usize) -> Pooled<T> {
     let (rows, cols) = (co, c);
     let us = skew(rows * cols);
-    let mut u = vec![T::default(); 16 * us];
+    let mut u = Pooled::take(16 * us);
     let band = rows.div_ceil(4 * threads.max(1)).max(1);
     // Task b: band b of each of the 16 planes.
     let mut tasks: Vec<Vec<&mut [T]>> = (0..rows.div_ceil(band)).map(|_| Vec::with_capacity(16)).collect();
@@ -450,54 +452,58 @@ fn run_block<T: Elem>(
 
 /// V (16 planes `vs` apart, each C × tiles) for samples `start..start + len` of `x`:
 /// `Bᵀ d B` for every tile's 4×4 input patch d.
+///
+/// Bᵀ is applied along the columns first, one padded input row at a time (split into even
+/// and odd columns, so that the loops run over contiguous slices), then along the rows for
+/// the whole plane at once: a plane's tiles are contiguous in each ξ plane of V, and with
+/// the column sums of even and odd rows stored apart, the rows a tile needs are the same
+/// slices shifted by one row of tiles. Small maps (F34's 4×4 and 8×8 at 64×64) thus run a
+/// few loops per plane instead of dozens of 2-element ones.
 fn transform_input<T: Elem>(s: &Corr, x: &[T], start: usize, len: usize, v: &mut [T], vs: usize) {
-    let (tp, tw, c) = (s.tiles(), s.tw(), s.c);
-    let nt = len * tp;
+    let (th, tw, c) = (s.th(), s.tw(), s.c);
+    let (tp, nt) = (th * tw, len * th * tw);
     let plane_len = s.h * s.w;
-    // Four input rows under a row of tiles, zero-padded to 2·tw + 2 columns and split
-    // into even and odd columns (`half` each), and Bᵀ applied to them: every loop below
-    // then runs over contiguous slices (vectorized).
+    let zero = T::default();
+    // A padded input row (2·tw + 2 columns from −left), and its even and odd columns.
     let half = tw + 1;
-    let mut row = vec![T::default(); 2 * half];
-    let mut rows = vec![T::default(); 8 * half];
-    let mut bt = vec![T::default(); 8 * half];
+    let mut row = vec![zero; 2 * half];
+    let (mut even, mut odd) = (vec![zero; half], vec![zero; half]);
+    // Bᵀ along the columns: for each q, the th + 1 even rows' values (tw each), then the
+    // odd rows'.
+    let rows = (th + 1) * tw;
+    let mut cols = vec![zero; 8 * rows];
     for j in 0..len {
         let sample = &x[(start + j) * c * plane_len..][..c * plane_len];
         for (ci, plane) in sample.chunks_exact(plane_len).enumerate() {
-            for ty in 0..s.th() {
-                for (r, split) in rows.chunks_exact_mut(2 * half).enumerate() {
-                    s.padded_row(plane, 2 * ty as isize - s.top + r as isize, &mut row);
-                    let (even, odd) = split.split_at_mut(half);
-                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
+            for y in 0..2 * th + 2 {
+                s.padded_row(plane, y as isize - s.top, &mut row);
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
                 }
-                let n2 = 2 * half;
-                let (r0, rest) = rows.split_at(n2);
-                let (r1, rest) = rest.split_at(n2);
-                let (r2, r3) = rest.split_at(n2);
-                let (t0, rest) = bt.split_at_mut(n2);
-                let (t1, rest) = rest.split_at_mut(n2);
-                let (t2, t3) = rest.split_at_mut(n2);
-                zip3(t0, r0, r2, |a, b| a - b);
-                zip3(t1, r1, r2, |a, b| a + b);
-                zip3(t2, r2, r1, |a, b| a - b);
-                zip3(t3, r1, r3, |a, b| a - b);
-                let col = ci * nt + j * tp + ty * tw;
-                for (r, t) in bt.chunks_exact(n2).enumerate() {
-                    // (Bᵀ d) B along the row, ξ = 4r + q: with e = even columns, o = odd,
-                    // tile tx reads e[tx], o[tx], e[tx+1], o[tx+1].
-                    let (e, o) = t.split_at(half);
-                    let (e0, e1, o0, o1) = (&e[..tw], &e[1..], &o[..tw], &o[1..]);
-                    let (v0, rest) = v[(4 * r) * vs + col..].split_at_mut(vs);
-                    let (v1, rest) = rest.split_at_mut(vs);
-                    let (v2, v3) = rest.split_at_mut(vs);
-                    zip3(&mut v0[..tw], e0, e1, |a, b| a - b);
-                    zip3(&mut v1[..tw], o0, e1, |a, b| a + b);
-                    zip3(&mut v2[..tw], e1, o0, |a, b| a - b);
-                    zip3(&mut v3[..tw], o0, o1, |a, b| a - b);
-                }
+                // Column 2·tx + q of the patch: even[tx], odd[tx], even[tx + 1], odd[tx + 1].
+                let (e0, e1, o0, o1) = (&even[..tw], &even[1..], &odd[..tw], &odd[1..]);
+                let at = (y % 2) * 4 * rows + (y / 2) * tw;
+                let mut put = |q: usize, a: &[T], b: &[T], f: fn(T, T) -> T| zip3(&mut cols[at + q * rows..][..tw], a, b, f);
+                put(0, e0, e1, |a, b| a - b);
+                put(1, o0, e1, |a, b| a + b);
+                put(2, e1, o0, |a, b| a - b);
+                put(3, o0, o1, |a, b| a - b);
+            }
+            // Bᵀ along the rows: patch row r of tile row ty is even row ty (r = 0), odd
+            // row ty (1), even row ty + 1 (2), odd row ty + 1 (3).
+            let col = ci * nt + j * tp;
+            let (ce, co) = cols.split_at(4 * rows);
+            for q in 0..4 {
+                let (e, o) = (&ce[q * rows..][..rows], &co[q * rows..][..rows]);
+                let (d0, d1, d2, d3) = (&e[..tp], &o[..tp], &e[tw..], &o[tw..]);
+                let (v0, rest) = v[q * vs + col..].split_at_mut(4 * vs);
+                let (v1, rest) = rest.split_at_mut(4 * vs);
+                let (v2, v3) = rest.split_at_mut(4 * vs);
+                zip3(&mut v0[..tp], d0, d2, |a, b| a - b);
+                zip3(&mut v1[..tp], d1, d2, |a, b| a + b);
+                zip3(&mut v2[..tp], d2, d1, |a, b| a - b);
+                zip3(&mut v3[..tp], d1, d3, |a, b| a - b);
             }
         }
     }
