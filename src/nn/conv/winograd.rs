@@ -236,53 +236,51 @@ fn grad_block<T: Elem>(
 
 /// E (16 planes `es` apart, each Co × tiles) for samples `start..start + len` of the
 /// output gradient: `A E Aᵀ` for every 2×2 tile E (zero past the output's edge), with
-/// A = [[1,0],[1,1],[1,−1],[0,−1]].
+/// A = [[1,0],[1,1],[1,−1],[0,−1]]: along the columns one row at a time, then along the
+/// rows for a whole plane at once (as [`transform_input`]).
 fn transform_grad<T: Elem>(s: &Corr, dout: &[T], start: usize, len: usize, e: &mut [T], es: usize) {
-    let (tp, tw, co) = (s.tiles(), s.tw(), s.co);
-    let nt = len * tp;
+    let (th, tw, co) = (s.th(), s.tw(), s.co);
+    let (tp, nt) = (th * tw, len * th * tw);
     let (oh, ow) = (s.oh, s.ow);
     let zero = T::default();
-    // The tile row's two output rows, even and odd columns (tw each, zero past the edge),
-    // and A applied down them: a[r] = (even, odd) of row r of A E.
-    let mut rows = vec![zero; 4 * tw];
-    let mut a = vec![zero; 8 * tw];
+    // A along the columns: for each q, the tiles' first rows (th × tw), then their second.
+    let mut cols = vec![zero; 8 * tp];
     for j in 0..len {
         let sample = &dout[(start + j) * co * oh * ow..][..co * oh * ow];
         for (o, plane) in sample.chunks_exact(oh * ow).enumerate() {
-            for ty in 0..s.th() {
-                for (i, split) in rows.chunks_exact_mut(2 * tw).enumerate() {
-                    let oy = 2 * ty + i;
-                    let (even, odd) = split.split_at_mut(tw);
-                    if oy >= oh {
-                        even.fill(zero);
-                        odd.fill(zero);
-                        continue;
+            for y in 0..2 * th {
+                let at = (y % 2) * 4 * tp + (y / 2) * tw;
+                let (c0, rest) = cols[at..].split_at_mut(tp);
+                let (c1, rest) = rest.split_at_mut(tp);
+                let (c2, c3) = rest.split_at_mut(tp);
+                let (c0, c1, c2, c3) = (&mut c0[..tw], &mut c1[..tw], &mut c2[..tw], &mut c3[..tw]);
+                if y >= oh {
+                    for c in [c0, c1, c2, c3] {
+                        c.fill(zero);
                     }
-                    let src = &plane[oy * ow..][..ow];
-                    for (tx, (ev, od)) in even.iter_mut().zip(odd.iter_mut()).enumerate() {
-                        *ev = src[2 * tx];
-                        *od = if 2 * tx + 1 < ow { src[2 * tx + 1] } else { zero };
-                    }
+                    continue;
                 }
-                let (r0, r1) = rows.split_at(2 * tw);
-                let (a0, rest) = a.split_at_mut(2 * tw);
-                let (a1, rest) = rest.split_at_mut(2 * tw);
-                let (a2, a3) = rest.split_at_mut(2 * tw);
-                a0.copy_from_slice(r0);
-                zip3(a1, r0, r1, |p, q| p + q);
-                zip3(a2, r0, r1, |p, q| p - q);
-                zip3(a3, r0, r1, |_, q| zero - q);
-                let col = o * nt + j * tp + ty * tw;
-                for (r, ar) in a.chunks_exact(2 * tw).enumerate() {
-                    let (ev, od) = ar.split_at(tw);
-                    let (e0, rest) = e[(4 * r) * es + col..].split_at_mut(es);
-                    let (e1, rest) = rest.split_at_mut(es);
-                    let (e2, e3) = rest.split_at_mut(es);
-                    e0[..tw].copy_from_slice(ev);
-                    zip3(&mut e1[..tw], ev, od, |p, q| p + q);
-                    zip3(&mut e2[..tw], ev, od, |p, q| p - q);
-                    zip3(&mut e3[..tw], ev, od, |_, q| zero - q);
+                let src = &plane[y * ow..][..ow];
+                let outs = c0.iter_mut().zip(c1.iter_mut()).zip(c2.iter_mut()).zip(c3.iter_mut());
+                for (tx, (((d0, d1), d2), d3)) in outs.enumerate() {
+                    let (a, b) = match src.get(2 * tx..2 * tx + 2) {
+                        Some(&[a, b]) => (a, b),
+                        _ => (src[2 * tx], zero),
+                    };
+                    (*d0, *d1, *d2, *d3) = (a, a + b, a - b, zero - b);
                 }
+            }
+            let col = o * nt + j * tp;
+            let (c0, c1) = cols.split_at(4 * tp);
+            for q in 0..4 {
+                let (r0, r1) = (&c0[q * tp..][..tp], &c1[q * tp..][..tp]);
+                let (e0, rest) = e[q * es + col..].split_at_mut(4 * es);
+                let (e1, rest) = rest.split_at_mut(4 * es);
+                let (e2, e3) = rest.split_at_mut(4 * es);
+                e0[..tp].copy_from_slice(r0);
+                zip3(&mut e1[..tp], r0, r1, |a, b| a + b);
+                zip3(&mut e2[..tp], r0, r1, |a, b| a - b);
+                zip3(&mut e3[..tp], r0, r1, |_, b| zero - b);
             }
         }
     }
@@ -406,45 +404,37 @@ fn run_block<T: Elem>(
         let (mx, vx) = (&mut m[xi * ms..][..co * nt], &v[xi * vs..][..c * nt]);
         matmul(mx, false, co, nt, c, u(xi), Mat::rows(vx, nt), par);
     }
-    // Y = Aᵀ M A per tile, plus bias, ReLU; a row of tiles at a time: `sa` holds Aᵀ M for
-    // its two output rows (4 × tw each).
+    // Y = Aᵀ M A per tile, plus bias, ReLU: Aᵀ along the rows for a whole plane at once
+    // (`sa`: for each q, the tiles' first output rows, th × tw, then their second), then
+    // along the columns as each output row is written.
     let (oh, ow) = (s.oh, s.ow);
-    let mut sa = vec![T::default(); 8 * tw];
+    let mut sa = vec![T::default(); 8 * tp];
     let mut y = vec![T::default(); 2 * tw];
     for j in 0..len {
         for o in 0..co {
             let bias = b.map_or(T::default(), |b| b[o]);
             let plane = &mut out[(j * co + o) * oh * ow..][..oh * ow];
-            for ty in 0..s.th() {
-                let col = o * nt + j * tp + ty * tw;
-                let mrow = |xi: usize| &m[xi * ms + col..][..tw];
-                for q in 0..4 {
-                    let (m0, m1, m2, m3) = (mrow(q), mrow(4 + q), mrow(8 + q), mrow(12 + q));
-                    let (s0, s1) = sa.split_at_mut(4 * tw);
-                    let (s0, s1) = (&mut s0[q * tw..][..tw], &mut s1[q * tw..][..tw]);
-                    for (((d, &a), &b), &c) in s0.iter_mut().zip(m0).zip(m1).zip(m2) {
-                        *d = a + b + c;
-                    }
-                    for (((d, &a), &b), &c) in s1.iter_mut().zip(m1).zip(m2).zip(m3) {
-                        *d = a - b - c;
-                    }
+            let col = o * nt + j * tp;
+            let mrow = |xi: usize| &m[xi * ms + col..][..tp];
+            let (s0, s1) = sa.split_at_mut(4 * tp);
+            for q in 0..4 {
+                let (m0, m1, m2, m3) = (mrow(q), mrow(4 + q), mrow(8 + q), mrow(12 + q));
+                for (((d, &a), &b), &c) in s0[q * tp..][..tp].iter_mut().zip(m0).zip(m1).zip(m2) {
+                    *d = a + b + c;
                 }
-                for a in 0..2 {
-                    let oy = 2 * ty + a;
-                    if oy >= oh {
-                        break;
-                    }
-                    let sr = &sa[a * 4 * tw..][..4 * tw];
-                    let (q0, rest) = sr.split_at(tw);
-                    let (q1, rest) = rest.split_at(tw);
-                    let (q2, q3) = rest.split_at(tw);
-                    for ((((pair, &a), &b), &c), &d) in y.chunks_exact_mut(2).zip(q0).zip(q1).zip(q2).zip(q3) {
-                        let (e0, e1) = (a + b + c + bias, b - c - d + bias);
-                        pair[0] = if relu { e0.relu() } else { e0 };
-                        pair[1] = if relu { e1.relu() } else { e1 };
-                    }
-                    plane[oy * ow..][..ow].copy_from_slice(&y[..ow]);
+                for (((d, &a), &b), &c) in s1[q * tp..][..tp].iter_mut().zip(m1).zip(m2).zip(m3) {
+                    *d = a - b - c;
                 }
+            }
+            for (oy, dst) in plane.chunks_exact_mut(ow).enumerate() {
+                let at = (oy % 2) * 4 * tp + (oy / 2) * tw;
+                let q = |q: usize| &sa[at + q * tp..][..tw];
+                for ((((pair, &a), &b), &c), &d) in y.chunks_exact_mut(2).zip(q(0)).zip(q(1)).zip(q(2)).zip(q(3)) {
+                    let (e0, e1) = (a + b + c + bias, b - c - d + bias);
+                    pair[0] = if relu { e0.relu() } else { e0 };
+                    pair[1] = if relu { e1.relu() } else { e1 };
+                }
+                dst.copy_from_slice(&y[..ow]);
             }
         }
     }
@@ -463,11 +453,8 @@ fn transform_input<T: Elem>(s: &Corr, x: &[T], start: usize, len: usize, v: &mut
     let (th, tw, c) = (s.th(), s.tw(), s.c);
     let (tp, nt) = (th * tw, len * th * tw);
     let plane_len = s.h * s.w;
+    let (h, w, left) = (s.h as isize, s.w as isize, s.left);
     let zero = T::default();
-    // A padded input row (2·tw + 2 columns from −left), and its even and odd columns.
-    let half = tw + 1;
-    let mut row = vec![zero; 2 * half];
-    let (mut even, mut odd) = (vec![zero; half], vec![zero; half]);
     // Bᵀ along the columns: for each q, the th + 1 even rows' values (tw each), then the
     // odd rows'.
     let rows = (th + 1) * tw;
@@ -476,19 +463,30 @@ fn transform_input<T: Elem>(s: &Corr, x: &[T], start: usize, len: usize, v: &mut
         let sample = &x[(start + j) * c * plane_len..][..c * plane_len];
         for (ci, plane) in sample.chunks_exact(plane_len).enumerate() {
             for y in 0..2 * th + 2 {
-                s.padded_row(plane, y as isize - s.top, &mut row);
-                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-                    *e = pair[0];
-                    *o = pair[1];
-                }
-                // Column 2·tx + q of the patch: even[tx], odd[tx], even[tx + 1], odd[tx + 1].
-                let (e0, e1, o0, o1) = (&even[..tw], &even[1..], &odd[..tw], &odd[1..]);
                 let at = (y % 2) * 4 * rows + (y / 2) * tw;
-                let mut put = |q: usize, a: &[T], b: &[T], f: fn(T, T) -> T| zip3(&mut cols[at + q * rows..][..tw], a, b, f);
-                put(0, e0, e1, |a, b| a - b);
-                put(1, o0, e1, |a, b| a + b);
-                put(2, e1, o0, |a, b| a - b);
-                put(3, o0, o1, |a, b| a - b);
+                let (c0, rest) = cols[at..].split_at_mut(rows);
+                let (c1, rest) = rest.split_at_mut(rows);
+                let (c2, c3) = rest.split_at_mut(rows);
+                let (c0, c1, c2, c3) = (&mut c0[..tw], &mut c1[..tw], &mut c2[..tw], &mut c3[..tw]);
+                let iy = y as isize - s.top;
+                if iy < 0 || iy >= h {
+                    for c in [c0, c1, c2, c3] {
+                        c.fill(zero);
+                    }
+                    continue;
+                }
+                let src = &plane[iy as usize * s.w..][..s.w];
+                let get = |i: isize| if (0..w).contains(&i) { src[i as usize] } else { zero };
+                // The patch of tile column tx: input columns 2·tx − left + (0..4).
+                let outs = c0.iter_mut().zip(c1.iter_mut()).zip(c2.iter_mut()).zip(c3.iter_mut());
+                for (tx, (((d0, d1), d2), d3)) in outs.enumerate() {
+                    let x0 = 2 * tx as isize - left;
+                    let [p0, p1, p2, p3] = match src.get(x0.max(0) as usize..).and_then(|r| r.get(..4)) {
+                        Some(&[a, b, c, d]) if x0 >= 0 => [a, b, c, d],
+                        _ => [get(x0), get(x0 + 1), get(x0 + 2), get(x0 + 3)],
+                    };
+                    (*d0, *d1, *d2, *d3) = (p0 - p2, p1 + p2, p2 - p1, p1 - p3);
+                }
             }
             // Bᵀ along the rows: patch row r of tile row ty is even row ty (r = 0), odd
             // row ty (1), even row ty + 1 (2), odd row ty + 1 (3).
@@ -530,22 +528,4 @@ fn skew(len: usize) -> usize {
     const LINE: usize = 16;
     let lines = len.div_ceil(LINE);
     (lines | 1) * LINE
-}
-
-impl Corr {
-    /// Input row `iy` of `plane` (zero outside it), from column `−left` on, into `row`.
-    fn padded_row<T: Elem>(&self, plane: &[T], iy: isize, row: &mut [T]) {
-        if iy < 0 || iy as usize >= self.h {
-            row.fill(T::default());
-            return;
-        }
-        let src = &plane[iy as usize * self.w..][..self.w];
-        // row[i] = src[i − left] where 0 ≤ i − left < w, zero elsewhere.
-        let lo = self.left.clamp(0, row.len() as isize) as usize;
-        let hi = (self.left + self.w as isize).clamp(lo as isize, row.len() as isize) as usize;
-        row[..lo].fill(T::default());
-        row[hi..].fill(T::default());
-        let skip = (lo as isize - self.left) as usize;
-        row[lo..hi].copy_from_slice(&src[skip..][..hi - lo]);
-    }
 }
