@@ -173,3 +173,35 @@ fn f32_matches_f64_and_windows_of_padding_only_are_refused() {
     let err = PoolSpec { mode: PoolMode::Max, h: bad, w }.check().unwrap_err();
     assert!(err.contains("only padding"), "{err}");
 }
+
+/// A max pool passes NaN on (PyTorch's), and its gradient goes to one input per window:
+/// the first of tied maxima, the NaN in a window that has one.
+#[test]
+fn max_pool_ties_and_nan() {
+    let dim = PoolDim { input: 4, output: 2, kernel: 2, stride: 2, pad_begin: 0, pad_end: 0 };
+    let spec = PoolSpec { mode: PoolMode::Max, h: dim, w: dim };
+    let nan = f32::NAN;
+    #[rustfmt::skip]
+    let x = vec![
+        1.0, 3.0,   -1.0, -2.0,
+        3.0, 2.0,   nan, -3.0,
+        0.0, 0.0,   5.0, 5.0,
+        0.0, -1.0,  5.0, 4.0,
+    ];
+    let xv = Var::from_tensor(&Tensor::from_vec(x, (1, 1, 4, 4), &Device::Cpu).unwrap()).unwrap();
+    let z = spec.apply(xv.as_tensor()).unwrap();
+    let zs = z.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!((zs[0], zs[2], zs[3]), (3.0, 0.0, 5.0));
+    assert!(zs[1].is_nan(), "{zs:?}");
+    let g = Tensor::from_vec(vec![1f32, 2.0, 3.0, 4.0], (1, 1, 2, 2), &Device::Cpu).unwrap();
+    let grads = (&z * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = grads.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    #[rustfmt::skip]
+    let want = vec![
+        0.0, 1.0,   0.0, 0.0,
+        0.0, 0.0,   2.0, 0.0,
+        3.0, 0.0,   4.0, 0.0,
+        0.0, 0.0,   0.0, 0.0,
+    ];
+    assert_eq!(dx, want);
+}

@@ -467,7 +467,7 @@ fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&Kept>) -> Ve
 }
 
 /// Adds one block's weight and bias gradients into `acc` = [dW (Co × K), db (Co)].
-fn param_grad_block<T: Elem>(g: &Geom, x: &[T], dout: &[T], acc: &mut [T], blk: &mut Block<T>, par: Parallelism) {
+fn param_grad_block<T: Elem>(g: &Geom, x: &[T], dout: &[T], acc: &mut [T], accumulate: bool, blk: &mut Block<T>, par: Parallelism) {
     let (k, p, cog, nc) = (g.k(), g.p(), g.cog(), blk.nc(g));
     let (dw, db) = acc.split_at_mut(g.co * k);
     for grp in 0..g.groups {
@@ -476,21 +476,21 @@ fn param_grad_block<T: Elem>(g: &Geom, x: &[T], dout: &[T], acc: &mut [T], blk: 
             let dg = &dout[blk.start * g.out_sample() + grp * cog * p..][..cog * p];
             if g.direct() {
                 let xs = &x[blk.start * g.in_sample() + grp * k * p..][..k * p];
-                matmul(dst, true, cog, k, p, Mat::rows(dg, p), Mat::transposed(xs, p), par);
+                matmul(dst, accumulate, cog, k, p, Mat::rows(dg, p), Mat::transposed(xs, p), par);
             } else {
                 blk.gather_cols(g, x, grp);
-                matmul(dst, true, cog, k, p, Mat::rows(dg, p), Mat::transposed(&blk.cols, p), par);
+                matmul(dst, accumulate, cog, k, p, Mat::rows(dg, p), Mat::transposed(&blk.cols, p), par);
             }
         } else {
             blk.gather_out(g, dout, grp);
             blk.gather_cols(g, x, grp);
-            matmul(dst, true, cog, k, nc, Mat::rows(&blk.out, nc), Mat::transposed(&blk.cols, nc), par);
+            matmul(dst, accumulate, cog, k, nc, Mat::rows(&blk.out, nc), Mat::transposed(&blk.cols, nc), par);
         }
     }
-    for s in blk.start..blk.start + blk.len {
-        for (d, row) in db.iter_mut().zip(dout[s * g.out_sample()..][..g.out_sample()].chunks_exact(p)) {
-            *d += sum(row);
-        }
+    let samples = &dout[blk.start * g.out_sample()..][..blk.len * g.out_sample()];
+    for (o, d) in db.iter_mut().enumerate() {
+        let s = samples.chunks_exact(g.out_sample()).fold(T::default(), |s, sample| s + sum(&sample[o * p..][..p]));
+        *d = if accumulate { *d + s } else { s };
     }
 }
 
@@ -521,21 +521,25 @@ fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
     if t > 1 && blocks >= t {
         // One accumulator per job (a fixed split of the blocks), summed in job order.
         let per = blocks.div_ceil(t);
-        let parts: Vec<Vec<T>> = (0..blocks.div_ceil(per))
+        // Pooled (not zeroed: each job's first block writes over it).
+        let parts: Vec<Pooled<T>> = (0..blocks.div_ceil(per))
             .into_par_iter()
             .map(|j| {
-                let mut acc = vec![T::default(); len];
+                let mut acc = Pooled::take(len);
                 let mut blk = Block::new();
                 for i in j * per..((j + 1) * per).min(blocks) {
-                    param_grad_block(g, x, dout, &mut acc, blk.at(g, i * bs), Parallelism::None);
+                    param_grad_block(g, x, dout, &mut acc, i > j * per, blk.at(g, i * bs), Parallelism::None);
                 }
                 acc
             })
             .collect();
-        let mut parts = parts.into_iter();
-        let mut acc = parts.next().unwrap_or_else(|| vec![T::default(); len]);
-        for part in parts {
-            for (a, b) in acc.iter_mut().zip(part) {
+        let (first, rest) = parts.split_first().expect("two blocks or more");
+        let mut acc: Vec<T> = match rest.first() {
+            Some(second) => first.iter().zip(second.iter()).map(|(&a, &b)| a + b).collect(),
+            None => first.to_vec(),
+        };
+        for part in rest.iter().skip(1) {
+            for (a, &b) in acc.iter_mut().zip(part.iter()) {
                 *a += b;
             }
         }
@@ -544,7 +548,7 @@ fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
         let mut acc = vec![T::default(); len];
         let mut blk = Block::new();
         for i in 0..blocks {
-            param_grad_block(g, x, dout, &mut acc, blk.at(g, i * bs), parallelism(t));
+            param_grad_block(g, x, dout, &mut acc, i > 0, blk.at(g, i * bs), parallelism(t));
         }
         acc
     }

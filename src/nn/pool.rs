@@ -156,10 +156,11 @@ impl PoolSpec {
                             let mut m = T::NEG_INFINITY;
                             for y in ys.clone() {
                                 for &v in &plane[y * iw + xs.start..y * iw + xs.end] {
-                                    // NaN propagates, as in PyTorch.
-                                    if v > m || v.is_nan() {
-                                        m = v;
-                                    }
+                                    // NaN propagates, as in PyTorch. Without branches:
+                                    // which value wins is data, and mispredicted jumps
+                                    // made this pool 10× slower than PyTorch's.
+                                    let take = (v > m) | v.is_nan();
+                                    m = if take { v } else { m };
                                 }
                             }
                             m
