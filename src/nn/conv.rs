@@ -323,11 +323,15 @@ impl<T: Elem> Block<T> {
     }
     /// Fills `cols` with group `grp`'s receptive fields of the block's samples of `x`.
     fn gather_cols(&mut self, g: &Geom, x: &[T], grp: usize) {
-        let (nc, p) = (self.nc(g), g.p());
-        grow(&mut self.cols, g.k() * nc);
+        self.gather_cols_ld(g, x, grp, self.nc(g));
+    }
+    /// [`Block::gather_cols`] with rows `ld` apart.
+    fn gather_cols_ld(&mut self, g: &Geom, x: &[T], grp: usize, ld: usize) {
+        let p = g.p();
+        grow(&mut self.cols, g.k() * ld);
         for j in 0..self.len {
             let xs = &x[(self.start + j) * g.in_sample()..][..g.in_sample()];
-            g.im2col(xs, grp, &mut self.cols[j * p..], nc);
+            g.im2col(xs, grp, &mut self.cols[j * p..], ld);
         }
     }
     /// Fills `out` with group `grp`'s rows of the block's samples of `d` (N, Co, P).
@@ -478,13 +482,15 @@ fn param_grad_block<T: Elem>(g: &Geom, x: &[T], dout: &[T], acc: &mut [T], accum
                 let xs = &x[blk.start * g.in_sample() + grp * k * p..][..k * p];
                 matmul(dst, accumulate, cog, k, p, Mat::rows(dg, p), Mat::transposed(xs, p), par);
             } else {
-                blk.gather_cols(g, x, grp);
-                matmul(dst, accumulate, cog, k, p, Mat::rows(dg, p), Mat::transposed(&blk.cols, p), par);
+                let ld = winograd::skew(p);
+                blk.gather_cols_ld(g, x, grp, ld);
+                matmul(dst, accumulate, cog, k, p, Mat::rows(dg, p), Mat::transposed(&blk.cols, ld), par);
             }
         } else {
             blk.gather_out(g, dout, grp);
-            blk.gather_cols(g, x, grp);
-            matmul(dst, accumulate, cog, k, nc, Mat::rows(&blk.out, nc), Mat::transposed(&blk.cols, nc), par);
+            let ld = winograd::skew(nc);
+            blk.gather_cols_ld(g, x, grp, ld);
+            matmul(dst, accumulate, cog, k, nc, Mat::rows(&blk.out, nc), Mat::transposed(&blk.cols, ld), par);
         }
     }
     let samples = &dout[blk.start * g.out_sample()..][..blk.len * g.out_sample()];

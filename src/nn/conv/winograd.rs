@@ -524,7 +524,7 @@ fn planes<T: Elem>(buf: &mut Vec<T>, len: usize) -> (&mut [T], usize) {
 /// The distance between the ξ planes of V and M for planes of `len` elements: past
 /// `len`, to an odd multiple of 64 bytes, so that the 16 streams a transform reads or
 /// writes do not all map to the same cache sets (planes 2^k apart thrash L1 and L2).
-fn skew(len: usize) -> usize {
+pub(super) fn skew(len: usize) -> usize {
     const LINE: usize = 16;
     let lines = len.div_ceil(LINE);
     (lines | 1) * LINE
