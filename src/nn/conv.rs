@@ -280,6 +280,9 @@ fn block_len(n: usize, cols: usize, threads: usize) -> usize {
     }
 }
 
+/// Elements per task of the element-wise loops split over threads.
+const CHUNK: usize = 1 << 15;
+
 /// See [`Geom::block`].
 const MIN_COLUMNS: usize = 256;
 /// See [`Geom::block`].
@@ -539,16 +542,16 @@ fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
                 acc
             })
             .collect();
+        // Summed in job order, in parallel (9.4 MiB for a 512-channel 3×3 layer).
         let (first, rest) = parts.split_first().expect("two blocks or more");
-        let mut acc: Vec<T> = match rest.first() {
-            Some(second) => first.iter().zip(second.iter()).map(|(&a, &b)| a + b).collect(),
-            None => first.to_vec(),
-        };
-        for part in rest.iter().skip(1) {
-            for (a, &b) in acc.iter_mut().zip(part.iter()) {
-                *a += b;
+        let mut acc: Vec<T> = first.par_iter().with_min_len(CHUNK).copied().collect();
+        acc.par_chunks_mut(CHUNK).enumerate().for_each(|(i, a)| {
+            for part in rest {
+                for (a, &b) in a.iter_mut().zip(&part[i * CHUNK..]) {
+                    *a += b;
+                }
             }
-        }
+        });
         acc
     } else {
         let mut acc = vec![T::default(); len];
@@ -1000,7 +1003,7 @@ impl CustomOp2 for ReluMask {
             candle_core::bail!("relu backward: gradient {:?} and result {:?} differ in shape", lg.shape(), lr.shape())
         }
         fn mask<T: Elem>(g: &[T], r: &[T]) -> Vec<T> {
-            g.iter().zip(r).map(|(&g, &r)| if r > T::default() { g } else { T::default() }).collect()
+            g.par_iter().zip(r).with_min_len(CHUNK).map(|(&g, &r)| if r > T::default() { g } else { T::default() }).collect()
         }
         let out = dispatch!("relu gradient and result", [sg => lg, sr => lr], |g, r| mask(g, r));
         Ok((out, lg.shape().clone()))

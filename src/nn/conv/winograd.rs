@@ -176,35 +176,37 @@ pub(super) fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
         }
         acc
     };
-    let acc = if t > 1 && blocks >= t {
-        // One accumulator per job (a fixed split of the blocks), summed in job order.
+    let parts: Vec<Pooled<T>> = if t > 1 && blocks >= t {
+        // One accumulator per job (a fixed split of the blocks), summed in job order below.
         let per = blocks.div_ceil(t);
-        let parts: Vec<Pooled<T>> = (0..blocks.div_ceil(per))
-            .into_par_iter()
-            .map(|j| sum_blocks(j * per..((j + 1) * per).min(blocks), Parallelism::None))
-            .collect();
-        let mut parts = parts.into_iter();
-        let mut acc = parts.next().expect("one block or more");
-        for part in parts {
-            for (a, b) in acc.chunks_mut(ss).zip(part.chunks(ss)) {
-                for (a, &b) in a[..co * c].iter_mut().zip(&b[..co * c]) {
-                    *a += b;
-                }
-            }
-        }
-        acc
+        (0..blocks.div_ceil(per)).into_par_iter().map(|j| sum_blocks(j * per..((j + 1) * per).min(blocks), Parallelism::None)).collect()
     } else {
-        sum_blocks(0..blocks, parallelism(t))
+        vec![sum_blocks(0..blocks, parallelism(t))]
     };
-    let mut out = Vec::with_capacity(co * c * 9 + co);
-    for o in 0..co {
-        for i in 0..c {
-            let sm: [T; 16] = std::array::from_fn(|xi| acc[xi * ss + o * c + i]);
-            out.extend_from_slice(&weight_tile(&sm));
-        }
-    }
+    // dW (Co·C kernels, `Gᵀ S G` each, S summed over the jobs), then db (Co), in parallel:
+    // as items of 9, kernel k = o·C + i first, then db in items of 9 channels.
+    let (first, rest) = parts.split_first().expect("one job or more");
+    let (first, rest): (&[T], Vec<&[T]>) = (first, rest.iter().map(|p| &p[..]).collect());
     let p = s.oh * s.ow;
-    out.extend((0..co).map(|o| dout.chunks_exact(co * p).fold(T::default(), |d, sample| d + super::sum(&sample[o * p..][..p]))));
+    let kernels = co * c;
+    let mut out = (0..kernels + co.div_ceil(9))
+        .into_par_iter()
+        .with_min_len(64)
+        .map(|k| {
+            if k < kernels {
+                let sm: [T; 16] = std::array::from_fn(|xi| rest.iter().fold(first[xi * ss + k], |a, part| a + part[xi * ss + k]));
+                weight_tile(&sm)
+            } else {
+                std::array::from_fn(|m| {
+                    let o = 9 * (k - kernels) + m;
+                    let samples = dout.chunks_exact(co * p).take(if o < co { s.n } else { 0 });
+                    samples.fold(T::default(), |d, sample| d + super::sum(&sample[o * p..][..p]))
+                })
+            }
+        })
+        .collect::<Vec<[T; 9]>>()
+        .into_flattened();
+    out.truncate(kernels * 9 + co);
     out
 }
 
