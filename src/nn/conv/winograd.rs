@@ -183,30 +183,22 @@ pub(super) fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
     } else {
         vec![sum_blocks(0..blocks, parallelism(t))]
     };
-    // dW (Co·C kernels, `Gᵀ S G` each, S summed over the jobs), then db (Co), in parallel:
-    // as items of 9, kernel k = o·C + i first, then db in items of 9 channels.
+    // dW (Co·C kernels, `Gᵀ S G` each, S summed over the jobs in order; in parallel), then db.
     let (first, rest) = parts.split_first().expect("one job or more");
     let (first, rest): (&[T], Vec<&[T]>) = (first, rest.iter().map(|p| &p[..]).collect());
-    let p = s.oh * s.ow;
     let kernels = co * c;
-    let mut out = (0..kernels + co.div_ceil(9))
-        .into_par_iter()
-        .with_min_len(64)
-        .map(|k| {
-            if k < kernels {
-                let sm: [T; 16] = std::array::from_fn(|xi| rest.iter().fold(first[xi * ss + k], |a, part| a + part[xi * ss + k]));
-                weight_tile(&sm)
-            } else {
-                std::array::from_fn(|m| {
-                    let o = 9 * (k - kernels) + m;
-                    let samples = dout.chunks_exact(co * p).take(if o < co { s.n } else { 0 });
-                    samples.fold(T::default(), |d, sample| d + super::sum(&sample[o * p..][..p]))
-                })
-            }
-        })
-        .collect::<Vec<[T; 9]>>()
-        .into_flattened();
-    out.truncate(kernels * 9 + co);
+    let mut out = vec![T::default(); kernels * 9 + co];
+    const KERNELS: usize = 256;
+    out[..kernels * 9].par_chunks_mut(9 * KERNELS).enumerate().for_each(|(i, dst)| {
+        for (k, kernel) in (i * KERNELS..).zip(dst.chunks_exact_mut(9)) {
+            let sm: [T; 16] = std::array::from_fn(|xi| rest.iter().fold(first[xi * ss + k], |a, part| a + part[xi * ss + k]));
+            kernel.copy_from_slice(&weight_tile(&sm));
+        }
+    });
+    let p = s.oh * s.ow;
+    for (o, d) in out[kernels * 9..].iter_mut().enumerate() {
+        *d = dout.chunks_exact(co * p).fold(T::default(), |d, sample| d + super::sum(&sample[o * p..][..p]));
+    }
     out
 }
 
@@ -325,33 +317,51 @@ fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, threads: usize) -> P
     tasks.into_par_iter().enumerate().for_each(|(b, mut planes)| {
         for lr in 0..planes[0].len() / cols {
             let r = b * band + lr;
-            for q in 0..cols {
-                let v = transform_kernel(&w[(r * c + q) * 9..][..9]);
-                for (plane, v) in planes.iter_mut().zip(v) {
+            // Eight kernels at a time (one vector per value), then the rest one by one.
+            let row = &w[r * c * 9..][..cols * 9];
+            let mut q = 0;
+            for k8 in row.chunks_exact(8 * 9) {
+                for (plane, v) in planes.iter_mut().zip(transform_kernels_lanes::<T, 8>(k8)) {
+                    plane[lr * cols + q..][..8].copy_from_slice(&v);
+                }
+                q += 8;
+            }
+            for k1 in row[q * 9..].chunks_exact(9) {
+                for (plane, [v]) in planes.iter_mut().zip(transform_kernels_lanes::<T, 1>(k1)) {
                     plane[lr * cols + q] = v;
                 }
+                q += 1;
             }
         }
     });
     u
 }
 
-/// `G k Gᵀ` (4×4, row-major) for one 3×3 kernel `k`.
-fn transform_kernel<T: Elem>(k: &[T]) -> [T; 16] {
+/// `G k Gᵀ` (4×4, row-major) for `L` 3×3 kernels `k` (9 values each, one after the
+/// other): value ξ of kernel l at `[ξ][l]`, so that each operation below runs on `L` lanes.
+fn transform_kernels_lanes<T: Elem, const L: usize>(k: &[T]) -> [[T; L]; 16] {
     let half = T::HALF;
-    // G k (4×3), then (G k) Gᵀ (4×4).
-    let mut gk = [[T::default(); 3]; 4];
+    let at = |j: usize| -> [T; L] { std::array::from_fn(|l| k[l * 9 + j]) };
+    // (a + b + d)·½ and (a − b + d)·½, lane by lane.
+    let sum = |a: &[T; L], b: &[T; L], d: &[T; L]| -> [T; L] { std::array::from_fn(|l| (a[l] + b[l] + d[l]) * half) };
+    let diff = |a: &[T; L], b: &[T; L], d: &[T; L]| -> [T; L] { std::array::from_fn(|l| (a[l] - b[l] + d[l]) * half) };
+    // G k (4×3): rows of three columns.
+    let kr: [[[T; L]; 3]; 3] = std::array::from_fn(|row| std::array::from_fn(|col| at(3 * row + col)));
+    let mut gk = [[[T::default(); L]; 3]; 4];
     for col in 0..3 {
-        let (a, b, d) = (k[col], k[3 + col], k[6 + col]);
-        gk[0][col] = a;
-        gk[1][col] = (a + b + d) * half;
-        gk[2][col] = (a - b + d) * half;
-        gk[3][col] = d;
+        let (a, b, d) = (&kr[0][col], &kr[1][col], &kr[2][col]);
+        gk[0][col] = *a;
+        gk[1][col] = sum(a, b, d);
+        gk[2][col] = diff(a, b, d);
+        gk[3][col] = *d;
     }
-    let mut v = [T::default(); 16];
-    for (r, row) in gk.iter().enumerate() {
-        let [a, b, d] = *row;
-        v[4 * r..4 * r + 4].copy_from_slice(&[a, (a + b + d) * half, (a - b + d) * half, d]);
+    // (G k) Gᵀ (4×4).
+    let mut v = [[T::default(); L]; 16];
+    for (r, [a, b, d]) in gk.iter().enumerate() {
+        v[4 * r] = *a;
+        v[4 * r + 1] = sum(a, b, d);
+        v[4 * r + 2] = diff(a, b, d);
+        v[4 * r + 3] = *d;
     }
     v
 }
