@@ -12,7 +12,8 @@
 //!   cross-entropy, backward, SGD with momentum 0.9 and weight decay 1e-4).
 //!
 //! Each figure is the fastest and the median of `--rounds` calls (default 5; 3 at 224)
-//! after one warm-up call. Threads: candle's count, `RAYON_NUM_THREADS` (else the cores).
+//! after one warm-up call. Threads: candle's count, `RAYON_NUM_THREADS` (else the cores);
+//! the workloads run on a rayon worker ([`cnnc::nn::on_pool`]), as `cnnc train` does.
 
 use candle_core::{DType, Device, Tensor, Var};
 use cnnc::nn::conv::ConvSpec;
@@ -154,13 +155,14 @@ fn main() {
     };
     for &k in a.kernels.iter().filter(|_| a.conv) {
         let from = rows.len();
-        conv_rows(k, a.rounds, &mut rows);
+        cnnc::nn::on_pool(|| conv_rows(k, a.rounds, &mut rows));
         report(&mut rows, from);
     }
     for &size in &a.sizes {
         for &k in &a.kernels {
             let from = rows.len();
-            f34_rows(k, size, if size > 100 { a.rounds.min(3) } else { a.rounds }, &mut rows);
+            // On a pool's worker, as `cnnc train` runs.
+            cnnc::nn::on_pool(|| f34_rows(k, size, if size > 100 { a.rounds.min(3) } else { a.rounds }, &mut rows));
             report(&mut rows, from);
         }
     }

@@ -216,6 +216,21 @@ pub fn train_with(
     progress: bool,
     prefetch: loader::Prefetch,
 ) -> Result<Summary, TrainError> {
+    crate::nn::on_pool(|| train_on_pool(net, plan, split, config, run, resume, progress, prefetch))
+}
+
+/// [`train_with`], on a rayon worker ([`crate::nn::on_pool`]).
+#[allow(clippy::too_many_arguments)]
+fn train_on_pool(
+    net: &Network,
+    plan: &Plan,
+    split: &data::Split,
+    config: &Config,
+    run: &Path,
+    resume: bool,
+    progress: bool,
+    prefetch: loader::Prefetch,
+) -> Result<Summary, TrainError> {
     if config.batch_size == 0 {
         return Err(TrainError::Config("--batch-size must be at least 1".into()));
     }
