@@ -100,6 +100,11 @@ fn evaluate(
 fn main() -> Result<()> {
     cnnc::nn::tune_cpu();
     let args = Args::parse();
+    // On a rayon worker, as `cnnc train` runs (fewer thread wake-ups per op).
+    cnnc::nn::on_pool(|| train(args))
+}
+
+fn train(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
