@@ -488,16 +488,29 @@ fn transform_input<T: Elem>(s: &Corr, x: &[T], start: usize, len: usize, v: &mut
                     continue;
                 }
                 let src = &plane[iy as usize * s.w..][..s.w];
-                let get = |i: isize| if (0..w).contains(&i) { src[i as usize] } else { zero };
-                // The patch of tile column tx: input columns 2·tx − left + (0..4).
-                let outs = c0.iter_mut().zip(c1.iter_mut()).zip(c2.iter_mut()).zip(c3.iter_mut());
-                for (tx, (((d0, d1), d2), d3)) in outs.enumerate() {
-                    let x0 = 2 * tx as isize - left;
-                    let [p0, p1, p2, p3] = match src.get(x0.max(0) as usize..).and_then(|r| r.get(..4)) {
-                        Some(&[a, b, c, d]) if x0 >= 0 => [a, b, c, d],
-                        _ => [get(x0), get(x0 + 1), get(x0 + 2), get(x0 + 3)],
-                    };
+                // The patch of tile column tx: input columns 2·tx − left + (0..4); tiles
+                // lo..hi lie inside the row (a loop without bounds checks, vectorized),
+                // the others read zeros past its ends.
+                let lo = (left.max(0) as usize).div_ceil(2).min(tw);
+                let hi = if w + left >= 4 { (((w + left - 4) / 2 + 1) as usize).clamp(lo, tw) } else { lo };
+                let col = |q: isize| -> [T; 4] {
+                    let get = |i: isize| if (0..w).contains(&i) { src[i as usize] } else { zero };
+                    let x0 = 2 * q - left;
+                    [get(x0), get(x0 + 1), get(x0 + 2), get(x0 + 3)]
+                };
+                let put = |(d0, d1, d2, d3): (&mut T, &mut T, &mut T, &mut T), [p0, p1, p2, p3]: [T; 4]| {
                     (*d0, *d1, *d2, *d3) = (p0 - p2, p1 + p2, p2 - p1, p1 - p3);
+                };
+                for tx in (0..lo).chain(hi..tw) {
+                    put((&mut c0[tx], &mut c1[tx], &mut c2[tx], &mut c3[tx]), col(tx as isize));
+                }
+                if hi > lo {
+                    let base = (2 * lo as isize - left) as usize;
+                    let pairs = src[base..].chunks_exact(2).zip(src[base + 2..].chunks_exact(2));
+                    let outs = c0[lo..hi].iter_mut().zip(&mut c1[lo..hi]).zip(&mut c2[lo..hi]).zip(&mut c3[lo..hi]);
+                    for ((((d0, d1), d2), d3), (a, b)) in outs.zip(pairs) {
+                        put((d0, d1, d2, d3), [a[0], a[1], b[0], b[1]]);
+                    }
                 }
             }
             // Bᵀ along the rows: patch row r of tile row ty is even row ty (r = 0), odd
