@@ -135,7 +135,7 @@ fn f34_rows(k: Kernels, size: u64, rounds: usize, rows: &mut Vec<Row>) {
     let (best, median) = time(rounds, || {
         let logits = model.forward(&x).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
-        opt.step(&loss.backward().unwrap()).unwrap();
+        opt.step(&model.backward(&loss).unwrap()).unwrap();
     });
     rows.push(Row { workload: format!("F34 {s}x{s} b16 train step"), kernels: k, best, median, images: Some(BATCH) });
 }

@@ -198,3 +198,29 @@ fn cnnc_and_candle_kernels_agree() {
         assert!(d < 1e-10, "{}: {d}", net.name);
     }
 }
+
+/// `Model::backward` (the conv layers hand their parameter gradients over directly) gives
+/// the store `loss.backward()` gives, and leaves a later plain `loss.backward()` as it was.
+#[test]
+fn model_backward_equals_loss_backward() {
+    for src in NETS {
+        let (net, _, m) = model(src, 5);
+        let mut dims = vec![3];
+        dims.extend(net.input.dims().into_iter().map(|d| d as usize));
+        let x = Tensor::randn(0f64, 1.0, dims, &Device::Cpu).unwrap();
+        let loss = || m.forward(&x).unwrap().sqr().unwrap().sum_all().unwrap();
+        let plain = loss().backward().unwrap();
+        let ours = m.backward(&loss()).unwrap();
+        let again = loss().backward().unwrap();
+        for (name, v) in m.named_vars() {
+            let flat = |g: &candle_core::backprop::GradStore| {
+                let g = g.get(v.as_tensor()).unwrap_or_else(|| panic!("{}: no gradient for {name}", net.name));
+                g.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+            };
+            let want = flat(&plain);
+            assert!(want.iter().any(|&g| g != 0.0), "{}: {name}'s gradient is all zeros", net.name);
+            assert_eq!(flat(&ours), want, "{}: {name}", net.name);
+            assert_eq!(flat(&again), want, "{}: {name} after Model::backward", net.name);
+        }
+    }
+}

@@ -42,6 +42,56 @@ mod winograd;
 use winograd::Kept;
 
 /// The geometry of a convolution that does not depend on the input's size.
+/// Where the backward of the conv ops built with it leaves their weight and bias
+/// gradients, while it is switched on, instead of returning them to candle's autograd,
+/// which would add each to a new tensor of zeros (`GradStore::or_insert`): 84 MB zeroed,
+/// read and written again per F34 step, 9 ms, on one thread. [`crate::nn::Model::backward`]
+/// switches it on around `loss.backward()` and puts the gradients into the store; a plain
+/// `loss.backward()` leaves it off, and the ops return their gradients as usual.
+#[derive(Clone, Debug, Default)]
+pub struct GradSink(std::sync::Arc<SinkState>);
+
+#[derive(Debug, Default)]
+struct SinkState {
+    on: std::sync::atomic::AtomicBool,
+    grads: std::sync::Mutex<Vec<(Tensor, Tensor)>>,
+}
+
+impl GradSink {
+    /// Switches the sink on until the guard is dropped.
+    pub fn on(&self) -> impl Drop + '_ {
+        struct Off<'a>(&'a GradSink);
+        impl Drop for Off<'_> {
+            fn drop(&mut self) {
+                self.0 .0.on.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.0.on.store(true, std::sync::atomic::Ordering::SeqCst);
+        Off(self)
+    }
+
+    fn is_on(&self) -> bool {
+        self.0.on.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The gradients left since the last call, as (parameter, gradient), in the order left.
+    pub fn take(&self) -> Vec<(Tensor, Tensor)> {
+        std::mem::take(&mut *self.0.grads.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Keeps the gradients of `w` and `b` if the sink is on (and returns none of them),
+    /// else returns them.
+    fn keep(&self, w: &Tensor, b: Option<&Tensor>, dw: Option<Tensor>, db: Option<Tensor>) -> (Option<Tensor>, Option<Tensor>) {
+        if !self.is_on() {
+            return (dw, db);
+        }
+        let mut grads = self.0.grads.lock().unwrap_or_else(|e| e.into_inner());
+        grads.extend(dw.map(|g| (w.clone(), g)));
+        grads.extend(b.zip(db).map(|(b, g)| (b.clone(), g)));
+        (None, None)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvSpec {
     /// [vertical, horizontal].
@@ -787,17 +837,23 @@ impl ConvSpec {
     /// differentiable. On a non-CPU device, candle's `conv2d` (after an explicit pad when
     /// the padding is asymmetric), which takes one stride and dilation for both axes.
     pub fn apply(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        self.run(x, w, b, false)
+        self.run(x, w, b, false, None)
     }
 
     /// `relu(conv(x) + b)` in one op: the ReLU is applied as the output is written, and
     /// the backward masks the gradient in one pass (no separate ReLU nodes, forward or
     /// backward). Same values as [`ConvSpec::apply`] followed by `relu`.
     pub fn apply_relu(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        self.run(x, w, b, true)
+        self.run(x, w, b, true, None)
     }
 
-    fn run(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool) -> candle_core::Result<Tensor> {
+    /// [`ConvSpec::apply`] (`relu` false) or [`ConvSpec::apply_relu`], whose backward
+    /// leaves the weight and bias gradients in `sink` while it is on.
+    pub fn apply_with_sink(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool, sink: &GradSink) -> candle_core::Result<Tensor> {
+        self.run(x, w, b, relu, Some(sink))
+    }
+
+    fn run(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool, sink: Option<&GradSink>) -> candle_core::Result<Tensor> {
         if !x.device().is_cpu() {
             let u = self.apply_candle(x, w, b)?;
             return if relu { u.relu() } else { Ok(u) };
@@ -805,7 +861,7 @@ impl ConvSpec {
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         // What the forward can keep for the input gradient, if there will be one.
         let kept = x.track_op().then(Kept::default);
-        let op = ConvOp { spec: *self, relu, kept };
+        let op = ConvOp { spec: *self, relu, kept, sink: sink.cloned() };
         match b {
             Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
             None => x.apply_op2(&w, op),
@@ -873,6 +929,7 @@ struct ConvOp {
     relu: bool,
     /// Set when the input tracks a gradient: what the forward leaves for it.
     kept: Option<Kept>,
+    sink: Option<GradSink>,
 }
 
 impl ConvOp {
@@ -911,6 +968,10 @@ impl CustomOp2 for ConvOp {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let [dx, dw, _] = self.spec.backward(x, w, res, grad, self.relu, false, self.kept.as_ref())?;
+        let (dw, _) = match &self.sink {
+            Some(sink) => sink.keep(w, None, dw, None),
+            None => (dw, None),
+        };
         Ok((dx, dw))
     }
 }
@@ -941,6 +1002,10 @@ impl CustomOp3 for ConvOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [dx, dw, db] = self.spec.backward(x, w, res, grad, self.relu, b.track_op(), self.kept.as_ref())?;
+        let (dw, db) = match &self.sink {
+            Some(sink) => sink.keep(w, Some(b), dw, db),
+            None => (dw, db),
+        };
         Ok((dx, dw, db))
     }
 }

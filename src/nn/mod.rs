@@ -20,6 +20,7 @@ pub mod pool;
 use crate::ir::{Activation, Shape};
 use crate::plan::Plan;
 use crate::unify::{Layer, Network, WeightKind};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use conv::ConvSpec;
 use pool::PoolSpec;
@@ -70,6 +71,8 @@ pub struct ModelLayer {
     /// Shape of `u` and `v` (a pooling sees it as C×H×W).
     conv_output: Shape,
     output: Shape,
+    /// The model's (shared by its layers): see [`Model::backward`].
+    sink: conv::GradSink,
 }
 
 /// A network ready to run: layers in order.
@@ -79,6 +82,7 @@ pub struct Model {
     pub input: Shape,
     pub device: Device,
     pub dtype: DType,
+    sink: conv::GradSink,
 }
 
 /// Sets up the process for CPU training; call once, first thing in `main`, before any
@@ -212,6 +216,7 @@ impl Model {
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut layers = Vec::with_capacity(net.layers.len());
+        let sink = conv::GradSink::default();
         for (l, p) in net.layers.iter().zip(&plan.layers) {
             let w = &l.weight;
             if p.weight.name != w.weight_param || p.weight.shape != w.weight_shape {
@@ -247,9 +252,31 @@ impl Model {
                 input: l.input,
                 conv_output: l.conv_output,
                 output: l.output,
+                sink: sink.clone(),
             });
         }
-        Ok(Model { layers, input: net.input, device: device.clone(), dtype })
+        Ok(Model { layers, input: net.input, device: device.clone(), dtype, sink })
+    }
+
+    /// The gradients of `loss` (computed from this model's outputs): `loss.backward()`,
+    /// faster. The conv layers (cnnc's kernels) hand their weight and bias gradients over
+    /// directly ([`conv::GradSink`]) instead of through candle's autograd, which adds
+    /// every gradient to a new tensor of zeros; the store holds the same values either
+    /// way. Not for concurrent backward passes through one model.
+    pub fn backward(&self, loss: &Tensor) -> candle_core::Result<GradStore> {
+        self.sink.take();
+        let mut grads = {
+            let _on = self.sink.on();
+            loss.backward()?
+        };
+        for (param, g) in self.sink.take() {
+            let g = match grads.remove(&param) {
+                Some(earlier) => (earlier + g)?,
+                None => g,
+            };
+            grads.insert(&param, g);
+        }
+        Ok(grads)
     }
 
     /// The parameters, named as in the plan, in layer order (weight, then bias).
@@ -296,7 +323,7 @@ impl ModelLayer {
             let n = x.dim(0)?;
             let (c, h, w) = self.input.chw();
             let x = x.reshape((n, usize_of(c), usize_of(h), usize_of(w)))?;
-            let v = spec.apply_relu(&x, self.weight.as_tensor(), self.bias.as_ref().map(|b| b.as_tensor()))?;
+            let v = spec.apply_with_sink(&x, self.weight.as_tensor(), self.bias.as_ref().map(|b| b.as_tensor()), true, &self.sink)?;
             return self.pool(&v);
         }
         let u = self.conv(x)?;
@@ -313,7 +340,7 @@ impl ModelLayer {
                 let x = x.reshape((n, usize_of(c), usize_of(h), usize_of(w)))?;
                 let (w, b) = (self.weight.as_tensor(), self.bias.as_ref().map(|b| b.as_tensor()));
                 match self.kernels {
-                    Kernels::Cnnc => spec.apply(&x, w, b)?,
+                    Kernels::Cnnc => spec.apply_with_sink(&x, w, b, false, &self.sink)?,
                     Kernels::Candle => spec.apply_candle(&x, w, b)?,
                 }
             }

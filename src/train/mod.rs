@@ -307,7 +307,7 @@ fn train_on_pool(
                 bar.abandon();
                 return Err(TrainError::NonFinite { loss: l, epoch, step });
             }
-            let grads = loss.backward().map_err(at)?;
+            let grads = model.backward(&loss).map_err(at)?;
             opt.step(&grads).map_err(at)?;
             loss_sum += l as f64 * n as f64;
             correct += c;
