@@ -760,6 +760,7 @@ impl<T> Mat<T> {
 ///
 /// The caller guarantees that `a` and `b` address m×k and k×n elements within their
 /// slices and `dst` holds m·n elements.
+#[allow(clippy::too_many_arguments)]
 fn matmul<T: Elem>(dst: &mut [T], accumulate: bool, m: usize, n: usize, k: usize, a: Mat<T>, b: Mat<T>, par: Parallelism) {
     assert!(dst.len() >= m * n);
     if m == 0 || n == 0 {
@@ -893,6 +894,7 @@ impl ConvSpec {
 
     /// The gradients of x, w and b; with a fused ReLU, `grad` is first masked where the
     /// result `res` is not positive.
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         x: &Tensor,
