@@ -341,27 +341,34 @@ fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, threads: usize) -> P
 /// other): value ξ of kernel l at `[ξ][l]`, so that each operation below runs on `L` lanes.
 fn transform_kernels_lanes<T: Elem, const L: usize>(k: &[T]) -> [[T; L]; 16] {
     let half = T::HALF;
-    let at = |j: usize| -> [T; L] { std::array::from_fn(|l| k[l * 9 + j]) };
-    // (a + b + d)·½ and (a − b + d)·½, lane by lane.
-    let sum = |a: &[T; L], b: &[T; L], d: &[T; L]| -> [T; L] { std::array::from_fn(|l| (a[l] + b[l] + d[l]) * half) };
-    let diff = |a: &[T; L], b: &[T; L], d: &[T; L]| -> [T; L] { std::array::from_fn(|l| (a[l] - b[l] + d[l]) * half) };
-    // G k (4×3): rows of three columns.
-    let kr: [[[T; L]; 3]; 3] = std::array::from_fn(|row| std::array::from_fn(|col| at(3 * row + col)));
+    // kr[j][l]: value j (row-major 3×3) of kernel l. Plain loops: `array::from_fn` here
+    // did not inline.
+    let k = &k[..9 * L];
+    let mut kr = [[T::default(); L]; 9];
+    for (l, kernel) in k.chunks_exact(9).enumerate() {
+        for (j, &v) in kernel.iter().enumerate() {
+            kr[j][l] = v;
+        }
+    }
+    // [a, (a + b + d)·½, (a − b + d)·½, d], lane by lane.
+    let g = |a: &[T; L], b: &[T; L], d: &[T; L]| -> [[T; L]; 4] {
+        let (mut s, mut t) = ([T::default(); L], [T::default(); L]);
+        for l in 0..L {
+            s[l] = (a[l] + b[l] + d[l]) * half;
+            t[l] = (a[l] - b[l] + d[l]) * half;
+        }
+        [*a, s, t, *d]
+    };
+    // G k (4×3), column by column, then (G k) Gᵀ (4×4), row by row.
     let mut gk = [[[T::default(); L]; 3]; 4];
     for col in 0..3 {
-        let (a, b, d) = (&kr[0][col], &kr[1][col], &kr[2][col]);
-        gk[0][col] = *a;
-        gk[1][col] = sum(a, b, d);
-        gk[2][col] = diff(a, b, d);
-        gk[3][col] = *d;
+        for (r, v) in g(&kr[col], &kr[3 + col], &kr[6 + col]).into_iter().enumerate() {
+            gk[r][col] = v;
+        }
     }
-    // (G k) Gᵀ (4×4).
     let mut v = [[T::default(); L]; 16];
     for (r, [a, b, d]) in gk.iter().enumerate() {
-        v[4 * r] = *a;
-        v[4 * r + 1] = sum(a, b, d);
-        v[4 * r + 2] = diff(a, b, d);
-        v[4 * r + 3] = *d;
+        v[4 * r..4 * r + 4].copy_from_slice(&g(a, b, d));
     }
     v
 }
