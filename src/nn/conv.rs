@@ -348,6 +348,14 @@ struct Block<T: Elem> {
     out: Vec<T>,
 }
 
+/// `n` zeros, written by rayon's threads (an activation is megabytes; one thread zeroing
+/// it leaves the others idle).
+fn zeros<T: Elem>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(T::default(), n).with_min_len(CHUNK));
+    v
+}
+
 /// Makes `v` at least `n` long (its contents are scratch: every use writes before it reads).
 fn grow<T: Elem>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
@@ -475,7 +483,7 @@ fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool, kee
     if winograd::fits(g) {
         return winograd::forward(g, x, w, b, relu, keep);
     }
-    let mut out = vec![T::default(); g.n * g.out_sample()];
+    let mut out = zeros(g.n * g.out_sample());
     over_blocks(g, &mut out, g.out_sample(), |blk, o, par| {
         forward_block(g, x, w, b, o, blk, par);
         if relu {
@@ -518,7 +526,7 @@ fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&Kept>) -> Ve
     if winograd::fits(g) {
         return winograd::input_grad(g, dout, w, kept);
     }
-    let mut dx = vec![T::default(); g.n * g.in_sample()];
+    let mut dx = zeros(g.n * g.in_sample());
     over_blocks(g, &mut dx, g.in_sample(), |blk, d, par| input_grad_block(g, dout, w, d, blk, par));
     dx
 }

@@ -381,7 +381,7 @@ fn block(s: &Corr) -> usize {
 
 /// The correlation `s` of `x` by the transformed kernels `u(ξ)` (Co × C each).
 fn run<T: Elem>(s: &Corr, x: &[T], u: &(dyn Fn(usize) -> Mat<T> + Sync), b: Option<&[T]>, relu: bool) -> Vec<T> {
-    let mut out = vec![T::default(); s.n * s.out_sample()];
+    let mut out = super::zeros(s.n * s.out_sample());
     let bs = block(s);
     let chunk = bs * s.out_sample();
     if s.threads > 1 && s.n.div_ceil(bs) >= s.threads {
