@@ -27,8 +27,13 @@
 //! blocks are split over rayon's threads, each GEMM single-threaded (the weight gradient
 //! summed from one accumulator per thread, in a fixed order); fewer blocks than threads
 //! run in turn, each GEMM multi-threaded. Scratch buffers stay with their thread between
-//! calls. Results do not depend on timing: for a given thread count they are
-//! bit-for-bit reproducible (the resume test relies on it).
+//! calls; the big ones (Winograd's transformed kernels, the weight-gradient accumulators)
+//! come from a process-wide pool (`Pooled`), written over rather than zeroed. Results
+//! do not depend on timing: for a given thread count they are bit-for-bit reproducible
+//! (the resume test relies on it).
+//!
+//! [`GradSink`]: the parameter gradients of a [`crate::nn::Model::backward`] bypass
+//! candle's accumulation (a tensor of zeros plus the gradient, per parameter).
 //!
 //! Runs on the CPU in f32 and f64. Other devices use candle's `conv2d` (see
 //! [`Conv2d::forward`]).
