@@ -191,7 +191,8 @@ pub struct Summary {
 /// Trains `net` from `plan` on `split` and writes the run to `run`. With `resume`, the
 /// run's checkpoint is loaded (its weights, momentum and epoch) and training continues
 /// to `config.epochs`. `progress` shows a progress bar on stderr. Batches are prepared
-/// on a worker thread ([`loader::Prefetch::default`]).
+/// on a worker thread ([`loader::Prefetch::default`]); the loop runs on a rayon worker of
+/// a pool of its own ([`crate::nn::on_pool`]: fewer thread wake-ups per op).
 pub fn train(
     net: &Network,
     plan: &Plan,
@@ -201,27 +202,13 @@ pub fn train(
     resume: bool,
     progress: bool,
 ) -> Result<Summary, TrainError> {
-    train_with(net, plan, split, config, run, resume, progress, loader::Prefetch::default())
+    crate::nn::on_pool(|| train_with(net, plan, split, config, run, resume, progress, loader::Prefetch::default()))
 }
 
-/// [`train`] with the batches prepared as `prefetch` says; the result does not depend on it.
+/// [`train`] with the batches prepared as `prefetch` says, on the calling thread (wrap it
+/// in [`crate::nn::on_pool`] as `train` does, for speed); the result depends on neither.
 #[allow(clippy::too_many_arguments)]
 pub fn train_with(
-    net: &Network,
-    plan: &Plan,
-    split: &data::Split,
-    config: &Config,
-    run: &Path,
-    resume: bool,
-    progress: bool,
-    prefetch: loader::Prefetch,
-) -> Result<Summary, TrainError> {
-    crate::nn::on_pool(|| train_on_pool(net, plan, split, config, run, resume, progress, prefetch))
-}
-
-/// [`train_with`], on a rayon worker ([`crate::nn::on_pool`]).
-#[allow(clippy::too_many_arguments)]
-fn train_on_pool(
     net: &Network,
     plan: &Plan,
     split: &data::Split,
