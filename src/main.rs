@@ -431,7 +431,7 @@ fn run(cli: Cli) -> Result<()> {
 
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
-    /// A network description (.cnn) or an ONNX model (.onnx); with --resume, the run's
+    /// A network description (.cnn) or an ONNX model (.onnx); with --resume, the run's own
     model: Option<PathBuf>,
     /// Data: a folder with IDX files (MNIST, Fashion-MNIST), train/ and val/ class folders, or class folders
     #[arg(long)]
@@ -448,23 +448,8 @@ struct TrainArgs {
     /// Total epochs [default: 300]; with --resume, training continues up to this many
     #[arg(long)]
     epochs: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    #[arg(long, default_value_t = 1e-4)]
-    weight_decay: f64,
-    /// Seed of the weights and the batch order
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// cpu or cuda (cuda needs a build with `--features cuda`)
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Fraction of each class held out for validation, for a data folder without train/ and val/
-    #[arg(long, default_value_t = 0.25)]
-    val_split: f64,
+    #[command(flatten)]
+    flags: cnnc::train::Flags,
     /// The run directory: config, plan, metrics.jsonl, checkpoint
     #[arg(long)]
     out: Option<PathBuf>,
@@ -474,12 +459,6 @@ struct TrainArgs {
     /// No progress bar or per-epoch lines
     #[arg(long)]
     quiet: bool,
-    /// Use only the first N training images (0: all)
-    #[arg(long, default_value_t = 0)]
-    limit_train: usize,
-    /// Use only the first N validation images (0: all)
-    #[arg(long, default_value_t = 0)]
-    limit_val: usize,
 }
 
 fn train_command(a: TrainArgs) -> Result<()> {
@@ -512,15 +491,15 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 init,
                 image_size: 0,
                 epochs: a.epochs.unwrap_or(300),
-                batch_size: a.batch_size,
-                lr: a.lr,
-                momentum: a.momentum,
-                weight_decay: a.weight_decay,
-                seed: a.seed,
-                device: a.device.clone(),
-                val_split: a.val_split,
-                limit_train: a.limit_train,
-                limit_val: a.limit_val,
+                batch_size: a.flags.batch_size,
+                lr: a.flags.lr,
+                momentum: a.flags.momentum,
+                weight_decay: a.flags.weight_decay,
+                seed: a.flags.seed,
+                device: a.flags.device.clone(),
+                val_split: a.flags.val_split,
+                limit_train: a.flags.limit_train,
+                limit_val: a.flags.limit_val,
             };
             (config, None, out.clone(), false)
         }

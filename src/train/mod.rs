@@ -47,6 +47,35 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
 }
 
+/// The training flags that `cnnc train` and the training programs `cnnc emit candle`
+/// generates share, with the same defaults (clap; each flattens it into its arguments).
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct Flags {
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Seed of the weights and the batch order
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu or cuda (cuda needs a build with `--features cuda`)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Fraction of each class held out for validation, for a data folder without train/ and val/
+    #[arg(long, default_value_t = 0.25)]
+    pub val_split: f64,
+    /// Use only the first N training images (0: all)
+    #[arg(long, default_value_t = 0)]
+    pub limit_train: usize,
+    /// Use only the first N validation images (0: all)
+    #[arg(long, default_value_t = 0)]
+    pub limit_val: usize,
+}
+
 /// Everything that defines a run (saved in the run and its checkpoints).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {

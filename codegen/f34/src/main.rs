@@ -23,29 +23,9 @@ struct Args {
     data: PathBuf,
     #[arg(long, default_value_t = 300)]
     epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    #[arg(long, default_value_t = 1e-4)]
-    weight_decay: f64,
-    /// Seed of the weights and the batch order (as `cnnc train --seed`)
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// cpu or cuda (cuda needs a build with `--features cuda`)
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Fraction of each class held out for validation, for a data folder without train/ and val/
-    #[arg(long, default_value_t = 0.25)]
-    val_split: f64,
-    /// Use only the first N training images (0: all)
-    #[arg(long, default_value_t = 0)]
-    limit_train: usize,
-    /// Use only the first N validation images (0: all)
-    #[arg(long, default_value_t = 0)]
-    limit_val: usize,
+    // As `cnnc train`'s (the seed draws the same weights and batch order).
+    #[command(flatten)]
+    flags: cnnc::train::Flags,
     /// Start from these weights (written by --save) instead of the plan's draw
     #[arg(long)]
     load: Option<PathBuf>,
@@ -105,10 +85,10 @@ fn main() -> Result<()> {
 }
 
 fn train(args: Args) -> Result<()> {
-    if args.batch_size == 0 {
+    if args.flags.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let device = cnnc::train::device(&args.device)?;
+    let device = cnnc::train::device(&args.flags.device)?;
     let [channels, height, width] = INPUT;
     if height != width {
         bail!("the model takes {height}x{width} inputs; training needs square images");
@@ -117,12 +97,12 @@ fn train(args: Args) -> Result<()> {
         channels,
         size: height,
     };
-    let mut split = data::load(&args.data, target, args.val_split, args.seed)?;
-    if args.limit_train > 0 {
-        split.train.truncate(args.limit_train);
+    let mut split = data::load(&args.data, target, args.flags.val_split, args.flags.seed)?;
+    if args.flags.limit_train > 0 {
+        split.train.truncate(args.flags.limit_train);
     }
-    if args.limit_val > 0 {
-        split.val.truncate(args.limit_val);
+    if args.flags.limit_val > 0 {
+        split.val.truncate(args.flags.limit_val);
     }
     if split.train.is_empty() {
         bail!("the training set is empty");
@@ -135,7 +115,7 @@ fn train(args: Args) -> Result<()> {
         );
     }
 
-    let vars = SeededVarMap::new(args.seed);
+    let vars = SeededVarMap::new(args.flags.seed);
     let model = Model::new(vars.var_builder(DType::F32, &device))?;
     if let Some(path) = &args.load {
         let mut map = vars.var_map().clone();
@@ -149,13 +129,18 @@ fn train(args: Args) -> Result<()> {
             .with_context(|| format!("the model has no variable `{name}`"))?;
         params.push((name.to_string(), var));
     }
-    let mut opt = Sgd::new(params, args.lr, args.momentum, args.weight_decay);
+    let mut opt = Sgd::new(
+        params,
+        args.flags.lr,
+        args.flags.momentum,
+        args.flags.weight_decay,
+    );
 
     for epoch in 1..=args.epochs {
         let start = Instant::now();
-        let order = data::epoch_order(split.train.len(), args.seed, epoch);
+        let order = data::epoch_order(split.train.len(), args.flags.seed, epoch);
         let (mut loss_sum, mut correct) = (0.0, 0);
-        for (step, idx) in order.chunks(args.batch_size).enumerate() {
+        for (step, idx) in order.chunks(args.flags.batch_size).enumerate() {
             let (x, y) = batch(&split.train, idx, &device)?;
             let (loss, c) = loss_and_correct(&model.forward(&x)?, &y)?;
             let l = loss.to_scalar::<f32>()?;
@@ -170,7 +155,7 @@ fn train(args: Args) -> Result<()> {
             correct += c;
         }
         let seen = split.train.len() as f64;
-        let val = evaluate(&model, &split.val, args.batch_size, &device)?;
+        let val = evaluate(&model, &split.val, args.flags.batch_size, &device)?;
         let (val_loss, val_accuracy) = val.unwrap_or((f64::NAN, f64::NAN));
         let tmp = args.save.with_extension("safetensors.tmp");
         vars.var_map().save(&tmp)?;
