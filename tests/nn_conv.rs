@@ -228,8 +228,8 @@ fn every_split_over_threads_matches_naive_loop() {
 /// 3×3 stride-1 convolutions with 16 or more channels each way run by Winograd's
 /// F(2×2, 3×3), forward and input gradient, from 4 tiles a sample on: the naive loop's
 /// values for odd and even sizes (partial tiles), any padding (asymmetric, none, more than
-/// the kernel's reach), at 1–3 threads, in f64 (1e-12) and f32 (1e-4); a 1×1 map (one
-/// tile) takes im2col and agrees too.
+/// the kernel's reach), at 1–3 threads, in f64 (1e-12) and f32 (1e-4); maps of at most 4
+/// pixels (a 1×1 map: one tile) take tiny.rs's per-pixel GEMMs and agree too.
 #[test]
 fn winograd_path_matches_naive_loop() {
     let spec = |pad| ConvSpec { stride: [1, 1], dilation: [1, 1], pad, groups: 1 };
@@ -239,6 +239,11 @@ fn winograd_path_matches_naive_loop() {
         Case { n: 1, c: 20, co: 16, h: 4, w: 3, kh: 3, kw: 3, spec: spec([2, 0, 1, 3]), bias: true },
         Case { n: 5, c: 16, co: 32, h: 3, w: 3, kh: 3, kw: 3, spec: spec([1; 4]), bias: true },
         Case { n: 2, c: 16, co: 16, h: 1, w: 1, kh: 3, kw: 3, spec: spec([1; 4]), bias: true },
+        // Maps of at most 4 pixels: one GEMM per (output pixel, input pixel) pair (tiny.rs).
+        Case { n: 4, c: 16, co: 18, h: 2, w: 2, kh: 3, kw: 3, spec: spec([1; 4]), bias: true },
+        Case { n: 3, c: 17, co: 16, h: 2, w: 1, kh: 3, kw: 3, spec: spec([0, 2, 1, 1]), bias: false },
+        Case { n: 2, c: 16, co: 16, h: 2, w: 2, kh: 5, kw: 5, spec: spec([2; 4]), bias: true },
+        Case { n: 1, c: 16, co: 16, h: 1, w: 4, kh: 1, kw: 3, spec: spec([0, 0, 1, 1]), bias: true },
     ];
     for (i, k) in cases.iter().enumerate() {
         for threads in 1..=3 {

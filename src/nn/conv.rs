@@ -42,6 +42,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+mod tiny;
 mod winograd;
 
 use winograd::Kept;
@@ -488,6 +489,9 @@ fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool, kee
     if winograd::fits(g) {
         return winograd::forward(g, x, w, b, relu, keep);
     }
+    if tiny::fits(g) {
+        return tiny::forward(g, x, w, b, relu);
+    }
     let mut out = zeros(g.n * g.out_sample());
     over_blocks(g, &mut out, g.out_sample(), |blk, o, par| {
         forward_block(g, x, w, b, o, blk, par);
@@ -530,6 +534,9 @@ fn input_grad_block<T: Elem>(g: &Geom, dout: &[T], w: &[T], dx: &mut [T], blk: &
 fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&Kept>) -> Vec<T> {
     if winograd::fits(g) {
         return winograd::input_grad(g, dout, w, kept);
+    }
+    if tiny::fits(g) {
+        return tiny::input_grad(g, dout, w);
     }
     let mut dx = zeros(g.n * g.in_sample());
     over_blocks(g, &mut dx, g.in_sample(), |blk, d, par| input_grad_block(g, dout, w, d, blk, par));
