@@ -23,6 +23,10 @@
 //! - input gradient: `dcols = Wᵀ·dOut`, scattered back by col2im ([`ConvInputGrad`]); it is
 //!   skipped when the input tracks no gradient (the data).
 //!
+//! 3×3 stride-1 layers with enough channels and tiles run Winograd F(2×2, 3×3) instead
+//! (`winograd.rs`, all three passes); maps of at most 4 pixels run their forward and
+//! input gradient as one GEMM per pair of pixels a tap joins (`tiny.rs`).
+//!
 //! With more than one thread (candle's count: `RAYON_NUM_THREADS`, else the cores) the
 //! blocks are split over rayon's threads, each GEMM single-threaded (the weight gradient
 //! summed from one accumulator per thread, in a fixed order); fewer blocks than threads
