@@ -40,37 +40,48 @@ fn tap(g: &Geom, p: usize, i: usize) -> Option<usize> {
     Some(ky * g.kw + kx)
 }
 
-/// `dst[j] (rows × n) = Σ_k a(j, k) · b(k)` over the pairs `terms(j)` gives, for each of
-/// `count` pixels j (zero where there is none), spread over the threads by pixel.
+/// For each of `count` pixels j, `Σ_k a(j, k) · b(k)` over the pairs `terms(j)` gives
+/// (rows × N; zero where there is none), spread over the threads by pixel; returned in
+/// (N, rows, pixels) order, each value through `finish(row, value)`.
 fn per_pixel<T: Elem>(
     g: &Geom,
     count: usize,
     rows: usize,
     depth: usize,
     terms: &(dyn Fn(usize) -> Vec<(Mat<T>, Mat<T>)> + Sync),
+    finish: &(dyn Fn(usize, T) -> T + Sync),
 ) -> Vec<T> {
+    if g.n == 0 {
+        return Vec::new();
+    }
     let len = rows * g.n;
-    let mut dst = super::zeros(count * len);
+    let mut s = super::zeros(count * len);
     let one = |d: &mut [T], j: usize, par: Parallelism| {
         for (k, (a, b)) in terms(j).into_iter().enumerate() {
             matmul(d, k > 0, rows, g.n, depth, a, b, par);
         }
     };
     if g.threads > 1 && count >= g.threads {
-        dst.par_chunks_mut(len).enumerate().for_each(|(j, d)| one(d, j, Parallelism::None));
+        s.par_chunks_mut(len).enumerate().for_each(|(j, d)| one(d, j, Parallelism::None));
     } else {
-        for (j, d) in dst.chunks_mut(len).enumerate() {
+        for (j, d) in s.chunks_mut(len).enumerate() {
             one(d, j, parallelism(g.threads));
         }
     }
+    // dst[n][r][j] = finish(r, s[j][r][n]).
+    let mut dst = super::zeros(g.n * rows * count);
+    dst.par_chunks_mut(rows * count).enumerate().for_each(|(n, sample)| {
+        for (r, px) in sample.chunks_exact_mut(count).enumerate() {
+            for (j, v) in px.iter_mut().enumerate() {
+                *v = finish(r, s[(j * rows + r) * g.n + n]);
+            }
+        }
+    });
     dst
 }
 
 /// The forward pass, bias and ReLU included.
 pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool) -> Vec<T> {
-    if g.n == 0 {
-        return Vec::new();
-    }
     let (hw, po, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     // W_t (Co × C): w[o][c][t]; X_I (C × N): x[n][c][I].
     let terms = |p: usize| {
@@ -83,26 +94,19 @@ pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu
             })
             .collect()
     };
-    let s = per_pixel(g, po, g.co, g.c, &terms);
-    // out[n][o][P] = s[P][o][n] + b[o].
-    let mut out = super::zeros(g.n * g.co * po);
-    out.par_chunks_mut(g.co * po).enumerate().for_each(|(n, sample)| {
-        for (o, px) in sample.chunks_exact_mut(po).enumerate() {
-            let bias = b.map_or(T::default(), |b| b[o]);
-            for (p, v) in px.iter_mut().enumerate() {
-                let u = s[(p * g.co + o) * g.n + n] + bias;
-                *v = if relu { u.relu() } else { u };
-            }
+    let finish = |o: usize, u: T| {
+        let u = u + b.map_or(T::default(), |b| b[o]);
+        if relu {
+            u.relu()
+        } else {
+            u
         }
-    });
-    out
+    };
+    per_pixel(g, po, g.co, g.c, &terms, &finish)
 }
 
 /// The input gradient from the output gradient `dout`.
 pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
-    if g.n == 0 {
-        return Vec::new();
-    }
     let (hw, po, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     // W_tᵀ (C × Co): w[o][c][t]; dout_P (Co × N): dout[n][o][P].
     let terms = |i: usize| {
@@ -115,15 +119,5 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
             })
             .collect()
     };
-    let s = per_pixel(g, hw, g.c, g.co, &terms);
-    // dx[n][c][I] = s[I][c][n].
-    let mut dx = super::zeros(g.n * g.c * hw);
-    dx.par_chunks_mut(g.c * hw).enumerate().for_each(|(n, sample)| {
-        for (c, px) in sample.chunks_exact_mut(hw).enumerate() {
-            for (i, v) in px.iter_mut().enumerate() {
-                *v = s[(i * g.c + c) * g.n + n];
-            }
-        }
-    });
-    dx
+    per_pixel(g, hw, g.c, g.co, &terms, &|_, v| v)
 }
