@@ -14,6 +14,7 @@
 //! SiLU (not positively homogeneous) they are evaluated at unit variance, which is the
 //! variance a forward plan keeps. Biases are zero (σ_b² = 0).
 
+pub mod graph;
 pub mod map;
 
 use crate::ir::{Activation, PoolKind};
@@ -113,6 +114,11 @@ impl Analysis {
 pub enum AnalysisError {
     #[error("layer {layer} (`{module}`): {message}")]
     Layer { layer: usize, module: String, message: String },
+    /// A problem located at one graph node.
+    #[error("node `{node}` ({op}): {message}")]
+    Node { node: String, op: String, message: String },
+    #[error("{0}")]
+    Options(String),
 }
 
 /// The pooling seen by the constants: kind and window size `T`.
@@ -197,7 +203,7 @@ pub fn max_density(t: u64, m: f64) -> f64 {
 }
 
 /// Upper integration limit beyond which the max density is negligible (< 1e-30 relative).
-fn upper_limit(t: u64) -> f64 {
+pub(crate) fn upper_limit(t: u64) -> f64 {
     (2.0 * (t as f64).ln()).sqrt() + 12.0
 }
 
@@ -213,7 +219,7 @@ fn lower_limit(t: u64) -> f64 {
 }
 
 /// ∫ g(m) p_T(m) dm over the negative half, with panels fitted to its decay.
-fn negative_half(g: impl Fn(f64) -> f64, t: u64) -> f64 {
+pub(crate) fn negative_half(g: impl Fn(f64) -> f64, t: u64) -> f64 {
     integrate(g, lower_limit(t), 0.0, 48)
 }
 

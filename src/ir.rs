@@ -77,6 +77,9 @@ pub struct Graph {
     pub name: String,
     pub input: Shape,
     pub nodes: Vec<Node>,
+    /// What a front end wants the user to know (once, on stderr): names it recovered,
+    /// BatchNorm layers an exporter folded away.
+    pub notes: Vec<String>,
 }
 
 impl Graph {
@@ -118,6 +121,239 @@ pub enum Op {
     Pool(Pool),
     GlobalPool(PoolKind),
     Flatten,
+    /// The element-wise sum of two or more values of one shape (ONNX `Add`, `Sum`).
+    Add,
+    /// Values side by side along the channel axis.
+    Concat,
+    /// Batch normalization of each channel (its own node; see `docs/dag.md`).
+    BatchNorm(BatchNorm),
+    /// The element-wise product of two values; the second may be a per-channel gate
+    /// of shape (C, 1, 1), broadcast over the positions (squeeze-excitation).
+    Mul,
+    /// Channels `start..end` of the input (ONNX `Slice` or one output of `Split` on axis 1).
+    ChannelSlice { start: u64, end: u64 },
+    /// A channel shuffle (Reshape → Transpose → Reshape): channel `g·n + k` moves to
+    /// `k·groups + g`; a permutation of the channels.
+    Shuffle { groups: u64 },
+    /// Nearest or linear upsampling by integer factors [h, w].
+    Resize { scale: [u64; 2], linear: bool },
+    /// An element-wise function of one value other than the activations the unified
+    /// layers know (ReLU6 as `Clip`, hard-swish, x·sigmoid(x) written out, GELU with `Erf`).
+    Elementwise(Expr),
+}
+
+/// Batch normalization: `y = γ (x − μ) / √(σ² + ε) + β` per channel, with the batch's
+/// statistics (`training`) or the running ones (inference).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm {
+    pub channels: u64,
+    pub epsilon: f64,
+    pub training: bool,
+    /// Initializer names of γ and β.
+    pub scale: String,
+    pub shift: String,
+}
+
+/// An element-wise function of one variable `x`, as ONNX nodes wrote it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    X,
+    Const(f64),
+    Apply(Fn1, Box<Expr>),
+    Add(Box<Expr>, Box<Expr>),
+    Sub(Box<Expr>, Box<Expr>),
+    Mul(Box<Expr>, Box<Expr>),
+    Div(Box<Expr>, Box<Expr>),
+}
+
+/// The one-argument functions an [`Expr`] applies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fn1 {
+    Act(Activation),
+    Clip { min: f64, max: f64 },
+    HardSigmoid { alpha: f64, beta: f64 },
+    HardSwish,
+    Elu { alpha: f64 },
+    Softplus,
+    Mish,
+    Erf,
+    Exp,
+    Neg,
+    Abs,
+    Sqrt,
+}
+
+/// A value and its derivative (forward-mode automatic differentiation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dual {
+    pub v: f64,
+    pub d: f64,
+}
+
+impl Expr {
+    /// `f(x)` and `f'(x)`.
+    pub fn eval(&self, x: f64) -> Dual {
+        match self {
+            Expr::X => Dual { v: x, d: 1.0 },
+            Expr::Const(c) => Dual { v: *c, d: 0.0 },
+            Expr::Apply(f, e) => f.apply(e.eval(x)),
+            Expr::Add(a, b) => {
+                let (a, b) = (a.eval(x), b.eval(x));
+                Dual { v: a.v + b.v, d: a.d + b.d }
+            }
+            Expr::Sub(a, b) => {
+                let (a, b) = (a.eval(x), b.eval(x));
+                Dual { v: a.v - b.v, d: a.d - b.d }
+            }
+            Expr::Mul(a, b) => {
+                let (a, b) = (a.eval(x), b.eval(x));
+                Dual { v: a.v * b.v, d: a.d * b.v + a.v * b.d }
+            }
+            Expr::Div(a, b) => {
+                let (a, b) = (a.eval(x), b.eval(x));
+                Dual { v: a.v / b.v, d: (a.d * b.v - a.v * b.d) / (b.v * b.v) }
+            }
+        }
+    }
+
+    /// The named activation this expression is, when it is exactly one.
+    pub fn as_activation(&self) -> Option<Activation> {
+        use Expr::*;
+        let is_x = |e: &Expr| matches!(e, X);
+        match self {
+            X => Some(Activation::Identity),
+            Apply(Fn1::Act(a), e) if is_x(e) => Some(*a),
+            Apply(Fn1::Clip { min, max }, e) if is_x(e) && *min == 0.0 && *max == f64::INFINITY => Some(Activation::Relu),
+            Mul(a, b) => match (a.as_ref(), b.as_ref()) {
+                (X, Apply(Fn1::Act(Activation::Sigmoid), e)) | (Apply(Fn1::Act(Activation::Sigmoid), e), X) if is_x(e) => {
+                    Some(Activation::Silu)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether `f` is non-decreasing (checked on a grid: a max pooling commutes with it).
+    pub fn monotone(&self) -> bool {
+        let mut prev = f64::NEG_INFINITY;
+        for k in -400..=400 {
+            let v = self.eval(k as f64 * 0.03).v;
+            if v < prev - 1e-12 {
+                return false;
+            }
+            prev = v;
+        }
+        true
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::X => write!(f, "x"),
+            Expr::Const(c) => write!(f, "{c}"),
+            Expr::Apply(g, e) => write!(f, "{g}({e})"),
+            Expr::Add(a, b) => write!(f, "({a} + {b})"),
+            Expr::Sub(a, b) => write!(f, "({a} - {b})"),
+            Expr::Mul(a, b) => write!(f, "{a}·{b}"),
+            Expr::Div(a, b) => write!(f, "{a}/{b}"),
+        }
+    }
+}
+
+impl fmt::Display for Fn1 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fn1::Act(a) => write!(f, "{a}"),
+            Fn1::Clip { min, max } => write!(f, "clip[{min},{max}]"),
+            Fn1::HardSigmoid { alpha, beta } => write!(f, "hardsigmoid[{alpha},{beta}]"),
+            Fn1::HardSwish => write!(f, "hardswish"),
+            Fn1::Elu { alpha } => write!(f, "elu[{alpha}]"),
+            Fn1::Softplus => write!(f, "softplus"),
+            Fn1::Mish => write!(f, "mish"),
+            Fn1::Erf => write!(f, "erf"),
+            Fn1::Exp => write!(f, "exp"),
+            Fn1::Neg => write!(f, "neg"),
+            Fn1::Abs => write!(f, "abs"),
+            Fn1::Sqrt => write!(f, "sqrt"),
+        }
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn softplus(x: f64) -> f64 {
+    if x > 30.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+impl Fn1 {
+    /// `g(a)` with the chain rule applied to `a`'s derivative.
+    pub fn apply(&self, a: Dual) -> Dual {
+        let x = a.v;
+        let (v, dv) = match *self {
+            Fn1::Act(act) => act.eval(x),
+            Fn1::Clip { min, max } => (x.clamp(min, max), if x > min && x < max { 1.0 } else { 0.0 }),
+            Fn1::HardSigmoid { alpha, beta } => {
+                let y = alpha * x + beta;
+                (y.clamp(0.0, 1.0), if y > 0.0 && y < 1.0 { alpha } else { 0.0 })
+            }
+            Fn1::HardSwish => {
+                let g = ((x + 3.0) / 6.0).clamp(0.0, 1.0);
+                let dg = if x > -3.0 && x < 3.0 { 1.0 / 6.0 } else { 0.0 };
+                (x * g, g + x * dg)
+            }
+            Fn1::Elu { alpha } => {
+                if x > 0.0 {
+                    (x, 1.0)
+                } else {
+                    (alpha * x.exp_m1(), alpha * x.exp())
+                }
+            }
+            Fn1::Softplus => (softplus(x), sigmoid(x)),
+            Fn1::Mish => {
+                let t = softplus(x).tanh();
+                (x * t, t + x * (1.0 - t * t) * sigmoid(x))
+            }
+            Fn1::Erf => (libm::erf(x), 2.0 / std::f64::consts::PI.sqrt() * (-x * x).exp()),
+            Fn1::Exp => (x.exp(), x.exp()),
+            Fn1::Neg => (-x, -1.0),
+            Fn1::Abs => (x.abs(), if x >= 0.0 { 1.0 } else { -1.0 }),
+            Fn1::Sqrt => (x.sqrt(), 0.5 / x.sqrt()),
+        };
+        Dual { v, d: dv * a.d }
+    }
+}
+
+impl Activation {
+    /// `f(x)` and `f'(x)`.
+    pub fn eval(&self, x: f64) -> (f64, f64) {
+        match *self {
+            Activation::Identity => (x, 1.0),
+            Activation::Relu => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }),
+            Activation::LeakyRelu { slope } => {
+                if x > 0.0 {
+                    (x, 1.0)
+                } else {
+                    (slope * x, slope)
+                }
+            }
+            Activation::Tanh => (x.tanh(), 1.0 - x.tanh().powi(2)),
+            Activation::Sigmoid => (sigmoid(x), sigmoid(x) * (1.0 - sigmoid(x))),
+            Activation::Gelu => {
+                let cdf = 0.5 * libm::erfc(-x / std::f64::consts::SQRT_2);
+                let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                (x * cdf, cdf + x * pdf)
+            }
+            Activation::Silu => (x * sigmoid(x), sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x)))),
+        }
+    }
 }
 
 impl Op {
@@ -134,6 +370,14 @@ impl Op {
             Op::GlobalPool(PoolKind::Max) => "global maxpool",
             Op::GlobalPool(PoolKind::Avg) => "global avgpool",
             Op::Flatten => "flatten",
+            Op::Add => "add",
+            Op::Concat => "concat",
+            Op::BatchNorm(_) => "batchnorm",
+            Op::Mul => "mul",
+            Op::ChannelSlice { .. } => "slice",
+            Op::Shuffle { .. } => "shuffle",
+            Op::Resize { .. } => "resize",
+            Op::Elementwise(_) => "elementwise",
         }
     }
 }

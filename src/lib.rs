@@ -113,6 +113,38 @@ pub fn plan_with(net: &unify::Network, opts: analyze::Options, analysis: analyze
     Ok(plan::build(net, &layers, opts))
 }
 
+/// What planning a graph needs beyond the mode.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GraphRequest {
+    pub opts: analyze::Options,
+    pub analysis: analyze::Analysis,
+    /// α of `--branch-scale` (1 by default).
+    pub branch_scale: f64,
+}
+
+/// Plans any graph: a chain of unified layers through the paper's analysis (its plans
+/// are `cnnc-plan/1`, exactly as before graphs), anything else — residual additions,
+/// concatenations, BatchNorm, gates, element-wise functions between layers — through
+/// the graph analysis (`cnnc-plan/2`).
+pub fn plan_graph(graph: &ir::Graph, req: GraphRequest) -> Result<plan::Plan, Error> {
+    if let Ok(net) = unify::unify(graph) {
+        return plan_with(&net, req.opts, req.analysis);
+    }
+    if req.analysis == analyze::Analysis::Map {
+        // Say why the chain analysis did not take it.
+        let why = match unify::unify(graph) {
+            Err(e) => e.first().map(|e| e.message.clone()).unwrap_or_default(),
+            Ok(_) => String::new(),
+        };
+        return Err(Error::Graph(vec![format!(
+            "the map analysis takes chains of unified layers only, and this graph is not one ({why}); use --analysis paper"
+        )]));
+    }
+    let gopts = analyze::graph::GraphOptions { mode: req.opts.mode, std_cap: req.opts.std_cap, branch_scale: req.branch_scale };
+    let a = analyze::graph::analyze_graph(graph, gopts)?;
+    Ok(plan::build_graph(graph, &a, gopts))
+}
+
 /// Writes `contents` to `path` atomically: a temporary file beside it, then a rename,
 /// so that an existing file is never left half-written.
 pub fn write_atomic(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {

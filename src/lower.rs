@@ -34,7 +34,7 @@ pub fn lower(file: &File) -> Result<Graph, Vec<Diagnostic>> {
     let mut errors = cx.errors;
     dedup(&mut errors);
     if errors.is_empty() {
-        Ok(Graph { name: file.name.value.clone(), input, nodes: cx.nodes })
+        Ok(Graph { name: file.name.value.clone(), input, nodes: cx.nodes, notes: Vec::new() })
     } else {
         Err(errors)
     }

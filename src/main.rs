@@ -72,6 +72,10 @@ enum Command {
         /// paper: the paper's layer means; map: a variance per spatial position
         #[arg(long, value_enum, default_value = "paper")]
         analysis: AnalysisArg,
+        /// Graphs: the last weight layer of each residual branch (or the BatchNorm after
+        /// it) targets α² instead of 1; 0 starts every branch at zero (zero-init residual)
+        #[arg(long, default_value_t = 1.0)]
+        branch_scale: f64,
         /// Write the plan here (atomically) instead of to stdout
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -87,6 +91,9 @@ enum Command {
         /// paper: the paper's layer means; map: a variance per spatial position
         #[arg(long, value_enum, default_value = "paper")]
         analysis: AnalysisArg,
+        /// Graphs: the residual branch scale α (see `cnnc plan --help`)
+        #[arg(long, default_value_t = 1.0)]
+        branch_scale: f64,
     },
     /// Print the graph IR (one line per node, with inferred shapes)
     Graph {
@@ -268,10 +275,14 @@ fn is_onnx(path: &Path) -> bool {
 /// The graph IR of a `.cnn` file or an `.onnx` model.
 fn load_graph(path: &Path, input: Option<[u64; 3]>) -> Result<cnnc::ir::Graph> {
     if is_onnx(path) {
-        return cnnc::onnx::load(path, &cnnc::onnx::ImportOptions { input }).map_err(|e| match e {
+        let graph = cnnc::onnx::load(path, &cnnc::onnx::ImportOptions { input }).map_err(|e| match e {
             e @ cnnc::onnx::OnnxError::Io { .. } => anyhow::Error::from(cnnc::Error::from(e)),
             e => anyhow::anyhow!("{}: {}", path.display(), cnnc::Error::from(e)),
-        });
+        })?;
+        for note in &graph.notes {
+            eprintln!("note: {}: {note}", path.display());
+        }
+        return Ok(graph);
     }
     if input.is_some() {
         bail!("--input applies to ONNX models only: {} declares its input", path.display());
@@ -339,18 +350,32 @@ fn emit(output: &Option<PathBuf>, text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Plan { file, init, format, analysis, input, output } => {
+        Command::Plan { file, init, format, analysis, input, output, branch_scale } => {
             let opts = init.options()?;
-            let net = load_network(&file, input)?;
-            let plan = cnnc::plan_with(&net, opts, analysis.into())?;
+            let plan = if is_onnx(&file) {
+                let graph = load_graph(&file, input)?;
+                let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale };
+                cnnc::plan_graph(&graph, req).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+            } else {
+                let net = load_network(&file, input)?;
+                cnnc::plan_with(&net, opts, analysis.into())?
+            };
             let text = match format {
                 Format::Json => plan.to_json(),
                 Format::Yaml => plan.to_yaml(),
             };
             emit(&output, &text)
         }
-        Command::Lower { file, init, input, analysis } => {
+        Command::Lower { file, init, input, analysis, branch_scale } => {
             let opts = init.options()?;
+            if is_onnx(&file) {
+                let graph = load_graph(&file, input)?;
+                if cnnc::unify::unify(&graph).is_err() {
+                    let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale };
+                    let plan = cnnc::plan_graph(&graph, req).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    return emit(&None, &report::graph_plan_table(&plan));
+                }
+            }
             let net = load_network(&file, input)?;
             let analysis = analyze::analyze_with(&net, opts, analysis.into())?;
             emit(&None, &report::lower_table(&net, &analysis, opts.mode))

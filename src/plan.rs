@@ -7,19 +7,25 @@
 //! `bias` to zero; parameter names follow PyTorch's `state_dict` of the equivalent
 //! `nn.Sequential` (or the ONNX initializer names).
 
+use crate::analyze::graph::{GraphAnalysis, GraphOptions};
 use crate::analyze::{LayerAnalysis, Mode, Options};
-use crate::ir::{Activation, Pad, PoolKind};
+use crate::ir::{Activation, Graph, Op, Pad, PoolKind, ValueId};
 use crate::unify::{Network, WeightKind};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The plan format this build writes. Bumped on any incompatible change.
+/// The plan format this build writes for chains of unified layers.
 pub const FORMAT: &str = "cnnc-plan/1";
+/// The format of plans of graphs (joins, BatchNorm entries): a superset of
+/// `cnnc-plan/1`, under its own name so that a reader of /1 that cannot apply the
+/// BatchNorm entries refuses the plan instead of ignoring them.
+pub const FORMAT_GRAPH: &str = "cnnc-plan/2";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
-    /// Always "cnnc-plan/1" for this version of the format.
+    /// "cnnc-plan/1" (a chain of unified layers) or "cnnc-plan/2" (a graph: adds
+    /// `batch_norms` and `joins`).
     pub format: String,
     /// The tool that wrote the plan.
     pub generator: String,
@@ -35,6 +41,61 @@ pub struct Plan {
     pub std_cap: Option<f64>,
     pub summary: Summary,
     pub layers: Vec<PlanLayer>,
+    /// Graphs only: every BatchNormalization node, with the values its scale and shift
+    /// start at.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub batch_norms: Option<Vec<PlanBatchNorm>>,
+    /// Graphs only: every join (add, concat, mul), with its predicted second moments.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub joins: Option<Vec<PlanJoin>>,
+    /// Graphs only: the residual branch scale α (`--branch-scale`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub branch_scale: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanBatchNorm {
+    /// The node's name.
+    pub name: String,
+    /// "training" (batch statistics) or "inference" (running statistics).
+    pub mode: String,
+    pub channels: u64,
+    pub epsilon: f64,
+    /// γ: set every element to `value`.
+    pub scale: ConstantInit,
+    /// β: set every element to `value`.
+    pub shift: ConstantInit,
+    /// Whether it ends a residual branch (its scale is the branch scale α).
+    pub residual_last: bool,
+    /// Second moments: `forward_variance` of its output, `backward_variance` of the
+    /// gradient at its output.
+    pub predicted: Predicted,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConstantInit {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub value: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanJoin {
+    /// The node's name.
+    pub name: String,
+    /// "add", "concat" or "mul".
+    pub kind: String,
+    /// The nodes whose outputs it reads ("input" for the network input).
+    pub inputs: Vec<String>,
+    pub output_shape: Vec<u64>,
+    /// For an add: which inputs are residual branches (the others are the identity path).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub residual_branches: Option<Vec<bool>>,
+    /// Second moments of its output (forward) and of the gradient at its output (backward).
+    pub predicted: Predicted,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -94,6 +155,16 @@ pub struct PlanLayer {
     /// σ before the cap.
     pub uncapped_std: f64,
     pub predicted: Predicted,
+    /// Graphs only: the node whose output this layer reads ("input" for the network input).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reads: Option<String>,
+    /// Graphs only: the last weight layer of a residual branch (it targets α²).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub residual_last: Option<bool>,
+    /// Graphs only: the training-mode BatchNorm right after this layer. It sets the
+    /// forward signal whatever σ² is: σ² matters only for the gradient.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub normalized_by: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -175,6 +246,140 @@ pub struct Predicted {
     pub backward_range: Option<[f64; 2]>,
 }
 
+fn pooling_info(p: &crate::unify::Pooling) -> PoolingInfo {
+    let g = &p.geometry;
+    PoolingInfo {
+        kind: match p.kind {
+            PoolKind::Max => "max".into(),
+            PoolKind::Avg => "avg".into(),
+        },
+        global: p.global,
+        kernel: vec![g.h.kernel, g.w.kernel],
+        stride: p.pool.as_ref().map_or(vec![1, 1], |q| q.stride.to_vec()),
+        padding: p.pool.as_ref().map_or(vec![0, 0, 0, 0], |q| pad4(&q.pad)),
+        ceil_mode: p.pool.as_ref().is_some_and(|q| q.ceil_mode),
+    }
+}
+
+fn conv_info(c: &crate::ir::Conv) -> ConvInfo {
+    ConvInfo { kernel: c.kernel.to_vec(), stride: c.stride.to_vec(), padding: pad4(&c.pad), dilation: c.dilation.to_vec(), groups: c.groups }
+}
+
+fn predicted(forward_variance: f64, backward_variance: f64) -> Predicted {
+    Predicted { forward_variance, backward_variance, forward_range: None, backward_range: None }
+}
+
+/// Builds the plan of a graph from its analysis ([`crate::analyze::graph`]).
+pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions) -> Plan {
+    let reads = |v: ValueId| if v.0 == 0 { "input".to_string() } else { g.nodes[v.0 - 1].name.clone() };
+    let mut layers = Vec::with_capacity(a.weights.len());
+    for (i, r) in a.weights.iter().enumerate() {
+        let n = &g.nodes[r.node];
+        let w = &r.weight;
+        let end = r.pooling.or(r.activation).unwrap_or(r.node);
+        let activation = match r.activation.map(|k| &g.nodes[k].op) {
+            Some(Op::Activation(act)) => activation_info(*act),
+            Some(Op::Elementwise(e)) => ActivationInfo { kind: e.to_string(), slope: None },
+            _ => activation_info(Activation::Identity),
+        };
+        let pooling = r.pooling.map(|k| crate::unify::pooling(&g.nodes[k], g.shape(g.nodes[k].inputs[0])));
+        layers.push(PlanLayer {
+            index: i as u64 + 1,
+            name: w.module.clone(),
+            kind: match w.kind {
+                WeightKind::Conv => "conv".into(),
+                WeightKind::Linear => "linear".into(),
+            },
+            input_shape: g.shape(n.inputs[0]).dims(),
+            conv_shape: n.output.dims(),
+            output_shape: g.nodes[end].output.dims(),
+            m_in: w.geometry.m_in(),
+            m_conv: w.geometry.m_out(),
+            m_out: g.nodes[end].output.numel(),
+            connections: r.connections,
+            fan_in: w.fan_in(),
+            fan_out: w.fan_out(),
+            conv: w.conv.as_ref().map(conv_info),
+            activation,
+            window: pooling.as_ref().map_or(1, |p| p.geometry.window_size()),
+            pooling: pooling.as_ref().map(pooling_info),
+            tau: r.tau,
+            gamma: r.gamma,
+            weight: WeightInit {
+                name: w.weight_param.clone(),
+                shape: w.weight_shape.clone(),
+                distribution: "normal".into(),
+                mean: 0.0,
+                std: r.variance.sqrt(),
+                variance: r.variance,
+            },
+            bias: w.bias_param.as_ref().map(|name| BiasInit { name: name.clone(), shape: vec![w.geometry.out_channels], init: "zeros".into() }),
+            capped: r.capped,
+            uncapped_std: r.uncapped_std,
+            predicted: predicted(r.forward_variance, r.backward_variance),
+            reads: Some(reads(n.inputs[0])),
+            residual_last: Some(r.residual_last),
+            normalized_by: r.normalized_by.map(|k| g.nodes[k].name.clone()),
+        });
+    }
+    let batch_norms = a
+        .batch_norms
+        .iter()
+        .filter_map(|b| {
+            let n = &g.nodes[b.node];
+            let Op::BatchNorm(bn) = &n.op else { return None };
+            Some(PlanBatchNorm {
+                name: n.name.clone(),
+                mode: if bn.training { "training" } else { "inference" }.into(),
+                channels: bn.channels,
+                epsilon: bn.epsilon,
+                scale: ConstantInit { name: bn.scale.clone(), shape: vec![bn.channels], value: b.scale },
+                shift: ConstantInit { name: bn.shift.clone(), shape: vec![bn.channels], value: 0.0 },
+                residual_last: b.residual_last,
+                predicted: predicted(b.forward_variance, b.backward_variance),
+            })
+        })
+        .collect();
+    let joins = a
+        .joins
+        .iter()
+        .map(|j| {
+            let n = &g.nodes[j.node];
+            PlanJoin {
+                name: n.name.clone(),
+                kind: n.op.kind_name().into(),
+                inputs: n.inputs.iter().map(|&v| reads(v)).collect(),
+                output_shape: n.output.dims(),
+                residual_branches: matches!(n.op, Op::Add).then(|| j.branches.clone()),
+                predicted: predicted(j.forward_variance, j.backward_variance),
+            }
+        })
+        .collect();
+    let summary = Summary {
+        weight_layers: layers.len() as u64,
+        parameters: a.weights.iter().map(|r| r.weight.parameters()).sum::<u64>()
+            + g.nodes.iter().map(|n| if let Op::BatchNorm(b) = &n.op { 2 * b.channels } else { 0 }).sum::<u64>(),
+        connections: a.weights.iter().map(|r| r.connections).fold(0u64, |s, c| s.saturating_add(c)),
+        capped_layers: a.weights.iter().filter(|r| r.capped).count() as u64,
+        predicted_output_variance: a.output_variance,
+        predicted_input_gradient_variance: a.input_gradient_variance,
+    };
+    Plan {
+        format: FORMAT_GRAPH.into(),
+        generator: format!("cnnc {}", env!("CARGO_PKG_VERSION")),
+        network: g.name.clone(),
+        input_shape: g.input.dims(),
+        mode: opts.mode.name().into(),
+        analysis: "paper".into(),
+        std_cap: opts.std_cap,
+        summary,
+        layers,
+        batch_norms: Some(batch_norms),
+        joins: Some(joins),
+        branch_scale: Some(opts.branch_scale),
+    }
+}
+
 fn pad4(pad: &[Pad; 2]) -> Vec<u64> {
     vec![pad[0].begin, pad[1].begin, pad[0].end, pad[1].end]
 }
@@ -197,27 +402,8 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
     let mut layers = Vec::with_capacity(net.layers.len());
     for (layer, a) in net.layers.iter().zip(analysis) {
         let w = &layer.weight;
-        let conv = w.conv.as_ref().map(|c| ConvInfo {
-            kernel: c.kernel.to_vec(),
-            stride: c.stride.to_vec(),
-            padding: pad4(&c.pad),
-            dilation: c.dilation.to_vec(),
-            groups: c.groups,
-        });
-        let pooling = layer.pooling.as_ref().map(|p| {
-            let g = &p.geometry;
-            PoolingInfo {
-                kind: match p.kind {
-                    PoolKind::Max => "max".into(),
-                    PoolKind::Avg => "avg".into(),
-                },
-                global: p.global,
-                kernel: vec![g.h.kernel, g.w.kernel],
-                stride: p.pool.as_ref().map_or(vec![1, 1], |q| q.stride.to_vec()),
-                padding: p.pool.as_ref().map_or(vec![0, 0, 0, 0], |q| pad4(&q.pad)),
-                ceil_mode: p.pool.as_ref().is_some_and(|q| q.ceil_mode),
-            }
-        });
+        let conv = w.conv.as_ref().map(conv_info);
+        let pooling = layer.pooling.as_ref().map(pooling_info);
         layers.push(PlanLayer {
             index: layer.index as u64,
             name: w.module.clone(),
@@ -261,6 +447,9 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
                 forward_range: a.forward_range.map(|(lo, hi)| [lo, hi]),
                 backward_range: a.backward_range.map(|(lo, hi)| [lo, hi]),
             },
+            reads: None,
+            residual_last: None,
+            normalized_by: None,
         });
     }
     let summary = Summary {
@@ -281,6 +470,9 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
         std_cap: opts.std_cap,
         summary,
         layers,
+        batch_norms: None,
+        joins: None,
+        branch_scale: None,
     }
 }
 

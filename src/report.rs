@@ -37,6 +37,11 @@ pub fn graph_table(g: &Graph) -> String {
             Op::Pool(p) => {
                 format!("{} {}{}", n.op.kind_name(), window(p.kernel, p.stride, &p.pad), if p.ceil_mode { " ceil" } else { "" })
             }
+            Op::Elementwise(e) => format!("elementwise {e}"),
+            Op::BatchNorm(b) => format!("batchnorm {} eps {} ({})", b.channels, b.epsilon, if b.training { "batch statistics" } else { "running statistics" }),
+            Op::ChannelSlice { start, end } => format!("slice channels {start}..{end}"),
+            Op::Shuffle { groups } => format!("shuffle groups {groups}"),
+            Op::Resize { scale, linear } => format!("resize x{}x{} {}", scale[0], scale[1], if *linear { "linear" } else { "nearest" }),
             other => other.kind_name().to_string(),
         };
         let _ = writeln!(out, "%{} = {} ({})  -> {}  [{}]", k + 1, detail, inputs.join(", "), n.output, n.name);
@@ -229,4 +234,132 @@ pub fn inspect(net: &Network, layer: &Layer, unit: u64, backward: bool, limit: u
         }
     }
     Ok(out)
+}
+
+/// Aligned columns: `numeric[k]` right-aligns column k.
+fn columns(header: &[&str], rows: &[Vec<String>], numeric: &[bool]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let mut s = String::new();
+        for (k, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if k > 0 {
+                s.push_str("  ");
+            }
+            let pad = " ".repeat(w - c.chars().count());
+            if numeric.get(k).copied().unwrap_or(false) {
+                s.push_str(&pad);
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                s.push_str(&pad);
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+fn dims(d: &[u64]) -> String {
+    format!("({})", d.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
+}
+
+/// The `lower` table of a graph, from its plan: every weight layer (with the activation
+/// and pooling that follow it when they are its only readers), then the joins and the
+/// BatchNorm nodes with their predicted second moments.
+pub fn graph_plan_table(plan: &crate::plan::Plan) -> String {
+    let mut out = format!(
+        "graph {}  input {}  mode {}  branch scale {}\n",
+        plan.network,
+        dims(&plan.input_shape),
+        plan.mode,
+        plan.branch_scale.map_or("1".into(), |b| b.to_string())
+    );
+    let header = ["ℓ", "name", "reads", "kind", "input", "conv", "M", "M'", "ε", "act", "pool", "σ²", "E[u²]", "E[δz²]", "note"];
+    let rows: Vec<Vec<String>> = plan
+        .layers
+        .iter()
+        .map(|l| {
+            let mut note = Vec::new();
+            if l.residual_last == Some(true) {
+                note.push("branch end".to_string());
+            }
+            if let Some(bn) = &l.normalized_by {
+                note.push(format!("normalized by {bn}"));
+            }
+            vec![
+                l.index.to_string(),
+                l.name.clone(),
+                l.reads.clone().unwrap_or_default(),
+                l.kind.clone(),
+                dims(&l.input_shape),
+                dims(&l.conv_shape),
+                l.m_in.to_string(),
+                l.m_conv.to_string(),
+                l.connections.to_string(),
+                l.activation.kind.clone(),
+                l.pooling.as_ref().map_or("-".into(), |p| format!("{}{}", if p.global { "global " } else { "" }, p.kind)),
+                format!("{}{}", fmt_g(l.weight.variance), if l.capped { "*" } else { "" }),
+                fmt_g(l.predicted.forward_variance),
+                fmt_g(l.predicted.backward_variance),
+                note.join(", "),
+            ]
+        })
+        .collect();
+    let numeric = [true, false, false, false, false, false, true, true, true, false, false, true, true, true, false];
+    out.push_str(&columns(&header, &rows, &numeric));
+    if let Some(joins) = plan.joins.as_ref().filter(|j| !j.is_empty()) {
+        out.push_str("\njoins\n");
+        let rows: Vec<Vec<String>> = joins
+            .iter()
+            .map(|j| {
+                let inputs: Vec<String> = j
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, i)| {
+                        let branch = j.residual_branches.as_ref().is_some_and(|b| b[k]);
+                        format!("{i}{}", if branch { " (branch)" } else { "" })
+                    })
+                    .collect();
+                vec![j.name.clone(), j.kind.clone(), dims(&j.output_shape), fmt_g(j.predicted.forward_variance), fmt_g(j.predicted.backward_variance), inputs.join(" + ")]
+            })
+            .collect();
+        out.push_str(&columns(&["name", "kind", "output", "E[x²]", "E[δ²]", "inputs"], &rows, &[false, false, false, true, true, false]));
+    }
+    if let Some(bns) = plan.batch_norms.as_ref().filter(|b| !b.is_empty()) {
+        out.push_str("\nbatch norms\n");
+        let rows: Vec<Vec<String>> = bns
+            .iter()
+            .map(|b| {
+                vec![
+                    b.name.clone(),
+                    b.mode.clone(),
+                    b.channels.to_string(),
+                    fmt_g(b.scale.value),
+                    fmt_g(b.predicted.forward_variance),
+                    fmt_g(b.predicted.backward_variance),
+                    if b.residual_last { "branch end".into() } else { String::new() },
+                ]
+            })
+            .collect();
+        out.push_str(&columns(&["name", "mode", "C", "γ", "E[y²]", "E[δ²]", "note"], &rows, &[false, false, true, true, true, true, false]));
+    }
+    let _ = writeln!(
+        out,
+        "{} weight layers, {} parameters; predicted output second moment {}, input gradient {}",
+        plan.summary.weight_layers,
+        plan.summary.parameters,
+        fmt_g(plan.summary.predicted_output_variance),
+        fmt_g(plan.summary.predicted_input_gradient_variance)
+    );
+    out
 }

@@ -162,6 +162,7 @@ pub fn unify(graph: &Graph) -> Result<Network, Vec<UnifyError>> {
                     o.layer.output = node.output;
                 }
             }
+            other => err(node, format!("{} `{}` is not part of a chain of unified layers", other.kind_name(), node.name)),
         }
     }
     if let Some(o) = open.take() {
@@ -180,7 +181,7 @@ pub fn unify(graph: &Graph) -> Result<Network, Vec<UnifyError>> {
     }
 }
 
-fn weight(node: &ir::Node, input: Shape) -> Weight {
+pub(crate) fn weight(node: &ir::Node, input: Shape) -> Weight {
     let (weight_param, bias_param) = match &node.params {
         Some(p) => (p.weight.clone(), p.bias.clone()),
         None => (format!("{}.weight", node.name), Some(format!("{}.bias", node.name))),
@@ -230,7 +231,7 @@ fn weight(node: &ir::Node, input: Shape) -> Weight {
     }
 }
 
-fn pooling(node: &ir::Node, input: Shape) -> Pooling {
+pub(crate) fn pooling(node: &ir::Node, input: Shape) -> Pooling {
     let (c, h, w) = input.chw();
     let (_, oh, ow) = node.output.chw();
     match &node.op {

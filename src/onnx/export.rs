@@ -226,6 +226,13 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 g.node.push(node(&n.name, op, vec![input], &out, vec![]));
             }
             Op::Flatten => g.node.push(node(&n.name, "Flatten", vec![input], &out, vec![int("axis", 1)])),
+            other => {
+                return Err(OnnxError::Model(format!(
+                    "node `{}` ({}): export-onnx writes chains of unified layers; graphs with joins are not written yet",
+                    n.name,
+                    other.kind_name()
+                )))
+            }
         }
         names.push(out);
     }

@@ -5,17 +5,29 @@
 //! nodes topologically (a cycle is an error); find the one data input and its shape; then
 //! convert node by node through [`OPS`], one function per `op_type`.
 //!
-//! Weights are known by their shapes only: an initializer, a graph input with a declared
-//! shape (models exported without parameters), or a `Constant` node. Values are either
-//! data (produced from the graph input, with an [`ir`] node and a [`Shape`]) or such
-//! parameters. Identity and Dropout produce no IR node: their output is their input.
+//! Values are of three kinds:
+//! - **constants**: initializers, `Constant` nodes, weights given as graph inputs, and
+//!   everything computed from them alone. Every node whose inputs are all constants is
+//!   folded here by [`consts::eval`] (the shape arithmetic exporters emit: `Shape`,
+//!   `Gather`, `Cast`, `Concat`, `Div`, `Ceil`, …); `Shape` of a data value folds too,
+//!   since every data shape is known. Weights are known by their dims only (planning
+//!   never reads their payload); small tensors keep their values.
+//! - **data**: computed from the graph input, with an [`ir`] node and a [`Shape`].
+//! - **pending**: an element-wise function of one data value, built up node by node
+//!   (`x·sigmoid(x)`, `0.5·x·(1 + erf(x/√2))`, `x·clip(x + 3, 0, 6)/6`), and an explicit
+//!   zero `Pad`, kept until a consumer needs the value. Then it becomes one IR node
+//!   (a named activation when it is one), or, for a pad read by a `Conv`, the conv's
+//!   own padding.
+//!
+//! Identity, Dropout, Cast and a trailing Softmax produce no IR node: their output is
+//! their input.
 
+use super::consts::{self, Tensor};
 use super::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
-    ValueInfoProto,
+    attribute_proto::AttributeType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use super::OnnxError;
-use crate::ir::{self, Activation, Conv, Linear, Op, Origin, Pad, ParamNames, Pool, PoolKind, Shape, ValueId};
+use crate::ir::{self, Activation, BatchNorm, Conv, Expr, Fn1, Linear, Op, Origin, Pad, ParamNames, Pool, PoolKind, Shape, ValueId};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// What the importer needs beyond the model.
@@ -33,17 +45,37 @@ const MAX_NUMEL: u64 = 1 << 48;
 
 type OpFn = for<'m> fn(&mut Importer<'m>, &Cx<'m>) -> Result<(), String>;
 
-/// The operator table: op_type, its converter, and which of its inputs are parameters
-/// (not data), so that a parameter given as a graph input is not taken for the data input.
+/// The operator table: op_type, its converter for data inputs, and which of its inputs
+/// are parameters (not data), so that a parameter given as a graph input is not taken
+/// for the data input. A node whose inputs are all constants is folded instead
+/// ([`consts::is_foldable`]).
 const OPS: &[(&str, OpFn, &[usize])] = &[
     ("Conv", conv, &[1, 2]),
     ("Gemm", gemm, &[1, 2]),
     ("MatMul", matmul, &[1]),
     ("Add", add, &[]),
-    ("Relu", relu, &[]),
-    ("LeakyRelu", leaky_relu, &[]),
-    ("Tanh", tanh, &[]),
-    ("Sigmoid", sigmoid, &[]),
+    ("Sum", add, &[]),
+    ("Sub", sub, &[]),
+    ("Mul", mul, &[]),
+    ("Div", div, &[]),
+    ("Relu", unary, &[]),
+    ("LeakyRelu", unary, &[]),
+    ("PRelu", prelu, &[1]),
+    ("Tanh", unary, &[]),
+    ("Sigmoid", unary, &[]),
+    ("HardSigmoid", unary, &[]),
+    ("HardSwish", unary, &[]),
+    ("Clip", clip, &[1, 2]),
+    ("Elu", unary, &[]),
+    ("Softplus", unary, &[]),
+    ("Mish", unary, &[]),
+    ("Gelu", unary, &[]),
+    ("Erf", unary, &[]),
+    ("Exp", unary, &[]),
+    ("Neg", unary, &[]),
+    ("Abs", unary, &[]),
+    ("Sqrt", unary, &[]),
+    ("BatchNormalization", batch_norm, &[1, 2, 3, 4]),
     ("MaxPool", max_pool, &[]),
     ("AveragePool", average_pool, &[]),
     ("GlobalAveragePool", global_average_pool, &[]),
@@ -52,20 +84,45 @@ const OPS: &[(&str, OpFn, &[usize])] = &[
     ("ReduceMax", reduce_max, &[1]),
     ("Flatten", flatten, &[]),
     ("Reshape", reshape, &[1]),
+    ("Transpose", transpose, &[]),
+    ("Concat", concat, &[]),
+    ("Split", split, &[1]),
+    ("Slice", slice, &[1, 2, 3, 4]),
+    ("Pad", pad, &[1, 2, 3]),
+    ("Resize", resize, &[1, 2, 3]),
+    ("Upsample", resize, &[1]),
     ("Dropout", identity, &[1, 2]),
     ("Identity", identity, &[]),
+    ("Cast", identity, &[]),
+    ("Softmax", trailing, &[]),
+    ("LogSoftmax", trailing, &[]),
+    ("Shape", shape_of, &[]),
     ("Constant", constant, &[]),
 ];
 
-/// The operator types the importer handles (`Add` only as the bias of a `MatMul`).
+/// The operator types the importer handles, for the error that lists unsupported nodes.
 pub const SUPPORTED_OPS: &[&str] = &[
-    "Conv",
+    "Conv (grouped, depthwise)",
     "Gemm",
     "MatMul(+Add)",
+    "Add",
+    "Sum",
+    "Mul (gates, x·sigmoid(x))",
+    "Sub/Div (by constants)",
     "Relu",
     "LeakyRelu",
+    "PRelu",
     "Tanh",
     "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Clip",
+    "Elu",
+    "Softplus",
+    "Mish",
+    "Gelu",
+    "Erf",
+    "BatchNormalization",
     "MaxPool",
     "AveragePool",
     "GlobalAveragePool",
@@ -74,30 +131,78 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "ReduceMax",
     "Flatten",
     "Reshape",
+    "Transpose (channel shuffle)",
+    "Concat",
+    "Split",
+    "Slice",
+    "Pad (zero, before a Conv)",
+    "Resize",
+    "Upsample",
     "Dropout",
     "Identity",
-    "Constant",
+    "Cast",
+    "Softmax/LogSoftmax (trailing)",
+    "constant shape arithmetic (Shape, Gather, Unsqueeze, Squeeze, Ceil, ConstantOfShape, …)",
 ];
 
 fn lookup(op: &str) -> Option<&'static (&'static str, OpFn, &'static [usize])> {
     OPS.iter().find(|(name, _, _)| *name == op)
 }
 
-/// A parameter-like value: its dims, and its values when it is a small int64 tensor.
+/// A constant value: its dims, and its values when they are known (small tensors;
+/// weights are known by their dims only).
 #[derive(Clone, Debug)]
 struct Param {
     dims: Vec<i64>,
-    ints: Option<Vec<i64>>,
+    value: Option<Tensor>,
+}
+
+impl Param {
+    fn ints(&self) -> Option<Vec<i64>> {
+        self.value.as_ref().and_then(Tensor::as_ints)
+    }
+    /// The single number of a one-element tensor.
+    fn scalar(&self) -> Option<f64> {
+        let v = self.value.as_ref()?;
+        (v.numel() == 1).then(|| v.as_floats()[0])
+    }
+}
+
+/// An element-wise function of a data value, not yet an IR node.
+#[derive(Clone, Debug)]
+struct Pending {
+    base: ValueId,
+    shape: Shape,
+    expr: Expr,
+    /// The ONNX node that applied the last step: the IR node is named after it.
+    name: String,
+}
+
+/// A data value reshaped to (N, g, C/g, H, W) for a channel shuffle, maybe transposed.
+#[derive(Clone, Copy, Debug)]
+struct Grouped {
+    base: ValueId,
+    shape: Shape,
+    groups: u64,
+    transposed: bool,
 }
 
 struct Importer<'m> {
     params: HashMap<String, Param>,
     values: HashMap<&'m str, (ValueId, Shape)>,
+    pending: HashMap<&'m str, Pending>,
+    /// Explicit zero padding, kept for the Conv that reads it.
+    pads: HashMap<&'m str, (ValueId, Shape, [Pad; 2])>,
+    grouped: HashMap<&'m str, Grouped>,
     nodes: Vec<ir::Node>,
     /// MatMul node index → (bias name, Add output name) when an Add adds its bias.
     matmul_bias: HashMap<usize, (&'m str, &'m str)>,
     /// Indices of the Add nodes folded into a MatMul.
     fused_adds: HashSet<usize>,
+    /// The graph's output names (a Softmax is accepted only there).
+    outputs: HashSet<&'m str>,
+    /// Weight layers whose names were recovered from the node's scope.
+    renamed: Vec<String>,
 }
 
 /// One node being converted.
@@ -117,7 +222,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         .node
         .iter()
         .enumerate()
-        .filter(|(k, n)| !is_default_domain(n) || lookup(n.op_type()).is_none() || (n.op_type() == "Add" && !fused_adds.contains(k)))
+        .filter(|(_, n)| !is_default_domain(n) || (lookup(n.op_type()).is_none() && !consts::is_foldable(n.op_type())))
         .map(|(k, n)| (node_name(n, k), op_label(n)))
         .collect();
     if !unsupported.is_empty() {
@@ -125,7 +230,18 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
     }
     let order = topological_order(graph)?;
 
-    let mut imp = Importer { params: HashMap::new(), values: HashMap::new(), nodes: Vec::new(), matmul_bias, fused_adds };
+    let mut imp = Importer {
+        params: HashMap::new(),
+        values: HashMap::new(),
+        pending: HashMap::new(),
+        pads: HashMap::new(),
+        grouped: HashMap::new(),
+        nodes: Vec::new(),
+        matmul_bias,
+        fused_adds,
+        outputs: graph.output.iter().map(|o| o.name()).collect(),
+        renamed: Vec::new(),
+    };
     for t in &graph.initializer {
         imp.params.insert(t.name().to_string(), param_of(t));
     }
@@ -134,23 +250,50 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
     for vi in &graph.input {
         if vi.name() != data_input && !imp.params.contains_key(vi.name()) {
             if let Some(dims) = declared_dims(vi).and_then(|d| d.into_iter().collect::<Option<Vec<i64>>>()) {
-                imp.params.insert(vi.name().to_string(), Param { dims, ints: None });
+                imp.params.insert(vi.name().to_string(), Param { dims, value: None });
             }
         }
     }
     for k in order {
         let node = &graph.node[k];
         let cx = Cx { node, index: k, name: node_name(node, k), op: node.op_type() };
-        let (_, convert, _) = lookup(cx.op).expect("unsupported nodes were rejected above");
-        convert(&mut imp, &cx).map_err(|message| OnnxError::Node { node: cx.name.clone(), op: cx.op.to_string(), message })?;
+        let fail = |message: String| OnnxError::Node { node: cx.name.clone(), op: cx.op.to_string(), message };
+        if imp.try_fold(&cx).map_err(fail)? {
+            continue;
+        }
+        let Some((_, convert, _)) = lookup(cx.op) else {
+            return Err(fail(match cx.node.input.iter().find(|i| imp.is_data(i)) {
+                Some(i) => format!("{} computes on the data value `{i}`: cnnc folds it only on constants", cx.op),
+                None => format!("an input of {} is not a known constant", cx.op),
+            }));
+        };
+        convert(&mut imp, &cx).map_err(fail)?;
+    }
+    // A graph output still pending (a network that ends in an activation) becomes a node.
+    for o in &graph.output {
+        if imp.pending.contains_key(o.name()) || imp.pads.contains_key(o.name()) {
+            let cx = Cx { node: &graph.node[0], index: 0, name: o.name().to_string(), op: "output" };
+            imp.data(&cx, o.name()).map_err(|message| OnnxError::Model(format!("graph output `{}`: {message}", o.name())))?;
+        }
     }
     if imp.nodes.is_empty() {
         return Err(OnnxError::Model("the graph has no node that cnnc can plan".into()));
     }
+    let mut notes = Vec::new();
+    if !imp.renamed.is_empty() {
+        notes.push(format!(
+            "{} weight{} carried names the exporter made up (`onnx::Conv_…`, from constant folding), so cnnc named them after their nodes' scopes ({}{}); \
+             if the model had BatchNorm layers, torch folded them into these convs: export with `training=torch.onnx.TrainingMode.TRAINING` \
+             (or `do_constant_folding=False`) to keep them",
+            imp.renamed.len(),
+            if imp.renamed.len() == 1 { "" } else { "s" },
+            imp.renamed.iter().take(2).cloned().collect::<Vec<_>>().join(", "),
+            if imp.renamed.len() > 2 { ", …" } else { "" },
+        ));
+    }
     let name = if graph.name().is_empty() { "onnx".to_string() } else { graph.name().to_string() };
-    Ok(ir::Graph { name, input: shape, nodes: imp.nodes })
+    Ok(ir::Graph { name, input: shape, nodes: imp.nodes, notes })
 }
-
 fn is_default_domain(n: &NodeProto) -> bool {
     matches!(n.domain(), "" | "ai.onnx")
 }
@@ -190,8 +333,31 @@ fn fuse_linear(graph: &GraphProto) -> (HashMap<usize, (&str, &str)>, HashSet<usi
             consumers.entry(i.as_str()).or_default().push(k);
         }
     }
-    let computed: HashSet<&str> =
-        graph.node.iter().filter(|n| n.op_type() != "Constant").flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    // Values computed from data: a bias reached through `Identity` or `Cast` of an
+    // initializer (the TorchScript exporter deduplicates equal constants that way) is not.
+    let mut constant: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+    constant.extend(graph.input.iter().map(|v| v.name()));
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for n in &graph.node {
+            let passes = matches!(n.op_type(), "Identity" | "Cast") && n.input.first().is_some_and(|i| constant.contains(i.as_str()));
+            if n.op_type() == "Constant" || passes {
+                for o in &n.output {
+                    changed |= constant.insert(o.as_str());
+                }
+            }
+        }
+    }
+    let data = graph.input.iter().map(|v| v.name()).find(|name| {
+        graph.node.iter().any(|n| matches!(n.op_type(), "Conv" | "Gemm" | "MatMul") && n.input.first().map(String::as_str) == Some(*name))
+    });
+    let computed: HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .filter(|o| !constant.contains(o) || Some(*o) == data)
+        .collect();
     let mut matmul_bias = HashMap::new();
     let mut fused = HashSet::new();
     for (k, n) in graph.node.iter().enumerate() {
@@ -356,24 +522,9 @@ fn checked_shape(s: Shape) -> Result<Shape, String> {
     }
 }
 
-/// A tensor's dims, and its values when it is an int64 tensor of at most 16 elements
-/// whose data matches its dims.
+/// A tensor's dims, and its values when the payload is there and small.
 fn param_of(t: &TensorProto) -> Param {
-    let count = t.dims.iter().try_fold(1i64, |a, &d| if d < 0 { None } else { a.checked_mul(d) });
-    let ints = match count {
-        Some(n) if t.data_type() == DataType::Int64 as i32 && n <= 16 => {
-            let values: Vec<i64> = match &t.raw_data {
-                _ if !t.int64_data.is_empty() => t.int64_data.clone(),
-                Some(raw) if raw.len() as i64 == 8 * n => {
-                    raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
-                }
-                _ => Vec::new(),
-            };
-            Some(values).filter(|v| v.len() as i64 == n)
-        }
-        _ => None,
-    };
-    Param { dims: t.dims.clone(), ints }
+    Param { dims: t.dims.clone(), value: consts::from_proto(t) }
 }
 
 // ---------------------------------------------------------------- node context helpers
@@ -388,23 +539,11 @@ impl<'m> Cx<'m> {
         self.node.output.first().map(String::as_str).filter(|s| !s.is_empty()).ok_or_else(|| "the node has no output".to_string())
     }
 
-    /// The data value read at input `i`.
-    fn data(&self, imp: &Importer<'m>, i: usize) -> Result<(ValueId, Shape), String> {
-        let name = self.input(i).ok_or_else(|| format!("input {i} is missing"))?;
-        if let Some(v) = imp.values.get(name) {
-            return Ok(*v);
-        }
-        if imp.params.contains_key(name) {
-            return Err(format!("input `{name}` is a constant, not data computed from the graph input"));
-        }
-        Err(format!("input `{name}` is not defined by any node, initializer or graph input"))
-    }
-
     /// The dims of the parameter read at input `i`, all ≥ 1; `what` names it in errors.
     fn param(&self, imp: &Importer<'_>, i: usize, what: &str) -> Result<(&'m str, Vec<u64>), String> {
         let name = self.input(i).ok_or_else(|| format!("the {what} (input {i}) is missing"))?;
         let p = imp.params.get(name).ok_or_else(|| {
-            if imp.values.contains_key(name) {
+            if imp.is_data(name) {
                 format!("the {what} `{name}` is computed by the graph: cnnc needs it as an initializer")
             } else {
                 format!("the {what} `{name}` has no initializer and no declared shape")
@@ -523,28 +662,179 @@ impl<'m> Cx<'m> {
 
 impl<'m> Importer<'m> {
     /// Appends an IR node reading `input` and binds `output` to its value.
-    fn push(
+    fn push(&mut self, cx: &Cx<'m>, op: Op, input: ValueId, shape: Shape, params: Option<ParamNames>, output: &'m str) -> Result<ValueId, String> {
+        self.push_n(cx, op, vec![input], shape, params, output)
+    }
+
+    /// Appends an IR node reading `inputs` and binds `output` to its value.
+    fn push_n(
         &mut self,
         cx: &Cx<'m>,
         op: Op,
-        input: ValueId,
+        inputs: Vec<ValueId>,
         shape: Shape,
         params: Option<ParamNames>,
         output: &'m str,
     ) -> Result<ValueId, String> {
-        let shape = checked_shape(shape)?;
-        self.nodes.push(ir::Node {
-            op,
-            inputs: vec![input],
-            output: shape,
-            name: cx.name.clone(),
-            params,
-            origin: Origin::OnnxNode(cx.name.clone()),
-        });
-        let id = ValueId(self.nodes.len());
+        let id = self.node(cx, op, inputs, shape, params)?;
         self.values.insert(output, (id, shape));
         Ok(id)
     }
+
+    /// Appends an IR node without binding a name to it.
+    fn node(&mut self, cx: &Cx<'m>, op: Op, inputs: Vec<ValueId>, shape: Shape, params: Option<ParamNames>) -> Result<ValueId, String> {
+        self.named(cx.name.clone(), op, inputs, shape, params)
+    }
+
+    fn named(&mut self, name: String, op: Op, inputs: Vec<ValueId>, shape: Shape, params: Option<ParamNames>) -> Result<ValueId, String> {
+        let shape = checked_shape(shape)?;
+        if self.nodes.len() as u64 >= crate::lower::MAX_NODES {
+            return Err(format!("the graph has more than {} nodes", crate::lower::MAX_NODES));
+        }
+        self.nodes.push(ir::Node { op, inputs, output: shape, origin: Origin::OnnxNode(name.clone()), name, params });
+        Ok(ValueId(self.nodes.len()))
+    }
+
+    /// Whether `name` is computed from the graph input.
+    fn is_data(&self, name: &str) -> bool {
+        self.values.contains_key(name) || self.pending.contains_key(name) || self.pads.contains_key(name) || self.grouped.contains_key(name)
+    }
+
+    /// The data value called `name`, made an IR node first if it is pending.
+    fn data(&mut self, cx: &Cx<'m>, name: &'m str) -> Result<(ValueId, Shape), String> {
+        if let Some(v) = self.values.get(name) {
+            return Ok(*v);
+        }
+        if let Some(p) = self.pending.get(name).cloned() {
+            let op = match p.expr.as_activation() {
+                Some(Activation::Identity) => {
+                    self.values.insert(name, (p.base, p.shape));
+                    return Ok((p.base, p.shape));
+                }
+                Some(act) => Op::Activation(act),
+                None => Op::Elementwise(p.expr),
+            };
+            let id = self.named(p.name, op, vec![p.base], p.shape, None)?;
+            self.values.insert(name, (id, p.shape));
+            return Ok((id, p.shape));
+        }
+        if self.pads.contains_key(name) {
+            return Err(format!("the padded value `{name}` is read by a {}: cnnc takes an explicit Pad only before a Conv", cx.op));
+        }
+        if self.grouped.contains_key(name) {
+            return Err(format!("`{name}` is a 5-D view of an image: cnnc takes it only as part of a channel shuffle (Reshape → Transpose → Reshape)"));
+        }
+        if self.params.contains_key(name) {
+            return Err(format!("input `{name}` is a constant, not data computed from the graph input"));
+        }
+        Err(format!("input `{name}` is not defined by any node, initializer or graph input"))
+    }
+
+    /// The data value read at input `i`.
+    fn data_at(&mut self, cx: &Cx<'m>, i: usize) -> Result<(ValueId, Shape), String> {
+        let name = cx.input(i).ok_or_else(|| format!("input {i} is missing"))?;
+        self.data(cx, name)
+    }
+
+    /// Input `i` as an element-wise function of a data value, when it is data.
+    fn expr(&self, cx: &Cx<'m>, i: usize) -> Option<Pending> {
+        let name = cx.input(i)?;
+        if let Some(p) = self.pending.get(name) {
+            return Some(p.clone());
+        }
+        self.values.get(name).map(|&(base, shape)| Pending { base, shape, expr: Expr::X, name: String::new() })
+    }
+
+    /// Input `i` as a constant, when it is one.
+    fn constant(&self, cx: &Cx<'m>, i: usize) -> Option<&Param> {
+        cx.input(i).and_then(|n| self.params.get(n))
+    }
+
+    /// Folds the node when every input it has is a known constant. Returns whether it did.
+    fn try_fold(&mut self, cx: &Cx<'m>) -> Result<bool, String> {
+        if !consts::is_foldable(cx.op) || cx.op == "Constant" {
+            return Ok(false);
+        }
+        let names: Vec<Option<&'m str>> = (0..cx.node.input.len()).map(|i| cx.input(i)).collect();
+        if names.iter().flatten().any(|n| self.is_data(n)) {
+            return Ok(false);
+        }
+        // Identity and Cast of a weight whose values are not loaded: the dims pass through.
+        if matches!(cx.op, "Identity" | "Cast") {
+            if let Some(p) = names.first().copied().flatten().and_then(|n| self.params.get(n)) {
+                if p.value.is_none() {
+                    let p = p.clone();
+                    self.params.insert(cx.output()?.to_string(), p);
+                    return Ok(true);
+                }
+            }
+        }
+        let mut inputs: Vec<Option<&Tensor>> = Vec::with_capacity(names.len());
+        for n in &names {
+            match n {
+                None => inputs.push(None),
+                Some(n) => match self.params.get(*n) {
+                    Some(Param { value: Some(t), .. }) => inputs.push(Some(t)),
+                    Some(_) => return Err(format!("input `{n}` is a weight whose values are not known: {} cannot be folded", cx.op)),
+                    None => return Err(format!("input `{n}` is not defined by any node, initializer or graph input")),
+                },
+            }
+        }
+        let out = consts::eval(cx.node, &inputs)?;
+        let dims = out.dims.iter().map(|&d| d as i64).collect();
+        self.params.insert(cx.output()?.to_string(), Param { dims, value: Some(out) });
+        Ok(true)
+    }
+
+    /// Binds `output` to an element-wise function of a data value.
+    fn pend(&mut self, cx: &Cx<'m>, p: Pending) -> Result<(), String> {
+        self.pending.insert(cx.output()?, Pending { name: cx.name.clone(), ..p });
+        Ok(())
+    }
+
+    /// The plan names of a weight layer's parameters: the initializer names, or, where the
+    /// exporter made them up (`onnx::Conv_193`, after folding a BatchNorm into the conv),
+    /// the module path recovered from the node's scope (`/layer1/layer1.0/conv1/Conv` →
+    /// `layer1.0.conv1`).
+    fn param_names(&mut self, cx: &Cx<'m>, weight: &str, bias: Option<String>) -> ParamNames {
+        if weight.starts_with("onnx::") {
+            if let Some(module) = scope_module(&cx.name) {
+                self.renamed.push(format!("`{weight}` → `{module}.weight`"));
+                return ParamNames { weight: format!("{module}.weight"), bias: bias.map(|_| format!("{module}.bias")) };
+            }
+        }
+        ParamNames { weight: weight.to_string(), bias }
+    }
+}
+
+/// The module path of a TorchScript node name: `/layer1/layer1.0/conv1/Conv` →
+/// `layer1.0.conv1`, `/features/features.1/conv/conv.0/conv.0.0/Conv` →
+/// `features.1.conv.0.0`. Each scope is a child of the previous one, written either as
+/// its own name (`conv1`) or as the previous scope's name extended (`layer1.0`).
+pub fn scope_module(node: &str) -> Option<String> {
+    let parts: Vec<&str> = node.strip_prefix('/')?.split('/').collect();
+    let (_, scopes) = parts.split_last()?;
+    if scopes.is_empty() || scopes.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let mut path = String::new();
+    let mut last = "";
+    for s in scopes {
+        match s.strip_prefix(last).and_then(|rest| rest.strip_prefix('.')) {
+            Some(rest) if !last.is_empty() => {
+                path.push('.');
+                path.push_str(rest);
+            }
+            _ => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(s);
+            }
+        }
+        last = s;
+    }
+    Some(path)
 }
 
 fn image(cx: &Cx<'_>, shape: Shape) -> Result<(u64, u64, u64), String> {
@@ -559,7 +849,12 @@ fn image(cx: &Cx<'_>, shape: Shape) -> Result<(u64, u64, u64), String> {
 // ---------------------------------------------------------------- one function per op
 
 fn conv<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    let (x, shape) = cx.data(imp, 0)?;
+    // An explicit zero Pad before the conv is the conv's own padding.
+    let extra = cx.input(0).and_then(|n| imp.pads.get(n)).copied();
+    let (x, shape) = match extra {
+        Some((v, s, _)) => (v, s),
+        None => imp.data_at(cx, 0)?,
+    };
     let (c, h, w) = image(cx, shape)?;
     let (weight, wd) = cx.param(imp, 1, "weight")?;
     let &[m, cg, kh, kw] = wd.as_slice() else {
@@ -580,7 +875,13 @@ fn conv<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     }
     let stride = cx.pair("strides", Some(1))?;
     let dilation = cx.pair("dilations", Some(1))?;
-    let pad = cx.pads([h, w], [kh, kw], stride, dilation)?;
+    let mut pad = cx.pads([h, w], [kh, kw], stride, dilation)?;
+    if let Some((_, _, more)) = extra {
+        for a in 0..2 {
+            pad[a].begin += more[a].begin;
+            pad[a].end += more[a].end;
+        }
+    }
     let bias = match cx.input(2) {
         None => None,
         Some(_) => {
@@ -597,7 +898,7 @@ fn conv<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     };
     let (oh, ow) = (size(0, h)?, size(1, w)?);
     let op = Op::Conv(Conv { in_channels: c, out_channels: m, kernel: [kh, kw], stride, pad, dilation, groups, bias: bias.is_some() });
-    let params = Some(ParamNames { weight: weight.to_string(), bias });
+    let params = Some(imp.param_names(cx, weight, bias));
     imp.push(cx, op, x, Shape::Image { c: m, h: oh, w: ow }, params, cx.output()?)?;
     Ok(())
 }
@@ -612,7 +913,7 @@ fn vector_input(cx: &Cx<'_>, shape: Shape) -> Result<u64, String> {
 }
 
 fn gemm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    let (x, shape) = cx.data(imp, 0)?;
+    let (x, shape) = imp.data_at(cx, 0)?;
     let n = vector_input(cx, shape)?;
     if cx.int("transA", 0)? != 0 {
         return Err("attribute `transA` must be 0: the input is (N, F)".into());
@@ -632,7 +933,8 @@ fn gemm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     }
     let bias = linear_bias(imp, cx, cx.input(2), out)?;
     let op = Op::Linear(Linear { in_features: n, out_features: out, bias: bias.is_some() });
-    imp.push(cx, op, x, Shape::Vector { n: out }, Some(ParamNames { weight: weight.to_string(), bias }), cx.output()?)?;
+    let params = Some(imp.param_names(cx, weight, bias));
+    imp.push(cx, op, x, Shape::Vector { n: out }, params, cx.output()?)?;
     Ok(())
 }
 
@@ -647,7 +949,7 @@ fn linear_bias(imp: &Importer<'_>, cx: &Cx<'_>, name: Option<&str>, out: u64) ->
 }
 
 fn matmul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    let (x, shape) = cx.data(imp, 0)?;
+    let (x, shape) = imp.data_at(cx, 0)?;
     let n = vector_input(cx, shape)?;
     let (weight, wd) = cx.param(imp, 1, "weight")?;
     let &[inp, out] = wd.as_slice() else { return Err(format!("the weight `{weight}` has shape {wd:?}, expected 2-D [in, out]")) };
@@ -665,42 +967,8 @@ fn matmul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     Ok(())
 }
 
-/// An Add reaches here only as the bias of a MatMul, already folded into its linear layer.
-fn add<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    if imp.fused_adds.contains(&cx.index) {
-        Ok(())
-    } else {
-        Err("Add is supported only as the bias of a MatMul".into())
-    }
-}
-
-fn activation<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, act: Activation) -> Result<(), String> {
-    let (x, shape) = cx.data(imp, 0)?;
-    imp.push(cx, Op::Activation(act), x, shape, None, cx.output()?)?;
-    Ok(())
-}
-
-fn relu<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    activation(imp, cx, Activation::Relu)
-}
-
-fn leaky_relu<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    let slope = cx.float("alpha", 0.01)?;
-    // The shortest decimal that reads back as this f32 (0.2, not 0.20000000298…).
-    let slope: f64 = slope.to_string().parse().unwrap_or(slope as f64);
-    activation(imp, cx, Activation::LeakyRelu { slope })
-}
-
-fn tanh<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    activation(imp, cx, Activation::Tanh)
-}
-
-fn sigmoid<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    activation(imp, cx, Activation::Sigmoid)
-}
-
 fn pool<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, kind: PoolKind) -> Result<(), String> {
-    let (x, shape) = cx.data(imp, 0)?;
+    let (x, shape) = imp.data_at(cx, 0)?;
     let (c, h, w) = image(cx, shape)?;
     let kernel = cx.pair("kernel_shape", None)?;
     let stride = cx.pair("strides", Some(1))?;
@@ -737,7 +1005,7 @@ fn average_pool<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 }
 
 fn global_pool<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, kind: PoolKind, keep_dims: bool) -> Result<(), String> {
-    let (x, shape) = cx.data(imp, 0)?;
+    let (x, shape) = imp.data_at(cx, 0)?;
     let (c, _, _) = image(cx, shape)?;
     let out = cx.output()?;
     let id = imp.push(cx, Op::GlobalPool(kind), x, Shape::Image { c, h: 1, w: 1 }, None, out)?;
@@ -760,7 +1028,7 @@ fn reduce<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, kind: PoolKind) -> Result<(),
     let axes: Vec<i64> = match (cx.ints("axes")?, cx.input(1)) {
         (Some(a), _) => a.to_vec(),
         (None, Some(name)) => {
-            imp.params.get(name).and_then(|p| p.ints.clone()).ok_or_else(|| format!("the axes `{name}` must be a constant int64 tensor"))?
+            imp.params.get(name).and_then(Param::ints).ok_or_else(|| format!("the axes `{name}` must be a constant int64 tensor"))?
         }
         (None, None) => return Err(format!("{} over all axes is not supported: give axes [2, 3]", cx.op)),
     };
@@ -786,7 +1054,7 @@ fn reduce_max<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 }
 
 fn flatten<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    let (x, shape) = cx.data(imp, 0)?;
+    let (x, shape) = imp.data_at(cx, 0)?;
     let rank = if matches!(shape, Shape::Image { .. }) { 4 } else { 2 };
     let axis = cx.int("axis", 1)?;
     if axis != 1 && axis != 1 - rank {
@@ -796,48 +1064,480 @@ fn flatten<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     Ok(())
 }
 
-/// A reshape to (batch, features): the target is [b, F] with F the sample size, or
-/// [b, -1] with b = 0 (copy the batch) or a fixed batch.
+/// A reshape of data: to (batch, features) — the target is [b, F] with F the sample
+/// size, or [b, -1] with b = 0 (copy the batch) or a fixed batch — or one step of a
+/// channel shuffle: (N, C, H, W) → (N, g, C/g, H, W), and back after the transpose.
 fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    let (x, shape) = cx.data(imp, 0)?;
     let target_name = cx.input(1).ok_or("the shape input is missing")?;
     let target = imp
         .params
         .get(target_name)
-        .and_then(|p| p.ints.clone())
-        .ok_or_else(|| format!("the shape `{target_name}` must be a constant int64 tensor"))?;
+        .and_then(Param::ints)
+        .ok_or_else(|| format!("the shape `{target_name}` must be a constant int64 tensor (it did not fold to one)"))?;
+    if let Some(g) = cx.input(0).and_then(|n| imp.grouped.get(n)).copied() {
+        let Shape::Image { c, h, w } = g.shape else { unreachable!("only images are grouped") };
+        let back = matches!(*target.as_slice(), [_, cc, hh, ww] if (cc == c as i64 || cc == -1) && hh == h as i64 && ww == w as i64);
+        if !g.transposed || !back {
+            return Err(format!("a reshape of the 5-D view to {target:?} is not a channel shuffle: expected [N, {c}, {h}, {w}] after Transpose [0, 2, 1, 3, 4]"));
+        }
+        imp.push(cx, Op::Shuffle { groups: g.groups }, g.base, g.shape, None, cx.output()?)?;
+        return Ok(());
+    }
+    let (x, shape) = imp.data_at(cx, 0)?;
+    if let (Shape::Image { c, h, w }, &[_, g, n, hh, ww]) = (shape, target.as_slice()) {
+        if g > 0 && (n == -1 || g * n == c as i64) && c as i64 % g == 0 && hh == h as i64 && ww == w as i64 {
+            imp.grouped.insert(cx.output()?, Grouped { base: x, shape, groups: g as u64, transposed: false });
+            return Ok(());
+        }
+    }
     let n = shape.numel() as i64;
     let ok = match *target.as_slice() {
         [_, f] if f == n => true,
         [b, -1] => b >= 0,
         _ => false,
     };
-    if !ok {
-        return Err(format!("a reshape of {shape} to {target:?} is not supported: only to 2-D (batch, {n})"));
+    if ok {
+        imp.push(cx, Op::Flatten, x, Shape::Vector { n: shape.numel() }, None, cx.output()?)?;
+        return Ok(());
     }
-    imp.push(cx, Op::Flatten, x, Shape::Vector { n: shape.numel() }, None, cx.output()?)?;
-    Ok(())
+    if let (Shape::Image { c, h, w }, &[_, cc, hh, ww]) = (shape, target.as_slice()) {
+        if [cc, hh, ww] == [c as i64, h as i64, w as i64] {
+            return identity(imp, cx);
+        }
+    }
+    Err(format!("a reshape of {shape} to {target:?} is not supported: only to 2-D (batch, {n}), or a channel shuffle"))
+}
+
+/// The transpose of a channel shuffle: (N, g, C/g, H, W) with perm [0, 2, 1, 3, 4].
+fn transpose<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let g = cx.input(0).and_then(|n| imp.grouped.get(n)).copied();
+    let perm = cx.ints("perm")?;
+    match g {
+        Some(g) if perm == Some(&[0, 2, 1, 3, 4]) && !g.transposed => {
+            imp.grouped.insert(cx.output()?, Grouped { transposed: true, ..g });
+            Ok(())
+        }
+        _ => {
+            imp.data_at(cx, 0)?;
+            Err(format!("a transpose with perm {perm:?} is not supported: only the channel shuffle's [0, 2, 1, 3, 4]"))
+        }
+    }
 }
 
 fn identity<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    let v = cx.data(imp, 0)?;
-    imp.values.insert(cx.output()?, v);
+    let name = cx.input(0).ok_or("input 0 is missing")?;
+    let out = cx.output()?;
+    if let Some(p) = imp.pending.get(name).cloned() {
+        imp.pending.insert(out, p);
+    } else if let Some(p) = imp.pads.get(name).copied() {
+        imp.pads.insert(out, p);
+    } else {
+        let v = imp.data(cx, name)?;
+        imp.values.insert(out, v);
+    }
+    Ok(())
+}
+
+/// A Softmax or LogSoftmax at the end of the network: post-processing, no parameters.
+fn trailing<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    if !imp.outputs.contains(cx.output()?) {
+        return Err(format!("{} is supported only at the end of the network (its output a graph output)", cx.op));
+    }
+    identity(imp, cx)
+}
+
+/// `Shape` of a data value: a constant, since every data shape is known (batch 1).
+fn shape_of<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let name = cx.input(0).ok_or("input 0 is missing")?;
+    let shape = if let Some(g) = imp.grouped.get(name) {
+        let Shape::Image { c, h, w } = g.shape else { unreachable!("only images are grouped") };
+        if g.transposed {
+            vec![1, c / g.groups, g.groups, h, w]
+        } else {
+            vec![1, g.groups, c / g.groups, h, w]
+        }
+    } else if let Some((_, s, pad)) = imp.pads.get(name) {
+        let (c, h, w) = s.chw();
+        vec![1, c, h + pad[0].total(), w + pad[1].total()]
+    } else {
+        let (_, s) = match imp.pending.get(name) {
+            Some(p) => (p.base, p.shape),
+            None => imp.data(cx, name)?,
+        };
+        std::iter::once(1).chain(s.dims()).collect()
+    };
+    let t = consts::shape_op(cx.node, &shape)?;
+    let dims = t.dims.iter().map(|&d| d as i64).collect();
+    imp.params.insert(cx.output()?.to_string(), Param { dims, value: Some(t) });
     Ok(())
 }
 
 fn constant<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    let out = cx.output()?;
-    let p = if let Some(t) = cx.attr("value").and_then(|a| a.t.as_ref()) {
-        param_of(t)
-    } else if let Some(v) = cx.ints("value_ints")? {
-        Param { dims: vec![v.len() as i64], ints: Some(v.to_vec()) }
-    } else if cx.attr("value_int").is_some() {
-        Param { dims: vec![], ints: Some(vec![cx.int("value_int", 0)?]) }
-    } else if let Some(a) = cx.node.attribute.first() {
-        return Err(format!("attribute `{}` of Constant is not supported", a.name()));
-    } else {
-        return Err("the Constant has no value".into());
+    let t = consts::eval(cx.node, &[])?;
+    let dims = t.dims.iter().map(|&d| d as i64).collect();
+    imp.params.insert(cx.output()?.to_string(), Param { dims, value: Some(t) });
+    Ok(())
+}
+
+/// `Add`/`Sum` of data values of one shape: a join. `Add` of a data value and a scalar
+/// constant: part of an element-wise function. Data + a non-scalar constant other than a
+/// MatMul's bias is refused (at initialization a plan sets biases to zero, but cnnc
+/// cannot tell a constant offset from a bias).
+fn add<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    if imp.fused_adds.contains(&cx.index) {
+        return Ok(());
+    }
+    if cx.node.input.len() == 2 {
+        if let Some(p) = arith(imp, cx, |a, b| Expr::Add(Box::new(a), Box::new(b)))? {
+            return imp.pend(cx, p);
+        }
+    }
+    let names: Vec<&'m str> = (0..cx.node.input.len()).filter_map(|i| cx.input(i)).collect();
+    if names.len() < 2 {
+        return identity(imp, cx);
+    }
+    let mut inputs = Vec::new();
+    let mut shape = None;
+    for n in &names {
+        if !imp.is_data(n) {
+            return Err(format!("input `{n}` is a constant tensor: cnnc adds constants only as the bias of a MatMul, or as a scalar"));
+        }
+        let (v, s) = imp.data(cx, n)?;
+        match shape {
+            None => shape = Some(s),
+            Some(first) if first != s => {
+                return Err(format!("an {} of mismatched shapes {first} and {s}: cnnc joins values of one shape", cx.op));
+            }
+            _ => {}
+        }
+        inputs.push(v);
+    }
+    imp.push_n(cx, Op::Add, inputs, shape.expect("two inputs"), None, cx.output()?)?;
+    Ok(())
+}
+
+/// Element-wise arithmetic of the two inputs, when it stays an element-wise function of
+/// one data value: data ∘ scalar constant, or two functions of the same value.
+fn arith<'m>(imp: &Importer<'m>, cx: &Cx<'m>, f: impl Fn(Expr, Expr) -> Expr) -> Result<Option<Pending>, String> {
+    let (a, b) = (imp.expr(cx, 0), imp.expr(cx, 1));
+    let scalar = |i: usize| imp.constant(cx, i).and_then(Param::scalar);
+    Ok(match (a, b) {
+        (Some(a), Some(b)) if a.base == b.base => Some(Pending { expr: f(a.expr, b.expr), ..a }),
+        (Some(a), None) => scalar(1).map(|c| Pending { expr: f(a.expr, Expr::Const(c)), ..a }),
+        (None, Some(b)) => scalar(0).map(|c| Pending { expr: f(Expr::Const(c), b.expr), ..b }),
+        _ => None,
+    })
+}
+
+fn sub<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    match arith(imp, cx, |a, b| Expr::Sub(Box::new(a), Box::new(b)))? {
+        Some(p) => imp.pend(cx, p),
+        None => Err("Sub is supported only as part of an element-wise function of one value (by a scalar constant)".into()),
+    }
+}
+
+fn div<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    match arith(imp, cx, |a, b| Expr::Div(Box::new(a), Box::new(b)))? {
+        Some(p) => imp.pend(cx, p),
+        None => Err("Div is supported only as part of an element-wise function of one value (by a scalar constant)".into()),
+    }
+}
+
+/// `Mul`: part of an element-wise function (x·sigmoid(x), x·0.5), or a gate: a value
+/// times another of the same shape or of shape (C, 1, 1) (squeeze-excitation).
+fn mul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    if let Some(p) = arith(imp, cx, |a, b| Expr::Mul(Box::new(a), Box::new(b)))? {
+        return imp.pend(cx, p);
+    }
+    let (a, b) = (cx.input(0).ok_or("input 0 is missing")?, cx.input(1).ok_or("input 1 is missing")?);
+    if !imp.is_data(a) || !imp.is_data(b) {
+        return Err("Mul of a data value by a constant tensor is not supported (only by a scalar)".into());
+    }
+    let (mut x, mut xs) = imp.data(cx, a)?;
+    let (mut g, mut gs) = imp.data(cx, b)?;
+    let gate = |s: Shape, other: Shape| s == other || matches!((s, other), (Shape::Image { c, h: 1, w: 1 }, Shape::Image { c: oc, .. }) if c == oc);
+    if !gate(gs, xs) && gate(xs, gs) {
+        std::mem::swap(&mut x, &mut g);
+        std::mem::swap(&mut xs, &mut gs);
+    }
+    if !gate(gs, xs) {
+        return Err(format!("a Mul of shapes {xs} and {gs}: cnnc multiplies values of one shape, or by a (C, 1, 1) gate"));
+    }
+    imp.push_n(cx, Op::Mul, vec![x, g], xs, None, cx.output()?)?;
+    Ok(())
+}
+
+/// One-argument element-wise functions.
+fn unary<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let f = match cx.op {
+        "Relu" => Fn1::Act(Activation::Relu),
+        "LeakyRelu" => {
+            let slope = cx.float("alpha", 0.01)?;
+            // The shortest decimal that reads back as this f32 (0.2, not 0.20000000298…).
+            Fn1::Act(Activation::LeakyRelu { slope: slope.to_string().parse().unwrap_or(slope as f64) })
+        }
+        "Tanh" => Fn1::Act(Activation::Tanh),
+        "Sigmoid" => Fn1::Act(Activation::Sigmoid),
+        "Gelu" => match cx.string("approximate", "none")?.as_str() {
+            "none" => Fn1::Act(Activation::Gelu),
+            other => return Err(format!("Gelu with approximate = `{other}` is not supported (only \"none\")")),
+        },
+        "HardSigmoid" => Fn1::HardSigmoid { alpha: cx.float("alpha", 0.2)? as f64, beta: cx.float("beta", 0.5)? as f64 },
+        "HardSwish" => Fn1::HardSwish,
+        "Elu" => Fn1::Elu { alpha: cx.float("alpha", 1.0)? as f64 },
+        "Softplus" => Fn1::Softplus,
+        "Mish" => Fn1::Mish,
+        "Erf" => Fn1::Erf,
+        "Exp" => Fn1::Exp,
+        "Neg" => Fn1::Neg,
+        "Abs" => Fn1::Abs,
+        "Sqrt" => Fn1::Sqrt,
+        other => return Err(format!("{other} is not an element-wise function cnnc knows")),
     };
-    imp.params.insert(out.to_string(), p);
+    apply(imp, cx, f)
+}
+
+fn apply<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, f: Fn1) -> Result<(), String> {
+    match imp.expr(cx, 0) {
+        Some(p) => imp.pend(cx, Pending { expr: Expr::Apply(f, Box::new(p.expr)), ..p }),
+        None => imp.data_at(cx, 0).map(|_| ()),
+    }
+}
+
+/// `Clip` (ReLU6 is `Clip(0, 6)`): bounds from attributes (opset < 11) or inputs.
+fn clip<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let bound = |i: usize, attr: &str, default: f64| -> Result<f64, String> {
+        match cx.input(i) {
+            Some(n) => imp.params.get(n).and_then(Param::scalar).ok_or_else(|| format!("the Clip bound `{n}` must be a constant scalar")),
+            None => Ok(cx.attr(attr).map_or(Ok(default), |_| cx.float(attr, 0.0).map(f64::from))?),
+        }
+    };
+    let (min, max) = (bound(1, "min", f64::NEG_INFINITY)?, bound(2, "max", f64::INFINITY)?);
+    apply(imp, cx, Fn1::Clip { min, max })
+}
+
+/// `PRelu` at initialization: a leaky ReLU with its slope; the slope must be one
+/// number for every channel (PyTorch initializes it to 0.25).
+fn prelu<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let p = imp.constant(cx, 1).ok_or("the slope (input 1) must be an initializer")?;
+    let slope = match &p.value {
+        Some(t) => {
+            let v = t.as_floats();
+            match v.first() {
+                Some(&s) if v.iter().all(|&x| x == s) => s,
+                _ => return Err("PRelu with different slopes per channel is not supported: at initialization they are one number".into()),
+            }
+        }
+        None => 0.25,
+    };
+    apply(imp, cx, Fn1::Act(Activation::LeakyRelu { slope }))
+}
+
+/// `BatchNormalization`: its own node; training mode when `training_mode = 1` or when
+/// it has the running-statistics outputs (the TorchScript exporter's training export).
+fn batch_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let (c, _, _) = shape.chw();
+    let mut names = Vec::new();
+    for (i, what) in [(1, "scale"), (2, "shift"), (3, "running mean"), (4, "running variance")] {
+        let (n, d) = cx.param(imp, i, what)?;
+        if d.iter().product::<u64>() != c {
+            return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}]"));
+        }
+        names.push(n.to_string());
+    }
+    let epsilon = cx.float("epsilon", 1e-5)?;
+    if epsilon < 0.0 {
+        return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
+    }
+    let training = cx.flag("training_mode")? || cx.node.output.iter().skip(1).any(|o| !o.is_empty());
+    let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
+    let op = Op::BatchNorm(BatchNorm { channels: c, epsilon, training, scale: names[0].clone(), shift: names[1].clone() });
+    imp.push(cx, op, x, shape, None, cx.output()?)?;
+    Ok(())
+}
+
+/// The axis attribute of a channel op, normalized; only the channel axis is accepted.
+fn channel_axis(cx: &Cx<'_>, shape: Shape, default: i64) -> Result<(), String> {
+    let axis = cx.int("axis", default)?;
+    let rank = if matches!(shape, Shape::Image { .. }) { 4 } else { 2 };
+    if axis == 1 || axis == 1 - rank {
+        Ok(())
+    } else {
+        Err(format!("{} along axis {axis} is not supported: only along the channel axis 1", cx.op))
+    }
+}
+
+fn concat<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let names: Vec<&'m str> = (0..cx.node.input.len()).filter_map(|i| cx.input(i)).collect();
+    let mut inputs = Vec::new();
+    let mut total = 0u64;
+    let mut first: Option<Shape> = None;
+    for n in &names {
+        let (v, s) = imp.data(cx, n)?;
+        channel_axis(cx, s, 0)?;
+        let (c, h, w) = s.chw();
+        if let Some(f) = first {
+            let (_, fh, fw) = f.chw();
+            if (fh, fw) != (h, w) || std::mem::discriminant(&f) != std::mem::discriminant(&s) {
+                return Err(format!("a Concat of {f} and {s}: the inputs must agree on every axis but the channels"));
+            }
+        }
+        first.get_or_insert(s);
+        total = total.checked_add(c).ok_or("too many channels")?;
+        inputs.push(v);
+    }
+    let shape = match first.ok_or("Concat has no input")? {
+        Shape::Image { h, w, .. } => Shape::Image { c: total, h, w },
+        Shape::Vector { .. } => Shape::Vector { n: total },
+    };
+    if inputs.len() == 1 {
+        return identity(imp, cx);
+    }
+    imp.push_n(cx, Op::Concat, inputs, shape, None, cx.output()?)?;
+    Ok(())
+}
+
+fn channel_slice<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, x: ValueId, shape: Shape, start: u64, end: u64, out: &'m str) -> Result<(), String> {
+    let out_shape = match shape {
+        Shape::Image { h, w, .. } => Shape::Image { c: end - start, h, w },
+        Shape::Vector { .. } => Shape::Vector { n: end - start },
+    };
+    if start == 0 && end == shape.chw().0 {
+        imp.values.insert(out, (x, shape));
+        return Ok(());
+    }
+    imp.push(cx, Op::ChannelSlice { start, end }, x, out_shape, None, out)?;
+    Ok(())
+}
+
+/// `Split` along the channels: sizes from input 1 (opset ≥ 13), the `split` attribute, or
+/// equal parts.
+fn split<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    channel_axis(cx, shape, 0)?;
+    let c = shape.chw().0;
+    let outs: Vec<&'m str> = cx.node.output.iter().map(String::as_str).collect();
+    let sizes: Vec<i64> = match (cx.input(1), cx.ints("split")?) {
+        (Some(n), _) => imp.params.get(n).and_then(Param::ints).ok_or_else(|| format!("the split sizes `{n}` must be constant"))?,
+        (None, Some(s)) => s.to_vec(),
+        (None, None) => {
+            let k = outs.len() as u64;
+            if k == 0 || c % k != 0 {
+                return Err(format!("{c} channels do not split into {k} equal parts"));
+            }
+            vec![(c / k) as i64; k as usize]
+        }
+    };
+    if sizes.len() != outs.len() || sizes.iter().any(|&s| s < 1) || sizes.iter().sum::<i64>() != c as i64 {
+        return Err(format!("split sizes {sizes:?} do not divide {c} channels among {} outputs", outs.len()));
+    }
+    let mut start = 0u64;
+    for (size, out) in sizes.iter().zip(outs) {
+        let end = start + *size as u64;
+        if !out.is_empty() {
+            channel_slice(imp, cx, x, shape, start, end, out)?;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// `Slice` of data: along the channels, with step 1.
+fn slice<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let ints = |i: usize, attr: &str| -> Result<Option<Vec<i64>>, String> {
+        match cx.input(i) {
+            Some(n) => imp.params.get(n).and_then(Param::ints).map(Some).ok_or_else(|| format!("the Slice input `{n}` must be constant")),
+            None => Ok(cx.ints(attr)?.map(<[i64]>::to_vec)),
+        }
+    };
+    let starts = ints(1, "starts")?.ok_or("Slice needs starts")?;
+    let ends = ints(2, "ends")?.ok_or("Slice needs ends")?;
+    let axes = ints(3, "axes")?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    let steps = ints(4, "steps")?.unwrap_or_else(|| vec![1; starts.len()]);
+    let rank = if matches!(shape, Shape::Image { .. }) { 4 } else { 2 };
+    let dims: Vec<u64> = std::iter::once(1).chain(shape.dims()).collect();
+    let (mut start, mut end) = (0u64, shape.chw().0);
+    for k in 0..starts.len() {
+        let (axis, s, e) = (*axes.get(k).ok_or("axes shorter than starts")?, starts[k], *ends.get(k).ok_or("ends shorter than starts")?);
+        let axis = if axis < 0 { axis + rank } else { axis };
+        let n = *dims.get(axis as usize).ok_or_else(|| format!("axis {axis} is out of range"))? as i64;
+        let clamp = |v: i64| (if v < 0 { v + n } else { v }).clamp(0, n) as u64;
+        let (s, e) = (clamp(s), clamp(e));
+        let full = s == 0 && e == n as u64;
+        if steps.get(k).copied().unwrap_or(1) != 1 && !full {
+            return Err("Slice with a step other than 1 is not supported".into());
+        }
+        match axis {
+            1 => (start, end) = (s, e),
+            _ if full => {}
+            _ => return Err(format!("Slice along axis {axis} is not supported: only along the channel axis 1")),
+        }
+    }
+    if start >= end {
+        return Err(format!("the slice {start}..{end} of the channels is empty"));
+    }
+    channel_slice(imp, cx, x, shape, start, end, cx.output()?)
+}
+
+/// An explicit constant zero `Pad` of the spatial axes, kept for the Conv that reads it.
+fn pad<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let mode = cx.string("mode", "constant")?;
+    if mode != "constant" {
+        return Err(format!("Pad mode `{mode}` is not supported: only zero (constant) padding, which is a conv's own padding"));
+    }
+    let pads = match cx.input(1) {
+        Some(n) => imp.params.get(n).and_then(Param::ints).ok_or_else(|| format!("the pads `{n}` must fold to a constant"))?,
+        None => cx.ints("pads")?.map(<[i64]>::to_vec).ok_or("Pad needs pads")?,
+    };
+    if let Some(v) = cx.input(2) {
+        if imp.params.get(v).and_then(Param::scalar) != Some(0.0) {
+            return Err(format!("the pad value `{v}` must be the constant 0"));
+        }
+    }
+    if cx.input(3).is_some() {
+        return Err("Pad with an axes input is not supported".into());
+    }
+    let &[n0, c0, hb, wb, n1, c1, he, we] = pads.as_slice() else {
+        return Err(format!("pads {pads:?}: cnnc pads 4-D images (8 values)"));
+    };
+    if [n0, c0, n1, c1] != [0; 4] || [hb, wb, he, we].iter().any(|&p| !(0..=MAX_DIM as i64).contains(&p)) {
+        return Err(format!("pads {pads:?}: only non-negative padding of the spatial axes is supported"));
+    }
+    image(cx, shape)?;
+    let p = [Pad { begin: hb as u64, end: he as u64 }, Pad { begin: wb as u64, end: we as u64 }];
+    imp.pads.insert(cx.output()?, (x, shape, p));
+    Ok(())
+}
+
+/// `Resize`/`Upsample` by integer factors (nearest or linear).
+fn resize<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let (c, h, w) = image(cx, shape)?;
+    let float = |i: usize| imp.params.get(cx.input(i)?).and_then(|p| p.value.as_ref()).map(Tensor::as_floats);
+    let (scales_at, sizes_at) = if cx.op == "Upsample" { (1, 9) } else { (2, 3) };
+    let scale: [u64; 2] = if let Some(s) = float(scales_at).filter(|s| !s.is_empty()) {
+        let &[_, _, sh, sw] = s.as_slice() else { return Err(format!("scales {s:?}: expected 4 values")) };
+        let int = |v: f64| (v >= 1.0 && v.fract() == 0.0 && v <= MAX_DIM as f64).then_some(v as u64);
+        [int(sh).ok_or(format!("scale {sh} is not a whole number ≥ 1"))?, int(sw).ok_or(format!("scale {sw} is not a whole number ≥ 1"))?]
+    } else if let Some(s) = float(sizes_at).filter(|s| !s.is_empty()) {
+        let &[_, _, oh, ow] = s.as_slice() else { return Err(format!("sizes {s:?}: expected 4 values")) };
+        let (oh, ow) = (oh as u64, ow as u64);
+        if oh % h != 0 || ow % w != 0 || oh == 0 || ow == 0 {
+            return Err(format!("sizes {oh}×{ow} are not whole multiples of {h}×{w}"));
+        }
+        [oh / h, ow / w]
+    } else {
+        return Err("Resize needs constant scales or sizes".into());
+    };
+    let linear = match cx.string("mode", "nearest")?.as_str() {
+        "nearest" => false,
+        "linear" | "bilinear" => true,
+        other => return Err(format!("Resize mode `{other}` is not supported (nearest or linear)")),
+    };
+    let out = Shape::Image { c, h: h.checked_mul(scale[0]).ok_or("too large")?, w: w.checked_mul(scale[1]).ok_or("too large")? };
+    imp.push(cx, Op::Resize { scale, linear }, x, out, None, cx.output()?)?;
     Ok(())
 }

@@ -30,6 +30,7 @@
 #[path = "onnx.rs"]
 pub mod proto;
 
+mod consts;
 mod export;
 mod import;
 mod slim;

@@ -1,0 +1,847 @@
+//! The analysis on graphs: residual additions, concatenations, batch norm, gates.
+//!
+//! In: an [`ir::Graph`] (any DAG the importer builds) and [`GraphOptions`]. Out: a
+//! [`GraphAnalysis`]: σ² of every weight node (conv, linear), the value of every
+//! BatchNorm scale, and the predicted second moments forward (every value) and of the
+//! gradient backward.
+//!
+//! Every value carries, per channel, its mean and its second moment (the paper's layer
+//! mean over positions, kept per channel so that a Concat of unequal branches and a
+//! depthwise conv after it stay exact); backward, every value carries the second moment
+//! of the gradient per channel. The rules, one function per op (`forward_node`,
+//! `backward_node`), and every approximation are written out in `docs/dag.md`. In short:
+//! - conv/linear: zero-mean output, `E[u²] = σ² κ Σ_{c ∈ group} E[z_c²]` with κ the mean
+//!   number of real (unpadded) taps per output position — on a chain, `σ² q τ ε / M'`;
+//! - element-wise f (ReLU … hard-swish, GELU written with Erf): moments of f(x) for a
+//!   Gaussian x with the value's mean and variance (closed forms for the piecewise-linear
+//!   ones, quadrature otherwise); backward `E[f'(x)²]`;
+//! - max pooling of a monotone f of a Gaussian: `f(max) `, by the density of the maximum
+//!   (the paper's τ and γ when the mean is 0); of anything else: the input taken as
+//!   Gaussian (named approximation);
+//! - average pooling: `(E[x²] + (T − 1) E[x]²) / T`, backward `/T²` (the paper's T);
+//! - Add: means add, second moments add plus `2 μ_a μ_b` (branches independent: one of
+//!   them ends in a zero-mean random layer), `4×` for the same value twice; Concat side by
+//!   side; Mul gate `E[x²] E[g²]`;
+//! - BatchNorm in training mode: mean β, second moment γ² + β² whatever comes in;
+//!   backward × γ²/Var(x). Inference mode (running statistics 0 and 1 at init): the
+//!   identity scaled by γ/√(1 + ε).
+//! - a value read by several nodes gets the sum of their gradients' second moments.
+//!
+//! On a chain of unified layers these rules are the paper's equations, term for term
+//! (a test checks F34 against `analyze::analyze`).
+
+use super::{constants, max_density, negative_half, upper_limit, AnalysisError, Mode, PoolingKind};
+use crate::ir::{self, Activation, Expr, Graph, Op, PoolKind, Shape, ValueId};
+use crate::quad::integrate_width;
+use crate::unify;
+use std::collections::HashMap;
+
+/// How σ² is chosen on a graph.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GraphOptions {
+    pub mode: Mode,
+    /// The reference code's cap (forward and backward modes), as for chains.
+    pub std_cap: Option<f64>,
+    /// α: the last weight layer of each residual branch (or the BatchNorm after it)
+    /// targets α² instead of 1; 0 starts the branches at zero.
+    pub branch_scale: f64,
+}
+
+/// The numbers of one weight node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightResult {
+    /// Index of the node in `graph.nodes`.
+    pub node: usize,
+    pub weight: unify::Weight,
+    pub connections: u64,
+    pub variance: f64,
+    pub uncapped_std: f64,
+    pub capped: bool,
+    /// Mean over channels of E[u²] at the node's output.
+    pub forward_variance: f64,
+    /// Mean over channels of the gradient's second moment at the node's input value.
+    pub backward_variance: f64,
+    /// Whether it is the last weight layer of a residual branch (it targets α²).
+    pub residual_last: bool,
+    /// The training-mode BatchNorm node that follows it, which sets the forward signal
+    /// whatever σ² is.
+    pub normalized_by: Option<usize>,
+    /// The unified layer it starts: the activation and pooling nodes that follow it
+    /// (single consumers), and τ = E[z²]/E[u²], γ = E[δu²]/E[δz²] of that layer.
+    pub activation: Option<usize>,
+    pub pooling: Option<usize>,
+    pub tau: f64,
+    pub gamma: f64,
+}
+
+/// The numbers of one BatchNorm node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormResult {
+    pub node: usize,
+    /// The value its scale γ is set to (1, or α after a residual branch).
+    pub scale: f64,
+    pub residual_last: bool,
+    pub forward_variance: f64,
+    pub backward_variance: f64,
+}
+
+/// The numbers of one join (Add, Concat, Mul).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JoinResult {
+    pub node: usize,
+    /// Mean over channels of the output's second moment.
+    pub forward_variance: f64,
+    /// Mean over channels of the gradient's second moment at the output.
+    pub backward_variance: f64,
+    /// For an Add: which inputs are residual branches (not the identity path).
+    pub branches: Vec<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphAnalysis {
+    pub weights: Vec<WeightResult>,
+    pub batch_norms: Vec<BatchNormResult>,
+    pub joins: Vec<JoinResult>,
+    /// Mean second moment of the network output.
+    pub output_variance: f64,
+    /// Mean second moment of the gradient at the network input.
+    pub input_gradient_variance: f64,
+}
+
+/// Per-channel statistics of a value.
+#[derive(Clone, Debug, PartialEq)]
+struct Stat {
+    mean: Vec<f64>,
+    second: Vec<f64>,
+}
+
+impl Stat {
+    fn uniform(c: u64, mean: f64, second: f64) -> Stat {
+        Stat { mean: vec![mean; c as usize], second: vec![second; c as usize] }
+    }
+}
+
+fn avg(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// An element-wise function.
+#[derive(Clone, Copy, Debug)]
+enum Func<'a> {
+    Act(Activation),
+    Expr(&'a Expr),
+}
+
+impl Func<'_> {
+    fn eval(&self, x: f64) -> (f64, f64) {
+        match self {
+            Func::Act(a) => a.eval(x),
+            Func::Expr(e) => {
+                let d = e.eval(x);
+                (d.v, d.d)
+            }
+        }
+    }
+    fn monotone(&self) -> bool {
+        match self {
+            Func::Act(Activation::LeakyRelu { slope }) => *slope >= 0.0,
+            Func::Act(Activation::Gelu | Activation::Silu) => false,
+            Func::Act(_) => true,
+            Func::Expr(e) => e.monotone(),
+        }
+    }
+    /// `Some(a)` when f(x) = x above 0 and a·x below.
+    fn slope(&self) -> Option<f64> {
+        match self {
+            Func::Act(Activation::Relu) => Some(0.0),
+            Func::Act(Activation::Identity) => Some(1.0),
+            Func::Act(Activation::LeakyRelu { slope }) => Some(*slope),
+            _ => None,
+        }
+    }
+}
+
+fn func(op: &Op) -> Option<Func<'_>> {
+    match op {
+        Op::Activation(a) => Some(Func::Act(*a)),
+        Op::Elementwise(e) => Some(Func::Expr(e)),
+        _ => None,
+    }
+}
+
+/// (E f(x), E f(x)², E f'(x)²) for x ~ N(μ, v).
+fn gauss_moments(f: Func<'_>, mu: f64, v: f64) -> (f64, f64, f64) {
+    let v = v.max(0.0);
+    if v == 0.0 {
+        let (y, d) = f.eval(mu);
+        return (y, y * y, d * d);
+    }
+    let s = v.sqrt();
+    if let Some(a) = f.slope() {
+        // f = relu(x) − a·relu(−x): closed forms for a Gaussian.
+        let r = mu / s;
+        let (cdf, pdf) = (super::big_phi(r), super::phi(r));
+        let (ncdf, npdf) = (super::big_phi(-r), pdf);
+        let pos1 = mu * cdf + s * pdf; // E relu(x)
+        let pos2 = (mu * mu + v) * cdf + mu * s * pdf; // E relu(x)²
+        let neg1 = -mu * ncdf + s * npdf; // E relu(−x)
+        let neg2 = (mu * mu + v) * ncdf - mu * s * npdf; // E relu(−x)²
+        if mu == 0.0 {
+            // Exactly the chain's constants: E f² = v (1 + a²)/2.
+            return (pos1 - a * neg1, v * (1.0 + a * a) / 2.0, (1.0 + a * a) / 2.0);
+        }
+        return (pos1 - a * neg1, pos2 + a * a * neg2, cdf + a * a * ncdf);
+    }
+    let e = |g: &dyn Fn(f64) -> f64| integrate_width(|z| g(mu + s * z) * super::phi(z), -12.0, 12.0, 0.0625);
+    (e(&|x| f.eval(x).0), e(&|x| f.eval(x).0.powi(2)), e(&|x| f.eval(x).1.powi(2)))
+}
+
+/// ∫ g(m) p_T(m) dm over the density of the maximum of T standard normals.
+fn max_expect(g: impl Fn(f64) -> f64, t: u64) -> f64 {
+    negative_half(|m| g(m) * max_density(t, m), t) + integrate_width(|m| g(m) * max_density(t, m), 0.0, upper_limit(t), 0.25)
+}
+
+/// Max pooling of f(x), x ~ N(μ, v) per member, T members: (E f(M), E f(M)², E f'(M)²/T).
+fn max_moments(f: Func<'_>, mu: f64, v: f64, t: u64) -> (f64, f64, f64) {
+    let s = v.max(0.0).sqrt();
+    if mu == 0.0 && f.slope().is_some() {
+        if let Func::Act(act) = f {
+            // The paper's τ and γ (unit variance), scaled.
+            if let Ok((tau, gamma)) = constants(act, PoolingKind::Max(t)) {
+                let a = f.slope().unwrap_or(0.0);
+                let mean = s * max_expect(|m| if m > 0.0 { m } else { a * m }, t);
+                return (mean, v * tau, gamma);
+            }
+        }
+    }
+    let mean = max_expect(|m| f.eval(mu + s * m).0, t);
+    let second = max_expect(|m| f.eval(mu + s * m).0.powi(2), t);
+    let grad = max_expect(|m| f.eval(mu + s * m).1.powi(2), t) / t as f64;
+    (mean, second, grad)
+}
+
+/// What the passes share: the graph, its consumers, and the unified-layer structure.
+struct Cx<'g> {
+    g: &'g Graph,
+    /// Per value, the nodes that read it.
+    consumers: Vec<Vec<usize>>,
+    /// Per max-pool node: the element-wise node it pools when they fuse (monotone f, the
+    /// pool its only reader).
+    fused: HashMap<usize, usize>,
+    /// Weight geometry per weight node.
+    weights: HashMap<usize, (unify::Weight, u64)>,
+}
+
+fn fail(g: &Graph, k: usize, message: String) -> AnalysisError {
+    AnalysisError::Node { node: g.nodes[k].name.clone(), op: g.nodes[k].op.kind_name().into(), message }
+}
+
+fn window_of(node: &ir::Node, input: Shape) -> u64 {
+    match &node.op {
+        Op::Pool(p) => p.kernel[0] * p.kernel[1],
+        _ => {
+            let (_, h, w) = input.chw();
+            h * w
+        }
+    }
+}
+
+impl<'g> Cx<'g> {
+    fn new(g: &'g Graph) -> Result<Cx<'g>, AnalysisError> {
+        let mut consumers = vec![Vec::new(); g.nodes.len() + 1];
+        for (k, n) in g.nodes.iter().enumerate() {
+            for v in &n.inputs {
+                if v.0 > k {
+                    return Err(fail(g, k, "reads a value computed after it: the graph is not in topological order".into()));
+                }
+                consumers[v.0].push(k);
+            }
+        }
+        let mut fused = HashMap::new();
+        let mut weights = HashMap::new();
+        for (k, n) in g.nodes.iter().enumerate() {
+            let is_max = matches!(n.op, Op::Pool(ir::Pool { kind: PoolKind::Max, .. }) | Op::GlobalPool(PoolKind::Max));
+            if is_max {
+                let v = n.inputs[0].0;
+                if v > 0 && consumers[v].len() == 1 {
+                    let a = v - 1;
+                    if func(&g.nodes[a].op).is_some_and(|f| f.monotone()) {
+                        fused.insert(k, a);
+                    }
+                }
+            }
+            if matches!(n.op, Op::Conv(_) | Op::Linear(_)) {
+                let w = unify::weight(n, g.shape(n.inputs[0]));
+                let eps = w
+                    .geometry
+                    .connections()
+                    .and_then(|c| u64::try_from(c).ok())
+                    .ok_or_else(|| fail(g, k, "the number of connections does not fit in 64 bits".into()))?;
+                if eps == 0 {
+                    return Err(fail(g, k, "no output of this layer reads any input (every window lies in the padding)".into()));
+                }
+                weights.insert(k, (w, eps));
+            }
+        }
+        Ok(Cx { g, consumers, fused, weights })
+    }
+
+    fn input_stat<'s>(&self, stats: &'s [Option<Stat>], v: ValueId) -> &'s Stat {
+        stats[v.0].as_ref().expect("values are computed in topological order")
+    }
+}
+
+/// The σ², BatchNorm scales and targets the passes use.
+struct Params {
+    sigma2: HashMap<usize, f64>,
+    bn_scale: HashMap<usize, f64>,
+    /// Target second moment of each weight node (1, or α²).
+    target: HashMap<usize, f64>,
+    /// σ² before the cap, where the cap lowered it.
+    capped: HashMap<usize, f64>,
+}
+
+/// κ of a weight node: E[u_o²] = σ² κ Σ_{c ∈ group(o)} E[z_c²].
+fn kappa(w: &unify::Weight, eps: u64) -> f64 {
+    eps as f64 / (w.geometry.m_out() as f64 * w.geometry.group_in() as f64)
+}
+
+/// ρ of a weight node: E[δz_c²] = σ² ρ Σ_{o ∈ group(c)} E[δu_o²].
+fn rho(w: &unify::Weight, eps: u64) -> f64 {
+    eps as f64 / (w.geometry.m_in() as f64 * w.geometry.group_out() as f64)
+}
+
+/// Channels per sample position of a value: an image's C, or a vector's n.
+fn channels(s: Shape) -> u64 {
+    s.chw().0
+}
+
+/// The forward pass. With `choose`, σ² of each weight node is chosen to meet its
+/// target (forward mode); otherwise `p.sigma2` is used as it is.
+fn forward(cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Option<Stat>>, AnalysisError> {
+    let g = cx.g;
+    let mut stats: Vec<Option<Stat>> = vec![None; g.nodes.len() + 1];
+    stats[0] = Some(Stat::uniform(channels(g.input), 0.0, 1.0));
+    let mut memo: HashMap<(usize, u64, u64), (f64, f64, f64)> = HashMap::new();
+    for (k, n) in g.nodes.iter().enumerate() {
+        let x = cx.input_stat(&stats, n.inputs[0]);
+        let out = match &n.op {
+            Op::Conv(_) | Op::Linear(_) => {
+                let (w, eps) = &cx.weights[&k];
+                let geo = &w.geometry;
+                let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+                let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| x.second[gi * cin_g..(gi + 1) * cin_g].iter().sum()).collect();
+                let kap = kappa(w, *eps);
+                if choose {
+                    let uniform = x.second.iter().all(|&s| s == x.second[0]);
+                    // Mean over output channels of κ Σ: on a chain, the paper's ε τ q / M'.
+                    let a = if uniform { x.second[0] * *eps as f64 / geo.m_out() as f64 } else { kap * avg(&sums) };
+                    if !(a > 0.0 && a.is_finite()) {
+                        return Err(fail(g, k, "the input of this layer carries no signal (its predicted second moment is 0): a weight layer upstream starts at zero".into()));
+                    }
+                    let s2 = p.target[&k] / a;
+                    let he = geo.m_out() as f64 / (0.5 * *eps as f64);
+                    p.set(k, s2, he, opts);
+                }
+                let s2 = p.sigma2[&k];
+                let mut second = Vec::with_capacity(channels(n.output) as usize);
+                for gi in 0..geo.groups as usize {
+                    let uniform = x.second[gi * cin_g..(gi + 1) * cin_g].iter().all(|&s| s == x.second[gi * cin_g]);
+                    let v = if uniform { s2 * (x.second[gi * cin_g] * *eps as f64 / geo.m_out() as f64) } else { s2 * kap * sums[gi] };
+                    second.extend(std::iter::repeat_n(v, cout_g));
+                }
+                Stat { mean: vec![0.0; second.len()], second }
+            }
+            Op::Activation(_) | Op::Elementwise(_) => {
+                let f = func(&n.op).expect("element-wise");
+                let mut out = Stat { mean: Vec::with_capacity(x.mean.len()), second: Vec::with_capacity(x.mean.len()) };
+                for (&mu, &s) in x.mean.iter().zip(&x.second) {
+                    let (m1, m2, _) = *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(f, mu, s - mu * mu));
+                    out.mean.push(m1);
+                    out.second.push(m2);
+                }
+                out
+            }
+            Op::Pool(_) | Op::GlobalPool(_) => {
+                let t = window_of(n, g.shape(n.inputs[0]));
+                let kind = match &n.op {
+                    Op::Pool(p) => p.kind,
+                    Op::GlobalPool(kind) => *kind,
+                    _ => unreachable!(),
+                };
+                match kind {
+                    PoolKind::Avg => {
+                        let tf = t as f64;
+                        let second = x.mean.iter().zip(&x.second).map(|(&m, &s)| (s + (tf - 1.0) * m * m) / tf).collect();
+                        Stat { mean: x.mean.clone(), second }
+                    }
+                    PoolKind::Max => {
+                        // Fused: the max of f(u) = f(max u), u the Gaussian pre-activation.
+                        let (f, u) = match cx.fused.get(&k) {
+                            Some(&a) => (func(&g.nodes[a].op).expect("fused nodes are element-wise"), cx.input_stat(&stats, g.nodes[a].inputs[0])),
+                            None => (Func::Act(Activation::Identity), x),
+                        };
+                        let mut out = Stat { mean: Vec::new(), second: Vec::new() };
+                        for (&mu, &s) in u.mean.iter().zip(&u.second) {
+                            let (m1, m2, _) = *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| max_moments(f, mu, s - mu * mu, t));
+                            out.mean.push(m1);
+                            out.second.push(m2);
+                        }
+                        out
+                    }
+                }
+            }
+            Op::Flatten => {
+                let (_, h, w) = g.shape(n.inputs[0]).chw();
+                let hw = (h * w) as usize;
+                Stat {
+                    mean: x.mean.iter().flat_map(|&m| std::iter::repeat_n(m, hw)).collect(),
+                    second: x.second.iter().flat_map(|&m| std::iter::repeat_n(m, hw)).collect(),
+                }
+            }
+            Op::Add => {
+                let ins: Vec<&Stat> = n.inputs.iter().map(|&v| cx.input_stat(&stats, v)).collect();
+                let c = x.mean.len();
+                let mut out = Stat { mean: vec![0.0; c], second: vec![0.0; c] };
+                for ch in 0..c {
+                    let mut second = 0.0;
+                    for (i, a) in ins.iter().enumerate() {
+                        second += a.second[ch];
+                        for (j, b) in ins.iter().enumerate().skip(i + 1) {
+                            // The same value twice is fully correlated; different values are
+                            // independent given their means.
+                            second += 2.0 * if n.inputs[i] == n.inputs[j] { a.second[ch] } else { a.mean[ch] * b.mean[ch] };
+                        }
+                    }
+                    out.mean[ch] = ins.iter().map(|a| a.mean[ch]).sum();
+                    out.second[ch] = second;
+                }
+                out
+            }
+            Op::Concat => {
+                let mut out = Stat { mean: Vec::new(), second: Vec::new() };
+                for &v in &n.inputs {
+                    let a = cx.input_stat(&stats, v);
+                    out.mean.extend(&a.mean);
+                    out.second.extend(&a.second);
+                }
+                out
+            }
+            Op::Mul => {
+                let gate = cx.input_stat(&stats, n.inputs[1]);
+                let c = x.mean.len();
+                Stat {
+                    mean: (0..c).map(|ch| x.mean[ch] * gate.mean[ch]).collect(),
+                    second: (0..c).map(|ch| x.second[ch] * gate.second[ch]).collect(),
+                }
+            }
+            Op::BatchNorm(bn) => {
+                let gamma = p.bn_scale[&k];
+                if bn.training {
+                    Stat::uniform(bn.channels, 0.0, gamma * gamma)
+                } else {
+                    let k2 = gamma * gamma / (1.0 + bn.epsilon);
+                    Stat { mean: x.mean.iter().map(|m| m * gamma / (1.0 + bn.epsilon).sqrt()).collect(), second: x.second.iter().map(|s| s * k2).collect() }
+                }
+            }
+            Op::ChannelSlice { start, end } => {
+                let (s, e) = (*start as usize, *end as usize);
+                Stat { mean: x.mean[s..e].to_vec(), second: x.second[s..e].to_vec() }
+            }
+            Op::Shuffle { groups } => {
+                let perm = shuffle_source(channels(n.output), *groups);
+                Stat { mean: perm.iter().map(|&i| x.mean[i]).collect(), second: perm.iter().map(|&i| x.second[i]).collect() }
+            }
+            Op::Resize { .. } => x.clone(),
+        };
+        debug_assert_eq!(out.second.len() as u64, channels(n.output), "node {k} {}", n.op.kind_name());
+        stats[k + 1] = Some(out);
+    }
+    Ok(stats)
+}
+
+/// Output channel j of a shuffle with `groups` groups reads input channel `source[j]`:
+/// (N, g, C/g, H, W) transposed to (N, C/g, g, H, W).
+fn shuffle_source(c: u64, groups: u64) -> Vec<usize> {
+    let per = c / groups;
+    (0..c).map(|j| ((j % groups) * per + j / groups) as usize).collect()
+}
+
+impl Params {
+    /// Sets σ² of node `k`, lowered to the cap (`cap` × the padding-aware He σ) if one is set.
+    fn set(&mut self, k: usize, s2: f64, he: f64, opts: &GraphOptions) {
+        let limit = opts.std_cap.map(|c| c * he.sqrt());
+        match limit {
+            Some(l) if s2.sqrt() > l => {
+                self.sigma2.insert(k, l * l);
+                self.capped.insert(k, s2);
+            }
+            _ => {
+                self.sigma2.insert(k, s2);
+                self.capped.remove(&k);
+            }
+        }
+    }
+}
+
+/// The backward pass: the gradient's second moment per channel at every value, for a
+/// unit one at the output. With `choose`, σ² of each weight node is chosen so that its
+/// contribution to its input's gradient meets its target (backward mode).
+fn backward(cx: &Cx<'_>, stats: &[Option<Stat>], p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Vec<f64>>, AnalysisError> {
+    let g = cx.g;
+    let mut grads: Vec<Vec<f64>> = (0..=g.nodes.len()).map(|v| vec![0.0; channels(g.shape(ValueId(v))) as usize]).collect();
+    let last = g.nodes.len();
+    grads[last].iter_mut().for_each(|x| *x = 1.0);
+    let fused_acts: HashMap<usize, usize> = cx.fused.iter().map(|(&pool, &act)| (act, pool)).collect();
+    let mut memo: HashMap<(usize, u64, u64), f64> = HashMap::new();
+    for (k, n) in g.nodes.iter().enumerate().rev() {
+        if fused_acts.contains_key(&k) {
+            continue; // its max pool sent the gradient to its input directly
+        }
+        let dz = std::mem::take(&mut grads[k + 1]);
+        let x = cx.input_stat(stats, n.inputs[0]);
+        let add = |grads: &mut Vec<Vec<f64>>, v: ValueId, contrib: &[f64]| {
+            for (a, b) in grads[v.0].iter_mut().zip(contrib) {
+                *a += b;
+            }
+        };
+        match &n.op {
+            Op::Conv(_) | Op::Linear(_) => {
+                let (w, eps) = &cx.weights[&k];
+                let geo = &w.geometry;
+                let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+                let r = rho(w, *eps);
+                let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| dz[gi * cout_g..(gi + 1) * cout_g].iter().sum()).collect();
+                if choose {
+                    let uniform = dz.iter().all(|&d| d == dz[0]);
+                    let a = if uniform { dz[0] * *eps as f64 / geo.m_in() as f64 } else { r * avg(&sums) };
+                    if !(a > 0.0 && a.is_finite()) {
+                        return Err(fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
+                    }
+                    let he = geo.m_in() as f64 / (0.5 * *eps as f64);
+                    p.set(k, p.target[&k] / a, he, opts);
+                }
+                let s2 = p.sigma2[&k];
+                let mut contrib = Vec::with_capacity(channels(g.shape(n.inputs[0])) as usize);
+                for gi in 0..geo.groups as usize {
+                    let uniform = dz[gi * cout_g..(gi + 1) * cout_g].iter().all(|&d| d == dz[gi * cout_g]);
+                    let v = if uniform { s2 * (dz[gi * cout_g] * *eps as f64 / geo.m_in() as f64) } else { s2 * r * sums[gi] };
+                    contrib.extend(std::iter::repeat_n(v, cin_g));
+                }
+                add(&mut grads, n.inputs[0], &contrib);
+            }
+            Op::Activation(_) | Op::Elementwise(_) => {
+                let f = func(&n.op).expect("element-wise");
+                let contrib: Vec<f64> = dz
+                    .iter()
+                    .zip(x.mean.iter().zip(&x.second))
+                    .map(|(&d, (&mu, &s))| d * *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(f, mu, s - mu * mu).2))
+                    .collect();
+                add(&mut grads, n.inputs[0], &contrib);
+            }
+            Op::Pool(_) | Op::GlobalPool(_) => {
+                let t = window_of(n, g.shape(n.inputs[0]));
+                let kind = match &n.op {
+                    Op::Pool(p) => p.kind,
+                    Op::GlobalPool(kind) => *kind,
+                    _ => unreachable!(),
+                };
+                match kind {
+                    PoolKind::Avg => {
+                        let tf = (t * t) as f64;
+                        let contrib: Vec<f64> = dz.iter().map(|d| d / tf).collect();
+                        add(&mut grads, n.inputs[0], &contrib);
+                    }
+                    PoolKind::Max => {
+                        let (f, target, u) = match cx.fused.get(&k) {
+                            Some(&a) => {
+                                let an = &g.nodes[a];
+                                (func(&an.op).expect("element-wise"), an.inputs[0], cx.input_stat(stats, an.inputs[0]))
+                            }
+                            None => (Func::Act(Activation::Identity), n.inputs[0], x),
+                        };
+                        let contrib: Vec<f64> = dz
+                            .iter()
+                            .zip(u.mean.iter().zip(&u.second))
+                            .map(|(&d, (&mu, &s))| d * *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| max_moments(f, mu, s - mu * mu, t).2))
+                            .collect();
+                        add(&mut grads, target, &contrib);
+                    }
+                }
+            }
+            Op::Flatten => {
+                let (_, h, w) = g.shape(n.inputs[0]).chw();
+                let hw = (h * w) as usize;
+                let contrib: Vec<f64> = dz.chunks(hw).map(avg).collect();
+                add(&mut grads, n.inputs[0], &contrib);
+            }
+            Op::Add => {
+                for (i, &v) in n.inputs.iter().enumerate() {
+                    // The same value m times receives m·δ: m² δ² in all, m δ² per occurrence.
+                    let m = n.inputs.iter().filter(|&&u| u == v).count() as f64;
+                    let first = n.inputs.iter().position(|&u| u == v) == Some(i);
+                    if first {
+                        let contrib: Vec<f64> = dz.iter().map(|d| d * m * m).collect();
+                        add(&mut grads, v, &contrib);
+                    }
+                }
+            }
+            Op::Concat => {
+                let mut at = 0;
+                for &v in &n.inputs {
+                    let c = channels(g.shape(v)) as usize;
+                    let contrib = dz[at..at + c].to_vec();
+                    add(&mut grads, v, &contrib);
+                    at += c;
+                }
+            }
+            Op::Mul => {
+                let gate = cx.input_stat(stats, n.inputs[1]);
+                let gs = g.shape(n.inputs[1]);
+                let hw = if gs == n.output {
+                    1.0
+                } else {
+                    let (_, h, w) = n.output.chw();
+                    (h * w) as f64
+                };
+                let cx_: Vec<f64> = dz.iter().zip(&gate.second).map(|(d, s)| d * s).collect();
+                let cg: Vec<f64> = dz.iter().zip(&x.second).map(|(d, s)| d * s * hw).collect();
+                add(&mut grads, n.inputs[0], &cx_);
+                add(&mut grads, n.inputs[1], &cg);
+            }
+            Op::BatchNorm(bn) => {
+                let gamma = p.bn_scale[&k];
+                let contrib: Vec<f64> = if bn.training {
+                    x.mean.iter().zip(&x.second).zip(&dz).map(|((m, s), d)| if s - m * m > 0.0 { d * gamma * gamma / (s - m * m) } else { 0.0 }).collect()
+                } else {
+                    dz.iter().map(|d| d * gamma * gamma / (1.0 + bn.epsilon)).collect()
+                };
+                add(&mut grads, n.inputs[0], &contrib);
+            }
+            Op::ChannelSlice { start, .. } => {
+                let s = *start as usize;
+                for (i, d) in dz.iter().enumerate() {
+                    grads[n.inputs[0].0][s + i] += d;
+                }
+            }
+            Op::Shuffle { groups } => {
+                let perm = shuffle_source(channels(n.output), *groups);
+                for (j, &i) in perm.iter().enumerate() {
+                    grads[n.inputs[0].0][i] += dz[j];
+                }
+            }
+            Op::Resize { scale, .. } => {
+                let r = (scale[0] * scale[1]) as f64;
+                let contrib: Vec<f64> = dz.iter().map(|d| d * r).collect();
+                add(&mut grads, n.inputs[0], &contrib);
+            }
+        }
+        grads[k + 1] = dz;
+    }
+    Ok(grads)
+}
+
+/// For each Add, which inputs are residual branches: those with strictly the most
+/// weight layers since the inputs' latest common ancestor (the identity path and a
+/// 1×1 downsample conv have fewer). An Add whose inputs tie has no branch.
+fn residual_branches(g: &Graph, k: usize) -> Vec<bool> {
+    let n = &g.nodes[k];
+    let values = g.nodes.len() + 1;
+    let ancestors = |v: ValueId| -> Vec<bool> {
+        let mut a = vec![false; values];
+        a[v.0] = true;
+        for u in (1..=v.0).rev() {
+            if a[u] {
+                for i in &g.nodes[u - 1].inputs {
+                    a[i.0] = true;
+                }
+            }
+        }
+        a
+    };
+    let sets: Vec<Vec<bool>> = n.inputs.iter().map(|&v| ancestors(v)).collect();
+    let Some(fork) = (0..values).rev().find(|&u| sets.iter().all(|s| s[u])) else { return vec![false; n.inputs.len()] };
+    // Longest count of weight nodes from the fork to each value.
+    let mut depth: Vec<Option<u64>> = vec![None; values];
+    depth[fork] = Some(0);
+    for u in fork + 1..values {
+        let node = &g.nodes[u - 1];
+        let best = node.inputs.iter().filter_map(|i| depth[i.0]).max();
+        depth[u] = best.map(|d| d + matches!(node.op, Op::Conv(_) | Op::Linear(_)) as u64);
+    }
+    let d: Vec<u64> = n.inputs.iter().map(|v| depth[v.0].unwrap_or(0)).collect();
+    let max = d.iter().copied().max().unwrap_or(0);
+    if max == 0 || d.iter().filter(|&&x| x == max).count() > 1 {
+        return vec![false; n.inputs.len()];
+    }
+    d.iter().map(|&x| x == max).collect()
+}
+
+/// Walks back from a branch's end through single-input non-weight nodes to its last
+/// weight node; returns it and the last BatchNorm met on the way (nearest the weight).
+fn branch_end(g: &Graph, v: ValueId) -> (Option<usize>, Option<usize>) {
+    let mut bn = None;
+    let mut u = v.0;
+    while u > 0 {
+        let node = &g.nodes[u - 1];
+        match node.op {
+            Op::Conv(_) | Op::Linear(_) => return (Some(u - 1), bn),
+            Op::BatchNorm(_) => bn = Some(u - 1),
+            Op::Activation(_) | Op::Elementwise(_) | Op::Resize { .. } | Op::Shuffle { .. } | Op::Flatten => {}
+            _ => return (None, bn),
+        }
+        if node.inputs.len() != 1 {
+            return (None, bn);
+        }
+        u = node.inputs[0].0;
+    }
+    (None, bn)
+}
+
+/// Analyses a graph.
+pub fn analyze_graph(g: &Graph, opts: GraphOptions) -> Result<GraphAnalysis, AnalysisError> {
+    if !(opts.branch_scale.is_finite() && opts.branch_scale >= 0.0) {
+        return Err(AnalysisError::Options(format!("--branch-scale must be a number ≥ 0, got {}", opts.branch_scale)));
+    }
+    let cx = Cx::new(g)?;
+    if cx.weights.is_empty() {
+        return Err(AnalysisError::Options("the network has no weight layer".into()));
+    }
+    let mut p = Params { sigma2: HashMap::new(), bn_scale: HashMap::new(), target: HashMap::new(), capped: HashMap::new() };
+    for (k, n) in g.nodes.iter().enumerate() {
+        if matches!(n.op, Op::Conv(_) | Op::Linear(_)) {
+            p.target.insert(k, 1.0);
+        }
+        if matches!(n.op, Op::BatchNorm(_)) {
+            p.bn_scale.insert(k, 1.0);
+        }
+    }
+    // Residual branches: their last weight layer (or the BatchNorm after it) targets α².
+    let mut residual_last = std::collections::HashSet::new();
+    let mut joins = Vec::new();
+    for (k, n) in g.nodes.iter().enumerate() {
+        if matches!(n.op, Op::Add | Op::Concat | Op::Mul) {
+            let branches = if matches!(n.op, Op::Add) { residual_branches(g, k) } else { vec![false; n.inputs.len()] };
+            for (&v, &b) in n.inputs.iter().zip(&branches) {
+                if b {
+                    match branch_end(g, v) {
+                        (_, Some(bn)) => {
+                            p.bn_scale.insert(bn, opts.branch_scale);
+                            residual_last.insert(bn);
+                        }
+                        (Some(w), None) => {
+                            p.target.insert(w, opts.branch_scale * opts.branch_scale);
+                            residual_last.insert(w);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            joins.push(JoinResult { node: k, forward_variance: 0.0, backward_variance: 0.0, branches });
+        }
+    }
+    // A weight node whose target is 0 gets σ² = 0 directly (its input may carry signal).
+    let fixed = |mode: Mode, w: &unify::Weight| -> f64 {
+        match mode {
+            Mode::Xavier => 2.0 / (w.fan_in() + w.fan_out()) as f64,
+            Mode::KaimingIn => 2.0 / w.fan_in() as f64,
+            Mode::KaimingOut => 2.0 / w.fan_out() as f64,
+            Mode::Forward | Mode::Backward => 2.0 / w.fan_in() as f64,
+        }
+    };
+    for (&k, (w, _)) in &cx.weights {
+        p.sigma2.insert(k, fixed(opts.mode, w));
+    }
+    let (stats, grads) = match opts.mode {
+        Mode::Forward => {
+            let stats = forward(&cx, &mut p, &opts, true)?;
+            let grads = backward(&cx, &stats, &mut p, &opts, false)?;
+            (stats, grads)
+        }
+        Mode::Backward => {
+            // The backward σ² depend on the forward statistics (activation slopes,
+            // BatchNorm's input variance), which depend on σ²: iterate to a fixed point.
+            let mut stats = forward(&cx, &mut p, &opts, false)?;
+            for _ in 0..4 {
+                backward(&cx, &stats, &mut p, &opts, true)?;
+                stats = forward(&cx, &mut p, &opts, false)?;
+            }
+            let grads = backward(&cx, &stats, &mut p, &opts, false)?;
+            (stats, grads)
+        }
+        _ => {
+            let stats = forward(&cx, &mut p, &opts, false)?;
+            let grads = backward(&cx, &stats, &mut p, &opts, false)?;
+            (stats, grads)
+        }
+    };
+    let st = |v: usize| stats[v].as_ref().expect("every value is computed");
+    let mut weights = Vec::new();
+    let mut keys: Vec<usize> = cx.weights.keys().copied().collect();
+    keys.sort_unstable();
+    for k in keys {
+        let (w, eps) = cx.weights[&k].clone();
+        let n = &g.nodes[k];
+        // The unified layer it starts: an activation, then a pooling, each the only reader.
+        let only = |v: usize| -> Option<usize> { (cx.consumers[v].len() == 1).then(|| cx.consumers[v][0]) };
+        let mut end = k;
+        let mut activation = None;
+        let mut pooling = None;
+        let mut normalized_by = None;
+        if let Some(b) = only(k + 1).filter(|&b| matches!(&g.nodes[b].op, Op::BatchNorm(bn) if bn.training)) {
+            normalized_by = Some(b);
+        }
+        if let Some(a) = only(end + 1).filter(|&a| func(&g.nodes[a].op).is_some()) {
+            activation = Some(a);
+            end = a;
+        }
+        if let Some(q) = only(end + 1).filter(|&q| matches!(g.nodes[q].op, Op::Pool(_) | Op::GlobalPool(_))) {
+            pooling = Some(q);
+            end = q;
+        }
+        let u = avg(&st(k + 1).second);
+        let z = avg(&st(end + 1).second);
+        let du = avg(&grads[k + 1]);
+        let dz = avg(&grads[end + 1]);
+        let variance = p.sigma2[&k];
+        weights.push(WeightResult {
+            node: k,
+            connections: eps,
+            uncapped_std: p.capped.get(&k).copied().unwrap_or(variance).sqrt(),
+            capped: p.capped.contains_key(&k),
+            variance,
+            forward_variance: u,
+            backward_variance: avg(&grads[n.inputs[0].0]),
+            residual_last: residual_last.contains(&k),
+            normalized_by,
+            activation,
+            pooling,
+            tau: if u > 0.0 { z / u } else { f64::NAN },
+            gamma: if dz > 0.0 { du / dz } else { f64::NAN },
+            weight: w,
+        });
+    }
+    let mut batch_norms = Vec::new();
+    for (k, n) in g.nodes.iter().enumerate() {
+        if matches!(n.op, Op::BatchNorm(_)) {
+            batch_norms.push(BatchNormResult {
+                node: k,
+                scale: p.bn_scale[&k],
+                residual_last: residual_last.contains(&k),
+                forward_variance: avg(&st(k + 1).second),
+                backward_variance: avg(&grads[k + 1]),
+            });
+        }
+    }
+    for j in &mut joins {
+        j.forward_variance = avg(&st(j.node + 1).second);
+        j.backward_variance = avg(&grads[j.node + 1]);
+    }
+    Ok(GraphAnalysis {
+        weights,
+        batch_norms,
+        joins,
+        output_variance: avg(&st(g.nodes.len()).second),
+        input_gradient_variance: avg(&grads[0]),
+    })
+}
