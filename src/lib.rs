@@ -145,6 +145,16 @@ pub fn plan_graph(graph: &ir::Graph, req: GraphRequest) -> Result<plan::Plan, Er
     Ok(plan::build_graph(graph, &a, gopts))
 }
 
+/// The `lower` dump of any graph: the unified-layer table of a chain, or the graph
+/// table (weight layers, joins, BatchNorm nodes) of anything else.
+pub fn lower_report(graph: &ir::Graph, req: GraphRequest) -> Result<String, Error> {
+    if let Ok(net) = unify::unify(graph) {
+        let analysis = analyze::analyze_with(&net, req.opts, req.analysis)?;
+        return Ok(report::lower_table(&net, &analysis, req.opts.mode));
+    }
+    Ok(report::graph_plan_table(&plan_graph(graph, req)?))
+}
+
 /// Writes `contents` to `path` atomically: a temporary file beside it, then a rename,
 /// so that an existing file is never left half-written.
 pub fn write_atomic(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {

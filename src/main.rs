@@ -370,11 +370,9 @@ fn run(cli: Cli) -> Result<()> {
             let opts = init.options()?;
             if is_onnx(&file) {
                 let graph = load_graph(&file, input)?;
-                if cnnc::unify::unify(&graph).is_err() {
-                    let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale };
-                    let plan = cnnc::plan_graph(&graph, req).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                    return emit(&None, &report::graph_plan_table(&plan));
-                }
+                let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale };
+                let text = cnnc::lower_report(&graph, req).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                return emit(&None, &text);
             }
             let net = load_network(&file, input)?;
             let analysis = analyze::analyze_with(&net, opts, analysis.into())?;

@@ -28,10 +28,6 @@
 //!   overflow (checked arithmetic) and integer division by zero are errors naming the
 //!   attribute or the value.
 
-// The importer calls this module as it folds constant chains; until it does, only the
-// tests below use it.
-#![allow(dead_code)]
-
 use super::proto::{
     attribute_proto::AttributeType,
     tensor_proto::{DataLocation, DataType},
@@ -513,7 +509,7 @@ fn decode(t: &TensorProto) -> Result<Tensor, String> {
 
 /// `raw` cut into little-endian words of `N` bytes.
 fn words<const N: usize>(raw: &[u8]) -> Result<Vec<[u8; N]>, String> {
-    if raw.len() % N != 0 {
+    if !raw.len().is_multiple_of(N) {
         return Err(format!("the raw data has {} bytes, not a multiple of the {N}-byte element", raw.len()));
     }
     Ok(raw
@@ -626,9 +622,7 @@ fn constant(node: &NodeProto, _: &[Option<&Tensor>]) -> Result<Tensor, String> {
             let v = floats_attr(node, name)?.unwrap_or_default();
             Tensor::floats(vec![v.len() as u64], v.iter().map(|&x| x as f64).collect())
         }
-        other => {
-            return Err(format!("attribute `{other}` of Constant is not folded (only value, value_int(s), value_float(s))"))
-        }
+        other => return Err(format!("attribute `{other}` of Constant is not folded (only value, value_int(s), value_float(s))")),
     };
     size_of(&t.dims)?;
     Ok(t)
@@ -637,7 +631,11 @@ fn constant(node: &NodeProto, _: &[Option<&Tensor>]) -> Result<Tensor, String> {
 /// The class a `Cast` converts to.
 enum Target {
     /// An integer type holding `lo..=hi` (uint64 limited to the int64 range).
-    Int { name: &'static str, lo: i64, hi: i64 },
+    Int {
+        name: &'static str,
+        lo: i64,
+        hi: i64,
+    },
     Float(FloatFormat),
     Bool,
 }
@@ -914,9 +912,10 @@ fn unsqueeze(node: &NodeProto, inputs: &[Option<&Tensor>]) -> Result<Tensor, Str
     Ok(Tensor { dims, data: x.data.clone() })
 }
 
+/// Without axes (or with an empty list, as ONNX Runtime reads it) every axis of size 1 goes.
 fn squeeze(node: &NodeProto, inputs: &[Option<&Tensor>]) -> Result<Tensor, String> {
     let x = arg(inputs, 0, "data")?;
-    let dims = match axes_of(node, inputs, 1)? {
+    let dims = match axes_of(node, inputs, 1)?.filter(|a| !a.is_empty()) {
         None => x.dims.iter().copied().filter(|&d| d != 1).collect(),
         Some(axes) => {
             let axes = axes_list(&axes, x.dims.len(), "axes")?;
@@ -1058,7 +1057,12 @@ fn int_pow(b: i64, e: i64) -> Result<i64, String> {
 }
 
 /// An elementwise unary op; `int` is `None` where the op takes floats only.
-fn unary(inputs: &[Option<&Tensor>], op: &str, int: Option<fn(i64) -> Result<i64, String>>, float: fn(f64) -> f64) -> Result<Tensor, String> {
+fn unary(
+    inputs: &[Option<&Tensor>],
+    op: &str,
+    int: Option<fn(i64) -> Result<i64, String>>,
+    float: fn(f64) -> f64,
+) -> Result<Tensor, String> {
     let x = arg(inputs, 0, "input")?;
     let data = match (num(x.data.clone()), int) {
         (Num::Int(v), Some(f)) => Data::Int(v.into_iter().map(f).collect::<Result<_, _>>()?),
@@ -1708,6 +1712,7 @@ mod tests {
         assert_eq!(run(&node("Unsqueeze", vec![]), &[&x, &iv(&[0, -1])]).dims, vec![1, 3, 1]);
         let y = Tensor::ints(vec![1, 3, 1], vec![1, 2, 3]);
         assert_eq!(run(&node("Squeeze", vec![]), &[&y]), x);
+        assert_eq!(run(&node("Squeeze", vec![]), &[&y, &iv(&[])]), x);
         assert_eq!(run(&node("Squeeze", vec![]), &[&y, &iv(&[-1])]).dims, vec![1, 3]);
         assert_eq!(run(&node("Squeeze", vec![ints("axes", &[0])]), &[&y]).dims, vec![3, 1]);
         assert!(fail(&node("Squeeze", vec![ints("axes", &[1])]), &[&y]).contains("not 1"));
@@ -1778,7 +1783,8 @@ mod tests {
         let e = fail(&node("ConstantOfShape", vec![]), &[&iv(&[1 << 20, 1 << 20])]);
         assert_eq!(e, "a constant of shape [1048576, 1048576] (1099511627776 elements) is past the limit of 65536 elements for folding");
         assert!(fail(&node("Expand", vec![]), &[&iv(&[1]), &iv(&[1 << 17])]).contains("past the limit"));
-        assert!(fail(&node("Tile", vec![]), &[&iv(&[1, 2]), &iv(&[1 << 62])]).contains("overflows"));
+        assert!(fail(&node("Tile", vec![]), &[&iv(&[1, 2, 3]), &iv(&[i64::MAX])]).contains("overflows"));
+        assert!(fail(&node("Tile", vec![]), &[&iv(&[1, 2]), &iv(&[1 << 62])]).contains("past the limit"));
     }
 
     #[test]

@@ -269,11 +269,14 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         };
         convert(&mut imp, &cx).map_err(fail)?;
     }
-    // A graph output still pending (a network that ends in an activation) becomes a node.
-    for o in &graph.output {
-        if imp.pending.contains_key(o.name()) || imp.pads.contains_key(o.name()) {
-            let cx = Cx { node: &graph.node[0], index: 0, name: o.name().to_string(), op: "output" };
-            imp.data(&cx, o.name()).map_err(|message| OnnxError::Model(format!("graph output `{}`: {message}", o.name())))?;
+    // A pending value that no node reads (the network ends in an activation) becomes a
+    // node, in the order the values were made.
+    let read: HashSet<&str> = graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let ends: Vec<&str> = graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).filter(|o| !read.contains(o)).collect();
+    for o in ends {
+        if imp.pending.contains_key(o) {
+            let cx = Cx { node: &graph.node[0], index: 0, name: o.to_string(), op: "output" };
+            imp.data(&cx, o).map_err(|message| OnnxError::Model(format!("value `{o}`: {message}")))?;
         }
     }
     if imp.nodes.is_empty() {
@@ -708,6 +711,7 @@ impl<'m> Importer<'m> {
         if let Some(p) = self.pending.get(name).cloned() {
             let op = match p.expr.as_activation() {
                 Some(Activation::Identity) => {
+                    self.pending.remove(name);
                     self.values.insert(name, (p.base, p.shape));
                     return Ok((p.base, p.shape));
                 }
@@ -715,6 +719,7 @@ impl<'m> Importer<'m> {
                 None => Op::Elementwise(p.expr),
             };
             let id = self.named(p.name, op, vec![p.base], p.shape, None)?;
+            self.pending.remove(name);
             self.values.insert(name, (id, p.shape));
             return Ok((id, p.shape));
         }
@@ -1298,6 +1303,14 @@ fn unary<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 }
 
 fn apply<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, f: Fn1) -> Result<(), String> {
+    // An activation after an activation is two nodes (a unified chain may hold the
+    // first); only the arithmetic that builds one function (x/√2 → erf, x·sigmoid(x))
+    // extends an expression.
+    if let Some(name) = cx.input(0) {
+        if imp.pending.get(name).is_some_and(|p| p.expr.as_activation().is_some_and(|a| a != Activation::Identity)) {
+            imp.data(cx, name)?;
+        }
+    }
     match imp.expr(cx, 0) {
         Some(p) => imp.pend(cx, Pending { expr: Expr::Apply(f, Box::new(p.expr)), ..p }),
         None => imp.data_at(cx, 0).map(|_| ()),

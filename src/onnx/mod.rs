@@ -52,7 +52,7 @@ pub enum OnnxError {
     #[error("not a valid ONNX model: {0}")]
     Decode(String),
     /// Every node whose operator the importer does not handle, as (node, op_type).
-    #[error("{} unsupported ONNX node{}: {} (cnnc imports chains of {})", .0.len(), if .0.len() == 1 { "" } else { "s" },
+    #[error("{} unsupported ONNX node{}: {} (cnnc imports graphs of {})", .0.len(), if .0.len() == 1 { "" } else { "s" },
         .0.iter().map(|(n, op)| format!("`{n}` ({op})")).collect::<Vec<_>>().join(", "), SUPPORTED_OPS.join(", "))]
     Unsupported(Vec<(String, String)>),
     /// A problem located at one node.
