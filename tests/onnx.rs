@@ -861,3 +861,42 @@ fn large_models_write_their_weights_as_external_data() {
     assert!(!dir.join("c.onnx.data").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The torchvision models exported by both of torch's exporters (tests/data/onnx/real,
+/// made by make_real.py): every one plans in both modes and with --branch-scale 0, its
+/// `lower` table is checked in, and the exports of one model agree with each other.
+#[test]
+fn real_exports_plan_and_agree_across_exporters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/real");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
+    files.sort();
+    assert!(files.len() >= 27, "{} fixtures", files.len());
+    let mut by_model: std::collections::BTreeMap<String, Vec<(String, Vec<f64>)>> = Default::default();
+    for path in &files {
+        let g = onnx::load(path, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let req = |mode, branch_scale| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis: Default::default(), branch_scale };
+        expect_file(&path.with_extension("lower"), &cnnc::lower_report(&g, req(Mode::Forward, 1.0)).unwrap());
+        for (mode, alpha) in [(Mode::Backward, 1.0), (Mode::Forward, 0.0), (Mode::KaimingIn, 1.0)] {
+            let plan = cnnc::plan_graph(&g, req(mode, alpha)).unwrap_or_else(|e| panic!("{} {mode:?}: {e}", path.display()));
+            assert!(plan.layers.iter().all(|l| l.weight.std.is_finite()), "{}", path.display());
+        }
+        let plan = cnnc::plan_graph(&g, req(Mode::Forward, 1.0)).unwrap();
+        let mut stds: Vec<f64> = plan.layers.iter().map(|l| l.weight.std).collect();
+        stds.sort_by(f64::total_cmp);
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let model = file.split('.').next().unwrap().to_string();
+        by_model.entry(model).or_default().push((file, stds));
+    }
+    // Eval exports (TorchScript with or without weights, dynamo) fold BatchNorm the same way:
+    // one network, one set of σ.
+    for (model, exports) in &by_model {
+        let evals: Vec<&(String, Vec<f64>)> = exports.iter().filter(|(f, _)| !f.contains(".train.")).collect();
+        for (file, stds) in &evals[1..] {
+            let (first, reference) = evals[0];
+            assert_eq!(stds.len(), reference.len(), "{model}: {file} vs {first}");
+            for (a, b) in stds.iter().zip(reference) {
+                assert!((a - b).abs() <= 1e-12 * b, "{model}: {file} vs {first}: σ {a} vs {b}");
+            }
+        }
+    }
+}

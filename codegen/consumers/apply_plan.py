@@ -199,7 +199,7 @@ def match_batch_norms(model, plan, skipped=None):
     matched = []
     for e in plan.get("batch_norms", []):
         names = []
-        for role, neutral in (("scale", 1.0), ("shift", 0.0)):
+        for role, leaf, neutral in (("scale", "weight", 1.0), ("shift", "bias", 0.0)):
             p = e[role]
             n = p["name"]
             if n in params:
@@ -210,10 +210,11 @@ def match_batch_norms(model, plan, skipped=None):
                 continue
             if modules is None:
                 modules = dict(model.named_modules())
-            owner, leaf = _owner(n)
+            owner, own_leaf = _owner(n)
             module = modules.get(owner)
-            if module is None or getattr(module, leaf, None) is not None or p["value"] != neutral:
-                raise PlanMismatch("plan batch norm %r: its %s %r is not a parameter of the model%s" % (e["name"], role, n, " (module %r has none, but the plan sets %r, not %r)" % (owner, p["value"], neutral) if module is not None and getattr(module, leaf, None) is None else ""))
+            lacks = own_leaf == leaf and module is not None and hasattr(module, leaf) and getattr(module, leaf) is None
+            if not lacks or p["value"] != neutral:
+                raise PlanMismatch("plan batch norm %r: its %s %r is not a parameter of the model%s" % (e["name"], role, n, " (module %r has no %s, but the plan sets %r, not %r)" % (owner, leaf, p["value"], neutral) if lacks else ""))
             if isinstance(skipped, list):
                 skipped.append((n, "module %r has no %s (affine=False); the plan's is %r" % (owner, leaf, neutral)))
             names.append(None)
