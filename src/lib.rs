@@ -130,19 +130,9 @@ pub fn plan_graph(graph: &ir::Graph, req: GraphRequest) -> Result<plan::Plan, Er
     if let Ok(net) = unify::unify(graph) {
         return plan_with(&net, req.opts, req.analysis);
     }
-    if req.analysis == analyze::Analysis::Map {
-        // Say why the chain analysis did not take it.
-        let why = match unify::unify(graph) {
-            Err(e) => e.first().map(|e| e.message.clone()).unwrap_or_default(),
-            Ok(_) => String::new(),
-        };
-        return Err(Error::Graph(vec![format!(
-            "the map analysis takes chains of unified layers only, and this graph is not one ({why}); use --analysis paper"
-        )]));
-    }
     let gopts = analyze::graph::GraphOptions { mode: req.opts.mode, std_cap: req.opts.std_cap, branch_scale: req.branch_scale };
-    let a = analyze::graph::analyze_graph(graph, gopts)?;
-    Ok(plan::build_graph(graph, &a, gopts))
+    let a = analyze::graph::analyze_graph_with(graph, gopts, req.analysis)?;
+    Ok(plan::build_graph(graph, &a, gopts, req.analysis))
 }
 
 /// The `lower` dump of any graph: the unified-layer table of a chain, or the graph

@@ -270,7 +270,7 @@ fn predicted(forward_variance: f64, backward_variance: f64) -> Predicted {
 }
 
 /// Builds the plan of a graph from its analysis ([`crate::analyze::graph`]).
-pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions) -> Plan {
+pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions, analysis: crate::analyze::Analysis) -> Plan {
     let reads = |v: ValueId| if v.0 == 0 { "input".to_string() } else { g.nodes[v.0 - 1].name.clone() };
     let mut layers = Vec::with_capacity(a.weights.len());
     for (i, r) in a.weights.iter().enumerate() {
@@ -316,7 +316,12 @@ pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions) -> Plan {
             bias: w.bias_param.as_ref().map(|name| BiasInit { name: name.clone(), shape: vec![w.geometry.out_channels], init: "zeros".into() }),
             capped: r.capped,
             uncapped_std: r.uncapped_std,
-            predicted: predicted(r.forward_variance, r.backward_variance),
+            predicted: Predicted {
+                forward_variance: r.forward_variance,
+                backward_variance: r.backward_variance,
+                forward_range: r.forward_range.map(|(lo, hi)| [lo, hi]),
+                backward_range: r.backward_range.map(|(lo, hi)| [lo, hi]),
+            },
             reads: Some(reads(n.inputs[0])),
             residual_last: Some(r.residual_last),
             normalized_by: r.normalized_by.map(|k| g.nodes[k].name.clone()),
@@ -370,7 +375,7 @@ pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions) -> Plan {
         network: g.name.clone(),
         input_shape: g.input.dims(),
         mode: opts.mode.name().into(),
-        analysis: "paper".into(),
+        analysis: analysis.name().into(),
         std_cap: opts.std_cap,
         summary,
         layers,

@@ -270,7 +270,7 @@ def test_affine_free_batch_norms_are_skipped_when_the_plan_sets_them_neutral():
     ("densenet121.train", lambda: torchvision.models.densenet121(weights=None)),
     ("vgg16_bn.train", lambda: torchvision.models.vgg16_bn(weights=None)),
     ("mobilenet_v2_nobn.ts", lambda: torchvision.models.mobilenet_v2(weights=None, norm_layer=lambda c: nn.Identity())),
-])
+], ids=["mobilenet_v2", "densenet121", "vgg16_bn", "mobilenet_v2_nobn"])
 def test_graph_plans_apply_by_name(export, build):
     plan = make_plan(onnx(export))
     model = build()
@@ -378,11 +378,13 @@ def test_validation_runs_without_torch(tmp_path):
     assert "layer1.0.bn2.weight = 0" in out.stdout
 
 
-@pytest.mark.parametrize("source, flags", [("specs/f34.cnn", ()), (onnx("resnet18.train"), ()), (onnx("resnet18.ts.weights"), ())])
-def test_plans_validate_against_the_schema(tmp_path, source, flags):
+@pytest.mark.parametrize("source", ["specs/f34.cnn", onnx("resnet18.train"), onnx("resnet18.ts.weights")],
+                         ids=["f34", "resnet18.train", "resnet18.ts.weights"])
+def test_plans_validate_against_the_schema(tmp_path, source):
+    """A /2 plan passes a schema written for /1 (the keys /2 adds are left out of its view)."""
     pytest.importorskip("jsonschema")
     path = tmp_path / "plan.json"
-    path.write_text(_plan_text(source, *flags))
+    path.write_text(_plan_text(source))
     apply_plan.load_plan(str(path))
     plan = json.loads(path.read_text())
     plan["surplus"] = 1  # keys /2 does not add still fail

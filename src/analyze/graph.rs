@@ -30,7 +30,7 @@
 //! On a chain of unified layers these rules are the paper's equations, term for term
 //! (a test checks F34 against `analyze::analyze`).
 
-use super::{constants, max_density, negative_half, upper_limit, AnalysisError, Mode, PoolingKind};
+use super::{constants, max_density, negative_half, upper_limit, Analysis, AnalysisError, Mode, PoolingKind};
 use crate::ir::{self, Activation, Expr, Graph, Op, PoolKind, Shape, ValueId};
 use crate::quad::integrate_width;
 use crate::unify;
@@ -61,6 +61,10 @@ pub struct WeightResult {
     pub forward_variance: f64,
     /// Mean over channels of the gradient's second moment at the node's input value.
     pub backward_variance: f64,
+    /// Map analysis: (min, max) over positions of E[u²] at the output.
+    pub forward_range: Option<(f64, f64)>,
+    /// Map analysis: (min, max) over positions of the gradient's second moment at the input.
+    pub backward_range: Option<(f64, f64)>,
     /// Whether it is the last weight layer of a residual branch (it targets α²).
     pub residual_last: bool,
     /// The training-mode BatchNorm node that follows it, which sets the forward signal
@@ -127,7 +131,7 @@ fn avg(v: &[f64]) -> f64 {
 
 /// An element-wise function.
 #[derive(Clone, Copy, Debug)]
-enum Func<'a> {
+pub(super) enum Func<'a> {
     Act(Activation),
     Expr(&'a Expr),
 }
@@ -151,7 +155,7 @@ impl Func<'_> {
         }
     }
     /// `Some(a)` when f(x) = x above 0 and a·x below.
-    fn slope(&self) -> Option<f64> {
+    pub(super) fn slope(&self) -> Option<f64> {
         match self {
             Func::Act(Activation::Relu) => Some(0.0),
             Func::Act(Activation::Identity) => Some(1.0),
@@ -161,7 +165,7 @@ impl Func<'_> {
     }
 }
 
-fn func(op: &Op) -> Option<Func<'_>> {
+pub(super) fn func(op: &Op) -> Option<Func<'_>> {
     match op {
         Op::Activation(a) => Some(Func::Act(*a)),
         Op::Elementwise(e) => Some(Func::Expr(e)),
@@ -170,7 +174,7 @@ fn func(op: &Op) -> Option<Func<'_>> {
 }
 
 /// (E f(x), E f(x)², E f'(x)²) for x ~ N(μ, v).
-fn gauss_moments(f: Func<'_>, mu: f64, v: f64) -> (f64, f64, f64) {
+pub(super) fn gauss_moments(f: Func<'_>, mu: f64, v: f64) -> (f64, f64, f64) {
     let v = v.max(0.0);
     if v == 0.0 {
         let (y, d) = f.eval(mu);
@@ -202,7 +206,7 @@ fn max_expect(g: impl Fn(f64) -> f64, t: u64) -> f64 {
 }
 
 /// Max pooling of f(x), x ~ N(μ, v) per member, T members: (E f(M), E f(M)², E f'(M)²/T).
-fn max_moments(f: Func<'_>, mu: f64, v: f64, t: u64) -> (f64, f64, f64) {
+pub(super) fn max_moments(f: Func<'_>, mu: f64, v: f64, t: u64) -> (f64, f64, f64) {
     let s = v.max(0.0).sqrt();
     if mu == 0.0 && f.slope().is_some() {
         if let Func::Act(act) = f {
@@ -220,19 +224,56 @@ fn max_moments(f: Func<'_>, mu: f64, v: f64, t: u64) -> (f64, f64, f64) {
     (mean, second, grad)
 }
 
-/// What the passes share: the graph, its consumers, and the unified-layer structure.
-struct Cx<'g> {
-    g: &'g Graph,
-    /// Per value, the nodes that read it.
-    consumers: Vec<Vec<usize>>,
-    /// Per max-pool node: the element-wise node it pools when they fuse (monotone f, the
-    /// pool its only reader).
-    fused: HashMap<usize, usize>,
-    /// Weight geometry per weight node.
-    weights: HashMap<usize, (unify::Weight, u64)>,
+/// A value's second moment as a pass reports it: the mean over channels and positions,
+/// and the range over positions (the paper's analysis has one number per channel).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct Moment {
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
-fn fail(g: &Graph, k: usize, message: String) -> AnalysisError {
+/// A forward and a backward pass over the graph. With `choose`, σ² of each weight node
+/// is chosen to meet its target; otherwise `Params::sigma2` is used as it is. Backward
+/// reads the statistics of the latest forward pass.
+pub(super) trait Passes {
+    fn forward(&mut self, cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Moment>, AnalysisError>;
+    fn backward(&mut self, cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Moment>, AnalysisError>;
+}
+
+/// The paper's analysis: per channel, positions averaged.
+struct PaperPasses {
+    stats: Vec<Option<Stat>>,
+}
+
+fn channel_moment(v: &[f64]) -> Moment {
+    let (min, max) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    Moment { avg: avg(v), min, max }
+}
+
+impl Passes for PaperPasses {
+    fn forward(&mut self, cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Moment>, AnalysisError> {
+        self.stats = forward(cx, p, opts, choose)?;
+        Ok(self.stats.iter().map(|s| channel_moment(&s.as_ref().expect("computed").second)).collect())
+    }
+    fn backward(&mut self, cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Moment>, AnalysisError> {
+        Ok(backward(cx, &self.stats, p, opts, choose)?.iter().map(|g| channel_moment(g)).collect())
+    }
+}
+
+/// What the passes share: the graph, its consumers, and the unified-layer structure.
+pub(super) struct Cx<'g> {
+    pub(super) g: &'g Graph,
+    /// Per value, the nodes that read it.
+    pub(super) consumers: Vec<Vec<usize>>,
+    /// Per max-pool node: the element-wise node it pools when they fuse (monotone f, the
+    /// pool its only reader).
+    pub(super) fused: HashMap<usize, usize>,
+    /// Weight geometry per weight node.
+    pub(super) weights: HashMap<usize, (unify::Weight, u64)>,
+}
+
+pub(super) fn fail(g: &Graph, k: usize, message: String) -> AnalysisError {
     AnalysisError::Node { node: g.nodes[k].name.clone(), op: g.nodes[k].op.kind_name().into(), message }
 }
 
@@ -292,11 +333,11 @@ impl<'g> Cx<'g> {
 }
 
 /// The σ², BatchNorm scales and targets the passes use.
-struct Params {
-    sigma2: HashMap<usize, f64>,
-    bn_scale: HashMap<usize, f64>,
+pub(super) struct Params {
+    pub(super) sigma2: HashMap<usize, f64>,
+    pub(super) bn_scale: HashMap<usize, f64>,
     /// Target second moment of each weight node (1, or α²).
-    target: HashMap<usize, f64>,
+    pub(super) target: HashMap<usize, f64>,
     /// σ² before the cap, where the cap lowered it.
     capped: HashMap<usize, f64>,
 }
@@ -462,14 +503,14 @@ fn forward(cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Re
 
 /// Output channel j of a shuffle with `groups` groups reads input channel `source[j]`:
 /// (N, g, C/g, H, W) transposed to (N, C/g, g, H, W).
-fn shuffle_source(c: u64, groups: u64) -> Vec<usize> {
+pub(super) fn shuffle_source(c: u64, groups: u64) -> Vec<usize> {
     let per = c / groups;
     (0..c).map(|j| ((j % groups) * per + j / groups) as usize).collect()
 }
 
 impl Params {
     /// Sets σ² of node `k`, lowered to the cap (`cap` × the padding-aware He σ) if one is set.
-    fn set(&mut self, k: usize, s2: f64, he: f64, opts: &GraphOptions) {
+    pub(super) fn set(&mut self, k: usize, s2: f64, he: f64, opts: &GraphOptions) {
         let limit = opts.std_cap.map(|c| c * he.sqrt());
         match limit {
             Some(l) if s2.sqrt() > l => {
@@ -698,8 +739,38 @@ fn branch_end(g: &Graph, v: ValueId) -> (Option<usize>, Option<usize>) {
     (None, bn)
 }
 
-/// Analyses a graph.
+/// Analyses a graph with the paper's analysis (layer means, per channel).
 pub fn analyze_graph(g: &Graph, opts: GraphOptions) -> Result<GraphAnalysis, AnalysisError> {
+    analyze_graph_with(g, opts, Analysis::Paper)
+}
+
+/// τ and γ of a unified layer (its activation and pooling nodes) for a unit-variance,
+/// zero-mean input.
+fn unit_constants(g: &Graph, activation: Option<usize>, pooling: Option<usize>) -> (f64, f64) {
+    let f = activation.and_then(|a| func(&g.nodes[a].op)).unwrap_or(Func::Act(Activation::Identity));
+    let (m1, m2, d2) = gauss_moments(f, 0.0, 1.0);
+    match pooling.map(|q| &g.nodes[q]) {
+        None => (m2, d2),
+        Some(n) => {
+            let t = window_of(n, g.shape(n.inputs[0]));
+            let kind = match &n.op {
+                Op::Pool(p) => p.kind,
+                Op::GlobalPool(k) => *k,
+                _ => PoolKind::Avg,
+            };
+            match kind {
+                PoolKind::Avg => ((m2 + (t as f64 - 1.0) * m1 * m1) / t as f64, d2 / (t * t) as f64),
+                PoolKind::Max => {
+                    let (_, s, d) = max_moments(f, 0.0, 1.0, t);
+                    (s, d)
+                }
+            }
+        }
+    }
+}
+
+/// Analyses a graph with the paper's analysis or the position-resolved one.
+pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> Result<GraphAnalysis, AnalysisError> {
     if !(opts.branch_scale.is_finite() && opts.branch_scale >= 0.0) {
         return Err(AnalysisError::Options(format!("--branch-scale must be a number ≥ 0, got {}", opts.branch_scale)));
     }
@@ -752,30 +823,32 @@ pub fn analyze_graph(g: &Graph, opts: GraphOptions) -> Result<GraphAnalysis, Ana
     for (&k, (w, _)) in &cx.weights {
         p.sigma2.insert(k, fixed(opts.mode, w));
     }
-    let (stats, grads) = match opts.mode {
+    let mut passes: Box<dyn Passes> = match analysis {
+        Analysis::Paper => Box::new(PaperPasses { stats: Vec::new() }),
+        Analysis::Map => Box::new(super::graph_map::MapPasses::new()),
+    };
+    let (fwd, bwd) = match opts.mode {
         Mode::Forward => {
-            let stats = forward(&cx, &mut p, &opts, true)?;
-            let grads = backward(&cx, &stats, &mut p, &opts, false)?;
-            (stats, grads)
+            let fwd = passes.forward(&cx, &mut p, &opts, true)?;
+            (fwd, passes.backward(&cx, &mut p, &opts, false)?)
         }
         Mode::Backward => {
             // The backward σ² depend on the forward statistics (activation slopes,
             // BatchNorm's input variance), which depend on σ²: iterate to a fixed point.
-            let mut stats = forward(&cx, &mut p, &opts, false)?;
+            passes.forward(&cx, &mut p, &opts, false)?;
             for _ in 0..4 {
-                backward(&cx, &stats, &mut p, &opts, true)?;
-                stats = forward(&cx, &mut p, &opts, false)?;
+                passes.backward(&cx, &mut p, &opts, true)?;
+                passes.forward(&cx, &mut p, &opts, false)?;
             }
-            let grads = backward(&cx, &stats, &mut p, &opts, false)?;
-            (stats, grads)
+            let fwd = passes.forward(&cx, &mut p, &opts, false)?;
+            (fwd, passes.backward(&cx, &mut p, &opts, false)?)
         }
         _ => {
-            let stats = forward(&cx, &mut p, &opts, false)?;
-            let grads = backward(&cx, &stats, &mut p, &opts, false)?;
-            (stats, grads)
+            let fwd = passes.forward(&cx, &mut p, &opts, false)?;
+            (fwd, passes.backward(&cx, &mut p, &opts, false)?)
         }
     };
-    let st = |v: usize| stats[v].as_ref().expect("every value is computed");
+    let map = analysis == Analysis::Map;
     let mut weights = Vec::new();
     let mut keys: Vec<usize> = cx.weights.keys().copied().collect();
     keys.sort_unstable();
@@ -799,10 +872,8 @@ pub fn analyze_graph(g: &Graph, opts: GraphOptions) -> Result<GraphAnalysis, Ana
             pooling = Some(q);
             end = q;
         }
-        let u = avg(&st(k + 1).second);
-        let z = avg(&st(end + 1).second);
-        let du = avg(&grads[k + 1]);
-        let dz = avg(&grads[end + 1]);
+        let (u, z, du, dz) = (fwd[k + 1].avg, fwd[end + 1].avg, bwd[k + 1].avg, bwd[end + 1].avg);
+        let (unit_tau, unit_gamma) = unit_constants(g, activation, pooling);
         let variance = p.sigma2[&k];
         weights.push(WeightResult {
             node: k,
@@ -811,13 +882,17 @@ pub fn analyze_graph(g: &Graph, opts: GraphOptions) -> Result<GraphAnalysis, Ana
             capped: p.capped.contains_key(&k),
             variance,
             forward_variance: u,
-            backward_variance: avg(&grads[n.inputs[0].0]),
+            backward_variance: bwd[n.inputs[0].0].avg,
+            forward_range: map.then(|| (fwd[k + 1].min, fwd[k + 1].max)),
+            backward_range: map.then(|| (bwd[n.inputs[0].0].min, bwd[n.inputs[0].0].max)),
             residual_last: residual_last.contains(&k),
             normalized_by,
             activation,
             pooling,
-            tau: if u > 0.0 { z / u } else { f64::NAN },
-            gamma: if dz > 0.0 { du / dz } else { f64::NAN },
+            // Where the signal or the gradient is zero (a branch started at zero), the
+            // layer's constants for a unit-variance zero-mean input.
+            tau: if u > 0.0 { z / u } else { unit_tau },
+            gamma: if dz > 0.0 { du / dz } else { unit_gamma },
             weight: w,
         });
     }
@@ -828,20 +903,20 @@ pub fn analyze_graph(g: &Graph, opts: GraphOptions) -> Result<GraphAnalysis, Ana
                 node: k,
                 scale: p.bn_scale[&k],
                 residual_last: residual_last.contains(&k),
-                forward_variance: avg(&st(k + 1).second),
-                backward_variance: avg(&grads[k + 1]),
+                forward_variance: fwd[k + 1].avg,
+                backward_variance: bwd[k + 1].avg,
             });
         }
     }
     for j in &mut joins {
-        j.forward_variance = avg(&st(j.node + 1).second);
-        j.backward_variance = avg(&grads[j.node + 1]);
+        j.forward_variance = fwd[j.node + 1].avg;
+        j.backward_variance = bwd[j.node + 1].avg;
     }
     Ok(GraphAnalysis {
         weights,
         batch_norms,
         joins,
-        output_variance: avg(&st(g.nodes.len()).second),
-        input_gradient_variance: avg(&grads[0]),
+        output_variance: fwd[g.nodes.len()].avg,
+        input_gradient_variance: bwd[0].avg,
     })
 }

@@ -98,14 +98,17 @@ fn window(layer: &Layer, oy: u64, ox: u64) -> Window {
 /// Integrals over the maximum of independent zero-mean Gaussians with standard
 /// deviations `s`: `E[f(M)²]` and, for each member k, `P(argmax = k, M > 0)` and
 /// `P(argmax = k, M < 0)`.
-struct MaxMoments {
-    second_pos: f64,
-    second_neg: f64,
-    argmax_pos: Vec<f64>,
-    argmax_neg: Vec<f64>,
+pub(crate) struct MaxMoments {
+    pub second_pos: f64,
+    pub second_neg: f64,
+    /// `∫_0^∞ m p(m) dm` and `∫_{-∞}^0 m p(m) dm`: the two halves of E[M].
+    pub first_pos: f64,
+    pub first_neg: f64,
+    pub argmax_pos: Vec<f64>,
+    pub argmax_neg: Vec<f64>,
 }
 
-fn max_moments(s: &[f64]) -> MaxMoments {
+pub(crate) fn max_moments(s: &[f64]) -> MaxMoments {
     let s_max = s.iter().cloned().fold(0.0, f64::max);
     let rate: f64 = s.iter().map(|v| 1.0 / v).sum::<f64>();
     let hi = s_max * ((2.0 * (s.len() as f64).ln()).sqrt() + 12.0);
@@ -126,7 +129,15 @@ fn max_moments(s: &[f64]) -> MaxMoments {
         argmax_neg[k] = integrate(|m| members(m).1[k], lo, 0.0, panels);
     }
     let second = |m: f64| m * m * members(m).1.iter().sum::<f64>();
-    MaxMoments { second_pos: integrate(second, 0.0, hi, panels), second_neg: integrate(second, lo, 0.0, panels), argmax_pos, argmax_neg }
+    let first = |m: f64| m * members(m).1.iter().sum::<f64>();
+    MaxMoments {
+        second_pos: integrate(second, 0.0, hi, panels),
+        second_neg: integrate(second, lo, 0.0, panels),
+        first_pos: integrate(first, 0.0, hi, panels),
+        first_neg: integrate(first, lo, 0.0, panels),
+        argmax_pos,
+        argmax_neg,
+    }
 }
 
 fn ln_cdf(x: f64) -> f64 {

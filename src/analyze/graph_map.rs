@@ -1,0 +1,664 @@
+//! The position-resolved analysis on graphs (`--analysis map` for graphs).
+//!
+//! The same rules as [`super::graph`], but every value keeps a map per spatial position
+//! (its mean and second moment; backward, the gradient's second moment), as the chain
+//! map analysis (`super::map`) does: border units of a padded conv read fewer inputs,
+//! border windows of a pooling are smaller, and these profiles compound through depth
+//! and through the joins. Channels whose maps are equal share one [`Seg`] (a conv with
+//! one group makes all its output channels equal), so a value is a short list of
+//! segments, each one plane per moment.
+
+use super::graph::{func, gauss_moments, max_moments as iid_max, Cx, Func, GraphOptions, Moment, Params, Passes};
+use super::map::{max_moments, MaxMoments};
+use super::AnalysisError;
+use crate::index::{Axis, PoolGeometry};
+use crate::ir::{Activation, Op, PoolKind, Shape, ValueId};
+use crate::unify;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// One plane (h × w), row-major.
+#[derive(Clone, Debug, PartialEq)]
+struct Plane {
+    h: usize,
+    w: usize,
+    d: Vec<f64>,
+}
+
+impl Plane {
+    fn filled(h: usize, w: usize, v: f64) -> Plane {
+        Plane { h, w, d: vec![v; h * w] }
+    }
+    fn mean(&self) -> f64 {
+        self.d.iter().sum::<f64>() / self.d.len() as f64
+    }
+    fn map(&self, f: impl Fn(f64) -> f64) -> Plane {
+        Plane { h: self.h, w: self.w, d: self.d.iter().map(|&v| f(v)).collect() }
+    }
+    fn scaled(&self, k: f64) -> Plane {
+        self.map(|v| v * k)
+    }
+    fn add(&mut self, o: &Plane, k: f64) {
+        for (a, b) in self.d.iter_mut().zip(&o.d) {
+            *a += k * b;
+        }
+    }
+}
+
+/// `n` channels sharing their maps: forward `[mean, second]`, backward `[gradient]`.
+#[derive(Clone, Debug, PartialEq)]
+struct Seg {
+    n: usize,
+    maps: Vec<Plane>,
+}
+
+type Val = Vec<Seg>;
+
+fn channels(v: &Val) -> usize {
+    v.iter().map(|s| s.n).sum()
+}
+
+/// Channels `start..end`.
+fn range(v: &Val, start: usize, end: usize) -> Val {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for s in v {
+        let (lo, hi) = (at.max(start), (at + s.n).min(end));
+        if lo < hi {
+            out.push(Seg { n: hi - lo, maps: s.maps.clone() });
+        }
+        at += s.n;
+    }
+    out
+}
+
+/// Adjacent segments with equal maps become one.
+fn merge(v: Val) -> Val {
+    let mut out: Val = Vec::with_capacity(v.len());
+    for s in v {
+        match out.last_mut() {
+            Some(l) if l.maps == s.maps => l.n += s.n,
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+/// The segments of several values cut at the union of their boundaries, in lockstep.
+fn aligned<'a>(vals: &[&'a Val]) -> Vec<(usize, Vec<&'a Seg>)> {
+    let mut cursors: Vec<(usize, usize)> = vec![(0, 0); vals.len()]; // (segment, used of it)
+    let mut out = Vec::new();
+    loop {
+        if cursors.iter().zip(vals).any(|(c, v)| c.0 >= v.len()) {
+            return out;
+        }
+        let n = cursors.iter().zip(vals).map(|(c, v)| v[c.0].n - c.1).min().unwrap_or(0);
+        out.push((n, cursors.iter().zip(vals).map(|(c, v)| &v[c.0]).collect()));
+        for (c, v) in cursors.iter_mut().zip(vals) {
+            c.1 += n;
+            if c.1 == v[c.0].n {
+                *c = (c.0 + 1, 0);
+            }
+        }
+    }
+}
+
+/// Mean over channels and positions of map `m`, and its range over positions.
+fn moment(v: &Val, m: usize) -> Moment {
+    let c = channels(v).max(1) as f64;
+    let avg = v.iter().map(|s| s.n as f64 * s.maps[m].mean()).sum::<f64>() / c;
+    let (min, max) = v.iter().flat_map(|s| s.maps[m].d.iter()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    Moment { avg, min, max }
+}
+
+/// Per position: Σ over the real taps of `p` (a conv's forward sum).
+fn tap_sum(p: &Plane, h: &Axis, w: &Axis) -> Plane {
+    let mut out = Plane::filled(h.output as usize, w.output as usize, 0.0);
+    for oy in 0..h.output {
+        let ty = h.taps(oy);
+        for ox in 0..w.output {
+            let tx = w.taps(ox);
+            let mut s = 0.0;
+            for ky in ty.clone() {
+                let row = h.input_of(oy, ky) as usize * p.w;
+                for kx in tx.clone() {
+                    s += p.d[row + w.input_of(ox, kx) as usize];
+                }
+            }
+            out.d[oy as usize * out.w + ox as usize] = s;
+        }
+    }
+    out
+}
+
+/// Per input position: Σ over the (output, tap) pairs that read it (the transposed sum).
+fn reader_sum(p: &Plane, h: &Axis, w: &Axis) -> Plane {
+    let rows: Vec<Vec<(u64, u64)>> = (0..h.input).map(|i| h.readers(i)).collect();
+    let cols: Vec<Vec<(u64, u64)>> = (0..w.input).map(|i| w.readers(i)).collect();
+    let mut out = Plane::filled(h.input as usize, w.input as usize, 0.0);
+    for (iy, r) in rows.iter().enumerate() {
+        for (ix, c) in cols.iter().enumerate() {
+            let mut s = 0.0;
+            for &(oy, _) in r {
+                for &(ox, _) in c {
+                    s += p.d[oy as usize * p.w + ox as usize];
+                }
+            }
+            out.d[iy * out.w + ix] = s;
+        }
+    }
+    out
+}
+
+/// A pooling's windows: per output position the input cells and the divisor.
+struct Windows {
+    geo: PoolGeometry,
+    include_pad: bool,
+    global: bool,
+    max: bool,
+}
+
+impl Windows {
+    fn of(node: &crate::ir::Node, input: Shape) -> Windows {
+        let p = unify::pooling(node, input);
+        let include_pad = p.pool.as_ref().is_none_or(|q| q.count_include_pad);
+        Windows { geo: p.geometry, include_pad, global: p.global, max: p.kind == PoolKind::Max }
+    }
+    fn cells(&self, oy: u64, ox: u64) -> (Vec<usize>, f64) {
+        let (ys, xs) = (self.geo.h.window(oy), self.geo.w.window(ox));
+        let iw = self.geo.w.input as usize;
+        let cells: Vec<usize> = ys.clone().flat_map(|y| xs.clone().map(move |x| y as usize * iw + x as usize)).collect();
+        let divisor = if self.include_pad && !self.global { (self.geo.h.kernel * self.geo.w.kernel) as f64 } else { cells.len() as f64 };
+        (cells, divisor)
+    }
+    fn out_dims(&self) -> (usize, usize) {
+        (self.geo.h.output as usize, self.geo.w.output as usize)
+    }
+}
+
+type MaxCache = HashMap<Vec<u64>, Rc<MaxMoments>>;
+
+fn cached_max(cache: &mut MaxCache, s: &[f64]) -> Rc<MaxMoments> {
+    let key: Vec<u64> = s.iter().map(|v| v.to_bits()).collect();
+    cache.entry(key).or_insert_with(|| Rc::new(max_moments(s))).clone()
+}
+
+/// What a max-pool window reads: exactly (independent zero-mean Gaussians through a
+/// monotone piecewise-linear f), or as iid Gaussians of the window's mean statistics.
+enum MaxRule<'a> {
+    Exact(f64),
+    Iid(Func<'a>),
+}
+
+pub(super) struct MapPasses {
+    stats: Vec<Option<Val>>,
+    cache: MaxCache,
+    memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
+}
+
+impl MapPasses {
+    pub(super) fn new() -> MapPasses {
+        MapPasses { stats: Vec::new(), cache: HashMap::new(), memo: HashMap::new() }
+    }
+}
+
+/// The max rule of a pooling node and the value its statistics come from.
+fn max_rule<'g>(cx: &Cx<'g>, k: usize, stats: &[Option<Val>]) -> (MaxRule<'g>, ValueId, bool) {
+    let g = cx.g;
+    if let Some(&a) = cx.fused.get(&k) {
+        let an = &g.nodes[a];
+        let u = stats[an.inputs[0].0].as_ref().expect("computed");
+        let zero_mean = u.iter().all(|s| s.maps[0].d.iter().all(|&m| m == 0.0) && s.maps[1].d.iter().all(|&q| q > 0.0));
+        if let Some(f) = func(&an.op) {
+            if let (Some(slope), true) = (f.slope(), zero_mean) {
+                return (MaxRule::Exact(slope), an.inputs[0], true);
+            }
+            return (MaxRule::Iid(f), an.inputs[0], true);
+        }
+    }
+    (MaxRule::Iid(Func::Act(Activation::Identity)), g.nodes[k].inputs[0], false)
+}
+
+impl MapPasses {
+    fn get(&self, v: ValueId) -> &Val {
+        self.stats[v.0].as_ref().expect("values are computed in topological order")
+    }
+
+    fn elementwise(&mut self, k: usize, f: Func<'_>, x: &Val) -> (Val, Vec<Plane>) {
+        // Returns the output value and, per segment, the E[f'²] plane (for backward).
+        let mut out = Vec::with_capacity(x.len());
+        let mut grads = Vec::with_capacity(x.len());
+        for s in x {
+            let (mu, sec) = (&s.maps[0], &s.maps[1]);
+            let mut m1 = Plane::filled(mu.h, mu.w, 0.0);
+            let mut m2 = m1.clone();
+            let mut d2 = m1.clone();
+            for i in 0..mu.d.len() {
+                let (a, b) = (mu.d[i], sec.d[i]);
+                let r = *self.memo.entry((k, a.to_bits(), b.to_bits())).or_insert_with(|| gauss_moments(f, a, b - a * a));
+                m1.d[i] = r.0;
+                m2.d[i] = r.1;
+                d2.d[i] = r.2;
+            }
+            out.push(Seg { n: s.n, maps: vec![m1, m2] });
+            grads.push(d2);
+        }
+        (out, grads)
+    }
+}
+
+impl Passes for MapPasses {
+    fn forward(&mut self, cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Moment>, AnalysisError> {
+        let g = cx.g;
+        let (c0, h0, w0) = g.input.chw();
+        self.stats = vec![None; g.nodes.len() + 1];
+        self.stats[0] = Some(vec![Seg { n: c0 as usize, maps: vec![Plane::filled(h0 as usize, w0 as usize, 0.0), Plane::filled(h0 as usize, w0 as usize, 1.0)] }]);
+        for (k, n) in g.nodes.iter().enumerate() {
+            let x = self.get(n.inputs[0]).clone();
+            let out: Val = match &n.op {
+                Op::Conv(_) | Op::Linear(_) => {
+                    let (w, eps) = &cx.weights[&k];
+                    let geo = &w.geometry;
+                    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+                    // Per group: Σ_segments n · (tap sum of the second-moment map).
+                    let mut sums: Vec<(usize, Plane)> = Vec::new();
+                    if cin_g == 1 {
+                        for s in &x {
+                            sums.push((s.n * cout_g, tap_sum(&s.maps[1], &geo.h, &geo.w)));
+                        }
+                    } else {
+                        for gi in 0..geo.groups as usize {
+                            let part = range(&x, gi * cin_g, (gi + 1) * cin_g);
+                            let mut acc = Plane::filled(geo.h.output as usize, geo.w.output as usize, 0.0);
+                            for s in &part {
+                                acc.add(&tap_sum(&s.maps[1], &geo.h, &geo.w), s.n as f64);
+                            }
+                            sums.push((cout_g, acc));
+                        }
+                    }
+                    if choose {
+                        let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.out_channels as f64;
+                        if !(total > 0.0 && total.is_finite()) {
+                            return Err(super::graph::fail(g, k, "the input of this layer carries no signal (a weight layer upstream starts at zero)".into()));
+                        }
+                        let he = geo.m_out() as f64 / (0.5 * *eps as f64);
+                        p.set(k, p.target[&k] / total, he, opts);
+                    }
+                    let s2 = p.sigma2[&k];
+                    merge(sums.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![Plane::filled(pl.h, pl.w, 0.0), pl.scaled(s2)] }).collect())
+                }
+                Op::Activation(_) | Op::Elementwise(_) => self.elementwise(k, func(&n.op).expect("element-wise"), &x).0,
+                Op::Pool(_) | Op::GlobalPool(_) => {
+                    let win = Windows::of(n, g.shape(n.inputs[0]));
+                    let (oh, ow) = win.out_dims();
+                    let (rule, src, _) = if win.max { max_rule(cx, k, &self.stats) } else { (MaxRule::Exact(1.0), n.inputs[0], false) };
+                    let src = self.get(src).clone();
+                    let mut out = Vec::new();
+                    for s in &src {
+                        let (mu, sec) = (&s.maps[0], &s.maps[1]);
+                        let mut m1 = Plane::filled(oh, ow, 0.0);
+                        let mut m2 = m1.clone();
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let (cells, div) = win.cells(oy as u64, ox as u64);
+                                let (a, b) = if !win.max {
+                                    let (mut var, mut mean) = (0.0, 0.0);
+                                    for &c in &cells {
+                                        var += sec.d[c] - mu.d[c] * mu.d[c];
+                                        mean += mu.d[c];
+                                    }
+                                    (mean / div, (var + mean * mean) / (div * div))
+                                } else {
+                                    match &rule {
+                                        MaxRule::Exact(a) => {
+                                            let sd: Vec<f64> = cells.iter().map(|&c| sec.d[c].sqrt()).collect();
+                                            let mm = cached_max(&mut self.cache, &sd);
+                                            (mm.first_pos + a * mm.first_neg, mm.second_pos + a * a * mm.second_neg)
+                                        }
+                                        MaxRule::Iid(f) => {
+                                            let t = cells.len() as f64;
+                                            let m = cells.iter().map(|&c| mu.d[c]).sum::<f64>() / t;
+                                            let q = cells.iter().map(|&c| sec.d[c]).sum::<f64>() / t;
+                                            let r = iid_max(*f, m, q - m * m, cells.len() as u64);
+                                            (r.0, r.1)
+                                        }
+                                    }
+                                };
+                                m1.d[oy * ow + ox] = a;
+                                m2.d[oy * ow + ox] = b;
+                            }
+                        }
+                        out.push(Seg { n: s.n, maps: vec![m1, m2] });
+                    }
+                    merge(out)
+                }
+                Op::Flatten => {
+                    let mut out = Vec::new();
+                    for s in &x {
+                        for _ in 0..s.n {
+                            for i in 0..s.maps[0].d.len() {
+                                out.push(Seg { n: 1, maps: vec![Plane::filled(1, 1, s.maps[0].d[i]), Plane::filled(1, 1, s.maps[1].d[i])] });
+                            }
+                        }
+                    }
+                    merge(out)
+                }
+                Op::Add => {
+                    let ins: Vec<Val> = n.inputs.iter().map(|&v| self.get(v).clone()).collect();
+                    let refs: Vec<&Val> = ins.iter().collect();
+                    let mut out = Vec::new();
+                    for (c, segs) in aligned(&refs) {
+                        let mut mean = Plane::filled(segs[0].maps[0].h, segs[0].maps[0].w, 0.0);
+                        let mut sec = mean.clone();
+                        for (i, a) in segs.iter().enumerate() {
+                            mean.add(&a.maps[0], 1.0);
+                            sec.add(&a.maps[1], 1.0);
+                            for (j, b) in segs.iter().enumerate().skip(i + 1) {
+                                if n.inputs[i] == n.inputs[j] {
+                                    sec.add(&a.maps[1], 2.0);
+                                } else {
+                                    for (q, (ma, mb)) in sec.d.iter_mut().zip(a.maps[0].d.iter().zip(&b.maps[0].d)) {
+                                        *q += 2.0 * ma * mb;
+                                    }
+                                }
+                            }
+                        }
+                        out.push(Seg { n: c, maps: vec![mean, sec] });
+                    }
+                    merge(out)
+                }
+                Op::Concat => merge(n.inputs.iter().flat_map(|&v| self.get(v).clone()).collect()),
+                Op::Mul => {
+                    let gate = self.get(n.inputs[1]).clone();
+                    let mut out = Vec::new();
+                    for (c, segs) in aligned(&[&x, &gate]) {
+                        let (a, b) = (segs[0], segs[1]);
+                        let pick = |pl: &Plane, i: usize| if pl.d.len() == 1 { pl.d[0] } else { pl.d[i] };
+                        let len = a.maps[0].d.len();
+                        let mut mean = Plane::filled(a.maps[0].h, a.maps[0].w, 0.0);
+                        let mut sec = mean.clone();
+                        for i in 0..len {
+                            mean.d[i] = a.maps[0].d[i] * pick(&b.maps[0], i);
+                            sec.d[i] = a.maps[1].d[i] * pick(&b.maps[1], i);
+                        }
+                        out.push(Seg { n: c, maps: vec![mean, sec] });
+                    }
+                    merge(out)
+                }
+                Op::BatchNorm(bn) => {
+                    let gamma = p.bn_scale[&k];
+                    let out: Val = if bn.training {
+                        x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].map(|_| 0.0), s.maps[1].map(|_| gamma * gamma)] }).collect()
+                    } else {
+                        let r = gamma / (1.0 + bn.epsilon).sqrt();
+                        x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(r), s.maps[1].scaled(r * r)] }).collect()
+                    };
+                    merge(out)
+                }
+                Op::ChannelSlice { start, end } => range(&x, *start as usize, *end as usize),
+                Op::Shuffle { groups } => shuffle(&x, *groups as usize),
+                Op::Resize { scale, .. } => merge(x.iter().map(|s| Seg { n: s.n, maps: s.maps.iter().map(|m| upsample(m, *scale)).collect() }).collect()),
+            };
+            debug_assert_eq!(channels(&out) as u64, n.output.chw().0, "node {k}");
+            self.stats[k + 1] = Some(out);
+        }
+        Ok(self.stats.iter().map(|v| moment(v.as_ref().expect("computed"), 1)).collect())
+    }
+
+    fn backward(&mut self, cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Moment>, AnalysisError> {
+        let g = cx.g;
+        let zero = |v: usize| -> Val {
+            let s = g.shape(ValueId(v));
+            let (c, h, w) = s.chw();
+            vec![Seg { n: c as usize, maps: vec![Plane::filled(h as usize, w as usize, 0.0)] }]
+        };
+        let mut grads: Vec<Option<Val>> = vec![None; g.nodes.len() + 1];
+        let last = g.nodes.len();
+        let (c, h, w) = g.shape(ValueId(last)).chw();
+        grads[last] = Some(vec![Seg { n: c as usize, maps: vec![Plane::filled(h as usize, w as usize, 1.0)] }]);
+        let fused_acts: std::collections::HashSet<usize> = cx.fused.values().copied().collect();
+        let mut out_moments = vec![Moment::default(); g.nodes.len() + 1];
+        for (k, n) in g.nodes.iter().enumerate().rev() {
+            let dz = grads[k + 1].take().unwrap_or_else(|| zero(k + 1));
+            out_moments[k + 1] = moment(&dz, 0);
+            if fused_acts.contains(&k) {
+                continue;
+            }
+            let x = self.get(n.inputs[0]).clone();
+            let send = |grads: &mut Vec<Option<Val>>, v: ValueId, contrib: Val| {
+                let merged = match grads[v.0].take() {
+                    None => contrib,
+                    Some(old) => merge(aligned(&[&old, &contrib]).into_iter().map(|(c, s)| {
+                        let mut m = s[0].maps[0].clone();
+                        m.add(&s[1].maps[0], 1.0);
+                        Seg { n: c, maps: vec![m] }
+                    }).collect()),
+                };
+                grads[v.0] = Some(merged);
+            };
+            match &n.op {
+                Op::Conv(_) | Op::Linear(_) => {
+                    let (w, eps) = &cx.weights[&k];
+                    let geo = &w.geometry;
+                    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+                    let mut sums: Vec<(usize, Plane)> = Vec::new();
+                    if cout_g == 1 && cin_g == 1 {
+                        for s in &dz {
+                            sums.push((s.n, reader_sum(&s.maps[0], &geo.h, &geo.w)));
+                        }
+                    } else {
+                        for gi in 0..geo.groups as usize {
+                            let part = range(&dz, gi * cout_g, (gi + 1) * cout_g);
+                            let mut acc = Plane::filled(geo.h.input as usize, geo.w.input as usize, 0.0);
+                            for s in &part {
+                                acc.add(&reader_sum(&s.maps[0], &geo.h, &geo.w), s.n as f64);
+                            }
+                            sums.push((cin_g, acc));
+                        }
+                    }
+                    if choose {
+                        let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.in_channels as f64;
+                        if !(total > 0.0 && total.is_finite()) {
+                            return Err(super::graph::fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
+                        }
+                        let he = geo.m_in() as f64 / (0.5 * *eps as f64);
+                        p.set(k, p.target[&k] / total, he, opts);
+                    }
+                    let s2 = p.sigma2[&k];
+                    let contrib = merge(sums.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![pl.scaled(s2)] }).collect());
+                    send(&mut grads, n.inputs[0], contrib);
+                }
+                Op::Activation(_) | Op::Elementwise(_) => {
+                    let (_, d2) = self.elementwise(k, func(&n.op).expect("element-wise"), &x);
+                    // d2 is per segment of x; align the gradient with x's segments.
+                    let xg: Val = x.iter().zip(d2).map(|(s, d)| Seg { n: s.n, maps: vec![d] }).collect();
+                    let contrib = aligned(&[&dz, &xg])
+                        .into_iter()
+                        .map(|(c, s)| {
+                            let mut m = s[0].maps[0].clone();
+                            for (a, b) in m.d.iter_mut().zip(&s[1].maps[0].d) {
+                                *a *= b;
+                            }
+                            Seg { n: c, maps: vec![m] }
+                        })
+                        .collect();
+                    send(&mut grads, n.inputs[0], merge(contrib));
+                }
+                Op::Pool(_) | Op::GlobalPool(_) => {
+                    let win = Windows::of(n, g.shape(n.inputs[0]));
+                    let (oh, ow) = win.out_dims();
+                    let (rule, src_v, _) = if win.max { max_rule(cx, k, &self.stats) } else { (MaxRule::Exact(1.0), n.inputs[0], false) };
+                    let src = self.get(src_v).clone();
+                    let (ih, iw) = (win.geo.h.input as usize, win.geo.w.input as usize);
+                    let mut contrib = Vec::new();
+                    for (c, s) in aligned(&[&dz, &src]) {
+                        let (r, st) = (&s[0].maps[0], s[1]);
+                        let mut gu = Plane::filled(ih, iw, 0.0);
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let (cells, div) = win.cells(oy as u64, ox as u64);
+                                let rv = r.d[oy * ow + ox];
+                                if !win.max {
+                                    for &cell in &cells {
+                                        gu.d[cell] += rv / (div * div);
+                                    }
+                                    continue;
+                                }
+                                match &rule {
+                                    MaxRule::Exact(a) => {
+                                        let sd: Vec<f64> = cells.iter().map(|&cell| st.maps[1].d[cell].sqrt()).collect();
+                                        let mm = cached_max(&mut self.cache, &sd);
+                                        for (j, &cell) in cells.iter().enumerate() {
+                                            gu.d[cell] += rv * (mm.argmax_pos[j] + a * a * mm.argmax_neg[j]);
+                                        }
+                                    }
+                                    MaxRule::Iid(f) => {
+                                        let t = cells.len() as f64;
+                                        let m = cells.iter().map(|&cell| st.maps[0].d[cell]).sum::<f64>() / t;
+                                        let q = cells.iter().map(|&cell| st.maps[1].d[cell]).sum::<f64>() / t;
+                                        let share = iid_max(*f, m, q - m * m, cells.len() as u64).2;
+                                        for &cell in &cells {
+                                            gu.d[cell] += rv * share;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        contrib.push(Seg { n: c, maps: vec![gu] });
+                    }
+                    send(&mut grads, src_v, merge(contrib));
+                }
+                Op::Flatten => {
+                    // The vector's elements, channel by channel, back into planes.
+                    let (c, h, w) = g.shape(n.inputs[0]).chw();
+                    let hw = (h * w) as usize;
+                    let mut flat = Vec::with_capacity(c as usize * hw);
+                    for s in &dz {
+                        flat.extend(std::iter::repeat_n(s.maps[0].d[0], s.n));
+                    }
+                    let contrib = (0..c as usize).map(|ch| Seg { n: 1, maps: vec![Plane { h: h as usize, w: w as usize, d: flat[ch * hw..(ch + 1) * hw].to_vec() }] }).collect();
+                    send(&mut grads, n.inputs[0], merge(contrib));
+                }
+                Op::Add => {
+                    for (i, &v) in n.inputs.iter().enumerate() {
+                        let m = n.inputs.iter().filter(|&&u| u == v).count() as f64;
+                        if n.inputs.iter().position(|&u| u == v) == Some(i) {
+                            send(&mut grads, v, dz.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(m * m)] }).collect());
+                        }
+                    }
+                }
+                Op::Concat => {
+                    let mut at = 0;
+                    for &v in &n.inputs {
+                        let c = g.shape(v).chw().0 as usize;
+                        send(&mut grads, v, range(&dz, at, at + c));
+                        at += c;
+                    }
+                }
+                Op::Mul => {
+                    let gate = self.get(n.inputs[1]).clone();
+                    let broadcast = g.shape(n.inputs[1]) != n.output;
+                    let mut to_x = Vec::new();
+                    let mut to_g = Vec::new();
+                    for (c, s) in aligned(&[&dz, &x, &gate]) {
+                        let (d, xs, gs) = (&s[0].maps[0], &s[1].maps[1], &s[2].maps[1]);
+                        let pick = |pl: &Plane, i: usize| if pl.d.len() == 1 { pl.d[0] } else { pl.d[i] };
+                        to_x.push(Seg { n: c, maps: vec![Plane { h: d.h, w: d.w, d: (0..d.d.len()).map(|i| d.d[i] * pick(gs, i)).collect() }] });
+                        let prod: Vec<f64> = (0..d.d.len()).map(|i| d.d[i] * xs.d[i]).collect();
+                        let gp = if broadcast { Plane::filled(1, 1, prod.iter().sum()) } else { Plane { h: d.h, w: d.w, d: prod } };
+                        to_g.push(Seg { n: c, maps: vec![gp] });
+                    }
+                    send(&mut grads, n.inputs[0], merge(to_x));
+                    send(&mut grads, n.inputs[1], merge(to_g));
+                }
+                Op::BatchNorm(bn) => {
+                    let gamma = p.bn_scale[&k];
+                    let contrib = aligned(&[&dz, &x])
+                        .into_iter()
+                        .map(|(c, s)| {
+                            let k2 = if bn.training {
+                                let var = s[1].maps[1].mean() - s[1].maps[0].mean().powi(2);
+                                if var > 0.0 {
+                                    gamma * gamma / var
+                                } else {
+                                    0.0
+                                }
+                            } else {
+                                gamma * gamma / (1.0 + bn.epsilon)
+                            };
+                            Seg { n: c, maps: vec![s[0].maps[0].scaled(k2)] }
+                        })
+                        .collect();
+                    send(&mut grads, n.inputs[0], merge(contrib));
+                }
+                Op::ChannelSlice { start, end } => {
+                    let total = g.shape(n.inputs[0]).chw().0 as usize;
+                    let (h, w) = (dz[0].maps[0].h, dz[0].maps[0].w);
+                    let mut full = Vec::new();
+                    if *start > 0 {
+                        full.push(Seg { n: *start as usize, maps: vec![Plane::filled(h, w, 0.0)] });
+                    }
+                    full.extend(dz.iter().cloned());
+                    if (*end as usize) < total {
+                        full.push(Seg { n: total - *end as usize, maps: vec![Plane::filled(h, w, 0.0)] });
+                    }
+                    send(&mut grads, n.inputs[0], merge(full));
+                }
+                Op::Shuffle { groups } => send(&mut grads, n.inputs[0], unshuffle(&dz, *groups as usize)),
+                Op::Resize { scale, .. } => {
+                    send(&mut grads, n.inputs[0], merge(dz.iter().map(|s| Seg { n: s.n, maps: vec![block_sum(&s.maps[0], *scale)] }).collect()))
+                }
+            }
+            grads[k + 1] = Some(dz);
+        }
+        out_moments[0] = moment(&grads[0].take().unwrap_or_else(|| zero(0)), 0);
+        Ok(out_moments)
+    }
+}
+
+/// One segment per channel, in order.
+fn per_channel(v: &Val) -> Vec<&Seg> {
+    v.iter().flat_map(|s| std::iter::repeat_n(s, s.n)).collect()
+}
+
+fn shuffle(v: &Val, groups: usize) -> Val {
+    let ch = per_channel(v);
+    let c = ch.len();
+    let src = super::graph::shuffle_source(c as u64, groups as u64);
+    merge(src.iter().map(|&i| Seg { n: 1, maps: ch[i].maps.clone() }).collect())
+}
+
+fn unshuffle(v: &Val, groups: usize) -> Val {
+    let ch = per_channel(v);
+    let c = ch.len();
+    let src = super::graph::shuffle_source(c as u64, groups as u64);
+    let mut back: Vec<Option<&Seg>> = vec![None; c];
+    for (j, &i) in src.iter().enumerate() {
+        back[i] = Some(ch[j]);
+    }
+    merge(back.into_iter().map(|s| Seg { n: 1, maps: s.expect("a permutation").maps.clone() }).collect())
+}
+
+fn upsample(p: &Plane, s: [u64; 2]) -> Plane {
+    let (sh, sw) = (s[0] as usize, s[1] as usize);
+    let (h, w) = (p.h * sh, p.w * sw);
+    let mut d = Vec::with_capacity(h * w);
+    for y in 0..h {
+        for x in 0..w {
+            d.push(p.d[(y / sh) * p.w + x / sw]);
+        }
+    }
+    Plane { h, w, d }
+}
+
+fn block_sum(p: &Plane, s: [u64; 2]) -> Plane {
+    let (sh, sw) = (s[0] as usize, s[1] as usize);
+    let (h, w) = (p.h / sh, p.w / sw);
+    let mut out = Plane::filled(h, w, 0.0);
+    for y in 0..p.h {
+        for x in 0..p.w {
+            out.d[(y / sh) * w + x / sw] += p.d[y * p.w + x];
+        }
+    }
+    out
+}
