@@ -234,6 +234,16 @@ impl Expr {
         }
     }
 
+    /// Whether the expression is one named function of x (an activation, ReLU6 as a
+    /// clip, hard-swish, …): another function applied to it is a node of its own.
+    /// Building blocks (erf, exp, neg, abs, sqrt) and arithmetic are not.
+    pub fn is_named_function(&self) -> bool {
+        match self {
+            Expr::Apply(f, e) => matches!(**e, Expr::X) && !matches!(f, Fn1::Erf | Fn1::Exp | Fn1::Neg | Fn1::Abs | Fn1::Sqrt),
+            other => other.as_activation().is_some_and(|a| a != Activation::Identity),
+        }
+    }
+
     /// Whether `f` is non-decreasing (checked on a grid: a max pooling commutes with it).
     pub fn monotone(&self) -> bool {
         let mut prev = f64::NEG_INFINITY;

@@ -900,3 +900,141 @@ fn real_exports_plan_and_agree_across_exporters() {
         }
     }
 }
+
+fn scalar(name: &str, v: f32) -> TensorProto {
+    TensorProto { name: Some(name.into()), dims: vec![], data_type: Some(DataType::Float as i32), float_data: vec![v], ..Default::default() }
+}
+
+#[test]
+fn graph_ops_import_as_joins_and_functions() {
+    // A residual Add, a Concat, a Split, a channel shuffle, a gate.
+    let g = stem(
+        vec![
+            node("r", "Relu", &["c"], &["r"], vec![]),
+            node("c2", "Conv", &["r", "W2"], &["c2"], vec![]),
+            node("res", "Add", &["c2", "c"], &["a"], vec![]),
+            node("cat", "Concat", &["a", "r"], &["cat"], vec![attr("axis", A::I(1))]),
+            node("split", "Split", &["cat", "sizes"], &["s1", "s2"], vec![attr("axis", A::I(1))]),
+            node("v1", "Reshape", &["s2", "g5"], &["v1"], vec![]),
+            node("t", "Transpose", &["v1"], &["t"], vec![attr("perm", A::Is(vec![0, 2, 1, 3, 4]))]),
+            node("v2", "Reshape", &["t", "g4"], &["shuf"], vec![]),
+            node("gap", "GlobalAveragePool", &["shuf"], &["gap"], vec![]),
+            node("sig", "Sigmoid", &["gap"], &["gate"], vec![]),
+            node("se", "Mul", &["shuf", "gate"], &["y"], vec![]),
+        ],
+        vec![int64s("sizes", &[2, 6]), int64s("g5", &[1, 2, 3, 9, 9]), int64s("g4", &[1, 6, 9, 9]), init("W2", &[4, 4, 1, 1])],
+    )
+    .unwrap();
+    let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.kind_name()).collect();
+    assert_eq!(ops, ["conv", "activation", "conv", "add", "concat", "slice", "slice", "shuffle", "global avgpool", "activation", "mul"]);
+    assert_eq!(g.nodes[3].inputs, vec![ir::ValueId(3), ir::ValueId(1)]);
+    assert_eq!((&g.nodes[5].op, g.nodes[5].output), (&Op::ChannelSlice { start: 0, end: 2 }, img(2, 9, 9)));
+    assert_eq!((&g.nodes[6].op, g.nodes[6].output), (&Op::ChannelSlice { start: 2, end: 8 }, img(6, 9, 9)));
+    assert_eq!(g.nodes[7].op, Op::Shuffle { groups: 2 });
+    assert_eq!(g.nodes[10].inputs, vec![ir::ValueId(8), ir::ValueId(10)]);
+    // x + relu(x) is one element-wise function of x, not a join of two values.
+    let g = stem(vec![node("r", "Relu", &["c"], &["r"], vec![]), node("res", "Add", &["c", "r"], &["a"], vec![])], vec![]).unwrap();
+    assert!(matches!(&g.nodes[1].op, Op::Elementwise(_)), "{:?}", g.nodes[1].op);
+}
+
+#[test]
+fn element_wise_chains_become_one_function() {
+    // x·sigmoid(x) is SiLU; the TorchScript exporter's GELU is 0.5·x·(1 + erf(x/√2)).
+    let g = stem(vec![node("s", "Sigmoid", &["c"], &["s"], vec![]), node("m", "Mul", &["c", "s"], &["y"], vec![])], vec![]).unwrap();
+    assert_eq!((g.nodes.len(), &g.nodes[1].op), (2, &Op::Activation(ir::Activation::Silu)));
+    let g = stem(
+        vec![
+            node("d", "Div", &["c", "sqrt2"], &["d"], vec![]),
+            node("e", "Erf", &["d"], &["e"], vec![]),
+            node("a", "Add", &["e", "one"], &["a"], vec![]),
+            node("m", "Mul", &["c", "a"], &["m"], vec![]),
+            node("h", "Mul", &["m", "half"], &["y"], vec![]),
+            node("cv", "Conv", &["y", "W2"], &["z"], vec![]),
+        ],
+        vec![scalar("sqrt2", std::f32::consts::SQRT_2), scalar("one", 1.0), scalar("half", 0.5), init("W2", &[2, 4, 1, 1])],
+    )
+    .unwrap();
+    let Op::Elementwise(e) = &g.nodes[1].op else { panic!("{:?}", g.nodes[1].op) };
+    assert_eq!(g.nodes[1].name, "h", "named after the node that finished it");
+    for x in [-2.0f64, -0.3, 0.0, 0.7, 3.0] {
+        let gelu = 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+        assert!((e.eval(x).v - gelu).abs() < 1e-6, "{x}: {} vs {gelu}", e.eval(x).v);
+    }
+    // ReLU6 as Clip with its bounds as inputs; hard-swish; explicit zero Pad into a conv.
+    let g = stem(
+        vec![
+            node("clip", "Clip", &["c", "lo", "hi"], &["r6"], vec![]),
+            node("hs", "HardSwish", &["r6"], &["hs"], vec![]),
+            node("pad", "Pad", &["hs", "pads"], &["p"], vec![]),
+            node("cv", "Conv", &["p", "W2"], &["z"], vec![]),
+        ],
+        vec![scalar("lo", 0.0), scalar("hi", 6.0), int64s("pads", &[0, 0, 1, 2, 0, 0, 1, 2]), init("W2", &[2, 4, 3, 3])],
+    )
+    .unwrap();
+    assert_eq!(g.nodes[1].op, Op::Elementwise(ir::Expr::Apply(ir::Fn1::Clip { min: 0.0, max: 6.0 }, Box::new(ir::Expr::X))));
+    assert!(matches!(&g.nodes[2].op, Op::Elementwise(ir::Expr::Apply(ir::Fn1::HardSwish, _))));
+    let c = conv_of(&g, 3);
+    assert_eq!(c.pad, [pad(1, 1), pad(2, 2)]);
+    assert_eq!(g.nodes[3].output, img(2, 9, 11));
+}
+
+#[test]
+fn shape_arithmetic_folds_to_constants() {
+    // Reshape(c, Concat(Unsqueeze(Gather(Shape(c), 0)), [-1])): [1, -1], a flatten.
+    let g = stem(
+        vec![
+            node("shape", "Shape", &["c"], &["s"], vec![]),
+            node("gather", "Gather", &["s", "zero"], &["n"], vec![attr("axis", A::I(0))]),
+            node("unsq", "Unsqueeze", &["n", "axes"], &["n1"], vec![]),
+            node("cat", "Concat", &["n1", "minus1"], &["target"], vec![attr("axis", A::I(0))]),
+            node("view", "Reshape", &["c", "target"], &["f"], vec![]),
+        ],
+        vec![
+            TensorProto { name: Some("zero".into()), data_type: Some(DataType::Int64 as i32), int64_data: vec![0], ..Default::default() },
+            int64s("axes", &[0]),
+            int64s("minus1", &[-1]),
+        ],
+    )
+    .unwrap();
+    assert_eq!((&g.nodes[1].op, g.nodes[1].output), (&Op::Flatten, Shape::Vector { n: 324 }));
+}
+
+#[test]
+fn bad_graphs_are_errors_that_name_the_node() {
+    let err = |nodes: Vec<NodeProto>, inits: Vec<TensorProto>| stem(nodes, inits).unwrap_err();
+    let pool = node("pool", "MaxPool", &["c"], &["p"], vec![attr("kernel_shape", A::Is(vec![2, 2])), attr("strides", A::Is(vec![2, 2]))]);
+    assert_eq!(
+        err(vec![pool.clone(), node("res", "Add", &["c", "p"], &["a"], vec![])], vec![]),
+        "node `res` (Add): an Add of mismatched shapes (4,9,9) and (4,4,4): cnnc joins values of one shape"
+    );
+    assert_eq!(
+        err(vec![node("cat", "Concat", &["c", "c"], &["y"], vec![attr("axis", A::I(2))])], vec![]),
+        "node `cat` (Concat): Concat along axis 2 is not supported: only along the channel axis 1"
+    );
+    assert_eq!(
+        err(vec![pool, node("cat", "Concat", &["c", "p"], &["y"], vec![attr("axis", A::I(1))])], vec![]),
+        "node `cat` (Concat): a Concat of (4,9,9) and (4,4,4): the inputs must agree on every axis but the channels"
+    );
+    // A shape computed from data values by an op that folds only constants.
+    assert_eq!(
+        err(vec![node("g", "Gather", &["c", "idx"], &["t"], vec![]), node("view", "Reshape", &["c", "t"], &["f"], vec![])], vec![int64s("idx", &[0])]),
+        "node `g` (Gather): Gather computes on the data value `c`: cnnc folds it only on constants"
+    );
+    // A Reshape target that depends on a weight whose values are not known.
+    assert_eq!(
+        err(vec![node("s", "Shape", &["W"], &["ws"], vec![]), node("n", "Neg", &["W"], &["wn"], vec![])], vec![]),
+        "node `n` (Neg): input `W` is a weight whose values are not known: Neg cannot be folded"
+    );
+    assert_eq!(
+        err(vec![node("p", "Pad", &["c", "pads"], &["p"], vec![attr("mode", A::S("reflect"))]), node("cv", "Conv", &["p", "W"], &["z"], vec![])], vec![int64s("pads", &[0, 0, 1, 1, 0, 0, 1, 1])]),
+        "node `p` (Pad): Pad mode `reflect` is not supported: only zero (constant) padding, which is a conv's own padding"
+    );
+    assert_eq!(
+        err(vec![node("m", "Mul", &["c", "W"], &["y"], vec![])], vec![]),
+        "node `m` (Mul): Mul of a data value by a constant tensor is not supported (only by a scalar)"
+    );
+    assert_eq!(
+        err(vec![node("sm", "Softmax", &["c"], &["s"], vec![]), node("r", "Relu", &["s"], &["y"], vec![])], vec![]),
+        "node `sm` (Softmax): Softmax is supported only at the end of the network (its output a graph output)"
+    );
+}

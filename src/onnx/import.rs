@@ -764,6 +764,16 @@ impl<'m> Importer<'m> {
         if names.iter().flatten().any(|n| self.is_data(n)) {
             return Ok(false);
         }
+        // Shape of a weight: its dims, known without its values.
+        if cx.op == "Shape" {
+            if let Some(p) = names.first().copied().flatten().and_then(|n| self.params.get(n)) {
+                let dims: Vec<u64> = p.dims.iter().map(|&d| d.max(0) as u64).collect();
+                let t = consts::shape_op(cx.node, &dims)?;
+                let d = t.dims.iter().map(|&d| d as i64).collect();
+                self.params.insert(cx.output()?.to_string(), Param { dims: d, value: Some(t) });
+                return Ok(true);
+            }
+        }
         // Identity and Cast of a weight whose values are not loaded: the dims pass through.
         if matches!(cx.op, "Identity" | "Cast") {
             if let Some(p) = names.first().copied().flatten().and_then(|n| self.params.get(n)) {
@@ -1307,7 +1317,7 @@ fn apply<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, f: Fn1) -> Result<(), String> 
     // first); only the arithmetic that builds one function (x/√2 → erf, x·sigmoid(x))
     // extends an expression.
     if let Some(name) = cx.input(0) {
-        if imp.pending.get(name).is_some_and(|p| p.expr.as_activation().is_some_and(|a| a != Activation::Identity)) {
+        if imp.pending.get(name).is_some_and(|p| p.expr.is_named_function()) {
             imp.data(cx, name)?;
         }
     }
