@@ -58,6 +58,32 @@ pub fn integrate(f: impl Fn(f64) -> f64, a: f64, b: f64, panels: usize) -> f64 {
     total
 }
 
+/// ∫_a^b of every component of a vector-valued `f` (which writes its `n` values into the
+/// slice it is given), by the same rule and in the same order of operations as
+/// [`integrate`]: component k equals `integrate` of component k, bit for bit.
+pub fn integrate_vec(f: impl Fn(f64, &mut [f64]), n: usize, a: f64, b: f64, panels: usize) -> Vec<f64> {
+    let (x, w) = rule();
+    let h = (b - a) / panels as f64;
+    let mut total = vec![0.0; n];
+    let mut s = vec![0.0; n];
+    let mut v = vec![0.0; n];
+    for p in 0..panels {
+        let lo = a + h * p as f64;
+        let mid = lo + 0.5 * h;
+        s.iter_mut().for_each(|x| *x = 0.0);
+        for k in 0..ORDER {
+            f(mid + 0.5 * h * x[k], &mut v);
+            for (acc, &y) in s.iter_mut().zip(&v) {
+                *acc += w[k] * y;
+            }
+        }
+        for (t, &y) in total.iter_mut().zip(&s) {
+            *t += 0.5 * h * y;
+        }
+    }
+    total
+}
+
 /// ∫_a^b f with panels no wider than `width`.
 pub fn integrate_width(f: impl Fn(f64) -> f64, a: f64, b: f64, width: f64) -> f64 {
     let panels = (((b - a) / width).ceil() as usize).max(1);

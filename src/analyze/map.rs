@@ -21,7 +21,7 @@
 
 use super::{big_phi, phi, AnalysisError};
 use crate::ir::{Activation, PoolKind};
-use crate::quad::integrate;
+use crate::quad::integrate_vec;
 use crate::unify::{Layer, Network};
 use std::collections::HashMap;
 
@@ -122,21 +122,25 @@ pub(crate) fn max_moments(s: &[f64]) -> MaxMoments {
     };
     let n = s.len();
     let panels = 64;
-    let mut argmax_pos = vec![0.0; n];
-    let mut argmax_neg = vec![0.0; n];
-    for k in 0..n {
-        argmax_pos[k] = integrate(|m| members(m).1[k], 0.0, hi, panels);
-        argmax_neg[k] = integrate(|m| members(m).1[k], lo, 0.0, panels);
-    }
-    let second = |m: f64| m * m * members(m).1.iter().sum::<f64>();
-    let first = |m: f64| m * members(m).1.iter().sum::<f64>();
+    // Components: each member's density term, then m² and m times their sum; one
+    // evaluation of the members per quadrature node (integrate_vec keeps the scalar
+    // rule's arithmetic, so the numbers are those of integrating each one alone).
+    let all = |m: f64, out: &mut [f64]| {
+        let dens = members(m).1;
+        let sum: f64 = dens.iter().sum();
+        out[..n].copy_from_slice(&dens);
+        out[n] = m * m * sum;
+        out[n + 1] = m * sum;
+    };
+    let pos = integrate_vec(all, n + 2, 0.0, hi, panels);
+    let neg = integrate_vec(all, n + 2, lo, 0.0, panels);
     MaxMoments {
-        second_pos: integrate(second, 0.0, hi, panels),
-        second_neg: integrate(second, lo, 0.0, panels),
-        first_pos: integrate(first, 0.0, hi, panels),
-        first_neg: integrate(first, lo, 0.0, panels),
-        argmax_pos,
-        argmax_neg,
+        second_pos: pos[n],
+        second_neg: neg[n],
+        first_pos: pos[n + 1],
+        first_neg: neg[n + 1],
+        argmax_pos: pos[..n].to_vec(),
+        argmax_neg: neg[..n].to_vec(),
     }
 }
 
