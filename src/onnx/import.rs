@@ -525,10 +525,18 @@ fn checked_shape(s: Shape) -> Result<Shape, String> {
     }
 }
 
-/// A tensor's dims, and its values when the payload is there and small.
+/// A tensor's dims, and its values when the payload is there and small: at most
+/// [`VALUE_LIMIT`] elements, so that the shapes-only reader (which drops payloads over
+/// `slim::KEEP_LIMIT` bytes) and the full decoder see the same constants.
 fn param_of(t: &TensorProto) -> Param {
-    Param { dims: t.dims.clone(), value: consts::from_proto(t) }
+    let count = t.dims.iter().try_fold(1u64, |a, &d| u64::try_from(d).ok().and_then(|d| a.checked_mul(d)));
+    let value = if count.is_some_and(|n| n <= VALUE_LIMIT) { consts::from_proto(t) } else { None };
+    Param { dims: t.dims.clone(), value }
 }
+
+/// Initializers with more elements are known by their dims only (8-byte elements fit
+/// the shapes-only reader's limit).
+const VALUE_LIMIT: u64 = super::slim::KEEP_LIMIT / 8;
 
 // ---------------------------------------------------------------- node context helpers
 
