@@ -2,7 +2,7 @@
 //! hand here (closed forms, sums, a brute-force Gaussian integral), and its agreement with
 //! the paper's chain analysis on F34.
 
-use cnnc::analyze::graph::{analyze_graph, GraphAnalysis, GraphOptions};
+use cnnc::analyze::graph::{analyze_graph, analyze_graph_with, GraphAnalysis, GraphOptions};
 use cnnc::analyze::{analyze, Mode, Options};
 use cnnc::ir::{self, Activation, BatchNorm, Conv, Graph, Node, Op, Origin, Pad, PoolKind, Shape, ValueId};
 
@@ -309,4 +309,22 @@ fn max_pooling_of_a_relu_uses_the_papers_integral() {
     assert_close(a.output_variance, q * tau9, 1e-8);
     // Backward: the gradient reaches u with (1 − 2⁻⁹)/9.
     assert_close(weight(&a, &b.g, "c").backward_variance, 2.0 / 2.0 * 4.0 * (1.0 - 0.5f64.powi(9)) / 9.0, 1e-12);
+}
+
+#[test]
+fn huge_inputs_are_errors_not_aborts() {
+    // 1×2^20×2^20: the map analyses would need terabytes; both refuse, naming the node.
+    let mut b = B::new(1, 1 << 20, 1 << 20);
+    b.conv("c", ValueId(0), 1, 1, 0, 1);
+    let e = analyze_graph_with(&b.g, GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0 }, cnnc::analyze::Analysis::Map).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "node `c` (conv): its input has 1048576×1048576 positions per channel, more than the map analysis's limit of 16777216; use --analysis paper"
+    );
+    // The paper analysis of that graph is fine (one number per channel).
+    assert!(analyze_graph(&b.g, GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0 }).is_ok());
+    // The chain map analysis refuses too.
+    let net = cnnc::Source::new("big.cnn", "network big\ninput 1x1048576x1048576\nConv(1) -> 1\n").network().unwrap();
+    let e = cnnc::analyze::analyze_with(&net, Options { mode: Mode::Forward, std_cap: None }, cnnc::analyze::Analysis::Map).unwrap_err();
+    assert!(e.to_string().contains("more than the map analysis's limit"), "{e}");
 }

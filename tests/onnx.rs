@@ -878,7 +878,19 @@ fn real_exports_plan_and_agree_across_exporters() {
         expect_file(&path.with_extension("lower"), &cnnc::lower_report(&g, req(Mode::Forward, 1.0)).unwrap());
         for (mode, alpha) in [(Mode::Backward, 1.0), (Mode::Forward, 0.0), (Mode::KaimingIn, 1.0)] {
             let plan = cnnc::plan_graph(&g, req(mode, alpha)).unwrap_or_else(|e| panic!("{} {mode:?}: {e}", path.display()));
-            assert!(plan.layers.iter().all(|l| l.weight.std.is_finite()), "{}", path.display());
+            assert!(plan.layers.iter().all(|l| l.weight.std.is_finite() && l.tau.is_finite() && l.gamma.is_finite()), "{}", path.display());
+        }
+        // The map analysis plans them too, and its forward plan keeps every weight layer's
+        // mean E[u²] at its target: 1, whatever the positions' spread.
+        for mode in [Mode::Forward, Mode::Backward] {
+            let map = cnnc::GraphRequest { analysis: cnnc::analyze::Analysis::Map, ..req(mode, 1.0) };
+            let plan = cnnc::plan_graph(&g, map).unwrap_or_else(|e| panic!("{} map {mode:?}: {e}", path.display()));
+            assert!(plan.layers.iter().all(|l| l.predicted.forward_range.is_some()), "{}", path.display());
+            if mode == Mode::Forward {
+                for l in &plan.layers {
+                    assert!((l.predicted.forward_variance - 1.0).abs() < 1e-9, "{} {}: {}", path.display(), l.name, l.predicted.forward_variance);
+                }
+            }
         }
         let plan = cnnc::plan_graph(&g, req(Mode::Forward, 1.0)).unwrap();
         let mut stds: Vec<f64> = plan.layers.iter().map(|l| l.weight.std).collect();

@@ -36,6 +36,13 @@ use crate::quad::integrate_width;
 use crate::unify;
 use std::collections::HashMap;
 
+/// The most channels (or elements of a vector) one value may have: the analysis keeps
+/// numbers per channel, and a flatten makes every element a channel.
+pub const MAX_CHANNELS: u64 = 1 << 22;
+
+/// The most positions one plane may have in the map analyses (chains and graphs).
+pub const MAX_MAP_CELLS: u64 = 1 << 24;
+
 /// How σ² is chosen on a graph.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GraphOptions {
@@ -336,6 +343,12 @@ impl<'g> Cx<'g> {
                     return Err(fail(g, k, "reads a value computed after it: the graph is not in topological order".into()));
                 }
                 consumers[v.0].push(k);
+            }
+        }
+        for (k, n) in g.nodes.iter().enumerate() {
+            let c = n.output.chw().0;
+            if c > MAX_CHANNELS {
+                return Err(fail(g, k, format!("its output has {c} channels (or vector elements), more than the analysis's limit of {MAX_CHANNELS}")));
             }
         }
         let mut fused = HashMap::new();

@@ -194,11 +194,13 @@ pub(super) struct MapPasses {
     stats: Vec<Option<Val>>,
     cache: MaxCache,
     memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
+    /// iid max-pool windows: (node, mean, variance, members) → moments.
+    iid: HashMap<(usize, u64, u64, usize), (f64, f64, f64)>,
 }
 
 impl MapPasses {
     pub(super) fn new() -> MapPasses {
-        MapPasses { stats: Vec::new(), cache: HashMap::new(), memo: HashMap::new() }
+        MapPasses { stats: Vec::new(), cache: HashMap::new(), memo: HashMap::new(), iid: HashMap::new() }
     }
 }
 
@@ -250,6 +252,13 @@ impl MapPasses {
 impl Passes for MapPasses {
     fn forward(&mut self, cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Moment>, AnalysisError> {
         let g = cx.g;
+        for (k, n) in g.nodes.iter().enumerate() {
+            let (_, h, w) = g.shape(n.inputs[0]).chw();
+            if h * w > super::graph::MAX_MAP_CELLS {
+                let message = format!("its input has {h}×{w} positions per channel, more than the map analysis's limit of {}; use --analysis paper", super::graph::MAX_MAP_CELLS);
+                return Err(super::graph::fail(g, k, message));
+            }
+        }
         let (c0, h0, w0) = g.input.chw();
         self.stats = vec![None; g.nodes.len() + 1];
         self.stats[0] = Some(vec![Seg { n: c0 as usize, maps: vec![Plane::filled(h0 as usize, w0 as usize, 0.0), Plane::filled(h0 as usize, w0 as usize, 1.0)] }]);
@@ -319,7 +328,8 @@ impl Passes for MapPasses {
                                             let t = cells.len() as f64;
                                             let m = cells.iter().map(|&c| mu.d[c]).sum::<f64>() / t;
                                             let q = cells.iter().map(|&c| sec.d[c]).sum::<f64>() / t;
-                                            let r = iid_max(*f, m, q - m * m, cells.len() as u64);
+                                            let key = (k, m.to_bits(), q.to_bits(), cells.len());
+                                            let r = *self.iid.entry(key).or_insert_with(|| iid_max(*f, m, q - m * m, cells.len() as u64));
                                             (r.0, r.1)
                                         }
                                     }
@@ -516,7 +526,8 @@ impl Passes for MapPasses {
                                         let t = cells.len() as f64;
                                         let m = cells.iter().map(|&cell| st.maps[0].d[cell]).sum::<f64>() / t;
                                         let q = cells.iter().map(|&cell| st.maps[1].d[cell]).sum::<f64>() / t;
-                                        let share = iid_max(*f, m, q - m * m, cells.len() as u64).2;
+                                        let key = (k, m.to_bits(), q.to_bits(), cells.len());
+                                        let share = self.iid.entry(key).or_insert_with(|| iid_max(*f, m, q - m * m, cells.len() as u64)).2;
                                         for &cell in &cells {
                                             gu.d[cell] += rv * share;
                                         }

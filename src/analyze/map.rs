@@ -328,6 +328,18 @@ fn output_dims(layer: &Layer) -> (u64, u64) {
 
 /// Runs the map analysis over the whole network.
 pub fn analyze_map(net: &Network) -> Result<Vec<LayerMap>, AnalysisError> {
+    let limit = super::graph::MAX_MAP_CELLS;
+    for layer in &net.layers {
+        let (_, h, w) = layer.input.chw();
+        let (_, ch, cw) = layer.conv_output.chw();
+        if h * w > limit || ch * cw > limit {
+            return Err(AnalysisError::Layer {
+                layer: layer.index,
+                module: layer.weight.module.clone(),
+                message: format!("its maps have up to {} positions, more than the map analysis's limit of {limit}; use --analysis paper", (h * w).max(ch * cw)),
+            });
+        }
+    }
     let mut cache = Cache::new();
     let (_, h, w) = net.input.chw();
     let mut input = Map::filled(h, w, 1.0); // q^(0) = 1, τ_0 = 1
