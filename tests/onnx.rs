@@ -1050,3 +1050,64 @@ fn bad_graphs_are_errors_that_name_the_node() {
         "node `sm` (Softmax): Softmax is supported only at the end of the network (its output a graph output)"
     );
 }
+
+#[test]
+fn resize_prelu_elu_and_trailing_softmax() {
+    let g = stem(
+        vec![
+            node("up", "Resize", &["c", "", "scales"], &["u"], vec![attr("mode", A::S("nearest"))]),
+            node("pr", "PRelu", &["u", "slope"], &["p"], vec![]),
+            node("elu", "Elu", &["p"], &["e"], vec![attr("alpha", A::F(0.5))]),
+            node("sm", "Softmax", &["e"], &["out"], vec![]),
+        ],
+        vec![
+            TensorProto { name: Some("scales".into()), dims: vec![4], data_type: Some(DataType::Float as i32), float_data: vec![1.0, 1.0, 2.0, 3.0], ..Default::default() },
+            TensorProto { name: Some("slope".into()), dims: vec![4, 1, 1], data_type: Some(DataType::Float as i32), float_data: vec![0.25; 4], ..Default::default() },
+        ],
+    );
+    // The Softmax's output is not a graph output of this little model: refused.
+    assert!(g.unwrap_err().contains("Softmax is supported only at the end"));
+    let mut m = model(
+        vec![image_input(3, 11, 11)],
+        vec![
+            node("conv", "Conv", &["x", "W", "B"], &["c"], vec![]),
+            node("up", "Resize", &["c", "", "scales"], &["u"], vec![attr("mode", A::S("nearest"))]),
+            node("pr", "PRelu", &["u", "slope"], &["p"], vec![]),
+            node("elu", "Elu", &["p"], &["e"], vec![attr("alpha", A::F(0.5))]),
+            node("sm", "Softmax", &["e"], &["out"], vec![]),
+        ],
+        vec![
+            init("W", &[4, 3, 3, 3]),
+            init("B", &[4]),
+            TensorProto { name: Some("scales".into()), dims: vec![4], data_type: Some(DataType::Float as i32), float_data: vec![1.0, 1.0, 2.0, 3.0], ..Default::default() },
+            TensorProto { name: Some("slope".into()), dims: vec![4, 1, 1], data_type: Some(DataType::Float as i32), float_data: vec![0.25; 4], ..Default::default() },
+        ],
+    );
+    m.graph.as_mut().unwrap().output = vec![input("out", &[Some(1), Some(4), Some(18), Some(27)])];
+    let g = import_bytes(&m).unwrap();
+    let ops: Vec<&Op> = g.nodes.iter().map(|n| &n.op).collect();
+    assert_eq!(ops[1], &Op::Resize { scale: [2, 3], linear: false });
+    assert_eq!(g.nodes[1].output, img(4, 18, 27));
+    assert_eq!(ops[2], &Op::Activation(ir::Activation::LeakyRelu { slope: 0.25 }));
+    assert!(matches!(ops[3], Op::Elementwise(ir::Expr::Apply(ir::Fn1::Elu { alpha }, _)) if *alpha == 0.5));
+    assert_eq!(g.nodes.len(), 4, "the trailing Softmax is post-processing");
+    // Nearest upsampling copies each input: the second moment stays, and each input
+    // receives the gradients of its 2·3 copies. Conv → Resize alone, Kaiming fan-in:
+    // E[u²] = 2/27 · 27 = 2 (no padding: every tap is real); the gradient at the conv's
+    // input, averaged: σ² · C_out · (readers per position, (27/11)² on 11×11) · 6.
+    let g = stem(vec![node("up", "Resize", &["c", "", "scales"], &["u"], vec![])], vec![TensorProto {
+        name: Some("scales".into()),
+        dims: vec![4],
+        data_type: Some(DataType::Float as i32),
+        float_data: vec![1.0, 1.0, 2.0, 3.0],
+        ..Default::default()
+    }])
+    .unwrap();
+    let opts = cnnc::analyze::graph::GraphOptions { mode: Mode::KaimingIn, std_cap: None, branch_scale: 1.0 };
+    for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+        let a = cnnc::analyze::graph::analyze_graph_with(&g, opts, analysis).unwrap();
+        assert!((a.output_variance - 2.0).abs() < 1e-12, "{analysis:?}: {}", a.output_variance);
+        let expected = 2.0 / 27.0 * 4.0 * (27.0f64 / 11.0).powi(2) * 6.0;
+        assert!((a.weights[0].backward_variance - expected).abs() < 1e-12 * expected, "{analysis:?}: {} vs {expected}", a.weights[0].backward_variance);
+    }
+}
