@@ -132,3 +132,65 @@ fn synth_data_is_deterministic_and_splits_by_seed() {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
+
+/// Writes the four IDX files, the train images given, the rest valid.
+fn write_idx_with(dir: &Path, train_images: Vec<u8>, train_labels: Vec<u8>) {
+    write_idx(dir, false);
+    std::fs::write(dir.join("train-images-idx3-ubyte"), train_images).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), train_labels).unwrap();
+}
+
+#[test]
+fn idx_images_without_pixels_are_errors_not_a_division_by_zero() {
+    let dir = tmp("idxzero");
+    for dims in [[3, 0, 2], [3, 2, 0], [u32::MAX, 0, 0]] {
+        let labels = if dims[0] == 3 { idx(&[3], &[0, 1, 2]) } else { idx(&[1], &[0]) };
+        write_idx_with(&dir, idx(&dims, &[]), labels);
+        let err = data::load(&dir, Target { channels: 3, size: 4 }, 0.25, 0).unwrap_err().to_string();
+        assert!(err.contains("train-images-idx3-ubyte") && err.contains("at least one pixel"), "{dims:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn huge_idx_counts_are_errors_before_any_allocation() {
+    let dir = tmp("idxhuge");
+    // A gzipped header announcing 2^32 − 1 images of 2^16 × 2^16 pixels, and 10 bytes.
+    write_idx(&dir, false);
+    std::fs::remove_file(dir.join("train-images-idx3-ubyte")).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte.gz"), gz(&idx(&[u32::MAX, 1 << 16, 1 << 16], &[7; 10]))).unwrap();
+    let err = data::load(&dir, Target { channels: 1, size: 2 }, 0.25, 0).unwrap_err().to_string();
+    assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("the file has 10"), "{err}");
+    // A gzipped file longer than its header says: the count is exact.
+    std::fs::write(dir.join("train-images-idx3-ubyte.gz"), gz(&idx(&[3, 2, 2], &[7; 20]))).unwrap();
+    let err = data::load(&dir, Target { channels: 1, size: 2 }, 0.25, 0).unwrap_err().to_string();
+    assert!(err.contains("need 12 bytes of data, the file has 20"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // 2^20 one-pixel images, each growing to 3 × 4096 × 4096 bytes: 48 TiB, refused.
+    let dir = tmp("idxgrow");
+    let n = 1u32 << 20;
+    write_idx_with(&dir, idx(&[n, 1, 1], &vec![0; n as usize]), idx(&[n], &vec![0; n as usize]));
+    let err = data::load(&dir, Target { channels: 3, size: 4096 }, 0.25, 0).unwrap_err().to_string();
+    assert!(err.contains("train-images-idx3-ubyte") && err.contains("more than this machine can allocate"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn elongated_images_and_bad_sizes_are_skipped_or_refused() {
+    let dir = tmp("elongated");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        image::GrayImage::new(3, 2).save(dir.join(class).join("ok.png")).unwrap();
+    }
+    // 1 × 2^20 pixels resized to width 4096 would be 2^32 rows (a u32 wrapping to 0).
+    image::GrayImage::new(1, 1 << 20).save(dir.join("a/tall.png")).unwrap();
+    let split = data::load(&dir, Target { channels: 1, size: 4096 }, 0.0, 0).unwrap();
+    assert_eq!(split.train.len(), 2);
+    assert_eq!(split.skipped.len(), 1);
+    assert!(split.skipped[0].0.ends_with("a/tall.png") && split.skipped[0].1.contains("too elongated"), "{:?}", split.skipped);
+    for size in [0, data::MAX_TARGET_SIZE + 1] {
+        let err = data::load(&dir, Target { channels: 1, size }, 0.0, 0).unwrap_err().to_string();
+        assert!(err.contains("sizes from 1 to 4096"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,11 +12,14 @@
 //! - `<class>/*` only: validation is a `val_split` fraction of each class, chosen by seed.
 //!
 //! Invariants: classes are the sorted folder names (the same in train and val); a corrupt
-//! image is skipped and counted, never fatal; an empty or missing class folder is an error.
+//! image (or one too elongated to resize, [`MAX_RESIZED_PIXELS`]) is skipped and counted,
+//! never fatal; an empty or missing class folder is an error. No input panics or aborts:
+//! IDX headers are checked against the bytes that follow them before anything is
+//! allocated for them, and the decoded data set's memory is reserved fallibly.
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,12 @@ pub fn load(dir: &Path, target: Target, val_split: f64, seed: u64) -> Result<Spl
             target.channels
         )));
     }
+    if !(1..=MAX_TARGET_SIZE).contains(&target.size) {
+        return Err(DataError::Layout(format!(
+            "the network takes {0}×{0} images; image data sets are resized to sizes from 1 to {MAX_TARGET_SIZE}",
+            target.size
+        )));
+    }
     if !dir.is_dir() {
         return Err(file_err(dir, "no such directory"));
     }
@@ -143,39 +152,59 @@ fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
     [stem.to_string(), format!("{stem}.gz")].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
 }
 
-/// Reads a file, gunzipping it when it starts with the gzip magic.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|e| file_err(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| file_err(path, format!("bad gzip data: {e}")))?;
-        Ok(out)
+/// Parses an IDX file of unsigned bytes, raw or gzipped (judged by the gzip magic):
+/// returns its dimensions and data. Memory grows with the bytes actually read, never with
+/// what the header announces: a gzipped file is decompressed no further than its header's
+/// element count (plus one byte, to tell a longer file; the rest is counted, not kept).
+pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| file_err(path, e))?);
+    let gzipped = file.fill_buf().map_err(|e| file_err(path, e))?.starts_with(&[0x1f, 0x8b]);
+    if gzipped {
+        parse_idx(path, flate2::bufread::GzDecoder::new(file), |e| format!("bad gzip data: {e}"))
     } else {
-        Ok(raw)
+        parse_idx(path, file, |e| e.to_string())
     }
 }
 
-/// Parses an IDX file of unsigned bytes: returns its dimensions and data.
-pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let bytes = read_maybe_gz(path)?;
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+/// Reads into `buf` until it is full or the input ends; returns how many bytes came.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+fn parse_idx(path: &Path, mut r: impl Read, io_err: impl Fn(std::io::Error) -> String) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    let err = |e: std::io::Error| file_err(path, io_err(e));
+    let mut magic = [0u8; 4];
+    if fill(&mut r, &mut magic).map_err(err)? < 4 || magic[0] != 0 || magic[1] != 0 {
         return Err(file_err(path, "not an IDX file (bad magic number)"));
     }
-    if bytes[2] != 0x08 {
-        return Err(file_err(path, format!("IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)", bytes[2])));
+    if magic[2] != 0x08 {
+        return Err(file_err(path, format!("IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)", magic[2])));
     }
-    let rank = bytes[3] as usize;
-    let header = 4 + 4 * rank;
-    if bytes.len() < header {
+    let mut header = vec![0u8; 4 * magic[3] as usize];
+    if fill(&mut r, &mut header).map_err(err)? < header.len() {
         return Err(file_err(path, "truncated IDX header"));
     }
-    let dims: Vec<usize> =
-        (0..rank).map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize).collect();
+    let dims: Vec<usize> = header.chunks_exact(4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize).collect();
     let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| file_err(path, "IDX dimensions overflow"))?;
-    if bytes.len() - header != numel {
-        return Err(file_err(path, format!("IDX dimensions {dims:?} need {numel} bytes of data, the file has {}", bytes.len() - header)));
+    let mut data = Vec::new();
+    (&mut r).take((numel as u64).saturating_add(1)).read_to_end(&mut data).map_err(err)?;
+    if data.len() != numel {
+        let mut have = data.len() as u64;
+        if data.len() > numel {
+            have += std::io::copy(&mut r, &mut std::io::sink()).map_err(err)?;
+        }
+        return Err(file_err(path, format!("IDX dimensions {dims:?} need {numel} bytes of data, the file has {have}")));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    Ok((dims, data))
 }
 
 fn idx_dataset(images: &Path, labels: &Path, target: Target) -> Result<Dataset, DataError> {
@@ -183,6 +212,9 @@ fn idx_dataset(images: &Path, labels: &Path, target: Target) -> Result<Dataset, 
     let &[n, h, w] = &dims[..] else {
         return Err(file_err(images, format!("expected 3 IDX dimensions (count, rows, columns), got {dims:?}")));
     };
+    if h == 0 || w == 0 {
+        return Err(file_err(images, format!("IDX images of {h} rows and {w} columns: an image needs at least one pixel")));
+    }
     let (ldims, labels_raw) = read_idx(labels)?;
     if ldims != [n] {
         return Err(file_err(labels, format!("expected {n} labels (one IDX dimension), got dimensions {ldims:?}")));
@@ -193,28 +225,50 @@ fn idx_dataset(images: &Path, labels: &Path, target: Target) -> Result<Dataset, 
         labels: labels_raw.iter().map(|&l| l as u32).collect(),
         pixels: Vec::new(),
     };
-    ds.pixels.reserve(n * ds.image_len());
+    // n ≤ the file's length (h, w ≥ 1), but each image may grow to the target size.
+    let (c, s) = (target.channels, target.size);
+    if n.checked_mul(ds.image_len()).is_none_or(|total| ds.pixels.try_reserve_exact(total).is_err()) {
+        return Err(file_err(images, format!("{n} images of {c}×{s}×{s} bytes are more than this machine can allocate")));
+    }
     for k in 0..n {
         let gray =
             image::GrayImage::from_raw(w as u32, h as u32, pixels[k * h * w..(k + 1) * h * w].to_vec()).expect("sizes checked above");
-        push_image(&mut ds, image::DynamicImage::ImageLuma8(gray), target);
+        push_image(&mut ds, image::DynamicImage::ImageLuma8(gray), target).map_err(|e| file_err(images, format!("image {k}: {e}")))?;
     }
     Ok(ds)
 }
 
+/// The largest target size accepted ([`Target::size`]).
+pub const MAX_TARGET_SIZE: usize = 4096;
+
+/// The most pixels resizing one image may make: the resized image, and the intermediate
+/// one the filter makes first (original width × new height). At size 224 a side may reach
+/// about 300 000 pixels (an aspect ratio of 1300:1 for a narrow image); a more elongated
+/// image is refused (skipped in a folder, an error in an IDX file) rather than asking for
+/// gigabytes, or for a size past `u32`.
+pub const MAX_RESIZED_PIXELS: u64 = 1 << 26;
+
 /// Resizes the shorter side to `size` then crops the center square (torchvision's
 /// `Resize(size)` + `CenterCrop(size)`), and appends it in (C, H, W) byte order.
-fn push_image(ds: &mut Dataset, img: image::DynamicImage, target: Target) {
-    let s = target.size as u32;
-    let (w, h) = (img.width(), img.height());
+/// Errs, appending nothing, on an image without pixels or one that would resize past
+/// [`MAX_RESIZED_PIXELS`]; `target.size` must be in 1..=[`MAX_TARGET_SIZE`].
+fn push_image(ds: &mut Dataset, img: image::DynamicImage, target: Target) -> Result<(), String> {
+    let s = target.size as u64;
+    let (w, h) = (img.width() as u64, img.height() as u64);
+    if w == 0 || h == 0 {
+        return Err(format!("the image is {w}×{h} pixels"));
+    }
     let img = if (w, h) == (s, s) {
         img
     } else {
-        let (nw, nh) = if w <= h {
-            (s, ((h as u64 * s as u64 + w as u64 / 2) / w as u64).max(s as u64) as u32)
-        } else {
-            (((w as u64 * s as u64 + h as u64 / 2) / h as u64).max(s as u64) as u32, s)
-        };
+        // h·s, w·s < 2^44 and every product below < 2^64: sizes are u32, s ≤ 4096.
+        let (nw, nh) = if w <= h { (s, ((h * s + w / 2) / w).max(s)) } else { (((w * s + h / 2) / h).max(s), s) };
+        if nh * nw.max(w) > MAX_RESIZED_PIXELS {
+            return Err(format!(
+                "a {w}×{h} image is too elongated to resize to {s} (it would take {nw}×{nh} pixels, the limit is {MAX_RESIZED_PIXELS})"
+            ));
+        }
+        let (nw, nh, s) = (nw as u32, nh as u32, s as u32);
         let resized = img.resize_exact(nw, nh, image::imageops::FilterType::Triangle);
         resized.crop_imm((nw - s) / 2, (nh - s) / 2, s, s)
     };
@@ -227,6 +281,7 @@ fn push_image(ds: &mut Dataset, img: image::DynamicImage, target: Target) {
             }
         }
     }
+    Ok(())
 }
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
@@ -284,10 +339,10 @@ fn decode_all(files: &[(PathBuf, u32)], target: Target, skipped: &mut Vec<(PathB
                             .and_then(|r| r.with_guessed_format().map_err(|e| e.to_string()))
                             .and_then(|r| r.decode().map_err(|e| e.to_string()))
                         {
-                            Ok(img) => {
-                                push_image(&mut ds, img, target);
-                                ds.labels.push(*label);
-                            }
+                            Ok(img) => match push_image(&mut ds, img, target) {
+                                Ok(()) => ds.labels.push(*label),
+                                Err(e) => bad.push((path.clone(), e)),
+                            },
                             Err(e) => bad.push((path.clone(), e)),
                         }
                     }
