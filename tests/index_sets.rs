@@ -1,9 +1,13 @@
 //! Index sets: closed-form counts against plain enumeration, and the backward sets
-//! against the transpose of the forward ones, on random geometries (proptest).
+//! against the transpose of the forward ones, on 400 random valid geometries each
+//! (proptest; invalid draws are discarded and drawn again, and each test asserts that
+//! all 400 cases ran).
 
 use cnnc::index::{Axis, ConvGeometry, PoolAxis, PoolGeometry};
 use proptest::prelude::*;
+use proptest::test_runner::{TestCaseError, TestRunner};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The naive reference: loop over every (output, tap) pair and keep those in range.
 fn naive_s(g: &ConvGeometry, unit: u64) -> Vec<(u64, u64)> {
@@ -34,24 +38,62 @@ fn axis(input: u64, kernel: u64, stride: u64, pad_begin: u64, pad_end: u64, dila
     Some(Axis { input, output, kernel, stride, pad_begin, dilation })
 }
 
-prop_compose! {
-    fn arb_axis()(input in 1u64..12, kernel in 1u64..6, stride in 1u64..4, pb in 0u64..4, pe in 0u64..4, dilation in 1u64..4)
-        -> Option<Axis> { axis(input, kernel, stride, pb, pe, dilation) }
+/// Only valid axes: a draw whose dilated kernel does not fit the padded input is
+/// discarded and drawn again, so every case checks a geometry.
+fn arb_axis() -> impl Strategy<Value = Axis> {
+    (1u64..12, 1u64..6, 1u64..4, 0u64..4, 0u64..4, 1u64..4)
+        .prop_filter_map("the dilated kernel is larger than the padded input", |(input, kernel, stride, pb, pe, dilation)| {
+            axis(input, kernel, stride, pb, pe, dilation)
+        })
 }
 
 prop_compose! {
-    fn arb_conv()(h in arb_axis(), w in arb_axis(), groups in 1u64..4, cin_per in 1u64..4, cout_per in 1u64..4)
-        -> Option<ConvGeometry> {
-        Some(ConvGeometry { in_channels: groups * cin_per, out_channels: groups * cout_per, groups, h: h?, w: w? })
+    fn arb_conv()(h in arb_axis(), w in arb_axis(), groups in 1u64..4, cin_per in 1u64..4, cout_per in 1u64..4) -> ConvGeometry {
+        ConvGeometry { in_channels: groups * cin_per, out_channels: groups * cout_per, groups, h, w }
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+/// Only valid poolings: the window fits the padded input on both axes.
+fn arb_pool() -> impl Strategy<Value = PoolGeometry> {
+    (1u64..12, 1u64..12, 1u64..5, 1u64..4, 0u64..3, any::<bool>(), 1u64..3).prop_filter_map(
+        "the window is larger than the padded input",
+        |(input_h, input_w, kernel, stride, pad, ceil, channels)| {
+            let pad = pad.min(kernel / 2);
+            let p = cnnc::ir::Pad { begin: pad, end: pad };
+            let oh = cnnc::ir::pool_out_size(input_h, kernel, stride, p, ceil)?;
+            let ow = cnnc::ir::pool_out_size(input_w, kernel, stride, p, ceil)?;
+            Some(PoolGeometry {
+                channels,
+                h: PoolAxis { input: input_h, output: oh, kernel, stride, pad_begin: pad },
+                w: PoolAxis { input: input_w, output: ow, kernel, stride, pad_begin: pad },
+            })
+        },
+    )
+}
 
-    #[test]
-    fn s_matches_naive_enumeration_and_closed_forms(g in arb_conv()) {
-        let Some(g) = g else { return Ok(()) };
+const CASES: u32 = 400;
+
+/// Runs `check` on `CASES` geometries drawn from `strategy` (shrinking a failure as
+/// `proptest!` does, after the seeds saved in `index_sets.proptest-regressions`, if any)
+/// and asserts that at least `CASES` of them were checked.
+fn run_cases<S: Strategy>(name: &str, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>) {
+    let config = ProptestConfig { cases: CASES, source_file: Some(file!()), ..ProptestConfig::default() };
+    let checked = AtomicU32::new(0);
+    let result = TestRunner::new(config).run(&strategy, |g| {
+        checked.fetch_add(1, Ordering::Relaxed);
+        check(g)
+    });
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+    let checked = checked.into_inner();
+    eprintln!("{name}: {checked} geometries checked");
+    assert!(checked >= CASES, "{name}: {checked} geometries checked, fewer than the {CASES} cases");
+}
+
+#[test]
+fn s_matches_naive_enumeration_and_closed_forms() {
+    run_cases("s_matches_naive_enumeration_and_closed_forms", arb_conv(), |g| {
         let mut total = 0u128;
         for unit in 0..g.m_out() {
             let want = naive_s(&g, unit);
@@ -65,11 +107,13 @@ proptest! {
             total += want.len() as u128;
         }
         prop_assert_eq!(g.connections(), Some(total));
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn j_is_the_transpose_of_s(g in arb_conv()) {
-        let Some(g) = g else { return Ok(()) };
+#[test]
+fn j_is_the_transpose_of_s() {
+    run_cases("j_is_the_transpose_of_s", arb_conv(), |g| {
         let per_out = g.taps_per_kernel();
         // (output, input, weight) triples seen from both sides.
         let mut forward = BTreeSet::new();
@@ -92,20 +136,15 @@ proptest! {
         }
         prop_assert_eq!(&forward, &backward);
         prop_assert_eq!(Some(sum_j), g.connections(), "Σ|s| = Σ|j| = ε");
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn pooling_t_and_d_are_transposes(
-        input_h in 1u64..12, input_w in 1u64..12, kernel in 1u64..5, stride in 1u64..4, pad in 0u64..3, ceil in any::<bool>(), channels in 1u64..3
-    ) {
-        let pad = pad.min(kernel / 2);
-        let p = cnnc::ir::Pad { begin: pad, end: pad };
-        let (Some(oh), Some(ow)) = (cnnc::ir::pool_out_size(input_h, kernel, stride, p, ceil), cnnc::ir::pool_out_size(input_w, kernel, stride, p, ceil)) else { return Ok(()) };
-        let g = PoolGeometry {
-            channels,
-            h: PoolAxis { input: input_h, output: oh, kernel, stride, pad_begin: pad },
-            w: PoolAxis { input: input_w, output: ow, kernel, stride, pad_begin: pad },
-        };
+#[test]
+fn pooling_t_and_d_are_transposes() {
+    run_cases("pooling_t_and_d_are_transposes", arb_pool(), |g| {
+        let (kernel, stride, pad) = (g.h.kernel, g.h.stride, g.h.pad_begin);
+        let (input_h, input_w, oh, ow) = (g.h.input, g.w.input, g.h.output, g.w.output);
         let mut forward = BTreeSet::new();
         for unit in 0..g.m_out() {
             let t: Vec<u64> = g.t_set(unit).collect();
@@ -136,7 +175,8 @@ proptest! {
             }
         }
         prop_assert_eq!(forward, backward);
-    }
+        Ok(())
+    });
 }
 
 #[test]
