@@ -871,9 +871,16 @@ fn real_exports_plan_and_agree_across_exporters() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/real");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
     files.sort();
-    assert!(files.len() >= 27, "{} fixtures", files.len());
+    assert!(files.len() >= 39, "{} fixtures", files.len());
     let mut by_model: std::collections::BTreeMap<String, Vec<(String, Vec<f64>)>> = Default::default();
     for path in &files {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        if file.starts_with("convnext") {
+            // ConvNeXt normalizes with LayerNorm: one error naming every such node.
+            let e = onnx::load(path, &ImportOptions::default()).unwrap_err().to_string();
+            assert!(e.starts_with("23 unsupported ONNX nodes: ") && e.matches("(LayerNormalization)").count() == 23, "{file}: {e}");
+            continue;
+        }
         let g = onnx::load(path, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let req = |mode, branch_scale| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis: Default::default(), branch_scale };
         expect_file(&path.with_extension("lower"), &cnnc::lower_report(&g, req(Mode::Forward, 1.0)).unwrap());
@@ -881,9 +888,11 @@ fn real_exports_plan_and_agree_across_exporters() {
             let plan = cnnc::plan_graph(&g, req(mode, alpha)).unwrap_or_else(|e| panic!("{} {mode:?}: {e}", path.display()));
             assert!(plan.layers.iter().all(|l| l.weight.std.is_finite() && l.tau.is_finite() && l.gamma.is_finite()), "{}", path.display());
         }
-        // The map analysis plans them too, and its forward plan keeps every weight layer's
-        // mean E[u²] at its target: 1, whatever the positions' spread.
-        for mode in [Mode::Forward, Mode::Backward] {
+        // The map analysis plans them too (one export per model: it is the slow one), and
+        // its forward plan keeps every weight layer's mean E[u²] at its target: 1, whatever
+        // the positions' spread.
+        let modes: &[Mode] = if file.ends_with(".dynamo.onnx") { &[Mode::Forward, Mode::Backward] } else { &[] };
+        for &mode in modes {
             let map = cnnc::GraphRequest { analysis: cnnc::analyze::Analysis::Map, ..req(mode, 1.0) };
             let plan = cnnc::plan_graph(&g, map).unwrap_or_else(|e| panic!("{} map {mode:?}: {e}", path.display()));
             assert!(plan.layers.iter().all(|l| l.predicted.forward_range.is_some()), "{}", path.display());
@@ -896,7 +905,6 @@ fn real_exports_plan_and_agree_across_exporters() {
         let plan = cnnc::plan_graph(&g, req(Mode::Forward, 1.0)).unwrap();
         let mut stds: Vec<f64> = plan.layers.iter().map(|l| l.weight.std).collect();
         stds.sort_by(f64::total_cmp);
-        let file = path.file_name().unwrap().to_string_lossy().into_owned();
         let model = file.split('.').next().unwrap().to_string();
         by_model.entry(model).or_default().push((file, stds));
     }

@@ -48,6 +48,11 @@ MODELS = ["resnet18", "resnet50", "mobilenet_v2", "densenet121",
           "squeezenet1_0", "vgg11", "vgg16_bn"]
 TRAIN_MODELS = ["resnet18", "mobilenet_v2", "densenet121", "vgg16_bn"]
 NOBN_MODELS = ["resnet18", "mobilenet_v2"]
+# More architectures, eval mode only (TorchScript with weights, and dynamo): SiLU and
+# squeeze-excitation (EfficientNet), channel split and shuffle (ShuffleNet), Inception's
+# concatenations of pooled branches (GoogLeNet), grouped convs (RegNet), depthwise
+# separable blocks (MNASNet); ConvNeXt has LayerNorm, which cnnc refuses by name.
+EXTRA_MODELS = ["efficientnet_b0", "shufflenet_v2_x1_0", "googlenet", "regnet_x_400mf", "mnasnet0_5", "convnext_tiny"]
 
 RESULTS = []   # (file, size, histogram) in write order
 FAILURES = []  # (file, error text)
@@ -233,6 +238,9 @@ def main():
             attempt(os.path.join(HERE, f"{name}.train.onnx"), make_train(name))
     for name in NOBN_MODELS:
         attempt(os.path.join(HERE, f"{name}_nobn.ts.onnx"), make_ts(name, nobn=True))
+    for name in EXTRA_MODELS:
+        attempt(os.path.join(HERE, f"{name}.ts.weights.onnx"), make_ts_weights(name))
+        attempt(os.path.join(HERE, f"{name}.dynamo.onnx"), make_dynamo(name))
 
     print("\n## Summary (Markdown)\n")
     print("| file | bytes | nodes | op histogram |")
