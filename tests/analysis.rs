@@ -105,26 +105,106 @@ fn f34_is_table_3() {
     assert_eq!(shapes[33], "(10)");
 }
 
-/// A forward plan predicts q = 1 at every conv output; a backward plan predicts r = 1
-/// at every layer input; Kaiming does neither once padding and pooling are present.
+/// ε_ℓ counted from scratch: per axis, the taps of every output position that land
+/// inside the input (not in the padding), times the channel pairs a group connects.
+fn counted_connections(layer: &cnnc::unify::Layer) -> f64 {
+    let g = &layer.weight.geometry;
+    let taps = |a: &cnnc::index::Axis| -> u64 {
+        let mut n = 0;
+        for o in 0..a.output {
+            for k in 0..a.kernel {
+                let at = (o * a.stride + k * a.dilation) as i64 - a.pad_begin as i64;
+                n += u64::from(at >= 0 && (at as u64) < a.input);
+            }
+        }
+        n
+    };
+    ((g.in_channels / g.groups) * g.out_channels * taps(&g.h) * taps(&g.w)) as f64
+}
+
+/// τ_ℓ = E[z²]/q and γ_ℓ for a layer of these specs, from closed forms and the mpmath
+/// table, for u ~ N(0, q): ReLU alone 1/2 and 1/2; max pooling over T the table's τ(T)
+/// and (1 − 2⁻ᵀ)/T; average pooling of T independent ReLUs (1/2 + (T − 1)/(2π))/T (the
+/// variance of the mean plus its squared mean) and 1/(2T²); no activation 1 and 1.
+fn written_out_constants(layer: &cnnc::unify::Layer, table: &[(u64, f64, f64)]) -> (f64, f64) {
+    use cnnc::ir::PoolKind;
+    let pool = layer.pooling.as_ref().map(|p| (p.kind, p.geometry.h.kernel * p.geometry.w.kernel));
+    match (layer.activation, pool) {
+        (Activation::Relu, None) => (0.5, 0.5),
+        (Activation::Identity, None) => (1.0, 1.0),
+        (Activation::Relu, Some((PoolKind::Max, t))) => {
+            let tau = table.iter().find(|r| r.0 == t).unwrap_or_else(|| panic!("T = {t} is not in the table")).1;
+            (tau, (1.0 - 0.5f64.powi(t as i32)) / t as f64)
+        }
+        (Activation::Relu, Some((PoolKind::Avg, t))) => {
+            let t = t as f64;
+            ((0.5 + (t - 1.0) / (2.0 * std::f64::consts::PI)) / t, 0.5 / (t * t))
+        }
+        other => panic!("layer {}: {other:?} is not written out here", layer.index),
+    }
+}
+
+/// The paper's propagation, recomputed from the plan's σ and the counts and constants
+/// above: q^(ℓ) = σ_ℓ² ε_ℓ τ_{ℓ-1} q^(ℓ-1) / M'_ℓ from a unit-variance input, and
+/// r^(ℓ-1) = σ_ℓ² ε_ℓ γ_ℓ r^(ℓ) / M_{ℓ-1} from r^(L) = 1.
+fn recomputed_q_and_r(net: &cnnc::unify::Network, plan: &cnnc::plan::Plan, table: &[(u64, f64, f64)]) -> (Vec<f64>, Vec<f64>) {
+    assert_eq!(net.layers.len(), plan.layers.len());
+    let eps: Vec<f64> = net.layers.iter().map(counted_connections).collect();
+    let constants: Vec<(f64, f64)> = net.layers.iter().map(|l| written_out_constants(l, table)).collect();
+    let var: Vec<f64> = plan.layers.iter().map(|l| l.weight.std * l.weight.std).collect();
+    let mut q = Vec::new();
+    let mut z2 = 1.0; // E[z^(0)²]
+    for (k, layer) in net.layers.iter().enumerate() {
+        q.push(var[k] * eps[k] * z2 / layer.conv_output.numel() as f64);
+        z2 = q[k] * constants[k].0;
+    }
+    let mut r = vec![0.0; net.layers.len()];
+    let mut grad = 1.0; // r^(L)
+    for (k, layer) in net.layers.iter().enumerate().rev() {
+        grad *= var[k] * eps[k] * constants[k].1 / layer.input.numel() as f64;
+        r[k] = grad;
+    }
+    (q, r)
+}
+
+/// A forward plan's σ gives q = 1 at every conv output and a backward plan's r = 1 at
+/// every layer input, recomputed from scratch (counts, constants, propagation) rather
+/// than read back from the analysis that chose σ; and the analysis' own predictions,
+/// in every mode, are that recomputation.
 #[test]
 fn plans_keep_the_variance_they_promise() {
+    let table = reference_tau();
     for name in ["f34", "f50", "vgg16", "plain110"] {
         let n = spec(name);
-        let f = analyze::analyze(&n, Options { mode: Mode::Forward, std_cap: None }).unwrap();
-        assert!(f.iter().all(|a| rel(a.forward_variance, 1.0) < 1e-12), "{name} forward");
-        let b = analyze::analyze(&n, Options { mode: Mode::Backward, std_cap: None }).unwrap();
-        assert!(b.iter().all(|a| rel(a.backward_variance, 1.0) < 1e-12), "{name} backward");
+        for mode in Mode::ALL {
+            let opts = Options { mode, std_cap: None };
+            let plan = cnnc::plan(&n, opts).unwrap();
+            let (q, r) = recomputed_q_and_r(&n, &plan, &table);
+            let a = analyze::analyze(&n, opts).unwrap();
+            for k in 0..q.len() {
+                let at = format!("{name} {} layer {}", mode.name(), k + 1);
+                assert!(rel(a[k].forward_variance, q[k]) < 1e-9, "{at}: predicted q {} vs recomputed {}", a[k].forward_variance, q[k]);
+                assert!(rel(a[k].backward_variance, r[k]) < 1e-9, "{at}: predicted r {} vs recomputed {}", a[k].backward_variance, r[k]);
+                if mode == Mode::Forward {
+                    assert!(rel(q[k], 1.0) < 1e-9, "{at}: q = {}", q[k]);
+                }
+                if mode == Mode::Backward {
+                    assert!(rel(r[k], 1.0) < 1e-9, "{at}: r = {}", r[k]);
+                }
+            }
+        }
     }
     // DESIGN.md: on 28×28 inputs F34's last stage runs 3×3 convs on 1×1 maps, where only
-    // the centre tap reads real data; Kaiming then predicts q ≈ 1e-10 at the logits.
+    // the centre tap reads real data; Kaiming then predicts q ≈ 1e-10 at the logits,
+    // and the forward plan still gives 1.
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/specs/f34.cnn")).unwrap().replace("3x224x224", "3x28x28");
     let small = net(&text);
-    let k = analyze::analyze(&small, Options { mode: Mode::KaimingIn, std_cap: None }).unwrap();
-    let q = k.last().unwrap().forward_variance;
+    let kaiming = cnnc::plan(&small, Options { mode: Mode::KaimingIn, std_cap: None }).unwrap();
+    let q = *recomputed_q_and_r(&small, &kaiming, &table).0.last().unwrap();
     assert!((1e-11..1e-9).contains(&q), "Kaiming on 28×28 predicts q = {q:e} at the logits");
-    let f = analyze::analyze(&small, Options { mode: Mode::Forward, std_cap: None }).unwrap();
-    assert!(rel(f.last().unwrap().forward_variance, 1.0) < 1e-12);
+    let forward = cnnc::plan(&small, Options { mode: Mode::Forward, std_cap: None }).unwrap();
+    let (q, _) = recomputed_q_and_r(&small, &forward, &table);
+    assert!(q.iter().all(|q| rel(*q, 1.0) < 1e-9), "{q:?}");
 }
 
 /// The reference code's conventions, re-derived independently in Python
