@@ -62,16 +62,25 @@ impl Weight {
         self.geometry.taps_per_kernel()
     }
     /// PyTorch's fan-out: C_out · KH · KW (it ignores groups), or N for linear.
+    ///
+    /// Saturating: exact for every layer the front ends make (each weight has at most
+    /// [`crate::lower::MAX_NUMEL`] = 2^40 elements, and C_out · KH · KW is at most that),
+    /// `u64::MAX` for a hand-built layer past `u64`, never a wrapped count or a panic.
     pub fn fan_out(&self) -> u64 {
+        let g = &self.geometry;
         match self.kind {
-            WeightKind::Linear => self.geometry.out_channels,
-            WeightKind::Conv => self.geometry.out_channels * self.geometry.h.kernel * self.geometry.w.kernel,
+            WeightKind::Linear => g.out_channels,
+            WeightKind::Conv => g.out_channels.saturating_mul(g.h.kernel).saturating_mul(g.w.kernel),
         }
     }
     /// Number of parameters, bias included.
+    ///
+    /// Saturating, like [`Weight::fan_out`]: exact for every layer the front ends make
+    /// (at most 2^40 weights plus 2^31 biases; summed over at most `lower::MAX_NODES`
+    /// layers that stays below 2^58), `u64::MAX` for a hand-built layer past `u64`.
     pub fn parameters(&self) -> u64 {
-        let w: u64 = self.weight_shape.iter().product();
-        w + if self.bias_param.is_some() { self.geometry.out_channels } else { 0 }
+        let w = self.weight_shape.iter().fold(1u64, |a, &d| a.saturating_mul(d));
+        w.saturating_add(if self.bias_param.is_some() { self.geometry.out_channels } else { 0 })
     }
 }
 

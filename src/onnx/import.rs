@@ -550,7 +550,10 @@ impl<'m> Cx<'m> {
         self.node.output.first().map(String::as_str).filter(|s| !s.is_empty()).ok_or_else(|| "the node has no output".to_string())
     }
 
-    /// The dims of the parameter read at input `i`, all ≥ 1; `what` names it in errors.
+    /// The dims of the parameter read at input `i`, all in 1..=`MAX_DIM`, their product at
+    /// most [`crate::lower::MAX_NUMEL`] (2^40, the DSL's limit on a weight); `what` names
+    /// it in errors. The limit keeps every weight count (fan-in, fan-out, parameters, and
+    /// their sum over `lower::MAX_NODES` nodes) within `u64`.
     fn param(&self, imp: &Importer<'_>, i: usize, what: &str) -> Result<(&'m str, Vec<u64>), String> {
         let name = self.input(i).ok_or_else(|| format!("the {what} (input {i}) is missing"))?;
         let p = imp.params.get(name).ok_or_else(|| {
@@ -566,6 +569,10 @@ impl<'m> Cx<'m> {
             .map(|&d| u64::try_from(d).ok().filter(|&d| (1..=MAX_DIM).contains(&d)))
             .collect::<Option<Vec<u64>>>()
             .ok_or_else(|| format!("the {what} `{name}` has an invalid shape {:?}", p.dims))?;
+        let limit = crate::lower::MAX_NUMEL;
+        if dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d).filter(|&n| n <= limit)).is_none() {
+            return Err(format!("the {what} `{name}` has shape {dims:?}: more than {limit} elements (the limit is 2^{})", limit.ilog2()));
+        }
         Ok((name, dims))
     }
 
