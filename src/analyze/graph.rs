@@ -34,7 +34,7 @@ use super::{constants, max_density, negative_half, upper_limit, Analysis, Analys
 use crate::ir::{self, Activation, Expr, Graph, Op, PoolKind, Shape, ValueId};
 use crate::quad::integrate_width;
 use crate::unify;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The most channels (or elements of a vector) one value may have: the analysis keeps
 /// numbers per channel, and a flatten makes every element a channel.
@@ -410,150 +410,6 @@ fn channels(s: Shape) -> u64 {
     s.chw().0
 }
 
-/// The forward pass. With `choose`, σ² of each weight node is chosen to meet its
-/// target (forward mode); otherwise `p.sigma2` is used as it is.
-fn forward(cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Option<Stat>>, AnalysisError> {
-    let g = cx.g;
-    let mut stats: Vec<Option<Stat>> = vec![None; g.nodes.len() + 1];
-    stats[0] = Some(Stat::uniform(channels(g.input), 0.0, 1.0));
-    let mut memo: HashMap<(usize, u64, u64), (f64, f64, f64)> = HashMap::new();
-    for (k, n) in g.nodes.iter().enumerate() {
-        let x = cx.input_stat(&stats, n.inputs[0]);
-        let out = match &n.op {
-            Op::Conv(_) | Op::Linear(_) => {
-                let (w, eps) = &cx.weights[&k];
-                let geo = &w.geometry;
-                let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
-                let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| x.second[gi * cin_g..(gi + 1) * cin_g].iter().sum()).collect();
-                let kap = kappa(w, *eps);
-                if choose {
-                    let uniform = x.second.iter().all(|&s| s == x.second[0]);
-                    // Mean over output channels of κ Σ: on a chain, the paper's ε τ q / M'.
-                    let a = if uniform { x.second[0] * *eps as f64 / geo.m_out() as f64 } else { kap * avg(&sums) };
-                    if !(a > 0.0 && a.is_finite()) {
-                        return Err(fail(g, k, "the input of this layer carries no signal (its predicted second moment is 0): a weight layer upstream starts at zero".into()));
-                    }
-                    let s2 = p.target[&k] / a;
-                    let he = geo.m_out() as f64 / (0.5 * *eps as f64);
-                    p.set(k, s2, he, opts);
-                }
-                let s2 = p.sigma2[&k];
-                let mut second = Vec::with_capacity(channels(n.output) as usize);
-                for gi in 0..geo.groups as usize {
-                    let uniform = x.second[gi * cin_g..(gi + 1) * cin_g].iter().all(|&s| s == x.second[gi * cin_g]);
-                    let v = if uniform { s2 * (x.second[gi * cin_g] * *eps as f64 / geo.m_out() as f64) } else { s2 * kap * sums[gi] };
-                    second.extend(std::iter::repeat_n(v, cout_g));
-                }
-                Stat { mean: vec![0.0; second.len()], second }
-            }
-            Op::Activation(_) | Op::Elementwise(_) => {
-                let f = func(&n.op).expect("element-wise");
-                let mut out = Stat { mean: Vec::with_capacity(x.mean.len()), second: Vec::with_capacity(x.mean.len()) };
-                for (&mu, &s) in x.mean.iter().zip(&x.second) {
-                    let (m1, m2, _) = *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(f, mu, s - mu * mu));
-                    out.mean.push(m1);
-                    out.second.push(m2);
-                }
-                out
-            }
-            Op::Pool(_) | Op::GlobalPool(_) => {
-                let t = window_of(n, g.shape(n.inputs[0]));
-                let kind = match &n.op {
-                    Op::Pool(p) => p.kind,
-                    Op::GlobalPool(kind) => *kind,
-                    _ => unreachable!(),
-                };
-                match kind {
-                    PoolKind::Avg => {
-                        let tf = t as f64;
-                        let second = x.mean.iter().zip(&x.second).map(|(&m, &s)| (s + (tf - 1.0) * m * m) / tf).collect();
-                        Stat { mean: x.mean.clone(), second }
-                    }
-                    PoolKind::Max => {
-                        // Fused: the max of f(u) = f(max u), u the Gaussian pre-activation.
-                        let (f, u) = match cx.fused.get(&k) {
-                            Some(&a) => (func(&g.nodes[a].op).expect("fused nodes are element-wise"), cx.input_stat(&stats, g.nodes[a].inputs[0])),
-                            None => (Func::Act(Activation::Identity), x),
-                        };
-                        let mut out = Stat { mean: Vec::new(), second: Vec::new() };
-                        for (&mu, &s) in u.mean.iter().zip(&u.second) {
-                            let (m1, m2, _) = *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| max_moments(f, mu, s - mu * mu, t));
-                            out.mean.push(m1);
-                            out.second.push(m2);
-                        }
-                        out
-                    }
-                }
-            }
-            Op::Flatten => {
-                let (_, h, w) = g.shape(n.inputs[0]).chw();
-                let hw = (h * w) as usize;
-                Stat {
-                    mean: x.mean.iter().flat_map(|&m| std::iter::repeat_n(m, hw)).collect(),
-                    second: x.second.iter().flat_map(|&m| std::iter::repeat_n(m, hw)).collect(),
-                }
-            }
-            Op::Add => {
-                let ins: Vec<&Stat> = n.inputs.iter().map(|&v| cx.input_stat(&stats, v)).collect();
-                let c = x.mean.len();
-                let mut out = Stat { mean: vec![0.0; c], second: vec![0.0; c] };
-                for ch in 0..c {
-                    let mut second = 0.0;
-                    for (i, a) in ins.iter().enumerate() {
-                        second += a.second[ch];
-                        for (j, b) in ins.iter().enumerate().skip(i + 1) {
-                            // The same value twice is fully correlated; different values are
-                            // independent given their means.
-                            second += 2.0 * if n.inputs[i] == n.inputs[j] { a.second[ch] } else { a.mean[ch] * b.mean[ch] };
-                        }
-                    }
-                    out.mean[ch] = ins.iter().map(|a| a.mean[ch]).sum();
-                    out.second[ch] = second;
-                }
-                out
-            }
-            Op::Concat => {
-                let mut out = Stat { mean: Vec::new(), second: Vec::new() };
-                for &v in &n.inputs {
-                    let a = cx.input_stat(&stats, v);
-                    out.mean.extend(&a.mean);
-                    out.second.extend(&a.second);
-                }
-                out
-            }
-            Op::Mul => {
-                let gate = cx.input_stat(&stats, n.inputs[1]);
-                let c = x.mean.len();
-                Stat {
-                    mean: (0..c).map(|ch| x.mean[ch] * gate.mean[ch]).collect(),
-                    second: (0..c).map(|ch| x.second[ch] * gate.second[ch]).collect(),
-                }
-            }
-            Op::BatchNorm(bn) => {
-                let gamma = p.bn_scale[&k];
-                if bn.training {
-                    Stat::uniform(bn.channels, 0.0, gamma * gamma)
-                } else {
-                    let k2 = gamma * gamma / (1.0 + bn.epsilon);
-                    Stat { mean: x.mean.iter().map(|m| m * gamma / (1.0 + bn.epsilon).sqrt()).collect(), second: x.second.iter().map(|s| s * k2).collect() }
-                }
-            }
-            Op::ChannelSlice { start, end } => {
-                let (s, e) = (*start as usize, *end as usize);
-                Stat { mean: x.mean[s..e].to_vec(), second: x.second[s..e].to_vec() }
-            }
-            Op::Shuffle { groups } => {
-                let perm = shuffle_source(channels(n.output), *groups);
-                Stat { mean: perm.iter().map(|&i| x.mean[i]).collect(), second: perm.iter().map(|&i| x.second[i]).collect() }
-            }
-            Op::Resize { .. } => x.clone(),
-        };
-        debug_assert_eq!(out.second.len() as u64, channels(n.output), "node {k} {}", n.op.kind_name());
-        stats[k + 1] = Some(out);
-    }
-    Ok(stats)
-}
-
 /// Output channel j of a shuffle with `groups` groups reads input channel `source[j]`:
 /// (N, g, C/g, H, W) transposed to (N, C/g, g, H, W).
 pub(super) fn shuffle_source(c: u64, groups: u64) -> Vec<usize> {
@@ -578,161 +434,456 @@ impl Params {
     }
 }
 
+/// What a forward rule reads and writes: the graph, σ² and the statistics so far.
+struct Fwd<'a, 'g> {
+    cx: &'a Cx<'g>,
+    p: &'a mut Params,
+    opts: &'a GraphOptions,
+    /// Choose σ² of each weight node to meet its target (forward mode).
+    choose: bool,
+    stats: Vec<Option<Stat>>,
+    memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
+}
+
+/// What a backward rule reads and writes: the forward statistics and the gradients.
+struct Bwd<'a, 'g> {
+    cx: &'a Cx<'g>,
+    p: &'a mut Params,
+    opts: &'a GraphOptions,
+    /// Choose σ² of each weight node to meet its target (backward mode).
+    choose: bool,
+    stats: &'a [Option<Stat>],
+    grads: Vec<Vec<f64>>,
+    memo: HashMap<(usize, u64, u64), f64>,
+}
+
+impl Fwd<'_, '_> {
+    fn input(&self, v: ValueId) -> &Stat {
+        self.cx.input_stat(&self.stats, v)
+    }
+}
+
+impl Bwd<'_, '_> {
+    fn input(&self, v: ValueId) -> &Stat {
+        self.cx.input_stat(self.stats, v)
+    }
+    /// Adds a gradient contribution to value `v`.
+    fn send(&mut self, v: ValueId, contrib: &[f64]) {
+        for (a, b) in self.grads[v.0].iter_mut().zip(contrib) {
+            *a += b;
+        }
+    }
+}
+
+/// A forward rule: node `k`'s output statistics.
+type FwdRule = fn(&mut Fwd<'_, '_>, usize) -> Result<Stat, AnalysisError>;
+/// A backward rule: node `k` sends the gradient `dz` at its output to its inputs.
+type BwdRule = fn(&mut Bwd<'_, '_>, usize, &[f64]) -> Result<(), AnalysisError>;
+
+/// The paper analysis's rules: one forward and one backward function per op kind
+/// (`Op::kind_name`), as the importer has one function per ONNX op type.
+const RULES: &[(&str, FwdRule, BwdRule)] = &[
+    ("conv", weight_fwd, weight_bwd),
+    ("linear", weight_fwd, weight_bwd),
+    ("activation", elementwise_fwd, elementwise_bwd),
+    ("elementwise", elementwise_fwd, elementwise_bwd),
+    ("avgpool", avg_pool_fwd, avg_pool_bwd),
+    ("global avgpool", avg_pool_fwd, avg_pool_bwd),
+    ("maxpool", max_pool_fwd, max_pool_bwd),
+    ("global maxpool", max_pool_fwd, max_pool_bwd),
+    ("flatten", flatten_fwd, flatten_bwd),
+    ("add", add_fwd, add_bwd),
+    ("concat", concat_fwd, concat_bwd),
+    ("mul", mul_fwd, mul_bwd),
+    ("batchnorm", batch_norm_fwd, batch_norm_bwd),
+    ("slice", slice_fwd, slice_bwd),
+    ("shuffle", shuffle_fwd, shuffle_bwd),
+    ("resize", resize_fwd, resize_bwd),
+];
+
+fn rules(op: &Op) -> (FwdRule, BwdRule) {
+    let kind = op.kind_name();
+    let (_, f, b) = RULES.iter().find(|(name, _, _)| *name == kind).unwrap_or_else(|| panic!("no rules for op kind `{kind}`"));
+    (*f, *b)
+}
+
+/// The forward pass. With `choose`, σ² of each weight node is chosen to meet its
+/// target (forward mode); otherwise `p.sigma2` is used as it is.
+fn forward(cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Option<Stat>>, AnalysisError> {
+    let g = cx.g;
+    let mut stats: Vec<Option<Stat>> = vec![None; g.nodes.len() + 1];
+    stats[0] = Some(Stat::uniform(channels(g.input), 0.0, 1.0));
+    let mut f = Fwd { cx, p, opts, choose, stats, memo: HashMap::new() };
+    for (k, n) in g.nodes.iter().enumerate() {
+        let out = (rules(&n.op).0)(&mut f, k)?;
+        debug_assert_eq!(out.second.len() as u64, channels(n.output), "node {k} {}", n.op.kind_name());
+        f.stats[k + 1] = Some(out);
+    }
+    Ok(f.stats)
+}
+
 /// The backward pass: the gradient's second moment per channel at every value, for a
 /// unit one at the output. With `choose`, σ² of each weight node is chosen so that its
 /// contribution to its input's gradient meets its target (backward mode).
 fn backward(cx: &Cx<'_>, stats: &[Option<Stat>], p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Vec<f64>>, AnalysisError> {
     let g = cx.g;
-    let mut grads: Vec<Vec<f64>> = (0..=g.nodes.len()).map(|v| vec![0.0; channels(g.shape(ValueId(v))) as usize]).collect();
+    let grads: Vec<Vec<f64>> = (0..=g.nodes.len()).map(|v| vec![0.0; channels(g.shape(ValueId(v))) as usize]).collect();
+    let mut b = Bwd { cx, p, opts, choose, stats, grads, memo: HashMap::new() };
     let last = g.nodes.len();
-    grads[last].iter_mut().for_each(|x| *x = 1.0);
-    let fused_acts: HashMap<usize, usize> = cx.fused.iter().map(|(&pool, &act)| (act, pool)).collect();
-    let mut memo: HashMap<(usize, u64, u64), f64> = HashMap::new();
+    b.grads[last].iter_mut().for_each(|x| *x = 1.0);
+    let fused_acts: HashSet<usize> = cx.fused.values().copied().collect();
     for (k, n) in g.nodes.iter().enumerate().rev() {
-        if fused_acts.contains_key(&k) {
+        if fused_acts.contains(&k) {
             continue; // its max pool sent the gradient to its input directly
         }
-        let dz = std::mem::take(&mut grads[k + 1]);
-        let x = cx.input_stat(stats, n.inputs[0]);
-        let add = |grads: &mut Vec<Vec<f64>>, v: ValueId, contrib: &[f64]| {
-            for (a, b) in grads[v.0].iter_mut().zip(contrib) {
-                *a += b;
-            }
+        let dz = std::mem::take(&mut b.grads[k + 1]);
+        (rules(&n.op).1)(&mut b, k, &dz)?;
+        b.grads[k + 1] = dz;
+    }
+    Ok(b.grads)
+}
+
+// ---------------------------------------------------------------- one pair of rules per op
+
+/// Conv and linear: E[u_o²] = σ² κ Σ_{c ∈ group(o)} E[z_c²]; the output is zero-mean.
+fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
+    let (w, eps) = &f.cx.weights[&k];
+    let x = f.input(n.inputs[0]);
+    let geo = &w.geometry;
+    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+    let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| x.second[gi * cin_g..(gi + 1) * cin_g].iter().sum()).collect();
+    let kap = kappa(w, *eps);
+    // Where a group's input channels are equal, the chain's form σ² s ε / M' (same digits).
+    let group_uniform: Vec<Option<f64>> = (0..geo.groups as usize)
+        .map(|gi| {
+            let part = &x.second[gi * cin_g..(gi + 1) * cin_g];
+            part.iter().all(|&s| s == part[0]).then_some(part[0])
+        })
+        .collect();
+    let all_uniform = x.second.iter().all(|&s| s == x.second[0]).then_some(x.second[0]);
+    if f.choose {
+        // Mean over output channels of κ Σ: on a chain, the paper's ε τ q / M'.
+        let a = match all_uniform {
+            Some(s) => s * *eps as f64 / geo.m_out() as f64,
+            None => kap * avg(&sums),
         };
-        match &n.op {
-            Op::Conv(_) | Op::Linear(_) => {
-                let (w, eps) = &cx.weights[&k];
-                let geo = &w.geometry;
-                let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
-                let r = rho(w, *eps);
-                let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| dz[gi * cout_g..(gi + 1) * cout_g].iter().sum()).collect();
-                if choose {
-                    let uniform = dz.iter().all(|&d| d == dz[0]);
-                    let a = if uniform { dz[0] * *eps as f64 / geo.m_in() as f64 } else { r * avg(&sums) };
-                    if !(a > 0.0 && a.is_finite()) {
-                        return Err(fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
-                    }
-                    let he = geo.m_in() as f64 / (0.5 * *eps as f64);
-                    p.set(k, p.target[&k] / a, he, opts);
-                }
-                let s2 = p.sigma2[&k];
-                let mut contrib = Vec::with_capacity(channels(g.shape(n.inputs[0])) as usize);
-                for gi in 0..geo.groups as usize {
-                    let uniform = dz[gi * cout_g..(gi + 1) * cout_g].iter().all(|&d| d == dz[gi * cout_g]);
-                    let v = if uniform { s2 * (dz[gi * cout_g] * *eps as f64 / geo.m_in() as f64) } else { s2 * r * sums[gi] };
-                    contrib.extend(std::iter::repeat_n(v, cin_g));
-                }
-                add(&mut grads, n.inputs[0], &contrib);
-            }
-            Op::Activation(_) | Op::Elementwise(_) => {
-                let f = func(&n.op).expect("element-wise");
-                let contrib: Vec<f64> = dz
-                    .iter()
-                    .zip(x.mean.iter().zip(&x.second))
-                    .map(|(&d, (&mu, &s))| d * *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(f, mu, s - mu * mu).2))
-                    .collect();
-                add(&mut grads, n.inputs[0], &contrib);
-            }
-            Op::Pool(_) | Op::GlobalPool(_) => {
-                let t = window_of(n, g.shape(n.inputs[0]));
-                let kind = match &n.op {
-                    Op::Pool(p) => p.kind,
-                    Op::GlobalPool(kind) => *kind,
-                    _ => unreachable!(),
-                };
-                match kind {
-                    PoolKind::Avg => {
-                        let tf = (t * t) as f64;
-                        let contrib: Vec<f64> = dz.iter().map(|d| d / tf).collect();
-                        add(&mut grads, n.inputs[0], &contrib);
-                    }
-                    PoolKind::Max => {
-                        let (f, target, u) = match cx.fused.get(&k) {
-                            Some(&a) => {
-                                let an = &g.nodes[a];
-                                (func(&an.op).expect("element-wise"), an.inputs[0], cx.input_stat(stats, an.inputs[0]))
-                            }
-                            None => (Func::Act(Activation::Identity), n.inputs[0], x),
-                        };
-                        let contrib: Vec<f64> = dz
-                            .iter()
-                            .zip(u.mean.iter().zip(&u.second))
-                            .map(|(&d, (&mu, &s))| d * *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| max_moments(f, mu, s - mu * mu, t).2))
-                            .collect();
-                        add(&mut grads, target, &contrib);
-                    }
-                }
-            }
-            Op::Flatten => {
-                let (_, h, w) = g.shape(n.inputs[0]).chw();
-                let hw = (h * w) as usize;
-                let contrib: Vec<f64> = dz.chunks(hw).map(avg).collect();
-                add(&mut grads, n.inputs[0], &contrib);
-            }
-            Op::Add => {
-                for (i, &v) in n.inputs.iter().enumerate() {
-                    // The same value m times receives m·δ: m² δ² in all, m δ² per occurrence.
-                    let m = n.inputs.iter().filter(|&&u| u == v).count() as f64;
-                    let first = n.inputs.iter().position(|&u| u == v) == Some(i);
-                    if first {
-                        let contrib: Vec<f64> = dz.iter().map(|d| d * m * m).collect();
-                        add(&mut grads, v, &contrib);
-                    }
-                }
-            }
-            Op::Concat => {
-                let mut at = 0;
-                for &v in &n.inputs {
-                    let c = channels(g.shape(v)) as usize;
-                    let contrib = dz[at..at + c].to_vec();
-                    add(&mut grads, v, &contrib);
-                    at += c;
-                }
-            }
-            Op::Mul => {
-                let gate = cx.input_stat(stats, n.inputs[1]);
-                let gs = g.shape(n.inputs[1]);
-                let hw = if gs == n.output {
-                    1.0
-                } else {
-                    let (_, h, w) = n.output.chw();
-                    (h * w) as f64
-                };
-                let cx_: Vec<f64> = dz.iter().zip(&gate.second).map(|(d, s)| d * s).collect();
-                let cg: Vec<f64> = dz.iter().zip(&x.second).map(|(d, s)| d * s * hw).collect();
-                add(&mut grads, n.inputs[0], &cx_);
-                add(&mut grads, n.inputs[1], &cg);
-            }
-            Op::BatchNorm(bn) => {
-                let gamma = p.bn_scale[&k];
-                let contrib: Vec<f64> = if bn.training {
-                    x.mean.iter().zip(&x.second).zip(&dz).map(|((m, s), d)| if s - m * m > 0.0 { d * gamma * gamma / (s - m * m) } else { 0.0 }).collect()
-                } else {
-                    dz.iter().map(|d| d * gamma * gamma / (1.0 + bn.epsilon)).collect()
-                };
-                add(&mut grads, n.inputs[0], &contrib);
-            }
-            Op::ChannelSlice { start, .. } => {
-                let s = *start as usize;
-                for (i, d) in dz.iter().enumerate() {
-                    grads[n.inputs[0].0][s + i] += d;
-                }
-            }
-            Op::Shuffle { groups } => {
-                let perm = shuffle_source(channels(n.output), *groups);
-                for (j, &i) in perm.iter().enumerate() {
-                    grads[n.inputs[0].0][i] += dz[j];
-                }
-            }
-            Op::Resize { scale, .. } => {
-                let r = (scale[0] * scale[1]) as f64;
-                let contrib: Vec<f64> = dz.iter().map(|d| d * r).collect();
-                add(&mut grads, n.inputs[0], &contrib);
+        if !(a > 0.0 && a.is_finite()) {
+            return Err(fail(g, k, "the input of this layer carries no signal (its predicted second moment is 0): a weight layer upstream starts at zero".into()));
+        }
+        let he = geo.m_out() as f64 / (0.5 * *eps as f64);
+        let target = f.p.target[&k];
+        f.p.set(k, target / a, he, f.opts);
+    }
+    let s2 = f.p.sigma2[&k];
+    let mut second = Vec::with_capacity(channels(n.output) as usize);
+    for (gi, uniform) in group_uniform.iter().enumerate() {
+        let v = match uniform {
+            Some(s) => s2 * (s * *eps as f64 / geo.m_out() as f64),
+            None => s2 * kap * sums[gi],
+        };
+        second.extend(std::iter::repeat_n(v, cout_g));
+    }
+    Ok(Stat { mean: vec![0.0; second.len()], second })
+}
+
+/// Conv and linear backward: E[δz_c²] = σ² ρ Σ_{o ∈ group(c)} E[δu_o²].
+fn weight_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
+    let (w, eps) = &b.cx.weights[&k];
+    let geo = &w.geometry;
+    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+    let r = rho(w, *eps);
+    let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| dz[gi * cout_g..(gi + 1) * cout_g].iter().sum()).collect();
+    if b.choose {
+        let a = if dz.iter().all(|&d| d == dz[0]) { dz[0] * *eps as f64 / geo.m_in() as f64 } else { r * avg(&sums) };
+        if !(a > 0.0 && a.is_finite()) {
+            return Err(fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
+        }
+        let he = geo.m_in() as f64 / (0.5 * *eps as f64);
+        let target = b.p.target[&k];
+        b.p.set(k, target / a, he, b.opts);
+    }
+    let s2 = b.p.sigma2[&k];
+    let mut contrib = Vec::with_capacity(channels(g.shape(n.inputs[0])) as usize);
+    for gi in 0..geo.groups as usize {
+        let part = &dz[gi * cout_g..(gi + 1) * cout_g];
+        let v = if part.iter().all(|&d| d == part[0]) { s2 * (part[0] * *eps as f64 / geo.m_in() as f64) } else { s2 * r * sums[gi] };
+        contrib.extend(std::iter::repeat_n(v, cin_g));
+    }
+    b.send(n.inputs[0], &contrib);
+    Ok(())
+}
+
+/// An element-wise f of a Gaussian with the value's mean and variance.
+fn elementwise_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let fun = func(&n.op).expect("element-wise");
+    let x = f.cx.input_stat(&f.stats, n.inputs[0]);
+    let mut out = Stat { mean: Vec::with_capacity(x.mean.len()), second: Vec::with_capacity(x.mean.len()) };
+    for (&mu, &s) in x.mean.iter().zip(&x.second) {
+        let (m1, m2, _) = *f.memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu));
+        out.mean.push(m1);
+        out.second.push(m2);
+    }
+    Ok(out)
+}
+
+/// × E[f'(x)²].
+fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let fun = func(&n.op).expect("element-wise");
+    let x = b.cx.input_stat(b.stats, n.inputs[0]);
+    let memo = &mut b.memo;
+    let contrib: Vec<f64> = dz
+        .iter()
+        .zip(x.mean.iter().zip(&x.second))
+        .map(|(&d, (&mu, &s))| d * *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu).2))
+        .collect();
+    b.send(n.inputs[0], &contrib);
+    Ok(())
+}
+
+/// (E[x²] + (T − 1) E[x]²) / T, the paper's T (kernel area; H·W for a global pool).
+fn avg_pool_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
+    let t = window_of(n, g.shape(n.inputs[0])) as f64;
+    let x = f.input(n.inputs[0]);
+    let second = x.mean.iter().zip(&x.second).map(|(&m, &s)| (s + (t - 1.0) * m * m) / t).collect();
+    Ok(Stat { mean: x.mean.clone(), second })
+}
+
+/// Each member: E[δz²] / T².
+fn avg_pool_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
+    let t = window_of(n, g.shape(n.inputs[0]));
+    let tf = (t * t) as f64;
+    let contrib: Vec<f64> = dz.iter().map(|d| d / tf).collect();
+    b.send(n.inputs[0], &contrib);
+    Ok(())
+}
+
+/// The function and the Gaussian a max pool takes the maximum of: fused, f(max u) with u
+/// the pre-activation; otherwise the input itself, taken as Gaussian.
+fn max_source<'g>(cx: &Cx<'g>, k: usize) -> (Func<'g>, ValueId) {
+    let g = cx.g;
+    match cx.fused.get(&k) {
+        Some(&a) => (func(&g.nodes[a].op).expect("fused nodes are element-wise"), g.nodes[a].inputs[0]),
+        None => (Func::Act(Activation::Identity), g.nodes[k].inputs[0]),
+    }
+}
+
+fn max_pool_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
+    let t = window_of(n, g.shape(n.inputs[0]));
+    let (fun, src) = max_source(f.cx, k);
+    let u = f.cx.input_stat(&f.stats, src);
+    let mut out = Stat { mean: Vec::new(), second: Vec::new() };
+    for (&mu, &s) in u.mean.iter().zip(&u.second) {
+        let (m1, m2, _) = *f.memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| max_moments(fun, mu, s - mu * mu, t));
+        out.mean.push(m1);
+        out.second.push(m2);
+    }
+    Ok(out)
+}
+
+/// Each member: E[δz²] E[f'(M)² 1(argmax)] (the paper's γ after a ReLU), sent to u.
+fn max_pool_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
+    let t = window_of(n, g.shape(n.inputs[0]));
+    let (fun, src) = max_source(b.cx, k);
+    let u = b.cx.input_stat(b.stats, src);
+    let memo = &mut b.memo;
+    let contrib: Vec<f64> = dz
+        .iter()
+        .zip(u.mean.iter().zip(&u.second))
+        .map(|(&d, (&mu, &s))| d * *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| max_moments(fun, mu, s - mu * mu, t).2))
+        .collect();
+    b.send(src, &contrib);
+    Ok(())
+}
+
+/// Every element of the vector has its channel's statistics.
+fn flatten_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
+    let (_, h, w) = g.shape(n.inputs[0]).chw();
+    let hw = (h * w) as usize;
+    let x = f.input(n.inputs[0]);
+    Ok(Stat {
+        mean: x.mean.iter().flat_map(|&m| std::iter::repeat_n(m, hw)).collect(),
+        second: x.second.iter().flat_map(|&m| std::iter::repeat_n(m, hw)).collect(),
+    })
+}
+
+/// A channel's gradient: the mean over its positions' elements.
+fn flatten_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
+    let (_, h, w) = g.shape(n.inputs[0]).chw();
+    let contrib: Vec<f64> = dz.chunks((h * w) as usize).map(avg).collect();
+    b.send(n.inputs[0], &contrib);
+    Ok(())
+}
+
+/// Means add; second moments add, plus 2 μ_a μ_b (independent fluctuations), plus the
+/// full cross term for the same value twice.
+fn add_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let ins: Vec<&Stat> = n.inputs.iter().map(|&v| f.input(v)).collect();
+    let c = ins[0].mean.len();
+    let mut out = Stat { mean: vec![0.0; c], second: vec![0.0; c] };
+    for ch in 0..c {
+        let mut second = 0.0;
+        for (i, a) in ins.iter().enumerate() {
+            second += a.second[ch];
+            for (j, b) in ins.iter().enumerate().skip(i + 1) {
+                second += 2.0 * if n.inputs[i] == n.inputs[j] { a.second[ch] } else { a.mean[ch] * b.mean[ch] };
             }
         }
-        grads[k + 1] = dz;
+        out.mean[ch] = ins.iter().map(|a| a.mean[ch]).sum();
+        out.second[ch] = second;
     }
-    Ok(grads)
+    Ok(out)
+}
+
+/// Every input receives the whole gradient; a value added m times receives m² δ².
+fn add_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    for (i, &v) in n.inputs.iter().enumerate() {
+        if n.inputs.iter().position(|&u| u == v) == Some(i) {
+            let m = n.inputs.iter().filter(|&&u| u == v).count() as f64;
+            let contrib: Vec<f64> = dz.iter().map(|d| d * m * m).collect();
+            b.send(v, &contrib);
+        }
+    }
+    Ok(())
+}
+
+fn concat_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let mut out = Stat { mean: Vec::new(), second: Vec::new() };
+    for &v in &n.inputs {
+        let a = f.input(v);
+        out.mean.extend(&a.mean);
+        out.second.extend(&a.second);
+    }
+    Ok(out)
+}
+
+fn concat_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
+    let mut at = 0;
+    for &v in &n.inputs {
+        let c = channels(g.shape(v)) as usize;
+        b.send(v, &dz[at..at + c]);
+        at += c;
+    }
+    Ok(())
+}
+
+/// A gate: E[(x g)²] = E[x²] E[g²] (g independent of x), μ = μ_x μ_g.
+fn mul_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let (x, gate) = (f.input(n.inputs[0]), f.input(n.inputs[1]));
+    let c = x.mean.len();
+    Ok(Stat {
+        mean: (0..c).map(|ch| x.mean[ch] * gate.mean[ch]).collect(),
+        second: (0..c).map(|ch| x.second[ch] * gate.second[ch]).collect(),
+    })
+}
+
+/// δx: E[δ²] E[g²]; δg: Σ over the positions of E[δ²] E[x²].
+fn mul_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
+    let (x, gate) = (b.input(n.inputs[0]), b.input(n.inputs[1]));
+    let hw = if g.shape(n.inputs[1]) == n.output {
+        1.0
+    } else {
+        let (_, h, w) = n.output.chw();
+        (h * w) as f64
+    };
+    let to_x: Vec<f64> = dz.iter().zip(&gate.second).map(|(d, s)| d * s).collect();
+    let to_gate: Vec<f64> = dz.iter().zip(&x.second).map(|(d, s)| d * s * hw).collect();
+    b.send(n.inputs[0], &to_x);
+    b.send(n.inputs[1], &to_gate);
+    Ok(())
+}
+
+/// Training mode: mean β (0), E[y²] = γ² whatever comes in; inference: × γ/√(1 + ε).
+fn batch_norm_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
+    let gamma = f.p.bn_scale[&k];
+    if bn.training {
+        return Ok(Stat::uniform(bn.channels, 0.0, gamma * gamma));
+    }
+    let x = f.input(n.inputs[0]);
+    let k2 = gamma * gamma / (1.0 + bn.epsilon);
+    Ok(Stat { mean: x.mean.iter().map(|m| m * gamma / (1.0 + bn.epsilon).sqrt()).collect(), second: x.second.iter().map(|s| s * k2).collect() })
+}
+
+/// Training mode: × γ²/Var(x) per channel; inference: × γ²/(1 + ε).
+fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
+    let gamma = b.p.bn_scale[&k];
+    let x = b.input(n.inputs[0]);
+    let contrib: Vec<f64> = if bn.training {
+        x.mean.iter().zip(&x.second).zip(dz).map(|((m, s), d)| if s - m * m > 0.0 { d * gamma * gamma / (s - m * m) } else { 0.0 }).collect()
+    } else {
+        dz.iter().map(|d| d * gamma * gamma / (1.0 + bn.epsilon)).collect()
+    };
+    b.send(n.inputs[0], &contrib);
+    Ok(())
+}
+
+fn slice_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let Op::ChannelSlice { start, end } = n.op else { unreachable!("the slice rule") };
+    let x = f.input(n.inputs[0]);
+    let (s, e) = (start as usize, end as usize);
+    Ok(Stat { mean: x.mean[s..e].to_vec(), second: x.second[s..e].to_vec() })
+}
+
+fn slice_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let Op::ChannelSlice { start, .. } = n.op else { unreachable!("the slice rule") };
+    for (i, d) in dz.iter().enumerate() {
+        b.grads[n.inputs[0].0][start as usize + i] += d;
+    }
+    Ok(())
+}
+
+fn shuffle_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let Op::Shuffle { groups } = n.op else { unreachable!("the shuffle rule") };
+    let perm = shuffle_source(channels(n.output), groups);
+    let x = f.input(n.inputs[0]);
+    Ok(Stat { mean: perm.iter().map(|&i| x.mean[i]).collect(), second: perm.iter().map(|&i| x.second[i]).collect() })
+}
+
+fn shuffle_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let Op::Shuffle { groups } = n.op else { unreachable!("the shuffle rule") };
+    for (j, &i) in shuffle_source(channels(n.output), groups).iter().enumerate() {
+        b.grads[n.inputs[0].0][i] += dz[j];
+    }
+    Ok(())
+}
+
+/// Nearest upsampling copies each input (linear taken as nearest: named in docs/dag.md).
+fn resize_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    Ok(f.input(n.inputs[0]).clone())
+}
+
+/// Each input receives its r copies' gradients: × r.
+fn resize_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let Op::Resize { scale, .. } = n.op else { unreachable!("the resize rule") };
+    let r = (scale[0] * scale[1]) as f64;
+    let contrib: Vec<f64> = dz.iter().map(|d| d * r).collect();
+    b.send(n.inputs[0], &contrib);
+    Ok(())
 }
 
 /// For each Add, which inputs are residual branches: those with strictly the most
@@ -975,9 +1126,51 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ir::Fn1;
+
+    /// One op of every kind the IR has (a new `Op` variant must be added here, and then
+    /// needs rules in both registries).
+    pub(crate) fn every_op() -> Vec<Op> {
+        use crate::ir::{BatchNorm, Conv, Linear, Pad, Pool};
+        let conv = Conv { in_channels: 1, out_channels: 1, kernel: [1, 1], stride: [1, 1], pad: [Pad::default(); 2], dilation: [1, 1], groups: 1, bias: false };
+        let pool = |kind| Pool { kind, kernel: [2, 2], stride: [2, 2], pad: [Pad::default(); 2], ceil_mode: false, count_include_pad: false };
+        let ops = vec![
+            Op::Conv(conv),
+            Op::Linear(Linear { in_features: 1, out_features: 1, bias: false }),
+            Op::Activation(Activation::Relu),
+            Op::Elementwise(Expr::X),
+            Op::Pool(pool(PoolKind::Max)),
+            Op::Pool(pool(PoolKind::Avg)),
+            Op::GlobalPool(PoolKind::Max),
+            Op::GlobalPool(PoolKind::Avg),
+            Op::Flatten,
+            Op::Add,
+            Op::Concat,
+            Op::BatchNorm(BatchNorm { channels: 1, epsilon: 0.0, training: true, scale: String::new(), shift: String::new() }),
+            Op::Mul,
+            Op::ChannelSlice { start: 0, end: 1 },
+            Op::Shuffle { groups: 1 },
+            Op::Resize { scale: [1, 1], linear: false },
+        ];
+        // Exhaustive: this match fails to compile when a variant is added.
+        for op in &ops {
+            match op {
+                Op::Conv(_) | Op::Linear(_) | Op::Activation(_) | Op::Elementwise(_) | Op::Pool(_) | Op::GlobalPool(_) | Op::Flatten => {}
+                Op::Add | Op::Concat | Op::BatchNorm(_) | Op::Mul | Op::ChannelSlice { .. } | Op::Shuffle { .. } | Op::Resize { .. } => {}
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn every_op_kind_has_paper_rules() {
+        for op in every_op() {
+            let _ = rules(&op);
+        }
+        assert_eq!(RULES.len(), every_op().len(), "one entry per op kind, no stale ones");
+    }
 
     #[test]
     fn clip_closed_form_agrees_with_quadrature() {
