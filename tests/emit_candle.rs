@@ -65,16 +65,98 @@ fn checked_in_crates_are_the_generators_output() {
     assert!(failures.is_empty(), "{}\n(regenerate with UPDATE_CODEGEN=1 cargo test --test emit_candle)", failures.join("\n"));
 }
 
+/// One `PlanLayer` literal of a generated `LAYERS`: weight name, bias name, shape, σ.
+type EmbeddedLayer = (String, Option<String>, Vec<u64>, f64);
+
+/// Reads `LAYERS` back from a generated `src/model.rs`.
+fn embedded_layers(model: &str) -> Vec<EmbeddedLayer> {
+    let start = model.find("pub const LAYERS").expect("a LAYERS constant");
+    let block = &model[start..start + model[start..].find("\n];").expect("the end of LAYERS")];
+    let field = |line: &str, name: &str| line.trim().strip_prefix(name).map(|v| v.trim_end_matches(',').to_string());
+    let unquote = |v: &str| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).expect("a string literal").to_string();
+    let mut layers = Vec::new();
+    let (mut weight, mut bias, mut shape) = (String::new(), None, Vec::new());
+    for line in block.lines() {
+        if let Some(v) = field(line, "weight: ") {
+            weight = unquote(&v);
+        } else if let Some(v) = field(line, "bias: ") {
+            bias = v.strip_prefix("Some(").map(|v| unquote(v.strip_suffix(')').unwrap()));
+        } else if let Some(v) = field(line, "shape: &[") {
+            shape = v.trim_end_matches(']').split(", ").map(|d| d.parse().unwrap()).collect();
+        } else if let Some(v) = field(line, "std: ") {
+            layers.push((std::mem::take(&mut weight), bias.take(), std::mem::take(&mut shape), v.parse().unwrap()));
+        }
+    }
+    layers
+}
+
+/// The generator embeds the plan it is given, whatever its mode, cap and analysis: every
+/// layer's parameter names, weight shape and σ (to the bit) in the plan's order, the
+/// mode, cap and analysis the generated test re-plans with; it writes the four files of
+/// a workspace member; and a plan that is not the network's is an error, not a crate.
 #[test]
-fn generated_files_are_deterministic_and_complete() {
-    let a = generate("codegen/specs/tiny.cnn", "tiny");
-    let b = generate("codegen/specs/tiny.cnn", "tiny");
-    assert_eq!(a, b);
-    let paths: Vec<&str> = a.iter().map(|f| f.path.as_str()).collect();
+fn the_crate_embeds_the_plan_it_is_given() {
+    let spec = "codegen/specs/tiny.cnn";
+    let text = std::fs::read_to_string(root().join(spec)).unwrap();
+    let net = Source::new(spec, text.clone()).network().unwrap();
+    let opts = CandleOptions { name: "tiny".into(), spec_path: spec.into(), spec_text: text, cnnc_path: "../..".into(), standalone: false };
+    let plan = cnnc::plan(&net, Options { mode: Mode::Backward, std_cap: Some(1.5) }).unwrap();
+    let forward = cnnc::plan(&net, Options { mode: Mode::Forward, std_cap: None }).unwrap();
+    assert!(plan.layers.iter().zip(&forward.layers).all(|(a, b)| a.weight.std != b.weight.std), "the plans differ in every σ");
+
+    let files = candle::generate(&net, &plan, &opts).unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["Cargo.toml", "src/lib.rs", "src/main.rs", "src/model.rs"]);
-    // A member of cnnc's workspace has no [workspace] of its own; a standalone crate has.
-    assert!(!a[0].text.contains("[workspace]"));
-    assert!(a[2].text.contains("use tiny::model::{Model, INPUT, OUTPUTS};"));
+    // A member of cnnc's workspace has no [workspace] of its own (a standalone crate has).
+    assert!(!files[0].text.contains("[workspace]") && files[0].text.contains("cnnc = { path = \"../..\" }"), "{}", files[0].text);
+    assert!(files[2].text.contains("use tiny::model::{Model, INPUT, OUTPUTS};"));
+    let model = &files[3].text;
+    let want: Vec<EmbeddedLayer> = plan
+        .layers
+        .iter()
+        .map(|l| (l.weight.name.clone(), l.bias.as_ref().map(|b| b.name.clone()), l.weight.shape.clone(), l.weight.std))
+        .collect();
+    assert_eq!(embedded_layers(model), want);
+    for line in [
+        "pub const MODE: &str = \"backward\";",
+        "pub const STD_CAP: Option<f64> = Some(1.5);",
+        "pub const ANALYSIS: cnnc::analyze::Analysis = cnnc::analyze::Analysis::Paper;",
+        "pub const INPUT: [usize; 3] = [3, 17, 15];",
+        "pub const OUTPUTS: usize = 4;",
+    ] {
+        assert!(model.contains(line), "{line} is not in the generated src/model.rs");
+    }
+    // A map-analysis plan (of a network the map analysis takes) is embedded as one.
+    let relu = Source::new("r.cnn", "network R\ninput 2x9x9\nconv(3/p1) -> 4, relu, maxpool(2)\nflatten\nlinear -> 3\n").network().unwrap();
+    let map = cnnc::plan_with(&relu, Options { mode: Mode::Forward, std_cap: None }, cnnc::analyze::Analysis::Map).unwrap();
+    let files = candle::generate(&relu, &map, &CandleOptions { name: "r".into(), ..opts.clone() }).unwrap();
+    assert!(files[3].text.contains("pub const ANALYSIS: cnnc::analyze::Analysis = cnnc::analyze::Analysis::Map;"));
+    let stds: Vec<f64> = embedded_layers(&files[3].text).iter().map(|l| l.3).collect();
+    assert_eq!(stds, map.layers.iter().map(|l| l.weight.std).collect::<Vec<_>>());
+    let paper = cnnc::plan(&relu, Options { mode: Mode::Forward, std_cap: None }).unwrap();
+    assert_ne!(stds[1], paper.layers[1].weight.std, "the padding makes the map analysis' σ differ after layer 1");
+
+    let mismatch = |plan: &cnnc::plan::Plan| match candle::generate(&net, plan, &opts) {
+        Ok(_) => panic!("a crate for a plan that is not the network's"),
+        Err(e) => e.to_string(),
+    };
+    let mut short = plan.clone();
+    short.layers.pop();
+    assert_eq!(mismatch(&short), "the plan does not fit the network: the plan has 7 layers, the network 8");
+    let mut renamed = plan.clone();
+    renamed.layers[1].weight.name = "other.weight".into();
+    assert_eq!(
+        mismatch(&renamed),
+        "the plan does not fit the network: layer 2: the plan has `other.weight` [6, 4, 3, 3], the network `2.weight` [6, 4, 3, 3]"
+    );
+    let mut reshaped = plan.clone();
+    reshaped.layers[0].weight.shape[0] = 13;
+    assert!(mismatch(&reshaped).contains("layer 1: the plan has `stem.weight` [13, 3, 3, 3]"));
+    for std in [f64::NAN, f64::INFINITY, -0.1] {
+        let mut bad = plan.clone();
+        bad.layers[3].weight.std = std;
+        assert_eq!(mismatch(&bad), format!("the plan does not fit the network: layer 4: std {std} is not a finite non-negative number"));
+    }
 }
 
 fn generate_text(text: &str, name: &str) -> Result<Vec<cnnc::emit::File>, cnnc::emit::EmitError> {
