@@ -131,12 +131,20 @@ pub enum Op {
     /// of shape (C, 1, 1), broadcast over the positions (squeeze-excitation).
     Mul,
     /// Channels `start..end` of the input (ONNX `Slice` or one output of `Split` on axis 1).
-    ChannelSlice { start: u64, end: u64 },
+    ChannelSlice {
+        start: u64,
+        end: u64,
+    },
     /// A channel shuffle (Reshape → Transpose → Reshape): channel `g·n + k` moves to
     /// `k·groups + g`; a permutation of the channels.
-    Shuffle { groups: u64 },
+    Shuffle {
+        groups: u64,
+    },
     /// Nearest or linear upsampling by integer factors [h, w].
-    Resize { scale: [u64; 2], linear: bool },
+    Resize {
+        scale: [u64; 2],
+        linear: bool,
+    },
     /// An element-wise function of one value other than the activations the unified
     /// layers know (ReLU6 as `Clip`, hard-swish, x·sigmoid(x) written out, GELU with `Erf`).
     Elementwise(Expr),

@@ -262,7 +262,13 @@ fn pooling_info(p: &crate::unify::Pooling) -> PoolingInfo {
 }
 
 fn conv_info(c: &crate::ir::Conv) -> ConvInfo {
-    ConvInfo { kernel: c.kernel.to_vec(), stride: c.stride.to_vec(), padding: pad4(&c.pad), dilation: c.dilation.to_vec(), groups: c.groups }
+    ConvInfo {
+        kernel: c.kernel.to_vec(),
+        stride: c.stride.to_vec(),
+        padding: pad4(&c.pad),
+        dilation: c.dilation.to_vec(),
+        groups: c.groups,
+    }
 }
 
 fn predicted(forward_variance: f64, backward_variance: f64) -> Predicted {
@@ -313,7 +319,11 @@ pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions, analysis: c
                 std: r.variance.sqrt(),
                 variance: r.variance,
             },
-            bias: w.bias_param.as_ref().map(|name| BiasInit { name: name.clone(), shape: vec![w.geometry.out_channels], init: "zeros".into() }),
+            bias: w.bias_param.as_ref().map(|name| BiasInit {
+                name: name.clone(),
+                shape: vec![w.geometry.out_channels],
+                init: "zeros".into(),
+            }),
             capped: r.capped,
             uncapped_std: r.uncapped_std,
             predicted: Predicted {

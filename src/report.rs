@@ -38,7 +38,12 @@ pub fn graph_table(g: &Graph) -> String {
                 format!("{} {}{}", n.op.kind_name(), window(p.kernel, p.stride, &p.pad), if p.ceil_mode { " ceil" } else { "" })
             }
             Op::Elementwise(e) => format!("elementwise {e}"),
-            Op::BatchNorm(b) => format!("batchnorm {} eps {} ({})", b.channels, b.epsilon, if b.training { "batch statistics" } else { "running statistics" }),
+            Op::BatchNorm(b) => format!(
+                "batchnorm {} eps {} ({})",
+                b.channels,
+                b.epsilon,
+                if b.training { "batch statistics" } else { "running statistics" }
+            ),
             Op::ChannelSlice { start, end } => format!("slice channels {start}..{end}"),
             Op::Shuffle { groups } => format!("shuffle groups {groups}"),
             Op::Resize { scale, linear } => format!("resize x{}x{} {}", scale[0], scale[1], if *linear { "linear" } else { "nearest" }),
@@ -330,7 +335,14 @@ pub fn graph_plan_table(plan: &crate::plan::Plan) -> String {
                         format!("{i}{}", if branch { " (branch)" } else { "" })
                     })
                     .collect();
-                vec![j.name.clone(), j.kind.clone(), dims(&j.output_shape), fmt_g(j.predicted.forward_variance), fmt_g(j.predicted.backward_variance), inputs.join(" + ")]
+                vec![
+                    j.name.clone(),
+                    j.kind.clone(),
+                    dims(&j.output_shape),
+                    fmt_g(j.predicted.forward_variance),
+                    fmt_g(j.predicted.backward_variance),
+                    inputs.join(" + "),
+                ]
             })
             .collect();
         out.push_str(&columns(&["name", "kind", "output", "E[x²]", "E[δ²]", "inputs"], &rows, &[false, false, false, true, true, false]));
@@ -351,7 +363,11 @@ pub fn graph_plan_table(plan: &crate::plan::Plan) -> String {
                 ]
             })
             .collect();
-        out.push_str(&columns(&["name", "mode", "C", "γ", "E[y²]", "E[δ²]", "note"], &rows, &[false, false, true, true, true, true, false]));
+        out.push_str(&columns(
+            &["name", "mode", "C", "γ", "E[y²]", "E[δ²]", "note"],
+            &rows,
+            &[false, false, true, true, true, true, false],
+        ));
     }
     let _ = writeln!(
         out,

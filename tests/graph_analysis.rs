@@ -16,7 +16,14 @@ impl B {
         B { g: Graph { name: "t".into(), input: Shape::Image { c, h, w }, nodes: Vec::new(), notes: Vec::new() } }
     }
     fn push(&mut self, name: &str, op: Op, inputs: &[ValueId], output: Shape) -> ValueId {
-        self.g.nodes.push(Node { op, inputs: inputs.to_vec(), output, name: name.into(), params: None, origin: Origin::OnnxNode(name.into()) });
+        self.g.nodes.push(Node {
+            op,
+            inputs: inputs.to_vec(),
+            output,
+            name: name.into(),
+            params: None,
+            origin: Origin::OnnxNode(name.into()),
+        });
         ValueId(self.g.nodes.len())
     }
     fn shape(&self, v: ValueId) -> Shape {
@@ -291,7 +298,14 @@ fn max_pooling_of_a_relu_uses_the_papers_integral() {
     let mut b = B::new(2, 6, 6);
     let u = b.conv("c", ValueId(0), 4, 1, 0, 1);
     let r = b.act("r", u, Activation::Relu);
-    let pool = ir::Pool { kind: PoolKind::Max, kernel: [3, 3], stride: [3, 3], pad: [Pad::default(); 2], ceil_mode: false, count_include_pad: false };
+    let pool = ir::Pool {
+        kind: PoolKind::Max,
+        kernel: [3, 3],
+        stride: [3, 3],
+        pad: [Pad::default(); 2],
+        ceil_mode: false,
+        count_include_pad: false,
+    };
     b.push("p", Op::Pool(pool), &[r], Shape::Image { c: 4, h: 2, w: 2 });
     let a = run(&b.g, Mode::KaimingIn);
     // E[relu(max of 9 N(0, q))²] = q τ(9), τ(9) = 9 ∫_0^∞ s² φ Φ⁸ by a midpoint sum.
@@ -316,7 +330,8 @@ fn huge_inputs_are_errors_not_aborts() {
     // 1×2^20×2^20: the map analyses would need terabytes; both refuse, naming the node.
     let mut b = B::new(1, 1 << 20, 1 << 20);
     b.conv("c", ValueId(0), 1, 1, 0, 1);
-    let e = analyze_graph_with(&b.g, GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0 }, cnnc::analyze::Analysis::Map).unwrap_err();
+    let e = analyze_graph_with(&b.g, GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0 }, cnnc::analyze::Analysis::Map)
+        .unwrap_err();
     assert_eq!(
         e.to_string(),
         "node `c` (conv): its input has 1048576×1048576 positions per channel, more than the map analysis's limit of 16777216; use --analysis paper"

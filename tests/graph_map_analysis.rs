@@ -61,7 +61,8 @@ fn random_graph(seed: u64) -> Graph {
     let mut r = Lcg(seed);
     let c0 = 1 + r.next(3);
     let s0 = 4 + r.next(5);
-    let mut net = Net { g: Graph { name: format!("dag{seed}"), input: Shape::Image { c: c0, h: s0, w: s0 }, nodes: Vec::new(), notes: Vec::new() } };
+    let mut net =
+        Net { g: Graph { name: format!("dag{seed}"), input: Shape::Image { c: c0, h: s0, w: s0 }, nodes: Vec::new(), notes: Vec::new() } };
     let steps = 5 + r.next(6);
     for _ in 0..steps {
         let nv = net.g.nodes.len() + 1;
@@ -79,7 +80,16 @@ fn random_graph(seed: u64) -> Graph {
                 let (out, groups) = if depthwise { (c, c) } else { (1 + r.next(4), 1) };
                 let size = |n: u64| ir::conv_out_size(n, k, stride, Pad { begin: pad, end: pad }, 1);
                 let (Some(oh), Some(ow)) = (size(h), size(w)) else { continue };
-                let conv = Conv { in_channels: c, out_channels: out, kernel: [k, k], stride: [stride, stride], pad: [Pad { begin: pad, end: pad }; 2], dilation: [1, 1], groups, bias: false };
+                let conv = Conv {
+                    in_channels: c,
+                    out_channels: out,
+                    kernel: [k, k],
+                    stride: [stride, stride],
+                    pad: [Pad { begin: pad, end: pad }; 2],
+                    dilation: [1, 1],
+                    groups,
+                    bias: false,
+                };
                 net.push(Op::Conv(conv), vec![x], Shape::Image { c: out, h: oh, w: ow });
             }
             2 | 3 => {
@@ -90,8 +100,10 @@ fn random_graph(seed: u64) -> Graph {
             4 | 5 => {
                 let a = if !relus.is_empty() && r.next(2) == 0 { relus[r.next(relus.len() as u64) as usize] } else { pick(&mut r) };
                 let sa = net.g.shape(a);
-                let same_plane: Vec<ValueId> =
-                    (0..nv).map(ValueId).filter(|&v| v != a && net.g.shape(v).chw().1 == sa.chw().1 && net.g.shape(v).chw().2 == sa.chw().2).collect();
+                let same_plane: Vec<ValueId> = (0..nv)
+                    .map(ValueId)
+                    .filter(|&v| v != a && net.g.shape(v).chw().1 == sa.chw().1 && net.g.shape(v).chw().2 == sa.chw().2)
+                    .collect();
                 let mut same: Vec<ValueId> = same_plane.iter().copied().filter(|&v| net.g.shape(v) == sa).collect();
                 let relu_same: Vec<ValueId> = same.iter().copied().filter(|v| relus.contains(v)).collect();
                 if !relu_same.is_empty() && r.next(2) == 0 {
@@ -115,7 +127,14 @@ fn random_graph(seed: u64) -> Graph {
                 let x = pick(&mut r);
                 let (c, h, w) = net.g.shape(x).chw();
                 if r.next(2) == 0 && h >= 2 && w >= 2 {
-                    let pool = ir::Pool { kind: PoolKind::Avg, kernel: [2, 2], stride: [2, 2], pad: [Pad::default(); 2], ceil_mode: false, count_include_pad: false };
+                    let pool = ir::Pool {
+                        kind: PoolKind::Avg,
+                        kernel: [2, 2],
+                        stride: [2, 2],
+                        pad: [Pad::default(); 2],
+                        ceil_mode: false,
+                        count_include_pad: false,
+                    };
                     net.push(Op::Pool(pool), vec![x], Shape::Image { c, h: h / 2, w: w / 2 });
                 } else {
                     net.push(Op::GlobalPool(PoolKind::Avg), vec![x], Shape::Image { c, h: 1, w: 1 });
@@ -132,7 +151,16 @@ fn random_graph(seed: u64) -> Graph {
     // End in a conv reading the last value, so every graph has a weight layer at the end.
     let x = ValueId(net.g.nodes.len());
     let (c, h, w) = net.g.shape(x).chw();
-    let conv = Conv { in_channels: c, out_channels: 2, kernel: [1, 1], stride: [1, 1], pad: [Pad::default(); 2], dilation: [1, 1], groups: 1, bias: false };
+    let conv = Conv {
+        in_channels: c,
+        out_channels: 2,
+        kernel: [1, 1],
+        stride: [1, 1],
+        pad: [Pad::default(); 2],
+        dilation: [1, 1],
+        groups: 1,
+        bias: false,
+    };
     net.push(Op::Conv(conv), vec![x], Shape::Image { c: 2, h, w });
     net.g
 }
@@ -339,7 +367,13 @@ fn map_analysis_matches_brute_force_on_random_dags() {
                 let s2 = sigma.iter().find(|(k, _)| *k == w.node).unwrap().1;
                 assert!(close(w.variance, s2), "seed {seed} {mode:?} node {}: σ² {} vs {s2}", w.node, w.variance);
                 let u = &vals[w.node + 1].sec;
-                assert!(close(w.forward_variance, Dense::avg(u)), "seed {seed} {mode:?} node {}: E[u²] {} vs {}", w.node, w.forward_variance, Dense::avg(u));
+                assert!(
+                    close(w.forward_variance, Dense::avg(u)),
+                    "seed {seed} {mode:?} node {}: E[u²] {} vs {}",
+                    w.node,
+                    w.forward_variance,
+                    Dense::avg(u)
+                );
                 let lo = u.iter().cloned().fold(f64::INFINITY, f64::min);
                 let hi = u.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let (rlo, rhi) = w.forward_range.unwrap();

@@ -234,7 +234,15 @@ fn clip_moments(lo: f64, hi: f64, mu: f64, v: f64) -> (f64, f64, f64) {
     let s = v.sqrt();
     let z = |t: f64| (t - mu) / s;
     let (a, b) = (z(lo), z(hi));
-    let cdf = |t: f64| if t == f64::INFINITY { 1.0 } else if t == f64::NEG_INFINITY { 0.0 } else { super::big_phi(t) };
+    let cdf = |t: f64| {
+        if t == f64::INFINITY {
+            1.0
+        } else if t == f64::NEG_INFINITY {
+            0.0
+        } else {
+            super::big_phi(t)
+        }
+    };
     let pdf = |t: f64| if t.is_finite() { super::phi(t) } else { 0.0 };
     let tp = |t: f64| if t.is_finite() { t * super::phi(t) } else { 0.0 };
     let p = cdf(b) - cdf(a);
@@ -348,7 +356,11 @@ impl<'g> Cx<'g> {
         for (k, n) in g.nodes.iter().enumerate() {
             let c = n.output.chw().0;
             if c > MAX_CHANNELS {
-                return Err(fail(g, k, format!("its output has {c} channels (or vector elements), more than the analysis's limit of {MAX_CHANNELS}")));
+                return Err(fail(
+                    g,
+                    k,
+                    format!("its output has {c} channels (or vector elements), more than the analysis's limit of {MAX_CHANNELS}"),
+                ));
             }
         }
         let mut fused = HashMap::new();
@@ -525,7 +537,13 @@ fn forward(cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Re
 /// The backward pass: the gradient's second moment per channel at every value, for a
 /// unit one at the output. With `choose`, σ² of each weight node is chosen so that its
 /// contribution to its input's gradient meets its target (backward mode).
-fn backward(cx: &Cx<'_>, stats: &[Option<Stat>], p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Vec<f64>>, AnalysisError> {
+fn backward(
+    cx: &Cx<'_>,
+    stats: &[Option<Stat>],
+    p: &mut Params,
+    opts: &GraphOptions,
+    choose: bool,
+) -> Result<Vec<Vec<f64>>, AnalysisError> {
     let g = cx.g;
     let grads: Vec<Vec<f64>> = (0..=g.nodes.len()).map(|v| vec![0.0; channels(g.shape(ValueId(v))) as usize]).collect();
     let mut b = Bwd { cx, p, opts, choose, stats, grads, memo: HashMap::new() };
@@ -569,7 +587,12 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
             None => kap * avg(&sums),
         };
         if !(a > 0.0 && a.is_finite()) {
-            return Err(fail(g, k, "the input of this layer carries no signal (its predicted second moment is 0): a weight layer upstream starts at zero".into()));
+            return Err(fail(
+                g,
+                k,
+                "the input of this layer carries no signal (its predicted second moment is 0): a weight layer upstream starts at zero"
+                    .into(),
+            ));
         }
         let he = geo.m_out() as f64 / (0.5 * *eps as f64);
         let target = f.p.target[&k];
@@ -818,7 +841,10 @@ fn batch_norm_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> 
     }
     let x = f.input(n.inputs[0]);
     let k2 = gamma * gamma / (1.0 + bn.epsilon);
-    Ok(Stat { mean: x.mean.iter().map(|m| m * gamma / (1.0 + bn.epsilon).sqrt()).collect(), second: x.second.iter().map(|s| s * k2).collect() })
+    Ok(Stat {
+        mean: x.mean.iter().map(|m| m * gamma / (1.0 + bn.epsilon).sqrt()).collect(),
+        second: x.second.iter().map(|s| s * k2).collect(),
+    })
 }
 
 /// Training mode: × γ²/Var(x) per channel; inference: × γ²/(1 + ε).
@@ -828,7 +854,12 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
     let gamma = b.p.bn_scale[&k];
     let x = b.input(n.inputs[0]);
     let contrib: Vec<f64> = if bn.training {
-        x.mean.iter().zip(&x.second).zip(dz).map(|((m, s), d)| if s - m * m > 0.0 { d * gamma * gamma / (s - m * m) } else { 0.0 }).collect()
+        x.mean
+            .iter()
+            .zip(&x.second)
+            .zip(dz)
+            .map(|((m, s), d)| if s - m * m > 0.0 { d * gamma * gamma / (s - m * m) } else { 0.0 })
+            .collect()
     } else {
         dz.iter().map(|d| d * gamma * gamma / (1.0 + bn.epsilon)).collect()
     };
@@ -1116,13 +1147,7 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
         j.forward_variance = fwd[j.node + 1].avg;
         j.backward_variance = bwd[j.node + 1].avg;
     }
-    Ok(GraphAnalysis {
-        weights,
-        batch_norms,
-        joins,
-        output_variance: fwd[g.nodes.len()].avg,
-        input_gradient_variance: bwd[0].avg,
-    })
+    Ok(GraphAnalysis { weights, batch_norms, joins, output_variance: fwd[g.nodes.len()].avg, input_gradient_variance: bwd[0].avg })
 }
 
 #[cfg(test)]
@@ -1134,8 +1159,18 @@ pub(crate) mod tests {
     /// needs rules in both registries).
     pub(crate) fn every_op() -> Vec<Op> {
         use crate::ir::{BatchNorm, Conv, Linear, Pad, Pool};
-        let conv = Conv { in_channels: 1, out_channels: 1, kernel: [1, 1], stride: [1, 1], pad: [Pad::default(); 2], dilation: [1, 1], groups: 1, bias: false };
-        let pool = |kind| Pool { kind, kernel: [2, 2], stride: [2, 2], pad: [Pad::default(); 2], ceil_mode: false, count_include_pad: false };
+        let conv = Conv {
+            in_channels: 1,
+            out_channels: 1,
+            kernel: [1, 1],
+            stride: [1, 1],
+            pad: [Pad::default(); 2],
+            dilation: [1, 1],
+            groups: 1,
+            bias: false,
+        };
+        let pool =
+            |kind| Pool { kind, kernel: [2, 2], stride: [2, 2], pad: [Pad::default(); 2], ceil_mode: false, count_include_pad: false };
         let ops = vec![
             Op::Conv(conv),
             Op::Linear(Linear { in_features: 1, out_features: 1, bias: false }),
@@ -1196,7 +1231,10 @@ pub(crate) mod tests {
                     assert!((c - r).abs() < 1e-4 * r.abs().max(1e-2), "clip[{lo},{hi}] N({mu},{v}): closed {closed:?} vs sum {riemann:?}");
                     // The quadrature breaks its panels at −3, 0, 3, 6 only.
                     let kinks_known = [lo, hi].iter().all(|b| !b.is_finite() || [-3.0, 0.0, 3.0, 6.0].contains(b));
-                    assert!(!kinks_known || (q - r).abs() < 1e-4 * r.abs().max(1e-2), "clip[{lo},{hi}] N({mu},{v}): quadrature {quad:?} vs sum {riemann:?}");
+                    assert!(
+                        !kinks_known || (q - r).abs() < 1e-4 * r.abs().max(1e-2),
+                        "clip[{lo},{hi}] N({mu},{v}): quadrature {quad:?} vs sum {riemann:?}"
+                    );
                 }
             }
         }

@@ -107,7 +107,8 @@ fn aligned<'a>(vals: &[&'a Val]) -> Vec<(usize, Vec<&'a Seg>)> {
 fn moment(v: &Val, m: usize) -> Moment {
     let c = channels(v).max(1) as f64;
     let avg = v.iter().map(|s| s.n as f64 * s.maps[m].mean()).sum::<f64>() / c;
-    let (min, max) = v.iter().flat_map(|s| s.maps[m].d.iter()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    let (min, max) =
+        v.iter().flat_map(|s| s.maps[m].d.iter()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     Moment { avg, min, max }
 }
 
@@ -178,6 +179,9 @@ impl Windows {
 
 type MaxCache = HashMap<Vec<u64>, Rc<MaxMoments>>;
 
+/// An iid max-pool window: (node, mean bits, second-moment bits, members).
+type IidKey = (usize, u64, u64, usize);
+
 fn cached_max(cache: &mut MaxCache, s: &[f64]) -> Rc<MaxMoments> {
     let key: Vec<u64> = s.iter().map(|v| v.to_bits()).collect();
     cache.entry(key).or_insert_with(|| Rc::new(max_moments(s))).clone()
@@ -195,7 +199,7 @@ pub(super) struct MapPasses {
     cache: MaxCache,
     memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
     /// iid max-pool windows: (node, mean, variance, members) → moments.
-    iid: HashMap<(usize, u64, u64, usize), (f64, f64, f64)>,
+    iid: HashMap<IidKey, (f64, f64, f64)>,
 }
 
 impl MapPasses {
@@ -255,160 +259,22 @@ impl Passes for MapPasses {
         for (k, n) in g.nodes.iter().enumerate() {
             let (_, h, w) = g.shape(n.inputs[0]).chw();
             if h * w > super::graph::MAX_MAP_CELLS {
-                let message = format!("its input has {h}×{w} positions per channel, more than the map analysis's limit of {}; use --analysis paper", super::graph::MAX_MAP_CELLS);
+                let message = format!(
+                    "its input has {h}×{w} positions per channel, more than the map analysis's limit of {}; use --analysis paper",
+                    super::graph::MAX_MAP_CELLS
+                );
                 return Err(super::graph::fail(g, k, message));
             }
         }
         let (c0, h0, w0) = g.input.chw();
         self.stats = vec![None; g.nodes.len() + 1];
-        self.stats[0] = Some(vec![Seg { n: c0 as usize, maps: vec![Plane::filled(h0 as usize, w0 as usize, 0.0), Plane::filled(h0 as usize, w0 as usize, 1.0)] }]);
+        self.stats[0] = Some(vec![Seg {
+            n: c0 as usize,
+            maps: vec![Plane::filled(h0 as usize, w0 as usize, 0.0), Plane::filled(h0 as usize, w0 as usize, 1.0)],
+        }]);
         for (k, n) in g.nodes.iter().enumerate() {
-            let x = self.get(n.inputs[0]).clone();
-            let out: Val = match &n.op {
-                Op::Conv(_) | Op::Linear(_) => {
-                    let (w, eps) = &cx.weights[&k];
-                    let geo = &w.geometry;
-                    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
-                    // Per group: Σ_segments n · (tap sum of the second-moment map).
-                    let mut sums: Vec<(usize, Plane)> = Vec::new();
-                    if cin_g == 1 {
-                        for s in &x {
-                            sums.push((s.n * cout_g, tap_sum(&s.maps[1], &geo.h, &geo.w)));
-                        }
-                    } else {
-                        for gi in 0..geo.groups as usize {
-                            let part = range(&x, gi * cin_g, (gi + 1) * cin_g);
-                            let mut acc = Plane::filled(geo.h.output as usize, geo.w.output as usize, 0.0);
-                            for s in &part {
-                                acc.add(&tap_sum(&s.maps[1], &geo.h, &geo.w), s.n as f64);
-                            }
-                            sums.push((cout_g, acc));
-                        }
-                    }
-                    if choose {
-                        let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.out_channels as f64;
-                        if !(total > 0.0 && total.is_finite()) {
-                            return Err(super::graph::fail(g, k, "the input of this layer carries no signal (a weight layer upstream starts at zero)".into()));
-                        }
-                        let he = geo.m_out() as f64 / (0.5 * *eps as f64);
-                        p.set(k, p.target[&k] / total, he, opts);
-                    }
-                    let s2 = p.sigma2[&k];
-                    merge(sums.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![Plane::filled(pl.h, pl.w, 0.0), pl.scaled(s2)] }).collect())
-                }
-                Op::Activation(_) | Op::Elementwise(_) => self.elementwise(k, func(&n.op).expect("element-wise"), &x).0,
-                Op::Pool(_) | Op::GlobalPool(_) => {
-                    let win = Windows::of(n, g.shape(n.inputs[0]));
-                    let (oh, ow) = win.out_dims();
-                    let (rule, src, _) = if win.max { max_rule(cx, k, &self.stats) } else { (MaxRule::Exact(1.0), n.inputs[0], false) };
-                    let src = self.get(src).clone();
-                    let mut out = Vec::new();
-                    for s in &src {
-                        let (mu, sec) = (&s.maps[0], &s.maps[1]);
-                        let mut m1 = Plane::filled(oh, ow, 0.0);
-                        let mut m2 = m1.clone();
-                        for oy in 0..oh {
-                            for ox in 0..ow {
-                                let (cells, div) = win.cells(oy as u64, ox as u64);
-                                let (a, b) = if !win.max {
-                                    let (mut var, mut mean) = (0.0, 0.0);
-                                    for &c in &cells {
-                                        var += sec.d[c] - mu.d[c] * mu.d[c];
-                                        mean += mu.d[c];
-                                    }
-                                    (mean / div, (var + mean * mean) / (div * div))
-                                } else {
-                                    match &rule {
-                                        MaxRule::Exact(a) => {
-                                            let sd: Vec<f64> = cells.iter().map(|&c| sec.d[c].sqrt()).collect();
-                                            let mm = cached_max(&mut self.cache, &sd);
-                                            (mm.first_pos + a * mm.first_neg, mm.second_pos + a * a * mm.second_neg)
-                                        }
-                                        MaxRule::Iid(f) => {
-                                            let t = cells.len() as f64;
-                                            let m = cells.iter().map(|&c| mu.d[c]).sum::<f64>() / t;
-                                            let q = cells.iter().map(|&c| sec.d[c]).sum::<f64>() / t;
-                                            let key = (k, m.to_bits(), q.to_bits(), cells.len());
-                                            let r = *self.iid.entry(key).or_insert_with(|| iid_max(*f, m, q - m * m, cells.len() as u64));
-                                            (r.0, r.1)
-                                        }
-                                    }
-                                };
-                                m1.d[oy * ow + ox] = a;
-                                m2.d[oy * ow + ox] = b;
-                            }
-                        }
-                        out.push(Seg { n: s.n, maps: vec![m1, m2] });
-                    }
-                    merge(out)
-                }
-                Op::Flatten => {
-                    let mut out = Vec::new();
-                    for s in &x {
-                        for _ in 0..s.n {
-                            for i in 0..s.maps[0].d.len() {
-                                out.push(Seg { n: 1, maps: vec![Plane::filled(1, 1, s.maps[0].d[i]), Plane::filled(1, 1, s.maps[1].d[i])] });
-                            }
-                        }
-                    }
-                    merge(out)
-                }
-                Op::Add => {
-                    let ins: Vec<Val> = n.inputs.iter().map(|&v| self.get(v).clone()).collect();
-                    let refs: Vec<&Val> = ins.iter().collect();
-                    let mut out = Vec::new();
-                    for (c, segs) in aligned(&refs) {
-                        let mut mean = Plane::filled(segs[0].maps[0].h, segs[0].maps[0].w, 0.0);
-                        let mut sec = mean.clone();
-                        for (i, a) in segs.iter().enumerate() {
-                            mean.add(&a.maps[0], 1.0);
-                            sec.add(&a.maps[1], 1.0);
-                            for (j, b) in segs.iter().enumerate().skip(i + 1) {
-                                if n.inputs[i] == n.inputs[j] {
-                                    sec.add(&a.maps[1], 2.0);
-                                } else {
-                                    for (q, (ma, mb)) in sec.d.iter_mut().zip(a.maps[0].d.iter().zip(&b.maps[0].d)) {
-                                        *q += 2.0 * ma * mb;
-                                    }
-                                }
-                            }
-                        }
-                        out.push(Seg { n: c, maps: vec![mean, sec] });
-                    }
-                    merge(out)
-                }
-                Op::Concat => merge(n.inputs.iter().flat_map(|&v| self.get(v).clone()).collect()),
-                Op::Mul => {
-                    let gate = self.get(n.inputs[1]).clone();
-                    let mut out = Vec::new();
-                    for (c, segs) in aligned(&[&x, &gate]) {
-                        let (a, b) = (segs[0], segs[1]);
-                        let pick = |pl: &Plane, i: usize| if pl.d.len() == 1 { pl.d[0] } else { pl.d[i] };
-                        let len = a.maps[0].d.len();
-                        let mut mean = Plane::filled(a.maps[0].h, a.maps[0].w, 0.0);
-                        let mut sec = mean.clone();
-                        for i in 0..len {
-                            mean.d[i] = a.maps[0].d[i] * pick(&b.maps[0], i);
-                            sec.d[i] = a.maps[1].d[i] * pick(&b.maps[1], i);
-                        }
-                        out.push(Seg { n: c, maps: vec![mean, sec] });
-                    }
-                    merge(out)
-                }
-                Op::BatchNorm(bn) => {
-                    let gamma = p.bn_scale[&k];
-                    let out: Val = if bn.training {
-                        x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].map(|_| 0.0), s.maps[1].map(|_| gamma * gamma)] }).collect()
-                    } else {
-                        let r = gamma / (1.0 + bn.epsilon).sqrt();
-                        x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(r), s.maps[1].scaled(r * r)] }).collect()
-                    };
-                    merge(out)
-                }
-                Op::ChannelSlice { start, end } => range(&x, *start as usize, *end as usize),
-                Op::Shuffle { groups } => shuffle(&x, *groups as usize),
-                Op::Resize { scale, .. } => merge(x.iter().map(|s| Seg { n: s.n, maps: s.maps.iter().map(|m| upsample(m, *scale)).collect() }).collect()),
-            };
+            let mut run = Run { cx, p: &mut *p, opts, choose };
+            let out = (map_rules(&n.op).0)(self, &mut run, k)?;
             debug_assert_eq!(channels(&out) as u64, n.output.chw().0, "node {k}");
             self.stats[k + 1] = Some(out);
         }
@@ -434,196 +300,536 @@ impl Passes for MapPasses {
             if fused_acts.contains(&k) {
                 continue;
             }
-            let x = self.get(n.inputs[0]).clone();
-            let send = |grads: &mut Vec<Option<Val>>, v: ValueId, contrib: Val| {
-                let merged = match grads[v.0].take() {
-                    None => contrib,
-                    Some(old) => merge(aligned(&[&old, &contrib]).into_iter().map(|(c, s)| {
-                        let mut m = s[0].maps[0].clone();
-                        m.add(&s[1].maps[0], 1.0);
-                        Seg { n: c, maps: vec![m] }
-                    }).collect()),
-                };
-                grads[v.0] = Some(merged);
-            };
-            match &n.op {
-                Op::Conv(_) | Op::Linear(_) => {
-                    let (w, eps) = &cx.weights[&k];
-                    let geo = &w.geometry;
-                    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
-                    let mut sums: Vec<(usize, Plane)> = Vec::new();
-                    if cout_g == 1 && cin_g == 1 {
-                        for s in &dz {
-                            sums.push((s.n, reader_sum(&s.maps[0], &geo.h, &geo.w)));
-                        }
-                    } else {
-                        for gi in 0..geo.groups as usize {
-                            let part = range(&dz, gi * cout_g, (gi + 1) * cout_g);
-                            let mut acc = Plane::filled(geo.h.input as usize, geo.w.input as usize, 0.0);
-                            for s in &part {
-                                acc.add(&reader_sum(&s.maps[0], &geo.h, &geo.w), s.n as f64);
-                            }
-                            sums.push((cin_g, acc));
-                        }
-                    }
-                    if choose {
-                        let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.in_channels as f64;
-                        if !(total > 0.0 && total.is_finite()) {
-                            return Err(super::graph::fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
-                        }
-                        let he = geo.m_in() as f64 / (0.5 * *eps as f64);
-                        p.set(k, p.target[&k] / total, he, opts);
-                    }
-                    let s2 = p.sigma2[&k];
-                    let contrib = merge(sums.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![pl.scaled(s2)] }).collect());
-                    send(&mut grads, n.inputs[0], contrib);
-                }
-                Op::Activation(_) | Op::Elementwise(_) => {
-                    let (_, d2) = self.elementwise(k, func(&n.op).expect("element-wise"), &x);
-                    // d2 is per segment of x; align the gradient with x's segments.
-                    let xg: Val = x.iter().zip(d2).map(|(s, d)| Seg { n: s.n, maps: vec![d] }).collect();
-                    let contrib = aligned(&[&dz, &xg])
-                        .into_iter()
-                        .map(|(c, s)| {
-                            let mut m = s[0].maps[0].clone();
-                            for (a, b) in m.d.iter_mut().zip(&s[1].maps[0].d) {
-                                *a *= b;
-                            }
-                            Seg { n: c, maps: vec![m] }
-                        })
-                        .collect();
-                    send(&mut grads, n.inputs[0], merge(contrib));
-                }
-                Op::Pool(_) | Op::GlobalPool(_) => {
-                    let win = Windows::of(n, g.shape(n.inputs[0]));
-                    let (oh, ow) = win.out_dims();
-                    let (rule, src_v, _) = if win.max { max_rule(cx, k, &self.stats) } else { (MaxRule::Exact(1.0), n.inputs[0], false) };
-                    let src = self.get(src_v).clone();
-                    let (ih, iw) = (win.geo.h.input as usize, win.geo.w.input as usize);
-                    let mut contrib = Vec::new();
-                    for (c, s) in aligned(&[&dz, &src]) {
-                        let (r, st) = (&s[0].maps[0], s[1]);
-                        let mut gu = Plane::filled(ih, iw, 0.0);
-                        for oy in 0..oh {
-                            for ox in 0..ow {
-                                let (cells, div) = win.cells(oy as u64, ox as u64);
-                                let rv = r.d[oy * ow + ox];
-                                if !win.max {
-                                    for &cell in &cells {
-                                        gu.d[cell] += rv / (div * div);
-                                    }
-                                    continue;
-                                }
-                                match &rule {
-                                    MaxRule::Exact(a) => {
-                                        let sd: Vec<f64> = cells.iter().map(|&cell| st.maps[1].d[cell].sqrt()).collect();
-                                        let mm = cached_max(&mut self.cache, &sd);
-                                        for (j, &cell) in cells.iter().enumerate() {
-                                            gu.d[cell] += rv * (mm.argmax_pos[j] + a * a * mm.argmax_neg[j]);
-                                        }
-                                    }
-                                    MaxRule::Iid(f) => {
-                                        let t = cells.len() as f64;
-                                        let m = cells.iter().map(|&cell| st.maps[0].d[cell]).sum::<f64>() / t;
-                                        let q = cells.iter().map(|&cell| st.maps[1].d[cell]).sum::<f64>() / t;
-                                        let key = (k, m.to_bits(), q.to_bits(), cells.len());
-                                        let share = self.iid.entry(key).or_insert_with(|| iid_max(*f, m, q - m * m, cells.len() as u64)).2;
-                                        for &cell in &cells {
-                                            gu.d[cell] += rv * share;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        contrib.push(Seg { n: c, maps: vec![gu] });
-                    }
-                    send(&mut grads, src_v, merge(contrib));
-                }
-                Op::Flatten => {
-                    // The vector's elements, channel by channel, back into planes.
-                    let (c, h, w) = g.shape(n.inputs[0]).chw();
-                    let hw = (h * w) as usize;
-                    let mut flat = Vec::with_capacity(c as usize * hw);
-                    for s in &dz {
-                        flat.extend(std::iter::repeat_n(s.maps[0].d[0], s.n));
-                    }
-                    let contrib = (0..c as usize).map(|ch| Seg { n: 1, maps: vec![Plane { h: h as usize, w: w as usize, d: flat[ch * hw..(ch + 1) * hw].to_vec() }] }).collect();
-                    send(&mut grads, n.inputs[0], merge(contrib));
-                }
-                Op::Add => {
-                    for (i, &v) in n.inputs.iter().enumerate() {
-                        let m = n.inputs.iter().filter(|&&u| u == v).count() as f64;
-                        if n.inputs.iter().position(|&u| u == v) == Some(i) {
-                            send(&mut grads, v, dz.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(m * m)] }).collect());
-                        }
-                    }
-                }
-                Op::Concat => {
-                    let mut at = 0;
-                    for &v in &n.inputs {
-                        let c = g.shape(v).chw().0 as usize;
-                        send(&mut grads, v, range(&dz, at, at + c));
-                        at += c;
-                    }
-                }
-                Op::Mul => {
-                    let gate = self.get(n.inputs[1]).clone();
-                    let broadcast = g.shape(n.inputs[1]) != n.output;
-                    let mut to_x = Vec::new();
-                    let mut to_g = Vec::new();
-                    for (c, s) in aligned(&[&dz, &x, &gate]) {
-                        let (d, xs, gs) = (&s[0].maps[0], &s[1].maps[1], &s[2].maps[1]);
-                        let pick = |pl: &Plane, i: usize| if pl.d.len() == 1 { pl.d[0] } else { pl.d[i] };
-                        to_x.push(Seg { n: c, maps: vec![Plane { h: d.h, w: d.w, d: (0..d.d.len()).map(|i| d.d[i] * pick(gs, i)).collect() }] });
-                        let prod: Vec<f64> = (0..d.d.len()).map(|i| d.d[i] * xs.d[i]).collect();
-                        let gp = if broadcast { Plane::filled(1, 1, prod.iter().sum()) } else { Plane { h: d.h, w: d.w, d: prod } };
-                        to_g.push(Seg { n: c, maps: vec![gp] });
-                    }
-                    send(&mut grads, n.inputs[0], merge(to_x));
-                    send(&mut grads, n.inputs[1], merge(to_g));
-                }
-                Op::BatchNorm(bn) => {
-                    let gamma = p.bn_scale[&k];
-                    let contrib = aligned(&[&dz, &x])
-                        .into_iter()
-                        .map(|(c, s)| {
-                            let k2 = if bn.training {
-                                let var = s[1].maps[1].mean() - s[1].maps[0].mean().powi(2);
-                                if var > 0.0 {
-                                    gamma * gamma / var
-                                } else {
-                                    0.0
-                                }
-                            } else {
-                                gamma * gamma / (1.0 + bn.epsilon)
-                            };
-                            Seg { n: c, maps: vec![s[0].maps[0].scaled(k2)] }
-                        })
-                        .collect();
-                    send(&mut grads, n.inputs[0], merge(contrib));
-                }
-                Op::ChannelSlice { start, end } => {
-                    let total = g.shape(n.inputs[0]).chw().0 as usize;
-                    let (h, w) = (dz[0].maps[0].h, dz[0].maps[0].w);
-                    let mut full = Vec::new();
-                    if *start > 0 {
-                        full.push(Seg { n: *start as usize, maps: vec![Plane::filled(h, w, 0.0)] });
-                    }
-                    full.extend(dz.iter().cloned());
-                    if (*end as usize) < total {
-                        full.push(Seg { n: total - *end as usize, maps: vec![Plane::filled(h, w, 0.0)] });
-                    }
-                    send(&mut grads, n.inputs[0], merge(full));
-                }
-                Op::Shuffle { groups } => send(&mut grads, n.inputs[0], unshuffle(&dz, *groups as usize)),
-                Op::Resize { scale, .. } => {
-                    send(&mut grads, n.inputs[0], merge(dz.iter().map(|s| Seg { n: s.n, maps: vec![block_sum(&s.maps[0], *scale)] }).collect()))
-                }
-            }
+            let mut run = Run { cx, p: &mut *p, opts, choose };
+            (map_rules(&n.op).1)(self, &mut run, k, &dz, &mut grads)?;
             grads[k + 1] = Some(dz);
         }
         out_moments[0] = moment(&grads[0].take().unwrap_or_else(|| zero(0)), 0);
         Ok(out_moments)
+    }
+}
+
+/// Adds a gradient contribution to value `v`.
+fn send(grads: &mut [Option<Val>], v: ValueId, contrib: Val) {
+    let merged = match grads[v.0].take() {
+        None => contrib,
+        Some(old) => merge(
+            aligned(&[&old, &contrib])
+                .into_iter()
+                .map(|(c, s)| {
+                    let mut m = s[0].maps[0].clone();
+                    m.add(&s[1].maps[0], 1.0);
+                    Seg { n: c, maps: vec![m] }
+                })
+                .collect(),
+        ),
+    };
+    grads[v.0] = Some(merged);
+}
+
+/// A forward rule of the map analysis: node `k`'s output maps.
+type MapFwdRule = fn(&mut MapPasses, &mut Run<'_, '_>, usize) -> Result<Val, AnalysisError>;
+/// A backward rule: node `k` sends the gradient maps `dz` at its output to its inputs.
+type MapBwdRule = fn(&mut MapPasses, &mut Run<'_, '_>, usize, &Val, &mut [Option<Val>]) -> Result<(), AnalysisError>;
+
+/// What every rule reads: the graph, σ² (written when `choose`), the options.
+pub(super) struct Run<'a, 'g> {
+    cx: &'a Cx<'g>,
+    p: &'a mut Params,
+    opts: &'a GraphOptions,
+    /// Choose σ² of each weight node to meet its target.
+    choose: bool,
+}
+
+/// The map analysis's rules: one forward and one backward function per op kind
+/// (`Op::kind_name`), beside the paper analysis's `RULES` in `graph.rs`.
+const MAP_RULES: &[(&str, MapFwdRule, MapBwdRule)] = &[
+    ("conv", MapPasses::weight_fwd, MapPasses::weight_bwd),
+    ("linear", MapPasses::weight_fwd, MapPasses::weight_bwd),
+    ("activation", MapPasses::elementwise_fwd, MapPasses::elementwise_bwd),
+    ("elementwise", MapPasses::elementwise_fwd, MapPasses::elementwise_bwd),
+    ("avgpool", MapPasses::pool_fwd, MapPasses::pool_bwd),
+    ("global avgpool", MapPasses::pool_fwd, MapPasses::pool_bwd),
+    ("maxpool", MapPasses::pool_fwd, MapPasses::pool_bwd),
+    ("global maxpool", MapPasses::pool_fwd, MapPasses::pool_bwd),
+    ("flatten", MapPasses::flatten_fwd, MapPasses::flatten_bwd),
+    ("add", MapPasses::add_fwd, MapPasses::add_bwd),
+    ("concat", MapPasses::concat_fwd, MapPasses::concat_bwd),
+    ("mul", MapPasses::mul_fwd, MapPasses::mul_bwd),
+    ("batchnorm", MapPasses::batch_norm_fwd, MapPasses::batch_norm_bwd),
+    ("slice", MapPasses::slice_fwd, MapPasses::slice_bwd),
+    ("shuffle", MapPasses::shuffle_fwd, MapPasses::shuffle_bwd),
+    ("resize", MapPasses::resize_fwd, MapPasses::resize_bwd),
+];
+
+fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
+    let kind = op.kind_name();
+    let (_, f, b) = MAP_RULES.iter().find(|(name, _, _)| *name == kind).unwrap_or_else(|| panic!("no map rules for op kind `{kind}`"));
+    (*f, *b)
+}
+
+// ---------------------------------------------------------------- one pair of rules per op
+
+impl MapPasses {
+    fn weight_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let cx = r.cx;
+        let opts = r.opts;
+        let choose = r.choose;
+        let p = &mut *r.p;
+        let g = r.cx.g;
+        let n = &g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        Ok({
+            let (w, eps) = &cx.weights[&k];
+            let geo = &w.geometry;
+            let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+            // Per group: Σ_segments n · (tap sum of the second-moment map).
+            let mut sums: Vec<(usize, Plane)> = Vec::new();
+            if cin_g == 1 {
+                for s in &x {
+                    sums.push((s.n * cout_g, tap_sum(&s.maps[1], &geo.h, &geo.w)));
+                }
+            } else {
+                for gi in 0..geo.groups as usize {
+                    let part = range(&x, gi * cin_g, (gi + 1) * cin_g);
+                    let mut acc = Plane::filled(geo.h.output as usize, geo.w.output as usize, 0.0);
+                    for s in &part {
+                        acc.add(&tap_sum(&s.maps[1], &geo.h, &geo.w), s.n as f64);
+                    }
+                    sums.push((cout_g, acc));
+                }
+            }
+            if choose {
+                let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.out_channels as f64;
+                if !(total > 0.0 && total.is_finite()) {
+                    return Err(super::graph::fail(
+                        g,
+                        k,
+                        "the input of this layer carries no signal (a weight layer upstream starts at zero)".into(),
+                    ));
+                }
+                let he = geo.m_out() as f64 / (0.5 * *eps as f64);
+                p.set(k, p.target[&k] / total, he, opts);
+            }
+            let s2 = p.sigma2[&k];
+            merge(sums.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![Plane::filled(pl.h, pl.w, 0.0), pl.scaled(s2)] }).collect())
+        })
+    }
+
+    fn elementwise_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        Ok(self.elementwise(k, func(&n.op).expect("element-wise"), &x).0)
+    }
+
+    fn pool_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let cx = r.cx;
+        let g = r.cx.g;
+        let n = &g.nodes[k];
+        Ok({
+            let win = Windows::of(n, g.shape(n.inputs[0]));
+            let (oh, ow) = win.out_dims();
+            let (rule, src, _) = if win.max { max_rule(cx, k, &self.stats) } else { (MaxRule::Exact(1.0), n.inputs[0], false) };
+            let src = self.get(src).clone();
+            let mut out = Vec::new();
+            for s in &src {
+                let (mu, sec) = (&s.maps[0], &s.maps[1]);
+                let mut m1 = Plane::filled(oh, ow, 0.0);
+                let mut m2 = m1.clone();
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (cells, div) = win.cells(oy as u64, ox as u64);
+                        let (a, b) = if !win.max {
+                            let (mut var, mut mean) = (0.0, 0.0);
+                            for &c in &cells {
+                                var += sec.d[c] - mu.d[c] * mu.d[c];
+                                mean += mu.d[c];
+                            }
+                            (mean / div, (var + mean * mean) / (div * div))
+                        } else {
+                            match &rule {
+                                MaxRule::Exact(a) => {
+                                    let sd: Vec<f64> = cells.iter().map(|&c| sec.d[c].sqrt()).collect();
+                                    let mm = cached_max(&mut self.cache, &sd);
+                                    (mm.first_pos + a * mm.first_neg, mm.second_pos + a * a * mm.second_neg)
+                                }
+                                MaxRule::Iid(f) => {
+                                    let t = cells.len() as f64;
+                                    let m = cells.iter().map(|&c| mu.d[c]).sum::<f64>() / t;
+                                    let q = cells.iter().map(|&c| sec.d[c]).sum::<f64>() / t;
+                                    let key = (k, m.to_bits(), q.to_bits(), cells.len());
+                                    let r = *self.iid.entry(key).or_insert_with(|| iid_max(*f, m, q - m * m, cells.len() as u64));
+                                    (r.0, r.1)
+                                }
+                            }
+                        };
+                        m1.d[oy * ow + ox] = a;
+                        m2.d[oy * ow + ox] = b;
+                    }
+                }
+                out.push(Seg { n: s.n, maps: vec![m1, m2] });
+            }
+            merge(out)
+        })
+    }
+
+    fn flatten_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        Ok({
+            let mut out = Vec::new();
+            for s in &x {
+                for _ in 0..s.n {
+                    for i in 0..s.maps[0].d.len() {
+                        out.push(Seg { n: 1, maps: vec![Plane::filled(1, 1, s.maps[0].d[i]), Plane::filled(1, 1, s.maps[1].d[i])] });
+                    }
+                }
+            }
+            merge(out)
+        })
+    }
+
+    fn add_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        Ok({
+            let ins: Vec<Val> = n.inputs.iter().map(|&v| self.get(v).clone()).collect();
+            let refs: Vec<&Val> = ins.iter().collect();
+            let mut out = Vec::new();
+            for (c, segs) in aligned(&refs) {
+                let mut mean = Plane::filled(segs[0].maps[0].h, segs[0].maps[0].w, 0.0);
+                let mut sec = mean.clone();
+                for (i, a) in segs.iter().enumerate() {
+                    mean.add(&a.maps[0], 1.0);
+                    sec.add(&a.maps[1], 1.0);
+                    for (j, b) in segs.iter().enumerate().skip(i + 1) {
+                        if n.inputs[i] == n.inputs[j] {
+                            sec.add(&a.maps[1], 2.0);
+                        } else {
+                            for (q, (ma, mb)) in sec.d.iter_mut().zip(a.maps[0].d.iter().zip(&b.maps[0].d)) {
+                                *q += 2.0 * ma * mb;
+                            }
+                        }
+                    }
+                }
+                out.push(Seg { n: c, maps: vec![mean, sec] });
+            }
+            merge(out)
+        })
+    }
+
+    fn concat_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        Ok(merge(n.inputs.iter().flat_map(|&v| self.get(v).clone()).collect()))
+    }
+
+    fn mul_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        Ok({
+            let gate = self.get(n.inputs[1]).clone();
+            let mut out = Vec::new();
+            for (c, segs) in aligned(&[&x, &gate]) {
+                let (a, b) = (segs[0], segs[1]);
+                let pick = |pl: &Plane, i: usize| if pl.d.len() == 1 { pl.d[0] } else { pl.d[i] };
+                let len = a.maps[0].d.len();
+                let mut mean = Plane::filled(a.maps[0].h, a.maps[0].w, 0.0);
+                let mut sec = mean.clone();
+                for i in 0..len {
+                    mean.d[i] = a.maps[0].d[i] * pick(&b.maps[0], i);
+                    sec.d[i] = a.maps[1].d[i] * pick(&b.maps[1], i);
+                }
+                out.push(Seg { n: c, maps: vec![mean, sec] });
+            }
+            merge(out)
+        })
+    }
+
+    fn batch_norm_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let p = &mut *r.p;
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
+        Ok({
+            let gamma = p.bn_scale[&k];
+            let out: Val = if bn.training {
+                x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].map(|_| 0.0), s.maps[1].map(|_| gamma * gamma)] }).collect()
+            } else {
+                let r = gamma / (1.0 + bn.epsilon).sqrt();
+                x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(r), s.maps[1].scaled(r * r)] }).collect()
+            };
+            merge(out)
+        })
+    }
+
+    fn slice_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let Op::ChannelSlice { start, end } = &n.op else { unreachable!("the slice rule") };
+        Ok(range(&x, *start as usize, *end as usize))
+    }
+
+    fn shuffle_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let Op::Shuffle { groups } = &n.op else { unreachable!("the shuffle rule") };
+        Ok(shuffle(&x, *groups as usize))
+    }
+
+    fn resize_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let Op::Resize { scale, .. } = &n.op else { unreachable!("the resize rule") };
+        Ok(merge(x.iter().map(|s| Seg { n: s.n, maps: s.maps.iter().map(|m| upsample(m, *scale)).collect() }).collect()))
+    }
+
+    fn weight_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let cx = r.cx;
+        let opts = r.opts;
+        let choose = r.choose;
+        let p = &mut *r.p;
+        let g = r.cx.g;
+        let n = &g.nodes[k];
+        let dz: Val = dz.clone();
+        let (w, eps) = &cx.weights[&k];
+        let geo = &w.geometry;
+        let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+        let mut sums: Vec<(usize, Plane)> = Vec::new();
+        if cout_g == 1 && cin_g == 1 {
+            for s in &dz {
+                sums.push((s.n, reader_sum(&s.maps[0], &geo.h, &geo.w)));
+            }
+        } else {
+            for gi in 0..geo.groups as usize {
+                let part = range(&dz, gi * cout_g, (gi + 1) * cout_g);
+                let mut acc = Plane::filled(geo.h.input as usize, geo.w.input as usize, 0.0);
+                for s in &part {
+                    acc.add(&reader_sum(&s.maps[0], &geo.h, &geo.w), s.n as f64);
+                }
+                sums.push((cin_g, acc));
+            }
+        }
+        if choose {
+            let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.in_channels as f64;
+            if !(total > 0.0 && total.is_finite()) {
+                return Err(super::graph::fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
+            }
+            let he = geo.m_in() as f64 / (0.5 * *eps as f64);
+            p.set(k, p.target[&k] / total, he, opts);
+        }
+        let s2 = p.sigma2[&k];
+        let contrib = merge(sums.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![pl.scaled(s2)] }).collect());
+        send(grads, n.inputs[0], contrib);
+        Ok(())
+    }
+
+    fn elementwise_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let dz: Val = dz.clone();
+        let (_, d2) = self.elementwise(k, func(&n.op).expect("element-wise"), &x);
+        // d2 is per segment of x; align the gradient with x's segments.
+        let xg: Val = x.iter().zip(d2).map(|(s, d)| Seg { n: s.n, maps: vec![d] }).collect();
+        let contrib = aligned(&[&dz, &xg])
+            .into_iter()
+            .map(|(c, s)| {
+                let mut m = s[0].maps[0].clone();
+                for (a, b) in m.d.iter_mut().zip(&s[1].maps[0].d) {
+                    *a *= b;
+                }
+                Seg { n: c, maps: vec![m] }
+            })
+            .collect();
+        send(grads, n.inputs[0], merge(contrib));
+        Ok(())
+    }
+
+    fn pool_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let cx = r.cx;
+        let g = r.cx.g;
+        let n = &g.nodes[k];
+        let dz: Val = dz.clone();
+        let win = Windows::of(n, g.shape(n.inputs[0]));
+        let (oh, ow) = win.out_dims();
+        let (rule, src_v, _) = if win.max { max_rule(cx, k, &self.stats) } else { (MaxRule::Exact(1.0), n.inputs[0], false) };
+        let src = self.get(src_v).clone();
+        let (ih, iw) = (win.geo.h.input as usize, win.geo.w.input as usize);
+        let mut contrib = Vec::new();
+        for (c, s) in aligned(&[&dz, &src]) {
+            let (r, st) = (&s[0].maps[0], s[1]);
+            let mut gu = Plane::filled(ih, iw, 0.0);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (cells, div) = win.cells(oy as u64, ox as u64);
+                    let rv = r.d[oy * ow + ox];
+                    if !win.max {
+                        for &cell in &cells {
+                            gu.d[cell] += rv / (div * div);
+                        }
+                        continue;
+                    }
+                    match &rule {
+                        MaxRule::Exact(a) => {
+                            let sd: Vec<f64> = cells.iter().map(|&cell| st.maps[1].d[cell].sqrt()).collect();
+                            let mm = cached_max(&mut self.cache, &sd);
+                            for (j, &cell) in cells.iter().enumerate() {
+                                gu.d[cell] += rv * (mm.argmax_pos[j] + a * a * mm.argmax_neg[j]);
+                            }
+                        }
+                        MaxRule::Iid(f) => {
+                            let t = cells.len() as f64;
+                            let m = cells.iter().map(|&cell| st.maps[0].d[cell]).sum::<f64>() / t;
+                            let q = cells.iter().map(|&cell| st.maps[1].d[cell]).sum::<f64>() / t;
+                            let key = (k, m.to_bits(), q.to_bits(), cells.len());
+                            let share = self.iid.entry(key).or_insert_with(|| iid_max(*f, m, q - m * m, cells.len() as u64)).2;
+                            for &cell in &cells {
+                                gu.d[cell] += rv * share;
+                            }
+                        }
+                    }
+                }
+            }
+            contrib.push(Seg { n: c, maps: vec![gu] });
+        }
+        send(grads, src_v, merge(contrib));
+        Ok(())
+    }
+
+    fn flatten_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let g = r.cx.g;
+        let n = &g.nodes[k];
+        let dz: Val = dz.clone();
+        // The vector's elements, channel by channel, back into planes.
+        let (c, h, w) = g.shape(n.inputs[0]).chw();
+        let hw = (h * w) as usize;
+        let mut flat = Vec::with_capacity(c as usize * hw);
+        for s in &dz {
+            flat.extend(std::iter::repeat_n(s.maps[0].d[0], s.n));
+        }
+        let contrib = (0..c as usize)
+            .map(|ch| Seg { n: 1, maps: vec![Plane { h: h as usize, w: w as usize, d: flat[ch * hw..(ch + 1) * hw].to_vec() }] })
+            .collect();
+        send(grads, n.inputs[0], merge(contrib));
+        Ok(())
+    }
+
+    fn add_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let dz: Val = dz.clone();
+        for (i, &v) in n.inputs.iter().enumerate() {
+            let m = n.inputs.iter().filter(|&&u| u == v).count() as f64;
+            if n.inputs.iter().position(|&u| u == v) == Some(i) {
+                send(grads, v, dz.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(m * m)] }).collect());
+            }
+        }
+        Ok(())
+    }
+
+    fn concat_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let g = r.cx.g;
+        let n = &g.nodes[k];
+        let dz: Val = dz.clone();
+        let mut at = 0;
+        for &v in &n.inputs {
+            let c = g.shape(v).chw().0 as usize;
+            send(grads, v, range(&dz, at, at + c));
+            at += c;
+        }
+        Ok(())
+    }
+
+    fn mul_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let g = r.cx.g;
+        let n = &g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let dz: Val = dz.clone();
+        let gate = self.get(n.inputs[1]).clone();
+        let broadcast = g.shape(n.inputs[1]) != n.output;
+        let mut to_x = Vec::new();
+        let mut to_g = Vec::new();
+        for (c, s) in aligned(&[&dz, &x, &gate]) {
+            let (d, xs, gs) = (&s[0].maps[0], &s[1].maps[1], &s[2].maps[1]);
+            let pick = |pl: &Plane, i: usize| if pl.d.len() == 1 { pl.d[0] } else { pl.d[i] };
+            to_x.push(Seg { n: c, maps: vec![Plane { h: d.h, w: d.w, d: (0..d.d.len()).map(|i| d.d[i] * pick(gs, i)).collect() }] });
+            let prod: Vec<f64> = (0..d.d.len()).map(|i| d.d[i] * xs.d[i]).collect();
+            let gp = if broadcast { Plane::filled(1, 1, prod.iter().sum()) } else { Plane { h: d.h, w: d.w, d: prod } };
+            to_g.push(Seg { n: c, maps: vec![gp] });
+        }
+        send(grads, n.inputs[0], merge(to_x));
+        send(grads, n.inputs[1], merge(to_g));
+        Ok(())
+    }
+
+    fn batch_norm_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let p = &mut *r.p;
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let dz: Val = dz.clone();
+        let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
+        let gamma = p.bn_scale[&k];
+        let contrib = aligned(&[&dz, &x])
+            .into_iter()
+            .map(|(c, s)| {
+                let k2 = if bn.training {
+                    let var = s[1].maps[1].mean() - s[1].maps[0].mean().powi(2);
+                    if var > 0.0 {
+                        gamma * gamma / var
+                    } else {
+                        0.0
+                    }
+                } else {
+                    gamma * gamma / (1.0 + bn.epsilon)
+                };
+                Seg { n: c, maps: vec![s[0].maps[0].scaled(k2)] }
+            })
+            .collect();
+        send(grads, n.inputs[0], merge(contrib));
+        Ok(())
+    }
+
+    fn slice_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let g = r.cx.g;
+        let n = &g.nodes[k];
+        let dz: Val = dz.clone();
+        let Op::ChannelSlice { start, end } = &n.op else { unreachable!("the slice rule") };
+        let total = g.shape(n.inputs[0]).chw().0 as usize;
+        let (h, w) = (dz[0].maps[0].h, dz[0].maps[0].w);
+        let mut full = Vec::new();
+        if *start > 0 {
+            full.push(Seg { n: *start as usize, maps: vec![Plane::filled(h, w, 0.0)] });
+        }
+        full.extend(dz.iter().cloned());
+        if (*end as usize) < total {
+            full.push(Seg { n: total - *end as usize, maps: vec![Plane::filled(h, w, 0.0)] });
+        }
+        send(grads, n.inputs[0], merge(full));
+        Ok(())
+    }
+
+    fn shuffle_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let dz: Val = dz.clone();
+        let Op::Shuffle { groups } = &n.op else { unreachable!("the shuffle rule") };
+        send(grads, n.inputs[0], unshuffle(&dz, *groups as usize));
+        Ok(())
+    }
+
+    fn resize_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let dz: Val = dz.clone();
+        let Op::Resize { scale, .. } = &n.op else { unreachable!("the resize rule") };
+        send(grads, n.inputs[0], merge(dz.iter().map(|s| Seg { n: s.n, maps: vec![block_sum(&s.maps[0], *scale)] }).collect()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_op_kind_has_map_rules() {
+        for op in crate::analyze::graph::tests::every_op() {
+            let _ = super::map_rules(&op);
+        }
+        assert_eq!(super::MAP_RULES.len(), crate::analyze::graph::tests::every_op().len());
     }
 }
 

@@ -336,7 +336,10 @@ pub fn analyze_map(net: &Network) -> Result<Vec<LayerMap>, AnalysisError> {
             return Err(AnalysisError::Layer {
                 layer: layer.index,
                 module: layer.weight.module.clone(),
-                message: format!("its maps have up to {} positions, more than the map analysis's limit of {limit}; use --analysis paper", (h * w).max(ch * cw)),
+                message: format!(
+                    "its maps have up to {} positions, more than the map analysis's limit of {limit}; use --analysis paper",
+                    (h * w).max(ch * cw)
+                ),
             });
         }
     }
