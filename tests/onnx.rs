@@ -503,23 +503,36 @@ fn model_errors() {
     assert_eq!(err, "value `c` is produced by two nodes");
 }
 
+/// Every truncation and every byte flipped (XOR 0xA5) of a small model: decode, import
+/// and planning give an error or the uncorrupted model's plan, never a panic and never
+/// another plan; and all of them but one are errors.
 #[test]
 fn decode_errors_never_panic() {
+    fn plan_of(bytes: &[u8]) -> Result<cnnc::plan::Plan, String> {
+        let m = onnx::decode(Bytes::from(bytes.to_vec())).map_err(|e| e.to_string())?;
+        let g = onnx::import(&m, &ImportOptions::default()).map_err(|e| e.to_string())?;
+        let opts = Options { mode: Mode::Forward, std_cap: None };
+        cnnc::plan_graph(&g, cnnc::GraphRequest { opts, analysis: Default::default(), branch_scale: 1.0 }).map_err(|e| e.to_string())
+    }
     let good = model(vec![image_input(3, 8, 8)], vec![node("conv", "Conv", &["x", "W"], &["c"], vec![])], vec![init("W", &[4, 3, 3, 3])])
         .encode_to_vec();
+    let want = plan_of(&good).unwrap();
+    let mut errors = 0;
+    let mut check = |what: String, bytes: &[u8]| match plan_of(bytes) {
+        Err(_) => errors += 1,
+        Ok(plan) => assert!(plan == want, "{what}: a plan that is not the uncorrupted model's: {plan:?}"),
+    };
     for cut in 0..good.len() {
-        let _ = onnx::decode(Bytes::from(good[..cut].to_vec())).and_then(|m| onnx::import(&m, &ImportOptions::default()));
+        check(format!("cut at byte {cut}"), &good[..cut]);
     }
-    // flip every byte in turn: decode + import + unify + plan must not panic
     for k in 0..good.len() {
         let mut bad = good.clone();
         bad[k] ^= 0xA5;
-        if let Ok(g) = onnx::decode(Bytes::from(bad)).and_then(|m| onnx::import(&m, &ImportOptions::default())) {
-            if let Ok(net) = cnnc::network(&g, None) {
-                let _ = cnnc::plan(&net, Options { mode: Mode::Forward, std_cap: None });
-            }
-        }
+        check(format!("byte {k} flipped"), &bad);
     }
+    // All but one are errors: the cut that drops exactly the trailing `opset_import`
+    // (the importer then takes the default opset) plans as the whole file does.
+    assert!(errors >= 2 * good.len() - 1, "only {errors} of the {} corrupted inputs are errors", 2 * good.len());
     assert_eq!(
         onnx::decode(Bytes::new()).unwrap_err().to_string(),
         "not a valid ONNX model: the file decodes as protobuf but has no graph"
@@ -806,24 +819,39 @@ fn shapes_only_reading_matches_full_decoding() {
     assert!(slim.encoded_len() < exported.len() / 20);
 }
 
+/// Damaged copies of a real export read with the shapes-only reader: every truncation is
+/// an error; every byte changed (+0x41, every third) gives an error or the uncorrupted
+/// file's plan, except where the change lands in a name or a number and makes another
+/// well-formed model (protobuf cannot tell them apart): that model's plan, the one the
+/// full decoder gives for the same bytes.
 #[test]
 fn shapes_only_reading_of_damaged_files_never_panics() {
+    fn plan_of(m: Result<onnx::proto::ModelProto, onnx::OnnxError>) -> Result<cnnc::plan::Plan, String> {
+        let g = onnx::import(&m.map_err(|e| e.to_string())?, &ImportOptions::default()).map_err(|e| e.to_string())?;
+        let opts = Options { mode: Mode::Forward, std_cap: None };
+        cnnc::plan_graph(&g, cnnc::GraphRequest { opts, analysis: Default::default(), branch_scale: 1.0 }).map_err(|e| e.to_string())
+    }
+    let slim = |bytes: &[u8]| plan_of(onnx::decode_shapes(std::io::Cursor::new(bytes), bytes.len() as u64));
+    let full = |bytes: &[u8]| plan_of(onnx::decode(Bytes::from(bytes.to_vec())));
     let good = std::fs::read(data_dir("ok").join("torchscript_style.onnx")).unwrap();
+    let want = slim(&good).unwrap();
     for cut in (0..good.len()).step_by(7) {
         let r = onnx::decode_shapes(std::io::Cursor::new(&good[..cut]), cut as u64);
         assert!(r.is_err() || cut == 0, "{cut}");
     }
+    let (mut errors, mut same, mut other) = (0, 0, 0);
     for k in (0..good.len()).step_by(3) {
         let mut bad = good.clone();
         bad[k] = bad[k].wrapping_add(0x41);
-        if let Ok(m) = onnx::decode_shapes(std::io::Cursor::new(&bad), bad.len() as u64) {
-            if let Ok(g) = onnx::import(&m, &ImportOptions::default()) {
-                if let Ok(net) = cnnc::network(&g, None) {
-                    let _ = cnnc::plan(&net, Options { mode: Mode::Forward, std_cap: None });
-                }
-            }
+        match (slim(&bad), full(&bad)) {
+            (Err(_), Err(_)) => errors += 1,
+            (Ok(a), _) if a == want => same += 1,
+            (Ok(a), Ok(b)) if a == b => other += 1,
+            (a, b) => panic!("byte {k}: the shapes-only reader gives {a:?}\nthe full decoder {b:?}"),
         }
     }
+    eprintln!("{errors} errors, {same} the uncorrupted plan, {other} another well-formed model's plan");
+    assert!(errors > 0 && same > 0);
 }
 
 #[test]
