@@ -1,9 +1,10 @@
 //! The real Fashion-MNIST files (Debian's `dataset-fashion-mnist`, which `.ci/run`
 //! installs): counts, shapes, labels and known properties of the data, then a tiny net
 //! trained for a few steps on a small subset. Without the files the tests fail when `CI`
-//! is set (CI installs them) and are skipped with a notice otherwise.
+//! is set (`.ci/run` sets it and installs them) and are skipped with a notice otherwise.
 
 use cnnc::train::data::{self, Split, Target};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -25,7 +26,14 @@ fn present(test: &str) -> Option<Vec<PathBuf>> {
         if std::env::var_os("CI").is_some() {
             panic!("{}: Fashion-MNIST is missing, and CI is set (CI installs the Debian package dataset-fashion-mnist)", dir().display());
         }
-        eprintln!("{test}: SKIPPED, no Fashion-MNIST in {} (apt-get install dataset-fashion-mnist)", dir().display());
+        // Written to the process's stderr, not with eprintln!, which the test harness
+        // captures and shows only for failing tests: a skip must be seen in a plain
+        // `cargo test`.
+        let notice = format!(
+            "{test}: SKIPPED, no Fashion-MNIST in {} (apt-get install dataset-fashion-mnist, or set CNNC_FASHION_MNIST_DIR)\n",
+            dir().display()
+        );
+        let _ = std::io::stderr().write_all(notice.as_bytes());
     }
     found
 }
