@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-MODELS = ("resnet18_nobn", "mobilenet_v2_nobn", "resnet18", "mobilenet_v2")
+MODELS = ("resnet18_nobn", "mobilenet_v2_nobn", "efficientnet_b0_nobn", "resnet18", "mobilenet_v2", "efficientnet_b0")
 IN_BAND = (0.8, 1.25)
 
 

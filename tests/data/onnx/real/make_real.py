@@ -47,7 +47,7 @@ STRIP_OVER = 16  # tensors with more elements than this lose their payload
 MODELS = ["resnet18", "resnet50", "mobilenet_v2", "densenet121",
           "squeezenet1_0", "vgg11", "vgg16_bn"]
 TRAIN_MODELS = ["resnet18", "mobilenet_v2", "densenet121", "vgg16_bn"]
-NOBN_MODELS = ["resnet18", "mobilenet_v2"]
+NOBN_MODELS = ["resnet18", "mobilenet_v2", "efficientnet_b0"]
 # More architectures, eval mode only (TorchScript with weights, and dynamo): SiLU and
 # squeeze-excitation (EfficientNet), channel split and shuffle (ShuffleNet), Inception's
 # concatenations of pooled branches (GoogLeNet), grouped convs (RegNet), depthwise
