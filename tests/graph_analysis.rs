@@ -274,6 +274,11 @@ fn a_residual_stack_grows_as_the_closed_form_says() {
     }
 }
 
+/// On a chain the graph rules are the paper's equations term for term, except the one
+/// place where the graph analysis goes beyond the paper: the global average pool keeps
+/// each channel's random offset whole (F34's layer 33 → 34). Everything before it agrees
+/// to 1e-10; the pool's τ and the linear layer after it are checked against the offset
+/// rule in `a_global_pool_keeps_the_channel_offset_whole`.
 #[test]
 fn the_graph_analysis_is_the_paper_analysis_on_a_chain() {
     let src = cnnc::Source::new("f34.cnn", std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/specs/f34.cnn")).unwrap());
@@ -283,14 +288,67 @@ fn the_graph_analysis_is_the_paper_analysis_on_a_chain() {
         let chain = analyze(&net, Options { mode, std_cap: None }).unwrap();
         let g = run(&graph, mode);
         assert_eq!(chain.len(), g.weights.len());
-        for (c, w) in chain.iter().zip(&g.weights) {
-            assert_close(w.variance, c.variance, 1e-12);
-            assert_close(w.forward_variance, c.forward_variance, 1e-10);
-            assert_close(w.backward_variance, c.backward_variance, 1e-10);
-            assert_close(w.tau, c.tau, 1e-10);
-            assert_close(w.gamma, c.gamma, 1e-10);
+        let last = chain.len() - 1;
+        // A forward plan's σ² of the linear layer differs, and every backward prediction
+        // scales with it.
+        let scale = g.weights[last].variance / chain[last].variance;
+        if mode != Mode::Forward {
+            assert_close(scale, 1.0, 1e-12);
         }
+        for (l, (c, w)) in chain.iter().zip(&g.weights).enumerate() {
+            if l < last {
+                assert_close(w.variance, c.variance, 1e-12);
+                assert_close(w.forward_variance, c.forward_variance, 1e-10);
+                assert_close(w.gamma, c.gamma, 1e-10);
+            }
+            if l < last - 1 {
+                assert_close(w.tau, c.tau, 1e-10);
+            }
+            assert_close(w.backward_variance, c.backward_variance * scale, 1e-10);
+        }
+        // The offset only adds to the pooled second moment.
+        assert!(g.weights[last - 1].tau > chain[last - 1].tau, "{mode:?}");
     }
+}
+
+/// x = μ + m + e per channel: a conv of a ReLU output (μ > 0) gives each output channel
+/// a random offset m (σ² Σ μ² over its taps), the same at every position, so a global
+/// average pool keeps it whole: E[z²] = μ² + Var(offset) + rest / T, not (E[x²] + (T − 1)μ²)/T.
+/// Checked by a brute-force 2-D Riemann sum over the offset and the rest.
+#[test]
+fn a_global_pool_keeps_the_channel_offset_whole() {
+    let mut b = B::new(1, 6, 6);
+    let u1 = b.conv("c1", ValueId(0), 4, 1, 0, 1); // N(0, 2) under Kaiming, no offset (input mean 0)
+    let r1 = b.act("r1", u1, Activation::Relu); // mean 1/√π, E[x²] = 1
+    let u2 = b.conv("c2", r1, 4, 1, 0, 1); // E = 2/4 · 4 · 1 = 2; offset variance 2/4 · 4 · (1/π)
+    let r2 = b.act("r2", u2, Activation::Relu);
+    let gap = b.push("gap", Op::GlobalPool(PoolKind::Avg), &[r2], Shape::Image { c: 4, h: 1, w: 1 });
+    let _ = gap;
+    let a = run(&b.g, Mode::KaimingIn);
+    let (offset, rest) = (2.0 / std::f64::consts::PI, 2.0 - 2.0 / std::f64::consts::PI);
+    // E_m[g(m)²] with g(m) = E_e relu(m + e), by a midpoint sum over m and e.
+    let n = 2000;
+    let (sm, se) = (offset.sqrt(), rest.sqrt());
+    let dz = 16.0 / n as f64;
+    let pdf = |z: f64| (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let mut g2 = 0.0;
+    for i in 0..n {
+        let zm = -8.0 + (i as f64 + 0.5) * dz;
+        let mut g = 0.0;
+        for j in 0..n {
+            let ze = -8.0 + (j as f64 + 0.5) * dz;
+            g += (sm * zm + se * ze).max(0.0) * pdf(ze) * dz;
+        }
+        g2 += g * g * pdf(zm) * dz;
+    }
+    let mu = (2.0f64 / (2.0 * std::f64::consts::PI)).sqrt(); // E relu(N(0, 2))
+    let s = 1.0; // E relu(N(0, 2))²
+    let t = 36.0;
+    let expected = g2 + (s - g2) / t; // μ² + Var(offset) = E_m g(m)²; the rest over T
+    assert!(g2 > mu * mu * 1.1, "the offset matters: {g2} vs μ² = {}", mu * mu);
+    assert_close(a.output_variance, expected, 1e-6);
+    // The paper's rule would give (E[x²] + (T − 1) μ²) / T:
+    assert!((a.output_variance - (s + (t - 1.0) * mu * mu) / t).abs() > 0.05);
 }
 
 #[test]

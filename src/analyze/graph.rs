@@ -124,11 +124,17 @@ pub struct GraphAnalysis {
 struct Stat {
     mean: Vec<f64>,
     second: Vec<f64>,
+    /// The variance of the channel's random offset: the part of a value that is the same
+    /// at every position of every sample (x = μ + m + e, m ~ N(0, offset) per channel and
+    /// weight draw, e per element). A conv of an input with a mean gives each output
+    /// channel one (σ² Σ_taps (μ² + offset)); averaging over positions keeps it whole
+    /// while it divides the rest by T, and BatchNorm's batch statistics remove it.
+    offset: Vec<f64>,
 }
 
 impl Stat {
     fn uniform(c: u64, mean: f64, second: f64) -> Stat {
-        Stat { mean: vec![mean; c as usize], second: vec![second; c as usize] }
+        Stat { mean: vec![mean; c as usize], second: vec![second; c as usize], offset: vec![0.0; c as usize] }
     }
 }
 
@@ -253,6 +259,29 @@ fn clip_moments(lo: f64, hi: f64, mu: f64, v: f64) -> (f64, f64, f64) {
     let edge = |bound: f64, mass: f64| if mass > 0.0 { bound * mass } else { 0.0 };
     let edge2 = |bound: f64, mass: f64| if mass > 0.0 { bound * bound * mass } else { 0.0 };
     (edge(lo, below) + mid1 + edge(hi, above), edge2(lo, below) + mid2 + edge2(hi, above), p)
+}
+
+/// E over the offset m ~ N(0, a) of g(m), by quadrature over ±8 standard deviations.
+fn over_offset(g: impl Fn(f64) -> f64, a: f64) -> f64 {
+    let s = a.sqrt();
+    crate::quad::integrate(|z| g(s * z) * super::phi(z), -8.0, 8.0, 16)
+}
+
+/// The offset variance of f(x), x = μ + m + e (m ~ N(0, a), e ~ N(0, b)):
+/// Var_m E_e f(μ + m + e), with `mean` = E f(x).
+fn offset_through(f: Func<'_>, mu: f64, a: f64, b: f64, mean: f64) -> f64 {
+    let h = |m: f64| gauss_moments(f, mu + m, b.max(0.0)).0;
+    (over_offset(|m| h(m).powi(2), a) - mean * mean).max(0.0)
+}
+
+/// Max pooling of f(μ + m + e_k) over T members sharing the offset m:
+/// (E f(M), E f(M)², the offset variance of the result).
+fn offset_max(f: Func<'_>, mu: f64, a: f64, b: f64, t: u64) -> (f64, f64, f64) {
+    let inner = |m: f64| max_moments(f, mu + m, b.max(0.0), t);
+    let m1 = over_offset(|m| inner(m).0, a);
+    let m2 = over_offset(|m| inner(m).1, a);
+    let a2 = (over_offset(|m| inner(m).0.powi(2), a) - m1 * m1).max(0.0);
+    (m1, m2, a2)
 }
 
 /// ∫ g(m) p_T(m) dm over the density of the maximum of T standard normals.
@@ -572,6 +601,10 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
     let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| x.second[gi * cin_g..(gi + 1) * cin_g].iter().sum()).collect();
     let kap = kappa(w, *eps);
+    // Per group, the part of the input that is the same at every position: mean and offset.
+    let shared: Vec<f64> = (0..geo.groups as usize)
+        .map(|gi| (gi * cin_g..(gi + 1) * cin_g).map(|c| x.mean[c] * x.mean[c] + x.offset[c]).sum())
+        .collect();
     // Where a group's input channels are equal, the chain's form σ² s ε / M' (same digits).
     let group_uniform: Vec<Option<f64>> = (0..geo.groups as usize)
         .map(|gi| {
@@ -600,14 +633,16 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     }
     let s2 = f.p.sigma2[&k];
     let mut second = Vec::with_capacity(channels(n.output) as usize);
+    let mut offset = Vec::with_capacity(channels(n.output) as usize);
     for (gi, uniform) in group_uniform.iter().enumerate() {
         let v = match uniform {
             Some(s) => s2 * (s * *eps as f64 / geo.m_out() as f64),
             None => s2 * kap * sums[gi],
         };
         second.extend(std::iter::repeat_n(v, cout_g));
+        offset.extend(std::iter::repeat_n(s2 * kap * shared[gi], cout_g));
     }
-    Ok(Stat { mean: vec![0.0; second.len()], second })
+    Ok(Stat { mean: vec![0.0; second.len()], second, offset })
 }
 
 /// Conv and linear backward: E[δz_c²] = σ² ρ Σ_{o ∈ group(c)} E[δu_o²].
@@ -643,11 +678,18 @@ fn elementwise_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError>
     let n = &f.cx.g.nodes[k];
     let fun = func(&n.op).expect("element-wise");
     let x = f.cx.input_stat(&f.stats, n.inputs[0]);
-    let mut out = Stat { mean: Vec::with_capacity(x.mean.len()), second: Vec::with_capacity(x.mean.len()) };
+    let mut out = Stat { mean: Vec::with_capacity(x.mean.len()), second: Vec::with_capacity(x.mean.len()), offset: Vec::new() };
     for (&mu, &s) in x.mean.iter().zip(&x.second) {
         let (m1, m2, _) = *f.memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu));
         out.mean.push(m1);
         out.second.push(m2);
+    }
+    let mut memo: HashMap<(u64, u64, u64), f64> = HashMap::new();
+    for (c, &a) in x.offset.iter().enumerate() {
+        let (mu, s) = (x.mean[c], x.second[c]);
+        let m1 = out.mean[c];
+        let v = if a > 0.0 { *memo.entry((mu.to_bits(), s.to_bits(), a.to_bits())).or_insert_with(|| offset_through(fun, mu, a, s - mu * mu - a, m1)) } else { 0.0 };
+        out.offset.push(v);
     }
     Ok(out)
 }
@@ -672,8 +714,19 @@ fn avg_pool_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
     let t = window_of(n, g.shape(n.inputs[0])) as f64;
     let x = f.input(n.inputs[0]);
-    let second = x.mean.iter().zip(&x.second).map(|(&m, &s)| (s + (t - 1.0) * m * m) / t).collect();
-    Ok(Stat { mean: x.mean.clone(), second })
+    // The offset is the same at every position: it survives the average whole; the rest
+    // (e, independent per position) is divided by T.
+    let second = (0..x.mean.len())
+        .map(|c| {
+            let (m, s, a) = (x.mean[c], x.second[c], x.offset[c]);
+            if a == 0.0 {
+                (s + (t - 1.0) * m * m) / t
+            } else {
+                m * m + a + (s - m * m - a) / t
+            }
+        })
+        .collect();
+    Ok(Stat { mean: x.mean.clone(), second, offset: x.offset.clone() })
 }
 
 /// Each member: E[δz²] / T².
@@ -701,11 +754,23 @@ fn max_pool_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let t = window_of(n, g.shape(n.inputs[0]));
     let (fun, src) = max_source(f.cx, k);
     let u = f.cx.input_stat(&f.stats, src);
-    let mut out = Stat { mean: Vec::new(), second: Vec::new() };
-    for (&mu, &s) in u.mean.iter().zip(&u.second) {
-        let (m1, m2, _) = *f.memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| max_moments(fun, mu, s - mu * mu, t));
-        out.mean.push(m1);
-        out.second.push(m2);
+    let mut out = Stat { mean: Vec::new(), second: Vec::new(), offset: Vec::new() };
+    let mut memo: HashMap<(u64, u64, u64), (f64, f64, f64)> = HashMap::new();
+    for c in 0..u.mean.len() {
+        let (mu, s, a) = (u.mean[c], u.second[c], u.offset[c]);
+        if a == 0.0 {
+            let (m1, m2, _) = *f.memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| max_moments(fun, mu, s - mu * mu, t));
+            out.mean.push(m1);
+            out.second.push(m2);
+            out.offset.push(0.0);
+        } else {
+            // The window's members share the offset: max f(μ + m + e_k) = f(μ + m + max e_k)
+            // for monotone f (iid e otherwise, the named approximation), averaged over m.
+            let (m1, m2, a2) = *memo.entry((mu.to_bits(), s.to_bits(), a.to_bits())).or_insert_with(|| offset_max(fun, mu, a, s - mu * mu - a, t));
+            out.mean.push(m1);
+            out.second.push(m2);
+            out.offset.push(a2);
+        }
     }
     Ok(out)
 }
@@ -735,6 +800,7 @@ fn flatten_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     Ok(Stat {
         mean: x.mean.iter().flat_map(|&m| std::iter::repeat_n(m, hw)).collect(),
         second: x.second.iter().flat_map(|&m| std::iter::repeat_n(m, hw)).collect(),
+        offset: x.offset.iter().flat_map(|&m| std::iter::repeat_n(m, hw)).collect(),
     })
 }
 
@@ -753,17 +819,21 @@ fn add_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let n = &f.cx.g.nodes[k];
     let ins: Vec<&Stat> = n.inputs.iter().map(|&v| f.input(v)).collect();
     let c = ins[0].mean.len();
-    let mut out = Stat { mean: vec![0.0; c], second: vec![0.0; c] };
+    let mut out = Stat { mean: vec![0.0; c], second: vec![0.0; c], offset: vec![0.0; c] };
     for ch in 0..c {
-        let mut second = 0.0;
+        let (mut second, mut offset) = (0.0, 0.0);
         for (i, a) in ins.iter().enumerate() {
             second += a.second[ch];
+            offset += a.offset[ch];
             for (j, b) in ins.iter().enumerate().skip(i + 1) {
-                second += 2.0 * if n.inputs[i] == n.inputs[j] { a.second[ch] } else { a.mean[ch] * b.mean[ch] };
+                let same = n.inputs[i] == n.inputs[j];
+                second += 2.0 * if same { a.second[ch] } else { a.mean[ch] * b.mean[ch] };
+                offset += if same { 2.0 * a.offset[ch] } else { 0.0 };
             }
         }
         out.mean[ch] = ins.iter().map(|a| a.mean[ch]).sum();
         out.second[ch] = second;
+        out.offset[ch] = offset;
     }
     Ok(out)
 }
@@ -783,11 +853,12 @@ fn add_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisErro
 
 fn concat_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let n = &f.cx.g.nodes[k];
-    let mut out = Stat { mean: Vec::new(), second: Vec::new() };
+    let mut out = Stat { mean: Vec::new(), second: Vec::new(), offset: Vec::new() };
     for &v in &n.inputs {
         let a = f.input(v);
         out.mean.extend(&a.mean);
         out.second.extend(&a.second);
+        out.offset.extend(&a.offset);
     }
     Ok(out)
 }
@@ -811,6 +882,13 @@ fn mul_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     Ok(Stat {
         mean: (0..c).map(|ch| x.mean[ch] * gate.mean[ch]).collect(),
         second: (0..c).map(|ch| x.second[ch] * gate.second[ch]).collect(),
+        // The part shared by every position and sample: (μ + m) of each factor.
+        offset: (0..c)
+            .map(|ch| {
+                let (px, pg) = (x.mean[ch].powi(2) + x.offset[ch], gate.mean[ch].powi(2) + gate.offset[ch]);
+                (px * pg - (x.mean[ch] * gate.mean[ch]).powi(2)).max(0.0)
+            })
+            .collect(),
     })
 }
 
@@ -844,6 +922,7 @@ fn batch_norm_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> 
     Ok(Stat {
         mean: x.mean.iter().map(|m| m * gamma / (1.0 + bn.epsilon).sqrt()).collect(),
         second: x.second.iter().map(|s| s * k2).collect(),
+        offset: x.offset.iter().map(|a| a * k2).collect(),
     })
 }
 
@@ -872,7 +951,7 @@ fn slice_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let Op::ChannelSlice { start, end } = n.op else { unreachable!("the slice rule") };
     let x = f.input(n.inputs[0]);
     let (s, e) = (start as usize, end as usize);
-    Ok(Stat { mean: x.mean[s..e].to_vec(), second: x.second[s..e].to_vec() })
+    Ok(Stat { mean: x.mean[s..e].to_vec(), second: x.second[s..e].to_vec(), offset: x.offset[s..e].to_vec() })
 }
 
 fn slice_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
@@ -889,7 +968,11 @@ fn shuffle_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let Op::Shuffle { groups } = n.op else { unreachable!("the shuffle rule") };
     let perm = shuffle_source(channels(n.output), groups);
     let x = f.input(n.inputs[0]);
-    Ok(Stat { mean: perm.iter().map(|&i| x.mean[i]).collect(), second: perm.iter().map(|&i| x.second[i]).collect() })
+    Ok(Stat {
+        mean: perm.iter().map(|&i| x.mean[i]).collect(),
+        second: perm.iter().map(|&i| x.second[i]).collect(),
+        offset: perm.iter().map(|&i| x.offset[i]).collect(),
+    })
 }
 
 fn shuffle_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
