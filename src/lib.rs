@@ -4,22 +4,32 @@
 //! `syntax` (text → AST) → `lower` (AST → graph IR) → `unify` (graph → unified layers)
 //! → `index` (explicit index sets) and `analyze` (τ, γ, ε, σ², predictions) → `plan`
 //! (JSON/YAML). This file chains the stages; each stage is a pure function.
+//!
+//! The back ends that run networks — `nn` (the candle model), `train`, `probe`,
+//! `experiment`, `plot` and `emit::runtime` — exist with the `train` feature (on by
+//! default) only: without it nothing here links candle, and the compiler checks that
+//! the analysis does not need it.
 
 pub mod analyze;
 pub mod diag;
 pub mod emit;
+#[cfg(feature = "train")]
 pub mod experiment;
 pub mod index;
 pub mod ir;
 pub mod lower;
+#[cfg(feature = "train")]
 pub mod nn;
 pub mod onnx;
 pub mod plan;
+#[cfg(feature = "train")]
 pub mod plot;
+#[cfg(feature = "train")]
 pub mod probe;
 pub mod quad;
 pub mod report;
 pub mod syntax;
+#[cfg(feature = "train")]
 pub mod train;
 pub mod unify;
 

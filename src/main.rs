@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(name = "cnnc", version, about = "Compiles a CNN description into a weight-initialization plan (Henmi, Hirohashi & Kato)")]
+#[cfg_attr(not(feature = "train"), command(after_help = without_train::NOTE))]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,54 +155,11 @@ enum Command {
     /// Train the network with the candle back end (weights drawn from a plan)
     Train(TrainArgs),
     /// Measure the variances a plan predicts in the real (candle) network, layer by layer
-    Probe {
-        /// A network description (.cnn) or an ONNX model (.onnx)
-        file: PathBuf,
-        /// Initializations to compare, comma-separated (forward, backward, xavier, kaiming-in, kaiming-out)
-        #[arg(long, value_delimiter = ',', default_value = "forward")]
-        init: Vec<ModeArg>,
-        /// paper: the paper's layer means; map: a variance per spatial position
-        #[arg(long, value_enum, default_value = "paper")]
-        analysis: AnalysisArg,
-        /// K: independent weight draws per init
-        #[arg(long, default_value_t = 8)]
-        draws: usize,
-        /// N(0,1) inputs per draw
-        #[arg(long, default_value_t = 2)]
-        batch: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Re-plan the network for square inputs of this size
-        #[arg(long)]
-        image_size: Option<u64>,
-        /// Print JSON instead of tables
-        #[arg(long)]
-        json: bool,
-        /// Also draw measured variance against depth, every init on one chart (PNG for a .png path, else SVG)
-        #[arg(long)]
-        plot: Option<PathBuf>,
-    },
+    Probe(ProbeArgs),
     /// Train every (init, seed) of a YAML grid (resumable) and tabulate it like the paper's Table 4
-    Experiment {
-        /// The experiment's YAML file (see experiments/f34-demo.yaml)
-        config: PathBuf,
-        #[arg(long)]
-        quiet: bool,
-    },
+    Experiment(ExperimentArgs),
     /// Write a synthetic image-folder data set (textured shapes with noise, one class per folder)
-    SynthData {
-        /// Output directory (one folder per class)
-        dir: PathBuf,
-        #[arg(long, default_value_t = 10)]
-        classes: usize,
-        #[arg(long, default_value_t = 60)]
-        per_class: usize,
-        /// Image side in pixels
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    SynthData(SynthDataArgs),
     /// Print the JSON Schema of the plan format
     Schema {
         #[arg(short, long)]
@@ -412,8 +370,13 @@ fn run(cli: Cli) -> Result<()> {
                 .map_err(cnnc::Error::from)
                 .with_context(|| format!("cannot write {}", output.display()))
         }
-        Command::Train(args) => train_command(args),
-        Command::Experiment { config, quiet } => {
+        #[cfg(feature = "train")]
+        Command::Train(args) => {
+            cnnc::nn::tune_cpu();
+            train_command(args)
+        }
+        #[cfg(feature = "train")]
+        Command::Experiment(ExperimentArgs { config, quiet }) => {
             let exe = std::env::current_exe().context("cannot find the cnnc executable")?;
             cnnc::experiment::run(&config, &exe, quiet)?;
             let out = cnnc::experiment::load_config(&config)?.out;
@@ -421,13 +384,16 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("results: {}", base.join(out).join("results.md").display());
             Ok(())
         }
-        Command::Probe { file, init, analysis, draws, batch, seed, image_size, json, plot } => {
+        #[cfg(feature = "train")]
+        Command::Probe(ProbeArgs { file, init, analysis, draws, batch, seed, image_size, json, plot }) => {
+            cnnc::nn::tune_cpu();
             let net = cnnc::train::load_network(&file, image_size)?;
+            let device = cnnc::train::device("cpu")?;
             let mut reports = Vec::new();
             for mode in init {
                 let plan = cnnc::plan_with(&net, Options { mode: mode.into(), std_cap: None }, analysis.into())?;
                 let opts = cnnc::probe::ProbeOptions { draws, batch, seed };
-                let report = cnnc::probe::probe(&net, &plan, opts, &candle_core::Device::Cpu)?;
+                let report = cnnc::probe::probe(&net, &plan, opts, &device)?;
                 if !json {
                     emit(&None, &(report.table() + "\n"))?;
                 }
@@ -442,16 +408,81 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::SynthData { dir, classes, per_class, size, seed } => {
+        #[cfg(feature = "train")]
+        Command::SynthData(SynthDataArgs { dir, classes, per_class, size, seed }) => {
             cnnc::train::data::synthesize(&dir, classes, per_class, size, seed)?;
             eprintln!("wrote {} images in {classes} class folders under {}", classes * per_class, dir.display());
             Ok(())
         }
+        #[cfg(not(feature = "train"))]
+        Command::Train(_) => without_train::fail("train"),
+        #[cfg(not(feature = "train"))]
+        Command::Probe(_) => without_train::fail("probe"),
+        #[cfg(not(feature = "train"))]
+        Command::Experiment(_) => without_train::fail("experiment"),
+        #[cfg(not(feature = "train"))]
+        Command::SynthData(_) => without_train::fail("synth-data"),
         Command::Schema { output } => emit(&output, &cnnc::plan::schema_json()),
         Command::Emit(cmd) => emit_command(cmd),
     }
 }
 
+#[cfg(feature = "train")]
+#[derive(clap::Args, Debug)]
+struct ProbeArgs {
+    /// A network description (.cnn) or an ONNX model (.onnx)
+    file: PathBuf,
+    /// Initializations to compare, comma-separated (forward, backward, xavier, kaiming-in, kaiming-out)
+    #[arg(long, value_delimiter = ',', default_value = "forward")]
+    init: Vec<ModeArg>,
+    /// paper: the paper's layer means; map: a variance per spatial position
+    #[arg(long, value_enum, default_value = "paper")]
+    analysis: AnalysisArg,
+    /// K: independent weight draws per init
+    #[arg(long, default_value_t = 8)]
+    draws: usize,
+    /// N(0,1) inputs per draw
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Re-plan the network for square inputs of this size
+    #[arg(long)]
+    image_size: Option<u64>,
+    /// Print JSON instead of tables
+    #[arg(long)]
+    json: bool,
+    /// Also draw measured variance against depth, every init on one chart (PNG for a .png path, else SVG)
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[cfg(feature = "train")]
+#[derive(clap::Args, Debug)]
+struct ExperimentArgs {
+    /// The experiment's YAML file (see experiments/f34-demo.yaml)
+    config: PathBuf,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[cfg(feature = "train")]
+#[derive(clap::Args, Debug)]
+struct SynthDataArgs {
+    /// Output directory (one folder per class)
+    dir: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    #[arg(long, default_value_t = 60)]
+    per_class: usize,
+    /// Image side in pixels
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[cfg(feature = "train")]
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
     /// A network description (.cnn) or an ONNX model (.onnx); with --resume, the run's own
@@ -484,6 +515,7 @@ struct TrainArgs {
     quiet: bool,
 }
 
+#[cfg(feature = "train")]
 fn train_command(a: TrainArgs) -> Result<()> {
     use cnnc::train::{self, data};
     let (config, plan, run, resume) = match &a.resume {
@@ -585,7 +617,6 @@ fn train_command(a: TrainArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    cnnc::nn::tune_cpu();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -629,3 +660,37 @@ fn emit_command(cmd: EmitCommand) -> Result<()> {
         }
     }
 }
+
+/// A plan-only build (`--no-default-features`): the commands of the `train` feature still
+/// parse, whatever their arguments, and fail with how to get them, rather than being
+/// unknown subcommands to someone following the README.
+#[cfg(not(feature = "train"))]
+mod without_train {
+    /// The arguments of a command this build does not have: anything, `--help` included.
+    #[derive(clap::Args, Debug)]
+    #[command(disable_help_flag = true, after_help = NOTE)]
+    pub struct Unavailable {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<std::ffi::OsString>,
+    }
+
+    pub type TrainArgs = Unavailable;
+    pub type ProbeArgs = Unavailable;
+    pub type ExperimentArgs = Unavailable;
+    pub type SynthDataArgs = Unavailable;
+
+    /// What `cnnc --help` and `cnnc help <command>` add in this build.
+    pub const NOTE: &str = "This cnnc was built without the `train` feature: train, probe, experiment and synth-data are \
+                            not available (install with default features to get them: `cargo install --path .`)";
+
+    /// The error of `cnnc <command>`.
+    pub fn fail(command: &str) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "this cnnc was built without the `train` feature: `cnnc {command}` is part of the training back end; \
+             install with default features to get it (`cargo install --path .`)"
+        )
+    }
+}
+
+#[cfg(not(feature = "train"))]
+use without_train::{ExperimentArgs, ProbeArgs, SynthDataArgs, TrainArgs};

@@ -4,8 +4,9 @@
 //! candle, the `.cnn` text it came from). Out: files as text, nothing written to disk here.
 //! - [`candle::generate`]: a standalone Rust crate (model struct of candle layers whose
 //!   `new(vb)` draws each weight with its plan's σ, `forward`, and a training binary with
-//!   the data pipeline and SGD of `cnnc train`); [`runtime`] is what such a crate links
-//!   against to draw cnnc's exact weights for a seed.
+//!   the data pipeline and SGD of `cnnc train`); `runtime` (with the `train` feature) is
+//!   what such a crate links against to draw cnnc's exact weights for a seed. Generating
+//!   needs no candle: the generated crate depends on cnnc with the feature.
 //! - [`pytorch::init_module`]: a self-contained Python module that applies the plan to a
 //!   `torch.nn.Module`, built around `codegen/consumers/apply_plan.py`.
 //!
@@ -15,8 +16,10 @@
 
 pub mod candle;
 pub mod pytorch;
+#[cfg(feature = "train")]
 pub mod runtime;
 
+#[cfg(feature = "train")]
 pub use runtime::SeededVarMap;
 
 #[derive(Debug, thiserror::Error)]
