@@ -1,5 +1,5 @@
 //! The command line: exit codes, error output, atomic writes, and the checked-in
-//! JSON Schema of the plan.
+//! JSON Schema of the plan; in a plan-only build, the training commands' error.
 
 use std::process::Command;
 
@@ -78,4 +78,33 @@ fn inspect_lists_the_index_sets() {
     let (code, out, _) = cnnc(&["inspect", "specs/f34.cnn", "--layer", "2", "--unit", "57", "--backward"]);
     assert_eq!(code, 0);
     assert!(out.contains("j(ℓ,i)  (conv outputs u^(ℓ) that read it, index=(c,y,x); 576 elements"), "{out}");
+}
+
+/// A plan-only build (`--no-default-features`) still knows the training commands: they
+/// fail, whatever their arguments, with the feature they need; the rest of the CLI works.
+#[cfg(not(feature = "train"))]
+#[test]
+fn training_commands_name_the_missing_feature() {
+    for args in [&["train", "specs/f34.cnn", "--data", "d", "--out", "r"][..], &["probe", "specs/f34.cnn", "--help"], &["experiment"], &["synth-data", "d"]] {
+        let (code, out, err) = cnnc(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        let want = format!("error: this cnnc was built without the `train` feature: `cnnc {}` is part of the training back end", args[0]);
+        assert!(err.starts_with(&want), "{args:?}: {err}");
+    }
+    let (code, out, _) = cnnc(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("built without the `train` feature: train, probe, experiment and synth-data are not available"), "{out}");
+}
+
+/// With the `train` feature the training commands are the real ones.
+#[cfg(feature = "train")]
+#[test]
+fn training_commands_take_their_arguments() {
+    let (code, out, _) = cnnc(&["probe", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--draws <DRAWS>"), "{out}");
+    let (code, _, err) = cnnc(&["train", "specs/f34.cnn"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("train needs --data DIR"), "{err}");
 }
