@@ -606,7 +606,6 @@ mod tests {
 
     /// The same seed gives `cnnc train`'s weights, and the same output.
     #[test]
-    #[ignore = "21108362 parameters drawn twice: run with --release -- --ignored"]
     fn same_output_as_cnnc() {
         let (net, plan) = reference();
         let dev = Device::Cpu;
