@@ -85,7 +85,12 @@ fn inspect_lists_the_index_sets() {
 #[cfg(not(feature = "train"))]
 #[test]
 fn training_commands_name_the_missing_feature() {
-    for args in [&["train", "specs/f34.cnn", "--data", "d", "--out", "r"][..], &["probe", "specs/f34.cnn", "--help"], &["experiment"], &["synth-data", "d"]] {
+    for args in [
+        &["train", "specs/f34.cnn", "--data", "d", "--out", "r"][..],
+        &["probe", "specs/f34.cnn", "--help"],
+        &["experiment"],
+        &["synth-data", "d"],
+    ] {
         let (code, out, err) = cnnc(args);
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(out.is_empty(), "{args:?}: {out}");

@@ -340,7 +340,13 @@ fn gemm_trans_b_and_flatten() {
 fn matmul_plus_add_is_one_linear_layer() {
     let g = stem(
         vec![
-            node("shape", "Constant", &[], &["s"], vec![AttributeProto { t: Some(int64s("v", &[0, -1])), r#type: Some(4), ..attr("value", A::I(0)) }]),
+            node(
+                "shape",
+                "Constant",
+                &[],
+                &["s"],
+                vec![AttributeProto { t: Some(int64s("v", &[0, -1])), r#type: Some(4), ..attr("value", A::I(0)) }],
+            ),
             node("view", "Reshape", &["c", "s"], &["f"], vec![]),
             node("mm", "MatMul", &["f", "MW"], &["m"], vec![]),
             node("add", "Add", &["MB", "m"], &["y"], vec![]),
@@ -564,7 +570,8 @@ fn input_of(path: &Path) -> Option<[u64; 3]> {
 /// The dump a fixture is checked against: its `lower` table, or its error message.
 fn check(path: &Path) -> Result<String, String> {
     let result = onnx::load(path, &ImportOptions { input: input_of(path) }).map_err(cnnc::Error::from).and_then(|g| {
-        let req = cnnc::GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis: Default::default(), branch_scale: 1.0 };
+        let req =
+            cnnc::GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis: Default::default(), branch_scale: 1.0 };
         cnnc::lower_report(&g, req)
     });
     result.map_err(|e| format!("{e}\n"))
@@ -897,7 +904,8 @@ fn large_models_write_their_weights_as_external_data() {
 #[test]
 fn real_exports_plan_and_agree_across_exporters() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/real");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
     files.sort();
     assert!(files.len() >= 39, "{} fixtures", files.len());
     let mut by_model: std::collections::BTreeMap<String, Vec<(String, Vec<f64>)>> = Default::default();
@@ -910,7 +918,8 @@ fn real_exports_plan_and_agree_across_exporters() {
             continue;
         }
         let g = onnx::load(path, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let req = |mode, branch_scale| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis: Default::default(), branch_scale };
+        let req =
+            |mode, branch_scale| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis: Default::default(), branch_scale };
         expect_file(&path.with_extension("lower"), &cnnc::lower_report(&g, req(Mode::Forward, 1.0)).unwrap());
         for (mode, alpha) in [(Mode::Backward, 1.0), (Mode::Forward, 0.0), (Mode::KaimingIn, 1.0)] {
             let plan = cnnc::plan_graph(&g, req(mode, alpha)).unwrap_or_else(|e| panic!("{} {mode:?}: {e}", path.display()));
@@ -926,7 +935,13 @@ fn real_exports_plan_and_agree_across_exporters() {
             assert!(plan.layers.iter().all(|l| l.predicted.forward_range.is_some()), "{}", path.display());
             if mode == Mode::Forward {
                 for l in &plan.layers {
-                    assert!((l.predicted.forward_variance - 1.0).abs() < 1e-9, "{} {}: {}", path.display(), l.name, l.predicted.forward_variance);
+                    assert!(
+                        (l.predicted.forward_variance - 1.0).abs() < 1e-9,
+                        "{} {}: {}",
+                        path.display(),
+                        l.name,
+                        l.predicted.forward_variance
+                    );
                 }
             }
         }
@@ -951,7 +966,13 @@ fn real_exports_plan_and_agree_across_exporters() {
 }
 
 fn scalar(name: &str, v: f32) -> TensorProto {
-    TensorProto { name: Some(name.into()), dims: vec![], data_type: Some(DataType::Float as i32), float_data: vec![v], ..Default::default() }
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![],
+        data_type: Some(DataType::Float as i32),
+        float_data: vec![v],
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -1066,7 +1087,10 @@ fn bad_graphs_are_errors_that_name_the_node() {
     );
     // A shape computed from data values by an op that folds only constants.
     assert_eq!(
-        err(vec![node("g", "Gather", &["c", "idx"], &["t"], vec![]), node("view", "Reshape", &["c", "t"], &["f"], vec![])], vec![int64s("idx", &[0])]),
+        err(
+            vec![node("g", "Gather", &["c", "idx"], &["t"], vec![]), node("view", "Reshape", &["c", "t"], &["f"], vec![])],
+            vec![int64s("idx", &[0])]
+        ),
         "node `g` (Gather): Gather computes on the data value `c`: cnnc folds it only on constants"
     );
     // A Reshape target that depends on a weight whose values are not known.
@@ -1075,7 +1099,13 @@ fn bad_graphs_are_errors_that_name_the_node() {
         "node `n` (Neg): input `W` is a weight whose values are not known: Neg cannot be folded"
     );
     assert_eq!(
-        err(vec![node("p", "Pad", &["c", "pads"], &["p"], vec![attr("mode", A::S("reflect"))]), node("cv", "Conv", &["p", "W"], &["z"], vec![])], vec![int64s("pads", &[0, 0, 1, 1, 0, 0, 1, 1])]),
+        err(
+            vec![
+                node("p", "Pad", &["c", "pads"], &["p"], vec![attr("mode", A::S("reflect"))]),
+                node("cv", "Conv", &["p", "W"], &["z"], vec![])
+            ],
+            vec![int64s("pads", &[0, 0, 1, 1, 0, 0, 1, 1])]
+        ),
         "node `p` (Pad): Pad mode `reflect` is not supported: only zero (constant) padding, which is a conv's own padding"
     );
     assert_eq!(
@@ -1098,8 +1128,20 @@ fn resize_prelu_elu_and_trailing_softmax() {
             node("sm", "Softmax", &["e"], &["out"], vec![]),
         ],
         vec![
-            TensorProto { name: Some("scales".into()), dims: vec![4], data_type: Some(DataType::Float as i32), float_data: vec![1.0, 1.0, 2.0, 3.0], ..Default::default() },
-            TensorProto { name: Some("slope".into()), dims: vec![4, 1, 1], data_type: Some(DataType::Float as i32), float_data: vec![0.25; 4], ..Default::default() },
+            TensorProto {
+                name: Some("scales".into()),
+                dims: vec![4],
+                data_type: Some(DataType::Float as i32),
+                float_data: vec![1.0, 1.0, 2.0, 3.0],
+                ..Default::default()
+            },
+            TensorProto {
+                name: Some("slope".into()),
+                dims: vec![4, 1, 1],
+                data_type: Some(DataType::Float as i32),
+                float_data: vec![0.25; 4],
+                ..Default::default()
+            },
         ],
     );
     // The Softmax's output is not a graph output of this little model: refused.
@@ -1116,8 +1158,20 @@ fn resize_prelu_elu_and_trailing_softmax() {
         vec![
             init("W", &[4, 3, 3, 3]),
             init("B", &[4]),
-            TensorProto { name: Some("scales".into()), dims: vec![4], data_type: Some(DataType::Float as i32), float_data: vec![1.0, 1.0, 2.0, 3.0], ..Default::default() },
-            TensorProto { name: Some("slope".into()), dims: vec![4, 1, 1], data_type: Some(DataType::Float as i32), float_data: vec![0.25; 4], ..Default::default() },
+            TensorProto {
+                name: Some("scales".into()),
+                dims: vec![4],
+                data_type: Some(DataType::Float as i32),
+                float_data: vec![1.0, 1.0, 2.0, 3.0],
+                ..Default::default()
+            },
+            TensorProto {
+                name: Some("slope".into()),
+                dims: vec![4, 1, 1],
+                data_type: Some(DataType::Float as i32),
+                float_data: vec![0.25; 4],
+                ..Default::default()
+            },
         ],
     );
     m.graph.as_mut().unwrap().output = vec![input("out", &[Some(1), Some(4), Some(18), Some(27)])];
@@ -1132,19 +1186,26 @@ fn resize_prelu_elu_and_trailing_softmax() {
     // receives the gradients of its 2·3 copies. Conv → Resize alone, Kaiming fan-in:
     // E[u²] = 2/27 · 27 = 2 (no padding: every tap is real); the gradient at the conv's
     // input, averaged: σ² · C_out · (readers per position, (27/11)² on 11×11) · 6.
-    let g = stem(vec![node("up", "Resize", &["c", "", "scales"], &["u"], vec![])], vec![TensorProto {
-        name: Some("scales".into()),
-        dims: vec![4],
-        data_type: Some(DataType::Float as i32),
-        float_data: vec![1.0, 1.0, 2.0, 3.0],
-        ..Default::default()
-    }])
+    let g = stem(
+        vec![node("up", "Resize", &["c", "", "scales"], &["u"], vec![])],
+        vec![TensorProto {
+            name: Some("scales".into()),
+            dims: vec![4],
+            data_type: Some(DataType::Float as i32),
+            float_data: vec![1.0, 1.0, 2.0, 3.0],
+            ..Default::default()
+        }],
+    )
     .unwrap();
     let opts = cnnc::analyze::graph::GraphOptions { mode: Mode::KaimingIn, std_cap: None, branch_scale: 1.0 };
     for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
         let a = cnnc::analyze::graph::analyze_graph_with(&g, opts, analysis).unwrap();
         assert!((a.output_variance - 2.0).abs() < 1e-12, "{analysis:?}: {}", a.output_variance);
         let expected = 2.0 / 27.0 * 4.0 * (27.0f64 / 11.0).powi(2) * 6.0;
-        assert!((a.weights[0].backward_variance - expected).abs() < 1e-12 * expected, "{analysis:?}: {} vs {expected}", a.weights[0].backward_variance);
+        assert!(
+            (a.weights[0].backward_variance - expected).abs() < 1e-12 * expected,
+            "{analysis:?}: {} vs {expected}",
+            a.weights[0].backward_variance
+        );
     }
 }

@@ -639,9 +639,8 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| x.second[gi * cin_g..(gi + 1) * cin_g].iter().sum()).collect();
     let kap = kappa(w, *eps);
     // Per group, the part of the input that is the same at every position: mean and offset.
-    let shared: Vec<f64> = (0..geo.groups as usize)
-        .map(|gi| (gi * cin_g..(gi + 1) * cin_g).map(|c| x.mean[c] * x.mean[c] + x.offset[c]).sum())
-        .collect();
+    let shared: Vec<f64> =
+        (0..geo.groups as usize).map(|gi| (gi * cin_g..(gi + 1) * cin_g).map(|c| x.mean[c] * x.mean[c] + x.offset[c]).sum()).collect();
     // Where a group's input channels are equal, the chain's form σ² s ε / M' (same digits).
     let group_uniform: Vec<Option<f64>> = (0..geo.groups as usize)
         .map(|gi| {
@@ -725,7 +724,11 @@ fn elementwise_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError>
     for (c, &a) in x.offset.iter().enumerate() {
         let (mu, s) = (x.mean[c], x.second[c]);
         let m1 = out.mean[c];
-        let v = if a > 0.0 { *memo.entry((mu.to_bits(), s.to_bits(), a.to_bits())).or_insert_with(|| offset_through(fun, mu, a, s - mu * mu - a, m1)) } else { 0.0 };
+        let v = if a > 0.0 {
+            *memo.entry((mu.to_bits(), s.to_bits(), a.to_bits())).or_insert_with(|| offset_through(fun, mu, a, s - mu * mu - a, m1))
+        } else {
+            0.0
+        };
         out.offset.push(v);
     }
     Ok(out)
@@ -803,7 +806,8 @@ fn max_pool_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
         } else {
             // The window's members share the offset: max f(μ + m + e_k) = f(μ + m + max e_k)
             // for monotone f (iid e otherwise, the named approximation), averaged over m.
-            let (m1, m2, a2) = *memo.entry((mu.to_bits(), s.to_bits(), a.to_bits())).or_insert_with(|| offset_max(fun, mu, a, s - mu * mu - a, t));
+            let (m1, m2, a2) =
+                *memo.entry((mu.to_bits(), s.to_bits(), a.to_bits())).or_insert_with(|| offset_max(fun, mu, a, s - mu * mu - a, t));
             out.mean.push(m1);
             out.second.push(m2);
             out.offset.push(a2);
@@ -1340,7 +1344,11 @@ pub(crate) mod tests {
                 a,
             );
             for (c, q) in [(closed.0, m1), (closed.1, m2), (closed.2, h2 - m1 * m1)] {
-                assert!((c - q).abs() < 1e-6 * q.abs().max(1e-3), "N({mu}, {a} + {b}), T = {t}: {closed:?} vs {:?}", (m1, m2, h2 - m1 * m1));
+                assert!(
+                    (c - q).abs() < 1e-6 * q.abs().max(1e-3),
+                    "N({mu}, {a} + {b}), T = {t}: {closed:?} vs {:?}",
+                    (m1, m2, h2 - m1 * m1)
+                );
             }
         }
     }

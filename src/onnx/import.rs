@@ -355,12 +355,8 @@ fn fuse_linear(graph: &GraphProto) -> (HashMap<usize, (&str, &str)>, HashSet<usi
     let data = graph.input.iter().map(|v| v.name()).find(|name| {
         graph.node.iter().any(|n| matches!(n.op_type(), "Conv" | "Gemm" | "MatMul") && n.input.first().map(String::as_str) == Some(*name))
     });
-    let computed: HashSet<&str> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.output.iter().map(String::as_str))
-        .filter(|o| !constant.contains(o) || Some(*o) == data)
-        .collect();
+    let computed: HashSet<&str> =
+        graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).filter(|o| !constant.contains(o) || Some(*o) == data).collect();
     let mut matmul_bias = HashMap::new();
     let mut fused = HashSet::new();
     for (k, n) in graph.node.iter().enumerate() {
@@ -680,7 +676,15 @@ impl<'m> Cx<'m> {
 
 impl<'m> Importer<'m> {
     /// Appends an IR node reading `input` and binds `output` to its value.
-    fn push(&mut self, cx: &Cx<'m>, op: Op, input: ValueId, shape: Shape, params: Option<ParamNames>, output: &'m str) -> Result<ValueId, String> {
+    fn push(
+        &mut self,
+        cx: &Cx<'m>,
+        op: Op,
+        input: ValueId,
+        shape: Shape,
+        params: Option<ParamNames>,
+        output: &'m str,
+    ) -> Result<ValueId, String> {
         self.push_n(cx, op, vec![input], shape, params, output)
     }
 
@@ -742,7 +746,9 @@ impl<'m> Importer<'m> {
             return Err(format!("the padded value `{name}` is read by a {}: cnnc takes an explicit Pad only before a Conv", cx.op));
         }
         if self.grouped.contains_key(name) {
-            return Err(format!("`{name}` is a 5-D view of an image: cnnc takes it only as part of a channel shuffle (Reshape → Transpose → Reshape)"));
+            return Err(format!(
+                "`{name}` is a 5-D view of an image: cnnc takes it only as part of a channel shuffle (Reshape → Transpose → Reshape)"
+            ));
         }
         if self.params.contains_key(name) {
             return Err(format!("input `{name}` is a constant, not data computed from the graph input"));
@@ -1285,7 +1291,9 @@ fn mul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     }
     let (mut x, mut xs) = imp.data(cx, a)?;
     let (mut g, mut gs) = imp.data(cx, b)?;
-    let gate = |s: Shape, other: Shape| s == other || matches!((s, other), (Shape::Image { c, h: 1, w: 1 }, Shape::Image { c: oc, .. }) if c == oc);
+    let gate = |s: Shape, other: Shape| {
+        s == other || matches!((s, other), (Shape::Image { c, h: 1, w: 1 }, Shape::Image { c: oc, .. }) if c == oc)
+    };
     if !gate(gs, xs) && gate(xs, gs) {
         std::mem::swap(&mut x, &mut g);
         std::mem::swap(&mut xs, &mut gs);
@@ -1436,7 +1444,15 @@ fn concat<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     Ok(())
 }
 
-fn channel_slice<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, x: ValueId, shape: Shape, start: u64, end: u64, out: &'m str) -> Result<(), String> {
+fn channel_slice<'m>(
+    imp: &mut Importer<'m>,
+    cx: &Cx<'m>,
+    x: ValueId,
+    shape: Shape,
+    start: u64,
+    end: u64,
+    out: &'m str,
+) -> Result<(), String> {
     let out_shape = match shape {
         Shape::Image { h, w, .. } => Shape::Image { c: end - start, h, w },
         Shape::Vector { .. } => Shape::Vector { n: end - start },
