@@ -261,6 +261,23 @@ fn pooling_info(p: &crate::unify::Pooling) -> PoolingInfo {
     }
 }
 
+/// A weight drawn from N(0, σ²), as a plan writes it.
+fn weight_init(w: &crate::unify::Weight, variance: f64) -> WeightInit {
+    WeightInit {
+        name: w.weight_param.clone(),
+        shape: w.weight_shape.clone(),
+        distribution: "normal".into(),
+        mean: 0.0,
+        std: variance.sqrt(),
+        variance,
+    }
+}
+
+/// The zero bias of a weight layer that has one.
+fn bias_init(w: &crate::unify::Weight) -> Option<BiasInit> {
+    w.bias_param.as_ref().map(|name| BiasInit { name: name.clone(), shape: vec![w.geometry.out_channels], init: "zeros".into() })
+}
+
 fn conv_info(c: &crate::ir::Conv) -> ConvInfo {
     ConvInfo {
         kernel: c.kernel.to_vec(),
@@ -311,19 +328,8 @@ pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions, analysis: c
             pooling: pooling.as_ref().map(pooling_info),
             tau: r.tau,
             gamma: r.gamma,
-            weight: WeightInit {
-                name: w.weight_param.clone(),
-                shape: w.weight_shape.clone(),
-                distribution: "normal".into(),
-                mean: 0.0,
-                std: r.variance.sqrt(),
-                variance: r.variance,
-            },
-            bias: w.bias_param.as_ref().map(|name| BiasInit {
-                name: name.clone(),
-                shape: vec![w.geometry.out_channels],
-                init: "zeros".into(),
-            }),
+            weight: weight_init(w, r.variance),
+            bias: bias_init(w),
             capped: r.capped,
             uncapped_std: r.uncapped_std,
             predicted: Predicted {
@@ -441,19 +447,8 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
             window: a.window,
             tau: a.tau,
             gamma: a.gamma,
-            weight: WeightInit {
-                name: w.weight_param.clone(),
-                shape: w.weight_shape.clone(),
-                distribution: "normal".into(),
-                mean: 0.0,
-                std: a.variance.sqrt(),
-                variance: a.variance,
-            },
-            bias: w.bias_param.as_ref().map(|name| BiasInit {
-                name: name.clone(),
-                shape: vec![w.geometry.out_channels],
-                init: "zeros".into(),
-            }),
+            weight: weight_init(w, a.variance),
+            bias: bias_init(w),
             capped: a.capped,
             uncapped_std: a.uncapped_std,
             predicted: Predicted {
