@@ -151,6 +151,33 @@ fn reader_sum(p: &Plane, h: &Axis, w: &Axis) -> Plane {
     out
 }
 
+/// Per group of a conv (forward, or transposed for the gradient): Σ over the segments of
+/// `v` among the group's `per_in` channels of n · `sum`(map `m`), with the number of
+/// channels it gives on the other side (`per_out` per group). When each group reads one
+/// channel (depthwise), one entry per segment, so that equal channels stay one segment.
+fn group_sums(
+    v: &Val,
+    m: usize,
+    groups: usize,
+    per_in: usize,
+    per_out: usize,
+    dims: (usize, usize),
+    sum: impl Fn(&Plane) -> Plane,
+) -> Vec<(usize, Plane)> {
+    if per_in == 1 {
+        return v.iter().map(|s| (s.n * per_out, sum(&s.maps[m]))).collect();
+    }
+    (0..groups)
+        .map(|gi| {
+            let mut acc = Plane::filled(dims.0, dims.1, 0.0);
+            for s in &range(v, gi * per_in, (gi + 1) * per_in) {
+                acc.add(&sum(&s.maps[m]), s.n as f64);
+            }
+            (per_out, acc)
+        })
+        .collect()
+}
+
 /// A pooling's windows: per output position the input cells and the divisor.
 struct Windows {
     geo: PoolGeometry,
@@ -384,21 +411,8 @@ impl MapPasses {
             let geo = &w.geometry;
             let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
             // Per group: Σ_segments n · (tap sum of the second-moment map).
-            let mut sums: Vec<(usize, Plane)> = Vec::new();
-            if cin_g == 1 {
-                for s in &x {
-                    sums.push((s.n * cout_g, tap_sum(&s.maps[1], &geo.h, &geo.w)));
-                }
-            } else {
-                for gi in 0..geo.groups as usize {
-                    let part = range(&x, gi * cin_g, (gi + 1) * cin_g);
-                    let mut acc = Plane::filled(geo.h.output as usize, geo.w.output as usize, 0.0);
-                    for s in &part {
-                        acc.add(&tap_sum(&s.maps[1], &geo.h, &geo.w), s.n as f64);
-                    }
-                    sums.push((cout_g, acc));
-                }
-            }
+            let dims = (geo.h.output as usize, geo.w.output as usize);
+            let sums = group_sums(&x, 1, geo.groups as usize, cin_g, cout_g, dims, |p| tap_sum(p, &geo.h, &geo.w));
             if choose {
                 let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.out_channels as f64;
                 if !(total > 0.0 && total.is_finite()) {
@@ -593,21 +607,9 @@ impl MapPasses {
         let (w, eps) = &cx.weights[&k];
         let geo = &w.geometry;
         let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
-        let mut sums: Vec<(usize, Plane)> = Vec::new();
-        if cout_g == 1 && cin_g == 1 {
-            for s in &dz {
-                sums.push((s.n, reader_sum(&s.maps[0], &geo.h, &geo.w)));
-            }
-        } else {
-            for gi in 0..geo.groups as usize {
-                let part = range(&dz, gi * cout_g, (gi + 1) * cout_g);
-                let mut acc = Plane::filled(geo.h.input as usize, geo.w.input as usize, 0.0);
-                for s in &part {
-                    acc.add(&reader_sum(&s.maps[0], &geo.h, &geo.w), s.n as f64);
-                }
-                sums.push((cin_g, acc));
-            }
-        }
+        // Per group: Σ_segments n · (reader sum of the gradient map), the transposed conv.
+        let dims = (geo.h.input as usize, geo.w.input as usize);
+        let sums = group_sums(&dz, 0, geo.groups as usize, cout_g, cin_g, dims, |p| reader_sum(p, &geo.h, &geo.w));
         if choose {
             let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.in_channels as f64;
             if !(total > 0.0 && total.is_finite()) {
