@@ -122,7 +122,7 @@ fn conv_rows(k: Kernels, rounds: usize, rows: &mut Vec<Row>) {
 
 fn f34_rows(k: Kernels, size: u64, rounds: usize, rows: &mut Vec<Row>) {
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/f34.cnn");
-    let net = cnnc::train::load_network(std::path::Path::new(spec), Some(size)).unwrap();
+    let net = cnnc::load_network(std::path::Path::new(spec), cnnc::InputSize::Square(size)).unwrap();
     let plan = cnnc::plan(&net, cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None }).unwrap();
     let dev = Device::Cpu;
     let model = Model::new(&net, &plan, 0, &dev, DType::F32).unwrap().with_kernels(k);

@@ -279,7 +279,7 @@ fn main() {
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/f34.cnn");
     println!("candle CPU threads: {}, rounds: {rounds}", candle_core::utils::get_num_threads());
     for size in sizes {
-        let net = cnnc::train::load_network(std::path::Path::new(spec), Some(size as u64)).unwrap();
+        let net = cnnc::load_network(std::path::Path::new(spec), cnnc::InputSize::Square(size as u64)).unwrap();
         // Identical layers (same shapes and options) are timed once.
         let mut groups: Vec<(String, usize, &Layer)> = Vec::new();
         for l in &net.layers {

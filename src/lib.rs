@@ -49,6 +49,99 @@ pub enum Error {
     /// Errors of the ONNX importer and exporter.
     #[error(transparent)]
     Onnx(#[from] onnx::OnnxError),
+    /// A network file that cannot be read, or is not text.
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    /// An error of the model in a file that carries no source spans (an ONNX model).
+    #[error("{path}: {inner}")]
+    InFile { path: String, inner: Box<Error> },
+}
+
+/// The size one sample of a network's input is taken at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InputSize {
+    /// The size the file declares.
+    #[default]
+    Declared,
+    /// `--input CxHxW`: this size, whatever the file declares.
+    Chw([u64; 3]),
+    /// `--image-size S`: S×S images with the declared channel count.
+    Square(u64),
+}
+
+/// A network file read and lowered to the graph IR: a `.cnn` description (kept, so that
+/// later errors can point into it) or an ONNX model.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub graph: ir::Graph,
+    pub source: Option<Source>,
+    /// The path errors are reported under.
+    pub path: String,
+}
+
+impl Model {
+    /// The graph as the paper's chain of unified layers (an error for graphs that are not chains).
+    pub fn network(&self) -> Result<unify::Network, Error> {
+        network(&self.graph, self.source.as_ref()).map_err(|e| self.located(e))
+    }
+
+    /// Puts the file's path before errors that do not carry it already.
+    pub fn located(&self, e: Error) -> Error {
+        match e {
+            e @ (Error::Source(_) | Error::Read { .. } | Error::InFile { .. }) => e,
+            e => Error::InFile { path: self.path.clone(), inner: Box::new(e) },
+        }
+    }
+}
+
+/// [`load`], then the chain of unified layers ([`Model::network`]).
+pub fn load_network(path: &std::path::Path, input: InputSize) -> Result<unify::Network, Error> {
+    load(path, input)?.network()
+}
+
+/// Whether a path names an ONNX model (by its extension) rather than a `.cnn` description.
+pub fn is_onnx(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Reads a `.cnn` description or an `.onnx` model (by extension) at the given input size:
+/// the one loader of the command line, training, probing and experiments.
+pub fn load(path: &std::path::Path, input: InputSize) -> Result<Model, Error> {
+    let shown = path.display().to_string();
+    if is_onnx(path) {
+        let graph = onnx::load(path, &onnx::ImportOptions { input }).map_err(|e| match e {
+            e @ onnx::OnnxError::Io { .. } => Error::Onnx(e),
+            e => Error::InFile { path: shown.clone(), inner: Box::new(e.into()) },
+        })?;
+        return Ok(Model { graph, source: None, path: shown });
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::Read { path: shown.clone(), message: e.to_string() })?;
+    let text = String::from_utf8(bytes).map_err(|e| Error::Read {
+        path: shown.clone(),
+        message: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+    })?;
+    let src = Source::new(shown.clone(), text);
+    let mut file = src.parse()?;
+    let declared = &mut file.input;
+    let resized = match (input, declared.value.as_slice()) {
+        (InputSize::Declared, _) => None,
+        (InputSize::Chw(chw), [_, _, _]) => Some(chw.to_vec()),
+        (InputSize::Square(s), &[c, _, _]) => Some(vec![c, s, s]),
+        (InputSize::Chw(_), d) | (InputSize::Square(_), d) => {
+            let flag = if matches!(input, InputSize::Chw(_)) { "--input" } else { "--image-size" };
+            let message = format!("{flag} needs an image input (CxHxW); the network declares input {d:?}");
+            return Err(src.diagnostics(vec![Diagnostic::new(declared.span, message)]));
+        }
+    };
+    if let Some(v) = resized {
+        if v.contains(&0) {
+            let message = format!("the input size must be positive in every axis, got {v:?}");
+            return Err(src.diagnostics(vec![Diagnostic::new(declared.span, message)]));
+        }
+        declared.value = v;
+    }
+    let graph = lower::lower(&file).map_err(|d| src.diagnostics(d))?;
+    Ok(Model { graph, source: Some(src), path: shown })
 }
 
 /// A `.cnn` source text and the path it is reported under.

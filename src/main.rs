@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use cnnc::analyze::{self, Mode, Options};
-use cnnc::{report, Source};
+use cnnc::report;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -67,7 +67,7 @@ enum Command {
         init: InitArgs,
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
-        /// ONNX only: one sample's input shape CxHxW (when the graph's sizes are symbolic)
+        /// One sample's input shape CxHxW instead of the declared one (an ONNX graph with symbolic sizes needs it)
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
         /// paper: the paper's layer means; map: a variance per spatial position
@@ -86,7 +86,7 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         init: InitArgs,
-        /// ONNX only: one sample's input shape CxHxW
+        /// One sample's input shape CxHxW instead of the declared one
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
         /// paper: the paper's layer means; map: a variance per spatial position
@@ -99,14 +99,14 @@ enum Command {
     /// Print the graph IR (one line per node, with inferred shapes)
     Graph {
         file: PathBuf,
-        /// ONNX only: one sample's input shape CxHxW
+        /// One sample's input shape CxHxW instead of the declared one
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
     },
     /// Print the explicit index sets of one unit: s, a, c, t (or j, h, d with --backward)
     Inspect {
         file: PathBuf,
-        /// ONNX only: one sample's input shape CxHxW
+        /// One sample's input shape CxHxW instead of the declared one
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
         /// Layer ℓ, from 1
@@ -131,7 +131,7 @@ enum Command {
         /// Seed of the weight generator
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// ONNX only: one sample's input shape CxHxW
+        /// One sample's input shape CxHxW instead of the declared one
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
         #[arg(short, long)]
@@ -201,19 +201,12 @@ enum EmitCommand {
         init: InitArgs,
         #[arg(long, value_enum, default_value = "paper")]
         analysis: AnalysisArg,
-        /// ONNX only: one sample's input shape CxHxW
+        /// One sample's input shape CxHxW instead of the declared one
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-}
-
-fn read_source(path: &Path) -> Result<Source> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
-    Ok(Source::new(path.display().to_string(), text))
 }
 
 /// Parses `--input CxHxW`.
@@ -226,38 +219,14 @@ fn parse_input(s: &str) -> std::result::Result<[u64; 3], String> {
     }
 }
 
-fn is_onnx(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
-}
-
-/// The graph IR of a `.cnn` file or an `.onnx` model.
-fn load_graph(path: &Path, input: Option<[u64; 3]>) -> Result<cnnc::ir::Graph> {
-    if is_onnx(path) {
-        let graph = cnnc::onnx::load(path, &cnnc::onnx::ImportOptions { input }).map_err(|e| match e {
-            e @ cnnc::onnx::OnnxError::Io { .. } => anyhow::Error::from(cnnc::Error::from(e)),
-            e => anyhow::anyhow!("{}: {}", path.display(), cnnc::Error::from(e)),
-        })?;
-        for note in &graph.notes {
-            eprintln!("note: {}: {note}", path.display());
-        }
-        return Ok(graph);
+/// Reads a `.cnn` file or an `.onnx` model (`cnnc::load`), with `--input` when given;
+/// the importer's notes go to stderr.
+fn load(path: &Path, input: Option<[u64; 3]>) -> Result<cnnc::Model> {
+    let model = cnnc::load(path, input.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Chw))?;
+    for note in &model.graph.notes {
+        eprintln!("note: {}: {note}", path.display());
     }
-    if input.is_some() {
-        bail!("--input applies to ONNX models only: {} declares its input", path.display());
-    }
-    Ok(read_source(path)?.graph()?)
-}
-
-/// The unified layers of a `.cnn` file or an `.onnx` model.
-fn load_network(path: &Path, input: Option<[u64; 3]>) -> Result<cnnc::unify::Network> {
-    if is_onnx(path) {
-        let graph = load_graph(path, input)?;
-        return cnnc::network(&graph, None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
-    }
-    if input.is_some() {
-        bail!("--input applies to ONNX models only: {} declares its input", path.display());
-    }
-    Ok(read_source(path)?.network()?)
+    Ok(model)
 }
 
 /// The initialization a plan is derived for: `--mode` and `--std-cap`.
@@ -310,13 +279,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Plan { file, init, format, analysis, input, output, branch_scale } => {
             let opts = init.options()?;
-            let plan = if is_onnx(&file) {
-                let graph = load_graph(&file, input)?;
+            let model = load(&file, input)?;
+            let plan = if model.source.is_none() {
                 let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale };
-                cnnc::plan_graph(&graph, req).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                cnnc::plan_graph(&model.graph, req).map_err(|e| model.located(e))?
             } else {
-                let net = load_network(&file, input)?;
-                cnnc::plan_with(&net, opts, analysis.into())?
+                cnnc::plan_with(&model.network()?, opts, analysis.into())?
             };
             let text = match format {
                 Format::Json => plan.to_json(),
@@ -326,22 +294,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Lower { file, init, input, analysis, branch_scale } => {
             let opts = init.options()?;
-            if is_onnx(&file) {
-                let graph = load_graph(&file, input)?;
+            let model = load(&file, input)?;
+            if model.source.is_none() {
                 let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale };
-                let text = cnnc::lower_report(&graph, req).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                let text = cnnc::lower_report(&model.graph, req).map_err(|e| model.located(e))?;
                 return emit(&None, &text);
             }
-            let net = load_network(&file, input)?;
+            let net = model.network()?;
             let analysis = analyze::analyze_with(&net, opts, analysis.into())?;
             emit(&None, &report::lower_table(&net, &analysis, opts.mode))
         }
         Command::Graph { file, input } => {
-            let graph = load_graph(&file, input)?;
-            emit(&None, &report::graph_table(&graph))
+            emit(&None, &report::graph_table(&load(&file, input)?.graph))
         }
         Command::Inspect { file, input, layer, unit, backward, limit } => {
-            let net = load_network(&file, input)?;
+            let net = load(&file, input)?.network()?;
             let Some(l) = layer.checked_sub(1).and_then(|k| net.layers.get(k)) else {
                 bail!("--layer {layer} is out of range: {} has layers 1 to {}", net.name, net.layers.len());
             };
@@ -350,10 +317,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::ExportOnnx { file, init, seed, input, output } => {
             let opts = init.options()?;
-            let graph = load_graph(&file, input)?;
-            let net = load_network(&file, input)?;
-            let plan = cnnc::plan(&net, opts)?;
-            let model = cnnc::onnx::export(&graph, &plan, seed).map_err(cnnc::Error::from)?;
+            let model = load(&file, input)?;
+            let plan = cnnc::plan(&model.network()?, opts)?;
+            let model = cnnc::onnx::export(&model.graph, &plan, seed).map_err(cnnc::Error::from)?;
             cnnc::onnx::write_model(model, &output, None)
                 .map_err(cnnc::Error::from)
                 .with_context(|| format!("cannot write {}", output.display()))
@@ -362,7 +328,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = init.options()?;
             let in_model = |e: cnnc::Error| anyhow::anyhow!("{}: {e}", model.display());
             let mut proto = cnnc::onnx::read_model(&model).map_err(|e| in_model(e.into()))?;
-            let graph = cnnc::onnx::import(&proto, &cnnc::onnx::ImportOptions { input }).map_err(|e| in_model(e.into()))?;
+            let graph = cnnc::onnx::import(&proto, &cnnc::onnx::ImportOptions { input: input.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Chw) }).map_err(|e| in_model(e.into()))?;
             let net = cnnc::network(&graph, None).map_err(in_model)?;
             let plan = cnnc::plan(&net, opts)?;
             cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
@@ -387,7 +353,7 @@ fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "train")]
         Command::Probe(ProbeArgs { file, init, analysis, draws, batch, seed, image_size, json, plot }) => {
             cnnc::nn::tune_cpu();
-            let net = cnnc::train::load_network(&file, image_size)?;
+            let net = cnnc::load_network(&file, image_size.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Square))?;
             let device = cnnc::train::device("cpu")?;
             let mut reports = Vec::new();
             for mode in init {
@@ -561,7 +527,10 @@ fn train_command(a: TrainArgs) -> Result<()> {
     };
     let mut config = config;
     train::device(&config.device)?;
-    let net = train::load_network(Path::new(&config.model), a.image_size.or((config.image_size > 0).then_some(config.image_size)))?;
+    let net = cnnc::load_network(
+        Path::new(&config.model),
+        a.image_size.or((config.image_size > 0).then_some(config.image_size)).map_or(cnnc::InputSize::Declared, cnnc::InputSize::Square),
+    )?;
     let (c, h, w) = net.input.chw();
     if h != w {
         bail!("{}: the input is {h}x{w}; training needs square images (pass --image-size)", config.model);
@@ -569,15 +538,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
     config.image_size = h;
     let plan = match (plan, &a.plan) {
         (Some(p), _) => p,
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let parsed: Result<cnnc::plan::Plan, String> = if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                serde_norway::from_str(&text).map_err(|e| e.to_string())
-            } else {
-                serde_json::from_str(&text).map_err(|e| e.to_string())
-            };
-            parsed.map_err(|e| anyhow::anyhow!("{}: not a cnnc plan: {e}", path.display()))?
-        }
+        (None, Some(path)) => cnnc::plan::Plan::read(path)?,
         (None, None) => cnnc::plan(&net, Options { mode: a.init.into(), std_cap: None })?,
     };
     let target = data::Target { channels: c as usize, size: h as usize };
@@ -634,17 +595,21 @@ fn emit_command(cmd: EmitCommand) -> Result<()> {
     match cmd {
         EmitCommand::Candle { file, init, analysis, output, name, cnnc_path, workspace_member } => {
             let opts = init.options()?;
-            if is_onnx(&file) {
+            if cnnc::is_onnx(&file) {
                 bail!("emit candle takes a .cnn description (the generated test re-plans it); {} is ONNX", file.display());
             }
-            let src = read_source(&file)?;
-            let net = src.network()?;
+            let model = load(&file, None)?;
+            let net = model.network()?;
+            let Some(src) = model.source else { bail!("{} has no source text", file.display()) };
             let plan = cnnc::plan_with(&net, opts, analysis.into())?;
             let opts = cnnc::emit::candle::CandleOptions {
                 name: name.unwrap_or_else(|| cnnc::emit::candle::package_name(&net.name)),
                 spec_path: file.display().to_string(),
                 spec_text: src.text.clone(),
-                cnnc_path: cnnc_path.unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").to_string()),
+                cnnc_path: match cnnc_path {
+                    Some(p) => p,
+                    None => default_cnnc_path()?,
+                },
                 standalone: !workspace_member,
             };
             let files = cnnc::emit::candle::generate(&net, &plan, &opts)?;
@@ -654,11 +619,28 @@ fn emit_command(cmd: EmitCommand) -> Result<()> {
         }
         EmitCommand::PytorchInit { file, init, analysis, input, output } => {
             let opts = init.options()?;
-            let net = load_network(&file, input)?;
+            let net = load(&file, input)?.network()?;
             let plan = cnnc::plan_with(&net, opts, analysis.into())?;
             emit(&output, &cnnc::emit::pytorch::init_module(&plan, &file.display().to_string())?)
         }
     }
+}
+
+/// The generated crate's `cnnc` dependency when `--cnnc-path` is not given: the source
+/// this binary was built from, if it is still there and is this version of cnnc (an
+/// installed binary's build folder is often gone or has moved on), else an error with advice.
+fn default_cnnc_path() -> Result<String> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let manifest = std::fs::read_to_string(Path::new(dir).join("Cargo.toml")).unwrap_or_default();
+    let version = format!("version = \"{}\"", env!("CARGO_PKG_VERSION"));
+    if manifest.contains("name = \"cnnc\"") && manifest.contains(&version) {
+        return Ok(dir.to_string());
+    }
+    bail!(
+        "this cnnc was built from {dir}, which no longer holds cnnc {}: pass --cnnc-path DIR, a checkout of cnnc {} (the generated crate builds against it)",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// A plan-only build (`--no-default-features`): the commands of the `train` feature still

@@ -486,7 +486,45 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
     }
 }
 
+/// A plan file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ReadError {
+    pub path: String,
+    pub message: String,
+}
+
 impl Plan {
+    /// Reads a plan file: YAML for a `.yaml`/`.yml` path, JSON otherwise. The `format`
+    /// must be one this cnnc writes ([`FORMAT`], [`FORMAT_GRAPH`]): a plan of a newer
+    /// format may carry entries this reader would silently drop.
+    pub fn read(path: &std::path::Path) -> Result<Plan, ReadError> {
+        let fail = |message: String| ReadError { path: path.display().to_string(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let yaml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+        Plan::parse(&text, yaml).map_err(fail)
+    }
+
+    /// Parses a plan's text (YAML or JSON) and checks its `format`.
+    pub fn parse(text: &str, yaml: bool) -> Result<Plan, String> {
+        // The format first, on its own: a plan of another version fails on that, not on
+        // the first field it does not know.
+        #[derive(Deserialize)]
+        struct Head {
+            format: Option<String>,
+        }
+        let head: Result<Head, String> =
+            if yaml { serde_norway::from_str(text).map_err(|e| e.to_string()) } else { serde_json::from_str(text).map_err(|e| e.to_string()) };
+        match head?.format.as_deref() {
+            Some(FORMAT | FORMAT_GRAPH) => {}
+            Some(other) => return Err(format!("plan format `{other}` is not one this cnnc reads ({FORMAT}, {FORMAT_GRAPH})")),
+            None => return Err("not a cnnc plan: no `format` field".into()),
+        }
+        let plan: Result<Plan, String> =
+            if yaml { serde_norway::from_str(text).map_err(|e| e.to_string()) } else { serde_json::from_str(text).map_err(|e| e.to_string()) };
+        plan.map_err(|e| format!("not a cnnc plan: {e}"))
+    }
+
     pub fn to_json(&self) -> String {
         let mut s = serde_json::to_string_pretty(self).expect("a plan always serializes");
         s.push('\n');

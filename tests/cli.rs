@@ -65,6 +65,36 @@ fn errors_exit_non_zero_with_a_located_message() {
     assert!(err.contains("unit 10 is out of range"), "{err}");
 }
 
+/// `--input` on a `.cnn` file plans the network at that size: the same plan as a copy of
+/// the spec whose `input` line says that size, and an error at the input line for a
+/// network whose input is a vector.
+#[test]
+fn input_resizes_a_cnn_network_like_editing_its_spec() {
+    let dir = std::env::temp_dir().join(format!("cnnc-cli-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/specs/f34.cnn")).unwrap();
+    assert!(spec.contains("input 3x224x224"));
+    let edited = dir.join("f34_28.cnn");
+    std::fs::write(&edited, spec.replace("input 3x224x224", "input 1x28x28")).unwrap();
+    let (code, by_flag, err) = cnnc(&["plan", "specs/f34.cnn", "--input", "1x28x28"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, by_edit, err) = cnnc(&["plan", edited.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (a, b): (cnnc::plan::Plan, cnnc::plan::Plan) = (serde_json::from_str(&by_flag).unwrap(), serde_json::from_str(&by_edit).unwrap());
+    assert_eq!(a.input_shape, vec![1, 28, 28]);
+    assert_eq!(a.input_shape, b.input_shape);
+    assert_eq!(a.layers, b.layers);
+    let (_, at_224, _) = cnnc(&["plan", "specs/f34.cnn"]);
+    let c: cnnc::plan::Plan = serde_json::from_str(&at_224).unwrap();
+    assert_ne!(a.layers, c.layers, "the input size changes the plan (ε and M depend on it)");
+
+    let vector = dir.join("mlp.cnn");
+    std::fs::write(&vector, "network MLP\ninput 784\nlinear -> 10\n").unwrap();
+    let (code, _, err) = cnnc(&["plan", vector.to_str().unwrap(), "--input", "1x28x28"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--input needs an image input (CxHxW)") && err.contains("mlp.cnn:2:1"), "{err}");
+}
+
 #[test]
 fn inspect_lists_the_index_sets() {
     let (code, out, err) = cnnc(&["inspect", "specs/f34.cnn", "--layer", "1", "--unit", "0", "--limit", "4"]);
@@ -112,4 +142,33 @@ fn training_commands_take_their_arguments() {
     let (code, _, err) = cnnc(&["train", "specs/f34.cnn"]);
     assert_eq!(code, 1);
     assert!(err.contains("train needs --data DIR"), "{err}");
+}
+
+/// Plan files are read by one reader that checks `format`: JSON and YAML read back equal
+/// to the plan written; another format, or no format, is refused with the path.
+#[test]
+fn plan_files_are_read_back_and_their_format_checked() {
+    let dir = std::env::temp_dir().join(format!("cnnc-cli-read-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, json, err) = cnnc(&["plan", "specs/vgg16.cnn", "--mode", "backward"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, yaml, err) = cnnc(&["plan", "specs/vgg16.cnn", "--mode", "backward", "--format", "yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let (pj, py) = (dir.join("p.json"), dir.join("p.yml"));
+    std::fs::write(&pj, &json).unwrap();
+    std::fs::write(&py, &yaml).unwrap();
+    let a = cnnc::plan::Plan::read(&pj).unwrap();
+    assert_eq!(a, cnnc::plan::Plan::read(&py).unwrap());
+    assert_eq!((a.mode.as_str(), a.layers.len()), ("backward", 16));
+
+    let newer = dir.join("newer.json");
+    std::fs::write(&newer, json.replace("\"cnnc-plan/1\"", "\"cnnc-plan/9\"")).unwrap();
+    let e = cnnc::plan::Plan::read(&newer).unwrap_err().to_string();
+    assert!(e.contains("newer.json") && e.contains("plan format `cnnc-plan/9` is not one this cnnc reads"), "{e}");
+    let none = dir.join("none.json");
+    std::fs::write(&none, "{\"layers\": []}").unwrap();
+    let e = cnnc::plan::Plan::read(&none).unwrap_err().to_string();
+    assert!(e.contains("no `format` field"), "{e}");
+    assert!(cnnc::plan::Plan::read(&dir.join("absent.json")).unwrap_err().to_string().contains("cannot read"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,7 +13,7 @@ fn f34_images_per_second() {
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/f34.cnn");
     let batch = 16;
     for size in [64u64, 224] {
-        let net = cnnc::train::load_network(std::path::Path::new(spec), Some(size)).unwrap();
+        let net = cnnc::load_network(std::path::Path::new(spec), cnnc::InputSize::Square(size)).unwrap();
         let plan = cnnc::plan(&net, cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None }).unwrap();
         let model = Model::new(&net, &plan, 0, &Device::Cpu, DType::F32).unwrap();
         let mut opt = Sgd::new(model.named_vars(), 1e-3, 0.9, 1e-4);

@@ -409,7 +409,7 @@ fn input_option_overrides_symbolic_sizes() {
         import(&m).unwrap_err(),
         "the graph input `x` has shape [?, 3, ?, ?] with unknown or symbolic sizes: give one sample's shape with --input CxHxW"
     );
-    let g = onnx::import(&m, &ImportOptions { input: Some([3, 32, 16]) }).unwrap();
+    let g = onnx::import(&m, &ImportOptions { input: cnnc::InputSize::Chw([3, 32, 16]) }).unwrap();
     assert_eq!(g.nodes[0].output, img(4, 30, 14));
 }
 
@@ -561,10 +561,10 @@ fn fixtures(sub: &str) -> Vec<PathBuf> {
     v
 }
 
-fn input_of(path: &Path) -> Option<[u64; 3]> {
-    let text = std::fs::read_to_string(path.with_extension("input")).ok()?;
+fn input_of(path: &Path) -> cnnc::InputSize {
+    let Ok(text) = std::fs::read_to_string(path.with_extension("input")) else { return cnnc::InputSize::Declared };
     let v: Vec<u64> = text.trim().split('x').map(|s| s.parse().unwrap()).collect();
-    Some([v[0], v[1], v[2]])
+    cnnc::InputSize::Chw([v[0], v[1], v[2]])
 }
 
 /// The dump a fixture is checked against: its `lower` table, or its error message.
@@ -786,8 +786,13 @@ fn cli_plan_lower_export_init() {
     let (_, graph_a, _) = cnnc(&["graph", exported.to_str().unwrap()]);
     let (_, graph_b, _) = cnnc(&["graph", reinit.to_str().unwrap()]);
     assert_eq!(graph_a, graph_b);
-    let (ok, _, err) = cnnc(&["plan", spec.to_str().unwrap(), "--input", "3x8x8"]);
-    assert!(!ok && err.contains("--input applies to ONNX models only"), "{err}");
+    // `--input` resizes a spec and its exported model alike (the exported input is 3x32x32).
+    let (ok, spec_40, err) = cnnc(&["lower", spec.to_str().unwrap(), "--input", "3x40x40"]);
+    assert!(ok, "{err}");
+    let (ok, onnx_40, err) = cnnc(&["lower", exported.to_str().unwrap(), "--input", "3x40x40"]);
+    assert!(ok, "{err}");
+    assert_eq!(spec_40, onnx_40);
+    assert_ne!(spec_40, from_spec);
     let (ok, _, err) = cnnc(&["plan", dir.join("missing.onnx").to_str().unwrap()]);
     assert!(!ok && err.contains("cannot read") && err.contains("missing.onnx"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -817,7 +822,12 @@ fn shapes_only_reading_matches_full_decoding() {
     for bytes in &files {
         let full = onnx::decode(Bytes::from(bytes.clone())).unwrap();
         let slim = onnx::decode_shapes(std::io::Cursor::new(bytes), bytes.len() as u64).unwrap();
-        let opts = ImportOptions { input: Some([3, 64, 64]).filter(|_| full.graph.as_ref().unwrap().name() == "dynamo_style") };
+        let opts = ImportOptions {
+            input: match full.graph.as_ref().unwrap().name() {
+                "dynamo_style" => cnnc::InputSize::Chw([3, 64, 64]),
+                _ => cnnc::InputSize::Declared,
+            },
+        };
         assert_eq!(onnx::import(&slim, &opts).unwrap(), onnx::import(&full, &opts).unwrap());
     }
     let slim = onnx::decode_shapes(std::io::Cursor::new(&exported), exported.len() as u64).unwrap();

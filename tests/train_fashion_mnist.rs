@@ -102,7 +102,7 @@ fn a_tiny_net_learns_from_a_fashion_mnist_subset() {
         "network FashionTiny\ninput 1x28x28\nConv(3/p1) -> 8, relu\nMaxPool(3/s2/p1)\nConv(3/s2/p1) -> 16, relu\nLinear -> 10\n",
     )
     .unwrap();
-    let net = cnnc::train::load_network(&spec, None).unwrap();
+    let net = cnnc::load_network(&spec, cnnc::InputSize::Declared).unwrap();
     let plan = cnnc::plan(&net, cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None }).unwrap();
     let mut subset = split().clone();
     subset.train.truncate(512);

@@ -77,7 +77,7 @@ fn training_is_the_same_with_and_without_prefetch() {
     let root = std::env::temp_dir().join(format!("cnnc-loader-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     data::synthesize(&root.join("data"), 4, 8, 16, 5).unwrap();
-    let net = cnnc::train::load_network(Path::new(tiny), None).unwrap();
+    let net = cnnc::load_network(Path::new(tiny), cnnc::InputSize::Declared).unwrap();
     let plan = cnnc::plan(&net, cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None }).unwrap();
     let split = data::load(&root.join("data"), data::Target { channels: 3, size: 16 }, 0.25, 1).unwrap();
     let config = cnnc::train::Config {

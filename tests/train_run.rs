@@ -38,7 +38,7 @@ fn two_epochs_straight_equal_one_plus_resume_one() {
     let root = tmp("resume");
     let data_dir = root.join("data");
     data::synthesize(&data_dir, 4, 10, 16, 1).unwrap();
-    let net = train::load_network(Path::new(TINY), None).unwrap();
+    let net = cnnc::load_network(Path::new(TINY), cnnc::InputSize::Declared).unwrap();
     let plan = cnnc::plan(&net, cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None }).unwrap();
     let split = data::load(&data_dir, data::Target { channels: 3, size: 16 }, 0.25, 3).unwrap();
 
@@ -82,7 +82,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let root = tmp("nan");
     let data_dir = root.join("data");
     data::synthesize(&data_dir, 4, 8, 16, 2).unwrap();
-    let net = train::load_network(Path::new(TINY), None).unwrap();
+    let net = cnnc::load_network(Path::new(TINY), cnnc::InputSize::Declared).unwrap();
     let plan = cnnc::plan(&net, cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None }).unwrap();
     let split = data::load(&data_dir, data::Target { channels: 3, size: 16 }, 0.25, 3).unwrap();
     let run = root.join("run");

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let slim = onnx::decode_shapes(std::io::Cursor::new(data), data.len() as u64);
     let full = onnx::decode(Bytes::copy_from_slice(data));
     let (Ok(slim), Ok(full)) = (slim, full) else { return };
-    for input in [None, Some([3, 17, 13])] {
+    for input in [cnnc::InputSize::Declared, cnnc::InputSize::Chw([3, 17, 13]), cnnc::InputSize::Square(9)] {
         let opts = ImportOptions { input };
         let graph = onnx::import(&slim, &opts);
         match (&graph, onnx::import(&full, &opts)) {

@@ -208,6 +208,13 @@ impl Model {
         if !pool::supported(dtype) {
             return Err(NnError::PlanMismatch(format!("dtype {dtype:?} is not supported (f32 or f64)")));
         }
+        if plan.format != crate::plan::FORMAT {
+            return Err(NnError::PlanMismatch(format!(
+                "the plan is {}; the candle model takes plans of chains ({})",
+                plan.format,
+                crate::plan::FORMAT
+            )));
+        }
         if plan.layers.len() != net.layers.len() {
             return Err(NnError::PlanMismatch(format!("the plan has {} layers, the network {}", plan.layers.len(), net.layers.len())));
         }

@@ -33,9 +33,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 /// What the importer needs beyond the model.
 #[derive(Clone, Debug, Default)]
 pub struct ImportOptions {
-    /// One sample's input shape (C, H, W), overriding the graph input's declared shape
-    /// (needed when its sizes are symbolic).
-    pub input: Option<[u64; 3]>,
+    /// One sample's input size: the declared one, or an override (needed when the
+    /// graph's sizes are symbolic).
+    pub input: crate::InputSize,
 }
 
 /// Largest size accepted for one axis, and for the number of elements of one sample:
@@ -478,7 +478,22 @@ fn data_input<'m>(graph: &'m GraphProto, imp: &Importer<'_>, opts: &ImportOption
         }
     };
     let name = vi.name();
-    if let Some([c, h, w]) = opts.input {
+    let declared = declared_dims(vi);
+    let given = match opts.input {
+        crate::InputSize::Declared => None,
+        crate::InputSize::Chw(chw) => Some(chw),
+        crate::InputSize::Square(s) => match declared.as_deref() {
+            Some([_, Some(c), _, _]) => Some([*c as u64, s, s]),
+            Some(d) => {
+                return Err(OnnxError::Model(format!(
+                    "--image-size {s} needs an image input with a known channel count; the graph input `{name}` has shape {}: give --input CxHxW",
+                    dims_text(d)
+                )))
+            }
+            None => return Err(OnnxError::Model(format!("the graph input `{name}` has no declared shape: give --input CxHxW"))),
+        },
+    };
+    if let Some([c, h, w]) = given {
         for (axis, v) in [("C", c), ("H", h), ("W", w)] {
             if v == 0 || v > MAX_DIM {
                 return Err(OnnxError::Model(format!("--input: {axis} = {v} is out of range (1 to {MAX_DIM})")));
@@ -486,7 +501,6 @@ fn data_input<'m>(graph: &'m GraphProto, imp: &Importer<'_>, opts: &ImportOption
         }
         return checked_shape(Shape::Image { c, h, w }).map(|s| (name, s)).map_err(OnnxError::Model);
     }
-    let declared = declared_dims(vi);
     let hint = "give one sample's shape with --input CxHxW";
     let shape = match declared.as_deref() {
         Some([_, Some(c), Some(h), Some(w)]) => Shape::Image { c: *c as u64, h: *h as u64, w: *w as u64 },

@@ -45,6 +45,9 @@ pub enum TrainError {
     Step { epoch: usize, step: usize, source: candle_core::Error },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// The network file (see [`crate::load`]).
+    #[error(transparent)]
+    Load(#[from] crate::Error),
 }
 
 /// The training flags that `cnnc train` and the training programs `cnnc emit candle`
@@ -382,45 +385,4 @@ pub fn checkpoint_weights(run: &Path) -> Result<Vec<(String, Vec<f32>)>, TrainEr
         .collect::<candle_core::Result<_>>()?;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
-}
-
-/// Loads a `.cnn` or `.onnx` network with its input resized to `image_size`×`image_size`
-/// (channels kept), or as declared when `image_size` is `None`. The plan must be made
-/// for the network this returns: ε and M depend on the input size.
-pub fn load_network(path: &Path, image_size: Option<u64>) -> Result<Network, TrainError> {
-    let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
-    let fail = |e: crate::Error| TrainError::Config(format!("{}: {e}", path.display()));
-    if is_onnx {
-        let declared = crate::onnx::load(path, &crate::onnx::ImportOptions { input: None }).map_err(|e| fail(e.into()))?;
-        let graph = match image_size {
-            Some(s) => {
-                let (c, _, _) = declared.input.chw();
-                crate::onnx::load(path, &crate::onnx::ImportOptions { input: Some([c, s, s]) }).map_err(|e| fail(e.into()))?
-            }
-            None => declared,
-        };
-        return crate::network(&graph, None).map_err(fail);
-    }
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
-    let text = String::from_utf8(bytes).map_err(|_| file_err(path, "not UTF-8 text"))?;
-    let src = crate::Source::new(path.display().to_string(), text);
-    let mut file = src.parse().map_err(fail)?;
-    if let Some(s) = image_size {
-        match file.input.value.len() {
-            3 => {
-                file.input.value[1] = s;
-                file.input.value[2] = s;
-            }
-            _ => {
-                return Err(TrainError::Config(format!(
-                    "{}: --image-size needs an image input (CxHxW), the network takes {:?}",
-                    path.display(),
-                    file.input.value
-                )))
-            }
-        }
-    }
-    let graph = crate::lower::lower(&file)
-        .map_err(|d| fail(crate::Error::Source(crate::diag::Diagnostics { path: src.path.clone(), source: src.text.clone(), items: d })))?;
-    crate::network(&graph, Some(&src)).map_err(fail)
 }
