@@ -144,7 +144,7 @@ pub fn constants(act: Activation, pool: PoolingKind) -> Result<(f64, f64), Strin
 }
 
 /// `Some(a)` when `f(u) = u` for u > 0 and `a·u` for u < 0.
-fn piecewise_linear_slope(act: Activation) -> Option<f64> {
+pub(crate) fn piecewise_linear_slope(act: Activation) -> Option<f64> {
     match act {
         Activation::Relu => Some(0.0),
         Activation::Identity => Some(1.0),
@@ -153,9 +153,14 @@ fn piecewise_linear_slope(act: Activation) -> Option<f64> {
     }
 }
 
+/// `(E f(u), E f(u)²)` of `f(u) = max(u, 0) + a min(u, 0)` for u ~ N(0, 1); E f'(u)² is
+/// the second of these too.
+pub(crate) fn piecewise_linear_moments(a: f64) -> (f64, f64) {
+    ((1.0 - a) / (2.0 * PI).sqrt(), (1.0 + a * a) / 2.0)
+}
+
 fn piecewise_linear_constants(a: f64, pool: PoolingKind) -> (f64, f64) {
-    let second = (1.0 + a * a) / 2.0; // E f(u)² = E f'(u)²
-    let mean = (1.0 - a) / (2.0 * PI).sqrt(); // E f(u)
+    let (mean, second) = piecewise_linear_moments(a);
     match pool {
         PoolingKind::None => (second, second),
         PoolingKind::Avg(t) => {
@@ -186,7 +191,7 @@ pub fn big_phi(x: f64) -> f64 {
 }
 
 /// `ln Φ(x)`, accurate in both tails.
-fn ln_big_phi(x: f64) -> f64 {
+pub(crate) fn ln_big_phi(x: f64) -> f64 {
     if x > 0.0 {
         (-0.5 * erfc(x / SQRT_2)).ln_1p()
     } else {
@@ -203,25 +208,39 @@ pub fn max_density(t: u64, m: f64) -> f64 {
     log.exp()
 }
 
-/// Upper integration limit beyond which the max density is negligible (< 1e-30 relative).
-pub(crate) fn upper_limit(t: u64) -> f64 {
-    (2.0 * (t as f64).ln()).sqrt() + 12.0
+/// Integration limits `(lower, upper)` for the maximum `M` of independent zero-mean
+/// Gaussians with standard deviations `s` (all 1 for the paper's `T`-window).
+///
+/// Upper: beyond `s_max (√(2 ln T) + 12)` the density is below 1e-30 of its scale.
+/// Lower: member k's density term carries `∏_{l≠k} Φ(m/s_l)`, and `ln Φ(m) ≤ −ln 2 +
+/// m φ(0)/Φ(0)` (concavity), so it decays at least like `exp(0.79 m Σ_{l≠k} 1/s_l)`
+/// relative to its value at 0; the slowest k is the narrowest member. Beyond
+/// `80 / (0.79 rate)` every term is below e^-80 of its scale; ±12 s_max bound both ends.
+pub(crate) fn max_limits(s: &[f64]) -> (f64, f64) {
+    let s_max = s.iter().cloned().fold(0.0, f64::max);
+    let s_min = s.iter().cloned().fold(f64::INFINITY, f64::min);
+    let rate = s.iter().map(|v| 1.0 / v).sum::<f64>() - 1.0 / s_min;
+    let hi = s_max * ((2.0 * (s.len() as f64).ln()).sqrt() + 12.0);
+    let lo = if rate > 0.0 { -(80.0 / (0.79 * rate)).min(12.0 * s_max) } else { -12.0 * s_max };
+    (lo, hi)
 }
 
-/// Lower integration limit of the negative half. There `ln Φ(m) ≤ −ln 2 + m·φ(0)/Φ(0)`
-/// (concavity), so `Φ(m)^(T−1)` decays like `exp(0.79 (T−1) m)` relative to its value at 0:
-/// beyond `80 / (0.79 (T−1))` the integrand is below e^-80 of its scale.
-fn lower_limit(t: u64) -> f64 {
-    if t <= 1 {
-        -12.0
-    } else {
-        -(80.0 / (0.79 * (t - 1) as f64)).min(12.0)
-    }
+/// [`max_limits`] of a window of `t` unit-variance members.
+fn unit_limits(t: u64) -> (f64, f64) {
+    // Written out rather than through a vector of t ones: t can be a whole feature map.
+    let hi = (2.0 * (t as f64).ln()).sqrt() + 12.0;
+    let lo = if t <= 1 { -12.0 } else { -(80.0 / (0.79 * (t - 1) as f64)).min(12.0) };
+    (lo, hi)
+}
+
+/// Upper integration limit of the paper's `T`-window maximum ([`max_limits`]).
+pub(crate) fn upper_limit(t: u64) -> f64 {
+    unit_limits(t).1
 }
 
 /// ∫ g(m) p_T(m) dm over the negative half, with panels fitted to its decay.
 pub(crate) fn negative_half(g: impl Fn(f64) -> f64, t: u64) -> f64 {
-    integrate(g, lower_limit(t), 0.0, 48)
+    integrate(g, unit_limits(t).0, 0.0, 48)
 }
 
 /// `(∫_0^∞ m² p_T(m) dm, ∫_{-∞}^0 m² p_T(m) dm)`: the two halves of E[max²].

@@ -170,10 +170,8 @@ impl Func<'_> {
     /// `Some(a)` when f(x) = x above 0 and a·x below.
     pub(super) fn slope(&self) -> Option<f64> {
         match self {
-            Func::Act(Activation::Relu) => Some(0.0),
-            Func::Act(Activation::Identity) => Some(1.0),
-            Func::Act(Activation::LeakyRelu { slope }) => Some(*slope),
-            _ => None,
+            Func::Act(a) => super::piecewise_linear_slope(*a),
+            Func::Expr(_) => None,
         }
     }
 }
@@ -205,7 +203,8 @@ pub(super) fn gauss_moments(f: Func<'_>, mu: f64, v: f64) -> (f64, f64, f64) {
         let neg2 = (mu * mu + v) * ncdf - mu * s * npdf; // E relu(−x)²
         if mu == 0.0 {
             // Exactly the chain's constants: E f² = v (1 + a²)/2.
-            return (pos1 - a * neg1, v * (1.0 + a * a) / 2.0, (1.0 + a * a) / 2.0);
+            let second = super::piecewise_linear_moments(a).1;
+            return (pos1 - a * neg1, v * second, second);
         }
         return (pos1 - a * neg1, pos2 + a * a * neg2, cdf + a * a * ncdf);
     }

@@ -19,8 +19,8 @@
 //! another the backward σ² (mean of the gradient map at the layer input = 1), and the
 //! predictions for any other σ² are products of ratios.
 
-use super::{big_phi, phi, AnalysisError};
-use crate::ir::{Activation, PoolKind};
+use super::{phi, AnalysisError};
+use crate::ir::PoolKind;
 use crate::quad::integrate_vec;
 use crate::unify::{Layer, Network};
 use std::collections::HashMap;
@@ -66,16 +66,11 @@ impl Map {
 
 /// Slope `a` of a piecewise-linear activation (`f(u) = u` above 0, `a u` below).
 fn slope(layer: &Layer) -> Result<f64, AnalysisError> {
-    match layer.activation {
-        Activation::Relu => Ok(0.0),
-        Activation::Identity => Ok(1.0),
-        Activation::LeakyRelu { slope } => Ok(slope),
-        other => Err(AnalysisError::Layer {
-            layer: layer.index,
-            module: layer.weight.module.clone(),
-            message: format!("the map analysis supports relu, leaky_relu and identity, not {other}"),
-        }),
-    }
+    super::piecewise_linear_slope(layer.activation).ok_or_else(|| AnalysisError::Layer {
+        layer: layer.index,
+        module: layer.weight.module.clone(),
+        message: format!("the map analysis supports relu, leaky_relu and identity, not {}", layer.activation),
+    })
 }
 
 /// The pooling window of output (oy, ox) as ranges of input positions, and its divisor.
@@ -109,13 +104,10 @@ pub(crate) struct MaxMoments {
 }
 
 pub(crate) fn max_moments(s: &[f64]) -> MaxMoments {
-    let s_max = s.iter().cloned().fold(0.0, f64::max);
-    let rate: f64 = s.iter().map(|v| 1.0 / v).sum::<f64>();
-    let hi = s_max * ((2.0 * (s.len() as f64).ln()).sqrt() + 12.0);
-    let lo = -(80.0 / (0.79 * rate)).min(12.0 * s_max);
+    let (lo, hi) = super::max_limits(s);
     // ln Φ(m / s_l) summed, and each member's density term, at one point.
     let members = |m: f64| -> (f64, Vec<f64>) {
-        let lns: Vec<f64> = s.iter().map(|&v| ln_cdf(m / v)).collect();
+        let lns: Vec<f64> = s.iter().map(|&v| super::ln_big_phi(m / v)).collect();
         let total: f64 = lns.iter().sum();
         let dens = s.iter().zip(&lns).map(|(&v, &l)| phi(m / v) / v * (total - l).exp()).collect();
         (total, dens)
@@ -141,14 +133,6 @@ pub(crate) fn max_moments(s: &[f64]) -> MaxMoments {
         first_neg: neg[n + 1],
         argmax_pos: pos[..n].to_vec(),
         argmax_neg: neg[..n].to_vec(),
-    }
-}
-
-fn ln_cdf(x: f64) -> f64 {
-    if x > 0.0 {
-        (-0.5 * libm::erfc(x / std::f64::consts::SQRT_2)).ln_1p()
-    } else {
-        big_phi(x).ln()
     }
 }
 
@@ -190,8 +174,9 @@ fn forward_layer(layer: &Layer, input: &Map, cache: &mut Cache) -> Result<(f64, 
     let sigma2 = 1.0 / mean;
     q.scale(sigma2);
     let a = slope(layer)?;
-    let second = |qv: f64| qv * (1.0 + a * a) / 2.0;
-    let first = |qv: f64| qv.sqrt() * (1.0 - a) / (2.0 * std::f64::consts::PI).sqrt();
+    let (mean1, second1) = super::piecewise_linear_moments(a);
+    let second = |qv: f64| qv * second1;
+    let first = |qv: f64| qv.sqrt() * mean1;
     let out = match &layer.pooling {
         None => Map { h: q.h, w: q.w, data: q.data.iter().map(|&v| second(v)).collect() },
         Some(p) => {
@@ -240,7 +225,7 @@ fn forward_layer(layer: &Layer, input: &Map, cache: &mut Cache) -> Result<(f64, 
 /// u-map (max pooling needs each member's chance of being the argmax).
 fn backward_layer(layer: &Layer, grad_out: &Map, q: &Map, cache: &mut Cache) -> Result<(f64, Map), AnalysisError> {
     let a = slope(layer)?;
-    let dfdu = (1.0 + a * a) / 2.0;
+    let dfdu = super::piecewise_linear_moments(a).1;
     // E[(∂E/∂u)²] per conv-output position.
     let mut gu = Map::filled(q.h as u64, q.w as u64, 0.0);
     match &layer.pooling {
