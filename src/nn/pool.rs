@@ -13,8 +13,12 @@
 //! (`input + pad_begin + pad_end`), as PyTorch does. Every window must hold at least one
 //! real element ([`PoolSpec::check`]).
 //!
-//! Runs on the CPU. On another device the op moves its input to the CPU and the result
-//! back (correct, and differentiable, but slow).
+//! Runs on the CPU, and on CUDA with kernels of its own ([`cuda`], built with the `cuda`
+//! feature: the same semantics, the same results). On another device the op moves its
+//! input to the CPU and the result back (correct, and differentiable, but slow).
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
@@ -91,7 +95,7 @@ impl PoolSpec {
     /// Applies the pooling to `x` (N, C, H, W), with a backward pass.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dev = x.device().clone();
-        if dev.is_cpu() {
+        if runs_on(&dev) {
             x.contiguous()?.apply_op1(Pool2d(*self))
         } else {
             x.to_device(&Device::Cpu)?.contiguous()?.apply_op1(Pool2d(*self))?.to_device(&dev)
@@ -128,6 +132,9 @@ impl PoolSpec {
     /// profiling and tests).
     pub fn grad_input(&self, x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
         let dev = x.device().clone();
+        if runs_on(&dev) {
+            return x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &Pool2dBackward(*self));
+        }
         let cpu = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_device(&Device::Cpu)?.contiguous() };
         let dx = cpu(x)?.apply_op2_no_bwd(&cpu(grad)?, &Pool2dBackward(*self))?;
         dx.to_device(&dev)
@@ -233,6 +240,11 @@ impl PoolSpec {
     }
 }
 
+/// Whether the ops run on `dev` where the tensors are (else on the CPU, copied there and back).
+fn runs_on(dev: &Device) -> bool {
+    dev.is_cpu() || (cfg!(feature = "cuda") && dev.is_cuda())
+}
+
 /// Runs `f((plane index, plane))` over the planes of `out` (each `len` long), split
 /// over rayon's threads when there are more than one (candle's thread count).
 fn over_planes<T: Send>(out: &mut [T], len: usize, f: impl Fn((usize, &mut [T])) + Sync + Send) {
@@ -295,6 +307,11 @@ impl CustomOp1 for Pool2d {
         Ok((out, self.0.out_shape(layout)?))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.0.cuda_forward(storage, layout)
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(self.0.grad_input(arg, grad_res)?))
     }
@@ -327,6 +344,17 @@ impl CustomOp2 for Pool2dBackward {
             _ => candle_core::bail!("pooling backward supports f32 and f64 of one type, not {:?} and {:?}", s1.dtype(), s2.dtype()),
         };
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.0.cuda_backward(s1, l1, s2, l2)
     }
 }
 
