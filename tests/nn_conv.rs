@@ -22,8 +22,8 @@ struct Case {
 impl Case {
     fn out(&self) -> (usize, usize) {
         let s = &self.spec;
-        let oh = (self.h + s.pad[0] + s.pad[1] - s.dilation[0] * (self.kh - 1) - 1) / s.stride[0] + 1;
-        let ow = (self.w + s.pad[2] + s.pad[3] - s.dilation[1] * (self.kw - 1) - 1) / s.stride[1] + 1;
+        let oh = (self.h + s.pad[0] + s.pad[2] - s.dilation[0] * (self.kh - 1) - 1) / s.stride[0] + 1;
+        let ow = (self.w + s.pad[1] + s.pad[3] - s.dilation[1] * (self.kw - 1) - 1) / s.stride[1] + 1;
         (oh, ow)
     }
     fn cg(&self) -> usize {
@@ -57,7 +57,7 @@ fn case() -> impl Strategy<Value = Case> {
                 w,
                 kh,
                 kw,
-                spec: ConvSpec { stride: [sh, sw], dilation: [dh, dw], pad: [pt, pb, pl, pr], groups },
+                spec: ConvSpec { stride: [sh, sw], dilation: [dh, dw], pad: [pt, pl, pb, pr], groups },
                 bias,
             }
         })
@@ -95,7 +95,7 @@ fn naive(k: &Case, x: &[f64], w: &[f64], b: &[f64], g: &[f64]) -> (Vec<f64>, Vec
                         for ky in 0..k.kh {
                             for kx in 0..k.kw {
                                 let iy = (oy * s.stride[0] + ky * s.dilation[0]) as isize - s.pad[0] as isize;
-                                let ix = (ox * s.stride[1] + kx * s.dilation[1]) as isize - s.pad[2] as isize;
+                                let ix = (ox * s.stride[1] + kx * s.dilation[1]) as isize - s.pad[1] as isize;
                                 if iy < 0 || ix < 0 || iy as usize >= k.h || ix as usize >= k.w {
                                     continue;
                                 }
@@ -179,7 +179,7 @@ fn winograd_case() -> impl Strategy<Value = Case> {
     (1usize..4, 16usize..19, 16usize..19, 1usize..10, 1usize..10, [0usize..4, 0usize..4, 0usize..4, 0usize..4], any::<bool>())
         .prop_filter_map("the padded input holds the kernel", |(n, c, co, h, w, pad, bias)| {
             let spec = ConvSpec { stride: [1, 1], dilation: [1, 1], pad, groups: 1 };
-            (h + pad[0] + pad[1] >= 3 && w + pad[2] + pad[3] >= 3).then_some(Case { n, c, co, h, w, kh: 3, kw: 3, spec, bias })
+            (h + pad[0] + pad[2] >= 3 && w + pad[1] + pad[3] >= 3).then_some(Case { n, c, co, h, w, kh: 3, kw: 3, spec, bias })
         })
 }
 

@@ -179,7 +179,7 @@ fn describe(l: &Layer) -> String {
 struct ConvCode {
     stride: [u64; 2],
     dilation: [u64; 2],
-    /// [top, bottom, left, right].
+    /// [top, left, bottom, right], as in the plan.
     pad: [u64; 4],
     groups: u64,
 }
@@ -187,7 +187,7 @@ struct ConvCode {
 fn conv_code(l: &Layer) -> Result<ConvCode, EmitError> {
     let Some(c) = &l.weight.conv else { return Err(layer_err(l, "a conv layer without its options")) };
     let p = c.pad;
-    Ok(ConvCode { stride: c.stride, dilation: c.dilation, pad: [p[0].begin, p[0].end, p[1].begin, p[1].end], groups: c.groups })
+    Ok(ConvCode { stride: c.stride, dilation: c.dilation, pad: [p[0].begin, p[1].begin, p[0].end, p[1].end], groups: c.groups })
 }
 
 /// The `PoolSpec` literal of layer ℓ's pooling, indented for a field of `Model::new`.
@@ -415,7 +415,7 @@ fn model(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
     if uses_conv {
         s.push_str(
             "/// A conv layer: cnnc's convolution (im2col + GEMM on the CPU, candle's `conv2d`\n\
-             /// elsewhere), padded by `pad` = [top, bottom, left, right].\n\
+             /// elsewhere), padded by `pad` = [top, left, bottom, right].\n\
              fn conv(\n    vb: &VarBuilder,\n    p: &PlanLayer,\n    stride: [usize; 2],\n    dilation: [usize; 2],\n    pad: [usize; 4],\n    groups: usize,\n) -> Result<Conv2d> {\n    \
              let spec = ConvSpec {\n        stride,\n        dilation,\n        pad,\n        groups,\n    };\n    \
              Ok(Conv2d::new(weight(vb, p)?, bias(vb, p)?, spec))\n}\n\n",

@@ -180,7 +180,7 @@ fn weight_op(l: &Layer, device: &Device) -> Result<WeightOp, NnError> {
             Ok(WeightOp::Conv(ConvSpec {
                 stride: c.stride.map(usize_of),
                 dilation: c.dilation.map(usize_of),
-                pad: [p[0].begin, p[0].end, p[1].begin, p[1].end].map(usize_of),
+                pad: [p[0].begin, p[1].begin, p[0].end, p[1].end].map(usize_of),
                 groups: usize_of(c.groups),
             }))
         }

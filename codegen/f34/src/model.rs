@@ -550,7 +550,7 @@ fn bias(vb: &VarBuilder, p: &PlanLayer) -> Result<Option<Tensor>> {
 }
 
 /// A conv layer: cnnc's convolution (im2col + GEMM on the CPU, candle's `conv2d`
-/// elsewhere), padded by `pad` = [top, bottom, left, right].
+/// elsewhere), padded by `pad` = [top, left, bottom, right].
 fn conv(
     vb: &VarBuilder,
     p: &PlanLayer,

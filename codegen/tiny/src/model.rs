@@ -132,7 +132,7 @@ impl Model {
     pub fn new(vb: VarBuilder) -> Result<Model> {
         Ok(Model {
             conv1: conv(&vb, &LAYERS[0], [2, 2], [1, 1], [1, 1, 1, 1], 1)?,
-            conv2: conv(&vb, &LAYERS[1], [1, 1], [1, 1], [1, 0, 2, 1], 3)?,
+            conv2: conv(&vb, &LAYERS[1], [1, 1], [1, 1], [1, 2, 0, 1], 3)?,
             pool2: PoolSpec {
                 mode: PoolMode::Max,
                 h: PoolDim {
@@ -256,7 +256,7 @@ fn bias(vb: &VarBuilder, p: &PlanLayer) -> Result<Option<Tensor>> {
 }
 
 /// A conv layer: cnnc's convolution (im2col + GEMM on the CPU, candle's `conv2d`
-/// elsewhere), padded by `pad` = [top, bottom, left, right].
+/// elsewhere), padded by `pad` = [top, left, bottom, right].
 fn conv(
     vb: &VarBuilder,
     p: &PlanLayer,

@@ -71,15 +71,15 @@ impl Geom {
             }
             Ok((padded - span) / s + 1)
         };
-        let oh = out(h, spec.pad[0], spec.pad[1], kh, spec.dilation[0], spec.stride[0])?;
-        let ow = out(wd, spec.pad[2], spec.pad[3], kw, spec.dilation[1], spec.stride[1])?;
+        let oh = out(h, spec.pad[0], spec.pad[2], kh, spec.dilation[0], spec.stride[0])?;
+        let ow = out(wd, spec.pad[1], spec.pad[3], kw, spec.dilation[1], spec.stride[1])?;
         Ok(Geom { n, c, h, w: wd, co, kh, kw, oh, ow, groups: g, spec, threads: threads() })
     }
 
     /// The output columns `ox` whose input column `ox·sw − left + kx·dw` lies in the
     /// input, as a range (empty when none does).
     pub(super) fn valid_cols(&self, kx: usize) -> std::ops::Range<usize> {
-        let (sw, left, off) = (self.spec.stride[1] as isize, self.spec.pad[2] as isize, (kx * self.spec.dilation[1]) as isize);
+        let (sw, left, off) = (self.spec.stride[1] as isize, self.spec.pad[1] as isize, (kx * self.spec.dilation[1]) as isize);
         // ix = ox·sw + off − left ∈ [0, w)  ⇔  ox ∈ [ceil((left − off)/sw), ceil((w + left − off)/sw)).
         let ceil_div = |a: isize, b: isize| if a <= 0 { -((-a) / b) } else { (a + b - 1) / b };
         let lo = ceil_div(left - off, sw).clamp(0, self.ow as isize) as usize;
@@ -99,7 +99,7 @@ impl Geom {
         (0..self.kw)
             .map(|kx| {
                 let xs = self.valid_cols(kx);
-                let ix0 = if xs.is_empty() { 0 } else { xs.start * self.spec.stride[1] + kx * self.spec.dilation[1] - self.spec.pad[2] };
+                let ix0 = if xs.is_empty() { 0 } else { xs.start * self.spec.stride[1] + kx * self.spec.dilation[1] - self.spec.pad[1] };
                 (xs, ix0)
             })
             .collect()

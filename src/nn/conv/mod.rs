@@ -8,7 +8,7 @@
 //! benches/train_profile.rs).
 //!
 //! Semantics: those of `torch.nn.functional.conv2d` on an input padded by
-//! `pad = [top, bottom, left, right]` zeros. Input (N, C, H, W), weight
+//! `pad = [top, left, bottom, right]` zeros (ONNX's order, and the plan's). Input (N, C, H, W), weight
 //! (Co, C/groups, kh, kw), optional bias (Co); output (N, Co, oh, ow) with
 //! `oh = (H + top + bottom − dh·(kh − 1) − 1) / sh + 1` (and `ow` alike).
 //!
@@ -124,7 +124,7 @@ pub struct ConvSpec {
     pub stride: [usize; 2],
     /// [vertical, horizontal].
     pub dilation: [usize; 2],
-    /// Zero padding [top, bottom, left, right].
+    /// Zero padding [top, left, bottom, right] (ONNX's `pads` order, and the plan's `padding`).
     pub pad: [usize; 4],
     pub groups: usize,
 }
@@ -269,7 +269,7 @@ impl ConvSpec {
                 s.dilation[1]
             )
         }
-        let [t, bo, l, r] = s.pad;
+        let [t, l, bo, r] = s.pad;
         let (x, padding) =
             if t == bo && l == r && t == l { (x.clone(), t) } else { (x.pad_with_zeros(2, t, bo)?.pad_with_zeros(3, l, r)?, 0) };
         let u = x.conv2d(w, padding, s.stride[0], s.dilation[0], s.groups)?;

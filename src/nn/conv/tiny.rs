@@ -36,7 +36,7 @@ const MIN_CHANNELS: usize = 16;
 fn tap(g: &Geom, p: usize, i: usize) -> Option<usize> {
     let (oy, ox, iy, ix) = (p / g.ow, p % g.ow, i / g.w, i % g.w);
     let ky = (iy + g.spec.pad[0]).checked_sub(oy).filter(|&k| k < g.kh)?;
-    let kx = (ix + g.spec.pad[2]).checked_sub(ox).filter(|&k| k < g.kw)?;
+    let kx = (ix + g.spec.pad[1]).checked_sub(ox).filter(|&k| k < g.kw)?;
     Some(ky * g.kw + kx)
 }
 

@@ -123,7 +123,7 @@ fn forward_corr(g: &Geom) -> Corr {
         oh: g.oh,
         ow: g.ow,
         top: g.spec.pad[0] as isize,
-        left: g.spec.pad[2] as isize,
+        left: g.spec.pad[1] as isize,
         threads: g.threads,
     }
 }
@@ -140,7 +140,7 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&K
         oh: g.h,
         ow: g.w,
         top: 2 - g.spec.pad[0] as isize,
-        left: 2 - g.spec.pad[2] as isize,
+        left: 2 - g.spec.pad[1] as isize,
         threads: g.threads,
     };
     let us = skew(g.co * g.c);
