@@ -318,13 +318,17 @@ fn node_name(n: &NodeProto, k: usize) -> String {
     }
 }
 
+/// The default domain's opset must be declared (ONNX requires it, and operators such as
+/// Pad, Split, Squeeze and Resize changed their inputs between versions) and be 7 or later.
 fn check_opset(model: &ModelProto) -> Result<(), OnnxError> {
-    for o in &model.opset_import {
-        if matches!(o.domain(), "" | "ai.onnx") && o.version() < 7 {
-            return Err(OnnxError::Model(format!("the model uses opset {}: cnnc imports opset 7 and later", o.version())));
-        }
+    let default: Vec<i64> = model.opset_import.iter().filter(|o| matches!(o.domain(), "" | "ai.onnx")).map(|o| o.version()).collect();
+    match default.as_slice() {
+        [] => Err(OnnxError::Model(
+            "the model declares no opset for the default ONNX domain (`opset_import`), so the version of its operators is unknown".into(),
+        )),
+        [v, ..] if *v < 7 => Err(OnnxError::Model(format!("the model uses opset {v}: cnnc imports opset 7 and later"))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Finds each MatMul whose only consumer is an Add of a value that no node computes
