@@ -26,15 +26,26 @@ sys.path.insert(0, HERE)
 import apply_plan  # noqa: E402  (importable without torch)
 from apply_plan import PlanMismatch  # noqa: E402
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+# CI (scripts/torch/ci-pytest.sh) sets CNNC_PYTEST_STRICT=1: there a missing torch, binary
+# or jsonschema is a failure, not a skip, so that a broken install cannot pass quietly.
+STRICT = os.environ.get("CNNC_PYTEST_STRICT") == "1"
+
+
+def _need(module):
+    if STRICT:
+        return __import__(module)
+    return pytest.importorskip(module)
+
+
+torch = _need("torch")
+torchvision = _need("torchvision")
 nn = torch.nn
 
 
 @functools.lru_cache(maxsize=None)
 def _plan_text(source, *flags):
     if not (os.path.isfile(CNNC) and os.access(CNNC, os.X_OK)):
-        pytest.skip("no cnnc binary at %s (build it with `cargo build`, or point $CNNC at one)" % CNNC)
+        (pytest.fail if STRICT else pytest.skip)("no cnnc binary at %s (build it with `cargo build`, or point $CNNC at one)" % CNNC)
     path = source if os.path.isabs(source) else os.path.join(ROOT, source)
     for attempt in range(6):  # the binary may be being rewritten by a build: retry a while
         try:
@@ -382,7 +393,7 @@ def test_validation_runs_without_torch(tmp_path):
                          ids=["f34", "resnet18.train", "resnet18.ts.weights"])
 def test_plans_validate_against_the_schema(tmp_path, source):
     """A /2 plan passes a schema written for /1 (the keys /2 adds are left out of its view)."""
-    pytest.importorskip("jsonschema")
+    _need("jsonschema")
     path = tmp_path / "plan.json"
     path.write_text(_plan_text(source))
     apply_plan.load_plan(str(path))
