@@ -10,9 +10,9 @@
 //! The forward pass is `z^(ℓ) = pool(f(conv(z^(ℓ-1))))` for ℓ = 1..L, exactly the
 //! unified layers. On the CPU convolutions are cnnc's im2col + GEMM ops ([`conv`]: any
 //! padding, per-axis stride and dilation, groups); elsewhere, or with [`Kernels::Candle`],
-//! candle's `conv2d` (asymmetric padding by an explicit zero pad). Pooling is
-//! [`pool::PoolSpec`] (candle's own is unusable). What candle's conv cannot run on a GPU
-//! (per-axis stride or dilation) is an error naming the layer.
+//! candle's `conv2d` (asymmetric padding by an explicit zero pad, per-axis stride and
+//! dilation by [`conv::ConvSpec::apply_candle`]). Pooling is [`pool::PoolSpec`] (candle's
+//! own is unusable), on the CPU and on CUDA.
 
 pub mod conv;
 pub mod pool;
@@ -156,26 +156,10 @@ fn layer_err(l: &Layer, message: impl Into<String>) -> NnError {
     NnError::Layer { layer: l.index, module: l.weight.module.clone(), message: message.into() }
 }
 
-fn weight_op(l: &Layer, device: &Device) -> Result<WeightOp, NnError> {
+fn weight_op(l: &Layer) -> Result<WeightOp, NnError> {
     match (l.weight.kind, &l.weight.conv) {
         (WeightKind::Linear, _) => Ok(WeightOp::Linear),
         (WeightKind::Conv, Some(c)) => {
-            // cnnc's CPU kernels take per-axis stride and dilation; candle's conv2d (other
-            // devices) takes one value for both axes.
-            if !device.is_cpu() {
-                if c.stride[0] != c.stride[1] {
-                    return Err(layer_err(
-                        l,
-                        format!("candle convolutions take one stride for both axes, not {}×{}", c.stride[0], c.stride[1]),
-                    ));
-                }
-                if c.dilation[0] != c.dilation[1] {
-                    return Err(layer_err(
-                        l,
-                        format!("candle convolutions take one dilation for both axes, not {}×{}", c.dilation[0], c.dilation[1]),
-                    ));
-                }
-            }
             let p = c.pad;
             Ok(WeightOp::Conv(ConvSpec {
                 stride: c.stride.map(usize_of),
@@ -252,7 +236,7 @@ impl Model {
                 bias_name: w.bias_param.clone(),
                 weight,
                 bias,
-                op: weight_op(l, device)?,
+                op: weight_op(l)?,
                 kernels: Kernels::default(),
                 activation: l.activation,
                 pool: pool_spec(l)?,

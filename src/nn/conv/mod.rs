@@ -256,23 +256,41 @@ impl ConvSpec {
         }
     }
 
-    /// The same convolution with candle's `conv2d` (any device; one stride and dilation
-    /// for both axes). Kept for devices other than the CPU and for comparisons.
+    /// The same convolution with candle's `conv2d` (any device). Kept for devices other
+    /// than the CPU and for comparisons. candle takes one stride and one dilation for both
+    /// axes; where the axes differ, a dilation is written into the kernel (zeros between
+    /// its taps, dilation 1), and a stride is the greatest common divisor of both, the
+    /// rows or columns of the larger then picked from the result (`index_select`).
+    ///
+    /// candle's backward sizes the input gradient of both axes by the rows' remainder (the
+    /// padded rows past the last window); where the columns' differs, it fails on a shape
+    /// mismatch. Then the input is padded here and the rows and columns that no window
+    /// reads are cut off (their gradient is zero either way).
     pub fn apply_candle(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let s = self;
-        if s.stride[0] != s.stride[1] || s.dilation[0] != s.dilation[1] {
-            candle_core::bail!(
-                "candle's conv2d takes one stride and dilation for both axes, not {}×{} and {}×{}",
-                s.stride[0],
-                s.stride[1],
-                s.dilation[0],
-                s.dilation[1]
-            )
-        }
+        let (w, dilation) = match s.dilation {
+            [dh, dw] if dh == dw => (w.clone(), dh),
+            [dh, dw] => (dilate(&dilate(w, 2, dh)?, 3, dw)?, 1),
+        };
+        let stride = gcd(s.stride[0], s.stride[1]);
         let [t, l, bo, r] = s.pad;
-        let (x, padding) =
-            if t == bo && l == r && t == l { (x.clone(), t) } else { (x.pad_with_zeros(2, t, bo)?.pad_with_zeros(3, l, r)?, 0) };
-        let u = x.conv2d(w, padding, s.stride[0], s.dilation[0], s.groups)?;
+        // Padded positions past the last window, per axis (None: no window fits; candle says so).
+        let rest = |n: usize, pad: usize, k: usize| (n + pad).checked_sub((k - 1) * dilation + 1).map(|e| e % stride);
+        let (rh, rw) = (rest(x.dim(2)?, t + bo, w.dim(2)?), rest(x.dim(3)?, l + r, w.dim(3)?));
+        let (x, padding) = if t == bo && l == r && t == l && rh == rw {
+            (x.clone(), t)
+        } else {
+            let x = x.pad_with_zeros(2, t, bo)?.pad_with_zeros(3, l, r)?;
+            match (rh, rw) {
+                (Some(rh), Some(rw)) => {
+                    let (hp, wp) = (x.dim(2)?, x.dim(3)?);
+                    (x.narrow(2, 0, hp - rh)?.narrow(3, 0, wp - rw)?, 0)
+                }
+                _ => (x, 0),
+            }
+        };
+        let u = x.conv2d(&w, padding, stride, dilation, s.groups)?;
+        let u = every_nth(&every_nth(&u, 2, s.stride[0] / stride)?, 3, s.stride[1] / stride)?;
         match b {
             Some(b) => u.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(u),
@@ -467,4 +485,34 @@ impl CustomOp2 for ReluMask {
 /// The dtypes the conv ops accept.
 pub fn supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F64)
+}
+
+/// `w` with `d − 1` zeros between neighbouring taps along `dim` (a kernel dilated by `d`).
+fn dilate(w: &Tensor, dim: usize, d: usize) -> candle_core::Result<Tensor> {
+    let k = w.dim(dim)?;
+    if d <= 1 || k <= 1 {
+        return Ok(w.clone());
+    }
+    // (…, k, 1, …) padded to (…, k, d, …), read as (…, k·d, …), cut to (k − 1)·d + 1.
+    let mut shape = w.dims().to_vec();
+    shape[dim] = k * d;
+    w.unsqueeze(dim + 1)?.pad_with_zeros(dim + 1, 0, d - 1)?.reshape(shape)?.narrow(dim, 0, (k - 1) * d + 1)
+}
+
+/// Elements 0, n, 2n, … of `u` along `dim`.
+fn every_nth(u: &Tensor, dim: usize, n: usize) -> candle_core::Result<Tensor> {
+    if n <= 1 {
+        return Ok(u.clone());
+    }
+    let len = u.dim(dim)?;
+    let ids = Tensor::arange_step(0u32, len as u32, n as u32, u.device())?;
+    u.index_select(&ids, dim)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
