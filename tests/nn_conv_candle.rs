@@ -45,3 +45,53 @@ fn per_axis_stride_and_dilation_match_cnncs_conv() {
         }
     }
 }
+
+/// Whole models on candle's conv path (`Kernels::Candle`, what CUDA runs) against cnnc's
+/// kernels: outputs and every parameter gradient, on nets with non-square inputs (whose
+/// rows and columns leave different remainders), groups, dilation, per-axis stride and
+/// dilation, asymmetric padding and every pool (tests/nn_cuda.rs runs them on CUDA).
+#[test]
+fn models_on_candles_conv_path_match_cnncs_kernels() {
+    use cnnc::analyze::{Mode, Options};
+    use cnnc::nn::{Kernels, Model};
+    let nets = [
+        "network A\ninput 4x11x9\n\
+         conv(3/pad_top=1/pad_bottom=0/pad_left=2/pad_right=1, groups=2) -> 6, relu, maxpool(3/s2/p1)\n\
+         conv(kernel=3, pad=2, dilation=2) -> 5, leaky_relu(0.1), avgpool(2/s1/p1)\n\
+         conv(3/s2/p1x0, groups=5, nobias) -> 5, tanh, avgpool(3/s2/p1/exclude_pad)\n\
+         flatten\nlinear -> 7, gelu\nlinear -> 3\n",
+        "network B\ninput 3x10x12\n\
+         conv(5x3/p2x1) -> 4, sigmoid, maxpool(2/s2/ceil)\n\
+         conv(1) -> 6, silu, avgpool(3/s2/p1/ceil)\n\
+         conv(3/p1, groups=3) -> 6, relu, global_avgpool\nlinear -> 4\n",
+        "network E\ninput 2x11x9\nconv(3/s2x1/p1) -> 4, relu\nconv(3x2/d1x2/p1x0) -> 3, tanh\nflatten\nlinear -> 2\n",
+    ];
+    for src in nets {
+        let net = cnnc::Source::new("test.cnn", src).network().unwrap_or_else(|e| panic!("{e}"));
+        let plan = cnnc::plan(&net, Options { mode: Mode::Forward, std_cap: None }).unwrap();
+        let mut dims = vec![3];
+        dims.extend(net.input.dims().into_iter().map(|d| d as usize));
+        let x = Tensor::randn(0f64, 1.0, dims, &Device::Cpu).unwrap();
+        let run = |kernels: Kernels| {
+            let m = Model::new(&net, &plan, 3, &Device::Cpu, candle_core::DType::F64).unwrap().with_kernels(kernels);
+            let out = m.forward(&x).unwrap();
+            let grads = m.backward(&out.sqr().unwrap().sum_all().unwrap()).unwrap();
+            let mut all = vec![out.flatten_all().unwrap().to_vec1::<f64>().unwrap()];
+            for (_, v) in m.named_vars() {
+                all.push(grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap());
+            }
+            all
+        };
+        let (ours, theirs) = (run(Kernels::Cnnc), run(Kernels::Candle));
+        for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let d = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            let scale = a.iter().map(|v| v.abs()).fold(1e-30, f64::max);
+            assert!(
+                d / scale < 1e-10,
+                "{}: {} differs by {d:e}",
+                net.name,
+                if k == 0 { "the output".into() } else { format!("gradient {k}") }
+            );
+        }
+    }
+}
