@@ -39,17 +39,26 @@ esac
 START=$(date +%s)
 VENV=${CNNC_CUDA_VENV:-$HOME/.cache/cnnc/cuda-venv}
 # CUDA 13.0 (see above), every part pinned: nvcc's wheel pulls nvidia-cuda-crt and nvidia-nvvm
-# unpinned (13.5's cicc then writes PTX 9.5, which 13.0's ptxas refuses); cccl holds
-# the headers candle-kernels includes (nv/target); cuBLAS, cuRAND and NVRTC are what
-# cudarc links.
-WHEELS="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35"
-if [ "$(cat "$VENV/.cnnc-wheels" 2>/dev/null)" != "$WHEELS" ]; then
-    echo "== installing NVIDIA's CUDA wheels into $VENV"
+# unpinned (13.5's cicc then writes PTX 9.5, which 13.0's ptxas refuses); cccl holds the
+# headers candle-kernels includes (nv/target). The check needs only these; --build adds
+# the libraries cudarc links (NVRTC, cuBLAS, cuRAND; cuBLAS alone is ~600 MB installed).
+COMPILER="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85"
+LIBS="nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35"
+STAMP=$(cat "$VENV/.cnnc-wheels" 2>/dev/null || true)
+if [ "${STAMP%% + *}" != "$COMPILER" ]; then
+    echo "== installing NVIDIA's CUDA compiler wheels into $VENV"
     rm -rf "$VENV"
     python3 -m venv "$VENV"
     # shellcheck disable=SC2086
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check $WHEELS
-    echo "$WHEELS" >"$VENV/.cnnc-wheels"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check $COMPILER
+    STAMP=$COMPILER
+    echo "$STAMP" >"$VENV/.cnnc-wheels"
+fi
+if [ "$MODE" = build ] && [ "$STAMP" != "$COMPILER + $LIBS" ]; then
+    echo "== installing NVIDIA's CUDA library wheels into $VENV"
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check $LIBS
+    echo "$COMPILER + $LIBS" >"$VENV/.cnnc-wheels"
 fi
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 CU=$SITE/nvidia/cu13
@@ -120,7 +129,7 @@ if [ "$code" -eq 0 ] || [ "$code" -ge 100 ] || grep -q panicked "$TMP/out"; then
 fi
 echo "--device cuda: exit $code, no panic"
 # The CUDA tests here: the NVRTC compile runs (NVRTC needs no GPU), the GPU tests skip.
-"$TEST" --test-threads 1
+RUST_BACKTRACE=0 "$TEST" --test-threads 1 --nocapture
 
 echo "== the bundle for a GPU machine (scripts/device-check.sh)"
 B=$CARGO_TARGET_DIR/device-bundle

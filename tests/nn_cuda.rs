@@ -17,7 +17,9 @@ use cnnc::nn::Model;
 
 /// CUDA device 0, or None (after saying why) where there is none and none is required.
 fn cuda() -> Option<Device> {
-    match Device::new_cuda(0) {
+    // The error's first line (candle appends a backtrace when RUST_BACKTRACE is set).
+    let first = |e: candle_core::Error| e.to_string().lines().next().unwrap_or_default().to_string();
+    match Device::new_cuda(0).map_err(first) {
         Ok(d) => Some(d),
         Err(e) if std::env::var_os("CNNC_REQUIRE_CUDA").is_none() => {
             eprintln!("skipped: no CUDA device ({e}); set CNNC_REQUIRE_CUDA=1 to make this a failure");
