@@ -7,10 +7,12 @@
 use candle_core::{Device, Tensor, Var};
 use cnnc::nn::conv::ConvSpec;
 
+/// (stride, dilation, pad [top, left, bottom, right], groups, kernel [h, w]).
+type Case = ([usize; 2], [usize; 2], [usize; 4], usize, [usize; 2]);
+
 #[test]
 fn per_axis_stride_and_dilation_match_cnncs_conv() {
-    // (stride, dilation, pad [top, left, bottom, right], groups, kernel [h, w])
-    let cases: &[([usize; 2], [usize; 2], [usize; 4], usize, [usize; 2])] = &[
+    let cases: &[Case] = &[
         // Equal strides, but the rows and columns leave different remainders (candle's
         // own backward fails on this).
         ([2, 2], [1, 1], [1, 1, 1, 1], 1, [2, 3]),
