@@ -29,6 +29,7 @@ trap 'rm -rf "$WORK"' EXIT
 tar -C "$WORK" -xJf "$BUNDLE" || fail "cannot unpack $BUNDLE"
 B=$WORK/device-bundle
 cat "$B/MANIFEST"
+echo "checkout $(git rev-parse HEAD 2>/dev/null || echo '(not a git checkout)') (the tests read specs/f34.cnn from it)"
 
 step "the GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || echo "(nvidia-smi failed)"
