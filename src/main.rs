@@ -153,6 +153,7 @@ enum Command {
         output: PathBuf,
     },
     /// Train the network with the candle back end (weights drawn from a plan)
+    #[cfg_attr(feature = "train", command(after_help = TRAIN_AFTER_HELP))]
     Train(TrainArgs),
     /// Measure the variances a plan predicts in the real (candle) network, layer by layer
     Probe(ProbeArgs),
@@ -342,14 +343,7 @@ fn run(cli: Cli) -> Result<()> {
             train_command(args)
         }
         #[cfg(feature = "train")]
-        Command::Experiment(ExperimentArgs { config, quiet }) => {
-            let exe = std::env::current_exe().context("cannot find the cnnc executable")?;
-            cnnc::experiment::run(&config, &exe, quiet)?;
-            let out = cnnc::experiment::load_config(&config)?.out;
-            let base = config.parent().unwrap_or(Path::new("."));
-            eprintln!("results: {}", base.join(out).join("results.md").display());
-            Ok(())
-        }
+        Command::Experiment(args) => experiment_command(args),
         #[cfg(feature = "train")]
         Command::Probe(ProbeArgs { file, init, analysis, draws, batch, seed, image_size, json, plot }) => {
             cnnc::nn::tune_cpu();
@@ -428,8 +422,51 @@ struct ProbeArgs {
 struct ExperimentArgs {
     /// The experiment's YAML file (see experiments/f34-demo.yaml)
     config: PathBuf,
+    /// Plain progress lines instead of a progress bar
     #[arg(long)]
     quiet: bool,
+    /// Runs at a time on this machine (the CPU threads are divided between them)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: u64,
+    /// GPU ids given to the jobs round-robin as CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3
+    #[arg(long, value_delimiter = ',')]
+    gpus: Vec<String>,
+    /// Write <out>/slurm/array.sbatch (one array task per run) and submit it with sbatch
+    #[arg(long, conflicts_with_all = ["status", "collect", "gpus"])]
+    slurm: bool,
+    /// With --slurm: write the script, do not submit it
+    #[arg(long, requires = "slurm")]
+    dry_run: bool,
+    #[command(flatten)]
+    slurm_options: SlurmArgs,
+    /// Print each run's state (pending, running, done, failed, diverged), epochs and best accuracy
+    #[arg(long, conflicts_with = "collect")]
+    status: bool,
+    /// Only write results.md and curves from the runs as they are (train nothing)
+    #[arg(long)]
+    collect: bool,
+}
+
+/// Slurm options of `cnnc experiment --slurm`; each overrides the config's `slurm:` entry.
+#[cfg(feature = "train")]
+#[derive(clap::Args, Debug)]
+struct SlurmArgs {
+    #[arg(long, requires = "slurm")]
+    partition: Option<String>,
+    #[arg(long, requires = "slurm")]
+    account: Option<String>,
+    /// Generic resources per task, e.g. gpu:1
+    #[arg(long, requires = "slurm")]
+    gres: Option<String>,
+    /// Time limit per task (sbatch's forms: 24:00:00, 2-00:00:00)
+    #[arg(long, requires = "slurm")]
+    time: Option<String>,
+    /// CPUs per task (the run's thread count)
+    #[arg(long, requires = "slurm")]
+    cpus: Option<usize>,
+    /// Memory per task's node, e.g. 16G
+    #[arg(long, requires = "slurm")]
+    mem: Option<String>,
 }
 
 #[cfg(feature = "train")]
@@ -459,6 +496,10 @@ struct TrainArgs {
     /// Initialization mode, used to plan the network at --image-size
     #[arg(long, value_enum, default_value = "forward")]
     init: ModeArg,
+    /// The analysis the plan of --init is made with (paper: the paper's layer means; map:
+    /// a variance per spatial position); xavier and kaiming do not depend on it
+    #[arg(long, value_enum, default_value = "paper")]
+    analysis: AnalysisArg,
     /// A plan file (JSON or YAML) to use instead of --init; it must be for this input size
     #[arg(long)]
     plan: Option<PathBuf>,
@@ -476,13 +517,116 @@ struct TrainArgs {
     /// Continue the run in this directory from its last checkpoint
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start the run, or continue it when --out holds one with the same settings (any
+    /// --epochs); a run that has all its epochs exits at once. What a batch job runs
+    #[arg(long = "continue", conflicts_with = "resume")]
+    continue_run: bool,
     /// No progress bar or per-epoch lines
     #[arg(long)]
     quiet: bool,
+    /// Progress as `cnnc-progress epoch E/N step S/M` lines on stderr (for `cnnc experiment`)
+    #[arg(long, hide = true, conflicts_with = "quiet")]
+    progress_lines: bool,
+}
+
+/// What `cnnc train --help` adds: how a stopped run ends.
+#[cfg(feature = "train")]
+const TRAIN_AFTER_HELP: &str = "On SIGTERM, SIGUSR1 or Ctrl-C the run finishes its current step, writes a checkpoint \
+     (weights, momentum, and how far into the epoch it was) and exits with status 75; `--resume RUN` (or the same \
+     command with `--continue`) goes on from there, and ends exactly where an uninterrupted run does.";
+
+#[cfg(feature = "train")]
+fn experiment_command(a: ExperimentArgs) -> Result<()> {
+    use cnnc::experiment::{self, local, slurm, Experiment};
+    let exp = Experiment::load(&a.config)?;
+    let results = exp.out.join("results.md");
+    if a.status {
+        let rows = slurm::status(&exp);
+        return emit(&None, &slurm::status_table(&exp, &rows));
+    }
+    exp.claim_out()?;
+    if a.collect {
+        experiment::collect(&exp)?;
+        eprintln!("results: {}", results.display());
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("cannot find the cnnc executable")?;
+    if a.slurm {
+        let o = &a.slurm_options;
+        let flags = slurm::SlurmConfig {
+            partition: o.partition.clone(),
+            account: o.account.clone(),
+            gres: o.gres.clone(),
+            time: o.time.clone(),
+            cpus_per_task: o.cpus,
+            mem: o.mem.clone(),
+            signal_seconds: None,
+            extra: Vec::new(),
+        };
+        flags.check().map_err(|e| anyhow::anyhow!("--slurm: {e}"))?;
+        let script = slurm::write_script(&exp, &exe, &exp.config.slurm.overridden(&flags))?;
+        eprintln!("wrote {}", script.display());
+        if a.dry_run {
+            return Ok(());
+        }
+        let tasks = slurm::pending_tasks(&exp);
+        if tasks.is_empty() {
+            eprintln!("every run is finished; nothing submitted (collect with: cnnc experiment {} --collect)", a.config.display());
+            return Ok(());
+        }
+        let id = slurm::submit(&exp, &script, &tasks)?;
+        println!("{id}");
+        eprintln!(
+            "submitted job {id}, array tasks {tasks}; follow it with: cnnc experiment {} --status; when it is done: cnnc experiment {} --collect",
+            a.config.display(),
+            a.config.display()
+        );
+        return Ok(());
+    }
+    let opts = local::Options { jobs: a.jobs as usize, gpus: a.gpus, quiet: a.quiet };
+    experiment::run(&a.config, &exe, &opts)?;
+    eprintln!("results: {}", results.display());
+    Ok(())
+}
+
+/// The name a run's config records for `--analysis`.
+#[cfg(feature = "train")]
+fn analysis_name(a: AnalysisArg) -> &'static str {
+    match a {
+        AnalysisArg::Paper => "paper",
+        AnalysisArg::Map => "map",
+    }
+}
+
+/// `--continue` on a run directory that holds a checkpoint: the run's plan when it is to
+/// go on, `None` when it already has `config.epochs` epochs; an error when the run was
+/// started with other settings (naming them).
+#[cfg(feature = "train")]
+fn continued(config: &cnnc::train::Config, out: &Path) -> Result<Option<cnnc::plan::Plan>> {
+    let (old, plan, done) = cnnc::train::run_config(out)?;
+    let (_, steps) = cnnc::train::checkpoint_progress(out)?;
+    let mut wanted = config.clone();
+    if wanted.image_size == 0 {
+        wanted.image_size = old.image_size;
+    }
+    let differences = cnnc::train::config_differences(&old, &wanted);
+    if !differences.is_empty() {
+        bail!(
+            "{} holds a run with other settings ({}); use another --out, or --resume to continue it as it was",
+            out.display(),
+            differences.join("; ")
+        );
+    }
+    if done >= config.epochs && steps == 0 {
+        eprintln!("{}: already trained {done} epochs of {}", out.display(), config.epochs);
+        return Ok(None);
+    }
+    Ok(Some(plan))
 }
 
 #[cfg(feature = "train")]
 fn train_command(a: TrainArgs) -> Result<()> {
+    cnnc::train::stop::on_signals().context("cannot install the signal handlers")?;
     use cnnc::train::{self, data};
     let (config, plan, run, resume) = match &a.resume {
         Some(run) => {
@@ -499,7 +643,12 @@ fn train_command(a: TrainArgs) -> Result<()> {
             let Some(model) = &a.model else { bail!("train needs a network file (or --resume RUN)") };
             let Some(data) = &a.data else { bail!("train needs --data DIR") };
             let Some(out) = &a.out else { bail!("train needs --out RUN (the run directory)") };
-            if out.join(train::CHECKPOINT).exists() {
+            if a.continue_run && out.join(train::DIVERGED).exists() {
+                eprintln!("{}: diverged earlier (see {}); not retried", out.display(), out.join(train::DIVERGED).display());
+                return Ok(());
+            }
+            let existing = out.join(train::CHECKPOINT).exists();
+            if existing && !a.continue_run {
                 bail!("{} already holds a run; use --resume {} to continue it, or another --out", out.display(), out.display());
             }
             let init = match &a.plan {
@@ -510,7 +659,8 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 model: model.display().to_string(),
                 data: data.display().to_string(),
                 init,
-                image_size: 0,
+                analysis: analysis_name(a.analysis).into(),
+                image_size: a.image_size.unwrap_or(0),
                 epochs: a.epochs.unwrap_or(300),
                 batch_size: a.flags.batch_size,
                 lr: a.flags.lr,
@@ -522,9 +672,17 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 limit_train: a.flags.limit_train,
                 limit_val: a.flags.limit_val,
             };
-            (config, None, out.clone(), false)
+            if existing {
+                match continued(&config, out)? {
+                    Some(plan) => (config, Some(plan), out.clone(), true),
+                    None => return Ok(()),
+                }
+            } else {
+                (config, None, out.clone(), false)
+            }
         }
     };
+    let _lock = train::lock_run(&run)?;
     let mut config = config;
     train::device(&config.device)?;
     let net = cnnc::load_network(
@@ -539,7 +697,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
     let plan = match (plan, &a.plan) {
         (Some(p), _) => p,
         (None, Some(path)) => cnnc::plan::Plan::read(path)?,
-        (None, None) => cnnc::plan(&net, Options { mode: a.init.into(), std_cap: None })?,
+        (None, None) => cnnc::plan_with(&net, Options { mode: a.init.into(), std_cap: None }, a.analysis.into())?,
     };
     let target = data::Target { channels: c as usize, size: h as usize };
     let mut split = data::load(Path::new(&config.data), target, config.val_split, config.seed)?;
@@ -569,7 +727,12 @@ fn train_command(a: TrainArgs) -> Result<()> {
             config.device
         );
     }
-    let summary = train::train(&net, &plan, &split, &config, &run, resume, !a.quiet)?;
+    let progress = match (a.quiet, a.progress_lines) {
+        (_, true) => train::Progress::Lines,
+        (true, false) => train::Progress::Quiet,
+        (false, false) => train::Progress::Bar,
+    };
+    let summary = train::train(&net, &plan, &split, &config, &run, resume, progress)?;
     if let Some(m) = summary.epochs.last() {
         let val = m.val_accuracy.map_or("n/a".to_string(), |v| format!("{:.2}%", 100.0 * v));
         println!("epoch {}: train loss {:.4}, val accuracy {val}; run in {}", m.epoch, m.train_loss, run.display());
@@ -581,6 +744,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        #[cfg(feature = "train")]
+        Err(e)
+            if matches!(e.downcast_ref(), Some(cnnc::train::TrainError::Interrupted { .. }))
+                || matches!(e.downcast_ref(), Some(cnnc::experiment::ExperimentError::Interrupted)) =>
+        {
+            eprintln!("{e}");
+            ExitCode::from(cnnc::train::stop::EXIT_INTERRUPTED)
+        }
         Err(e) => {
             match e.downcast_ref::<cnnc::Error>() {
                 Some(cnnc::Error::Source(_)) => eprintln!("{e}"),

@@ -111,6 +111,7 @@ fn a_tiny_net_learns_from_a_fashion_mnist_subset() {
         model: spec.display().to_string(),
         data: dir().display().to_string(),
         init: "forward".into(),
+        analysis: "paper".into(),
         image_size: 28,
         epochs: 3,
         batch_size: 32,

@@ -84,6 +84,7 @@ fn training_is_the_same_with_and_without_prefetch() {
         model: tiny.into(),
         data: root.join("data").display().to_string(),
         init: "forward".into(),
+        analysis: "paper".into(),
         image_size: 16,
         epochs: 2,
         batch_size: 5,

@@ -19,6 +19,7 @@ fn config(data: &Path, epochs: usize, lr: f64) -> Config {
         model: TINY.into(),
         data: data.display().to_string(),
         init: "forward".into(),
+        analysis: "paper".into(),
         image_size: 16,
         epochs,
         batch_size: 8,
@@ -129,5 +130,104 @@ fn cli_synth_data_train_and_resume() {
         cnnc(&["train", TINY, "--data", root.join("nothing").to_str().unwrap(), "--out", root.join("x").to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("nothing") && err.contains("no such directory"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A small net whose epoch takes long enough (18 steps) to be stopped in the middle.
+const SMALL: &str = "network Small\ninput 3x32x32\nconv(3/p1) -> 16, relu\nconv(3/p1) -> 16, relu, maxpool(2)\n\
+                     conv(3/p1) -> 32, relu, global_avgpool\nlinear -> 4\n";
+
+#[test]
+fn sigterm_checkpoints_mid_epoch_and_the_resumed_run_equals_a_straight_one() {
+    use std::io::BufRead;
+    let root = tmp("sigterm");
+    let d = root.join("data");
+    data::synthesize(&d, 4, 48, 32, 2).unwrap();
+    let spec = root.join("small.cnn");
+    std::fs::write(&spec, SMALL).unwrap();
+    let args_lr = |out: &Path, lr: &str| {
+        let mut a: Vec<String> = ["train", spec.to_str().unwrap(), "--data", d.to_str().unwrap(), "--epochs", "2", "--batch-size", "8"]
+            .map(String::from)
+            .to_vec();
+        a.extend(["--lr", lr, "--seed", "5", "--out", out.to_str().unwrap()].map(String::from));
+        a
+    };
+    let args = |out: &Path| args_lr(out, "0.01");
+    let straight = root.join("straight");
+    let (code, _, err) = cnnc(&[&args(&straight).iter().map(String::as_str).collect::<Vec<_>>()[..], &["--quiet"]].concat());
+    assert_eq!(code, 0, "{err}");
+
+    // Stopped by SIGTERM once it reports a step inside epoch 1.
+    let stopped = root.join("stopped");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args(&stopped))
+        .arg("--progress-lines")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if let Some(rest) = line.strip_prefix("cnnc-progress epoch 1/2 step ") {
+            let (step, steps) = rest.split_once('/').unwrap();
+            let (step, steps): (usize, usize) = (step.parse().unwrap(), steps.parse().unwrap());
+            assert_eq!(steps, 18);
+            if step >= 2 && step < steps - 4 {
+                let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+                assert!(kill.success());
+                break;
+            }
+        }
+    }
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(75), "{seen:?} {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("stopped by a signal at epoch 1, step")), "{rest:?}");
+    let (epochs, steps) = train::checkpoint_progress(&stopped).unwrap();
+    assert_eq!(epochs, 0);
+    assert!(steps >= 2 && steps < 18, "the checkpoint is mid-epoch: {steps} steps");
+    assert!(!stopped.join(train::METRICS).exists() || std::fs::read_to_string(stopped.join(train::METRICS)).unwrap().is_empty());
+
+    // The same command with --continue goes on from the checkpoint.
+    let (code, _, err) = cnnc(&[&args(&stopped).iter().map(String::as_str).collect::<Vec<_>>()[..], &["--continue", "--quiet"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(train::checkpoint_progress(&stopped).unwrap(), (2, 0));
+    assert_eq!(train::checkpoint_weights(&straight).unwrap(), train::checkpoint_weights(&stopped).unwrap(), "weights and momentum");
+    let metrics = |run: &Path| -> Vec<train::EpochMetrics> {
+        std::fs::read_to_string(run.join(train::METRICS)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (a, b) = (metrics(&straight), metrics(&stopped));
+    assert_eq!(
+        a.iter().map(|m| (m.epoch, m.train_loss, m.train_accuracy, m.val_accuracy)).collect::<Vec<_>>(),
+        b.iter().map(|m| (m.epoch, m.train_loss, m.train_accuracy, m.val_accuracy)).collect::<Vec<_>>(),
+        "the interrupted epoch's sums were kept"
+    );
+
+    // --continue on a finished run exits at once and changes nothing; other settings are refused.
+    let before = std::fs::read(stopped.join(train::CHECKPOINT)).unwrap();
+    let (code, _, err) = cnnc(&[&args(&stopped).iter().map(String::as_str).collect::<Vec<_>>()[..], &["--continue", "--quiet"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("already trained 2 epochs of 2"), "{err}");
+    assert_eq!(std::fs::read(stopped.join(train::CHECKPOINT)).unwrap(), before);
+    let (code, _, err) =
+        cnnc(&[&args_lr(&stopped, "0.02").iter().map(String::as_str).collect::<Vec<_>>()[..], &["--continue", "--quiet"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("other settings") && err.contains("lr: 0.01 in the run, 0.02 here"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_run_is_trained_by_one_process_at_a_time() {
+    let root = tmp("lock");
+    let run = root.join("run");
+    let held = train::lock_run(&run).unwrap();
+    assert!(train::run_is_locked(&run));
+    let err = train::lock_run(&run).unwrap_err().to_string();
+    assert!(err.contains("is being trained by another process") && err.contains(&std::process::id().to_string()), "{err}");
+    drop(held);
+    assert!(!train::run_is_locked(&run));
+    train::lock_run(&run).unwrap();
     std::fs::remove_dir_all(&root).unwrap();
 }

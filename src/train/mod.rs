@@ -13,10 +13,17 @@
 //! after epoch e replays exactly what a straight run does (on the CPU, bit for bit).
 //! Batches are normalized on a worker thread while the model trains ([`loader`]), in the
 //! same order and with the same contents as without it.
+//!
+//! Interruption ([`stop`]): once a stop is requested (SIGTERM, SIGUSR1, the first SIGINT,
+//! after [`stop::on_signals`]), the loop finishes the step it is in, writes a checkpoint
+//! that also holds the epoch's progress (steps done, loss and accuracy sums) and returns
+//! [`TrainError::Interrupted`]; a resumed run skips the batches already trained and ends
+//! bit for bit where a straight run does. Nothing is lost but the step in flight.
 
 pub mod data;
 pub mod loader;
 pub mod sgd;
+pub mod stop;
 
 use crate::nn::{Model, NnError};
 use crate::plan::Plan;
@@ -41,6 +48,9 @@ pub enum TrainError {
     NonFinite { loss: f32, epoch: usize, step: usize },
     #[error("{0}")]
     Config(String),
+    /// A stop was requested ([`stop`]); the checkpoint holds everything up to `step` of `epoch`.
+    #[error("stopped by a signal at epoch {epoch}, step {step}; checkpoint written, continue with --resume")]
+    Interrupted { epoch: usize, step: usize },
     #[error("at epoch {epoch}, step {step}: {source}")]
     Step { epoch: usize, step: usize, source: candle_core::Error },
     #[error(transparent)]
@@ -88,6 +98,9 @@ pub struct Config {
     pub data: String,
     /// The init mode, or `plan:<file>` when a plan was given.
     pub init: String,
+    /// The analysis the plan was made with: `paper` or `map` (runs from before the field: paper).
+    #[serde(default = "paper")]
+    pub analysis: String,
     pub image_size: u64,
     pub epochs: usize,
     pub batch_size: usize,
@@ -115,6 +128,10 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
+fn paper() -> String {
+    "paper".into()
+}
+
 /// What a checkpoint holds besides tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct CheckpointMeta {
@@ -123,11 +140,54 @@ struct CheckpointMeta {
     epoch: usize,
     config: Config,
     plan: Plan,
+    /// Progress into epoch `epoch + 1` when the run was interrupted mid-epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partial: Option<PartialEpoch>,
 }
+
+/// The part of an epoch trained before an interruption: its first `steps` batches, and
+/// the sums its metrics line needs. Floats are kept as bits: JSON would not give back
+/// every last bit, and a resumed run must report what a straight run does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct PartialEpoch {
+    steps: usize,
+    loss_sum_bits: u64,
+    correct: usize,
+    seen: usize,
+    seconds_bits: u64,
+}
+
+/// How [`train`] reports progress on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing.
+    Quiet,
+    /// A progress bar per epoch (drawn on a terminal only) and a line per epoch.
+    Bar,
+    /// Machine-readable lines for a parent process (`cnnc experiment`):
+    /// `cnnc-progress epoch E/N step S/M`, at most a few a second, and the last step of every epoch.
+    Lines,
+}
+
+impl From<bool> for Progress {
+    fn from(bar: bool) -> Progress {
+        if bar {
+            Progress::Bar
+        } else {
+            Progress::Quiet
+        }
+    }
+}
+
+/// The prefix of [`Progress::Lines`].
+pub const PROGRESS_PREFIX: &str = "cnnc-progress ";
 
 const CHECKPOINT_FORMAT: &str = "cnnc-checkpoint/1";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
+/// The mark a run leaves when its loss went NaN or infinite (it holds the message); a run
+/// with it is finished: `--continue` does not retry it.
+pub const DIVERGED: &str = "DIVERGED";
 
 fn file_err(path: &Path, message: impl std::fmt::Display) -> TrainError {
     TrainError::File { path: path.to_path_buf(), message: message.to_string() }
@@ -173,10 +233,71 @@ fn load_checkpoint(path: &Path, device: &Device) -> Result<(CheckpointMeta, Hash
     Ok((meta, tensors))
 }
 
-/// Reads the config of an existing run (from its checkpoint).
+/// Reads the config of an existing run (from its checkpoint), its plan and its epochs
+/// completed (an interrupted epoch does not count).
 pub fn run_config(run: &Path) -> Result<(Config, Plan, usize), TrainError> {
     let (meta, _) = load_checkpoint(&run.join(CHECKPOINT), &Device::Cpu)?;
     Ok((meta.config, meta.plan, meta.epoch))
+}
+
+/// The fields in which two run configs differ, by name; `epochs` does not count (a run
+/// continues to any number of epochs).
+pub fn config_differences(a: &Config, b: &Config) -> Vec<String> {
+    let (serde_json::Value::Object(a), serde_json::Value::Object(b)) =
+        (serde_json::to_value(a).expect("config serializes"), serde_json::to_value(b).expect("config serializes"))
+    else {
+        unreachable!("a struct serializes to an object")
+    };
+    a.iter()
+        .filter(|(k, v)| k.as_str() != "epochs" && b.get(k.as_str()) != Some(v))
+        .map(|(k, v)| format!("{k}: {v} in the run, {} here", b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
+        .collect()
+}
+
+/// `<run>/.lock`: locked (flock) by the process that trains the run, with its pid in it.
+pub const LOCK: &str = ".lock";
+
+/// The lock on a run directory; released when dropped (or when the process ends, however).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Locks `run` (created if missing) for this process, or fails naming the process that
+/// holds it: two processes never train one run, whoever started them.
+pub fn lock_run(run: &Path) -> Result<RunLock, TrainError> {
+    use std::io::Write;
+    std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
+    let path = run.join(LOCK);
+    let mut file =
+        std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path).map_err(|e| file_err(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(TrainError::Config(format!(
+                "{} is being trained by another process (pid {}); wait for it, or stop it",
+                run.display(),
+                holder.trim()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(file_err(&path, e)),
+    }
+    file.set_len(0).and_then(|_| writeln!(file, "{}", std::process::id())).map_err(|e| file_err(&path, e))?;
+    Ok(RunLock { _file: file })
+}
+
+/// Whether some process holds `run`'s lock now (is training it).
+pub fn run_is_locked(run: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(run.join(LOCK)) else { return false };
+    matches!(file.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+/// Where a run's checkpoint stands: epochs completed, and the steps of the next epoch
+/// already trained (0 unless it was interrupted mid-epoch).
+pub fn checkpoint_progress(run: &Path) -> Result<(usize, usize), TrainError> {
+    let (meta, _) = load_checkpoint(&run.join(CHECKPOINT), &Device::Cpu)?;
+    Ok((meta.epoch, meta.partial.map_or(0, |p| p.steps)))
 }
 
 /// Cross-entropy (mean over the batch) and the number of correct predictions.
@@ -222,7 +343,9 @@ pub struct Summary {
 
 /// Trains `net` from `plan` on `split` and writes the run to `run`. With `resume`, the
 /// run's checkpoint is loaded (its weights, momentum and epoch) and training continues
-/// to `config.epochs`. `progress` shows a progress bar on stderr. Batches are prepared
+/// to `config.epochs`. `progress` says what to show on stderr ([`Progress`]; `true` is a
+/// bar). A requested [`stop`] ends the run early with [`TrainError::Interrupted`], its
+/// checkpoint written. Batches are prepared
 /// on a worker thread ([`loader::Prefetch::default`]); the loop runs on a rayon worker of
 /// a pool of its own ([`crate::nn::on_pool`]: fewer thread wake-ups per op).
 pub fn train(
@@ -232,8 +355,9 @@ pub fn train(
     config: &Config,
     run: &Path,
     resume: bool,
-    progress: bool,
+    progress: impl Into<Progress>,
 ) -> Result<Summary, TrainError> {
+    let progress = progress.into();
     crate::nn::on_pool(|| train_with(net, plan, split, config, run, resume, progress, loader::Prefetch::default()))
 }
 
@@ -247,9 +371,10 @@ pub fn train_with(
     config: &Config,
     run: &Path,
     resume: bool,
-    progress: bool,
+    progress: impl Into<Progress>,
     prefetch: loader::Prefetch,
 ) -> Result<Summary, TrainError> {
+    let progress = progress.into();
     if config.batch_size == 0 {
         return Err(TrainError::Config("--batch-size must be at least 1".into()));
     }
@@ -267,6 +392,7 @@ pub fn train_with(
     let ckpt = run.join(CHECKPOINT);
     let metrics_path = run.join(METRICS);
     let mut start = 0;
+    let mut partial = None;
     let mut history: Vec<EpochMetrics> = Vec::new();
     if resume {
         let (meta, mut tensors) = load_checkpoint(&ckpt, &dev)?;
@@ -285,6 +411,7 @@ pub fn train_with(
             tensors.into_iter().filter_map(|(n, t)| n.strip_prefix("momentum.").map(|n| (n.to_string(), t))).collect();
         opt.load_state(momentum).map_err(bad)?;
         start = meta.epoch;
+        partial = meta.partial;
         if let Ok(text) = std::fs::read_to_string(&metrics_path) {
             history = text.lines().filter_map(|l| serde_json::from_str::<EpochMetrics>(l).ok()).filter(|m| m.epoch <= start).collect();
         }
@@ -292,6 +419,7 @@ pub fn train_with(
         std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
         crate::write_atomic(&run.join("plan.json"), plan.to_json().as_bytes()).map_err(|e| file_err(run, e))?;
         let _ = std::fs::remove_file(&metrics_path);
+        let _ = std::fs::remove_file(run.join(DIVERGED));
     }
     crate::write_atomic(&run.join("config.json"), serde_json::to_string_pretty(config).expect("config serializes").as_bytes())
         .map_err(|e| file_err(run, e))?;
@@ -299,23 +427,21 @@ pub fn train_with(
 
     let steps = split.train.len().div_ceil(config.batch_size);
     for epoch in start + 1..=config.epochs {
+        // An interrupted epoch goes on from its first untrained batch, with its sums.
+        let resumed = partial.take().unwrap_or_default();
         let t0 = Instant::now();
-        let bar = if progress {
-            let b = indicatif::ProgressBar::new(steps as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-            );
-            b.set_prefix(format!("{epoch}/{}", config.epochs));
-            b
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let earlier = f64::from_bits(resumed.seconds_bits);
+        let bar = epoch_bar(progress, epoch, config.epochs, steps, resumed.steps);
+        let mut lines = StepLines::new(progress, epoch, config.epochs, steps);
         let order = data::epoch_order(split.train.len(), config.seed, epoch);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        loader::for_each_batch(&split.train, &order, config.batch_size, prefetch, |step, b| {
-            let step = step + 1;
+        let (mut loss_sum, mut correct, mut seen) = (f64::from_bits(resumed.loss_sum_bits), resumed.correct, resumed.seen);
+        let mut done = resumed.steps;
+        let skip = (resumed.steps * config.batch_size).min(order.len());
+        let trained = loader::for_each_batch(&split.train, &order[skip..], config.batch_size, prefetch, |_, b| {
+            if stop::requested() {
+                return Err(TrainError::Interrupted { epoch, step: done });
+            }
+            let step = done + 1;
             let at = |source| TrainError::Step { epoch, step, source };
             let n = b.len();
             let (x, y) = to_tensors(&split.train, b, &dev).map_err(at)?;
@@ -331,11 +457,35 @@ pub fn train_with(
             loss_sum += l as f64 * n as f64;
             correct += c;
             seen += n;
-            bar.set_message(format!("loss {:.4} {:.0} img/s", loss_sum / seen as f64, seen as f64 / t0.elapsed().as_secs_f64()));
+            done = step;
+            bar.set_message(format!(
+                "loss {:.4} {:.0} img/s",
+                loss_sum / seen as f64,
+                seen as f64 / (earlier + t0.elapsed().as_secs_f64())
+            ));
             bar.inc(1);
+            lines.step(step);
             Ok(())
-        })?;
-        let train_seconds = t0.elapsed().as_secs_f64();
+        });
+        if let Err(TrainError::Interrupted { epoch, step }) = trained {
+            bar.abandon();
+            let seconds_bits = (earlier + t0.elapsed().as_secs_f64()).to_bits();
+            let partial = PartialEpoch { steps: step, loss_sum_bits: loss_sum.to_bits(), correct, seen, seconds_bits };
+            let meta = CheckpointMeta {
+                format: CHECKPOINT_FORMAT.into(),
+                epoch: epoch - 1,
+                config: config.clone(),
+                plan: plan.clone(),
+                partial: (step > 0).then_some(partial),
+            };
+            save_checkpoint(&ckpt, &model, &opt, &meta)?;
+            return Err(TrainError::Interrupted { epoch, step });
+        }
+        if let Err(e @ TrainError::NonFinite { .. }) = &trained {
+            crate::write_atomic(&run.join(DIVERGED), format!("{e}\n").as_bytes()).map_err(|e| file_err(run, e))?;
+        }
+        trained?;
+        let train_seconds = earlier + t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let (val_loss, val_accuracy) = evaluate(&model, &split.val, config.batch_size, prefetch)?;
         let m = EpochMetrics {
@@ -345,13 +495,13 @@ pub fn train_with(
             val_loss,
             val_accuracy,
             images_per_s: seen as f64 / train_seconds,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: earlier + t0.elapsed().as_secs_f64(),
         };
-        let meta = CheckpointMeta { format: CHECKPOINT_FORMAT.into(), epoch, config: config.clone(), plan: plan.clone() };
+        let meta = CheckpointMeta { format: CHECKPOINT_FORMAT.into(), epoch, config: config.clone(), plan: plan.clone(), partial: None };
         save_checkpoint(&ckpt, &model, &opt, &meta)?;
         history.push(m.clone());
         write_metrics(&metrics_path, &history)?;
-        if progress {
+        if progress == Progress::Bar {
             eprintln!(
                 "epoch {epoch}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.0} img/s, {:.1} s",
                 config.epochs,
@@ -363,8 +513,51 @@ pub fn train_with(
                 m.seconds
             );
         }
+        // A stop that came during the evaluation: the epoch is saved whole, nothing to redo.
+        if stop::requested() && epoch < config.epochs {
+            return Err(TrainError::Interrupted { epoch: epoch + 1, step: 0 });
+        }
     }
     Ok(Summary { epochs: history, run: run.to_path_buf() })
+}
+
+/// The bar of one epoch (hidden unless `progress` is [`Progress::Bar`]), at `done` of `steps`.
+fn epoch_bar(progress: Progress, epoch: usize, epochs: usize, steps: usize, done: usize) -> indicatif::ProgressBar {
+    if progress != Progress::Bar {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(steps as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    b.set_prefix(format!("{epoch}/{epochs}"));
+    b.set_position(done as u64);
+    b
+}
+
+/// [`Progress::Lines`]: a line at most every 0.2 s, and at the last step of the epoch.
+struct StepLines {
+    on: bool,
+    epoch: usize,
+    epochs: usize,
+    steps: usize,
+    last: Option<Instant>,
+}
+
+impl StepLines {
+    fn new(progress: Progress, epoch: usize, epochs: usize, steps: usize) -> StepLines {
+        StepLines { on: progress == Progress::Lines, epoch, epochs, steps, last: None }
+    }
+
+    fn step(&mut self, step: usize) {
+        if !self.on || (step < self.steps && self.last.is_some_and(|t| t.elapsed().as_secs_f64() < 0.2)) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        eprintln!("{PROGRESS_PREFIX}epoch {}/{} step {step}/{}", self.epoch, self.epochs, self.steps);
+    }
 }
 
 fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<(), TrainError> {
