@@ -4,9 +4,11 @@
 //! divided between them (`RAYON_NUM_THREADS`, which the training loop's pool reads: the
 //! machine's, or the caller's `RAYON_NUM_THREADS`, over the number of jobs), and with
 //! `gpus` each job slot gets one device (`CUDA_VISIBLE_DEVICES`, round-robin over the
-//! slots). A run's result does not depend on either: the thread count changes how the
-//! work is split, not the sums (the kernels split by output, and every run of the pool
-//! is the same process with the same arguments as a serial one).
+//! slots). Every run of the pool is the process a serial run starts, with the same
+//! arguments; what can differ is its thread count, and with it the order of some float
+//! sums (the weight gradients are summed over blocks of samples, one block per thread),
+//! so the weights differ in their last bits. For results bit for bit those of a serial run
+//! with T threads, give `RAYON_NUM_THREADS` = jobs × T.
 //!
 //! Progress: on a terminal, one bar for the grid (runs done / total, the epoch and step
 //! of each run in flight, ETA over the steps left); in a log or with `quiet`, a plain line
