@@ -432,7 +432,7 @@ struct ExperimentArgs {
     #[arg(long, value_delimiter = ',')]
     gpus: Vec<String>,
     /// Write <out>/slurm/array.sbatch (one array task per run) and submit it with sbatch
-    #[arg(long, conflicts_with_all = ["status", "collect", "gpus"])]
+    #[arg(long, conflicts_with_all = ["status", "collect", "gpus", "jobs"])]
     slurm: bool,
     /// With --slurm: write the script, do not submit it
     #[arg(long, requires = "slurm")]

@@ -244,6 +244,7 @@ impl<'a> View<'a> {
                     .expect("a valid template")
                     .progress_chars("=> "),
             );
+            b.set_prefix(format!("runs {finished}/{}", exp.runs.len()));
             b.set_position(epochs_done as u64 * UNITS);
             b.reset_eta();
             b
@@ -294,7 +295,10 @@ impl<'a> View<'a> {
         for s in slots.iter().flatten() {
             let run = &self.exp.runs[s.run];
             if s.steps > 0 {
-                units += (s.step as u64 * UNITS) / s.steps as u64;
+                // The epoch in flight, until its metrics line makes it a whole one.
+                if s.epoch > epochs_of(self.exp, run) {
+                    units += (s.step as u64 * UNITS) / s.steps as u64;
+                }
                 msg.push(format!("{} epoch {}/{} step {}/{}", run.name(), s.epoch, self.exp.config.epochs, s.step, s.steps));
             } else {
                 msg.push(format!("{} starting", run.name()));

@@ -130,6 +130,7 @@ pub fn script(exp: &Experiment, exe: &Path, opts: &SlurmConfig) -> String {
     }
     s.push_str("set -u\n\n");
     s.push_str(&format!("cnnc={}\n", sh(exe.as_os_str())));
+    s.push_str(&format!("logs={}\n", sh(dir.as_os_str())));
     s.push_str("# What every run shares.\ncommon=(\n");
     for group in exp.common_args() {
         let words: Vec<String> = group.iter().map(|a| sh(a)).collect();
@@ -167,11 +168,10 @@ if [ "$rc" -eq {EXIT_INTERRUPTED} ] && [ "$requeue" -eq 1 ]; then
     echo "task $SLURM_ARRAY_TASK_ID: checkpointed before the time limit; requeued"
     scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
 elif [ "$rc" -ne 0 ] && [ "$rc" -ne {EXIT_INTERRUPTED} ]; then
-    echo "cnnc train exited with $rc; its log: {log}/${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out" > "$out/{FAILED}"
+    echo "cnnc train exited with $rc; its log: $logs/${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out" > "$out/{FAILED}"
 fi
 exit "$rc"
-"#,
-        log = dir.display()
+"#
     ));
     s
 }
