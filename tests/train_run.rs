@@ -187,7 +187,7 @@ fn sigterm_checkpoints_mid_epoch_and_the_resumed_run_equals_a_straight_one() {
     assert!(rest.iter().any(|l| l.contains("stopped by a signal at epoch 1, step")), "{rest:?}");
     let (epochs, steps) = train::checkpoint_progress(&stopped).unwrap();
     assert_eq!(epochs, 0);
-    assert!(steps >= 2 && steps < 18, "the checkpoint is mid-epoch: {steps} steps");
+    assert!((2..18).contains(&steps), "the checkpoint is mid-epoch: {steps} steps");
     assert!(!stopped.join(train::METRICS).exists() || std::fs::read_to_string(stopped.join(train::METRICS)).unwrap().is_empty());
 
     // The same command with --continue goes on from the checkpoint.

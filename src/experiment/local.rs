@@ -91,8 +91,8 @@ pub fn run(exp: &Experiment, exe: &std::path::Path, opts: &Options) -> Result<()
             }
         }
         if !stopping {
-            for k in 0..slots.len() {
-                if slots[k].is_some() {
+            for (k, slot) in slots.iter_mut().enumerate() {
+                if slot.is_some() {
                     continue;
                 }
                 let Some(i) = queue.next() else { break };
@@ -102,7 +102,7 @@ pub fn run(exp: &Experiment, exe: &std::path::Path, opts: &Options) -> Result<()
                 match spawn(exp, exe, run, threads, gpu) {
                     Ok(child) => {
                         view.started(run);
-                        slots[k] = Some(Slot { run: i, pid: child.id(), epoch: 0, step: 0, steps: 0 });
+                        *slot = Some(Slot { run: i, pid: child.id(), epoch: 0, step: 0, steps: 0 });
                         watch(child, k, tx.clone());
                     }
                     Err(e) => failures.push(fail(run, &format!("cannot start {}: {e}", exe.display()))),

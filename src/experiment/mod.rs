@@ -452,6 +452,10 @@ pub fn results_markdown(cfg: &ExperimentConfig, results: &[RunResult], config_pa
         cfg.seeds,
         cfg.image_size.map_or(String::new(), |s| format!(", images {s}×{s}"))
     );
+    if cfg.limit_train > 0 || cfg.limit_val > 0 {
+        let n = |k: usize| if k > 0 { format!("the first {k}") } else { "all".into() };
+        s.insert_str(s.len() - 3, &format!(", {} training and {} validation images", n(cfg.limit_train), n(cfg.limit_val)));
+    }
     s.push_str("Best validation accuracy (%) per run, over seeds (quartiles: NumPy's linear interpolation):\n\n");
     s.push_str("| init | runs | diverged | max | Q1 | median | Q3 |\n|---|---|---|---|---|---|---|\n");
     for init in &cfg.inits {
