@@ -541,6 +541,7 @@ fn experiment_command(a: ExperimentArgs) -> Result<()> {
     let exp = Experiment::load(&a.config)?;
     let results = exp.out.join("results.md");
     if a.status {
+        exp.check_out_is_ours()?;
         let rows = slurm::status(&exp);
         return emit(&None, &slurm::status_table(&exp, &rows));
     }

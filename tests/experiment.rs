@@ -174,6 +174,9 @@ fn two_jobs_give_the_results_of_one_and_another_config_cannot_take_the_directory
     assert_eq!(code, 1);
     assert!(err.contains("belongs to another experiment"), "{err}");
     assert!(!dir.join("runs/slurm").exists(), "no script was written");
+    let (code, _, err) = cnnc(&["experiment".as_ref(), cfg.as_os_str(), "--status".as_ref()], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("belongs to another experiment"), "{err}");
     assert_eq!(std::fs::read(dir.join("runs/experiment.json")).unwrap(), manifest);
     assert_eq!(std::fs::read(dir.join("runs/results.md")).unwrap(), results);
     assert_eq!(cnnc::experiment::read_val_accuracy(&dir.join("runs/kaiming-in-s0/metrics.jsonl")).len(), 2);

@@ -317,9 +317,20 @@ impl Experiment {
     /// `experiment.json` on first use, and refuses a directory whose recorded settings
     /// differ (naming them), before anything in it is written.
     pub fn claim_out(&self) -> Result<(), ExperimentError> {
+        self.check_out(true)
+    }
+
+    /// Refuses an out directory that another experiment recorded as its own (what
+    /// [`Experiment::claim_out`] does, without writing anything); for reading commands.
+    pub fn check_out_is_ours(&self) -> Result<(), ExperimentError> {
+        self.check_out(false)
+    }
+
+    fn check_out(&self, claim: bool) -> Result<(), ExperimentError> {
         let path = self.out.join(MANIFEST);
         let here = self.settings();
         match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !claim => Ok(()),
             Ok(text) => {
                 let there: Manifest = serde_json::from_str(&text).map_err(|e| {
                     ExperimentError::Io(format!(
