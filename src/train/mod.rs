@@ -221,23 +221,43 @@ fn save_checkpoint(path: &Path, model: &Model, opt: &sgd::Sgd, meta: &Checkpoint
 
 /// Reads a checkpoint: its metadata and tensors (on `device`).
 fn load_checkpoint(path: &Path, device: &Device) -> Result<(CheckpointMeta, HashMap<String, Tensor>), TrainError> {
-    let bad = |m: String| TrainError::Checkpoint { path: path.into(), message: m };
+    let meta = read_meta(path)?;
     let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let meta_json = header.metadata().as_ref().and_then(|m| m.get("cnnc")).ok_or_else(|| bad("no cnnc metadata".into()))?;
-    let meta: CheckpointMeta = serde_json::from_str(meta_json).map_err(|e| bad(format!("bad metadata: {e}")))?;
-    if meta.format != CHECKPOINT_FORMAT {
-        return Err(bad(format!("format `{}`, expected `{CHECKPOINT_FORMAT}`", meta.format)));
-    }
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| TrainError::Checkpoint { path: path.into(), message: e.to_string() })?;
     Ok((meta, tensors))
 }
 
 /// Reads the config of an existing run (from its checkpoint), its plan and its epochs
 /// completed (an interrupted epoch does not count).
 pub fn run_config(run: &Path) -> Result<(Config, Plan, usize), TrainError> {
-    let (meta, _) = load_checkpoint(&run.join(CHECKPOINT), &Device::Cpu)?;
+    let meta = read_meta(&run.join(CHECKPOINT))?;
     Ok((meta.config, meta.plan, meta.epoch))
+}
+
+/// A checkpoint's metadata, from the safetensors header alone (8 bytes of length, then the
+/// JSON header): `--status` over a grid of F34 runs reads kilobytes, not the weights.
+fn read_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
+    use std::io::Read;
+    let bad = |m: String| TrainError::Checkpoint { path: path.into(), message: m };
+    let mut file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| bad(format!("no safetensors header: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    let size = file.metadata().map_err(|e| file_err(path, e))?.len();
+    if len > size.saturating_sub(8) || len > 100 << 20 {
+        return Err(bad(format!("a header of {len} bytes in a file of {size}")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
+    let meta_json =
+        header.get("__metadata__").and_then(|m| m.get("cnnc")).and_then(|m| m.as_str()).ok_or_else(|| bad("no cnnc metadata".into()))?;
+    let meta: CheckpointMeta = serde_json::from_str(meta_json).map_err(|e| bad(format!("bad metadata: {e}")))?;
+    if meta.format != CHECKPOINT_FORMAT {
+        return Err(bad(format!("format `{}`, expected `{CHECKPOINT_FORMAT}`", meta.format)));
+    }
+    Ok(meta)
 }
 
 /// The fields in which two run configs differ, by name; `epochs` does not count (a run
@@ -296,7 +316,7 @@ pub fn run_is_locked(run: &Path) -> bool {
 /// Where a run's checkpoint stands: epochs completed, and the steps of the next epoch
 /// already trained (0 unless it was interrupted mid-epoch).
 pub fn checkpoint_progress(run: &Path) -> Result<(usize, usize), TrainError> {
-    let (meta, _) = load_checkpoint(&run.join(CHECKPOINT), &Device::Cpu)?;
+    let meta = read_meta(&run.join(CHECKPOINT))?;
     Ok((meta.epoch, meta.partial.map_or(0, |p| p.steps)))
 }
 
