@@ -656,23 +656,8 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 Some(p) => format!("plan:{}", p.display()),
                 None => Mode::from(a.init).name().to_string(),
             };
-            let config = train::Config {
-                model: model.display().to_string(),
-                data: data.display().to_string(),
-                init,
-                analysis: analysis_name(a.analysis).into(),
-                image_size: a.image_size.unwrap_or(0),
-                epochs: a.epochs.unwrap_or(300),
-                batch_size: a.flags.batch_size,
-                lr: a.flags.lr,
-                momentum: a.flags.momentum,
-                weight_decay: a.flags.weight_decay,
-                seed: a.flags.seed,
-                device: a.flags.device.clone(),
-                val_split: a.flags.val_split,
-                limit_train: a.flags.limit_train,
-                limit_val: a.flags.limit_val,
-            };
+            let model = model.display().to_string();
+            let config = train::Config::new(&model, data, &init, analysis_name(a.analysis), a.image_size.unwrap_or(0), a.epochs.unwrap_or(300), &a.flags);
             if existing {
                 match continued(&config, out)? {
                     Some(plan) => (config, Some(plan), out.clone(), true),
@@ -701,20 +686,9 @@ fn train_command(a: TrainArgs) -> Result<()> {
         (None, None) => cnnc::plan_with(&net, Options { mode: a.init.into(), std_cap: None }, a.analysis.into())?,
     };
     let target = data::Target { channels: c as usize, size: h as usize };
-    let mut split = data::load(Path::new(&config.data), target, config.val_split, config.seed)?;
-    if config.limit_train > 0 {
-        split.train.truncate(config.limit_train);
-    }
-    if config.limit_val > 0 {
-        split.val.truncate(config.limit_val);
-    }
-    if !split.skipped.is_empty() {
-        eprintln!(
-            "skipped {} images that could not be decoded, e.g. {}: {}",
-            split.skipped.len(),
-            split.skipped[0].0.display(),
-            split.skipped[0].1
-        );
+    let split = train::load_split(&config, target)?;
+    if let Some(note) = split.skipped_note() {
+        eprintln!("{note}");
     }
     if !a.quiet {
         eprintln!(

@@ -40,6 +40,7 @@ pub struct CandleOptions {
 const CARGO_TEMPLATE: &str = include_str!("../../codegen/templates/Cargo.toml.in");
 const LIB_TEMPLATE: &str = include_str!("../../codegen/templates/lib.rs.in");
 const MAIN_TEMPLATE: &str = include_str!("../../codegen/templates/main.rs.in");
+const TRAIN_TEST_TEMPLATE: &str = include_str!("../../codegen/templates/train_test.rs.in");
 
 fn fill(template: &str, vars: &[(&str, &str)]) -> String {
     let mut out = template.to_string();
@@ -47,6 +48,19 @@ fn fill(template: &str, vars: &[(&str, &str)]) -> String {
         out = out.replace(&format!("{{{{{k}}}}}"), v);
     }
     out
+}
+
+/// The generated crate's test that it trains as `cnnc train` does: for square inputs only
+/// (training takes square images), and `#[ignore]`d past 64×64, where training twice in a
+/// debug build takes minutes (`cargo test --release -- --ignored` runs it).
+fn train_test(net: &Network) -> String {
+    let (_, h, w) = net.input.chw();
+    let attr = match (h == w, h * w <= 64 * 64) {
+        (false, _) => return String::new(),
+        (true, true) => "",
+        (true, false) => "    #[ignore = \"trains twice at the full input size: run with cargo test --release -- --ignored\"]\n",
+    };
+    TRAIN_TEST_TEMPLATE.replace("{{attr}}", attr)
 }
 
 /// A package name cargo accepts: ASCII letters, digits, `-` and `_`, not starting with a digit.
@@ -90,7 +104,14 @@ pub fn generate(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<Vec<
             ("workspace", workspace),
         ],
     );
-    let vars = [("network", net.name.as_str()), ("spec", &opts.spec_path), ("lib", &lib)];
+    let spec_literal = format!("{:?}", opts.spec_path);
+    let vars = [
+        ("network", net.name.as_str()),
+        ("spec", &opts.spec_path),
+        ("lib", &lib),
+        ("spec_literal", &spec_literal),
+        ("train_test", &train_test(net)),
+    ];
     Ok(vec![
         File { path: "Cargo.toml".into(), text: cargo },
         File { path: "src/lib.rs".into(), text: fill(LIB_TEMPLATE, &vars) },

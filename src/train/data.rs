@@ -81,6 +81,14 @@ pub struct Split {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+impl Split {
+    /// A line for the user when images were skipped: how many, and the first one's reason.
+    pub fn skipped_note(&self) -> Option<String> {
+        let (path, why) = self.skipped.first()?;
+        Some(format!("skipped {} images that could not be decoded, e.g. {}: {why}", self.skipped.len(), path.display()))
+    }
+}
+
 /// How images are fitted to the network: channels (1 or 3) and square size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {

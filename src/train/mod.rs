@@ -115,6 +115,73 @@ pub struct Config {
     pub limit_val: usize,
 }
 
+impl Config {
+    /// A new run's config: the network file, the data folder, the init mode (`forward`,
+    /// …, or `plan:<file>`) and analysis, the image size (0: the network's), the epochs,
+    /// and the training flags.
+    pub fn new(model: &str, data: &Path, init: &str, analysis: &str, image_size: u64, epochs: usize, flags: &Flags) -> Config {
+        Config {
+            model: model.to_string(),
+            data: data.display().to_string(),
+            init: init.to_string(),
+            analysis: analysis.to_string(),
+            image_size,
+            epochs,
+            batch_size: flags.batch_size,
+            lr: flags.lr,
+            momentum: flags.momentum,
+            weight_decay: flags.weight_decay,
+            seed: flags.seed,
+            device: flags.device.clone(),
+            val_split: flags.val_split,
+            limit_train: flags.limit_train,
+            limit_val: flags.limit_val,
+        }
+    }
+}
+
+/// The data of a run: `config.data` read for `target` and split by `config.val_split`
+/// and `config.seed`, then cut to `limit_train` / `limit_val`; images that could not be
+/// decoded are listed in the split's `skipped` (see [`data::Split::skipped_note`]).
+pub fn load_split(config: &Config, target: data::Target) -> Result<data::Split, TrainError> {
+    let mut split = data::load(Path::new(&config.data), target, config.val_split, config.seed)?;
+    if config.limit_train > 0 {
+        split.train.truncate(config.limit_train);
+    }
+    if config.limit_val > 0 {
+        split.val.truncate(config.limit_val);
+    }
+    Ok(split)
+}
+
+/// A model [`fit`] can train: cnnc's own ([`Model`]) or a crate's that `cnnc emit candle`
+/// generated. Its parameters are `named_vars`, by PyTorch name, in plan order.
+pub trait Trainable {
+    /// The logits of a batch.
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TrainError>;
+    /// The gradients of `loss` (candle's autograd unless the model has a faster way).
+    fn backward(&self, loss: &Tensor) -> candle_core::Result<candle_core::backprop::GradStore> {
+        loss.backward()
+    }
+    fn named_vars(&self) -> Vec<(String, candle_core::Var)>;
+    fn device(&self) -> &Device;
+}
+
+impl Trainable for Model {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TrainError> {
+        Ok(Model::forward(self, x)?)
+    }
+    fn backward(&self, loss: &Tensor) -> candle_core::Result<candle_core::backprop::GradStore> {
+        Model::backward(self, loss)
+    }
+    fn named_vars(&self) -> Vec<(String, candle_core::Var)> {
+        Model::named_vars(self)
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -206,7 +273,7 @@ pub fn device(name: &str) -> Result<Device, TrainError> {
 }
 
 /// Writes weights and momentum buffers with the epoch, config and plan, atomically.
-fn save_checkpoint(path: &Path, model: &Model, opt: &sgd::Sgd, meta: &CheckpointMeta) -> Result<(), TrainError> {
+fn save_checkpoint(path: &Path, model: &(impl Trainable + ?Sized), opt: &sgd::Sgd, meta: &CheckpointMeta) -> Result<(), TrainError> {
     let mut tensors: Vec<(String, Tensor)> =
         model.named_vars().into_iter().map(|(n, v)| (format!("param.{n}"), v.as_tensor().clone())).collect();
     tensors.extend(opt.state().into_iter().map(|(n, t)| (format!("momentum.{n}"), t)));
@@ -336,7 +403,7 @@ fn to_tensors(ds: &data::Dataset, b: loader::Batch, dev: &Device) -> candle_core
 }
 
 /// Mean loss and accuracy over a data set, in batches.
-fn evaluate(model: &Model, ds: &data::Dataset, batch: usize, prefetch: loader::Prefetch) -> Result<(Option<f64>, Option<f64>), TrainError> {
+fn evaluate(model: &(impl Trainable + ?Sized), ds: &data::Dataset, batch: usize, prefetch: loader::Prefetch) -> Result<(Option<f64>, Option<f64>), TrainError> {
     if ds.is_empty() {
         return Ok((None, None));
     }
@@ -344,7 +411,7 @@ fn evaluate(model: &Model, ds: &data::Dataset, batch: usize, prefetch: loader::P
     let idx: Vec<usize> = (0..ds.len()).collect();
     loader::for_each_batch(ds, &idx, batch, prefetch, |_, b| -> Result<(), TrainError> {
         let n = b.len();
-        let (x, y) = to_tensors(ds, b, &model.device)?;
+        let (x, y) = to_tensors(ds, b, model.device())?;
         let logits = model.forward(&x)?.detach();
         let (l, c) = loss_and_correct(&logits.reshape((n, ()))?, &y)?;
         loss += l.to_scalar::<f32>()? as f64 * n as f64;
@@ -394,6 +461,28 @@ pub fn train_with(
     progress: impl Into<Progress>,
     prefetch: loader::Prefetch,
 ) -> Result<Summary, TrainError> {
+    let classes = net.layers.last().map_or(0, |l| l.output.numel()) as usize;
+    let dev = device(&config.device)?;
+    let model = Model::new(net, plan, config.seed, &dev, DType::F32)?;
+    fit(&model, plan, classes, split, config, run, resume, progress, prefetch)
+}
+
+/// The training loop of [`train_with`], for any [`Trainable`] model whose weights were
+/// drawn from `plan` (the plan is recorded in the run and must match on resume) and that
+/// has `classes` outputs. Everything `train` documents holds: checkpoints every epoch and
+/// on a [`stop`], exact resume (mid-epoch included), `metrics.jsonl`, `DIVERGED`.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    model: &(impl Trainable + ?Sized),
+    plan: &Plan,
+    classes: usize,
+    split: &data::Split,
+    config: &Config,
+    run: &Path,
+    resume: bool,
+    progress: impl Into<Progress>,
+    prefetch: loader::Prefetch,
+) -> Result<Summary, TrainError> {
     let progress = progress.into();
     if config.batch_size == 0 {
         return Err(TrainError::Config("--batch-size must be at least 1".into()));
@@ -401,13 +490,11 @@ pub fn train_with(
     if split.train.is_empty() {
         return Err(TrainError::Config("the training set is empty".into()));
     }
-    let classes = net.layers.last().map_or(0, |l| l.output.numel()) as usize;
     let max_label = split.train.labels.iter().chain(&split.val.labels).copied().max().unwrap_or(0) as usize;
     if max_label >= classes {
         return Err(TrainError::Config(format!("the data has {} classes but the network has {classes} outputs", max_label + 1)));
     }
-    let dev = device(&config.device)?;
-    let model = Model::new(net, plan, config.seed, &dev, DType::F32)?;
+    let dev = model.device().clone();
     let mut opt = sgd::Sgd::new(model.named_vars(), config.lr, config.momentum, config.weight_decay);
     let ckpt = run.join(CHECKPOINT);
     let metrics_path = run.join(METRICS);
@@ -498,7 +585,7 @@ pub fn train_with(
                 plan: plan.clone(),
                 partial: (step > 0).then_some(partial),
             };
-            save_checkpoint(&ckpt, &model, &opt, &meta)?;
+            save_checkpoint(&ckpt, model, &opt, &meta)?;
             return Err(TrainError::Interrupted { epoch, step });
         }
         if let Err(e @ TrainError::NonFinite { .. }) = &trained {
@@ -507,7 +594,7 @@ pub fn train_with(
         trained?;
         let train_seconds = earlier + t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let (val_loss, val_accuracy) = evaluate(&model, &split.val, config.batch_size, prefetch)?;
+        let (val_loss, val_accuracy) = evaluate(model, &split.val, config.batch_size, prefetch)?;
         let m = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,
@@ -518,7 +605,7 @@ pub fn train_with(
             seconds: earlier + t0.elapsed().as_secs_f64(),
         };
         let meta = CheckpointMeta { format: CHECKPOINT_FORMAT.into(), epoch, config: config.clone(), plan: plan.clone(), partial: None };
-        save_checkpoint(&ckpt, &model, &opt, &meta)?;
+        save_checkpoint(&ckpt, model, &opt, &meta)?;
         history.push(m.clone());
         write_metrics(&metrics_path, &history)?;
         if progress == Progress::Bar {
