@@ -305,9 +305,7 @@ fn run(cli: Cli) -> Result<()> {
             let analysis = analyze::analyze_with(&net, opts, analysis.into())?;
             emit(&None, &report::lower_table(&net, &analysis, opts.mode))
         }
-        Command::Graph { file, input } => {
-            emit(&None, &report::graph_table(&load(&file, input)?.graph))
-        }
+        Command::Graph { file, input } => emit(&None, &report::graph_table(&load(&file, input)?.graph)),
         Command::Inspect { file, input, layer, unit, backward, limit } => {
             let net = load(&file, input)?.network()?;
             let Some(l) = layer.checked_sub(1).and_then(|k| net.layers.get(k)) else {
@@ -329,7 +327,11 @@ fn run(cli: Cli) -> Result<()> {
             let opts = init.options()?;
             let in_model = |e: cnnc::Error| anyhow::anyhow!("{}: {e}", model.display());
             let mut proto = cnnc::onnx::read_model(&model).map_err(|e| in_model(e.into()))?;
-            let graph = cnnc::onnx::import(&proto, &cnnc::onnx::ImportOptions { input: input.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Chw) }).map_err(|e| in_model(e.into()))?;
+            let graph = cnnc::onnx::import(
+                &proto,
+                &cnnc::onnx::ImportOptions { input: input.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Chw) },
+            )
+            .map_err(|e| in_model(e.into()))?;
             let net = cnnc::network(&graph, None).map_err(in_model)?;
             let plan = cnnc::plan(&net, opts)?;
             cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
@@ -657,7 +659,15 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 None => Mode::from(a.init).name().to_string(),
             };
             let model = model.display().to_string();
-            let config = train::Config::new(&model, data, &init, analysis_name(a.analysis), a.image_size.unwrap_or(0), a.epochs.unwrap_or(300), &a.flags);
+            let config = train::Config::new(
+                &model,
+                data,
+                &init,
+                analysis_name(a.analysis),
+                a.image_size.unwrap_or(0),
+                a.epochs.unwrap_or(300),
+                &a.flags,
+            );
             if existing {
                 match continued(&config, out)? {
                     Some(plan) => (config, Some(plan), out.clone(), true),

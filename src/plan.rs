@@ -513,15 +513,21 @@ impl Plan {
         struct Head {
             format: Option<String>,
         }
-        let head: Result<Head, String> =
-            if yaml { serde_norway::from_str(text).map_err(|e| e.to_string()) } else { serde_json::from_str(text).map_err(|e| e.to_string()) };
+        let head: Result<Head, String> = if yaml {
+            serde_norway::from_str(text).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        };
         match head?.format.as_deref() {
             Some(FORMAT | FORMAT_GRAPH) => {}
             Some(other) => return Err(format!("plan format `{other}` is not one this cnnc reads ({FORMAT}, {FORMAT_GRAPH})")),
             None => return Err("not a cnnc plan: no `format` field".into()),
         }
-        let plan: Result<Plan, String> =
-            if yaml { serde_norway::from_str(text).map_err(|e| e.to_string()) } else { serde_json::from_str(text).map_err(|e| e.to_string()) };
+        let plan: Result<Plan, String> = if yaml {
+            serde_norway::from_str(text).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        };
         plan.map_err(|e| format!("not a cnnc plan: {e}"))
     }
 

@@ -403,7 +403,12 @@ fn to_tensors(ds: &data::Dataset, b: loader::Batch, dev: &Device) -> candle_core
 }
 
 /// Mean loss and accuracy over a data set, in batches.
-fn evaluate(model: &(impl Trainable + ?Sized), ds: &data::Dataset, batch: usize, prefetch: loader::Prefetch) -> Result<(Option<f64>, Option<f64>), TrainError> {
+fn evaluate(
+    model: &(impl Trainable + ?Sized),
+    ds: &data::Dataset,
+    batch: usize,
+    prefetch: loader::Prefetch,
+) -> Result<(Option<f64>, Option<f64>), TrainError> {
     if ds.is_empty() {
         return Ok((None, None));
     }

@@ -52,16 +52,16 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 mod buffers;
-mod matmul;
 mod im2col;
+mod matmul;
 mod passes;
 mod threads;
 mod tiny;
 mod winograd;
 
 use buffers::{grow, zeros, Block, Pooled};
-use matmul::{matmul, Mat};
 use im2col::Geom;
+use matmul::{matmul, Mat};
 use passes::{forward, input_grad, param_grad, sum};
 use threads::{block_len, parallelism, threads, CHUNK};
 

@@ -119,7 +119,15 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&K
 }
 
 /// Adds one block's weight and bias gradients into `acc` = [dW (Co × K), db (Co)].
-pub(super) fn param_grad_block<T: Elem>(g: &Geom, x: &[T], dout: &[T], acc: &mut [T], accumulate: bool, blk: &mut Block<T>, par: Parallelism) {
+pub(super) fn param_grad_block<T: Elem>(
+    g: &Geom,
+    x: &[T],
+    dout: &[T],
+    acc: &mut [T],
+    accumulate: bool,
+    blk: &mut Block<T>,
+    par: Parallelism,
+) {
     let (k, p, cog, nc) = (g.k(), g.p(), g.cog(), blk.nc(g));
     let (dw, db) = acc.split_at_mut(g.co * k);
     for grp in 0..g.groups {
