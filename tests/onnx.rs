@@ -52,6 +52,17 @@ fn init(name: &str, dims: &[i64]) -> TensorProto {
     TensorProto { name: Some(name.into()), dims: dims.to_vec(), data_type: Some(DataType::Float as i32), ..Default::default() }
 }
 
+/// A float initializer with its values.
+fn float_init(name: &str, dims: &[i64], values: Vec<f32>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(DataType::Float as i32),
+        float_data: values,
+        ..Default::default()
+    }
+}
+
 fn int64s(name: &str, v: &[i64]) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
@@ -1139,22 +1150,7 @@ fn resize_prelu_elu_and_trailing_softmax() {
             node("elu", "Elu", &["p"], &["e"], vec![attr("alpha", A::F(0.5))]),
             node("sm", "Softmax", &["e"], &["out"], vec![]),
         ],
-        vec![
-            TensorProto {
-                name: Some("scales".into()),
-                dims: vec![4],
-                data_type: Some(DataType::Float as i32),
-                float_data: vec![1.0, 1.0, 2.0, 3.0],
-                ..Default::default()
-            },
-            TensorProto {
-                name: Some("slope".into()),
-                dims: vec![4, 1, 1],
-                data_type: Some(DataType::Float as i32),
-                float_data: vec![0.25; 4],
-                ..Default::default()
-            },
-        ],
+        vec![float_init("scales", &[4], vec![1.0, 1.0, 2.0, 3.0]), float_init("slope", &[4, 1, 1], vec![0.25; 4])],
     );
     // The Softmax's output is not a graph output of this little model: refused.
     assert!(g.unwrap_err().contains("Softmax is supported only at the end"));
@@ -1170,20 +1166,8 @@ fn resize_prelu_elu_and_trailing_softmax() {
         vec![
             init("W", &[4, 3, 3, 3]),
             init("B", &[4]),
-            TensorProto {
-                name: Some("scales".into()),
-                dims: vec![4],
-                data_type: Some(DataType::Float as i32),
-                float_data: vec![1.0, 1.0, 2.0, 3.0],
-                ..Default::default()
-            },
-            TensorProto {
-                name: Some("slope".into()),
-                dims: vec![4, 1, 1],
-                data_type: Some(DataType::Float as i32),
-                float_data: vec![0.25; 4],
-                ..Default::default()
-            },
+            float_init("scales", &[4], vec![1.0, 1.0, 2.0, 3.0]),
+            float_init("slope", &[4, 1, 1], vec![0.25; 4]),
         ],
     );
     m.graph.as_mut().unwrap().output = vec![input("out", &[Some(1), Some(4), Some(18), Some(27)])];
