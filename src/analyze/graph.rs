@@ -294,7 +294,7 @@ fn inner_mean(f: Func<'_>, mu: f64, b: f64) -> f64 {
 
 /// The offset variance of f(x), x = μ + m + e (m ~ N(0, a), e ~ N(0, b)):
 /// Var_m E_e f(μ + m + e), with `mean` = E f(x).
-fn offset_through(f: Func<'_>, mu: f64, a: f64, b: f64, mean: f64) -> f64 {
+pub(super) fn offset_through(f: Func<'_>, mu: f64, a: f64, b: f64, mean: f64) -> f64 {
     let [h2] = over_offset(|m| [inner_mean(f, mu + m, b).powi(2)], a);
     (h2 - mean * mean).max(0.0)
 }
@@ -470,11 +470,40 @@ pub(super) struct Params {
     pub(super) target: HashMap<usize, f64>,
     /// σ² before the cap, where the cap lowered it.
     capped: HashMap<usize, f64>,
+    /// Scale-invariant weight nodes whose σ² the forward rule chooses even when the
+    /// passes choose backward (backward mode): a batch-statistics normalization divides
+    /// their σ out of their own gradient target, so the backward rule has no fixed point.
+    pub(super) forward_choice: HashSet<usize>,
+}
+
+impl Params {
+    /// Whether a forward pass chooses σ² of weight node `k`.
+    pub(super) fn chooses_forward(&self, choose: bool, k: usize) -> bool {
+        choose || self.forward_choice.contains(&k)
+    }
+    /// Whether a backward pass chooses σ² of weight node `k`.
+    pub(super) fn chooses_backward(&self, choose: bool, k: usize) -> bool {
+        choose && !self.forward_choice.contains(&k)
+    }
 }
 
 /// κ of a weight node: E[u_o²] = σ² κ Σ_{c ∈ group(o)} E[z_c²].
 fn kappa(w: &unify::Weight, eps: u64) -> f64 {
     eps as f64 / (w.geometry.m_out() as f64 * w.geometry.group_in() as f64)
+}
+
+/// Σ_k f_k² over the taps of one axis, f_k the fraction of output positions where tap k
+/// reads real input: a channel's offset over the positions of a conv's output is
+/// m̄ = Σ_t w_t f_t (μ + m) (the padding reads 0), so E[m̄²] = σ² Σ_t f_t² (μ² + A) —
+/// Σ_t f_t (κ) where every tap is real everywhere, less on small padded maps.
+fn shared_taps(a: &crate::index::Axis) -> f64 {
+    let mut count = vec![0.0; a.kernel as usize];
+    for o in 0..a.output {
+        for k in a.taps(o) {
+            count[k as usize] += 1.0;
+        }
+    }
+    count.iter().map(|c| (c / a.output as f64).powi(2)).sum()
 }
 
 /// ρ of a weight node: E[δz_c²] = σ² ρ Σ_{o ∈ group(c)} E[δu_o²].
@@ -637,6 +666,7 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
     let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| x.second[gi * cin_g..(gi + 1) * cin_g].iter().sum()).collect();
     let kap = kappa(w, *eps);
+    let lam = shared_taps(&geo.h) * shared_taps(&geo.w);
     // Per group, the part of the input that is the same at every position: mean and offset.
     let shared: Vec<f64> =
         (0..geo.groups as usize).map(|gi| (gi * cin_g..(gi + 1) * cin_g).map(|c| x.mean[c] * x.mean[c] + x.offset[c]).sum()).collect();
@@ -648,7 +678,7 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
         })
         .collect();
     let all_uniform = x.second.iter().all(|&s| s == x.second[0]).then_some(x.second[0]);
-    if f.choose {
+    if f.p.chooses_forward(f.choose, k) {
         // Mean over output channels of κ Σ: on a chain, the paper's ε τ q / M'.
         let a = match all_uniform {
             Some(s) => s * *eps as f64 / geo.m_out() as f64,
@@ -675,7 +705,7 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
             None => s2 * kap * sums[gi],
         };
         second.extend(std::iter::repeat_n(v, cout_g));
-        offset.extend(std::iter::repeat_n(s2 * kap * shared[gi], cout_g));
+        offset.extend(std::iter::repeat_n(s2 * lam * shared[gi], cout_g));
     }
     Ok(Stat { mean: vec![0.0; second.len()], second, offset })
 }
@@ -688,7 +718,7 @@ fn weight_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisE
     let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
     let r = rho(w, *eps);
     let sums: Vec<f64> = (0..geo.groups as usize).map(|gi| dz[gi * cout_g..(gi + 1) * cout_g].iter().sum()).collect();
-    if b.choose {
+    if b.p.chooses_backward(b.choose, k) {
         let a = if dz.iter().all(|&d| d == dz[0]) { dz[0] * *eps as f64 / geo.m_in() as f64 } else { r * avg(&sums) };
         if !(a > 0.0 && a.is_finite()) {
             return Err(fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
@@ -966,7 +996,9 @@ fn batch_norm_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> 
     })
 }
 
-/// Training mode: × γ²/Var(x) per channel; inference: × γ²/(1 + ε).
+/// Training mode: × γ²/Var_B(x) per channel, Var_B the variance the batch statistics
+/// see: E[x²] − μ² − offset (the channel's offset is shared by every sample and position,
+/// so the batch mean removes it with μ); inference: × γ²/(1 + ε).
 fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
     let n = &b.cx.g.nodes[k];
     let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
@@ -976,8 +1008,16 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
         x.mean
             .iter()
             .zip(&x.second)
+            .zip(&x.offset)
             .zip(dz)
-            .map(|((m, s), d)| if s - m * m > 0.0 { d * gamma * gamma / (s - m * m) } else { 0.0 })
+            .map(|(((m, s), a), d)| {
+                let var = s - m * m - a;
+                if var > 0.0 {
+                    d * gamma * gamma / var
+                } else {
+                    0.0
+                }
+            })
             .collect()
     } else {
         dz.iter().map(|d| d * gamma * gamma / (1.0 + bn.epsilon)).collect()
@@ -1097,6 +1137,57 @@ fn branch_end(g: &Graph, v: ValueId) -> (Option<usize>, Option<usize>) {
     (None, bn)
 }
 
+/// Backward mode stops when no σ² moved by more than this, relative, in a round.
+pub const FIXED_POINT_TOLERANCE: f64 = 1e-12;
+/// … or fails after this many rounds.
+const MAX_ROUNDS: usize = 100;
+
+/// The largest relative change of σ² between two rounds, and the node it is at.
+fn largest_change(before: &HashMap<usize, f64>, after: &HashMap<usize, f64>) -> (f64, usize) {
+    let mut worst = (0.0, 0);
+    for (&k, &a) in after {
+        let b = before.get(&k).copied().unwrap_or(0.0);
+        let rel = if a == b { 0.0 } else { (a - b).abs() / a.abs().max(b.abs()) };
+        if rel > worst.0 || (rel == worst.0 && k < worst.1) {
+            worst = (rel, k);
+        }
+    }
+    worst
+}
+
+/// The batch-statistics normalization that makes weight node `k` scale-invariant: every
+/// path from its output reaches a training-mode BatchNorm through ops that keep each
+/// channel's scale (positively homogeneous element-wise functions — ReLU, leaky ReLU,
+/// identity —, pooling, resize, Concat, channel slices and shuffles), so that multiplying
+/// the weight by c > 0 changes nothing after the normalization. Returns the first one.
+fn normalized_by(g: &Graph, consumers: &[Vec<usize>], k: usize) -> Option<usize> {
+    let mut stack = vec![k + 1];
+    let mut seen = HashSet::new();
+    let mut first = None;
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        if consumers[v].is_empty() {
+            return None; // the value reaches the output unnormalized
+        }
+        for &c in &consumers[v] {
+            let n = &g.nodes[c];
+            match &n.op {
+                Op::BatchNorm(bn) if bn.training => {
+                    first = Some(first.map_or(c, |f: usize| f.min(c)));
+                }
+                Op::Activation(a) if super::piecewise_linear_slope(*a).is_some() => stack.push(c + 1),
+                Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } | Op::Concat | Op::ChannelSlice { .. } | Op::Shuffle { .. } => {
+                    stack.push(c + 1)
+                }
+                _ => return None,
+            }
+        }
+    }
+    first
+}
+
 /// Analyses a graph with the paper's analysis (layer means, per channel).
 pub fn analyze_graph(g: &Graph, opts: GraphOptions) -> Result<GraphAnalysis, AnalysisError> {
     analyze_graph_with(g, opts, Analysis::Paper)
@@ -1136,7 +1227,17 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
     if cx.weights.is_empty() {
         return Err(AnalysisError::Options("the network has no weight layer".into()));
     }
-    let mut p = Params { sigma2: HashMap::new(), bn_scale: HashMap::new(), target: HashMap::new(), capped: HashMap::new() };
+    let mut p = Params {
+        sigma2: HashMap::new(),
+        bn_scale: HashMap::new(),
+        target: HashMap::new(),
+        capped: HashMap::new(),
+        forward_choice: HashSet::new(),
+    };
+    let normalized: HashMap<usize, usize> = cx.weights.keys().filter_map(|&k| normalized_by(g, &cx.consumers, k).map(|b| (k, b))).collect();
+    if opts.mode == Mode::Backward {
+        p.forward_choice = normalized.keys().copied().collect();
+    }
     for (k, n) in g.nodes.iter().enumerate() {
         if matches!(n.op, Op::Conv(_) | Op::Linear(_)) {
             p.target.insert(k, 1.0);
@@ -1193,10 +1294,30 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
         Mode::Backward => {
             // The backward σ² depend on the forward statistics (activation slopes,
             // BatchNorm's input variance), which depend on σ²: iterate to a fixed point.
+            // Scale-invariant layers take the forward rule (`forward_choice`), without
+            // which a batch-statistics normalization makes the iteration rescale their σ
+            // geometrically.
             passes.forward(&cx, &mut p, &opts, false)?;
-            for _ in 0..4 {
+            let mut round = 0;
+            loop {
+                let before = p.sigma2.clone();
                 passes.backward(&cx, &mut p, &opts, true)?;
                 passes.forward(&cx, &mut p, &opts, false)?;
+                round += 1;
+                let (moved, k) = largest_change(&before, &p.sigma2);
+                if moved <= FIXED_POINT_TOLERANCE {
+                    break;
+                }
+                if round == MAX_ROUNDS {
+                    return Err(fail(
+                        g,
+                        k,
+                        format!(
+                            "backward mode reached no fixed point in {MAX_ROUNDS} rounds: this layer's σ² still moves by a factor {:.3e} per round",
+                            1.0 + moved
+                        ),
+                    ));
+                }
             }
             let fwd = passes.forward(&cx, &mut p, &opts, false)?;
             (fwd, passes.backward(&cx, &mut p, &opts, false)?)
@@ -1218,10 +1339,7 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
         let mut end = k;
         let mut activation = None;
         let mut pooling = None;
-        let mut normalized_by = None;
-        if let Some(b) = only(k + 1).filter(|&b| matches!(&g.nodes[b].op, Op::BatchNorm(bn) if bn.training)) {
-            normalized_by = Some(b);
-        }
+        let normalized_by = normalized.get(&k).copied();
         if let Some(a) = only(end + 1).filter(|&a| func(&g.nodes[a].op).is_some()) {
             activation = Some(a);
             end = a;

@@ -223,6 +223,10 @@ enum MaxRule<'a> {
 
 pub(super) struct MapPasses {
     stats: Vec<Option<Val>>,
+    /// Per value and channel, the variance of the part that every position and sample
+    /// shares ([`MapPasses::shared_fwd`]): what batch statistics remove besides the mean.
+    shared: Vec<Vec<f64>>,
+    shared_memo: HashMap<(usize, u64, u64, u64), f64>,
     cache: MaxCache,
     memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
     /// iid max-pool windows: (node, mean, variance, members) → moments.
@@ -231,7 +235,14 @@ pub(super) struct MapPasses {
 
 impl MapPasses {
     pub(super) fn new() -> MapPasses {
-        MapPasses { stats: Vec::new(), cache: HashMap::new(), memo: HashMap::new(), iid: HashMap::new() }
+        MapPasses {
+            stats: Vec::new(),
+            shared: Vec::new(),
+            shared_memo: HashMap::new(),
+            cache: HashMap::new(),
+            memo: HashMap::new(),
+            iid: HashMap::new(),
+        }
     }
 }
 
@@ -299,11 +310,15 @@ impl Passes for MapPasses {
             n: c0 as usize,
             maps: vec![Plane::filled(h0 as usize, w0 as usize, 0.0), Plane::filled(h0 as usize, w0 as usize, 1.0)],
         }]);
+        self.shared = vec![Vec::new(); g.nodes.len() + 1];
+        self.shared[0] = vec![0.0; c0 as usize];
         for (k, n) in g.nodes.iter().enumerate() {
             let mut run = Run { cx, p: &mut *p, opts, choose };
             let out = (map_rules(&n.op).0)(self, &mut run, k)?;
             debug_assert_eq!(channels(&out) as u64, n.output.chw().0, "node {k}");
             self.stats[k + 1] = Some(out);
+            self.shared[k + 1] = self.shared_fwd(cx, p, k);
+            debug_assert_eq!(self.shared[k + 1].len() as u64, n.output.chw().0, "node {k}");
         }
         Ok(self.stats.iter().map(|v| moment(v.as_ref().expect("computed"), 1)).collect())
     }
@@ -413,7 +428,7 @@ impl MapPasses {
             // Per group: Σ_segments n · (tap sum of the second-moment map).
             let dims = (geo.h.output as usize, geo.w.output as usize);
             let sums = group_sums(&x, 1, geo.groups as usize, cin_g, cout_g, dims, |p| tap_sum(p, &geo.h, &geo.w));
-            if choose {
+            if p.chooses_forward(choose, k) {
                 let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.out_channels as f64;
                 if !(total > 0.0 && total.is_finite()) {
                     return Err(super::graph::fail(
@@ -444,9 +459,10 @@ impl MapPasses {
             let win = Windows::of(n, g.shape(n.inputs[0]));
             let (oh, ow) = win.out_dims();
             let (rule, src, _) = if win.max { max_rule(cx, k, &self.stats) } else { (MaxRule::Exact(1.0), n.inputs[0], false) };
-            let src = self.get(src).clone();
+            let shared = if win.max { vec![0.0; channels(self.get(src))] } else { self.shared[src.0].clone() };
+            let src = split_by(self.get(src), &shared);
             let mut out = Vec::new();
-            for s in &src {
+            for (s, shared) in &src {
                 let (mu, sec) = (&s.maps[0], &s.maps[1]);
                 let mut m1 = Plane::filled(oh, ow, 0.0);
                 let mut m2 = m1.clone();
@@ -454,12 +470,15 @@ impl MapPasses {
                     for ox in 0..ow {
                         let (cells, div) = win.cells(oy as u64, ox as u64);
                         let (a, b) = if !win.max {
+                            // The members' shared part is one variable: it adds as n² A,
+                            // the rest as independent variances.
                             let (mut var, mut mean) = (0.0, 0.0);
                             for &c in &cells {
-                                var += sec.d[c] - mu.d[c] * mu.d[c];
+                                var += sec.d[c] - mu.d[c] * mu.d[c] - shared;
                                 mean += mu.d[c];
                             }
-                            (mean / div, (var + mean * mean) / (div * div))
+                            let n = cells.len() as f64;
+                            (mean / div, ((var + n * n * shared).max(0.0) + mean * mean) / (div * div))
                         } else {
                             match &rule {
                                 MaxRule::Exact(a) => {
@@ -610,7 +629,7 @@ impl MapPasses {
         // Per group: Σ_segments n · (reader sum of the gradient map), the transposed conv.
         let dims = (geo.h.input as usize, geo.w.input as usize);
         let sums = group_sums(&dz, 0, geo.groups as usize, cout_g, cin_g, dims, |p| reader_sum(p, &geo.h, &geo.w));
-        if choose {
+        if p.chooses_backward(choose, k) {
             let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.in_channels as f64;
             if !(total > 0.0 && total.is_finite()) {
                 return Err(super::graph::fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
@@ -768,22 +787,30 @@ impl MapPasses {
         let dz: Val = dz.clone();
         let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
         let gamma = p.bn_scale[&k];
-        let contrib = aligned(&[&dz, &x])
-            .into_iter()
-            .map(|(c, s)| {
-                let k2 = if bn.training {
-                    let var = s[1].maps[1].mean() - s[1].maps[0].mean().powi(2);
-                    if var > 0.0 {
-                        gamma * gamma / var
-                    } else {
-                        0.0
-                    }
-                } else {
-                    gamma * gamma / (1.0 + bn.epsilon)
-                };
-                Seg { n: c, maps: vec![s[0].maps[0].scaled(k2)] }
-            })
-            .collect();
+        let shared = &self.shared[n.inputs[0].0];
+        let mut contrib = Vec::new();
+        let mut at = 0;
+        for (c, s) in aligned(&[&dz, &x]) {
+            if !bn.training {
+                contrib.push(Seg { n: c, maps: vec![s[0].maps[0].scaled(gamma * gamma / (1.0 + bn.epsilon))] });
+                at += c;
+                continue;
+            }
+            // The batch variance: the mean over positions of E[x²], less the square of
+            // the channel's batch mean (its expectation, and the part every position and
+            // sample shares), per run of channels with equal shared parts.
+            let (second, mean) = (s[1].maps[1].mean(), s[1].maps[0].mean());
+            let mut i = at;
+            while i < at + c {
+                let a = shared[i];
+                let run = shared[i..at + c].iter().take_while(|&&b| b == a).count();
+                let var = second - mean * mean - a;
+                let k2 = if var > 0.0 { gamma * gamma / var } else { 0.0 };
+                contrib.push(Seg { n: run, maps: vec![s[0].maps[0].scaled(k2)] });
+                i += run;
+            }
+            at += c;
+        }
         send(grads, n.inputs[0], merge(contrib));
         Ok(())
     }
@@ -832,6 +859,151 @@ mod tests {
             let _ = super::map_rules(&op);
         }
         assert_eq!(super::MAP_RULES.len(), crate::analyze::graph::tests::every_op().len());
+    }
+}
+
+/// The segments of `v` cut where the per-channel `a` changes, each with its value of `a`.
+fn split_by(v: &Val, a: &[f64]) -> Vec<(Seg, f64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for s in v {
+        let mut i = at;
+        while i < at + s.n {
+            let run = a[i..at + s.n].iter().take_while(|&&b| b == a[i]).count();
+            out.push((Seg { n: run, maps: s.maps.clone() }, a[i]));
+            i += run;
+        }
+        at += s.n;
+    }
+    out
+}
+
+/// Per channel, the mean over positions of map `m`.
+fn channel_means(v: &Val, m: usize) -> Vec<f64> {
+    v.iter().flat_map(|s| std::iter::repeat_n(s.maps[m].mean(), s.n)).collect()
+}
+
+impl MapPasses {
+    /// The shared part of node `k`'s output, per channel: E[m̄²], m̄ the channel's mean
+    /// over the positions (and samples) of one draw less its expectation. A conv of an
+    /// input with a mean gives each output channel one: m̄_o = Σ_{c,t} w_{o,c,t} (M_{c,t} +
+    /// f_t m_c), M_{c,t} the mean over output positions of μ_c at tap t's input (0 where
+    /// the tap reads padding), f_t the fraction of output positions where tap t is real,
+    /// m_c the input channel's own shared part; so E[m̄_o²] = σ² Σ_{c,t} (M_{c,t}² + f_t²
+    /// E[m_c²]). Training-mode BatchNorm removes it; other ops carry it (element-wise f:
+    /// Var_m E_e f(μ + m + e) on the channel's mean statistics; pooling and resize keep
+    /// it, which is exact for averages and the named approximation for max pools).
+    fn shared_fwd(&mut self, cx: &Cx<'_>, p: &Params, k: usize) -> Vec<f64> {
+        let g = cx.g;
+        let n = &g.nodes[k];
+        let c_out = n.output.chw().0 as usize;
+        let input = |i: usize| n.inputs[i].0;
+        match &n.op {
+            Op::Conv(_) | Op::Linear(_) => {
+                let (w, _) = &cx.weights[&k];
+                let geo = &w.geometry;
+                let x = self.get(n.inputs[0]);
+                let a_in = &self.shared[input(0)];
+                let (kh, kw) = (geo.h.kernel as usize, geo.w.kernel as usize);
+                let p_out = (geo.h.output * geo.w.output) as f64;
+                // f_t: per tap, the fraction of output positions where it reads real input.
+                let mut count = vec![0.0; kh * kw];
+                for oy in 0..geo.h.output {
+                    for ox in 0..geo.w.output {
+                        for ky in geo.h.taps(oy) {
+                            for kx in geo.w.taps(ox) {
+                                count[ky as usize * kw + kx as usize] += 1.0;
+                            }
+                        }
+                    }
+                }
+                let f2: f64 = count.iter().map(|c| (c / p_out).powi(2)).sum();
+                // Per input channel: Σ_t M_{c,t}² + f_t² E[m_c²].
+                let mut per_in = Vec::with_capacity(a_in.len());
+                for s in x {
+                    let mu = &s.maps[0];
+                    let mut m2 = 0.0;
+                    if mu.d.iter().any(|&v| v != 0.0) {
+                        let mut sum = vec![0.0; kh * kw];
+                        for oy in 0..geo.h.output {
+                            for ox in 0..geo.w.output {
+                                for ky in geo.h.taps(oy) {
+                                    let row = geo.h.input_of(oy, ky) as usize * mu.w;
+                                    for kx in geo.w.taps(ox) {
+                                        sum[ky as usize * kw + kx as usize] += mu.d[row + geo.w.input_of(ox, kx) as usize];
+                                    }
+                                }
+                            }
+                        }
+                        m2 = sum.iter().map(|v| (v / p_out).powi(2)).sum();
+                    }
+                    per_in.extend(std::iter::repeat_n(m2, s.n));
+                }
+                let s2 = p.sigma2[&k];
+                let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+                (0..geo.groups as usize)
+                    .flat_map(|gi| {
+                        let total: f64 = (gi * cin_g..(gi + 1) * cin_g).map(|c| per_in[c] + f2 * a_in[c]).sum();
+                        std::iter::repeat_n(s2 * total, cout_g)
+                    })
+                    .collect()
+            }
+            Op::Activation(_) | Op::Elementwise(_) => {
+                let f = func(&n.op).expect("element-wise");
+                let x = self.get(n.inputs[0]);
+                let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
+                let out_mu = channel_means(self.get(ValueId(k + 1)), 0);
+                let a_in = self.shared[input(0)].clone();
+                let memo = &mut self.shared_memo;
+                (0..c_out)
+                    .map(|c| {
+                        let a = a_in[c];
+                        if a <= 0.0 {
+                            return 0.0;
+                        }
+                        *memo
+                            .entry((k, mu[c].to_bits(), sec[c].to_bits(), a.to_bits()))
+                            .or_insert_with(|| super::graph::offset_through(f, mu[c], a, sec[c] - mu[c] * mu[c] - a, out_mu[c]))
+                    })
+                    .collect()
+            }
+            Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } => self.shared[input(0)].clone(),
+            Op::Flatten => {
+                let (_, h, w) = g.shape(n.inputs[0]).chw();
+                self.shared[input(0)].iter().flat_map(|&a| std::iter::repeat_n(a, (h * w) as usize)).collect()
+            }
+            Op::Add => {
+                let mut out = vec![0.0; c_out];
+                for (i, &v) in n.inputs.iter().enumerate() {
+                    // A value added m times: m² of its shared part (i < j pairs add 2 A).
+                    let later = n.inputs.iter().skip(i + 1).filter(|&&u| u == v).count() as f64;
+                    for (o, a) in out.iter_mut().zip(&self.shared[v.0]) {
+                        *o += a * (1.0 + 2.0 * later);
+                    }
+                }
+                out
+            }
+            Op::Concat => n.inputs.iter().flat_map(|v| self.shared[v.0].iter().copied()).collect(),
+            Op::ChannelSlice { start, end } => self.shared[input(0)][*start as usize..*end as usize].to_vec(),
+            Op::Shuffle { groups } => {
+                let a = &self.shared[input(0)];
+                super::graph::shuffle_source(c_out as u64, *groups).iter().map(|&i| a[i]).collect()
+            }
+            Op::Mul => {
+                let (x, gate) = (self.get(n.inputs[0]), self.get(n.inputs[1]));
+                let (mx, mg) = (channel_means(x, 0), channel_means(gate, 0));
+                let (ax, ag) = (&self.shared[input(0)], &self.shared[input(1)]);
+                (0..c_out).map(|c| ((mx[c].powi(2) + ax[c]) * (mg[c].powi(2) + ag[c]) - (mx[c] * mg[c]).powi(2)).max(0.0)).collect()
+            }
+            Op::BatchNorm(bn) => {
+                if bn.training {
+                    vec![0.0; c_out]
+                } else {
+                    let gamma = p.bn_scale[&k];
+                    self.shared[input(0)].iter().map(|a| a * gamma * gamma / (1.0 + bn.epsilon)).collect()
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,537 @@
+//! The graph analyses (paper and map) against sampled networks: weights drawn with the
+//! plan's σ², a batch of N(0, 1) inputs, every op computed by a naive loop (BatchNorm with
+//! the batch's own statistics, as it trains), and the gradient of `(out · G).sum()`,
+//! G ~ N(0, 1), taken by hand. Over many seeded draws, the measured E[u²] at each weight
+//! layer's output and E[δ²] at each weight layer's input are compared with the prediction,
+//! within 4 standard errors plus a stated slack for the analysis's named approximations.
+//! No rule of the analysis is re-implemented here: the oracle is the network.
+
+use cnnc::analyze::graph::{analyze_graph_with, GraphAnalysis, GraphOptions};
+use cnnc::analyze::{Analysis, Mode};
+use cnnc::ir::{self, Activation, BatchNorm, Conv, Graph, Linear, Node, Op, Origin, Pad, PoolKind, Shape, ValueId};
+
+/// Builds a graph node by node; each push returns the new value.
+struct B {
+    g: Graph,
+}
+
+impl B {
+    fn new(c: u64, h: u64, w: u64) -> B {
+        B { g: Graph { name: "mc".into(), input: Shape::Image { c, h, w }, nodes: Vec::new(), notes: Vec::new() } }
+    }
+    fn push(&mut self, op: Op, inputs: &[ValueId], output: Shape) -> ValueId {
+        let name = format!("n{}", self.g.nodes.len());
+        self.g.nodes.push(Node { op, inputs: inputs.to_vec(), output, name: name.clone(), params: None, origin: Origin::OnnxNode(name) });
+        ValueId(self.g.nodes.len())
+    }
+    /// A k×k conv, stride 1, padding p.
+    fn conv(&mut self, x: ValueId, out: u64, k: u64, p: u64, groups: u64) -> ValueId {
+        let (c, h, w) = self.g.shape(x).chw();
+        let conv = Conv {
+            in_channels: c,
+            out_channels: out,
+            kernel: [k, k],
+            stride: [1, 1],
+            pad: [Pad { begin: p, end: p }; 2],
+            dilation: [1, 1],
+            groups,
+            bias: false,
+        };
+        self.push(Op::Conv(conv), &[x], Shape::Image { c: out, h: h + 2 * p + 1 - k, w: w + 2 * p + 1 - k })
+    }
+    fn relu(&mut self, x: ValueId) -> ValueId {
+        let s = self.g.shape(x);
+        self.push(Op::Activation(Activation::Relu), &[x], s)
+    }
+    fn bn(&mut self, x: ValueId) -> ValueId {
+        let s = self.g.shape(x);
+        let bn = BatchNorm { channels: s.chw().0, epsilon: 1e-5, training: true, scale: "s".into(), shift: "b".into() };
+        self.push(Op::BatchNorm(bn), &[x], s)
+    }
+    fn add(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        let s = self.g.shape(a);
+        self.push(Op::Add, &[a, b], s)
+    }
+    fn concat(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        let ((ca, h, w), (cb, _, _)) = (self.g.shape(a).chw(), self.g.shape(b).chw());
+        self.push(Op::Concat, &[a, b], Shape::Image { c: ca + cb, h, w })
+    }
+    fn pool(&mut self, x: ValueId, kind: PoolKind) -> ValueId {
+        let (c, h, w) = self.g.shape(x).chw();
+        let p = ir::Pool { kind, kernel: [2, 2], stride: [2, 2], pad: [Pad::default(); 2], ceil_mode: false, count_include_pad: false };
+        self.push(Op::Pool(p), &[x], Shape::Image { c, h: h / 2, w: w / 2 })
+    }
+    fn head(&mut self, x: ValueId, classes: u64) -> ValueId {
+        let c = self.g.shape(x).chw().0;
+        let gap = self.push(Op::GlobalPool(PoolKind::Avg), &[x], Shape::Image { c, h: 1, w: 1 });
+        let flat = self.push(Op::Flatten, &[gap], Shape::Vector { n: c });
+        self.push(Op::Linear(Linear { in_features: c, out_features: classes, bias: false }), &[flat], Shape::Vector { n: classes })
+    }
+}
+
+/// A seeded generator of standard normals (xorshift64*, Box–Muller).
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+/// A batch of values: n samples × c channels × h × w, row-major.
+#[derive(Clone)]
+struct T {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    d: Vec<f64>,
+}
+
+impl T {
+    fn zeros(n: usize, c: usize, h: usize, w: usize) -> T {
+        T { n, c, h, w, d: vec![0.0; n * c * h * w] }
+    }
+    fn at(&self, s: usize, c: usize, y: usize, x: usize) -> usize {
+        ((s * self.c + c) * self.h + y) * self.w + x
+    }
+    fn second(&self) -> f64 {
+        self.d.iter().map(|v| v * v).sum::<f64>() / self.d.len() as f64
+    }
+}
+
+fn dims(s: Shape) -> (usize, usize, usize) {
+    let (c, h, w) = s.chw();
+    (c as usize, h as usize, w as usize)
+}
+
+/// Forward: every value of the graph for one batch, with the weights of each weight node.
+fn forward(g: &Graph, weights: &[Option<Vec<f64>>], x: T) -> Vec<T> {
+    let mut vals = vec![x];
+    for n in &g.nodes {
+        let a = &vals[n.inputs[0].0];
+        let (c, h, w) = dims(n.output);
+        let mut out = T::zeros(a.n, c, h, w);
+        match &n.op {
+            Op::Conv(cv) => {
+                let wt = weights[vals.len() - 1].as_ref().expect("a weight");
+                let (k, p) = (cv.kernel[0] as usize, cv.pad[0].begin as i64);
+                let (cin_g, cout_g) = ((cv.in_channels / cv.groups) as usize, (cv.out_channels / cv.groups) as usize);
+                for s in 0..a.n {
+                    for o in 0..c {
+                        let gi = o / cout_g;
+                        for y in 0..h {
+                            for x in 0..w {
+                                let mut acc = 0.0;
+                                for ci in 0..cin_g {
+                                    let ic = gi * cin_g + ci;
+                                    for ky in 0..k {
+                                        let iy = y as i64 + ky as i64 - p;
+                                        if iy < 0 || iy >= a.h as i64 {
+                                            continue;
+                                        }
+                                        for kx in 0..k {
+                                            let ix = x as i64 + kx as i64 - p;
+                                            if ix < 0 || ix >= a.w as i64 {
+                                                continue;
+                                            }
+                                            acc += wt[((o * cin_g + ci) * k + ky) * k + kx] * a.d[a.at(s, ic, iy as usize, ix as usize)];
+                                        }
+                                    }
+                                }
+                                let i = out.at(s, o, y, x);
+                                out.d[i] = acc;
+                            }
+                        }
+                    }
+                }
+            }
+            Op::Linear(l) => {
+                let wt = weights[vals.len() - 1].as_ref().expect("a weight");
+                let fin = l.in_features as usize;
+                for s in 0..a.n {
+                    for o in 0..c {
+                        out.d[s * c + o] = (0..fin).map(|i| wt[o * fin + i] * a.d[s * fin + i]).sum();
+                    }
+                }
+            }
+            Op::Activation(Activation::Relu) => out.d = a.d.iter().map(|v| v.max(0.0)).collect(),
+            Op::BatchNorm(bn) => {
+                let m = (a.n * a.h * a.w) as f64;
+                for ch in 0..c {
+                    let cells: Vec<usize> = (0..a.n)
+                        .flat_map(|s| (0..a.h).flat_map(move |y| (0..a.w).map(move |x| (s, y, x))))
+                        .map(|(s, y, x)| a.at(s, ch, y, x))
+                        .collect();
+                    let mean = cells.iter().map(|&i| a.d[i]).sum::<f64>() / m;
+                    let var = cells.iter().map(|&i| (a.d[i] - mean).powi(2)).sum::<f64>() / m;
+                    let inv = 1.0 / (var + bn.epsilon).sqrt();
+                    for &i in &cells {
+                        out.d[i] = (a.d[i] - mean) * inv;
+                    }
+                }
+            }
+            Op::Add => {
+                let b = &vals[n.inputs[1].0];
+                out.d = a.d.iter().zip(&b.d).map(|(x, y)| x + y).collect();
+            }
+            Op::Concat => {
+                let b = &vals[n.inputs[1].0];
+                for s in 0..a.n {
+                    for ch in 0..c {
+                        let (src, sc) = if ch < a.c { (a, ch) } else { (b, ch - a.c) };
+                        for y in 0..h {
+                            for x in 0..w {
+                                let i = out.at(s, ch, y, x);
+                                out.d[i] = src.d[src.at(s, sc, y, x)];
+                            }
+                        }
+                    }
+                }
+            }
+            Op::Pool(p) => {
+                for s in 0..a.n {
+                    for ch in 0..c {
+                        for y in 0..h {
+                            for x in 0..w {
+                                let cells = [(2 * y, 2 * x), (2 * y, 2 * x + 1), (2 * y + 1, 2 * x), (2 * y + 1, 2 * x + 1)];
+                                let v = cells.iter().map(|&(iy, ix)| a.d[a.at(s, ch, iy, ix)]);
+                                let i = out.at(s, ch, y, x);
+                                out.d[i] = match p.kind {
+                                    PoolKind::Max => v.fold(f64::NEG_INFINITY, f64::max),
+                                    PoolKind::Avg => v.sum::<f64>() / 4.0,
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+            Op::GlobalPool(PoolKind::Avg) => {
+                let hw = a.h * a.w;
+                for s in 0..a.n {
+                    for ch in 0..c {
+                        out.d[s * c + ch] = (0..hw).map(|i| a.d[(s * a.c + ch) * hw + i]).sum::<f64>() / hw as f64;
+                    }
+                }
+            }
+            Op::Flatten => out.d = a.d.clone(),
+            other => panic!("the oracle has no loop for {}", other.kind_name()),
+        }
+        vals.push(out);
+    }
+    vals
+}
+
+/// Backward: the gradient at every value, for `grad` at the last one.
+fn backward(g: &Graph, weights: &[Option<Vec<f64>>], vals: &[T], grad: T) -> Vec<T> {
+    let mut grads: Vec<T> = vals.iter().map(|v| T::zeros(v.n, v.c, v.h, v.w)).collect();
+    *grads.last_mut().expect("a value") = grad;
+    for (k, n) in g.nodes.iter().enumerate().rev() {
+        let dy = grads[k + 1].clone();
+        let a = &vals[n.inputs[0].0];
+        let mut da = T::zeros(a.n, a.c, a.h, a.w);
+        let (c, h, w) = (dy.c, dy.h, dy.w);
+        match &n.op {
+            Op::Conv(cv) => {
+                let wt = weights[k].as_ref().expect("a weight");
+                let (kk, p) = (cv.kernel[0] as usize, cv.pad[0].begin as i64);
+                let (cin_g, cout_g) = ((cv.in_channels / cv.groups) as usize, (cv.out_channels / cv.groups) as usize);
+                for s in 0..a.n {
+                    for o in 0..c {
+                        let gi = o / cout_g;
+                        for y in 0..h {
+                            for x in 0..w {
+                                let d = dy.d[dy.at(s, o, y, x)];
+                                for ci in 0..cin_g {
+                                    let ic = gi * cin_g + ci;
+                                    for ky in 0..kk {
+                                        let iy = y as i64 + ky as i64 - p;
+                                        if iy < 0 || iy >= a.h as i64 {
+                                            continue;
+                                        }
+                                        for kx in 0..kk {
+                                            let ix = x as i64 + kx as i64 - p;
+                                            if ix < 0 || ix >= a.w as i64 {
+                                                continue;
+                                            }
+                                            let i = da.at(s, ic, iy as usize, ix as usize);
+                                            da.d[i] += wt[((o * cin_g + ci) * kk + ky) * kk + kx] * d;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Op::Linear(l) => {
+                let wt = weights[k].as_ref().expect("a weight");
+                let fin = l.in_features as usize;
+                for s in 0..a.n {
+                    for o in 0..c {
+                        for i in 0..fin {
+                            da.d[s * fin + i] += wt[o * fin + i] * dy.d[s * c + o];
+                        }
+                    }
+                }
+            }
+            Op::Activation(Activation::Relu) => {
+                da.d = a.d.iter().zip(&dy.d).map(|(x, d)| if *x > 0.0 { *d } else { 0.0 }).collect();
+            }
+            Op::BatchNorm(bn) => {
+                // dx = (dy − mean(dy) − x̂ mean(dy x̂)) / σ_B, the exact batch-statistics backward.
+                let m = (a.n * a.h * a.w) as f64;
+                for ch in 0..c {
+                    let cells: Vec<usize> = (0..a.n)
+                        .flat_map(|s| (0..a.h).flat_map(move |y| (0..a.w).map(move |x| (s, y, x))))
+                        .map(|(s, y, x)| a.at(s, ch, y, x))
+                        .collect();
+                    let mean = cells.iter().map(|&i| a.d[i]).sum::<f64>() / m;
+                    let var = cells.iter().map(|&i| (a.d[i] - mean).powi(2)).sum::<f64>() / m;
+                    let inv = 1.0 / (var + bn.epsilon).sqrt();
+                    let xhat = |i: usize| (a.d[i] - mean) * inv;
+                    let md = cells.iter().map(|&i| dy.d[i]).sum::<f64>() / m;
+                    let mdx = cells.iter().map(|&i| dy.d[i] * xhat(i)).sum::<f64>() / m;
+                    for &i in &cells {
+                        da.d[i] = (dy.d[i] - md - xhat(i) * mdx) * inv;
+                    }
+                }
+            }
+            Op::Add => {
+                let mut db = da.clone();
+                da.d.clone_from(&dy.d);
+                db.d.clone_from(&dy.d);
+                accumulate(&mut grads[n.inputs[1].0], &db);
+            }
+            Op::Concat => {
+                let b = &vals[n.inputs[1].0];
+                let mut db = T::zeros(b.n, b.c, b.h, b.w);
+                for s in 0..a.n {
+                    for ch in 0..c {
+                        for y in 0..h {
+                            for x in 0..w {
+                                let d = dy.d[dy.at(s, ch, y, x)];
+                                if ch < a.c {
+                                    let i = da.at(s, ch, y, x);
+                                    da.d[i] = d;
+                                } else {
+                                    let i = db.at(s, ch - a.c, y, x);
+                                    db.d[i] = d;
+                                }
+                            }
+                        }
+                    }
+                }
+                accumulate(&mut grads[n.inputs[1].0], &db);
+            }
+            Op::Pool(p) => {
+                for s in 0..a.n {
+                    for ch in 0..c {
+                        for y in 0..h {
+                            for x in 0..w {
+                                let d = dy.d[dy.at(s, ch, y, x)];
+                                let cells = [(2 * y, 2 * x), (2 * y, 2 * x + 1), (2 * y + 1, 2 * x), (2 * y + 1, 2 * x + 1)];
+                                match p.kind {
+                                    PoolKind::Max => {
+                                        let best = cells
+                                            .iter()
+                                            .map(|&(iy, ix)| a.at(s, ch, iy, ix))
+                                            .max_by(|&i, &j| a.d[i].total_cmp(&a.d[j]))
+                                            .expect("four cells");
+                                        da.d[best] += d;
+                                    }
+                                    PoolKind::Avg => {
+                                        for &(iy, ix) in &cells {
+                                            let i = da.at(s, ch, iy, ix);
+                                            da.d[i] += d / 4.0;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Op::GlobalPool(PoolKind::Avg) => {
+                let hw = a.h * a.w;
+                for s in 0..a.n {
+                    for ch in 0..a.c {
+                        for i in 0..hw {
+                            da.d[(s * a.c + ch) * hw + i] = dy.d[s * a.c + ch] / hw as f64;
+                        }
+                    }
+                }
+            }
+            Op::Flatten => da.d.clone_from(&dy.d),
+            other => panic!("the oracle has no loop for {}", other.kind_name()),
+        }
+        accumulate(&mut grads[n.inputs[0].0], &da);
+    }
+    grads
+}
+
+fn accumulate(into: &mut T, d: &T) {
+    for (a, b) in into.d.iter_mut().zip(&d.d) {
+        *a += b;
+    }
+}
+
+/// Per weight node: (mean and standard error over draws of E[u²] at its output, and of
+/// E[δ²] at its input).
+struct Measured {
+    node: usize,
+    fwd: (f64, f64),
+    bwd: (f64, f64),
+}
+
+fn mean_se(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
+    (m, (var / n).sqrt())
+}
+
+/// Samples the network `draws` times with the σ² of `plan`, batches of `batch`.
+fn measure(g: &Graph, plan: &GraphAnalysis, draws: usize, batch: usize, seed: u64) -> Vec<Measured> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut per: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); plan.weights.len()];
+    for _ in 0..draws {
+        let mut weights: Vec<Option<Vec<f64>>> = vec![None; g.nodes.len()];
+        for wr in &plan.weights {
+            let n = &g.nodes[wr.node];
+            let count = match &n.op {
+                Op::Conv(c) => (c.out_channels * c.in_channels / c.groups * c.kernel[0] * c.kernel[1]) as usize,
+                Op::Linear(l) => (l.in_features * l.out_features) as usize,
+                _ => unreachable!("weight nodes are convs and linears"),
+            };
+            let s = wr.variance.sqrt();
+            weights[wr.node] = Some((0..count).map(|_| s * rng.normal()).collect());
+        }
+        let (c, h, w) = dims(g.input);
+        let mut x = T::zeros(batch, c, h, w);
+        x.d.iter_mut().for_each(|v| *v = rng.normal());
+        let vals = forward(g, &weights, x);
+        let out = vals.last().expect("an output");
+        let mut grad = T::zeros(out.n, out.c, out.h, out.w);
+        grad.d.iter_mut().for_each(|v| *v = rng.normal());
+        let grads = backward(g, &weights, &vals, grad);
+        for (i, wr) in plan.weights.iter().enumerate() {
+            per[i].0.push(vals[wr.node + 1].second());
+            per[i].1.push(grads[g.nodes[wr.node].inputs[0].0].second());
+        }
+    }
+    plan.weights.iter().zip(per).map(|(wr, (f, b))| Measured { node: wr.node, fwd: mean_se(&f), bwd: mean_se(&b) }).collect()
+}
+
+/// Checks every weight layer: |measured − predicted| ≤ 4 SE + `slack` · predicted.
+/// Returns the worst ratio measured/predicted seen, forward and backward.
+fn check(g: &Graph, analysis: Analysis, mode: Mode, draws: usize, batch: usize, slack: f64) -> (f64, f64) {
+    let opts = GraphOptions { mode, std_cap: None, branch_scale: 1.0 };
+    let plan = analyze_graph_with(g, opts, analysis).expect("the graph plans");
+    let measured = measure(g, &plan, draws, batch, 7);
+    let mut worst = (1.0f64, 1.0f64);
+    let mut failures = Vec::new();
+    for (m, wr) in measured.iter().zip(&plan.weights) {
+        let is_input = g.nodes[m.node].inputs[0].0 == 0;
+        for (what, (mean, se), pred) in [("forward", m.fwd, wr.forward_variance), ("backward", m.bwd, wr.backward_variance)] {
+            let r = mean / pred;
+            let line =
+                format!("{analysis:?} {mode:?} node {} {what}: measured {mean:.4} ± {se:.4}, predicted {pred:.4} (ratio {r:.3})", m.node);
+            eprintln!("{line}");
+            if (mean - pred).abs() > 4.0 * se + slack * pred {
+                failures.push(line);
+            }
+            let slot = if what == "forward" { &mut worst.0 } else { &mut worst.1 };
+            if !(what == "backward" && is_input) && (r.ln().abs() > slot.ln().abs()) {
+                *slot = r;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "predictions off:\n{}", failures.join("\n"));
+    worst
+}
+
+/// The shapes of the networks people train, small: a ResNet stem (conv → BN → ReLU →
+/// max pool), a basic residual block, a dense layer on a 1×1 conv t of the stream (BN →
+/// ReLU → 1×1 conv → BN → ReLU → 3×3 conv, concatenated with t and normalized together),
+/// a grouped conv, and the head (global pool, linear). Every conv reads a ReLU output: a
+/// mean, and so a per-channel offset in the conv's output that batch statistics remove.
+/// Every BatchNorm reads conv outputs (near Gaussian): a BatchNorm of a rectified value
+/// (DenseNet's first block reads the stem's max pool) is a named approximation
+/// (docs/dag.md), not checked here.
+fn bn_net() -> Graph {
+    let mut b = B::new(3, 10, 10);
+    let u = b.conv(ValueId(0), 12, 3, 1, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    let x = b.pool(r, PoolKind::Max);
+    // A basic block: conv → BN → ReLU → conv → BN, + the identity, ReLU.
+    let u = b.conv(x, 12, 3, 1, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    let u = b.conv(r, 12, 3, 1, 1);
+    let n = b.bn(u);
+    let s = b.add(n, x);
+    let x = b.relu(s);
+    // A dense layer beside a 1×1 conv of the stream.
+    let t = b.conv(x, 8, 1, 0, 1);
+    let n = b.bn(t);
+    let r = b.relu(n);
+    let u = b.conv(r, 8, 1, 0, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    let v = b.conv(r, 6, 3, 1, 1);
+    let cat = b.concat(t, v);
+    let n = b.bn(cat);
+    let r = b.relu(n);
+    let u = b.conv(r, 12, 3, 1, 2);
+    let n = b.bn(u);
+    let x = b.relu(n);
+    b.head(x, 10);
+    b.g
+}
+
+#[test]
+fn batch_norm_networks_match_the_sampled_network_in_both_analyses() {
+    let g = bn_net();
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        for mode in [Mode::Forward, Mode::Backward, Mode::KaimingIn] {
+            let (f, b) = check(&g, analysis, mode, 48, 8, 0.12);
+            eprintln!("{analysis:?} {mode:?}: worst ratio forward {f:.3}, backward {b:.3}");
+        }
+    }
+}
+
+#[test]
+fn backward_plans_give_scale_invariant_layers_the_forward_rule() {
+    // A conv followed by a batch-statistics BatchNorm has no backward target (its σ
+    // cancels from its own gradient); the backward plan gives it the forward rule, so its
+    // σ² equals the forward plan's where the statistics it reads are the same (a
+    // BatchNorm upstream resets them), and the plan is a fixed point, not a drift.
+    let g = bn_net();
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        let plan = |mode| analyze_graph_with(&g, GraphOptions { mode, std_cap: None, branch_scale: 1.0 }, analysis).expect("plans");
+        let (fwd, bwd) = (plan(Mode::Forward), plan(Mode::Backward));
+        let mut normalized = 0;
+        for (f, b) in fwd.weights.iter().zip(&bwd.weights) {
+            assert!(b.variance.is_finite() && b.variance > 0.0);
+            if b.normalized_by.is_some() {
+                normalized += 1;
+                let rel = (b.variance - f.variance).abs() / f.variance;
+                assert!(rel < 1e-9, "{analysis:?} node {}: backward σ² {} vs forward {}", b.node, b.variance, f.variance);
+            } else {
+                // The others meet the backward target: the gradient at their input is 1
+                // (each here is its input's only reader).
+                assert!((b.backward_variance - 1.0).abs() < 1e-9, "{analysis:?} node {}: {}", b.node, b.backward_variance);
+            }
+        }
+        assert_eq!(normalized, 7, "every conv is normalized (the linear layer is not)");
+    }
+}
