@@ -4,12 +4,31 @@
     measure_dag.py --model resnet18_nobn --plan plan.json [--draws 8] [--batch 8]
                    [--size 224] [--kaiming] [--bn-train] [--out table.md]
     measure_dag.py --model resnet18_nobn --emit-kaiming-plan fake_plan.json
+    measure_dag.py --model resnet50 --export resnet50.train.onnx [--size 224]
 
-Models: resnet18_nobn, mobilenet_v2_nobn (torchvision, norm_layer returning
-nn.Identity()), resnet18, mobilenet_v2 (with BatchNorm2d).  All run in eval() mode
-with every Dropout's p set to 0 and every in-place activation made out-of-place;
-with --bn-train the BatchNorm2d modules alone are put in train() mode (batch
-statistics) instead of using their running statistics (reset to 0 and 1 each draw).
+Models: resnet18_nobn, mobilenet_v2_nobn, efficientnet_b0_nobn (torchvision,
+norm_layer returning nn.Identity()), resnet18, resnet50, mobilenet_v2, densenet121,
+efficientnet_b0 (with BatchNorm2d).  All run in eval() mode with every Dropout's and
+StochasticDepth's p set to 0 and every in-place activation made out-of-place
+(DenseNet's functional F.relu(inplace=True) after norm5 included); with --bn-train
+the BatchNorm2d modules alone are put in train() mode (batch statistics) instead of
+using their running statistics (reset to 0 and 1 each draw).  After the first draw
+the script notes on stderr any tensor a hook saw (a layer's input or output) that was
+modified in place later (its autograd version counter changed).  That does not change
+the numbers: the forward moment is taken inside the hook, and a tensor hook registered
+before an in-place op receives the gradient w.r.t. the value the module read.  With
+BatchNorm none is modified; in the _nobn ResNets `out += identity` modifies conv2's
+output (bn2 is an Identity there).
+
+--export PATH writes the ONNX file cnnc reads for BatchNorm in training mode and exits:
+the same model (built under torch.manual_seed(0), p=0 and out-of-place as above) in
+.train() mode, exported by the TorchScript exporter with
+TrainingMode.TRAINING, do_constant_folding=False, opset 17, export_params=True, input
+names "input"/"output", example input torch.randn(1, 3, size, size) under
+torch.manual_seed(0); then, like tests/data/onnx/real/make_real.py, every initializer
+with more than 16 elements loses its payload (name, dims and type are kept), unless
+--export-keep-weights.  The state_dict names of all Conv2d/Linear weights and
+BatchNorm2d scales/shifts must survive as initializer names (checked).
 
 The plan is cnnc's JSON: plan["layers"] is a list of
     {"weight": {"name": <state_dict key>, "std": s, "mean": m},
@@ -36,16 +55,26 @@ are over the per-draw ratios.
 """
 
 import argparse
+import collections
 import json
 import math
+import os
 import sys
+import tempfile
 import time
+import types
+import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
+from torchvision.ops import StochasticDepth
 
-MODELS = ("resnet18_nobn", "mobilenet_v2_nobn", "efficientnet_b0_nobn", "resnet18", "mobilenet_v2", "efficientnet_b0")
+MODELS = ("resnet18_nobn", "mobilenet_v2_nobn", "efficientnet_b0_nobn",
+          "resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0")
+OPSET = 17
+STRIP_OVER = 16  # --export: initializers with more elements than this lose their payload
 IN_BAND = (0.8, 1.25)
 
 
@@ -63,11 +92,37 @@ def build(name):
         kwargs["norm_layer"] = lambda c: nn.Identity()
     model = getattr(torchvision.models, base)(**kwargs)
     for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+        if isinstance(m, (nn.Dropout, StochasticDepth)):
+            m.p = 0.0  # identity in train() mode too (matters for --export)
         if hasattr(m, "inplace"):
             m.inplace = False  # keep every hooked tensor unmodified
+    if isinstance(model, torchvision.models.DenseNet):
+        # torchvision's DenseNet.forward ends with F.relu(features, inplace=True)
+        model.forward = types.MethodType(_densenet_forward, model)
     return model
+
+
+def _bn_detached_forward(self, x):
+    """BatchNorm2d with batch statistics whose gradient is cut (diagnostic).
+
+    The forward equals train-mode BatchNorm2d; the backward is the plain per-channel
+    scaling weight/sqrt(var + eps), without the terms from d(mean)/dx and d(var)/dx.
+    Running statistics are not updated.
+    """
+    mean = x.mean(dim=(0, 2, 3)).detach()
+    var = x.var(dim=(0, 2, 3), unbiased=False).detach()
+    inv = torch.rsqrt(var + self.eps)
+    return ((x - mean[None, :, None, None]) * (inv * self.weight)[None, :, None, None]
+            + self.bias[None, :, None, None])
+
+
+def _densenet_forward(self, x):
+    """torchvision DenseNet.forward with the final ReLU out-of-place."""
+    features = self.features(x)
+    out = F.relu(features, inplace=False)
+    out = F.adaptive_avg_pool2d(out, (1, 1))
+    out = torch.flatten(out, 1)
+    return self.classifier(out)
 
 
 def weight_modules(model):
@@ -103,6 +158,56 @@ def emit_kaiming_plan(model, path):
     with open(path, "w") as f:
         json.dump(plan, f, indent=1)
     print(f"wrote {path}: {len(layers)} layers, {len(bns)} batch norms")
+
+
+def export_onnx(model, path, size, keep_weights):
+    """TorchScript export in training mode (see the module docstring)."""
+    import onnx
+    import onnx.external_data_helper
+
+    model.train()
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, size, size)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = os.path.join(d, "full.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), tmp, dynamo=False,
+                              training=torch.onnx.TrainingMode.TRAINING,
+                              do_constant_folding=False, opset_version=OPSET,
+                              export_params=True,
+                              input_names=["input"], output_names=["output"])
+        m = onnx.load(tmp, load_external_data=False)
+        for t in m.graph.initializer:
+            external = t.data_location == onnx.TensorProto.EXTERNAL
+            if not keep_weights and math.prod(t.dims) > STRIP_OVER:
+                for f in ("raw_data", "float_data", "int32_data", "string_data",
+                          "int64_data", "double_data", "uint64_data"):
+                    t.ClearField(f)
+            elif external:
+                onnx.external_data_helper.load_external_data_for_tensor(t, d)
+            if external:
+                t.ClearField("external_data")
+                t.data_location = onnx.TensorProto.DEFAULT
+    inits = {t.name for t in m.graph.initializer}
+    want = list(weight_modules(model))
+    for mname, mod in model.named_modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            want += [f"{mname}.weight", f"{mname}.bias"]
+    missing = [k for k in want if k not in inits]
+    if missing:
+        die(f"export: {len(missing)} state_dict name(s) are not initializers of the "
+            "ONNX graph: " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    onnx.save(m, path)
+    hist = collections.Counter(n.op_type for n in m.graph.node)
+    n_bn = sum(isinstance(mod, nn.BatchNorm2d) for mod in model.modules())
+    if hist.get("BatchNormalization", 0) != n_bn:
+        die(f"export: {hist.get('BatchNormalization', 0)} BatchNormalization nodes "
+            f"for {n_bn} BatchNorm2d modules")
+    print(f"wrote {path}: {os.path.getsize(path)} bytes, {len(m.graph.node)} nodes, "
+          f"{len(m.graph.initializer)} initializers ({len(want)} state_dict names "
+          f"checked); " + ", ".join(f"{k} {v}" for k, v in
+                                    sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))))
 
 
 def check_plan(model, plan):
@@ -175,6 +280,7 @@ def second_moment(t):
 def one_draw(model, rows, args, d):
     fwd, bwd, first = {}, {}, set()
     handles = []
+    seen = []  # (key, what, tensor, version when the hook ran)
     x = torch.randn(args.batch, 3, args.size, args.size)
     x.requires_grad_(True)
 
@@ -182,6 +288,8 @@ def one_draw(model, rows, args, d):
         def hook(mod, inputs, output):
             fwd[key] = second_moment(output)
             inp = inputs[0]
+            seen.append((key, "output", output, output._version))
+            seen.append((key, "input", inp, inp._version))
             if inp is x:
                 first.add(key)
             if inp.requires_grad:
@@ -200,6 +308,17 @@ def one_draw(model, rows, args, d):
         for h in handles:
             h.remove()
     model.zero_grad(set_to_none=True)
+    changed = [f"{key[:-len('.weight')]} {what}" for key, what, t, v in seen
+               if t._version != v]
+    del seen
+    if changed and d == 0:
+        # Harmless for the numbers (the forward moment is taken inside the hook, and a
+        # tensor hook registered before an in-place op gets the gradient w.r.t. the
+        # value the module read), but worth knowing: e.g. `out += identity` on a conv
+        # output in the _nobn ResNets, where bn2 is an Identity.
+        print(f"note: {len(changed)} tensor(s) seen by hooks were modified in place "
+              "afterwards: " + ", ".join(changed[:10])
+              + (" ..." if len(changed) > 10 else ""), file=sys.stderr)
     for key, _, _ in rows:
         if key not in fwd:
             die(f"draw {d}: module of {key!r} was never called in forward")
@@ -237,16 +356,29 @@ def main():
                     help="init with kaiming_normal_(fan_in, relu) instead of the plan's std")
     ap.add_argument("--bn-train", action="store_true",
                     help="BatchNorm2d in train() mode (batch statistics)")
+    ap.add_argument("--bn-detach-stats", action="store_true",
+                    help="with --bn-train: no gradient through the batch mean and "
+                         "variance (diagnostic; the forward is unchanged)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="also write the Markdown table here")
+    ap.add_argument("--json", metavar="PATH",
+                    help="also write the per-layer numbers as JSON here")
+    ap.add_argument("--export", metavar="PATH",
+                    help="write the training-mode ONNX export (for cnnc) and exit")
+    ap.add_argument("--export-keep-weights", action="store_true",
+                    help="--export: keep the initializer payloads (runnable file)")
     ap.add_argument("--emit-kaiming-plan", metavar="PATH",
                     help="write a fake plan (Kaiming fan-in std, predictions 1.0) and exit")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float32)
+    torch.manual_seed(0)
     model = build(args.model)
 
+    if args.export:
+        export_onnx(model, args.export, args.size, args.export_keep_weights)
+        return
     if args.emit_kaiming_plan:
         emit_kaiming_plan(model, args.emit_kaiming_plan)
         return
@@ -262,6 +394,12 @@ def main():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.train()
+    if args.bn_detach_stats:
+        if not args.bn_train:
+            die("--bn-detach-stats needs --bn-train")
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.forward = types.MethodType(_bn_detached_forward, m)
     has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     if has_bn and not (plan or {}).get("batch_norms"):
         print("note: the model has BatchNorm2d but the plan sets none; "
@@ -287,6 +425,7 @@ def main():
     lines = [
         f"model `{args.model}`, plan `{args.plan}`, init {init}, "
         f"{'BN batch statistics, ' if args.bn_train else ''}"
+        f"{'no gradient through them, ' if args.bn_detach_stats else ''}"
         f"{args.draws} draws, batch {args.batch}, {args.size}x{args.size}, "
         f"torch {torch.__version__}, {elapsed:.0f} s",
         "",
@@ -295,6 +434,7 @@ def main():
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     f_in = f_n = b_in = b_n = 0
+    records = []
     for i, (key, _, layer) in enumerate(rows):
         pf, pb = predicted(layer, "forward_variance"), predicted(layer, "backward_variance")
         mf = sum(fwd[key]) / len(fwd[key])
@@ -308,6 +448,12 @@ def main():
         if rb is not None and key not in first:
             b_n += 1
             b_in += IN_BAND[0] <= rb <= IN_BAND[1]
+        records.append({
+            "name": key[:-len(".weight")], "input": key in first,
+            "std": None if layer is None else layer["weight"].get("std"),
+            "pred_fwd": pf, "meas_fwd": mf, "ratio_fwd": rf,
+            "draws_fwd": fwd[key], "pred_bwd": pb, "meas_bwd": mb, "ratio_bwd": rb,
+            "draws_bwd": bwd[key]})
         label = key[:-len(".weight")]
         if key in first:
             label += " (input)"
@@ -326,6 +472,14 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "plan": args.plan, "bn_train": args.bn_train,
+                       "bn_detach_stats": args.bn_detach_stats,
+                       "kaiming": args.kaiming, "draws": args.draws, "batch": args.batch,
+                       "size": args.size, "torch": torch.__version__,
+                       "torchvision": torchvision.__version__, "seconds": elapsed,
+                       "in_band": list(IN_BAND), "layers": records}, f, indent=1)
 
 
 if __name__ == "__main__":
