@@ -150,16 +150,46 @@ pub enum Op {
     Elementwise(Expr),
 }
 
-/// Batch normalization: `y = γ (x − μ) / √(σ² + ε) + β` per channel, with the batch's
-/// statistics (`training`) or the running ones (inference).
+/// A normalization: `y = γ (x − μ) / √(σ² + ε) + β` per channel, with the batch's
+/// statistics (`training`), the running ones (inference), or — `groups` — each sample's
+/// own statistics over groups of channels and all positions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchNorm {
     pub channels: u64,
     pub epsilon: f64,
+    /// Batch statistics (BatchNorm in training mode), or running ones; with `groups`, true.
     pub training: bool,
-    /// Initializer names of γ and β.
+    /// `Some(g)`: each sample's statistics over each of g groups of C/g channels and all
+    /// positions — GroupNorm; InstanceNorm is g = C, a LayerNorm over (C, H, W) g = 1.
+    pub groups: Option<u64>,
+    /// Initializer names of γ and β (empty: the normalization has no affine parameters).
     pub scale: String,
     pub shift: String,
+    /// Shape of γ and β: [C], or [C, H, W] for a LayerNorm's element-wise affine.
+    pub affine: Vec<u64>,
+}
+
+impl BatchNorm {
+    /// A BatchNorm over `channels` (γ and β of shape [C]).
+    pub fn batch(channels: u64, epsilon: f64, training: bool, scale: String, shift: String) -> BatchNorm {
+        BatchNorm { channels, epsilon, training, groups: None, scale, shift, affine: vec![channels] }
+    }
+    /// Whether it normalizes with statistics of the data it sees (batch or per sample), so
+    /// that whatever scale comes in, its output has the same (a scale-invariant input).
+    pub fn own_statistics(&self) -> bool {
+        self.training || self.groups.is_some()
+    }
+    /// The plan's name for its statistics: "training", "inference", "instance",
+    /// "layer" or "group:G".
+    pub fn mode(&self) -> String {
+        match self.groups {
+            None if self.training => "training".into(),
+            None => "inference".into(),
+            Some(g) if g == self.channels && g > 1 => "instance".into(),
+            Some(1) => "layer".into(),
+            Some(g) => format!("group:{g}"),
+        }
+    }
 }
 
 /// An element-wise function of one variable `x`, as ONNX nodes wrote it.

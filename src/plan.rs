@@ -58,7 +58,9 @@ pub struct Plan {
 pub struct PlanBatchNorm {
     /// The node's name.
     pub name: String,
-    /// "training" (batch statistics) or "inference" (running statistics).
+    /// "training" (batch statistics), "inference" (running statistics), or a
+    /// normalization with each sample's statistics: "instance", "layer" (over C, H, W),
+    /// "group:G" (G groups of channels).
     pub mode: String,
     pub channels: u64,
     pub epsilon: f64,
@@ -349,13 +351,17 @@ pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions, analysis: c
         .filter_map(|b| {
             let n = &g.nodes[b.node];
             let Op::BatchNorm(bn) = &n.op else { return None };
+            // A normalization without affine parameters has nothing to initialize.
+            if bn.scale.is_empty() {
+                return None;
+            }
             Some(PlanBatchNorm {
                 name: n.name.clone(),
-                mode: if bn.training { "training" } else { "inference" }.into(),
+                mode: bn.mode(),
                 channels: bn.channels,
                 epsilon: bn.epsilon,
-                scale: ConstantInit { name: bn.scale.clone(), shape: vec![bn.channels], value: b.scale },
-                shift: ConstantInit { name: bn.shift.clone(), shape: vec![bn.channels], value: 0.0 },
+                scale: ConstantInit { name: bn.scale.clone(), shape: bn.affine.clone(), value: b.scale },
+                shift: ConstantInit { name: bn.shift.clone(), shape: bn.affine.clone(), value: 0.0 },
                 residual_last: b.residual_last,
                 predicted: predicted(b.forward_variance, b.backward_variance),
             })
@@ -379,7 +385,13 @@ pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions, analysis: c
     let summary = Summary {
         weight_layers: layers.len() as u64,
         parameters: a.weights.iter().map(|r| r.weight.parameters()).sum::<u64>()
-            + g.nodes.iter().map(|n| if let Op::BatchNorm(b) = &n.op { 2 * b.channels } else { 0 }).sum::<u64>(),
+            + g.nodes
+                .iter()
+                .map(|n| match &n.op {
+                    Op::BatchNorm(b) if !b.scale.is_empty() => 2 * b.affine.iter().product::<u64>(),
+                    _ => 0,
+                })
+                .sum::<u64>(),
         connections: a.weights.iter().map(|r| r.connections).fold(0u64, |s, c| s.saturating_add(c)),
         capped_layers: a.weights.iter().filter(|r| r.capped).count() as u64,
         predicted_output_variance: a.output_variance,

@@ -39,10 +39,20 @@ pub fn graph_table(g: &Graph) -> String {
             }
             Op::Elementwise(e) => format!("elementwise {e}"),
             Op::BatchNorm(b) => format!(
-                "batchnorm {} eps {} ({})",
+                "{} {} eps {} ({})",
+                match b.groups {
+                    None => "batchnorm".to_string(),
+                    Some(g) if g == b.channels && g > 1 => "instancenorm".to_string(),
+                    Some(1) => "layernorm".to_string(),
+                    Some(g) => format!("groupnorm {g} groups"),
+                },
                 b.channels,
                 b.epsilon,
-                if b.training { "batch statistics" } else { "running statistics" }
+                match b.groups {
+                    Some(_) => "per-sample statistics",
+                    None if b.training => "batch statistics",
+                    None => "running statistics",
+                }
             ),
             Op::ChannelSlice { start, end } => format!("slice channels {start}..{end}"),
             Op::Shuffle { groups } => format!("shuffle groups {groups}"),

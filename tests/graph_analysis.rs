@@ -55,7 +55,7 @@ impl B {
     }
     fn bn(&mut self, name: &str, x: ValueId, training: bool) -> ValueId {
         let s = self.shape(x);
-        let bn = BatchNorm { channels: s.chw().0, epsilon: 1e-5, training, scale: format!("{name}.weight"), shift: format!("{name}.bias") };
+        let bn = BatchNorm::batch(s.chw().0, 1e-5, training, format!("{name}.weight"), format!("{name}.bias"));
         self.push(name, Op::BatchNorm(bn), &[x], s)
     }
 }

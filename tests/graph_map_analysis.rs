@@ -143,7 +143,7 @@ fn random_graph(seed: u64) -> Graph {
             _ => {
                 let x = pick(&mut r);
                 let s = net.g.shape(x);
-                let bn = BatchNorm { channels: s.chw().0, epsilon: 1e-5, training: true, scale: "s".into(), shift: "b".into() };
+                let bn = BatchNorm::batch(s.chw().0, 1e-5, true, "s".into(), "b".into());
                 net.push(Op::BatchNorm(bn), vec![x], s);
             }
         }

@@ -45,7 +45,14 @@ impl B {
     }
     fn bn(&mut self, x: ValueId) -> ValueId {
         let s = self.g.shape(x);
-        let bn = BatchNorm { channels: s.chw().0, epsilon: 1e-5, training: true, scale: "s".into(), shift: "b".into() };
+        let bn = BatchNorm::batch(s.chw().0, 1e-5, true, "s".into(), "b".into());
+        self.push(Op::BatchNorm(bn), &[x], s)
+    }
+    /// A normalization by each sample's statistics over `groups` groups of channels.
+    fn gn(&mut self, x: ValueId, groups: u64) -> ValueId {
+        let s = self.g.shape(x);
+        let mut bn = BatchNorm::batch(s.chw().0, 1e-5, true, "s".into(), "b".into());
+        bn.groups = Some(groups);
         self.push(Op::BatchNorm(bn), &[x], s)
     }
     fn add(&mut self, a: ValueId, b: ValueId) -> ValueId {
@@ -164,12 +171,8 @@ fn forward(g: &Graph, weights: &[Option<Vec<f64>>], x: T) -> Vec<T> {
             }
             Op::Activation(Activation::Relu) => out.d = a.d.iter().map(|v| v.max(0.0)).collect(),
             Op::BatchNorm(bn) => {
-                let m = (a.n * a.h * a.w) as f64;
-                for ch in 0..c {
-                    let cells: Vec<usize> = (0..a.n)
-                        .flat_map(|s| (0..a.h).flat_map(move |y| (0..a.w).map(move |x| (s, y, x))))
-                        .map(|(s, y, x)| a.at(s, ch, y, x))
-                        .collect();
+                for cells in norm_sets(a, bn) {
+                    let m = cells.len() as f64;
                     let mean = cells.iter().map(|&i| a.d[i]).sum::<f64>() / m;
                     let var = cells.iter().map(|&i| (a.d[i] - mean).powi(2)).sum::<f64>() / m;
                     let inv = 1.0 / (var + bn.epsilon).sqrt();
@@ -286,13 +289,10 @@ fn backward(g: &Graph, weights: &[Option<Vec<f64>>], vals: &[T], grad: T) -> Vec
                 da.d = a.d.iter().zip(&dy.d).map(|(x, d)| if *x > 0.0 { *d } else { 0.0 }).collect();
             }
             Op::BatchNorm(bn) => {
-                // dx = (dy − mean(dy) − x̂ mean(dy x̂)) / σ_B, the exact batch-statistics backward.
-                let m = (a.n * a.h * a.w) as f64;
-                for ch in 0..c {
-                    let cells: Vec<usize> = (0..a.n)
-                        .flat_map(|s| (0..a.h).flat_map(move |y| (0..a.w).map(move |x| (s, y, x))))
-                        .map(|(s, y, x)| a.at(s, ch, y, x))
-                        .collect();
+                // dx = (dy − mean(dy) − x̂ mean(dy x̂)) / σ, the exact backward of a normalization by
+                // the statistics of the set it normalizes.
+                for cells in norm_sets(a, bn) {
+                    let m = cells.len() as f64;
                     let mean = cells.iter().map(|&i| a.d[i]).sum::<f64>() / m;
                     let var = cells.iter().map(|&i| (a.d[i] - mean).powi(2)).sum::<f64>() / m;
                     let inv = 1.0 / (var + bn.epsilon).sqrt();
@@ -375,6 +375,26 @@ fn backward(g: &Graph, weights: &[Option<Vec<f64>>], vals: &[T], grad: T) -> Vec
         accumulate(&mut grads[n.inputs[0].0], &da);
     }
     grads
+}
+
+/// The sets of elements a normalization takes its statistics over: per channel over the
+/// batch (BatchNorm), or per sample over a group of channels (GroupNorm, InstanceNorm,
+/// LayerNorm over (C, H, W)).
+fn norm_sets(a: &T, bn: &BatchNorm) -> Vec<Vec<usize>> {
+    let plane = |s: usize, ch: usize| (0..a.h).flat_map(move |y| (0..a.w).map(move |x| (s, ch, y, x)));
+    match bn.groups {
+        None => (0..a.c).map(|ch| (0..a.n).flat_map(|s| plane(s, ch)).map(|(s, c, y, x)| a.at(s, c, y, x)).collect()).collect(),
+        Some(g) => {
+            let per = a.c / g as usize;
+            (0..a.n)
+                .flat_map(|s| {
+                    (0..g as usize).map(move |gi| {
+                        (gi * per..(gi + 1) * per).flat_map(|ch| plane(s, ch)).map(|(s, c, y, x)| a.at(s, c, y, x)).collect()
+                    })
+                })
+                .collect()
+        }
+    }
 }
 
 fn accumulate(into: &mut T, d: &T) {
@@ -533,5 +553,76 @@ fn backward_plans_give_scale_invariant_layers_the_forward_rule() {
             }
         }
         assert_eq!(normalized, 7, "every conv is normalized (the linear layer is not)");
+    }
+}
+
+/// The ResNet-like network with its BatchNorms replaced: GroupNorm (4 groups of 3
+/// channels), InstanceNorm (one channel a group) or LayerNorm over (C, H, W) (one
+/// group). A conv of a ReLU output gives each channel an offset; an InstanceNorm removes
+/// it like a BatchNorm, a GroupNorm or LayerNorm only the mean of its group's offsets.
+fn norm_net(groups: u64) -> Graph {
+    let mut b = B::new(3, 10, 10);
+    let u = b.conv(ValueId(0), 12, 3, 1, 1);
+    let n = b.gn(u, groups);
+    let r = b.relu(n);
+    let x = b.pool(r, PoolKind::Max);
+    let u = b.conv(x, 12, 3, 1, 1);
+    let n = b.gn(u, groups);
+    let r = b.relu(n);
+    let u = b.conv(r, 12, 3, 1, 1);
+    let n = b.gn(u, groups);
+    let s = b.add(n, x);
+    let x = b.relu(s);
+    let u = b.conv(x, 12, 3, 1, 1);
+    let n = b.gn(u, groups);
+    let x = b.relu(n);
+    b.head(x, 10);
+    b.g
+}
+
+#[test]
+fn group_instance_and_layer_norm_networks_match_the_sampled_network() {
+    for groups in [4, 12, 1] {
+        let g = norm_net(groups);
+        for analysis in [Analysis::Paper, Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let (f, b) = check(&g, analysis, mode, 32, 8, 0.12);
+                eprintln!("groups {groups} {analysis:?} {mode:?}: worst ratio forward {f:.3}, backward {b:.3}");
+            }
+        }
+    }
+}
+
+/// A stack of bottleneck blocks (1×1 → 3×3 → 1×1, BatchNorm after each conv, the last
+/// BatchNorm before the Add): the residual stream carries the per-sample gradient of the
+/// global pool back through every block.
+fn bottleneck_net(blocks: usize) -> Graph {
+    let (wide, hw) = (32, 6);
+    let mut b = B::new(3, hw, hw);
+    let u = b.conv(ValueId(0), wide, 3, 1, 1);
+    let n = b.bn(u);
+    let mut x = b.relu(n);
+    for _ in 0..blocks {
+        let u = b.conv(x, wide / 4, 1, 0, 1);
+        let n = b.bn(u);
+        let r = b.relu(n);
+        let u = b.conv(r, wide / 4, 3, 1, 1);
+        let n = b.bn(u);
+        let r = b.relu(n);
+        let u = b.conv(r, wide, 1, 0, 1);
+        let n = b.bn(u);
+        let s = b.add(n, x);
+        x = b.relu(s);
+    }
+    b.head(x, 10);
+    b.g
+}
+
+#[test]
+fn bottleneck_stacks_match_the_sampled_network() {
+    let g = bottleneck_net(4);
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        let (f, b) = check(&g, analysis, Mode::Forward, 32, 8, 0.12);
+        eprintln!("bottlenecks {analysis:?}: worst ratio forward {f:.3}, backward {b:.3}");
     }
 }

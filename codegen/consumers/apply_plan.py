@@ -19,7 +19,8 @@ What it does:
   - for every entry of a /2 plan's `batch_norms`, `nn.init.constant_` on the parameter its
     `scale.name` names (the BatchNorm's weight, e.g. "layer1.0.bn2.weight") with
     `scale.value`, and on the one `shift.name` names (its bias) with `shift.value`.
-    Both parameters must have the entry's `channels` elements (shape [channels]).
+    Both parameters must have the entry's shape: [channels], or [C, H, W] for a LayerNorm
+    over (C, H, W) (`mode` "layer"; GroupNorm is "group:G", InstanceNorm "instance").
 
 Which parameter is which (the name-matching rule):
   1. By name: when every plan weight name (e.g. "0.weight", "layer1.0.conv1.weight") is a
@@ -204,7 +205,8 @@ def match_batch_norms(model, plan, skipped=None):
             n = p["name"]
             if n in params:
                 shape = list(params[n].shape)
-                if shape != [e["channels"]] or list(p.get("shape", shape)) != shape:
+                # [channels], or a LayerNorm's element-wise [C, H, W]: the entry's shape.
+                if shape != list(p.get("shape", [e["channels"]])):
                     raise PlanMismatch("plan batch norm %r: %s %r has %d channels (shape %s), model parameter %r %s" % (e["name"], role, n, e["channels"], p.get("shape"), n, shape))
                 names.append(n)
                 continue

@@ -17,7 +17,8 @@
 #
 # Environment (defaults): CNNC=target/release/cnnc, OUT=/tmp/bn_measure,
 # PY=~/.cache/cnnc/torch-venv/bin/python, DRAWS=4, BATCH=8, SIZE=224, THREADS=2,
-# MODES="forward backward", ANALYSES="paper map".
+# MODES="forward backward", ANALYSES="paper map", PLAN_ARGS="" (more `cnnc plan` flags,
+# e.g. "--batch 8").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 HERE=scripts/torch
@@ -30,6 +31,7 @@ SIZE="${SIZE:-224}"
 THREADS="${THREADS:-2}"
 MODES="${MODES:-forward backward}"
 ANALYSES="${ANALYSES:-paper map}"
+PLAN_ARGS="${PLAN_ARGS:-}"
 if [ $# -gt 0 ]; then
     MODELS=("$@")
 else
@@ -68,7 +70,8 @@ for M in "${MODELS[@]}"; do
             tag="$mode.$analysis"
             rm -f "$dir/$tag.err"
             t=$(now)
-            if ! "$CNNC" plan "$OUT/$M.train.onnx" --mode "$mode" --analysis "$analysis" \
+            # shellcheck disable=SC2086  # PLAN_ARGS: extra flags, word-split on purpose
+            if ! "$CNNC" plan "$OUT/$M.train.onnx" --mode "$mode" --analysis "$analysis" $PLAN_ARGS \
                     -o "$dir/$tag.plan.json" 2>"$dir/$tag.err"; then
                 echo "   $tag: cnnc plan failed: $(tail -n 1 "$dir/$tag.err")"
                 printf '%s.plan\t%s\tfailed\n' "$tag" "$(since "$t")" >>"$dir/times.tsv"

@@ -506,6 +506,18 @@ fn shared_taps(a: &crate::index::Axis) -> f64 {
     count.iter().map(|c| (c / a.output as f64).powi(2)).sum()
 }
 
+/// Σ_k (c_k / input)² over the taps of one axis, c_k the output positions where tap k
+/// reads real input: the backward counterpart of [`shared_taps`].
+fn shared_taps_back(a: &crate::index::Axis) -> f64 {
+    let mut count = vec![0.0; a.kernel as usize];
+    for o in 0..a.output {
+        for k in a.taps(o) {
+            count[k as usize] += 1.0;
+        }
+    }
+    count.iter().map(|c| (c / a.input as f64).powi(2)).sum()
+}
+
 /// ρ of a weight node: E[δz_c²] = σ² ρ Σ_{o ∈ group(c)} E[δu_o²].
 fn rho(w: &unify::Weight, eps: u64) -> f64 {
     eps as f64 / (w.geometry.m_in() as f64 * w.geometry.group_out() as f64)
@@ -560,6 +572,15 @@ struct Bwd<'a, 'g> {
     choose: bool,
     stats: &'a [Option<Stat>],
     grads: Vec<Vec<f64>>,
+    /// Per value and channel, the second moment of the part of the gradient that is the
+    /// same at every position of one sample (all of it where a value has one position).
+    /// A global pool's gradient is all such; a normalization by each sample's statistics
+    /// removes it (and the part along its normalized input), which is most of what
+    /// reaches a GroupNorm, InstanceNorm or LayerNorm before a global pool.
+    shared: Vec<Vec<f64>>,
+    /// Whether anything reads `shared` (a per-sample normalization): its element-wise
+    /// rule costs a quadrature per channel otherwise spared.
+    track_shared: bool,
     memo: HashMap<(usize, u64, u64), f64>,
 }
 
@@ -579,6 +600,51 @@ impl Bwd<'_, '_> {
             *a += b;
         }
     }
+    /// Adds a contribution to the per-sample shared part of value `v`'s gradient.
+    fn send_shared(&mut self, v: ValueId, contrib: &[f64]) {
+        for (a, b) in self.shared[v.0].iter_mut().zip(contrib) {
+            *a += b;
+        }
+    }
+    /// The per-sample shared part of the gradient `full` at value `v`.
+    fn shared_of(&self, v: usize, full: &[f64]) -> Vec<f64> {
+        if positions(self.cx.g.shape(ValueId(v))) == 1 {
+            full.to_vec()
+        } else {
+            self.shared[v].clone()
+        }
+    }
+}
+
+/// Whether the graph has a normalization by each sample's statistics.
+pub(super) fn has_group_norm(g: &Graph) -> bool {
+    g.nodes.iter().any(|n| matches!(&n.op, Op::BatchNorm(bn) if bn.groups.is_some()))
+}
+
+/// Positions per channel of a value (1 for a vector).
+fn positions(s: Shape) -> u64 {
+    let (_, h, w) = s.chw();
+    h * w
+}
+
+/// E f'(x) for x ~ N(μ, v): the factor on the part of a gradient that every position
+/// shares (its square).
+pub(super) fn mean_slope(f: Func<'_>, mu: f64, v: f64) -> f64 {
+    let v = v.max(0.0);
+    if v == 0.0 {
+        return f.eval(mu).1;
+    }
+    let s = v.sqrt();
+    if let Some(a) = f.slope() {
+        return super::big_phi(mu / s) + a * super::big_phi(-mu / s);
+    }
+    integrate_width(|z| f.eval(mu + s * z).1 * super::phi(z), -12.0, 12.0, 0.0625)
+}
+
+/// E[f'(γ x̂) x̂] for x̂ ~ N(m, v): how much of the gradient through f(γ x̂) lies along x̂.
+pub(super) fn slope_along(f: Func<'_>, gamma: f64, m: f64, v: f64) -> f64 {
+    let s = v.max(0.0).sqrt();
+    integrate_width(|z| f.eval(gamma * (m + s * z)).1 * (m + s * z) * super::phi(z), -12.0, 12.0, 0.0625)
 }
 
 /// A forward rule: node `k`'s output statistics.
@@ -640,7 +706,9 @@ fn backward(
 ) -> Result<Vec<Vec<f64>>, AnalysisError> {
     let g = cx.g;
     let grads: Vec<Vec<f64>> = (0..=g.nodes.len()).map(|v| vec![0.0; channels(g.shape(ValueId(v))) as usize]).collect();
-    let mut b = Bwd { cx, p, opts, choose, stats, grads, memo: HashMap::new() };
+    let shared = grads.clone();
+    let track_shared = has_group_norm(g);
+    let mut b = Bwd { cx, p, opts, choose, stats, grads, shared, track_shared, memo: HashMap::new() };
     let last = g.nodes.len();
     b.grads[last].iter_mut().for_each(|x| *x = 1.0);
     let fused_acts: HashSet<usize> = cx.fused.values().copied().collect();
@@ -653,6 +721,40 @@ fn backward(
         b.grads[k + 1] = dz;
     }
     Ok(b.grads)
+}
+
+/// Per value and channel, the fraction of the gradient's second moment that every
+/// position of a sample shares, from a backward pass of the paper analysis over
+/// per-channel statistics (`mean`, `second`, `offset` per channel of every value): what
+/// the map analysis's per-sample normalizations project out.
+pub(super) fn shared_fractions(
+    cx: &Cx<'_>,
+    stats: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)>,
+    p: &mut Params,
+    opts: &GraphOptions,
+) -> Result<Vec<Vec<f64>>, AnalysisError> {
+    let stats: Vec<Option<Stat>> = stats.into_iter().map(|(mean, second, offset)| Some(Stat { mean, second, offset })).collect();
+    let g = cx.g;
+    let grads: Vec<Vec<f64>> = (0..=g.nodes.len()).map(|v| vec![0.0; channels(g.shape(ValueId(v))) as usize]).collect();
+    let shared = grads.clone();
+    let mut b = Bwd { cx, p, opts, choose: false, stats: &stats, grads, shared, track_shared: true, memo: HashMap::new() };
+    let last = g.nodes.len();
+    b.grads[last].iter_mut().for_each(|x| *x = 1.0);
+    let fused_acts: HashSet<usize> = cx.fused.values().copied().collect();
+    for (k, n) in g.nodes.iter().enumerate().rev() {
+        if fused_acts.contains(&k) {
+            continue;
+        }
+        let dz = std::mem::take(&mut b.grads[k + 1]);
+        (rules(&n.op).1)(&mut b, k, &dz)?;
+        b.grads[k + 1] = dz;
+    }
+    Ok((0..=last)
+        .map(|v| {
+            let full = &b.grads[v];
+            b.shared_of(v, full).iter().zip(full).map(|(s, f)| if *f > 0.0 { (s / f).min(1.0) } else { 0.0 }).collect()
+        })
+        .collect())
 }
 
 // ---------------------------------------------------------------- one pair of rules per op
@@ -735,17 +837,118 @@ fn weight_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisE
         contrib.extend(std::iter::repeat_n(v, cin_g));
     }
     b.send(n.inputs[0], &contrib);
+    // The shared part: δx's mean over a sample's input positions is Σ_t w_t c_t/P_in · g,
+    // c_t the outputs where tap t is real; σ² Σ_t (c_t/P_in)² per output channel.
+    let gs = b.shared_of(k + 1, dz);
+    let lam = shared_taps_back(&geo.h) * shared_taps_back(&geo.w);
+    let mut to_shared = Vec::with_capacity(contrib.len());
+    for gi in 0..geo.groups as usize {
+        let total: f64 = gs[gi * cout_g..(gi + 1) * cout_g].iter().sum();
+        to_shared.extend(std::iter::repeat_n(s2 * lam * total, cin_g));
+    }
+    b.send_shared(n.inputs[0], &to_shared);
     Ok(())
 }
 
-/// An element-wise f of a Gaussian with the value's mean and variance.
+/// A residual stream after its ReLU plus a branch: the input of an element-wise f is an
+/// Add of a value a and a piecewise-linear g(c) of another value c, read by nothing else
+/// (ResNet's `relu(bn3(…) + x)`, x = relu(s) of the block before). Returns (g, a, c).
+pub(super) fn rectified_sum<'g>(g: &'g Graph, v: ValueId) -> Option<(Func<'g>, ValueId, ValueId)> {
+    let node = g.nodes.get(v.0.checked_sub(1)?)?;
+    if !matches!(node.op, Op::Add) || node.inputs.len() != 2 || node.inputs[0] == node.inputs[1] {
+        return None;
+    }
+    for (i, &r) in node.inputs.iter().enumerate() {
+        let Some(prod) = r.0.checked_sub(1).map(|p| &g.nodes[p]) else { continue };
+        if let Some(gf) = func(&prod.op).filter(|f| f.slope().is_some()) {
+            return Some((gf, node.inputs[1 - i], prod.inputs[0]));
+        }
+    }
+    None
+}
+
+/// [E f, E f², E f'², E f'] of f(x), x = μ_a + e + g(c), e ~ N(0, v_a) and c ~ N(μ_c, v_c)
+/// independent: the Gaussian's moments (closed forms) averaged over c by quadrature.
+/// A sum of a Gaussian and a rectified value is not Gaussian: it has less mass below 0
+/// than the Gaussian of its mean and variance (ReLU after a residual Add: P(x > 0) is
+/// 0.64, not 0.67, for a unit branch on a stream that is a ReLU of N(0, 2)), and taking
+/// it as Gaussian overestimated the gradient by about 5 % per block.
+pub(super) fn sum_moments(f: Func<'_>, mu_a: f64, v_a: f64, g: Func<'_>, mu_c: f64, v_c: f64) -> [f64; 4] {
+    let s_c = v_c.max(0.0).sqrt();
+    let inner = |z: f64, out: &mut [f64]| {
+        let c = mu_c + s_c * z;
+        let y = mu_a + g.eval(c).0;
+        let (m1, m2, d2) = gauss_moments(f, y, v_a);
+        let w = super::phi(z);
+        out[0] = m1 * w;
+        out[1] = m2 * w;
+        out[2] = d2 * w;
+        out[3] = mean_slope(f, y, v_a) * w;
+    };
+    if s_c == 0.0 {
+        let mut out = [0.0; 4];
+        let y = mu_a + g.eval(mu_c).0;
+        let (m1, m2, d2) = gauss_moments(f, y, v_a);
+        out[0] = m1;
+        out[1] = m2;
+        out[2] = d2;
+        out[3] = mean_slope(f, y, v_a);
+        return out;
+    }
+    // Panels broken at g's kink (c = 0).
+    let mut cuts = vec![-10.0, 10.0];
+    let z0 = -mu_c / s_c;
+    if z0.abs() < 10.0 {
+        cuts.insert(1, z0);
+    }
+    let mut out = [0.0; 4];
+    for w in cuts.windows(2) {
+        let panels = ((w[1] - w[0]) / 0.5).ceil().max(1.0) as usize;
+        for (o, v) in out.iter_mut().zip(crate::quad::integrate_vec(inner, 4, w[0], w[1], panels)) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// Per channel of node `k`'s input: the moments of f for a residual stream plus a branch
+/// ([`rectified_sum`]), where neither carries an offset; `None` elsewhere.
+fn sum_channel_moments(cx: &Cx<'_>, stats: &[Option<Stat>], k: usize, fun: Func<'_>) -> Option<Vec<Option<[f64; 4]>>> {
+    let (g, a, c) = rectified_sum(cx.g, cx.g.nodes[k].inputs[0])?;
+    let (sa, sc) = (cx.input_stat(stats, a), cx.input_stat(stats, c));
+    let mut memo: HashMap<[u64; 4], [f64; 4]> = HashMap::new();
+    Some(
+        (0..sa.mean.len())
+            .map(|ch| {
+                if sa.offset[ch] != 0.0 || sc.offset[ch] != 0.0 {
+                    return None;
+                }
+                let key = [sa.mean[ch], sa.second[ch], sc.mean[ch], sc.second[ch]].map(f64::to_bits);
+                Some(*memo.entry(key).or_insert_with(|| {
+                    let (ma, mc) = (sa.mean[ch], sc.mean[ch]);
+                    sum_moments(fun, ma, sa.second[ch] - ma * ma, g, mc, sc.second[ch] - mc * mc)
+                }))
+            })
+            .collect(),
+    )
+}
+
+/// An element-wise f of a Gaussian with the value's mean and variance (of a residual
+/// stream plus a branch: [`sum_moments`]).
 fn elementwise_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let n = &f.cx.g.nodes[k];
     let fun = func(&n.op).expect("element-wise");
     let x = f.cx.input_stat(&f.stats, n.inputs[0]);
+    let sums = sum_channel_moments(f.cx, &f.stats, k, fun);
     let mut out = Stat { mean: Vec::with_capacity(x.mean.len()), second: Vec::with_capacity(x.mean.len()), offset: Vec::new() };
-    for (&mu, &s) in x.mean.iter().zip(&x.second) {
-        let (m1, m2, _) = *f.memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu));
+    for (ch, (&mu, &s)) in x.mean.iter().zip(&x.second).enumerate() {
+        let (m1, m2) = match sums.as_ref().and_then(|v| v[ch]) {
+            Some(m) => (m[0], m[1]),
+            None => {
+                let r = *f.memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu));
+                (r.0, r.1)
+            }
+        };
         out.mean.push(m1);
         out.second.push(m2);
     }
@@ -768,13 +971,39 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
     let n = &b.cx.g.nodes[k];
     let fun = func(&n.op).expect("element-wise");
     let x = b.cx.input_stat(b.stats, n.inputs[0]);
+    let sums = sum_channel_moments(b.cx, b.stats, k, fun);
+    let sum_at = |ch: usize| sums.as_ref().and_then(|v| v[ch]);
     let memo = &mut b.memo;
     let contrib: Vec<f64> = dz
         .iter()
         .zip(x.mean.iter().zip(&x.second))
-        .map(|(&d, (&mu, &s))| d * *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu).2))
+        .enumerate()
+        .map(|(ch, (&d, (&mu, &s)))| match sum_at(ch) {
+            Some(m) => d * m[2],
+            None => d * *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu).2),
+        })
         .collect();
     b.send(n.inputs[0], &contrib);
+    if !b.track_shared {
+        return Ok(());
+    }
+    let gs = b.shared_of(k + 1, dz);
+    let mut slopes: HashMap<(u64, u64), f64> = HashMap::new();
+    let to_shared: Vec<f64> = gs
+        .iter()
+        .zip(x.mean.iter().zip(&x.second))
+        .enumerate()
+        .map(|(ch, (&d, (&mu, &s)))| {
+            if d == 0.0 {
+                return 0.0;
+            }
+            match sum_at(ch) {
+                Some(m) => d * m[3] * m[3],
+                None => d * slopes.entry((mu.to_bits(), s.to_bits())).or_insert_with(|| mean_slope(fun, mu, s - mu * mu)).powi(2),
+            }
+        })
+        .collect();
+    b.send_shared(n.inputs[0], &to_shared);
     Ok(())
 }
 
@@ -805,6 +1034,8 @@ fn avg_pool_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analysi
     let tf = (t * t) as f64;
     let contrib: Vec<f64> = dz.iter().map(|d| d / tf).collect();
     b.send(n.inputs[0], &contrib);
+    let gs: Vec<f64> = b.shared_of(k + 1, dz).iter().map(|d| d / tf).collect();
+    b.send_shared(n.inputs[0], &gs);
     Ok(())
 }
 
@@ -857,7 +1088,16 @@ fn max_pool_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analysi
         .zip(u.mean.iter().zip(&u.second))
         .map(|(&d, (&mu, &s))| d * *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| max_moments(fun, mu, s - mu * mu, t).2))
         .collect();
+    // The shared part: each member's mean weight E[f'(M) 1(argmax)], the share itself for
+    // f' ∈ {0, 1} (ReLU, identity).
+    let gs = b.shared_of(k + 1, dz);
+    let to_shared: Vec<f64> = gs
+        .iter()
+        .zip(u.mean.iter().zip(&u.second))
+        .map(|(&d, (&mu, &s))| d * b.memo.get(&(k, mu.to_bits(), s.to_bits())).copied().unwrap_or(0.0).powi(2))
+        .collect();
     b.send(src, &contrib);
+    b.send_shared(src, &to_shared);
     Ok(())
 }
 
@@ -916,6 +1156,8 @@ fn add_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisErro
             let m = n.inputs.iter().filter(|&&u| u == v).count() as f64;
             let contrib: Vec<f64> = dz.iter().map(|d| d * m * m).collect();
             b.send(v, &contrib);
+            let gs: Vec<f64> = b.shared_of(k + 1, dz).iter().map(|d| d * m * m).collect();
+            b.send_shared(v, &gs);
         }
     }
     Ok(())
@@ -936,9 +1178,11 @@ fn concat_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
 fn concat_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
     let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
     let mut at = 0;
+    let gs = b.shared_of(k + 1, dz);
     for &v in &n.inputs {
         let c = channels(g.shape(v)) as usize;
         b.send(v, &dz[at..at + c]);
+        b.send_shared(v, &gs[at..at + c]);
         at += c;
     }
     Ok(())
@@ -974,8 +1218,12 @@ fn mul_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisErro
     };
     let to_x: Vec<f64> = dz.iter().zip(&gate.second).map(|(d, s)| d * s).collect();
     let to_gate: Vec<f64> = dz.iter().zip(&x.second).map(|(d, s)| d * s * hw).collect();
+    // The gate is the same at every position of a sample: the shared part of δx is the
+    // shared part of δy times it.
+    let gs: Vec<f64> = b.shared_of(k + 1, dz).iter().zip(&gate.second).map(|(d, s)| d * s).collect();
     b.send(n.inputs[0], &to_x);
     b.send(n.inputs[1], &to_gate);
+    b.send_shared(n.inputs[0], &gs);
     Ok(())
 }
 
@@ -984,6 +1232,19 @@ fn batch_norm_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> 
     let n = &f.cx.g.nodes[k];
     let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
     let gamma = f.p.bn_scale[&k];
+    if let Some(groups) = bn.groups {
+        let x = f.input(n.inputs[0]);
+        let mut out = Stat { mean: Vec::new(), second: Vec::new(), offset: Vec::new() };
+        for g in group_stats(x, groups) {
+            for c in g.range.clone() {
+                let (m2, m1, a) = g.channel(x.mean[c], x.second[c], x.offset[c]);
+                out.mean.push(gamma * m1);
+                out.second.push(gamma * gamma * m2);
+                out.offset.push(gamma * gamma * a);
+            }
+        }
+        return Ok(out);
+    }
     if bn.training {
         return Ok(Stat::uniform(bn.channels, 0.0, gamma * gamma));
     }
@@ -1003,7 +1264,54 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
     let n = &b.cx.g.nodes[k];
     let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
     let gamma = b.p.bn_scale[&k];
-    let x = b.input(n.inputs[0]);
+    let (cx, stats) = (b.cx, b.stats);
+    let x = cx.input_stat(stats, n.inputs[0]);
+    let gs = b.shared_of(k + 1, dz);
+    if let Some(groups) = bn.groups {
+        // δx = (γ/σ)(δy − mean(δy) − x̂ mean(δy x̂)) over each sample's group: the mean
+        // removes the shared parts (1/n² of their sum), the second term what lies along
+        // x̂ — through the element-wise f that reads the output, E[f'(y) x̂] per channel
+        // times its output's shared gradient.
+        let reader = match b.cx.consumers[k + 1].as_slice() {
+            &[r] => func(&b.cx.g.nodes[r].op).map(|f| (f, b.shared_of(r + 1, &b.grads[r + 1]))),
+            _ => None,
+        };
+        let (mut out, mut out_shared) = (Vec::with_capacity(dz.len()), Vec::with_capacity(dz.len()));
+        for g in group_stats(x, groups) {
+            let k2 = if g.var > 0.0 { gamma * gamma / g.var } else { 0.0 };
+            let mean_part: f64 = gs[g.range.clone()].iter().sum::<f64>() / (g.n * g.n);
+            let mut along = 0.0;
+            if let Some((f, gz)) = &reader {
+                for c in g.range.clone() {
+                    if gz[c] > 0.0 {
+                        let (y2, y1, _) = g.channel(x.mean[c], x.second[c], x.offset[c]);
+                        along += gz[c] * slope_along(*f, gamma, y1, y2 - y1 * y1).powi(2);
+                    }
+                }
+                along /= g.n * g.n;
+            }
+            for c in g.range.clone() {
+                let y2 = g.channel(x.mean[c], x.second[c], x.offset[c]).0;
+                out.push((dz[c] - mean_part - along * y2).max(0.0) * k2);
+                out_shared.push((gs[c] * (1.0 - 2.0 / g.n) + mean_part).max(0.0) * k2);
+            }
+        }
+        b.send(n.inputs[0], &out);
+        b.send_shared(n.inputs[0], &out_shared);
+        return Ok(());
+    }
+    let k2s: Vec<f64> = if bn.training {
+        x.mean
+            .iter()
+            .zip(&x.second)
+            .zip(&x.offset)
+            .map(|((m, s), a)| if s - m * m - a > 0.0 { gamma * gamma / (s - m * m - a) } else { 0.0 })
+            .collect()
+    } else {
+        vec![gamma * gamma / (1.0 + bn.epsilon); dz.len()]
+    };
+    let to_shared: Vec<f64> = gs.iter().zip(&k2s).map(|(d, k2)| d * k2).collect();
+    b.send_shared(n.inputs[0], &to_shared);
     let contrib: Vec<f64> = if bn.training {
         x.mean
             .iter()
@@ -1026,6 +1334,55 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
     Ok(())
 }
 
+/// One group of a normalization with each sample's statistics (GroupNorm, InstanceNorm,
+/// LayerNorm): its channels and the variance its statistics see.
+pub(super) struct GroupStats {
+    pub(super) range: std::ops::Range<usize>,
+    /// Channels in the group.
+    pub(super) n: f64,
+    /// The mean over its channels of their means, offsets.
+    pub(super) mean: f64,
+    pub(super) offset: f64,
+    /// The group's variance in one sample: E[x²] − μ̄² less the part of the channels'
+    /// offsets their mean shares (Ā/n; the offsets of different channels independent).
+    pub(super) var: f64,
+}
+
+impl GroupStats {
+    /// A channel of the group after the normalization (γ = 1): (E[y²], E[y], offset
+    /// variance), from its mean μ, second moment s and offset A. The group's per-sample
+    /// mean removes μ̄ and m̄ = the mean of the channels' offsets; what is left of each
+    /// channel's offset stays shared by its positions and samples: A (1 − 2/n) + Ā/n.
+    pub(super) fn channel(&self, mu: f64, s: f64, a: f64) -> (f64, f64, f64) {
+        if self.var <= 0.0 {
+            return (0.0, 0.0, 0.0);
+        }
+        let shared = (a * (1.0 - 2.0 / self.n) + self.offset / self.n).max(0.0);
+        let second = (s - 2.0 * mu * self.mean + self.mean * self.mean - 2.0 * a / self.n + self.offset / self.n).max(0.0);
+        (second / self.var, (mu - self.mean) / self.var.sqrt(), shared / self.var)
+    }
+}
+
+/// The groups of a per-sample normalization over a value with these statistics.
+/// **Approximation**: the statistics of one sample are taken as their expectations
+/// (exact as the group's channels × positions grow; an InstanceNorm of a few positions
+/// fluctuates).
+pub(super) fn group_stats_of(mean: &[f64], second: &[f64], offset: &[f64], groups: u64) -> Vec<GroupStats> {
+    let per = mean.len() / groups.max(1) as usize;
+    (0..groups as usize)
+        .map(|g| {
+            let range = g * per..(g + 1) * per;
+            let (m, s, a) = (avg(&mean[range.clone()]), avg(&second[range.clone()]), avg(&offset[range.clone()]));
+            let n = per as f64;
+            GroupStats { range, n, mean: m, offset: a, var: s - m * m - a / n }
+        })
+        .collect()
+}
+
+fn group_stats(x: &Stat, groups: u64) -> Vec<GroupStats> {
+    group_stats_of(&x.mean, &x.second, &x.offset, groups)
+}
+
 fn slice_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let n = &f.cx.g.nodes[k];
     let Op::ChannelSlice { start, end } = n.op else { unreachable!("the slice rule") };
@@ -1037,8 +1394,10 @@ fn slice_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
 fn slice_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
     let n = &b.cx.g.nodes[k];
     let Op::ChannelSlice { start, .. } = n.op else { unreachable!("the slice rule") };
+    let gs = b.shared_of(k + 1, dz);
     for (i, d) in dz.iter().enumerate() {
         b.grads[n.inputs[0].0][start as usize + i] += d;
+        b.shared[n.inputs[0].0][start as usize + i] += gs[i];
     }
     Ok(())
 }
@@ -1058,8 +1417,10 @@ fn shuffle_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
 fn shuffle_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
     let n = &b.cx.g.nodes[k];
     let Op::Shuffle { groups } = n.op else { unreachable!("the shuffle rule") };
+    let gs = b.shared_of(k + 1, dz);
     for (j, &i) in shuffle_source(channels(n.output), groups).iter().enumerate() {
         b.grads[n.inputs[0].0][i] += dz[j];
+        b.shared[n.inputs[0].0][i] += gs[j];
     }
     Ok(())
 }
@@ -1077,6 +1438,8 @@ fn resize_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisE
     let r = (scale[0] * scale[1]) as f64;
     let contrib: Vec<f64> = dz.iter().map(|d| d * r).collect();
     b.send(n.inputs[0], &contrib);
+    let gs: Vec<f64> = b.shared_of(k + 1, dz).iter().map(|d| d * r * r).collect();
+    b.send_shared(n.inputs[0], &gs);
     Ok(())
 }
 
@@ -1125,7 +1488,8 @@ fn branch_end(g: &Graph, v: ValueId) -> (Option<usize>, Option<usize>) {
         let node = &g.nodes[u - 1];
         match node.op {
             Op::Conv(_) | Op::Linear(_) => return (Some(u - 1), bn),
-            Op::BatchNorm(_) => bn = Some(u - 1),
+            Op::BatchNorm(ref b) if !b.scale.is_empty() => bn = Some(u - 1),
+            Op::BatchNorm(_) => {}
             Op::Activation(_) | Op::Elementwise(_) | Op::Resize { .. } | Op::Shuffle { .. } | Op::Flatten => {}
             _ => return (None, bn),
         }
@@ -1140,7 +1504,7 @@ fn branch_end(g: &Graph, v: ValueId) -> (Option<usize>, Option<usize>) {
 /// Backward mode stops when no σ² moved by more than this, relative, in a round.
 pub const FIXED_POINT_TOLERANCE: f64 = 1e-12;
 /// … or fails after this many rounds.
-const MAX_ROUNDS: usize = 100;
+const MAX_ROUNDS: usize = 200;
 
 /// The largest relative change of σ² between two rounds, and the node it is at.
 fn largest_change(before: &HashMap<usize, f64>, after: &HashMap<usize, f64>) -> (f64, usize) {
@@ -1174,7 +1538,7 @@ fn normalized_by(g: &Graph, consumers: &[Vec<usize>], k: usize) -> Option<usize>
         for &c in &consumers[v] {
             let n = &g.nodes[c];
             match &n.op {
-                Op::BatchNorm(bn) if bn.training => {
+                Op::BatchNorm(bn) if bn.own_statistics() => {
                     first = Some(first.map_or(c, |f: usize| f.min(c)));
                 }
                 Op::Activation(a) if super::piecewise_linear_slope(*a).is_some() => stack.push(c + 1),
@@ -1424,7 +1788,7 @@ pub(crate) mod tests {
             Op::Flatten,
             Op::Add,
             Op::Concat,
-            Op::BatchNorm(BatchNorm { channels: 1, epsilon: 0.0, training: true, scale: String::new(), shift: String::new() }),
+            Op::BatchNorm(BatchNorm::batch(1, 0.0, true, String::new(), String::new())),
             Op::Mul,
             Op::ChannelSlice { start: 0, end: 1 },
             Op::Shuffle { groups: 1 },

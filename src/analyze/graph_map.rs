@@ -227,6 +227,9 @@ pub(super) struct MapPasses {
     /// shares ([`MapPasses::shared_fwd`]): what batch statistics remove besides the mean.
     shared: Vec<Vec<f64>>,
     shared_memo: HashMap<(usize, u64, u64, u64), f64>,
+    /// Per value and channel, the fraction of the gradient shared by a sample's positions
+    /// ([`super::graph::shared_fractions`]), for the per-sample normalizations.
+    gfrac: Vec<Vec<f64>>,
     cache: MaxCache,
     memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
     /// iid max-pool windows: (node, mean, variance, members) → moments.
@@ -239,6 +242,7 @@ impl MapPasses {
             stats: Vec::new(),
             shared: Vec::new(),
             shared_memo: HashMap::new(),
+            gfrac: Vec::new(),
             cache: HashMap::new(),
             memo: HashMap::new(),
             iid: HashMap::new(),
@@ -268,8 +272,11 @@ impl MapPasses {
         self.stats[v.0].as_ref().expect("values are computed in topological order")
     }
 
-    fn elementwise(&mut self, k: usize, f: Func<'_>, x: &Val) -> (Val, Vec<Plane>) {
-        // Returns the output value and, per segment, the E[f'²] plane (for backward).
+    fn elementwise(&mut self, cx: &Cx<'_>, k: usize, f: Func<'_>, x: &Val) -> (Val, Val) {
+        // Returns the output value and the E[f'²] planes (for backward) as a value.
+        if let Some(r) = self.elementwise_of_sum(cx, k, f) {
+            return r;
+        }
         let mut out = Vec::with_capacity(x.len());
         let mut grads = Vec::with_capacity(x.len());
         for s in x {
@@ -285,9 +292,40 @@ impl MapPasses {
                 d2.d[i] = r.2;
             }
             out.push(Seg { n: s.n, maps: vec![m1, m2] });
-            grads.push(d2);
+            grads.push(Seg { n: s.n, maps: vec![d2] });
         }
         (out, grads)
+    }
+
+    /// f of a residual stream plus a branch ([`super::graph::rectified_sum`]) where
+    /// neither carries a shared part: per position, [`super::graph::sum_moments`].
+    fn elementwise_of_sum(&mut self, cx: &Cx<'_>, k: usize, f: Func<'_>) -> Option<(Val, Val)> {
+        let (g, a, c) = super::graph::rectified_sum(cx.g, cx.g.nodes[k].inputs[0])?;
+        if self.shared[a.0].iter().chain(&self.shared[c.0]).any(|&v| v != 0.0) {
+            return None;
+        }
+        let (va, vc) = (self.get(a).clone(), self.get(c).clone());
+        let mut memo: HashMap<[u64; 4], [f64; 4]> = HashMap::new();
+        let (mut out, mut grads) = (Vec::new(), Vec::new());
+        for (n, segs) in aligned(&[&va, &vc]) {
+            let (sa, sc) = (segs[0], segs[1]);
+            let (h, w) = (sa.maps[0].h, sa.maps[0].w);
+            let mut planes: Vec<Plane> = (0..4).map(|_| Plane::filled(h, w, 0.0)).collect();
+            for i in 0..h * w {
+                let (ma, qa, mc, qc) = (sa.maps[0].d[i], sa.maps[1].d[i], sc.maps[0].d[i], sc.maps[1].d[i]);
+                let r = *memo
+                    .entry([ma, qa, mc, qc].map(f64::to_bits))
+                    .or_insert_with(|| super::graph::sum_moments(f, ma, qa - ma * ma, g, mc, qc - mc * mc));
+                for (p, v) in planes.iter_mut().zip(r) {
+                    p.d[i] = v;
+                }
+            }
+            planes.pop(); // E f': the paper analysis's shared fractions carry it
+            let d2 = planes.pop().expect("four planes");
+            out.push(Seg { n, maps: planes });
+            grads.push(Seg { n, maps: vec![d2] });
+        }
+        Some((merge(out), grads))
     }
 }
 
@@ -330,6 +368,15 @@ impl Passes for MapPasses {
             let (c, h, w) = s.chw();
             vec![Seg { n: c as usize, maps: vec![Plane::filled(h as usize, w as usize, 0.0)] }]
         };
+        if super::graph::has_group_norm(g) {
+            let per_channel = (0..=g.nodes.len())
+                .map(|v| {
+                    let x = self.stats[v].as_ref().expect("computed");
+                    (channel_means(x, 0), channel_means(x, 1), self.shared[v].clone())
+                })
+                .collect();
+            self.gfrac = super::graph::shared_fractions(cx, per_channel, p, opts)?;
+        }
         let mut grads: Vec<Option<Val>> = vec![None; g.nodes.len() + 1];
         let last = g.nodes.len();
         let (c, h, w) = g.shape(ValueId(last)).chw();
@@ -448,7 +495,7 @@ impl MapPasses {
     fn elementwise_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
         let n = &r.cx.g.nodes[k];
         let x = self.get(n.inputs[0]).clone();
-        Ok(self.elementwise(k, func(&n.op).expect("element-wise"), &x).0)
+        Ok(self.elementwise(r.cx, k, func(&n.op).expect("element-wise"), &x).0)
     }
 
     fn pool_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
@@ -582,6 +629,31 @@ impl MapPasses {
         let n = &r.cx.g.nodes[k];
         let x = self.get(n.inputs[0]).clone();
         let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
+        if let Some(groups) = bn.groups {
+            let gamma = p.bn_scale[&k];
+            let shared = &self.shared[n.inputs[0].0];
+            let mut out = Vec::new();
+            for g in map_groups(&x, shared, groups) {
+                let (mut at, sd) = (g.range.start, g.var.max(0.0).sqrt());
+                for (seg, a) in split_by(&range(&x, g.range.start, g.range.end), &shared[g.range.clone()]) {
+                    let (mu, sec) = (&seg.maps[0], &seg.maps[1]);
+                    let mut m1 = mu.clone();
+                    let mut m2 = sec.clone();
+                    for i in 0..mu.d.len() {
+                        let (y2, y1, _) = g.channel(mu.d[i], sec.d[i], a);
+                        m1.d[i] = gamma * y1;
+                        m2.d[i] = gamma * gamma * y2;
+                    }
+                    if sd == 0.0 {
+                        m1 = m1.map(|_| 0.0);
+                    }
+                    at += seg.n;
+                    out.push(Seg { n: seg.n, maps: vec![m1, m2] });
+                }
+                debug_assert_eq!(at, g.range.end);
+            }
+            return Ok(merge(out));
+        }
         Ok({
             let gamma = p.bn_scale[&k];
             let out: Val = if bn.training {
@@ -647,9 +719,7 @@ impl MapPasses {
         let n = &r.cx.g.nodes[k];
         let x = self.get(n.inputs[0]).clone();
         let dz: Val = dz.clone();
-        let (_, d2) = self.elementwise(k, func(&n.op).expect("element-wise"), &x);
-        // d2 is per segment of x; align the gradient with x's segments.
-        let xg: Val = x.iter().zip(d2).map(|(s, d)| Seg { n: s.n, maps: vec![d] }).collect();
+        let (_, xg) = self.elementwise(r.cx, k, func(&n.op).expect("element-wise"), &x);
         let contrib = aligned(&[&dz, &xg])
             .into_iter()
             .map(|(c, s)| {
@@ -789,6 +859,50 @@ impl MapPasses {
         let gamma = p.bn_scale[&k];
         let shared = &self.shared[n.inputs[0].0];
         let mut contrib = Vec::new();
+        if let Some(groups) = bn.groups {
+            // As the paper analysis: each sample's group mean removes the shared parts
+            // (1/n² of their sum), the part along x̂ through an element-wise reader too;
+            // here each channel's map is scaled by what is left of its mean.
+            let d = channel_means(&dz, 0);
+            let frac = &self.gfrac[k + 1];
+            let reader = match r.cx.consumers[k + 1].as_slice() {
+                &[rd] => {
+                    func(&r.cx.g.nodes[rd].op).and_then(|f| grads[rd + 1].as_ref().map(|v| (f, channel_means(v, 0), &self.gfrac[rd + 1])))
+                }
+                _ => None,
+            };
+            let (mu, sec) = (channel_means(&x, 0), channel_means(&x, 1));
+            for g in map_groups(&x, shared, groups) {
+                let k2 = if g.var > 0.0 { gamma * gamma / g.var } else { 0.0 };
+                let mean_part: f64 = g.range.clone().map(|c| frac[c] * d[c]).sum::<f64>() / (g.n * g.n);
+                let mut along = 0.0;
+                if let Some((f, gz, fz)) = &reader {
+                    for c in g.range.clone() {
+                        if fz[c] * gz[c] > 0.0 {
+                            let (y2, y1, _) = g.channel(mu[c], sec[c], shared[c]);
+                            along += fz[c] * gz[c] * super::graph::slope_along(*f, gamma, y1, y2 - y1 * y1).powi(2);
+                        }
+                    }
+                    along /= g.n * g.n;
+                }
+                let factors: Vec<f64> = g
+                    .range
+                    .clone()
+                    .map(|c| {
+                        let y2 = g.channel(mu[c], sec[c], shared[c]).0;
+                        if d[c] > 0.0 {
+                            k2 * ((d[c] - mean_part - along * y2).max(0.0) / d[c])
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let part = range(&dz, g.range.start, g.range.end);
+                contrib.extend(split_by(&part, &factors).into_iter().map(|(s, f)| Seg { n: s.n, maps: vec![s.maps[0].scaled(f)] }));
+            }
+            send(grads, n.inputs[0], merge(contrib));
+            return Ok(());
+        }
         let mut at = 0;
         for (c, s) in aligned(&[&dz, &x]) {
             if !bn.training {
@@ -876,6 +990,12 @@ fn split_by(v: &Val, a: &[f64]) -> Vec<(Seg, f64)> {
         at += s.n;
     }
     out
+}
+
+/// The groups of a per-sample normalization: the paper analysis's, on the channels'
+/// means over positions and their shared parts.
+fn map_groups(x: &Val, shared: &[f64], groups: u64) -> Vec<super::graph::GroupStats> {
+    super::graph::group_stats_of(&channel_means(x, 0), &channel_means(x, 1), shared, groups)
 }
 
 /// Per channel, the mean over positions of map `m`.
@@ -996,7 +1116,20 @@ impl MapPasses {
                 (0..c_out).map(|c| ((mx[c].powi(2) + ax[c]) * (mg[c].powi(2) + ag[c]) - (mx[c] * mg[c]).powi(2)).max(0.0)).collect()
             }
             Op::BatchNorm(bn) => {
-                if bn.training {
+                if let Some(groups) = bn.groups {
+                    let gamma = p.bn_scale[&k];
+                    let x = self.get(n.inputs[0]);
+                    let a_in = &self.shared[input(0)];
+                    let mu = channel_means(x, 0);
+                    let sec = channel_means(x, 1);
+                    let mut out = Vec::with_capacity(c_out);
+                    for g in map_groups(x, a_in, groups) {
+                        for c in g.range.clone() {
+                            out.push(gamma * gamma * g.channel(mu[c], sec[c], a_in[c]).2);
+                        }
+                    }
+                    out
+                } else if bn.training {
                     vec![0.0; c_out]
                 } else {
                     let gamma = p.bn_scale[&k];

@@ -76,6 +76,9 @@ const OPS: &[(&str, OpFn, &[usize])] = &[
     ("Abs", unary, &[]),
     ("Sqrt", unary, &[]),
     ("BatchNormalization", batch_norm, &[1, 2, 3, 4]),
+    ("InstanceNormalization", instance_norm, &[1, 2]),
+    ("GroupNormalization", group_norm, &[1, 2]),
+    ("LayerNormalization", layer_norm, &[1, 2]),
     ("MaxPool", max_pool, &[]),
     ("AveragePool", average_pool, &[]),
     ("GlobalAveragePool", global_average_pool, &[]),
@@ -123,6 +126,9 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Gelu",
     "Erf",
     "BatchNormalization",
+    "InstanceNormalization (and GroupNorm as torch exports it)",
+    "GroupNormalization",
+    "LayerNormalization (over C, H, W)",
     "MaxPool",
     "AveragePool",
     "GlobalAveragePool",
@@ -194,6 +200,17 @@ struct Importer<'m> {
     /// Explicit zero padding, kept for the Conv that reads it.
     pads: HashMap<&'m str, (ValueId, Shape, [Pad; 2])>,
     grouped: HashMap<&'m str, Grouped>,
+    /// A data value reshaped to (N, G, −1) for a GroupNorm (torch exports GroupNorm as
+    /// InstanceNormalization over that view): (the image, its shape, G).
+    group_view: HashMap<&'m str, (ValueId, Shape, u64)>,
+    /// The InstanceNormalization of such a view, until the Reshape back: (the image, its
+    /// shape, G, ε).
+    group_norm: HashMap<&'m str, (ValueId, Shape, u64, f64)>,
+    /// Outputs of normalizations whose affine γ (`Some(false)`) or β (`Some(true)`) the
+    /// next per-channel Mul or Add supplies: the IR node index.
+    norm_affine: HashMap<&'m str, (usize, bool)>,
+    /// Which node makes each value (to name a folded constant after its initializer).
+    producers: HashMap<&'m str, &'m NodeProto>,
     nodes: Vec<ir::Node>,
     /// MatMul node index → (bias name, Add output name) when an Add adds its bias.
     matmul_bias: HashMap<usize, (&'m str, &'m str)>,
@@ -236,6 +253,10 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         pending: HashMap::new(),
         pads: HashMap::new(),
         grouped: HashMap::new(),
+        group_view: HashMap::new(),
+        group_norm: HashMap::new(),
+        norm_affine: HashMap::new(),
+        producers: graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect(),
         nodes: Vec::new(),
         matmul_bias,
         fused_adds,
@@ -737,7 +758,56 @@ impl<'m> Importer<'m> {
 
     /// Whether `name` is computed from the graph input.
     fn is_data(&self, name: &str) -> bool {
-        self.values.contains_key(name) || self.pending.contains_key(name) || self.pads.contains_key(name) || self.grouped.contains_key(name)
+        self.values.contains_key(name)
+            || self.pending.contains_key(name)
+            || self.pads.contains_key(name)
+            || self.grouped.contains_key(name)
+            || self.group_view.contains_key(name)
+            || self.group_norm.contains_key(name)
+    }
+
+    /// The initializer a folded constant was made from through shape-only ops
+    /// (Unsqueeze, Reshape, Identity, Cast, Squeeze: a GroupNorm's γ), or its own name.
+    fn source_name(&self, name: &'m str) -> &'m str {
+        let mut n = name;
+        for _ in 0..16 {
+            match self.producers.get(n) {
+                Some(p) if matches!(p.op_type(), "Unsqueeze" | "Reshape" | "Identity" | "Cast" | "Squeeze") && !p.input.is_empty() => {
+                    n = p.input[0].as_str();
+                }
+                _ => break,
+            }
+        }
+        n
+    }
+
+    /// A Mul (`shift` false) or Add (`shift` true) of a normalization's output by a
+    /// per-channel constant: its γ or β, absorbed into the node. Returns whether it was.
+    fn absorb_affine(&mut self, cx: &Cx<'m>, shift: bool) -> Result<bool, String> {
+        let (Some(a), Some(b)) = (cx.input(0), cx.input(1)) else { return Ok(false) };
+        let (data, constant) = if self.norm_affine.contains_key(a) { (a, b) } else { (b, a) };
+        let Some(&(node, awaiting_shift)) = self.norm_affine.get(data) else { return Ok(false) };
+        let Some(p) = self.params.get(constant) else { return Ok(false) };
+        let Op::BatchNorm(bn) = &self.nodes[node].op else { return Ok(false) };
+        let numel: i64 = p.dims.iter().product();
+        if awaiting_shift != shift || numel != bn.channels as i64 || p.dims.iter().filter(|&&d| d != 1).count() > 1 {
+            return Ok(false);
+        }
+        let name = self.source_name(constant).to_string();
+        let Op::BatchNorm(bn) = &mut self.nodes[node].op else { unreachable!("checked above") };
+        if shift {
+            bn.shift = name;
+        } else {
+            bn.scale = name;
+        }
+        let v = self.values[data];
+        let out = cx.output()?;
+        self.values.insert(out, v);
+        self.norm_affine.remove(data);
+        if !shift {
+            self.norm_affine.insert(out, (node, true));
+        }
+        Ok(true)
     }
 
     /// The data value called `name`, made an IR node first if it is pending.
@@ -1137,7 +1207,34 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         imp.push(cx, Op::Shuffle { groups: g.groups }, g.base, g.shape, None, cx.output()?)?;
         return Ok(());
     }
+    if let Some((x, shape, g, epsilon)) = cx.input(0).and_then(|n| imp.group_norm.get(n)).copied() {
+        // The Reshape back after a GroupNorm's InstanceNormalization.
+        let Shape::Image { c, h, w } = shape else { unreachable!("only images are viewed in groups") };
+        if !matches!(*target.as_slice(), [_, cc, hh, ww] if cc == c as i64 && hh == h as i64 && ww == w as i64) {
+            return Err(format!("a reshape of a GroupNorm's groups to {target:?}: expected the image's shape [N, {c}, {h}, {w}] back"));
+        }
+        let bn = BatchNorm {
+            channels: c,
+            epsilon,
+            training: true,
+            groups: Some(g),
+            scale: String::new(),
+            shift: String::new(),
+            affine: vec![c],
+        };
+        let out = cx.output()?;
+        imp.push(cx, Op::BatchNorm(bn), x, shape, None, out)?;
+        imp.norm_affine.insert(out, (imp.nodes.len() - 1, false));
+        return Ok(());
+    }
     let (x, shape) = imp.data_at(cx, 0)?;
+    if let (Shape::Image { c, h, w }, &[_, g, rest]) = (shape, target.as_slice()) {
+        // (N, G, −1): the view a GroupNorm normalizes.
+        if g > 0 && c as i64 % g == 0 && (rest == -1 || rest == (c as i64 / g) * (h * w) as i64) {
+            imp.group_view.insert(cx.output()?, (x, shape, g as u64));
+            return Ok(());
+        }
+    }
     if let (Shape::Image { c, h, w }, &[_, g, n, hh, ww]) = (shape, target.as_slice()) {
         if g > 0 && (n == -1 || g * n == c as i64) && c as i64 % g == 0 && hh == h as i64 && ww == w as i64 {
             imp.grouped.insert(cx.output()?, Grouped { base: x, shape, groups: g as u64, transposed: false });
@@ -1170,6 +1267,12 @@ fn transpose<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         Some(g) if perm == Some(&[0, 2, 1, 3, 4]) && !g.transposed => {
             imp.grouped.insert(cx.output()?, Grouped { transposed: true, ..g });
             Ok(())
+        }
+        _ if perm == Some(&[0, 2, 3, 1]) => {
+            imp.data_at(cx, 0)?;
+            Err("a transpose to channels-last (perm [0, 2, 3, 1], as before ConvNeXt's LayerNorm over the channels) is not supported yet: \
+                 cnnc takes LayerNormalization over (C, H, W) of an image"
+                .into())
         }
         _ => {
             imp.data_at(cx, 0)?;
@@ -1241,6 +1344,9 @@ fn add<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     if imp.fused_adds.contains(&cx.index) {
         return Ok(());
     }
+    if imp.absorb_affine(cx, true)? {
+        return Ok(());
+    }
     if cx.node.input.len() == 2 {
         if let Some(p) = arith(imp, cx, |a, b| Expr::Add(Box::new(a), Box::new(b)))? {
             return imp.pend(cx, p);
@@ -1300,6 +1406,9 @@ fn div<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 /// `Mul`: part of an element-wise function (x·sigmoid(x), x·0.5), or a gate: a value
 /// times another of the same shape or of shape (C, 1, 1) (squeeze-excitation).
 fn mul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    if imp.absorb_affine(cx, false)? {
+        return Ok(());
+    }
     if let Some(p) = arith(imp, cx, |a, b| Expr::Mul(Box::new(a), Box::new(b)))? {
         return imp.pend(cx, p);
     }
@@ -1416,8 +1525,133 @@ fn batch_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     }
     let training = cx.flag("training_mode")? || cx.node.output.iter().skip(1).any(|o| !o.is_empty());
     let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
-    let op = Op::BatchNorm(BatchNorm { channels: c, epsilon, training, scale: names[0].clone(), shift: names[1].clone() });
+    let op = Op::BatchNorm(BatchNorm::batch(c, epsilon, training, names[0].clone(), names[1].clone()));
     imp.push(cx, op, x, shape, None, cx.output()?)?;
+    Ok(())
+}
+
+/// `InstanceNormalization`: on an image, each sample's statistics per channel; on the
+/// (N, G, −1) view of a GroupNorm export, per group (the Reshape back makes the node).
+fn instance_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let epsilon = cx.float("epsilon", 1e-5)?;
+    if !(epsilon >= 0.0) {
+        return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
+    }
+    let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
+    if let Some((x, shape, g)) = cx.input(0).and_then(|n| imp.group_view.get(n)).copied() {
+        // The per-group scale and bias of this form are constants 1 and 0 (the module's γ
+        // and β follow as Mul and Add).
+        for (i, what, want) in [(1, "scale", 1.0), (2, "bias", 0.0)] {
+            let p = imp.constant(cx, i).ok_or_else(|| format!("the {what} of a GroupNorm's InstanceNormalization must be a constant"))?;
+            let ok = p.value.as_ref().is_some_and(|t| t.as_floats().iter().all(|&v| v == want));
+            if !ok {
+                return Err(format!(
+                    "the {what} of a GroupNorm's InstanceNormalization must be all {want} (the module's affine follows it)"
+                ));
+            }
+        }
+        imp.group_norm.insert(cx.output()?, (x, shape, g, epsilon));
+        return Ok(());
+    }
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let Shape::Image { c, .. } = shape else { return Err(format!("InstanceNormalization of a vector {shape}: it needs an image")) };
+    let mut names = Vec::new();
+    for (i, what) in [(1, "scale"), (2, "bias")] {
+        let (n, d) = cx.param(imp, i, what)?;
+        if d.iter().product::<u64>() != c {
+            return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}]"));
+        }
+        names.push(imp.source_name(n).to_string());
+    }
+    let bn = BatchNorm {
+        channels: c,
+        epsilon,
+        training: true,
+        groups: Some(c),
+        scale: names[0].clone(),
+        shift: names[1].clone(),
+        affine: vec![c],
+    };
+    imp.push(cx, Op::BatchNorm(bn), x, shape, None, cx.output()?)?;
+    Ok(())
+}
+
+/// `GroupNormalization` (opset 18): each sample's statistics over `num_groups` groups.
+fn group_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let Shape::Image { c, .. } = shape else { return Err(format!("GroupNormalization of a vector {shape}: it needs an image")) };
+    let g = cx.int("num_groups", 0)?;
+    if g <= 0 || c as i64 % g != 0 {
+        return Err(format!("attribute `num_groups` = {g} must divide the {c} channels"));
+    }
+    let epsilon = cx.float("epsilon", 1e-5)?;
+    if !(epsilon >= 0.0) {
+        return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
+    }
+    let mut names = Vec::new();
+    let mut affine = vec![c];
+    for (i, what) in [(1, "scale"), (2, "bias")] {
+        let (n, d) = cx.param(imp, i, what)?;
+        let numel = d.iter().product::<u64>();
+        if numel != c && numel != g as u64 {
+            return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}] (or [{g}], one per group)"));
+        }
+        affine = vec![numel];
+        names.push(imp.source_name(n).to_string());
+    }
+    let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
+    let bn = BatchNorm {
+        channels: c,
+        epsilon,
+        training: true,
+        groups: Some(g as u64),
+        scale: names[0].clone(),
+        shift: names[1].clone(),
+        affine,
+    };
+    imp.push(cx, Op::BatchNorm(bn), x, shape, None, cx.output()?)?;
+    Ok(())
+}
+
+/// `LayerNormalization` of an image over (C, H, W) (axis 1): each sample's statistics
+/// over all its elements, an element-wise γ and β. Over the channels alone (ConvNeXt's,
+/// after a Transpose to channels-last) is not supported yet.
+fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let Shape::Image { c, h, w } = shape else { return Err(format!("LayerNormalization of a vector {shape}: cnnc takes it on images")) };
+    let axis = cx.int("axis", -1)?;
+    if axis != 1 && axis != -3 {
+        return Err(format!(
+            "LayerNormalization over axis {axis} is not supported: only over (C, H, W) of an image (axis 1 or −3);              a LayerNorm over the channels at each position (ConvNeXt's, channels-last) is not yet"
+        ));
+    }
+    let epsilon = cx.float("epsilon", 1e-5)?;
+    if !(epsilon >= 0.0) {
+        return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
+    }
+    let mut names = Vec::new();
+    for (i, what) in [(1, "scale"), (2, "bias")] {
+        if cx.input(i).is_none() {
+            names.push(String::new());
+            continue;
+        }
+        let (n, d) = cx.param(imp, i, what)?;
+        if d.iter().product::<u64>() != c * h * w {
+            return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}, {h}, {w}]"));
+        }
+        names.push(imp.source_name(n).to_string());
+    }
+    let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
+    let bn = BatchNorm {
+        channels: c,
+        epsilon,
+        training: true,
+        groups: Some(1),
+        scale: names[0].clone(),
+        shift: names[1].clone(),
+        affine: vec![c, h, w],
+    };
+    imp.push(cx, Op::BatchNorm(bn), x, shape, None, cx.output()?)?;
     Ok(())
 }
 
