@@ -965,17 +965,6 @@ impl MapPasses {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_op_kind_has_map_rules() {
-        for op in crate::analyze::graph::tests::every_op() {
-            let _ = super::map_rules(&op);
-        }
-        assert_eq!(super::MAP_RULES.len(), crate::analyze::graph::tests::every_op().len());
-    }
-}
-
 /// The segments of `v` cut where the per-channel `a` changes, each with its value of `a`.
 fn split_by(v: &Val, a: &[f64]) -> Vec<(Seg, f64)> {
     let mut out = Vec::new();
@@ -1185,4 +1174,15 @@ fn block_sum(p: &Plane, s: [u64; 2]) -> Plane {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_op_kind_has_map_rules() {
+        for op in crate::analyze::graph::tests::every_op() {
+            let _ = super::map_rules(&op);
+        }
+        assert_eq!(super::MAP_RULES.len(), crate::analyze::graph::tests::every_op().len());
+    }
 }

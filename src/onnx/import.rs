@@ -1534,7 +1534,7 @@ fn batch_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 /// (N, G, −1) view of a GroupNorm export, per group (the Reshape back makes the node).
 fn instance_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let epsilon = cx.float("epsilon", 1e-5)?;
-    if !(epsilon >= 0.0) {
+    if epsilon.is_nan() || epsilon < 0.0 {
         return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
     }
     let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
@@ -1585,7 +1585,7 @@ fn group_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         return Err(format!("attribute `num_groups` = {g} must divide the {c} channels"));
     }
     let epsilon = cx.float("epsilon", 1e-5)?;
-    if !(epsilon >= 0.0) {
+    if epsilon.is_nan() || epsilon < 0.0 {
         return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
     }
     let mut names = Vec::new();
@@ -1626,7 +1626,7 @@ fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         ));
     }
     let epsilon = cx.float("epsilon", 1e-5)?;
-    if !(epsilon >= 0.0) {
+    if epsilon.is_nan() || epsilon < 0.0 {
         return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
     }
     let mut names = Vec::new();
