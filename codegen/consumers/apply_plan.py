@@ -206,7 +206,7 @@ def match_batch_norms(model, plan, skipped=None):
             if n in params:
                 shape = list(params[n].shape)
                 # [channels], or a LayerNorm's element-wise [C, H, W]: the entry's shape.
-                if shape != list(p.get("shape", [e["channels"]])):
+                if shape[:1] != [e["channels"]] or shape != list(p.get("shape", [e["channels"]])):
                     raise PlanMismatch("plan batch norm %r: %s %r has %d channels (shape %s), model parameter %r %s" % (e["name"], role, n, e["channels"], p.get("shape"), n, shape))
                 names.append(n)
                 continue
