@@ -497,25 +497,24 @@ fn kappa(w: &unify::Weight, eps: u64) -> f64 {
 /// m̄ = Σ_t w_t f_t (μ + m) (the padding reads 0), so E[m̄²] = σ² Σ_t f_t² (μ² + A) —
 /// Σ_t f_t (κ) where every tap is real everywhere, less on small padded maps.
 fn shared_taps(a: &crate::index::Axis) -> f64 {
+    tap_counts(a).iter().map(|c| (c / a.output as f64).powi(2)).sum()
+}
+
+/// Per tap of one axis, the output positions where it reads real input.
+fn tap_counts(a: &crate::index::Axis) -> Vec<f64> {
     let mut count = vec![0.0; a.kernel as usize];
     for o in 0..a.output {
         for k in a.taps(o) {
             count[k as usize] += 1.0;
         }
     }
-    count.iter().map(|c| (c / a.output as f64).powi(2)).sum()
+    count
 }
 
 /// Σ_k (c_k / input)² over the taps of one axis, c_k the output positions where tap k
 /// reads real input: the backward counterpart of [`shared_taps`].
 fn shared_taps_back(a: &crate::index::Axis) -> f64 {
-    let mut count = vec![0.0; a.kernel as usize];
-    for o in 0..a.output {
-        for k in a.taps(o) {
-            count[k as usize] += 1.0;
-        }
-    }
-    count.iter().map(|c| (c / a.input as f64).powi(2)).sum()
+    tap_counts(a).iter().map(|c| (c / a.input as f64).powi(2)).sum()
 }
 
 /// ρ of a weight node: E[δz_c²] = σ² ρ Σ_{o ∈ group(c)} E[δu_o²].
@@ -704,10 +703,22 @@ fn backward(
     opts: &GraphOptions,
     choose: bool,
 ) -> Result<Vec<Vec<f64>>, AnalysisError> {
+    Ok(backward_pass(cx, stats, p, opts, choose, has_group_norm(cx.g))?.0)
+}
+
+/// The backward pass: the gradients, and the parts of them a sample shares
+/// (`track_shared`; all zero otherwise).
+fn backward_pass(
+    cx: &Cx<'_>,
+    stats: &[Option<Stat>],
+    p: &mut Params,
+    opts: &GraphOptions,
+    choose: bool,
+    track_shared: bool,
+) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), AnalysisError> {
     let g = cx.g;
     let grads: Vec<Vec<f64>> = (0..=g.nodes.len()).map(|v| vec![0.0; channels(g.shape(ValueId(v))) as usize]).collect();
     let shared = grads.clone();
-    let track_shared = has_group_norm(g);
     let mut b = Bwd { cx, p, opts, choose, stats, grads, shared, track_shared, memo: HashMap::new() };
     let last = g.nodes.len();
     b.grads[last].iter_mut().for_each(|x| *x = 1.0);
@@ -720,7 +731,8 @@ fn backward(
         (rules(&n.op).1)(&mut b, k, &dz)?;
         b.grads[k + 1] = dz;
     }
-    Ok(b.grads)
+    let shared = (0..=last).map(|v| b.shared_of(v, &b.grads[v])).collect();
+    Ok((b.grads, shared))
 }
 
 /// Per value and channel, the fraction of the gradient's second moment that every
@@ -734,26 +746,11 @@ pub(super) fn shared_fractions(
     opts: &GraphOptions,
 ) -> Result<Vec<Vec<f64>>, AnalysisError> {
     let stats: Vec<Option<Stat>> = stats.into_iter().map(|(mean, second, offset)| Some(Stat { mean, second, offset })).collect();
-    let g = cx.g;
-    let grads: Vec<Vec<f64>> = (0..=g.nodes.len()).map(|v| vec![0.0; channels(g.shape(ValueId(v))) as usize]).collect();
-    let shared = grads.clone();
-    let mut b = Bwd { cx, p, opts, choose: false, stats: &stats, grads, shared, track_shared: true, memo: HashMap::new() };
-    let last = g.nodes.len();
-    b.grads[last].iter_mut().for_each(|x| *x = 1.0);
-    let fused_acts: HashSet<usize> = cx.fused.values().copied().collect();
-    for (k, n) in g.nodes.iter().enumerate().rev() {
-        if fused_acts.contains(&k) {
-            continue;
-        }
-        let dz = std::mem::take(&mut b.grads[k + 1]);
-        (rules(&n.op).1)(&mut b, k, &dz)?;
-        b.grads[k + 1] = dz;
-    }
-    Ok((0..=last)
-        .map(|v| {
-            let full = &b.grads[v];
-            b.shared_of(v, full).iter().zip(full).map(|(s, f)| if *f > 0.0 { (s / f).min(1.0) } else { 0.0 }).collect()
-        })
+    let (grads, shared) = backward_pass(cx, &stats, p, opts, false, true)?;
+    Ok(grads
+        .iter()
+        .zip(&shared)
+        .map(|(full, part)| part.iter().zip(full).map(|(s, f)| if *f > 0.0 { (s / f).min(1.0) } else { 0.0 }).collect())
         .collect())
 }
 

@@ -1519,25 +1519,27 @@ fn batch_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         }
         names.push(n.to_string());
     }
-    let epsilon = cx.float("epsilon", 1e-5)?;
-    if epsilon < 0.0 {
-        return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
-    }
+    let epsilon = norm_epsilon(cx)?;
     let training = cx.flag("training_mode")? || cx.node.output.iter().skip(1).any(|o| !o.is_empty());
-    let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
     let op = Op::BatchNorm(BatchNorm::batch(c, epsilon, training, names[0].clone(), names[1].clone()));
     imp.push(cx, op, x, shape, None, cx.output()?)?;
     Ok(())
 }
 
-/// `InstanceNormalization`: on an image, each sample's statistics per channel; on the
-/// (N, G, −1) view of a GroupNorm export, per group (the Reshape back makes the node).
-fn instance_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+/// A normalization's `epsilon` (default 1e-5), not negative, as the shortest decimal that
+/// reads back as the f32 the model stores.
+fn norm_epsilon(cx: &Cx<'_>) -> Result<f64, String> {
     let epsilon = cx.float("epsilon", 1e-5)?;
     if epsilon.is_nan() || epsilon < 0.0 {
         return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
     }
-    let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
+    Ok(epsilon.to_string().parse().unwrap_or(epsilon as f64))
+}
+
+/// `InstanceNormalization`: on an image, each sample's statistics per channel; on the
+/// (N, G, −1) view of a GroupNorm export, per group (the Reshape back makes the node).
+fn instance_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let epsilon = norm_epsilon(cx)?;
     if let Some((x, shape, g)) = cx.input(0).and_then(|n| imp.group_view.get(n)).copied() {
         // The per-group scale and bias of this form are constants 1 and 0 (the module's γ
         // and β follow as Mul and Add).
@@ -1584,10 +1586,7 @@ fn group_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     if g <= 0 || c as i64 % g != 0 {
         return Err(format!("attribute `num_groups` = {g} must divide the {c} channels"));
     }
-    let epsilon = cx.float("epsilon", 1e-5)?;
-    if epsilon.is_nan() || epsilon < 0.0 {
-        return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
-    }
+    let epsilon = norm_epsilon(cx)?;
     let mut names = Vec::new();
     let mut affine = vec![c];
     for (i, what) in [(1, "scale"), (2, "bias")] {
@@ -1599,7 +1598,6 @@ fn group_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         affine = vec![numel];
         names.push(imp.source_name(n).to_string());
     }
-    let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
     let bn = BatchNorm {
         channels: c,
         epsilon,
@@ -1625,10 +1623,7 @@ fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
             "LayerNormalization over axis {axis} is not supported: only over (C, H, W) of an image (axis 1 or −3);              a LayerNorm over the channels at each position (ConvNeXt's, channels-last) is not yet"
         ));
     }
-    let epsilon = cx.float("epsilon", 1e-5)?;
-    if epsilon.is_nan() || epsilon < 0.0 {
-        return Err(format!("attribute `epsilon` = {epsilon} must not be negative"));
-    }
+    let epsilon = norm_epsilon(cx)?;
     let mut names = Vec::new();
     for (i, what) in [(1, "scale"), (2, "bias")] {
         if cx.input(i).is_none() {
@@ -1641,7 +1636,6 @@ fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         }
         names.push(imp.source_name(n).to_string());
     }
-    let epsilon: f64 = epsilon.to_string().parse().unwrap_or(epsilon as f64);
     let bn = BatchNorm {
         channels: c,
         epsilon,
