@@ -1242,6 +1242,31 @@ fn group_instance_and_layer_norms_import_as_per_sample_normalizations() {
     .unwrap();
     let b = bn_of(&g, 1);
     assert_eq!((b.groups, b.scale.as_str(), b.shift.as_str(), b.affine.clone()), (Some(2), "gn.weight", "gn.bias", vec![4]));
+    // The same with γ and β stripped of their values (an export without weights).
+    let stripped = |w: &str, b: &str| {
+        stem(
+            vec![
+                node("r1", "Reshape", &["c", "to_groups"], &["v"], vec![]),
+                node("in", "InstanceNormalization", &["v", "ones", "zeros"], &["n"], vec![]),
+                node("shape", "Shape", &["c"], &["s"], vec![]),
+                node("r2", "Reshape", &["n", "s"], &["back"], vec![]),
+                node("u1", "Unsqueeze", &[w, "axes"], &["gw"], vec![]),
+                node("mul", "Mul", &["back", "gw"], &["scaled"], vec![]),
+                node("u2", "Unsqueeze", &[b, "axes"], &["gb"], vec![]),
+                node("add", "Add", &["scaled", "gb"], &["y"], vec![]),
+            ],
+            vec![
+                int64s("to_groups", &[1, 2, -1]),
+                float_init("ones", &[2], vec![1.0, 1.0]),
+                float_init("zeros", &[2], vec![0.0, 0.0]),
+                init(w, &[4]),
+                init(b, &[4]),
+                int64s("axes", &[1, 2]),
+            ],
+        )
+    };
+    let gs = stripped("gn.weight", "gn.bias").unwrap();
+    assert_eq!((bn_of(&gs, 1).scale.as_str(), bn_of(&gs, 1).shift.as_str(), gs.nodes.len()), ("gn.weight", "gn.bias", 2));
     assert_eq!(b.mode(), "group:2");
     assert!(
         matches!(g.nodes[2].op, Op::Activation(_)) && g.nodes.len() == 3,

@@ -72,7 +72,8 @@ import torchvision
 from torchvision.ops import StochasticDepth
 
 MODELS = ("resnet18_nobn", "mobilenet_v2_nobn", "efficientnet_b0_nobn",
-          "resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0")
+          "resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0",
+          "resnet18_gn", "resnet50_gn")
 OPSET = 17
 STRIP_OVER = 16  # --export: initializers with more elements than this lose their payload
 IN_BAND = (0.8, 1.25)
@@ -86,10 +87,12 @@ def die(msg):
 def build(name):
     if name not in MODELS:
         die(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    base = name[:-len("_nobn")] if name.endswith("_nobn") else name
+    base = name.rsplit("_", 1)[0] if name.endswith(("_nobn", "_gn")) else name
     kwargs = {"weights": None}
     if name.endswith("_nobn"):
         kwargs["norm_layer"] = lambda c: nn.Identity()
+    if name.endswith("_gn"):
+        kwargs["norm_layer"] = lambda c: nn.GroupNorm(32, c)  # each sample's statistics
     model = getattr(torchvision.models, base)(**kwargs)
     for m in model.modules():
         if isinstance(m, (nn.Dropout, StochasticDepth)):
@@ -192,7 +195,7 @@ def export_onnx(model, path, size, keep_weights):
     inits = {t.name for t in m.graph.initializer}
     want = list(weight_modules(model))
     for mname, mod in model.named_modules():
-        if isinstance(mod, nn.BatchNorm2d):
+        if isinstance(mod, (nn.BatchNorm2d, nn.GroupNorm)):
             want += [f"{mname}.weight", f"{mname}.bias"]
     missing = [k for k in want if k not in inits]
     if missing:

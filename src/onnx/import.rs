@@ -893,6 +893,24 @@ impl<'m> Importer<'m> {
                 }
             }
         }
+        // Unsqueeze of a small weight whose values are not loaded (a GroupNorm's γ in a
+        // stripped export): its dims, from the op on zeros of the weight's dims.
+        if cx.op == "Unsqueeze" {
+            if let Some(p) = names.first().copied().flatten().and_then(|n| self.params.get(n)) {
+                let numel = p.dims.iter().try_fold(1u64, |a, &d| u64::try_from(d).ok().and_then(|d| a.checked_mul(d)));
+                if let (None, Some(n @ 0..=65536)) = (&p.value, numel) {
+                    let zeros = Tensor::floats(p.dims.iter().map(|&d| d as u64).collect(), vec![0.0; n as usize]);
+                    let rest: Vec<Option<&Tensor>> =
+                        names[1..].iter().map(|n| n.and_then(|n| self.params.get(n)).and_then(|p| p.value.as_ref())).collect();
+                    let mut inputs = vec![Some(&zeros)];
+                    inputs.extend(rest);
+                    let out = consts::eval(cx.node, &inputs)?;
+                    let dims = out.dims.iter().map(|&d| d as i64).collect();
+                    self.params.insert(cx.output()?.to_string(), Param { dims, value: None });
+                    return Ok(true);
+                }
+            }
+        }
         let mut inputs: Vec<Option<&Tensor>> = Vec::with_capacity(names.len());
         for n in &names {
             match n {
