@@ -129,36 +129,7 @@ fn forward(g: &Graph, weights: &[Option<Vec<f64>>], x: T) -> Vec<T> {
         match &n.op {
             Op::Conv(cv) => {
                 let wt = weights[vals.len() - 1].as_ref().expect("a weight");
-                let (k, p) = (cv.kernel[0] as usize, cv.pad[0].begin as i64);
-                let (cin_g, cout_g) = ((cv.in_channels / cv.groups) as usize, (cv.out_channels / cv.groups) as usize);
-                for s in 0..a.n {
-                    for o in 0..c {
-                        let gi = o / cout_g;
-                        for y in 0..h {
-                            for x in 0..w {
-                                let mut acc = 0.0;
-                                for ci in 0..cin_g {
-                                    let ic = gi * cin_g + ci;
-                                    for ky in 0..k {
-                                        let iy = y as i64 + ky as i64 - p;
-                                        if iy < 0 || iy >= a.h as i64 {
-                                            continue;
-                                        }
-                                        for kx in 0..k {
-                                            let ix = x as i64 + kx as i64 - p;
-                                            if ix < 0 || ix >= a.w as i64 {
-                                                continue;
-                                            }
-                                            acc += wt[((o * cin_g + ci) * k + ky) * k + kx] * a.d[a.at(s, ic, iy as usize, ix as usize)];
-                                        }
-                                    }
-                                }
-                                let i = out.at(s, o, y, x);
-                                out.d[i] = acc;
-                            }
-                        }
-                    }
-                }
+                conv_taps(a, cv, (c, h, w), |o, i, t| out.d[o] += wt[t] * a.d[i]);
             }
             Op::Linear(l) => {
                 let wt = weights[vals.len() - 1].as_ref().expect("a weight");
@@ -244,35 +215,7 @@ fn backward(g: &Graph, weights: &[Option<Vec<f64>>], vals: &[T], grad: T) -> Vec
         match &n.op {
             Op::Conv(cv) => {
                 let wt = weights[k].as_ref().expect("a weight");
-                let (kk, p) = (cv.kernel[0] as usize, cv.pad[0].begin as i64);
-                let (cin_g, cout_g) = ((cv.in_channels / cv.groups) as usize, (cv.out_channels / cv.groups) as usize);
-                for s in 0..a.n {
-                    for o in 0..c {
-                        let gi = o / cout_g;
-                        for y in 0..h {
-                            for x in 0..w {
-                                let d = dy.d[dy.at(s, o, y, x)];
-                                for ci in 0..cin_g {
-                                    let ic = gi * cin_g + ci;
-                                    for ky in 0..kk {
-                                        let iy = y as i64 + ky as i64 - p;
-                                        if iy < 0 || iy >= a.h as i64 {
-                                            continue;
-                                        }
-                                        for kx in 0..kk {
-                                            let ix = x as i64 + kx as i64 - p;
-                                            if ix < 0 || ix >= a.w as i64 {
-                                                continue;
-                                            }
-                                            let i = da.at(s, ic, iy as usize, ix as usize);
-                                            da.d[i] += wt[((o * cin_g + ci) * kk + ky) * kk + kx] * d;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+                conv_taps(a, cv, (c, h, w), |o, i, t| da.d[i] += wt[t] * dy.d[o]);
             }
             Op::Linear(l) => {
                 let wt = weights[k].as_ref().expect("a weight");
@@ -393,6 +336,39 @@ fn norm_sets(a: &T, bn: &BatchNorm) -> Vec<Vec<usize>> {
                     })
                 })
                 .collect()
+        }
+    }
+}
+
+/// Every (output element, input element, weight index) of a stride-1 conv of `a` with
+/// output dims (c, h, w), padding taps skipped: the forward and backward loops share it.
+fn conv_taps(a: &T, cv: &Conv, (c, h, w): (usize, usize, usize), mut f: impl FnMut(usize, usize, usize)) {
+    let (k, p) = (cv.kernel[0] as usize, cv.pad[0].begin as i64);
+    let (cin_g, cout_g) = ((cv.in_channels / cv.groups) as usize, (cv.out_channels / cv.groups) as usize);
+    let out_at = |s: usize, o: usize, y: usize, x: usize| ((s * c + o) * h + y) * w + x;
+    for s in 0..a.n {
+        for o in 0..c {
+            let gi = o / cout_g;
+            for y in 0..h {
+                for x in 0..w {
+                    for ci in 0..cin_g {
+                        for ky in 0..k {
+                            let iy = y as i64 + ky as i64 - p;
+                            for kx in 0..k {
+                                let ix = x as i64 + kx as i64 - p;
+                                if iy < 0 || iy >= a.h as i64 || ix < 0 || ix >= a.w as i64 {
+                                    continue;
+                                }
+                                f(
+                                    out_at(s, o, y, x),
+                                    a.at(s, gi * cin_g + ci, iy as usize, ix as usize),
+                                    ((o * cin_g + ci) * k + ky) * k + kx,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -496,7 +496,7 @@ fn kappa(w: &unify::Weight, eps: u64) -> f64 {
 /// reads real input: a channel's offset over the positions of a conv's output is
 /// m̄ = Σ_t w_t f_t (μ + m) (the padding reads 0), so E[m̄²] = σ² Σ_t f_t² (μ² + A) —
 /// Σ_t f_t (κ) where every tap is real everywhere, less on small padded maps.
-fn shared_taps(a: &crate::index::Axis) -> f64 {
+pub(super) fn shared_taps(a: &crate::index::Axis) -> f64 {
     tap_counts(a).iter().map(|c| (c / a.output as f64).powi(2)).sum()
 }
 

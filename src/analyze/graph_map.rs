@@ -1015,18 +1015,9 @@ impl MapPasses {
                 let a_in = &self.shared[input(0)];
                 let (kh, kw) = (geo.h.kernel as usize, geo.w.kernel as usize);
                 let p_out = (geo.h.output * geo.w.output) as f64;
-                // f_t: per tap, the fraction of output positions where it reads real input.
-                let mut count = vec![0.0; kh * kw];
-                for oy in 0..geo.h.output {
-                    for ox in 0..geo.w.output {
-                        for ky in geo.h.taps(oy) {
-                            for kx in geo.w.taps(ox) {
-                                count[ky as usize * kw + kx as usize] += 1.0;
-                            }
-                        }
-                    }
-                }
-                let f2: f64 = count.iter().map(|c| (c / p_out).powi(2)).sum();
+                // Σ_t f_t² (f_t: the fraction of output positions where tap t reads real
+                // input), separable per axis.
+                let f2 = super::graph::shared_taps(&geo.h) * super::graph::shared_taps(&geo.w);
                 // Per input channel: Σ_t M_{c,t}² + f_t² E[m_c²].
                 let mut per_in = Vec::with_capacity(a_in.len());
                 for s in x {
