@@ -111,6 +111,9 @@ pub struct Node {
 pub struct ParamNames {
     pub weight: String,
     pub bias: Option<String>,
+    /// The stored weight's shape where it is not the op's own: a Linear applied at each
+    /// position of a channels-last image is a 1×1 conv here, its weight [out, in].
+    pub shape: Option<Vec<u64>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -162,6 +165,9 @@ pub struct BatchNorm {
     /// `Some(g)`: each sample's statistics over each of g groups of C/g channels and all
     /// positions — GroupNorm; InstanceNorm is g = C, a LayerNorm over (C, H, W) g = 1.
     pub groups: Option<u64>,
+    /// With `groups` = Some(1): the statistics of each sample at each position, over the
+    /// channels alone (a LayerNorm over the last axis of a channels-last view: ConvNeXt's).
+    pub per_position: bool,
     /// Initializer names of γ and β (empty: the normalization has no affine parameters).
     pub scale: String,
     pub shift: String,
@@ -172,7 +178,7 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// A BatchNorm over `channels` (γ and β of shape [C]).
     pub fn batch(channels: u64, epsilon: f64, training: bool, scale: String, shift: String) -> BatchNorm {
-        BatchNorm { channels, epsilon, training, groups: None, scale, shift, affine: vec![channels] }
+        BatchNorm { channels, epsilon, training, groups: None, per_position: false, scale, shift, affine: vec![channels] }
     }
     /// Whether it normalizes with statistics of the data it sees (batch or per sample), so
     /// that whatever scale comes in, its output has the same (a scale-invariant input).
@@ -180,8 +186,15 @@ impl BatchNorm {
         self.training || self.groups.is_some()
     }
     /// The plan's name for its statistics: "training", "inference", "instance",
-    /// "layer" or "group:G".
+    /// "layer", "layer:channels", "group:G", or "scale" (a per-channel parameter and
+    /// nothing else: ConvNeXt's layer scale, ε 0 and no shift).
     pub fn mode(&self) -> String {
+        if self.per_position {
+            return "layer:channels".into();
+        }
+        if !self.training && self.groups.is_none() && self.epsilon == 0.0 && self.shift.is_empty() {
+            return "scale".into();
+        }
         match self.groups {
             None if self.training => "training".into(),
             None => "inference".into(),

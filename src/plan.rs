@@ -58,9 +58,10 @@ pub struct Plan {
 pub struct PlanBatchNorm {
     /// The node's name.
     pub name: String,
-    /// "training" (batch statistics), "inference" (running statistics), or a
-    /// normalization with each sample's statistics: "instance", "layer" (over C, H, W),
-    /// "group:G" (G groups of channels).
+    /// "training" (batch statistics), "inference" (running statistics), a normalization
+    /// with each sample's statistics: "instance", "layer" (over C, H, W), "group:G" (G
+    /// groups of channels), "layer:channels" (over the channels at each position,
+    /// ConvNeXt's); or "scale", a per-channel parameter alone (ConvNeXt's layer scale).
     pub mode: String,
     pub channels: u64,
     pub epsilon: f64,

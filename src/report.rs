@@ -41,6 +41,7 @@ pub fn graph_table(g: &Graph) -> String {
             Op::BatchNorm(b) => format!(
                 "{} {} eps {} ({})",
                 match b.groups {
+                    Some(1) if b.per_position => "layernorm over channels".to_string(),
                     None => "batchnorm".to_string(),
                     Some(g) if g == b.channels && g > 1 => "instancenorm".to_string(),
                     Some(1) => "layernorm".to_string(),
@@ -49,6 +50,7 @@ pub fn graph_table(g: &Graph) -> String {
                 b.channels,
                 b.epsilon,
                 match b.groups {
+                    Some(_) if b.per_position => "per-position statistics",
                     Some(_) => "per-sample statistics",
                     None if b.training => "batch statistics",
                     None => "running statistics",

@@ -212,7 +212,11 @@ pub(crate) fn weight(node: &ir::Node, input: Shape) -> Weight {
                 module: node.name.clone(),
                 weight_param,
                 bias_param: if conv.bias { bias_param } else { None },
-                weight_shape: vec![conv.out_channels, conv.in_channels / conv.groups, conv.kernel[0], conv.kernel[1]],
+                weight_shape: node
+                    .params
+                    .as_ref()
+                    .and_then(|p| p.shape.clone())
+                    .unwrap_or_else(|| vec![conv.out_channels, conv.in_channels / conv.groups, conv.kernel[0], conv.kernel[1]]),
                 geometry: ConvGeometry {
                     in_channels: c,
                     out_channels: conv.out_channels,

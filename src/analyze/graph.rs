@@ -1229,6 +1229,18 @@ fn batch_norm_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> 
     let n = &f.cx.g.nodes[k];
     let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
     let gamma = f.p.bn_scale[&k];
+    if bn.per_position {
+        let x = f.input(n.inputs[0]);
+        let st = PerPosition::of(&x.mean, &x.second, &x.offset);
+        let mut out = Stat { mean: Vec::new(), second: Vec::new(), offset: Vec::new() };
+        for c in 0..x.mean.len() {
+            let (m2, m1, a) = st.channel(x.mean[c], x.second[c], x.offset[c]);
+            out.mean.push(gamma * m1);
+            out.second.push(gamma * gamma * m2);
+            out.offset.push(gamma * gamma * a);
+        }
+        return Ok(out);
+    }
     if let Some(groups) = bn.groups {
         let x = f.input(n.inputs[0]);
         let mut out = Stat { mean: Vec::new(), second: Vec::new(), offset: Vec::new() };
@@ -1264,6 +1276,14 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
     let (cx, stats) = (b.cx, b.stats);
     let x = cx.input_stat(stats, n.inputs[0]);
     let gs = b.shared_of(k + 1, dz);
+    if bn.per_position {
+        let st = PerPosition::of(&x.mean, &x.second, &x.offset);
+        let y2: Vec<f64> = (0..dz.len()).map(|c| st.channel(x.mean[c], x.second[c], x.offset[c]).0).collect();
+        let (out, out_shared) = per_position_backward(st.var, gamma, &y2, dz, &gs);
+        b.send(n.inputs[0], &out);
+        b.send_shared(n.inputs[0], &out_shared);
+        return Ok(());
+    }
     if let Some(groups) = bn.groups {
         // δx = (γ/σ)(δy − mean(δy) − x̂ mean(δy x̂)) over each sample's group: the mean
         // removes the shared parts (1/n² of their sum), the second term what lies along
@@ -1329,6 +1349,71 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
     };
     b.send(n.inputs[0], &contrib);
     Ok(())
+}
+
+/// The statistics of a LayerNorm over the channels at each position (n channels): the
+/// mean over the channels removes μ̄ and 1/n of every channel's variance V_c = E[x_c²] −
+/// μ_c² (nothing is averaged over positions), so the variance it sees is E[s²] = s̄ − μ̄² −
+/// V̄/n; each channel keeps its offset less 2/n of it, plus Ā/n.
+pub(super) struct PerPosition {
+    n: f64,
+    mean: f64,
+    total: f64,
+    offset: f64,
+    pub(super) var: f64,
+}
+
+impl PerPosition {
+    pub(super) fn of(mean: &[f64], second: &[f64], offset: &[f64]) -> PerPosition {
+        let n = mean.len() as f64;
+        let (m, s, a) = (avg(mean), avg(second), avg(offset));
+        let total = avg(&mean.iter().zip(second).map(|(m, s)| s - m * m).collect::<Vec<_>>());
+        PerPosition { n, mean: m, total, offset: a, var: s - m * m - total / n }
+    }
+    /// A channel after the normalization (γ = 1): (E[y²], E[y], offset variance) from its
+    /// mean μ, second moment s and offset A.
+    pub(super) fn channel(&self, mu: f64, s: f64, a: f64) -> (f64, f64, f64) {
+        if self.var <= 0.0 {
+            return (0.0, 0.0, 0.0);
+        }
+        let v = s - mu * mu;
+        let second = (s - 2.0 * mu * self.mean - 2.0 * v / self.n + self.mean * self.mean + self.total / self.n).max(0.0);
+        let shared = (a * (1.0 - 2.0 / self.n) + self.offset / self.n).max(0.0);
+        (second / self.var, (mu - self.mean) / self.var.sqrt(), shared / self.var)
+    }
+}
+
+/// A LayerNorm over the channels at each position (statistics over n channels, variance
+/// `var`): δx = (γ/σ)(δy − m − x̂ a), m = mean_c δy, a = mean_c δy x̂ at one position.
+/// With the channels' gradients independent of each other and of x̂ (they come through
+/// the weights of the layer that reads the output), E[δx_c²] = γ²/σ² (E[δy_c²](1 − 2/n −
+/// 2 y2_c/n) + Σ E[δy²]/n² + y2_c Σ E[δy²] y2/n²), y2_c = E[x̂_c²]. The part a sample shares
+/// over its positions loses its channel mean: (1 − 2/n) of its own and 1/n² of their sum.
+/// 1/σ² is taken at its mean over the draws of one position's n channels, not at its
+/// mean's inverse: s² = var·χ²_{n−1}/(n − 1) for Gaussian channels, so E[1/s²] =
+/// (1/var)(n − 1)/(n − 3) (10 % at 24 channels, 2 % at ConvNeXt's 96).
+/// Returns (E[δx²], its shared part) per channel.
+pub(super) fn per_position_backward(var: f64, gamma: f64, y2: &[f64], dz: &[f64], gs: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let n = dz.len() as f64;
+    let k2 = per_position_gain(var, gamma, n);
+    let sum: f64 = dz.iter().sum::<f64>() / (n * n);
+    let along: f64 = dz.iter().zip(y2).map(|(d, y)| d * y).sum::<f64>() / (n * n);
+    let shared_sum: f64 = gs.iter().sum::<f64>() / (n * n);
+    let out = dz.iter().zip(y2).map(|(d, y)| (d * (1.0 - 2.0 / n - 2.0 * y / n) + sum + y * along).max(0.0) * k2).collect();
+    let shared = gs.iter().map(|d| (d * (1.0 - 2.0 / n) + shared_sum).max(0.0) * k2).collect();
+    (out, shared)
+}
+
+/// E[γ²/s²] for a per-position LayerNorm over n channels of variance `var` (see
+/// [`per_position_backward`]).
+pub(super) fn per_position_gain(var: f64, gamma: f64, n: f64) -> f64 {
+    if var > 0.0 && n > 3.0 {
+        gamma * gamma / var * (n - 1.0) / (n - 3.0)
+    } else if var > 0.0 {
+        gamma * gamma / var
+    } else {
+        0.0
+    }
 }
 
 /// One group of a normalization with each sample's statistics (GroupNorm, InstanceNorm,

@@ -629,6 +629,23 @@ impl MapPasses {
         let n = &r.cx.g.nodes[k];
         let x = self.get(n.inputs[0]).clone();
         let Op::BatchNorm(bn) = &n.op else { unreachable!("the batchnorm rule") };
+        if bn.per_position {
+            let gamma = p.bn_scale[&k];
+            let shared = &self.shared[n.inputs[0].0];
+            let stats = per_position_stats(&x, shared);
+            let mut out = Vec::new();
+            for (seg, a) in split_by(&x, shared) {
+                let (mu, sec) = (&seg.maps[0], &seg.maps[1]);
+                let (mut m1, mut m2) = (mu.clone(), sec.clone());
+                for (i, st) in stats.iter().enumerate() {
+                    let (y2, y1, _) = st.channel(mu.d[i], sec.d[i], a);
+                    m1.d[i] = gamma * y1;
+                    m2.d[i] = gamma * gamma * y2;
+                }
+                out.push(Seg { n: seg.n, maps: vec![m1, m2] });
+            }
+            return Ok(merge(out));
+        }
         if let Some(groups) = bn.groups {
             let gamma = p.bn_scale[&k];
             let shared = &self.shared[n.inputs[0].0];
@@ -859,6 +876,32 @@ impl MapPasses {
         let gamma = p.bn_scale[&k];
         let shared = &self.shared[n.inputs[0].0];
         let mut contrib = Vec::new();
+        if bn.per_position {
+            // Per position, the paper analysis's rule over the channels there.
+            let stats = per_position_stats(&x, shared);
+            let (xc, dc) = (per_channel(&x), per_channel(&dz));
+            let nn = xc.len() as f64;
+            let y2: Vec<Vec<f64>> = xc
+                .iter()
+                .zip(shared)
+                .map(|(s, &a)| stats.iter().enumerate().map(|(i, st)| st.channel(s.maps[0].d[i], s.maps[1].d[i], a).0).collect())
+                .collect();
+            let cells = stats.len();
+            let sum: Vec<f64> = (0..cells).map(|i| dc.iter().map(|d| d.maps[0].d[i]).sum::<f64>() / (nn * nn)).collect();
+            let along: Vec<f64> =
+                (0..cells).map(|i| dc.iter().zip(&y2).map(|(d, y)| d.maps[0].d[i] * y[i]).sum::<f64>() / (nn * nn)).collect();
+            for (c, d) in dc.iter().enumerate() {
+                let mut out = d.maps[0].clone();
+                for (i, st) in stats.iter().enumerate() {
+                    let k2 = super::graph::per_position_gain(st.var, gamma, nn);
+                    let (g, y) = (d.maps[0].d[i], y2[c][i]);
+                    out.d[i] = (g * (1.0 - 2.0 / nn - 2.0 * y / nn) + sum[i] + y * along[i]).max(0.0) * k2;
+                }
+                contrib.push(Seg { n: 1, maps: vec![out] });
+            }
+            send(grads, n.inputs[0], merge(contrib));
+            return Ok(());
+        }
         if let Some(groups) = bn.groups {
             // As the paper analysis: each sample's group mean removes the shared parts
             // (1/n² of their sum), the part along x̂ through an element-wise reader too;
@@ -963,6 +1006,20 @@ impl MapPasses {
         send(grads, n.inputs[0], merge(dz.iter().map(|s| Seg { n: s.n, maps: vec![block_sum(&s.maps[0], *scale)] }).collect()));
         Ok(())
     }
+}
+
+/// A LayerNorm over the channels at each position: per position, the statistics of the
+/// channels there ([`super::graph::PerPosition`]), each channel's offset `shared`.
+fn per_position_stats(x: &Val, shared: &[f64]) -> Vec<super::graph::PerPosition> {
+    let cells = x[0].maps[0].d.len();
+    let per_channel = per_channel(x);
+    (0..cells)
+        .map(|i| {
+            let mean: Vec<f64> = per_channel.iter().map(|s| s.maps[0].d[i]).collect();
+            let second: Vec<f64> = per_channel.iter().map(|s| s.maps[1].d[i]).collect();
+            super::graph::PerPosition::of(&mean, &second, shared)
+        })
+        .collect()
 }
 
 /// The segments of `v` cut where the per-channel `a` changes, each with its value of `a`.
@@ -1096,7 +1153,14 @@ impl MapPasses {
                 (0..c_out).map(|c| ((mx[c].powi(2) + ax[c]) * (mg[c].powi(2) + ag[c]) - (mx[c] * mg[c]).powi(2)).max(0.0)).collect()
             }
             Op::BatchNorm(bn) => {
-                if let Some(groups) = bn.groups {
+                if bn.per_position {
+                    let gamma = p.bn_scale[&k];
+                    let x = self.get(n.inputs[0]);
+                    let a_in = &self.shared[input(0)];
+                    let st = super::graph::PerPosition::of(&channel_means(x, 0), &channel_means(x, 1), a_in);
+                    let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
+                    (0..c_out).map(|c| gamma * gamma * st.channel(mu[c], sec[c], a_in[c]).2).collect()
+                } else if let Some(groups) = bn.groups {
                     let gamma = p.bn_scale[&k];
                     let x = self.get(n.inputs[0]);
                     let a_in = &self.shared[input(0)];

@@ -151,6 +151,33 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "constant shape arithmetic (Shape, Gather, Unsqueeze, Squeeze, Ceil, ConstantOfShape, …)",
 ];
 
+/// The ops cnnc takes on a channels-last value (see `Importer::channels_last`): those
+/// that act on each element, or on the last axis as the IR's ops act on the channels.
+const CHANNELS_LAST_OPS: &[&str] = &[
+    "Transpose",
+    "LayerNormalization",
+    "MatMul",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Relu",
+    "LeakyRelu",
+    "Tanh",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Clip",
+    "Elu",
+    "Softplus",
+    "Mish",
+    "Gelu",
+    "Erf",
+    "Dropout",
+    "Identity",
+    "Cast",
+];
+
 fn lookup(op: &str) -> Option<&'static (&'static str, OpFn, &'static [usize])> {
     OPS.iter().find(|(name, _, _)| *name == op)
 }
@@ -220,6 +247,10 @@ struct Importer<'m> {
     outputs: HashSet<&'m str>,
     /// Weight layers whose names were recovered from the node's scope.
     renamed: Vec<String>,
+    /// Values the graph holds channels-last (N, H, W, C), after a Transpose with perm
+    /// [0, 2, 3, 1]: in the IR they are the image itself (ConvNeXt's LayerNorm and Linear
+    /// layers between two permutes).
+    channels_last: HashSet<&'m str>,
 }
 
 /// One node being converted.
@@ -262,6 +293,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         fused_adds,
         outputs: graph.output.iter().map(|o| o.name()).collect(),
         renamed: Vec::new(),
+        channels_last: HashSet::new(),
     };
     for t in &graph.initializer {
         imp.params.insert(t.name().to_string(), param_of(t));
@@ -282,6 +314,15 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         if imp.try_fold(&cx).map_err(fail)? {
             continue;
         }
+        let from_cl = node.input.iter().any(|i| imp.channels_last.contains(i.as_str()));
+        if from_cl && !CHANNELS_LAST_OPS.contains(&cx.op) {
+            let i = node.input.iter().find(|i| imp.channels_last.contains(i.as_str())).map_or("", String::as_str);
+            return Err(fail(format!(
+                "its input `{i}` is channels-last (N, H, W, C), after a Transpose with perm [0, 2, 3, 1]: on such a value cnnc takes \
+                 LayerNormalization over the last axis, MatMul, element-wise functions, Add and the Transpose back, not {}",
+                cx.op
+            )));
+        }
         let Some((_, convert, _)) = lookup(cx.op) else {
             return Err(fail(match cx.node.input.iter().find(|i| imp.is_data(i)) {
                 Some(i) => format!("{} computes on the data value `{i}`: cnnc folds it only on constants", cx.op),
@@ -289,6 +330,9 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
             }));
         };
         convert(&mut imp, &cx).map_err(fail)?;
+        if from_cl && cx.op != "Transpose" {
+            imp.channels_last.extend(node.output.iter().map(String::as_str));
+        }
     }
     // A pending value that no node reads (the network ends in an activation) becomes a
     // node, in the order the values were made.
@@ -306,13 +350,17 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
     let mut notes = Vec::new();
     if !imp.renamed.is_empty() {
         notes.push(format!(
-            "{} weight{} carried names the exporter made up (`onnx::Conv_…`, from constant folding), so cnnc named them after their nodes' scopes ({}{}); \
-             if the model had BatchNorm layers, torch folded them into these convs: export with `training=torch.onnx.TrainingMode.TRAINING` \
-             (or `do_constant_folding=False`) to keep them",
+            "{} weight{} carried names the exporter made up (`onnx::Conv_…`, `onnx::MatMul_…`: constant folding), so cnnc named them after their nodes' scopes ({}{}){}",
             imp.renamed.len(),
             if imp.renamed.len() == 1 { "" } else { "s" },
             imp.renamed.iter().take(2).cloned().collect::<Vec<_>>().join(", "),
             if imp.renamed.len() > 2 { ", …" } else { "" },
+            if imp.renamed.iter().any(|r| r.starts_with("`onnx::Conv")) {
+                "; if the model had BatchNorm layers, torch folded them into these convs: export with \
+                 `training=torch.onnx.TrainingMode.TRAINING` (or `do_constant_folding=False`) to keep them"
+            } else {
+                ""
+            },
         ));
     }
     let name = if graph.name().is_empty() { "onnx".to_string() } else { graph.name().to_string() };
@@ -942,10 +990,10 @@ impl<'m> Importer<'m> {
         if weight.starts_with("onnx::") {
             if let Some(module) = scope_module(&cx.name) {
                 self.renamed.push(format!("`{weight}` → `{module}.weight`"));
-                return ParamNames { weight: format!("{module}.weight"), bias: bias.map(|_| format!("{module}.bias")) };
+                return ParamNames { weight: format!("{module}.weight"), bias: bias.map(|_| format!("{module}.bias")), shape: None };
             }
         }
-        ParamNames { weight: weight.to_string(), bias }
+        ParamNames { weight: weight.to_string(), bias, shape: None }
     }
 }
 
@@ -977,6 +1025,16 @@ pub fn scope_module(node: &str) -> Option<String> {
         last = s;
     }
     Some(path)
+}
+
+/// The module path the dynamo exporter records in a node's metadata:
+/// `pkg.torch.onnx.name_scopes` = ['', 'features', …, 'features.1.0.block.3', 'linear'] →
+/// `features.1.0.block.3` (the last scope is the call, the one before it the module).
+fn name_scopes_module(node: &NodeProto) -> Option<String> {
+    let v = node.metadata_props.iter().find(|p| p.key() == "pkg.torch.onnx.name_scopes")?.value();
+    let scopes: Vec<&str> = v.trim_start_matches('[').trim_end_matches(']').split(',').map(|s| s.trim().trim_matches('\'')).collect();
+    let module = scopes.len().checked_sub(2).map(|i| scopes[i])?;
+    (!module.is_empty() && module.chars().all(|ch| ch.is_alphanumeric() || ch == '.' || ch == '_')).then(|| module.to_string())
 }
 
 fn image(cx: &Cx<'_>, shape: Shape) -> Result<(u64, u64, u64), String> {
@@ -1092,6 +1150,9 @@ fn linear_bias(imp: &Importer<'_>, cx: &Cx<'_>, name: Option<&str>, out: u64) ->
 
 fn matmul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let (x, shape) = imp.data_at(cx, 0)?;
+    if cx.input(0).is_some_and(|i| imp.channels_last.contains(i)) {
+        return channels_last_linear(imp, cx, x, shape);
+    }
     let n = vector_input(cx, shape)?;
     let (weight, wd) = cx.param(imp, 1, "weight")?;
     let &[inp, out] = wd.as_slice() else { return Err(format!("the weight `{weight}` has shape {wd:?}, expected 2-D [in, out]")) };
@@ -1101,10 +1162,54 @@ fn matmul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let fused = imp.matmul_bias.get(&cx.index).copied();
     let bias = linear_bias(imp, cx, fused.map(|(b, _)| b), out)?;
     let op = Op::Linear(Linear { in_features: n, out_features: out, bias: bias.is_some() });
-    let params = Some(ParamNames { weight: weight.to_string(), bias });
+    let params = Some(ParamNames { weight: weight.to_string(), bias, shape: None });
     let id = imp.push(cx, op, x, Shape::Vector { n: out }, params, cx.output()?)?;
     if let Some((_, add_out)) = fused {
         imp.values.insert(add_out, (id, Shape::Vector { n: out }));
+    }
+    Ok(())
+}
+
+/// A MatMul of a channels-last (N, H, W, C) value by a [C, C'] weight: a Linear applied
+/// at each position (ConvNeXt's), a 1×1 conv in the IR. Its plan entry keeps the Linear's
+/// weight shape [C', C], named after the node's scope when the exporter made the name up
+/// (the TorchScript exporter stores the transposed weight as `onnx::MatMul_…`).
+fn channels_last_linear<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, x: ValueId, shape: Shape) -> Result<(), String> {
+    let (c, h, w) = image(cx, shape)?;
+    let (weight, wd) = cx.param(imp, 1, "weight")?;
+    let &[inp, out] = wd.as_slice() else { return Err(format!("the weight `{weight}` has shape {wd:?}, expected 2-D [in, out]")) };
+    if inp != c {
+        return Err(format!("the input has {c} channels (its last axis) but the weight `{weight}` {wd:?} reads {inp}"));
+    }
+    let fused = imp.matmul_bias.get(&cx.index).copied();
+    let bias = linear_bias(imp, cx, fused.map(|(b, _)| b), out)?;
+    let op = Op::Conv(Conv {
+        in_channels: c,
+        out_channels: out,
+        kernel: [1, 1],
+        stride: [1, 1],
+        pad: [Pad::default(); 2],
+        dilation: [1, 1],
+        groups: 1,
+        bias: bias.is_some(),
+    });
+    // The exporters store the transposed weight under a name of their own (`onnx::MatMul_…`,
+    // `val_…`): the module is the node's scope (TorchScript's node name, or the dynamo
+    // exporter's `pkg.torch.onnx.name_scopes`).
+    let module = scope_module(&cx.name).or_else(|| name_scopes_module(cx.node));
+    let mut params = match module {
+        Some(m) if weight.starts_with("onnx::") || weight.starts_with("val_") => {
+            imp.renamed.push(format!("`{weight}` → `{m}.weight`"));
+            ParamNames { weight: format!("{m}.weight"), bias: bias.map(|_| format!("{m}.bias")), shape: None }
+        }
+        _ => ParamNames { weight: weight.to_string(), bias, shape: None },
+    };
+    params.shape = Some(vec![out, c]);
+    let out_shape = Shape::Image { c: out, h, w };
+    let id = imp.push(cx, op, x, out_shape, Some(params), cx.output()?)?;
+    if let Some((_, add_out)) = fused {
+        imp.values.insert(add_out, (id, out_shape));
+        imp.channels_last.insert(add_out);
     }
     Ok(())
 }
@@ -1236,6 +1341,7 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
             epsilon,
             training: true,
             groups: Some(g),
+            per_position: false,
             scale: String::new(),
             shift: String::new(),
             affine: vec![c],
@@ -1286,15 +1392,27 @@ fn transpose<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
             imp.grouped.insert(cx.output()?, Grouped { transposed: true, ..g });
             Ok(())
         }
-        _ if perm == Some(&[0, 2, 3, 1]) => {
-            imp.data_at(cx, 0)?;
-            Err("a transpose to channels-last (perm [0, 2, 3, 1], as before ConvNeXt's LayerNorm over the channels) is not supported yet: \
-                 cnnc takes LayerNormalization over (C, H, W) of an image"
-                .into())
+        _ if perm == Some(&[0, 2, 3, 1]) && !cx.input(0).is_some_and(|i| imp.channels_last.contains(i)) => {
+            // The image seen channels-last: the same IR value, marked.
+            let v = imp.data_at(cx, 0)?;
+            image(cx, v.1)?;
+            let out = cx.output()?;
+            imp.values.insert(out, v);
+            imp.channels_last.insert(out);
+            Ok(())
+        }
+        _ if perm == Some(&[0, 3, 1, 2]) && cx.input(0).is_some_and(|i| imp.channels_last.contains(i)) => {
+            // Back to (N, C, H, W).
+            let v = imp.data_at(cx, 0)?;
+            imp.values.insert(cx.output()?, v);
+            Ok(())
         }
         _ => {
             imp.data_at(cx, 0)?;
-            Err(format!("a transpose with perm {perm:?} is not supported: only the channel shuffle's [0, 2, 1, 3, 4]"))
+            Err(format!(
+                "a transpose with perm {perm:?} is not supported: only the channel shuffle's [0, 2, 1, 3, 4], and an image to channels-last \
+                 ([0, 2, 3, 1]) and back ([0, 3, 1, 2])"
+            ))
         }
     }
 }
@@ -1431,6 +1549,9 @@ fn mul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         return imp.pend(cx, p);
     }
     let (a, b) = (cx.input(0).ok_or("input 0 is missing")?, cx.input(1).ok_or("input 1 is missing")?);
+    if imp.is_data(a) != imp.is_data(b) {
+        return channel_scale(imp, cx, if imp.is_data(a) { (a, b) } else { (b, a) });
+    }
     if !imp.is_data(a) || !imp.is_data(b) {
         return Err("Mul of a data value by a constant tensor is not supported (only by a scalar)".into());
     }
@@ -1447,6 +1568,35 @@ fn mul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         return Err(format!("a Mul of shapes {xs} and {gs}: cnnc multiplies values of one shape, or by a (C, 1, 1) gate"));
     }
     imp.push_n(cx, Op::Mul, vec![x, g], xs, None, cx.output()?)?;
+    Ok(())
+}
+
+/// A data value times a per-channel parameter (ConvNeXt's layer scale, [C, 1, 1], or [C]
+/// on a channels-last value): a normalization node with no statistics of its own and
+/// ε = 0 (mode "scale"), so that the plan sets it as it sets a BatchNorm's γ.
+fn channel_scale<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, (data, constant): (&'m str, &'m str)) -> Result<(), String> {
+    let (x, shape) = imp.data(cx, data)?;
+    let (c, _, _) = image(cx, shape)?;
+    let dims = imp.params.get(constant).map(|p| p.dims.clone()).unwrap_or_default();
+    let channels_last = imp.channels_last.contains(data);
+    let fits = if channels_last { dims == [c as i64] } else { matches!(dims.as_slice(), [n, 1, 1] | [1, n, 1, 1] if *n == c as i64) };
+    if !fits {
+        let want = if channels_last { format!("[{c}] on this channels-last value") } else { format!("[{c}, 1, 1]") };
+        return Err(format!(
+            "Mul of a data value by the constant `{constant}` of shape {dims:?}: cnnc multiplies by a scalar, or by a per-channel scale {want}"
+        ));
+    }
+    let bn = BatchNorm {
+        channels: c,
+        epsilon: 0.0,
+        training: false,
+        groups: None,
+        per_position: false,
+        scale: imp.source_name(constant).to_string(),
+        shift: String::new(),
+        affine: dims.iter().map(|&d| d as u64).skip_while(|&d| d == 1 && dims.len() == 4).collect(),
+    };
+    imp.push(cx, Op::BatchNorm(bn), x, shape, None, cx.output()?)?;
     Ok(())
 }
 
@@ -1588,6 +1738,7 @@ fn instance_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> 
         epsilon,
         training: true,
         groups: Some(c),
+        per_position: false,
         scale: names[0].clone(),
         shift: names[1].clone(),
         affine: vec![c],
@@ -1621,6 +1772,7 @@ fn group_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         epsilon,
         training: true,
         groups: Some(g as u64),
+        per_position: false,
         scale: names[0].clone(),
         shift: names[1].clone(),
         affine,
@@ -1636,9 +1788,18 @@ fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let (x, shape) = imp.data_at(cx, 0)?;
     let Shape::Image { c, h, w } = shape else { return Err(format!("LayerNormalization of a vector {shape}: cnnc takes it on images")) };
     let axis = cx.int("axis", -1)?;
+    if cx.input(0).is_some_and(|i| imp.channels_last.contains(i)) {
+        if axis != -1 && axis != 3 {
+            return Err(format!(
+                "LayerNormalization over axis {axis} of a channels-last (N, H, W, C) value: cnnc takes it over the channels (axis −1)"
+            ));
+        }
+        return channel_layer_norm(imp, cx, x, shape);
+    }
     if axis != 1 && axis != -3 {
         return Err(format!(
-            "LayerNormalization over axis {axis} is not supported: only over (C, H, W) of an image (axis 1 or −3);              a LayerNorm over the channels at each position (ConvNeXt's, channels-last) is not yet"
+            "LayerNormalization over axis {axis} is not supported: only over (C, H, W) of an image (axis 1 or −3), \
+             or over the channels of a channels-last view (after a Transpose with perm [0, 2, 3, 1])"
         ));
     }
     let epsilon = norm_epsilon(cx)?;
@@ -1659,9 +1820,41 @@ fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         epsilon,
         training: true,
         groups: Some(1),
+        per_position: false,
         scale: names[0].clone(),
         shift: names[1].clone(),
         affine: vec![c, h, w],
+    };
+    imp.push(cx, Op::BatchNorm(bn), x, shape, None, cx.output()?)?;
+    Ok(())
+}
+
+/// A LayerNorm over the channels at each position (ConvNeXt's, of a channels-last view):
+/// γ and β of shape [C].
+fn channel_layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, x: ValueId, shape: Shape) -> Result<(), String> {
+    let (c, _, _) = shape.chw();
+    let epsilon = norm_epsilon(cx)?;
+    let mut names = Vec::new();
+    for (i, what) in [(1, "scale"), (2, "bias")] {
+        if cx.input(i).is_none() {
+            names.push(String::new());
+            continue;
+        }
+        let (n, d) = cx.param(imp, i, what)?;
+        if d.iter().product::<u64>() != c {
+            return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}] (one per channel)"));
+        }
+        names.push(imp.source_name(n).to_string());
+    }
+    let bn = BatchNorm {
+        channels: c,
+        epsilon,
+        training: true,
+        groups: Some(1),
+        per_position: true,
+        scale: names[0].clone(),
+        shift: names[1].clone(),
+        affine: vec![c],
     };
     imp.push(cx, Op::BatchNorm(bn), x, shape, None, cx.output()?)?;
     Ok(())
