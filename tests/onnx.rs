@@ -943,10 +943,11 @@ fn real_exports_plan_and_agree_across_exporters() {
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
         if file.starts_with("convnext") {
             // ConvNeXt: LayerNorm over the channels of a channels-last view, Linear layers at
-            // each position (MatMul), layer scale. The TorchScript export plans forward with
-            // both analyses; backward mode finds no fixed point yet (an error naming the
-            // layer). The dynamo export writes the head's pooled vector as an `as_strided`
-            // (Reshape to [-1] and Gather): refused there, with the reason.
+            // each position (MatMul), layer scale. The TorchScript export plans with both
+            // analyses; in backward mode every layer but the classifier takes the forward
+            // rule (each path from it meets a LayerNorm, or a layer that does, first). The
+            // dynamo export writes the head's pooled vector as an `as_strided` (Reshape to
+            // [-1] and Gather): refused there, with the reason.
             if file.ends_with(".dynamo.onnx") {
                 let e = onnx::load(path, &ImportOptions::default()).unwrap_err().to_string();
                 assert!(e.contains("(Reshape): a reshape of (768,1,1) to [-1]"), "{file}: {e}");
@@ -970,7 +971,15 @@ fn real_exports_plan_and_agree_across_exporters() {
                     "{file}"
                 );
             }
-            assert!(cnnc::plan_graph(&g, req(Mode::Backward, Default::default())).is_err());
+            for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+                let fwd = cnnc::plan_graph(&g, req(Mode::Forward, analysis)).unwrap();
+                let bwd = cnnc::plan_graph(&g, req(Mode::Backward, analysis)).unwrap_or_else(|e| panic!("{file} {analysis:?}: {e}"));
+                let (last, rest) = bwd.layers.split_last().unwrap();
+                for (b, f) in rest.iter().zip(&fwd.layers) {
+                    assert!((b.weight.std - f.weight.std).abs() <= 1e-9 * f.weight.std, "{file} {analysis:?} {}", b.name);
+                }
+                assert!((last.predicted.backward_variance - 1.0).abs() < 1e-9, "the classifier meets its backward target");
+            }
             continue;
         }
         let g = onnx::load(path, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -203,6 +203,10 @@ def match_batch_norms(model, plan, skipped=None):
         for role, leaf, neutral in (("scale", "weight", 1.0), ("shift", "bias", 0.0)):
             p = e[role]
             n = p["name"]
+            if not n:
+                # The normalization has no such parameter (a layer scale has no shift).
+                names.append(None)
+                continue
             if n in params:
                 shape = list(params[n].shape)
                 # [channels], or a LayerNorm's element-wise [C, H, W]: the entry's shape.

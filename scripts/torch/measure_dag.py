@@ -73,7 +73,7 @@ from torchvision.ops import StochasticDepth
 
 MODELS = ("resnet18_nobn", "mobilenet_v2_nobn", "efficientnet_b0_nobn",
           "resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0",
-          "resnet18_gn", "resnet50_gn")
+          "resnet18_gn", "resnet50_gn", "convnext_tiny")
 OPSET = 17
 STRIP_OVER = 16  # --export: initializers with more elements than this lose their payload
 IN_BAND = (0.8, 1.25)
@@ -249,6 +249,8 @@ def check_plan(model, plan):
     for j, bn in enumerate(plan.get("batch_norms") or []):
         for part in ("scale", "shift"):
             k = (bn.get(part) or {}).get("name")
+            if k == "":
+                continue  # the normalization has no such parameter (a layer scale's shift)
             if k not in sd:
                 die(f"plan batch_norms[{j}].{part}: {k!r} is not in the model's state_dict")
     return rows
@@ -272,8 +274,9 @@ def init_draw(model, rows, plan, d, kaiming):
                 m.weight.fill_(1.0)
                 m.bias.zero_()
         for bn in (plan or {}).get("batch_norms") or []:
-            params[bn["scale"]["name"]].fill_(float(bn["scale"]["value"]))
-            params[bn["shift"]["name"]].fill_(float(bn["shift"]["value"]))
+            for part in ("scale", "shift"):
+                if bn[part]["name"]:
+                    params[bn[part]["name"]].fill_(float(bn[part]["value"]))
 
 
 def second_moment(t):

@@ -1634,6 +1634,60 @@ fn normalized_by(g: &Graph, consumers: &[Vec<usize>], k: usize) -> Option<usize>
     first
 }
 
+/// The weight layers whose σ² no gradient target can set: those a normalization with its
+/// own statistics reads ([`normalized_by`]), and, closed over the graph, every layer each
+/// of whose paths to the output meets such a normalization or such a layer first —
+/// through element-wise functions, pools, flattens, per-channel scales and residual sums
+/// (a gate's Mul stops it). A pre-norm residual branch's last layer (ConvNeXt's) is one:
+/// the next block's LayerNorm and the head's divide by the stream it adds to, so the
+/// gradient at its input saturates as its σ² grows and a backward target of 1 can be out
+/// of reach (the iteration ran σ² up 600× a round). The layer before it (through GELU)
+/// follows: the layer after it takes the forward rule and divides its scale out.
+/// Backward mode gives them all the forward rule.
+fn scale_free_layers(
+    g: &Graph,
+    consumers: &[Vec<usize>],
+    weights: impl Iterator<Item = usize> + Clone,
+    normalized: &HashMap<usize, usize>,
+) -> HashSet<usize> {
+    let mut free: HashSet<usize> = normalized.keys().copied().collect();
+    loop {
+        let before = free.len();
+        for k in weights.clone() {
+            if !free.contains(&k) && every_path_rescaled(g, consumers, k, &free) {
+                free.insert(k);
+            }
+        }
+        if free.len() == before {
+            return free;
+        }
+    }
+}
+
+/// Whether every path from weight node `k`'s output meets a normalization with its own
+/// statistics or a layer of `free` before the network's output (see [`scale_free_layers`]).
+fn every_path_rescaled(g: &Graph, consumers: &[Vec<usize>], k: usize, free: &HashSet<usize>) -> bool {
+    let mut stack = vec![k + 1];
+    let mut seen = HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        if consumers[v].is_empty() {
+            return false;
+        }
+        for &c in &consumers[v] {
+            match &g.nodes[c].op {
+                Op::BatchNorm(bn) if bn.own_statistics() => {}
+                Op::Conv(_) | Op::Linear(_) if free.contains(&c) => {}
+                Op::Conv(_) | Op::Linear(_) | Op::Mul => return false,
+                _ => stack.push(c + 1),
+            }
+        }
+    }
+    true
+}
+
 /// Analyses a graph with the paper's analysis (layer means, per channel).
 pub fn analyze_graph(g: &Graph, opts: GraphOptions) -> Result<GraphAnalysis, AnalysisError> {
     analyze_graph_with(g, opts, Analysis::Paper)
@@ -1682,7 +1736,7 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
     };
     let normalized: HashMap<usize, usize> = cx.weights.keys().filter_map(|&k| normalized_by(g, &cx.consumers, k).map(|b| (k, b))).collect();
     if opts.mode == Mode::Backward {
-        p.forward_choice = normalized.keys().copied().collect();
+        p.forward_choice = scale_free_layers(g, &cx.consumers, cx.weights.keys().copied(), &normalized);
     }
     for (k, n) in g.nodes.iter().enumerate() {
         if matches!(n.op, Op::Conv(_) | Op::Linear(_)) {
@@ -1759,8 +1813,7 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
                         g,
                         k,
                         format!(
-                            "backward mode reached no fixed point in {MAX_ROUNDS} rounds: this layer's σ² still moves by a factor {:.3e} per round",
-                            1.0 + moved
+                            "backward mode reached no fixed point in {MAX_ROUNDS} rounds: this layer's σ² still moves by {moved:.1e} (relative) per round"
                         ),
                     ));
                 }

@@ -815,12 +815,21 @@ impl<'m> Importer<'m> {
     }
 
     /// The initializer a folded constant was made from through shape-only ops
-    /// (Unsqueeze, Reshape, Identity, Cast, Squeeze: a GroupNorm's γ), or its own name.
+    /// (Unsqueeze, Reshape, Squeeze: a GroupNorm's γ; Identity and Cast of it), or its own
+    /// name. An Identity whose output has a name of its own is where the TorchScript
+    /// exporter deduplicated equal initializers (every ConvNeXt block's layer scale is
+    /// `Identity(features.1.0.layer_scale)`): that name is the parameter's.
     fn source_name(&self, name: &'m str) -> &'m str {
+        let made_up =
+            |n: &str| n.starts_with("onnx::") || n.starts_with('/') || n.starts_with("val_") || n.chars().all(|c| c.is_ascii_digit());
         let mut n = name;
         for _ in 0..16 {
             match self.producers.get(n) {
-                Some(p) if matches!(p.op_type(), "Unsqueeze" | "Reshape" | "Identity" | "Cast" | "Squeeze") && !p.input.is_empty() => {
+                Some(p)
+                    if !p.input.is_empty()
+                        && (matches!(p.op_type(), "Unsqueeze" | "Reshape" | "Squeeze")
+                            || (matches!(p.op_type(), "Identity" | "Cast") && made_up(n))) =>
+                {
                     n = p.input[0].as_str();
                 }
                 _ => break,
