@@ -143,6 +143,12 @@ pub enum Op {
     Shuffle {
         groups: u64,
     },
+    /// Zeros between the positions: input position (y, x) goes to (y·s_h, x·s_w), every
+    /// other position is 0 (output (h − 1)·s_h + 1 × (w − 1)·s_w + 1). A transposed conv
+    /// of stride s is this followed by a stride-1 conv (ONNX `ConvTranspose`).
+    Dilate {
+        stride: [u64; 2],
+    },
     /// Nearest or linear upsampling by integer factors [h, w].
     Resize {
         scale: [u64; 2],
@@ -438,6 +444,7 @@ impl Op {
             Op::ChannelSlice { .. } => "slice",
             Op::Shuffle { .. } => "shuffle",
             Op::Resize { .. } => "resize",
+            Op::Dilate { .. } => "dilate",
             Op::Elementwise(_) => "elementwise",
         }
     }

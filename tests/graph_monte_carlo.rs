@@ -82,6 +82,13 @@ impl B {
         let p = ir::Pool { kind, kernel: [2, 2], stride: [2, 2], pad: [Pad::default(); 2], ceil_mode: false, count_include_pad: false };
         self.push(Op::Pool(p), &[x], Shape::Image { c, h: h / 2, w: w / 2 })
     }
+    /// A transposed conv of stride 2, kernel k, padding p: zeros between the positions,
+    /// then a stride-1 conv padded k − 1 − p (as the importer writes `ConvTranspose`).
+    fn conv_transpose(&mut self, x: ValueId, out: u64, k: u64, p: u64) -> ValueId {
+        let (c, h, w) = self.g.shape(x).chw();
+        let d = self.push(Op::Dilate { stride: [2, 2] }, &[x], Shape::Image { c, h: 2 * h - 1, w: 2 * w - 1 });
+        self.conv(d, out, k, k - 1 - p, 1)
+    }
     fn head(&mut self, x: ValueId, classes: u64) -> ValueId {
         let c = self.g.shape(x).chw().0;
         let gap = self.push(Op::GlobalPool(PoolKind::Avg), &[x], Shape::Image { c, h: 1, w: 1 });
@@ -214,6 +221,19 @@ fn forward(g: &Graph, weights: &[Option<Vec<f64>>], x: T) -> Vec<T> {
                 }
             }
             Op::Flatten => out.d = a.d.clone(),
+            Op::Dilate { stride } => {
+                let (sh, sw) = (stride[0] as usize, stride[1] as usize);
+                for s in 0..a.n {
+                    for ch in 0..c {
+                        for y in 0..a.h {
+                            for x in 0..a.w {
+                                let i = out.at(s, ch, y * sh, x * sw);
+                                out.d[i] = a.d[a.at(s, ch, y, x)];
+                            }
+                        }
+                    }
+                }
+            }
             other => panic!("the oracle has no loop for {}", other.kind_name()),
         }
         vals.push(out);
@@ -319,6 +339,19 @@ fn backward(g: &Graph, weights: &[Option<Vec<f64>>], vals: &[T], grad: T) -> Vec
                                         }
                                     }
                                 }
+                            }
+                        }
+                    }
+                }
+            }
+            Op::Dilate { stride } => {
+                let (sh, sw) = (stride[0] as usize, stride[1] as usize);
+                for s in 0..a.n {
+                    for ch in 0..c {
+                        for y in 0..a.h {
+                            for x in 0..a.w {
+                                let i = da.at(s, ch, y, x);
+                                da.d[i] = dy.d[dy.at(s, ch, y * sh, x * sw)];
                             }
                         }
                     }
@@ -635,6 +668,49 @@ fn convnext_blocks_match_the_sampled_network() {
         for mode in [Mode::Forward, Mode::Backward, Mode::KaimingIn] {
             let (f, b) = check(&g, analysis, mode, 32, 8, 0.12);
             eprintln!("convnext {analysis:?} {mode:?}: worst ratio forward {f:.3}, backward {b:.3}");
+        }
+    }
+}
+
+/// A small U-Net: an encoder (conv → BN → ReLU, max pool, conv → BN → ReLU), a decoder
+/// that upsamples by transposed convs of stride 2 (kernel 2, and kernel 4 padding 1, as in
+/// DCGAN), a skip concatenation and a head. The dilated input of a transposed conv is
+/// zero at 3 of every 4 positions: the paper analysis takes its mean, the map analysis
+/// each position.
+fn unet_net() -> Graph {
+    let mut b = B::new(3, 16, 16);
+    let u = b.conv(ValueId(0), 8, 3, 1, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    // The skip's ReLU is read by the max pool and the concatenation: the gradient at
+    // this conv's input shows how the pool's share passes it.
+    let u = b.conv(r, 8, 3, 1, 1);
+    let n = b.bn(u);
+    let skip = b.relu(n);
+    let p = b.pool(skip, PoolKind::Max);
+    let u = b.conv(p, 16, 3, 1, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    let t = b.conv_transpose(r, 8, 2, 0);
+    let n = b.bn(t);
+    let up = b.relu(n);
+    let cat = b.concat(up, skip);
+    let u = b.conv(cat, 8, 3, 1, 1);
+    let r = b.relu(u);
+    let p = b.pool(r, PoolKind::Max);
+    let t = b.conv_transpose(p, 8, 4, 1);
+    let r = b.relu(t);
+    b.head(r, 10);
+    b.g
+}
+
+#[test]
+fn transposed_convs_match_the_sampled_network() {
+    let g = unet_net();
+    for analysis in [Analysis::Map, Analysis::Paper] {
+        for mode in [Mode::Forward, Mode::Backward] {
+            let (f, b) = check(&g, analysis, mode, 16, 8, 0.12);
+            eprintln!("unet {analysis:?} {mode:?}: worst ratio forward {f:.3}, backward {b:.3}");
         }
     }
 }

@@ -970,6 +970,11 @@ fn real_exports_plan_and_agree_across_exporters() {
                     plan.batch_norms.iter().flatten().any(|b| b.mode == "scale" && b.scale.name == "features.1.0.layer_scale"),
                     "{file}"
                 );
+                // The exporter deduplicated equal initializers through Identity nodes named
+                // after the parameters: each normalization keeps its own.
+                let norms = plan.batch_norms.as_ref().expect("a graph plan");
+                let scales: std::collections::HashSet<&str> = norms.iter().map(|b| b.scale.name.as_str()).collect();
+                assert_eq!(scales.len(), norms.len(), "{file}: one γ per normalization");
             }
             for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
                 let fwd = cnnc::plan_graph(&g, req(Mode::Forward, analysis)).unwrap();
@@ -1420,4 +1425,44 @@ fn channels_last_layer_norm_linear_and_layer_scale() {
     assert!(e.contains("LayerNormalization over axis 1 of a channels-last (N, H, W, C) value"), "{e}");
     let e = block(vec![node("sc", "Mul", &["c", "bad_scale"], &["z"], vec![])], vec![init("bad_scale", &[3, 1, 1])]).unwrap_err();
     assert!(e.contains("node `sc` (Mul): Mul of a data value by the constant `bad_scale` of shape [3, 1, 1]"), "{e}");
+}
+
+/// ConvTranspose: zeros between the positions (stride s), then a stride-1 conv padded
+/// d(k − 1) − p at the start and d(k − 1) − p + output_padding at the end; the output size
+/// is torch's (n − 1)s − p_begin − p_end + d(k − 1) + output_padding + 1, and the plan entry
+/// keeps the stored weight [C_in, C_out/g, k_h, k_w].
+#[test]
+fn conv_transpose_is_zeros_between_then_a_conv() {
+    let ct = |attrs: Vec<AttributeProto>, w: &[i64]| {
+        let group = attrs.iter().find(|a| a.name() == "group").map_or(1, |a| a.i());
+        let nodes = vec![node("up", "ConvTranspose", &["c", "up.weight", "up.bias"], &["y"], attrs)];
+        stem(nodes, vec![init("up.weight", w), init("up.bias", &[w[1] * group])])
+    };
+    // The stem's conv gives (4, 9, 9). Kernel 2, stride 2, group 2: (9 − 1)·2 + 2 = 18.
+    let g = ct(vec![attr("strides", A::Is(vec![2, 2])), attr("group", A::I(2))], &[4, 3, 2, 2]).unwrap();
+    assert_eq!(g.nodes[1].op, Op::Dilate { stride: [2, 2] });
+    assert_eq!(g.nodes[1].output, img(4, 17, 17));
+    let c = conv_of(&g, 2);
+    assert_eq!((c.in_channels, c.out_channels, c.groups, c.kernel, c.stride, c.pad), (4, 6, 2, [2, 2], [1, 1], [pad(1, 1), pad(1, 1)]));
+    assert_eq!(g.nodes[2].output, img(6, 18, 18));
+    let p = g.nodes[2].params.clone().unwrap();
+    assert_eq!((p.weight.as_str(), p.bias.as_deref(), p.shape), ("up.weight", Some("up.bias"), Some(vec![4, 3, 2, 2])));
+    // Kernel 4, stride 2, pads 1 (DCGAN): 2n. Kernel 3, stride 2, pads 1, output_padding 1: 2n.
+    let g = ct(vec![attr("strides", A::Is(vec![2, 2])), attr("pads", A::Is(vec![1, 1, 1, 1]))], &[4, 2, 4, 4]).unwrap();
+    assert_eq!((conv_of(&g, 2).pad, g.nodes[2].output), ([pad(2, 2), pad(2, 2)], img(2, 18, 18)));
+    let attrs = vec![attr("strides", A::Is(vec![2, 2])), attr("pads", A::Is(vec![1, 1, 1, 1])), attr("output_padding", A::Is(vec![1, 1]))];
+    let g = ct(attrs, &[4, 2, 3, 3]).unwrap();
+    assert_eq!((conv_of(&g, 2).pad, g.nodes[2].output), ([pad(1, 2), pad(1, 2)], img(2, 18, 18)));
+    // Stride 1: no dilation node.
+    let g = ct(vec![], &[4, 2, 3, 3]).unwrap();
+    assert_eq!((g.nodes.len(), g.nodes[1].output), (2, img(2, 11, 11)));
+    // Refused, with the reason.
+    let e = ct(vec![attr("output_shape", A::Is(vec![18, 18]))], &[4, 2, 2, 2]).unwrap_err();
+    assert!(e.contains("node `up` (ConvTranspose): attribute `output_shape` of a ConvTranspose is not supported"), "{e}");
+    let e = ct(vec![attr("pads", A::Is(vec![2, 2, 2, 2]))], &[4, 2, 2, 2]).unwrap_err();
+    assert!(e.contains("larger than the kernel's span 1"), "{e}");
+    let e = ct(vec![attr("strides", A::Is(vec![2, 2])), attr("output_padding", A::Is(vec![2, 2]))], &[4, 2, 2, 2]).unwrap_err();
+    assert!(e.contains("`output_padding` = [2, 2] must be smaller than the stride"), "{e}");
+    let e = ct(vec![], &[3, 2, 2, 2]).unwrap_err();
+    assert!(e.contains("the input has 4 channels but the weight `up.weight` [3, 2, 2, 2] reads 3"), "{e}");
 }

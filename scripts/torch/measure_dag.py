@@ -73,7 +73,7 @@ from torchvision.ops import StochasticDepth
 
 MODELS = ("resnet18_nobn", "mobilenet_v2_nobn", "efficientnet_b0_nobn",
           "resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0",
-          "resnet18_gn", "resnet50_gn", "convnext_tiny")
+          "resnet18_gn", "resnet50_gn", "convnext_tiny", "unet")
 OPSET = 17
 STRIP_OVER = 16  # --export: initializers with more elements than this lose their payload
 IN_BAND = (0.8, 1.25)
@@ -84,9 +84,39 @@ def die(msg):
     sys.exit(2)
 
 
+class UNet(nn.Module):
+    """A small U-Net (Ronneberger et al. 2015, with BatchNorm): two levels down by max
+    pooling, back up by transposed convs (kernel 2 stride 2, and kernel 4 stride 2 padding
+    1 as in DCGAN), each joined with its skip by concatenation, a 1×1 head of 10 maps."""
+
+    @staticmethod
+    def double(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    def __init__(self):
+        super().__init__()
+        self.enc1, self.enc2, self.mid = self.double(3, 32), self.double(32, 64), self.double(64, 128)
+        self.up2 = nn.ConvTranspose2d(128, 64, 2, stride=2)
+        self.dec2 = self.double(128, 64)
+        self.up1 = nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1)
+        self.dec1 = self.double(64, 32)
+        self.head = nn.Conv2d(32, 10, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        m = self.mid(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.head(d1)
+
+
 def build(name):
     if name not in MODELS:
         die(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if name == "unet":
+        return UNet()
     base = name.rsplit("_", 1)[0] if name.endswith(("_nobn", "_gn")) else name
     kwargs = {"weights": None}
     if name.endswith("_nobn"):
@@ -129,10 +159,11 @@ def _densenet_forward(self, x):
 
 
 def weight_modules(model):
-    """state_dict weight key -> module, for every Conv2d and Linear, in module order."""
+    """state_dict weight key -> module, for every Conv2d, ConvTranspose2d and Linear, in
+    module order."""
     out = {}
     for mname, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             out[f"{mname}.weight"] = m
     return out
 

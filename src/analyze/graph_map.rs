@@ -253,7 +253,11 @@ impl MapPasses {
 /// The max rule of a pooling node and the value its statistics come from.
 fn max_rule<'g>(cx: &Cx<'g>, k: usize, stats: &[Option<Val>]) -> (MaxRule<'g>, ValueId, bool) {
     let g = cx.g;
-    if let Some(&a) = cx.fused.get(&k) {
+    // A monotone f's output is looked through whoever else reads it (the paper
+    // analysis's `max_source`).
+    let through =
+        Some(g.nodes[k].inputs[0].0).filter(|&v| v > 0).and_then(|v| func(&g.nodes[v - 1].op).filter(|f| f.monotone()).map(|_| v - 1));
+    if let Some(a) = through {
         let an = &g.nodes[a];
         let u = stats[an.inputs[0].0].as_ref().expect("computed");
         let zero_mean = u.iter().all(|s| s.maps[0].d.iter().all(|&m| m == 0.0) && s.maps[1].d.iter().all(|&q| q > 0.0));
@@ -449,6 +453,7 @@ const MAP_RULES: &[(&str, MapFwdRule, MapBwdRule)] = &[
     ("slice", MapPasses::slice_fwd, MapPasses::slice_bwd),
     ("shuffle", MapPasses::shuffle_fwd, MapPasses::shuffle_bwd),
     ("resize", MapPasses::resize_fwd, MapPasses::resize_bwd),
+    ("dilate", MapPasses::dilate_fwd, MapPasses::dilate_bwd),
 ];
 
 fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
@@ -702,6 +707,13 @@ impl MapPasses {
         let x = self.get(n.inputs[0]).clone();
         let Op::Resize { scale, .. } = &n.op else { unreachable!("the resize rule") };
         Ok(merge(x.iter().map(|s| Seg { n: s.n, maps: s.maps.iter().map(|m| upsample(m, *scale)).collect() }).collect()))
+    }
+
+    fn dilate_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let Op::Dilate { stride } = &n.op else { unreachable!("the dilate rule") };
+        Ok(merge(x.iter().map(|s| Seg { n: s.n, maps: s.maps.iter().map(|m| dilate(m, *stride)).collect() }).collect()))
     }
 
     fn weight_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
@@ -999,6 +1011,13 @@ impl MapPasses {
         Ok(())
     }
 
+    fn dilate_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let Op::Dilate { stride } = &n.op else { unreachable!("the dilate rule") };
+        send(grads, n.inputs[0], merge(dz.iter().map(|s| Seg { n: s.n, maps: vec![undilate(&s.maps[0], *stride)] }).collect()));
+        Ok(())
+    }
+
     fn resize_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
         let n = &r.cx.g.nodes[k];
         let dz: Val = dz.clone();
@@ -1125,6 +1144,12 @@ impl MapPasses {
                     .collect()
             }
             Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } => self.shared[input(0)].clone(),
+            Op::Dilate { .. } => {
+                let (_, h, w) = g.shape(n.inputs[0]).chw();
+                let (_, oh, ow) = n.output.chw();
+                let q = (h * w) as f64 / (oh * ow) as f64;
+                self.shared[input(0)].iter().map(|a| a * q * q).collect()
+            }
             Op::Flatten => {
                 let (_, h, w) = g.shape(n.inputs[0]).chw();
                 self.shared[input(0)].iter().flat_map(|&a| std::iter::repeat_n(a, (h * w) as usize)).collect()
@@ -1217,6 +1242,31 @@ fn upsample(p: &Plane, s: [u64; 2]) -> Plane {
         }
     }
     Plane { h, w, d }
+}
+
+/// Zeros between the positions (see `Op::Dilate`).
+fn dilate(p: &Plane, s: [u64; 2]) -> Plane {
+    let (sh, sw) = (s[0] as usize, s[1] as usize);
+    let mut out = Plane::filled((p.h - 1) * sh + 1, (p.w - 1) * sw + 1, 0.0);
+    for y in 0..p.h {
+        for x in 0..p.w {
+            out.d[y * sh * out.w + x * sw] = p.d[y * p.w + x];
+        }
+    }
+    out
+}
+
+/// The positions a dilation put its input at.
+fn undilate(p: &Plane, s: [u64; 2]) -> Plane {
+    let (sh, sw) = (s[0] as usize, s[1] as usize);
+    let (h, w) = ((p.h - 1) / sh + 1, (p.w - 1) / sw + 1);
+    let mut out = Plane::filled(h, w, 0.0);
+    for y in 0..h {
+        for x in 0..w {
+            out.d[y * w + x] = p.d[y * sh * p.w + x * sw];
+        }
+    }
+    out
 }
 
 fn block_sum(p: &Plane, s: [u64; 2]) -> Plane {

@@ -51,6 +51,7 @@ type OpFn = for<'m> fn(&mut Importer<'m>, &Cx<'m>) -> Result<(), String>;
 /// ([`consts::is_foldable`]).
 const OPS: &[(&str, OpFn, &[usize])] = &[
     ("Conv", conv, &[1, 2]),
+    ("ConvTranspose", conv_transpose, &[1, 2]),
     ("Gemm", gemm, &[1, 2]),
     ("MatMul", matmul, &[1]),
     ("Add", add, &[]),
@@ -106,6 +107,7 @@ const OPS: &[(&str, OpFn, &[usize])] = &[
 /// The operator types the importer handles, for the error that lists unsupported nodes.
 pub const SUPPORTED_OPS: &[&str] = &[
     "Conv (grouped, depthwise)",
+    "ConvTranspose",
     "Gemm",
     "MatMul(+Add)",
     "Add",
@@ -1109,6 +1111,85 @@ fn conv<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let op = Op::Conv(Conv { in_channels: c, out_channels: m, kernel: [kh, kw], stride, pad, dilation, groups, bias: bias.is_some() });
     let params = Some(imp.param_names(cx, weight, bias));
     imp.push(cx, op, x, Shape::Image { c: m, h: oh, w: ow }, params, cx.output()?)?;
+    Ok(())
+}
+
+/// `ConvTranspose`: zeros between the input's positions (stride s: `Op::Dilate`), then a
+/// stride-1 conv with padding d(k − 1) − p at the start and d(k − 1) − p + output_padding
+/// at the end — the same output, the same weights read in another order. Its plan entry
+/// keeps the stored weight's shape [C_in, C_out/g, k_h, k_w].
+fn conv_transpose<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let (c, h, w) = image(cx, shape)?;
+    let (weight, wd) = cx.param(imp, 1, "weight")?;
+    let &[ci, mg, kh, kw] = wd.as_slice() else {
+        return Err(format!("the weight `{weight}` has shape {wd:?}: cnnc handles 2-D transposed convolutions (a 4-D weight)"));
+    };
+    let group = cx.int("group", 1)?;
+    if group < 1 || c % group as u64 != 0 {
+        return Err(format!("attribute `group` = {group} is out of range: it must divide the {c} input channels"));
+    }
+    let groups = group as u64;
+    if ci != c {
+        return Err(format!("the input has {c} channels but the weight `{weight}` {wd:?} reads {ci}"));
+    }
+    let m = mg.checked_mul(groups).filter(|&m| m <= MAX_DIM).ok_or("too many output channels")?;
+    if let Some(k) = cx.ints("kernel_shape")? {
+        if k != [kh as i64, kw as i64] {
+            return Err(format!("attribute `kernel_shape` = {k:?} disagrees with the weight `{weight}` {wd:?}"));
+        }
+    }
+    if cx.string("auto_pad", "NOTSET")? != "NOTSET" {
+        return Err("attribute `auto_pad` of a ConvTranspose is not supported: give `pads`".into());
+    }
+    if cx.attr("output_shape").is_some() {
+        return Err("attribute `output_shape` of a ConvTranspose is not supported: give `pads` and `output_padding`".into());
+    }
+    let stride = cx.pair("strides", Some(1))?;
+    let dilation = cx.pair("dilations", Some(1))?;
+    let pad = cx.pads([h, w], [kh, kw], stride, dilation)?;
+    let extra = cx.pair("output_padding", Some(0))?;
+    let mut conv_pad = [Pad::default(); 2];
+    for a in 0..2 {
+        let span = dilation[a] * ([kh, kw][a] - 1);
+        if pad[a].begin > span || pad[a].end > span {
+            return Err(format!("attribute `pads` = {pad:?} is larger than the kernel's span {span}: the output would be cropped"));
+        }
+        if extra[a] >= stride[a].max(dilation[a]) {
+            return Err(format!("attribute `output_padding` = {extra:?} must be smaller than the stride or the dilation"));
+        }
+        conv_pad[a] = Pad { begin: span - pad[a].begin, end: span - pad[a].end + extra[a] };
+    }
+    let bias = match cx.input(2) {
+        None => None,
+        Some(_) => {
+            let (b, bd) = cx.param(imp, 2, "bias")?;
+            if bd.iter().product::<u64>() != m {
+                return Err(format!("the bias `{b}` has shape {bd:?}, expected [{m}]"));
+            }
+            Some(b.to_string())
+        }
+    };
+    let (dh, dw) = ((h - 1) * stride[0] + 1, (w - 1) * stride[1] + 1);
+    let input = if stride == [1, 1] { x } else { imp.node(cx, Op::Dilate { stride }, vec![x], Shape::Image { c, h: dh, w: dw }, None)? };
+    let size = |a: usize, n: u64| {
+        ir::conv_out_size(n, [kh, kw][a], 1, conv_pad[a], dilation[a])
+            .ok_or_else(|| format!("the output would be empty: input {shape}, kernel {kh}×{kw}, padding {pad:?}"))
+    };
+    let (oh, ow) = (size(0, dh)?, size(1, dw)?);
+    let op = Op::Conv(Conv {
+        in_channels: c,
+        out_channels: m,
+        kernel: [kh, kw],
+        stride: [1, 1],
+        pad: conv_pad,
+        dilation,
+        groups,
+        bias: bias.is_some(),
+    });
+    let mut params = imp.param_names(cx, weight, bias);
+    params.shape = Some(wd.clone());
+    imp.push(cx, op, input, Shape::Image { c: m, h: oh, w: ow }, Some(params), cx.output()?)?;
     Ok(())
 }
 
