@@ -244,21 +244,9 @@ impl InitArgs {
     /// The analysis options, the cap checked against the mode.
     fn options(&self) -> Result<Options> {
         let mode = self.mode.into();
-        check_cap(self.std_cap, mode)?;
+        cnnc::check_std_cap(self.std_cap, mode)?;
         Ok(Options { mode, std_cap: self.std_cap })
     }
-}
-
-fn check_cap(cap: Option<f64>, mode: Mode) -> Result<()> {
-    if let Some(c) = cap {
-        if !(c.is_finite() && c > 0.0) {
-            bail!("--std-cap must be a positive number, got {c}");
-        }
-        if !matches!(mode, Mode::Forward | Mode::Backward) {
-            bail!("--std-cap applies to the forward and backward modes only, not {}", mode.name());
-        }
-    }
-    Ok(())
 }
 
 fn emit(output: &Option<PathBuf>, text: &str) -> Result<()> {
@@ -281,12 +269,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plan { file, init, format, analysis, input, output, branch_scale } => {
             let opts = init.options()?;
             let model = load(&file, input)?;
-            let plan = if model.source.is_none() {
-                let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale };
-                cnnc::plan_graph(&model.graph, req).map_err(|e| model.located(e))?
-            } else {
-                cnnc::plan_with(&model.network()?, opts, analysis.into())?
-            };
+            let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale })?;
             let text = match format {
                 Format::Json => plan.to_json(),
                 Format::Yaml => plan.to_yaml(),
