@@ -1,6 +1,8 @@
 import os
 from typing import Any, Literal, Optional, Sequence, Union
 
+from . import torch as torch
+
 
 __version__: str
 MODES: tuple[str, ...]
