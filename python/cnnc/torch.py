@@ -155,7 +155,7 @@ def apply(module, plan, seed=None, generator=None):
     except _apply.PlanMismatch as e:
         raise PlanError(str(e)) from e
     _LAST_PLAN[module] = plan
-    return InitReport(plan, applied)
+    return InitReport(plan, applied, type(module).__name__)
 
 
 def _module_name(weight_name):
@@ -188,10 +188,12 @@ class InitReport(_Report):
     moments forward (E[u²] of the layer's output) and backward (E[g²] of the gradient at
     its input), and the normalization that makes it scale-invariant, if any),
     `.batch_norms` a list of dicts (module, mode, scale, shift), `.skipped` the plan
-    parameters the module lacks (name, why), `.seconds` the export/plan/apply times."""
+    parameters the module lacks (name, why), `.seconds` the export/plan/apply times,
+    `.name` the module's class name."""
 
-    def __init__(self, plan, applied):
+    def __init__(self, plan, applied, name=None):
         self.plan = plan
+        self.name = name or plan["network"]
         self.seconds = {}
         self.layers = []
         for l in plan["layers"]:
@@ -212,7 +214,7 @@ class InitReport(_Report):
     def __repr__(self):
         p = self.plan
         head = "cnnc %s plan of %s (%s analysis, input %s%s): %d weight layers, %d normalizations" % (
-            p["mode"], p["network"], p["analysis"], "x".join(map(str, p["input_shape"])),
+            p["mode"], self.name, p["analysis"], "x".join(map(str, p["input_shape"])),
             "" if p.get("branch_scale") is None else ", branch scale %g" % p["branch_scale"],
             len(self.layers), len(self.batch_norms))
         rows = [(l["module"], l["kind"], "x".join(map(str, l["shape"])), "%.5g" % l["std"], _g(l["forward_variance"]), _g(l["backward_variance"]),
@@ -306,7 +308,7 @@ def check(module, input_shape=None, draws=8, batch=8, *, plan=None, seed=0):
             m.training = flag
         for m in inplace:
             m.inplace = True
-    return CheckReport(plan, rows, fwd, bwd, reads_input, draws, batch, shape, time.perf_counter() - t0)
+    return CheckReport(plan, rows, fwd, bwd, reads_input, draws, batch, shape, time.perf_counter() - t0, type(module).__name__)
 
 
 def _stats(values, predicted):
@@ -324,8 +326,9 @@ class CheckReport(_Report):
     deviation over draws), min_fwd, max_fwd, ratio_fwd (meas/pred), draws_fwd (per draw),
     and the same for bwd. `.plot(path)` draws them against depth (needs matplotlib)."""
 
-    def __init__(self, plan, rows, fwd, bwd, reads_input, draws, batch, shape, seconds):
+    def __init__(self, plan, rows, fwd, bwd, reads_input, draws, batch, shape, seconds, name=None):
         self.plan, self.draws, self.batch, self.input_shape, self.seconds = plan, draws, batch, shape, seconds
+        self.name = name or plan["network"]
         self.layers = []
         for name, _, l in rows:
             p = l.get("predicted") or {}
@@ -340,7 +343,7 @@ class CheckReport(_Report):
     def __repr__(self):
         p = self.plan
         head = "cnnc check of %s's %s plan (%s analysis): %d draws, batch %d, input %s, %.1f s; mean ± sd over draws" % (
-            p["network"], p["mode"], p["analysis"], self.draws, self.batch, "x".join(map(str, self.input_shape)), self.seconds)
+            self.name, p["mode"], p["analysis"], self.draws, self.batch, "x".join(map(str, self.input_shape)), self.seconds)
         rows = []
         for l in self.layers:
             rows.append((l["module"] + (" (input)" if l["reads_input"] else ""),
@@ -367,7 +370,7 @@ class CheckReport(_Report):
             ax.set_xlabel("weight layer")
             ax.set_title(title, fontsize=10)
             ax.legend(fontsize=8)
-        fig.suptitle("%s, %s plan, %d draws of batch %d" % (self.plan["network"], self.plan["mode"], self.draws, self.batch), fontsize=10)
+        fig.suptitle("%s, %s plan, %d draws of batch %d" % (self.name, self.plan["mode"], self.draws, self.batch), fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)

@@ -33,6 +33,7 @@ def check(
 ) -> CheckReport: ...
 
 class InitReport:
+    name: str
     plan: dict[str, Any]
     layers: list[dict[str, Any]]
     batch_norms: list[dict[str, Any]]
@@ -41,6 +42,7 @@ class InitReport:
     def to_pandas(self) -> Any: ...
 
 class CheckReport:
+    name: str
     plan: dict[str, Any]
     layers: list[dict[str, Any]]
     draws: int

@@ -259,3 +259,23 @@ def test_check_matches_measure_dag(tmp_path):
 def test_check_needs_a_plan():
     with pytest.raises(ValueError, match="init_"):
         cnnc.torch.check(resnet18_nobn(), input_shape=(3, 32, 32))
+
+
+def test_reports_as_tables_frames_and_plots(tmp_path):
+    """repr is a table with a row per layer; to_pandas and plot (CI installs pandas and
+    matplotlib in the torch venv; elsewhere these parts skip)."""
+    model = small_chain()
+    report = cnnc.torch.init_(model, input_shape=(3, 16, 16), seed=0)
+    lines = repr(report).splitlines()
+    assert lines[0].startswith("cnnc forward plan of Sequential") and len(lines) == 2 + len(report.layers)
+    check = cnnc.torch.check(model, draws=2, batch=4)
+    assert len(repr(check).splitlines()) == 2 + len(check.layers)
+    if os.environ.get("CNNC_PYTEST_STRICT") != "1":
+        pytest.importorskip("pandas")
+        pytest.importorskip("matplotlib")
+    frame = report.to_pandas()
+    assert list(frame["module"]) == ["0", "2", "5", "7", "11"] and list(frame["std"]) == [l["std"] for l in report.layers]
+    assert list(check.to_pandas()["meas_fwd"]) == [l["meas_fwd"] for l in check.layers]
+    png = tmp_path / "check.png"
+    assert check.plot(str(png)) == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
