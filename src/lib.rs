@@ -6,9 +6,9 @@
 //! (JSON/YAML). This file chains the stages; each stage is a pure function.
 //!
 //! The back ends that run networks — `nn` (the candle model), `train`, `probe`,
-//! `experiment`, `plot` and `emit::runtime` — exist with the `train` feature (on by
-//! default) only: without it nothing here links candle, and the compiler checks that
-//! the analysis does not need it.
+//! `experiment`, `plot` and `emit::runtime` — exist with the `train` feature (off by
+//! default: `--features train`) only: without it nothing here links candle, and the
+//! compiler checks that the analysis does not need it.
 
 pub mod analyze;
 pub mod diag;

@@ -782,7 +782,7 @@ fn default_cnnc_path() -> Result<String> {
     )
 }
 
-/// A plan-only build (`--no-default-features`): the commands of the `train` feature still
+/// The plan-only build (the default, without `--features train`): the commands of the `train` feature still
 /// parse, whatever their arguments, and fail with how to get them, rather than being
 /// unknown subcommands to someone following the README.
 #[cfg(not(feature = "train"))]
@@ -802,13 +802,13 @@ mod without_train {
 
     /// What `cnnc --help` and `cnnc help <command>` add in this build.
     pub const NOTE: &str = "This cnnc was built without the `train` feature: train, probe, experiment and synth-data are \
-                            not available (install with default features to get them: `cargo install --path .`)";
+                            not available (install with the `train` feature to get them: `cargo install --path . --features train`)";
 
     /// The error of `cnnc <command>`.
     pub fn fail(command: &str) -> anyhow::Result<()> {
         anyhow::bail!(
             "this cnnc was built without the `train` feature: `cnnc {command}` is part of the training back end; \
-             install with default features to get it (`cargo install --path .`)"
+             install with the `train` feature to get it (`cargo install --path . --features train`)"
         )
     }
 }
