@@ -1,7 +1,7 @@
 //! cnnc's CPU kernels against candle's, on the workloads of `benches/pytorch_bench.py`
 //! (std only, no harness), so that the three can be compared back to back.
 //!
-//! Run with `RAYON_NUM_THREADS=1 cargo bench --bench kernels -- [--json FILE] [--sizes 64,224]
+//! Run with `RAYON_NUM_THREADS=1 cargo bench --features train --bench kernels -- [--json FILE] [--sizes 64,224]
 //! [--rounds N] [--kernels cnnc,candle] [--no-conv]` (`--no-conv`: F34 only, e.g. to profile it). Every workload runs in f32, batch 16, once per
 //! kernel set ("candle": candle's `conv2d` and its backward, i.e. before; "cnnc": the
 //! im2col + GEMM ops of src/nn/conv.rs, what `cnnc train` runs):

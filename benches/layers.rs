@@ -1,7 +1,7 @@
 //! F34's conv layers one at a time: where a training step's conv time goes, per shape
 //! (std only, no harness). `benches/pytorch_layers.py` times the same shapes in PyTorch.
 //!
-//! Run with `RAYON_NUM_THREADS=2 cargo bench --bench layers -- [--size 64] [--reps 40]
+//! Run with `RAYON_NUM_THREADS=2 cargo bench --features train --bench layers -- [--size 64] [--reps 40]
 //! [--only I]`. For each distinct conv shape of F34 at `--size`×`--size` input (batch 16,
 //! f32; `--only` picks shape I of the eight): the fastest of `--reps` calls of
 //! - forward: `ConvSpec::apply_relu` (conv + bias + ReLU, one op, as `cnnc train` runs it);

@@ -1,6 +1,6 @@
 //! Where F34's training time goes on the CPU, op by op (std only, no harness).
 //!
-//! Run with `cargo bench --bench train_profile` (release). For F34 at 64×64 and 224×224,
+//! Run with `cargo bench --features train --bench train_profile` (release). For F34 at 64×64 and 224×224,
 //! batch 16, f32, every op of a training step is timed alone, at the shapes the network
 //! gives it, exactly as candle's autograd runs it:
 //! - conv forward: `conv2d`;

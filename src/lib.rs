@@ -6,9 +6,9 @@
 //! (JSON/YAML). This file chains the stages; each stage is a pure function.
 //!
 //! The back ends that run networks — `nn` (the candle model), `train`, `probe`,
-//! `experiment`, `plot` and `emit::runtime` — exist with the `train` feature (on by
-//! default) only: without it nothing here links candle, and the compiler checks that
-//! the analysis does not need it.
+//! `experiment`, `plot` and `emit::runtime` — exist with the `train` feature (off by
+//! default: `--features train`) only: without it nothing here links candle, and the
+//! compiler checks that the analysis does not need it.
 
 pub mod analyze;
 pub mod diag;
@@ -85,6 +85,17 @@ impl Model {
         network(&self.graph, self.source.as_ref()).map_err(|e| self.located(e))
     }
 
+    /// The plan `cnnc plan` writes: a `.cnn` description through the chain analysis (its
+    /// errors point into the source; `branch_scale` does not apply), an ONNX model
+    /// through [`plan_graph`] (a chain-shaped one gives the same `cnnc-plan/1`).
+    pub fn plan(&self, req: GraphRequest) -> Result<plan::Plan, Error> {
+        if self.source.is_none() {
+            plan_graph(&self.graph, req).map_err(|e| self.located(e))
+        } else {
+            plan_with(&self.network()?, req.opts, req.analysis)
+        }
+    }
+
     /// Puts the file's path before errors that do not carry it already.
     pub fn located(&self, e: Error) -> Error {
         match e {
@@ -111,11 +122,45 @@ pub fn load(path: &std::path::Path, input: InputSize) -> Result<Model, Error> {
     if is_onnx(path) {
         let graph = onnx::load(path, &onnx::ImportOptions { input }).map_err(|e| match e {
             e @ onnx::OnnxError::Io { .. } => Error::Onnx(e),
-            e => Error::InFile { path: shown.clone(), inner: Box::new(e.into()) },
+            e => in_file(&shown, e.into()),
         })?;
         return Ok(Model { graph, source: None, path: shown });
     }
     let bytes = std::fs::read(path).map_err(|e| Error::Read { path: shown.clone(), message: e.to_string() })?;
+    load_cnn(shown, bytes, input)
+}
+
+/// The two kinds of network file [`load_bytes`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A `.cnn` description (UTF-8 text).
+    Cnn,
+    /// An ONNX model (protobuf).
+    Onnx,
+}
+
+/// [`load`] of a file already in memory (what the Python package plans): `path` is the
+/// name errors are reported under. An ONNX model is read as [`load`] reads a file, its
+/// weight payloads skipped, so both give the same graph.
+pub fn load_bytes(path: &str, bytes: &[u8], kind: FileKind, input: InputSize) -> Result<Model, Error> {
+    match kind {
+        FileKind::Cnn => load_cnn(path.to_string(), bytes.to_vec(), input),
+        FileKind::Onnx => {
+            let opts = onnx::ImportOptions { input };
+            let graph = onnx::decode_shapes(std::io::Cursor::new(bytes), bytes.len() as u64)
+                .and_then(|m| onnx::import(&m, &opts))
+                .map_err(|e| in_file(path, e.into()))?;
+            Ok(Model { graph, source: None, path: path.to_string() })
+        }
+    }
+}
+
+fn in_file(path: &str, inner: Error) -> Error {
+    Error::InFile { path: path.to_string(), inner: Box::new(inner) }
+}
+
+/// Parses and lowers a `.cnn` description reported under `shown`, resized to `input`.
+fn load_cnn(shown: String, bytes: Vec<u8>, input: InputSize) -> Result<Model, Error> {
     let text = String::from_utf8(bytes).map_err(|e| Error::Read {
         path: shown.clone(),
         message: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
@@ -214,6 +259,19 @@ pub fn plan(net: &unify::Network, opts: analyze::Options) -> Result<plan::Plan, 
 pub fn plan_with(net: &unify::Network, opts: analyze::Options, analysis: analyze::Analysis) -> Result<plan::Plan, Error> {
     let layers = analyze::analyze_with(net, opts, analysis)?;
     Ok(plan::build(net, &layers, opts))
+}
+
+/// Checks `--std-cap` against the mode: a positive number, for the forward and backward
+/// modes only (the baselines have no padding-aware He value to cap at).
+pub fn check_std_cap(cap: Option<f64>, mode: analyze::Mode) -> Result<(), Error> {
+    let fail = |m: String| Err(Error::Analysis(analyze::AnalysisError::Options(m)));
+    match cap {
+        Some(c) if !(c.is_finite() && c > 0.0) => fail(format!("--std-cap must be a positive number, got {c}")),
+        Some(_) if !matches!(mode, analyze::Mode::Forward | analyze::Mode::Backward) => {
+            fail(format!("--std-cap applies to the forward and backward modes only, not {}", mode.name()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What planning a graph needs beyond the mode.

@@ -244,21 +244,9 @@ impl InitArgs {
     /// The analysis options, the cap checked against the mode.
     fn options(&self) -> Result<Options> {
         let mode = self.mode.into();
-        check_cap(self.std_cap, mode)?;
+        cnnc::check_std_cap(self.std_cap, mode)?;
         Ok(Options { mode, std_cap: self.std_cap })
     }
-}
-
-fn check_cap(cap: Option<f64>, mode: Mode) -> Result<()> {
-    if let Some(c) = cap {
-        if !(c.is_finite() && c > 0.0) {
-            bail!("--std-cap must be a positive number, got {c}");
-        }
-        if !matches!(mode, Mode::Forward | Mode::Backward) {
-            bail!("--std-cap applies to the forward and backward modes only, not {}", mode.name());
-        }
-    }
-    Ok(())
 }
 
 fn emit(output: &Option<PathBuf>, text: &str) -> Result<()> {
@@ -281,12 +269,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plan { file, init, format, analysis, input, output, branch_scale } => {
             let opts = init.options()?;
             let model = load(&file, input)?;
-            let plan = if model.source.is_none() {
-                let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale };
-                cnnc::plan_graph(&model.graph, req).map_err(|e| model.located(e))?
-            } else {
-                cnnc::plan_with(&model.network()?, opts, analysis.into())?
-            };
+            let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale })?;
             let text = match format {
                 Format::Json => plan.to_json(),
                 Format::Yaml => plan.to_yaml(),
@@ -799,7 +782,7 @@ fn default_cnnc_path() -> Result<String> {
     )
 }
 
-/// A plan-only build (`--no-default-features`): the commands of the `train` feature still
+/// The plan-only build (the default, without `--features train`): the commands of the `train` feature still
 /// parse, whatever their arguments, and fail with how to get them, rather than being
 /// unknown subcommands to someone following the README.
 #[cfg(not(feature = "train"))]
@@ -819,13 +802,13 @@ mod without_train {
 
     /// What `cnnc --help` and `cnnc help <command>` add in this build.
     pub const NOTE: &str = "This cnnc was built without the `train` feature: train, probe, experiment and synth-data are \
-                            not available (install with default features to get them: `cargo install --path .`)";
+                            not available (install with the `train` feature to get them: `cargo install --path . --features train`)";
 
     /// The error of `cnnc <command>`.
     pub fn fail(command: &str) -> anyhow::Result<()> {
         anyhow::bail!(
             "this cnnc was built without the `train` feature: `cnnc {command}` is part of the training back end; \
-             install with default features to get it (`cargo install --path .`)"
+             install with the `train` feature to get it (`cargo install --path . --features train`)"
         )
     }
 }

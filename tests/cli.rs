@@ -110,7 +110,7 @@ fn inspect_lists_the_index_sets() {
     assert!(out.contains("j(ℓ,i)  (conv outputs u^(ℓ) that read it, index=(c,y,x); 576 elements"), "{out}");
 }
 
-/// A plan-only build (`--no-default-features`) still knows the training commands: they
+/// The plan-only build (the default, without `--features train`) still knows the training commands: they
 /// fail, whatever their arguments, with the feature they need; the rest of the CLI works.
 #[cfg(not(feature = "train"))]
 #[test]

@@ -1,5 +1,5 @@
 //! `cnnc emit candle`: the checked-in generated crates are what the generator writes
-//! today (`UPDATE_CODEGEN=1 cargo test --test emit_candle` rewrites them), the generated
+//! today (`UPDATE_CODEGEN=1 cargo test --features train --test emit_candle` rewrites them), the generated
 //! Tiny model gives `cnnc train`'s model's output bit for bit (its own tests, compiled in
 //! here from `codegen/tiny/src/model.rs`), and what the generator cannot express is an
 //! error naming the layer.
@@ -62,7 +62,11 @@ fn check_crate(dir: &Path, files: &[cnnc::emit::File]) -> Vec<String> {
 fn checked_in_crates_are_the_generators_output() {
     let mut failures = check_crate(&root().join("codegen/f34"), &generate("specs/f34.cnn", "f34"));
     failures.extend(check_crate(&root().join("codegen/tiny"), &generate("codegen/specs/tiny.cnn", "tiny")));
-    assert!(failures.is_empty(), "{}\n(regenerate with UPDATE_CODEGEN=1 cargo test --test emit_candle)", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{}\n(regenerate with UPDATE_CODEGEN=1 cargo test --features train --test emit_candle)",
+        failures.join("\n")
+    );
 }
 
 /// One `PlanLayer` literal of a generated `LAYERS`: weight name, bias name, shape, σ.
@@ -108,7 +112,11 @@ fn the_crate_embeds_the_plan_it_is_given() {
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["Cargo.toml", "src/lib.rs", "src/main.rs", "src/model.rs"]);
     // A member of cnnc's workspace has no [workspace] of its own (a standalone crate has).
-    assert!(!files[0].text.contains("[workspace]") && files[0].text.contains("cnnc = { path = \"../..\" }"), "{}", files[0].text);
+    assert!(
+        !files[0].text.contains("[workspace]") && files[0].text.contains("cnnc = { path = \"../..\", features = [\"train\"] }"),
+        "{}",
+        files[0].text
+    );
     assert!(files[2].text.contains("use tiny::model::INPUT;") && files[1].text.contains("train::fit("));
     let model = &files[3].text;
     let want: Vec<EmbeddedLayer> = plan
@@ -178,7 +186,7 @@ fn unsupported_layers_are_errors_naming_the_layer() {
     let e = generate_text(ok, "9lives").unwrap_err().to_string();
     assert!(e.contains("`9lives` is not a valid crate name"), "{e}");
     let files = generate_text(ok, "t").unwrap();
-    assert!(files[0].text.contains("cnnc = { path = \"/cnnc\" }") && files[0].text.contains("\n[workspace]\n"));
+    assert!(files[0].text.contains("cnnc = { path = \"/cnnc\", features = [\"train\"] }") && files[0].text.contains("\n[workspace]\n"));
 }
 
 #[test]

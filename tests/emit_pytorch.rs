@@ -1,4 +1,4 @@
-//! `cnnc emit pytorch-init`: a Python module holding `codegen/consumers/apply_plan.py`'s
+//! `cnnc emit pytorch-init`: a Python module holding `python/cnnc/_apply.py`'s
 //! rules verbatim and the plan as JSON (CI runs no Python; the consumer is exercised by
 //! hand, see the README).
 
@@ -19,7 +19,7 @@ fn module_embeds_the_plan_and_the_rules() {
     let start = py.find("json.loads(r'''").unwrap() + "json.loads(r'''".len();
     let end = start + py[start..].find("'''").unwrap();
     assert_eq!(&py[start..end], plan.to_json());
-    let consumer = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/codegen/consumers/apply_plan.py")).unwrap();
+    let consumer = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/python/cnnc/_apply.py")).unwrap();
     for f in ["def validate_plan(", "def match_parameters(", "def apply_plan("] {
         let body = &consumer[consumer.find(f).unwrap()..];
         let end = ["\n\n\n", "\n# ---"].iter().filter_map(|m| body.find(m)).min().unwrap();

@@ -1,4 +1,5 @@
-"""Tests of apply_plan.py against real torchvision models and plans the cnnc binary makes.
+"""Tests of apply_plan.py (the applier of python/cnnc/_apply.py, loaded from this checkout)
+against real torchvision models and plans the cnnc binary makes.
 
     ~/.cache/cnnc/torch-venv/bin/python -m pytest codegen/consumers/test_apply_plan.py
 
@@ -407,7 +408,7 @@ def test_plans_validate_against_the_schema(tmp_path, source):
 def test_emitted_rules_are_self_contained():
     """`cnnc emit pytorch-init` wraps the rules section in a header holding only `import
     json`, FORMAT = "cnnc-plan/1" and PlanMismatch: the rules must run with just that."""
-    with open(os.path.join(HERE, "apply_plan.py")) as f:
+    with open(os.path.join(ROOT, "python", "cnnc", "_apply.py")) as f:
         text = f.read()
     begin = "# --- begin rules (emitted verbatim by `cnnc emit pytorch-init`) ---\n"
     rules = text[text.index(begin) + len(begin): text.index("# --- end rules ---\n")]

@@ -56,6 +56,7 @@ are over the per-draw ratios.
 
 import argparse
 import collections
+import importlib.util
 import json
 import math
 import os
@@ -70,6 +71,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torchvision.ops import StochasticDepth
+
+# The measurement itself is the Python package's (python/cnnc/_measure.py, torch only),
+# loaded by path: `cnnc.torch.check` and this script measure alike.
+_spec = importlib.util.spec_from_file_location(
+    "cnnc_measure", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 "..", "..", "python", "cnnc", "_measure.py"))
+_measure = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_measure)
 
 MODELS = ("resnet18_nobn", "mobilenet_v2_nobn", "efficientnet_b0_nobn",
           "resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0",
@@ -262,6 +271,9 @@ def check_plan(model, plan):
         if key not in mods:
             die(f"plan layer {i}: {key!r} is in the state_dict but is not the weight "
                 "of an nn.Conv2d or nn.Linear, so it cannot be measured")
+        if "shape" in w and list(sd[key].shape) != list(w["shape"]):
+            die(f"plan layer {i}: weight {key!r} has shape {list(w['shape'])} in the plan, "
+                f"{list(sd[key].shape)} in the model")
         if key in seen:
             die(f"plan layer {i}: weight {key!r} appears twice")
         seen.add(key)
@@ -310,44 +322,15 @@ def init_draw(model, rows, plan, d, kaiming):
                     params[bn[part]["name"]].fill_(float(bn[part]["value"]))
 
 
-def second_moment(t):
-    return t.detach().double().pow(2).mean().item()
-
-
 def one_draw(model, rows, args, d):
-    fwd, bwd, first = {}, {}, set()
-    handles = []
-    seen = []  # (key, what, tensor, version when the hook ran)
     x = torch.randn(args.batch, 3, args.size, args.size)
-    x.requires_grad_(True)
-
-    def make_hook(key):
-        def hook(mod, inputs, output):
-            fwd[key] = second_moment(output)
-            inp = inputs[0]
-            seen.append((key, "output", output, output._version))
-            seen.append((key, "input", inp, inp._version))
-            if inp is x:
-                first.add(key)
-            if inp.requires_grad:
-                def ghook(g):
-                    bwd[key] = second_moment(g)
-                inp.register_hook(ghook)
-        return hook
-
-    for key, m, _ in rows:
-        handles.append(m.register_forward_hook(make_hook(key)))
     try:
-        out = model(x)
-        G = torch.randn_like(out)
-        (out * G).sum().backward()
+        fwd, bwd, first, changed = _measure.measure(model, [(key, m) for key, m, _ in rows], x)
+    except RuntimeError as e:
+        die(f"draw {d}: {e}")
     finally:
-        for h in handles:
-            h.remove()
-    model.zero_grad(set_to_none=True)
-    changed = [f"{key[:-len('.weight')]} {what}" for key, what, t, v in seen
-               if t._version != v]
-    del seen
+        model.zero_grad(set_to_none=True)
+    changed = [f"{key[:-len('.weight')]} {what}" for key, what in changed]
     if changed and d == 0:
         # Harmless for the numbers (the forward moment is taken inside the hook, and a
         # tensor hook registered before an in-place op gets the gradient w.r.t. the
@@ -356,11 +339,6 @@ def one_draw(model, rows, args, d):
         print(f"note: {len(changed)} tensor(s) seen by hooks were modified in place "
               "afterwards: " + ", ".join(changed[:10])
               + (" ..." if len(changed) > 10 else ""), file=sys.stderr)
-    for key, _, _ in rows:
-        if key not in fwd:
-            die(f"draw {d}: module of {key!r} was never called in forward")
-        if key not in bwd:
-            die(f"draw {d}: no gradient reached the input of {key!r}")
     return fwd, bwd, first
 
 

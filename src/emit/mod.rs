@@ -8,7 +8,7 @@
 //!   what such a crate links against to draw cnnc's exact weights for a seed. Generating
 //!   needs no candle: the generated crate depends on cnnc with the feature.
 //! - [`pytorch::init_module`]: a self-contained Python module that applies the plan to a
-//!   `torch.nn.Module`, built around `codegen/consumers/apply_plan.py`.
+//!   `torch.nn.Module`, built around `python/cnnc/_apply.py` (the Python package's applier).
 //!
 //! Invariants: output is deterministic (same inputs, same bytes) and rustfmt-clean, so the
 //! checked-in `codegen/f34/` can be compared byte for byte; what the generator cannot

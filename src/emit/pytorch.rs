@@ -1,17 +1,17 @@
 //! The PyTorch consumer: a plan → a self-contained Python module that applies it.
 //!
-//! The module is `codegen/consumers/apply_plan.py`'s rules (the part between its
+//! The module is `python/cnnc/_apply.py`'s rules (the part between its
 //! `begin rules` and `end rules` markers, verbatim, so the name-matching rule has one
 //! implementation) with the plan embedded as JSON and an `apply(model, generator=None)`.
 
 use super::EmitError;
 use crate::plan::Plan;
 
-const CONSUMER: &str = include_str!("../../codegen/consumers/apply_plan.py");
+const CONSUMER: &str = include_str!("../../python/cnnc/_apply.py");
 const BEGIN: &str = "# --- begin rules (emitted verbatim by `cnnc emit pytorch-init`) ---\n";
 const END: &str = "# --- end rules ---\n";
 
-/// The rules section of `apply_plan.py`.
+/// The rules section of `python/cnnc/_apply.py` (the applier of the Python package).
 fn rules() -> &'static str {
     let start = CONSUMER.find(BEGIN).map_or(0, |i| i + BEGIN.len());
     let end = CONSUMER[start..].find(END).map_or(CONSUMER.len(), |i| start + i);
@@ -35,7 +35,7 @@ pub fn init_module(plan: &Plan, source: &str) -> Result<String, EmitError> {
          Every weight gets nn.init.normal_ with the plan's std, every bias zeros. Parameters are\n\
          matched by name when all the plan's names are in model.named_parameters(), else by\n\
          order of the weight parameters (>= 2-D, name ending in \"weight\"); shapes must agree.\n\
-         See codegen/consumers/apply_plan.py in cnnc for the full rule.\n\
+         See python/cnnc/_apply.py in cnnc for the full rule.\n\
          \"\"\"\n\
          \n\
          import json\n\

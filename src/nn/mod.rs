@@ -87,7 +87,7 @@ pub struct Model {
 
 /// Sets up the process for CPU training; call once, first thing in `main`, before any
 /// thread starts. Two things, both measured on the 2-core CI machine with
-/// `cargo bench --bench kernels` (batch 16):
+/// `cargo bench --features train --bench kernels` (batch 16):
 ///
 /// - One thread pool: candle 0.11 runs its elementwise ops on a pool of its own
 ///   (`CANDLE_NUM_THREADS`, else as many threads as rayon's), beside rayon's, which the
@@ -120,7 +120,7 @@ pub fn tune_cpu() {
 /// pool's threads and waits, asleep, for it: two thread wake-ups per op, hundreds per
 /// F34 step. From a worker, the calling thread takes its share itself. Measured: F34
 /// 64×64 training, 2 threads, context switches 17 000 → 3 000 a run, the step 1–3 %
-/// faster (`cargo bench --bench kernels`, three interleaved runs). Results do not change:
+/// faster (`cargo bench --features train --bench kernels`, three interleaved runs). Results do not change:
 /// the ops split their work by the thread count, which is the same.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     match rayon::ThreadPoolBuilder::new().build() {
