@@ -1453,6 +1453,9 @@ fn conv_transpose_is_zeros_between_then_a_conv() {
     let attrs = vec![attr("strides", A::Is(vec![2, 2])), attr("pads", A::Is(vec![1, 1, 1, 1])), attr("output_padding", A::Is(vec![1, 1]))];
     let g = ct(attrs, &[4, 2, 3, 3]).unwrap();
     assert_eq!((conv_of(&g, 2).pad, g.nodes[2].output), ([pad(1, 2), pad(1, 2)], img(2, 18, 18)));
+    // An explicit output_padding of 0 (the dynamo exporter writes it) is none.
+    let attrs = vec![attr("strides", A::Is(vec![2, 2])), attr("output_padding", A::Is(vec![0, 0]))];
+    assert_eq!(ct(attrs, &[4, 2, 2, 2]).unwrap().nodes[2].output, img(2, 18, 18));
     // Stride 1: no dilation node.
     let g = ct(vec![], &[4, 2, 3, 3]).unwrap();
     assert_eq!((g.nodes.len(), g.nodes[1].output), (2, img(2, 11, 11)));

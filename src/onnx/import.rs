@@ -1148,7 +1148,11 @@ fn conv_transpose<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String>
     let stride = cx.pair("strides", Some(1))?;
     let dilation = cx.pair("dilations", Some(1))?;
     let pad = cx.pads([h, w], [kh, kw], stride, dilation)?;
-    let extra = cx.pair("output_padding", Some(0))?;
+    let extra = match cx.ints("output_padding")? {
+        None => [0, 0],
+        Some(&[a, b]) if (0..=MAX_DIM as i64).contains(&a) && (0..=MAX_DIM as i64).contains(&b) => [a as u64, b as u64],
+        Some(v) => return Err(format!("attribute `output_padding` = {v:?} must be two values from 0 to {MAX_DIM}")),
+    };
     let mut conv_pad = [Pad::default(); 2];
     for a in 0..2 {
         let span = dilation[a] * ([kh, kw][a] - 1);

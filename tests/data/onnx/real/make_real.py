@@ -3,7 +3,9 @@
 
 Run with the throwaway venv described in scripts/torch/README.md:
 
-    ~/.cache/cnnc/torch-venv/bin/python tests/data/onnx/real/make_real.py
+    ~/.cache/cnnc/torch-venv/bin/python tests/data/onnx/real/make_real.py [MODEL ...]
+
+With model names, only those models' files are written (e.g. `unet`).
 
 Every model is built with weights=None under torch.manual_seed(0), input 1x3x224x224.
 Files written (see README.md next to this script):
@@ -53,6 +55,9 @@ NOBN_MODELS = ["resnet18", "mobilenet_v2", "efficientnet_b0"]
 # concatenations of pooled branches (GoogLeNet), grouped convs (RegNet), depthwise
 # separable blocks (MNASNet); ConvNeXt has LayerNorm, which cnnc refuses by name.
 EXTRA_MODELS = ["efficientnet_b0", "shufflenet_v2_x1_0", "googlenet", "regnet_x_400mf", "mnasnet0_5", "convnext_tiny"]
+# A small U-Net with BatchNorm and transposed convs (scripts/torch/measure_dag.py's UNet):
+# TorchScript with weights, training mode, and dynamo.
+UNET_MODELS = ["unet"]
 
 RESULTS = []   # (file, size, histogram) in write order
 FAILURES = []  # (file, error text)
@@ -60,6 +65,13 @@ FAILURES = []  # (file, error text)
 
 def build(name, nobn=False):
     torch.manual_seed(0)
+    if name == "unet":
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(
+            "measure_dag", os.path.join(HERE, "..", "..", "..", "..", "scripts", "torch", "measure_dag.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.UNet()
     kwargs = {"weights": None}
     if nobn:
         kwargs["norm_layer"] = lambda c: torch.nn.Identity()
@@ -230,15 +242,21 @@ def main():
     except Exception:
         print(", onnxscript missing")
 
-    for name in MODELS:
+    only = set(sys.argv[1:])
+    keep = (lambda names: [n for n in names if n in only]) if only else (lambda names: names)
+    for name in keep(UNET_MODELS):
+        attempt(os.path.join(HERE, f"{name}.ts.weights.onnx"), make_ts_weights(name))
+        attempt(os.path.join(HERE, f"{name}.train.onnx"), make_train(name))
+        attempt(os.path.join(HERE, f"{name}.dynamo.onnx"), make_dynamo(name))
+    for name in keep(MODELS):
         attempt(os.path.join(HERE, f"{name}.ts.onnx"), make_ts(name))
         attempt(os.path.join(HERE, f"{name}.ts.weights.onnx"), make_ts_weights(name))
         attempt(os.path.join(HERE, f"{name}.dynamo.onnx"), make_dynamo(name))
         if name in TRAIN_MODELS:
             attempt(os.path.join(HERE, f"{name}.train.onnx"), make_train(name))
-    for name in NOBN_MODELS:
+    for name in keep(NOBN_MODELS):
         attempt(os.path.join(HERE, f"{name}_nobn.ts.onnx"), make_ts(name, nobn=True))
-    for name in EXTRA_MODELS:
+    for name in keep(EXTRA_MODELS):
         attempt(os.path.join(HERE, f"{name}.ts.weights.onnx"), make_ts_weights(name))
         attempt(os.path.join(HERE, f"{name}.dynamo.onnx"), make_dynamo(name))
 
