@@ -319,9 +319,7 @@ fn run(cli: Cli) -> Result<()> {
             let model = load(&file, input)?;
             let plan = cnnc::plan(&model.network()?, opts)?;
             let model = cnnc::onnx::export(&model.graph, &plan, seed).map_err(cnnc::Error::from)?;
-            cnnc::onnx::write_model(model, &output, None)
-                .map_err(cnnc::Error::from)
-                .with_context(|| format!("cannot write {}", output.display()))
+            cnnc::onnx::write_model(model, &output, None).map_err(|e| cnnc::Error::from(e).into())
         }
         Command::Init { model, init, seed, input, output } => {
             let opts = init.options()?;
@@ -335,9 +333,7 @@ fn run(cli: Cli) -> Result<()> {
             let net = cnnc::network(&graph, None).map_err(in_model)?;
             let plan = cnnc::plan(&net, opts)?;
             cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
-            cnnc::onnx::write_model(proto, &output, None)
-                .map_err(cnnc::Error::from)
-                .with_context(|| format!("cannot write {}", output.display()))
+            cnnc::onnx::write_model(proto, &output, None).map_err(|e| cnnc::Error::from(e).into())
         }
         #[cfg(feature = "train")]
         Command::Train(args) => {

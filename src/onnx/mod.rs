@@ -48,6 +48,9 @@ use std::path::Path;
 pub enum OnnxError {
     #[error("cannot read {path}")]
     Io { path: String, source: std::io::Error },
+    /// An output file that cannot be written (the message says why).
+    #[error("cannot write {path}")]
+    Write { path: String, source: std::io::Error },
     /// The bytes are not a protobuf `ModelProto`, or not an ONNX model.
     #[error("not a valid ONNX model: {0}")]
     Decode(String),

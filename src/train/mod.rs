@@ -529,12 +529,14 @@ pub fn fit(
         }
     } else {
         std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
-        crate::write_atomic(&run.join("plan.json"), plan.to_json().as_bytes()).map_err(|e| file_err(run, e))?;
+        let path = run.join("plan.json");
+        crate::write_atomic(&path, plan.to_json().as_bytes()).map_err(|e| file_err(&path, e))?;
         let _ = std::fs::remove_file(&metrics_path);
         let _ = std::fs::remove_file(run.join(DIVERGED));
     }
-    crate::write_atomic(&run.join("config.json"), serde_json::to_string_pretty(config).expect("config serializes").as_bytes())
-        .map_err(|e| file_err(run, e))?;
+    let path = run.join("config.json");
+    crate::write_atomic(&path, serde_json::to_string_pretty(config).expect("config serializes").as_bytes())
+        .map_err(|e| file_err(&path, e))?;
     write_metrics(&metrics_path, &history)?;
 
     let steps = split.train.len().div_ceil(config.batch_size);
@@ -594,7 +596,8 @@ pub fn fit(
             return Err(TrainError::Interrupted { epoch, step });
         }
         if let Err(e @ TrainError::NonFinite { .. }) = &trained {
-            crate::write_atomic(&run.join(DIVERGED), format!("{e}\n").as_bytes()).map_err(|e| file_err(run, e))?;
+            let path = run.join(DIVERGED);
+            crate::write_atomic(&path, format!("{e}\n").as_bytes()).map_err(|e| file_err(&path, e))?;
         }
         trained?;
         let train_seconds = earlier + t0.elapsed().as_secs_f64();
