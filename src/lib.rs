@@ -47,7 +47,7 @@ pub enum Error {
     /// Errors located at graph nodes that have no source span (e.g. ONNX nodes).
     #[error("{}", .0.join("\n"))]
     Graph(Vec<String>),
-    #[error("{0}")]
+    #[error(transparent)]
     Analysis(#[from] analyze::AnalysisError),
     /// Errors of the ONNX importer and exporter.
     #[error(transparent)]
@@ -238,6 +238,7 @@ pub fn plan_graph(graph: &ir::Graph, req: GraphRequest) -> Result<plan::Plan, Er
     }
     let gopts = analyze::graph::GraphOptions { mode: req.opts.mode, std_cap: req.opts.std_cap, branch_scale: req.branch_scale };
     let a = analyze::graph::analyze_graph_with(graph, gopts, req.analysis)?;
+    analyze::check_graph_finite(graph, &a)?;
     Ok(plan::build_graph(graph, &a, gopts, req.analysis))
 }
 

@@ -1504,6 +1504,9 @@ fn clip<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         }
     };
     let (min, max) = (bound(1, "min", f64::NEG_INFINITY)?, bound(2, "max", f64::INFINITY)?);
+    if min.is_nan() || max.is_nan() || min > max {
+        return Err(format!("the Clip bounds must be numbers with min ≤ max, got min {min} and max {max}"));
+    }
     apply(imp, cx, Fn1::Clip { min, max })
 }
 
@@ -1784,8 +1787,13 @@ fn slice<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         let clamp = |v: i64| (if v < 0 { v + n } else { v }).clamp(0, n) as u64;
         let (s, e) = (clamp(s), clamp(e));
         let full = s == 0 && e == n as u64;
-        if steps.get(k).copied().unwrap_or(1) != 1 && !full {
-            return Err("Slice with a step other than 1 is not supported".into());
+        match steps.get(k).copied().unwrap_or(1) {
+            1 => {}
+            0 => return Err(format!("the step along axis {axis} is 0 (ONNX requires a non-zero step)")),
+            // Any step takes the one element of an axis of size 1; on a longer axis a
+            // step other than 1 subsamples or reverses it.
+            _ if n == 1 && full => {}
+            step => return Err(format!("Slice with step {step} along axis {axis} is not supported (only step 1)")),
         }
         match axis {
             1 => (start, end) = (s, e),

@@ -1,0 +1,215 @@
+//! Hostile inputs (issue 20): models and descriptions crafted to make cnnc panic, abort,
+//! run without bound or write where it should not. Every case is a clean error naming
+//! its place (ONNX node, layer, file:line:col) or a correct result; none panics.
+
+use cnnc::analyze::{Analysis, Mode, Options};
+use cnnc::ir;
+use cnnc::onnx::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
+    NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use cnnc::onnx::{self, Bytes, ImportOptions};
+use prost::Message;
+
+// ------------------------------------------------------------------ builders (as in tests/onnx.rs)
+
+enum A {
+    I(i64),
+    Is(Vec<i64>),
+    F(f32),
+}
+
+fn attr(name: &str, a: A) -> AttributeProto {
+    let mut p = AttributeProto { name: Some(name.into()), ..Default::default() };
+    match a {
+        A::I(v) => (p.i, p.r#type) = (Some(v), Some(AttributeType::Int as i32)),
+        A::Is(v) => (p.ints, p.r#type) = (v, Some(AttributeType::Ints as i32)),
+        A::F(v) => (p.f, p.r#type) = (Some(v), Some(AttributeType::Float as i32)),
+    }
+    p
+}
+
+fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        name: Some(name.into()),
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+/// A float initializer with these dims (no data: planning reads shapes only).
+fn init(name: &str, dims: &[i64]) -> TensorProto {
+    TensorProto { name: Some(name.into()), dims: dims.to_vec(), data_type: Some(DataType::Float as i32), ..Default::default() }
+}
+
+fn scalar(name: &str, v: f32) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![],
+        data_type: Some(DataType::Float as i32),
+        float_data: vec![v],
+        ..Default::default()
+    }
+}
+
+fn int64s(name: &str, v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn image_input(c: i64, h: i64, w: i64) -> ValueInfoProto {
+    use tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = [None, Some(c), Some(h), Some(w)]
+        .iter()
+        .map(|d| Dimension { value: Some(d.map_or(Value::DimParam("N".into()), Value::DimValue)), ..Default::default() })
+        .collect();
+    ValueInfoProto {
+        name: Some("x".into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(1), shape: Some(TensorShapeProto { dim }) })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn model(opset: i64, inputs: Vec<ValueInfoProto>, nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
+        graph: Some(GraphProto { name: Some("test".into()), node: nodes, initializer: inits, input: inputs, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Encodes, decodes and imports, as a file would go.
+fn import(m: &ModelProto) -> Result<ir::Graph, String> {
+    let model = onnx::decode(Bytes::from(m.encode_to_vec())).map_err(|e| e.to_string())?;
+    onnx::import(&model, &ImportOptions::default()).map_err(|e| e.to_string())
+}
+
+/// A conv `conv` (x → c, weight W [4, 3, 3, 3], bias B) on a 3×11×11 input, then `extra`.
+fn stem(opset: i64, extra: Vec<NodeProto>, extra_inits: Vec<TensorProto>) -> ModelProto {
+    let mut nodes = vec![node("conv", "Conv", &["x", "W", "B"], &["c"], vec![])];
+    nodes.extend(extra);
+    let mut inits = vec![init("W", &[4, 3, 3, 3]), init("B", &[4])];
+    inits.extend(extra_inits);
+    model(opset, vec![image_input(3, 11, 11)], nodes, inits)
+}
+
+/// Imports and plans (both analyses, forward and backward): the first error, as the CLI
+/// prints it. A plan is checked for numbers JSON cannot hold (written as `null`).
+fn plan(m: &ModelProto) -> Result<(), String> {
+    let g = import(m)?;
+    plan_ir(&g)
+}
+
+fn plan_ir(g: &ir::Graph) -> Result<(), String> {
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        for mode in [Mode::Forward, Mode::Backward] {
+            let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0 };
+            let json = cnnc::plan_graph(g, req).map_err(|e| e.to_string())?.to_json();
+            // JSON writes ∞ and NaN as `null`; only these optional fields may be null.
+            let nulls = json.lines().filter(|l| l.trim_end().trim_end_matches(',').ends_with("null"));
+            for line in nulls {
+                let key = line.trim().split('"').nth(1).unwrap_or_default();
+                assert!(["bias", "pooling", "conv", "std_cap"].contains(&key), "{mode:?} {analysis:?}: `{line}` in {json}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lowers a `.cnn` description (as `cnnc plan` reads one) and plans it.
+fn plan_cnn(text: &str) -> Result<(), String> {
+    let g = cnnc::Source::new("t.cnn", text).graph().map_err(|e| e.to_string())?;
+    plan_ir(&g)
+}
+
+#[track_caller]
+fn assert_error(result: Result<(), String>, expected: &str) {
+    match result {
+        Ok(()) => panic!("accepted; expected an error containing {expected:?}"),
+        Err(e) => assert!(e.contains(expected), "{e:?} does not contain {expected:?}"),
+    }
+}
+
+// ------------------------------------------------------------------ values checked where they enter
+
+/// Clip bounds with min > max or NaN, as attributes (before opset 11) or as inputs, are
+/// errors naming the node (they panicked in `f64::clamp` during the analysis).
+#[test]
+fn clip_bounds_out_of_order_or_nan_are_errors() {
+    let bad = "node `clip` (Clip): the Clip bounds must be numbers with min ≤ max";
+    let by_attrs =
+        |lo: f32, hi: f32| stem(10, vec![node("clip", "Clip", &["c"], &["y"], vec![attr("min", A::F(lo)), attr("max", A::F(hi))])], vec![]);
+    assert_error(plan(&by_attrs(6.0, 0.0)), bad);
+    assert_error(plan(&by_attrs(f32::NAN, 6.0)), "node `clip` (Clip): attribute `min` must be finite, got NaN");
+    assert_error(plan(&by_attrs(0.0, f32::NAN)), "node `clip` (Clip): attribute `max` must be finite, got NaN");
+    let by_inputs = |lo: f32, hi: f32| {
+        stem(13, vec![node("clip", "Clip", &["c", "lo", "hi"], &["y"], vec![])], vec![scalar("lo", lo), scalar("hi", hi)])
+    };
+    assert_error(plan(&by_inputs(1.0, -1.0)), bad);
+    assert_error(plan(&by_inputs(f32::NAN, 1.0)), bad);
+    assert_error(plan(&by_inputs(0.0, f32::NAN)), bad);
+    // Equal bounds, one bound, ReLU6: planned.
+    plan(&by_inputs(-1.0, 2.0)).unwrap();
+    plan(&by_attrs(0.0, 6.0)).unwrap();
+    plan(&stem(13, vec![node("clip", "Clip", &["c", "lo"], &["y"], vec![])], vec![scalar("lo", 0.0)])).unwrap();
+}
+
+/// A Slice step of 0 is invalid ONNX; other steps subsample or reverse the axis, which
+/// cnnc does not model: errors naming the node, whether or not the slice is full.
+#[test]
+fn slice_steps_other_than_one_are_errors() {
+    let slice = |starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]| {
+        stem(
+            13,
+            vec![node("s", "Slice", &["c", "starts", "ends", "axes", "steps"], &["y"], vec![])],
+            vec![int64s("starts", starts), int64s("ends", ends), int64s("axes", axes), int64s("steps", steps)],
+        )
+    };
+    assert_error(plan(&slice(&[0], &[i64::MAX], &[2], &[0])), "node `s` (Slice): the step along axis 2 is 0");
+    assert_error(plan(&slice(&[0], &[2], &[1], &[0])), "node `s` (Slice): the step along axis 1 is 0");
+    assert_error(plan(&slice(&[0], &[i64::MAX], &[3], &[2])), "node `s` (Slice): Slice with step 2 along axis 3 is not supported");
+    assert_error(plan(&slice(&[-1], &[i64::MIN], &[3], &[-1])), "Slice with step -1 along axis 3 is not supported");
+    plan(&slice(&[0], &[2], &[1], &[1])).unwrap();
+}
+
+/// An activation whose slope makes τ or γ infinite (a plan of `null`s before) is an
+/// error naming the layer; so is a graph whose gradients overflow through such slopes.
+#[test]
+fn enormous_slopes_are_errors_naming_the_layer() {
+    let chain =
+        |slope: &str| format!("network n\ninput 3x16x16\nConv(3/p1) -> 4, leaky_relu({slope})\nConv(3/p1) -> 4, relu\nConv(3/p1) -> 4\n");
+    assert_error(plan_cnn(&chain("1e300")), "layer 1 (`0`): its activation and pooling give τ = inf and γ = inf");
+    plan_cnn(&chain("0.2")).unwrap();
+    // ONNX slopes are f32 (≤ 3.4e38): τ stays finite, but five of them in a residual
+    // graph multiply the gradient's second moment past f64.
+    let mut nodes = vec![node("conv", "Conv", &["x", "W", "B"], &["c0"], vec![])];
+    let mut inits = vec![init("W", &[4, 3, 3, 3]), init("B", &[4])];
+    for k in 1..=5 {
+        let (prev, act, conv, w) = (format!("c{}", k - 1), format!("a{k}"), format!("c{k}"), format!("W{k}"));
+        nodes.push(node(&act, "LeakyRelu", &[&prev], &[&act], vec![attr("alpha", A::F(3e38))]));
+        nodes.push(node(&conv, "Conv", &[&act, &w], &[&conv], vec![attr("pads", A::Is(vec![1, 1, 1, 1]))]));
+        inits.push(init(&w, &[4, 4, 3, 3]));
+    }
+    nodes.push(node("res", "Add", &["c5", "c0"], &["y"], vec![]));
+    plan(&model(13, vec![image_input(3, 11, 11)], nodes, inits)).unwrap();
+    // Constant factors multiply past f64 in an element-wise chain between two convs.
+    let mut nodes = vec![];
+    for k in 1..=5 {
+        nodes.push(node(&format!("m{k}"), "Mul", &[&format!("c{}", k - 1).replace("c0", "c"), "big"], &[&format!("c{k}")], vec![]));
+    }
+    nodes.push(node("conv2", "Conv", &["c5", "W2"], &["y"], vec![]));
+    let m = stem(13, nodes, vec![scalar("big", 3e38), init("W2", &[4, 4, 3, 3])]);
+    assert_error(plan(&m), "over- or underflows");
+}
