@@ -735,12 +735,18 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             match e.downcast_ref::<cnnc::Error>() {
-                Some(cnnc::Error::Source(_)) => eprintln!("{e}"),
-                _ => eprintln!("error: {e:#}"),
+                Some(cnnc::Error::Source(_)) => eprintln!("{}", for_terminal(&e.to_string())),
+                _ => eprintln!("error: {}", for_terminal(&format!("{e:#}"))),
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// A message with the control characters a file could smuggle into it (terminal escape
+/// sequences in a node name or a source line) escaped; its line breaks and tabs kept.
+fn for_terminal(message: &str) -> String {
+    message.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 fn emit_command(cmd: EmitCommand) -> Result<()> {

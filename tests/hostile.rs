@@ -213,3 +213,83 @@ fn enormous_slopes_are_errors_naming_the_layer() {
     let m = stem(13, nodes, vec![scalar("big", 3e38), init("W2", &[4, 4, 3, 3])]);
     assert_error(plan(&m), "over- or underflows");
 }
+
+/// A node output named like a graph input, an initializer or another node's output
+/// would shadow it (the node silently ignored, or the input redefined): an error naming
+/// both definitions.
+#[test]
+fn redefined_names_are_errors_naming_both_definitions() {
+    let relu_to = |out: &str| stem(13, vec![node("r", "Relu", &["c"], &[out], vec![])], vec![]);
+    assert_error(plan(&relu_to("x")), "node `r` (Relu) redefines the value `x`, which is the graph input `x`");
+    assert_error(plan(&relu_to("W")), "node `r` (Relu) redefines the value `W`, which is the initializer `W`");
+    assert_error(plan(&relu_to("c")), "node `r` (Relu) redefines the value `c`, which is the output of node `conv` (Conv)");
+    let twice = stem(13, vec![node("r", "Relu", &["c"], &["y"], vec![]), node("s", "Sigmoid", &["c"], &["y"], vec![])], vec![]);
+    assert_error(plan(&twice), "node `s` (Sigmoid) redefines the value `y`, which is the output of node `r` (Relu)");
+    let mut two_inits = stem(13, vec![], vec![init("W", &[4, 3, 3, 3])]);
+    assert_error(plan(&two_inits), "two initializers are named `W`");
+    // An initializer that is also a graph input (its default value) is one definition.
+    let g = two_inits.graph.as_mut().unwrap();
+    g.initializer.pop();
+    g.input.push(ValueInfoProto { name: Some("W".into()), ..Default::default() });
+    plan(&two_inits).unwrap();
+}
+
+/// Two weight layers reading one initializer (tied weights) would get two plan entries
+/// with different σ, and `init` would draw the tensor with the last: an error naming
+/// both layers.
+#[test]
+fn a_weight_shared_by_two_layers_is_an_error() {
+    let m = stem(
+        13,
+        vec![
+            node("r", "Relu", &["c"], &["r"], vec![]),
+            node("conv2", "Conv", &["r", "V"], &["c2"], vec![]),
+            node("conv3", "Conv", &["c2", "V"], &["y"], vec![]),
+        ],
+        vec![init("V", &[4, 4, 1, 1])],
+    );
+    assert_error(plan(&m), "the weight `V` is read by node `conv2` (conv) and node `conv3` (conv)");
+}
+
+/// Names with control characters (terminal escape sequences) are escaped in messages,
+/// never echoed raw: in the library's errors and on the command line's stderr.
+#[test]
+fn control_characters_in_names_are_escaped() {
+    let evil = "a\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let m = stem(13, vec![node(evil, "Foo\u{1b}[31m", &["c"], &["y"], vec![])], vec![]);
+    let e = plan(&m).unwrap_err();
+    assert!(!e.contains('\u{1b}') && e.contains("a\\u{1b}]0;pwned\\u{7}\\u{1b}[2J") && e.contains("Foo\\u{1b}[31m"), "{e}");
+    let m = stem(13, vec![node(evil, "Clip", &["c"], &["y"], vec![attr("min", A::F(1.0)), attr("max", A::F(0.0))])], vec![]);
+    let e = plan(&m).unwrap_err();
+    assert!(!e.contains('\u{1b}') && e.contains("node `a\\u{1b}]0;pwned\\u{7}\\u{1b}[2J` (Clip)"), "{e}");
+
+    let dir = std::env::temp_dir().join(format!("cnnc-hostile-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("evil.onnx");
+    let mut m = stem(13, vec![node(evil, "Relu", &["c"], &["y"], vec![])], vec![]);
+    m.graph.as_mut().unwrap().node[1].output[0] = "c".into();
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let cnn = dir.join("evil.cnn");
+    std::fs::write(&cnn, "network n\ninput 3x8x8\nConv(3) -> 4, relu \u{1b}[2J(\n").unwrap();
+    for file in [&path, &cnn] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc")).arg("plan").arg(file).output().unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(!err.contains('\u{1b}') && err.contains("\\u{1b}"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A Reshape to (batch, features) whose first size is not the batch axis (0) or 1 (an
+/// export at batch size 1) moves elements between samples ([5, -1] of 256 elements);
+/// a feature count other than the sample's is refused too.
+#[test]
+fn reshapes_that_do_not_keep_the_sample_size_are_errors() {
+    let reshape = |target: &[i64]| stem(13, vec![node("view", "Reshape", &["c", "s"], &["f"], vec![])], vec![int64s("s", target)]);
+    for t in [[5, -1], [-1, -1], [2, 162], [-1, 323], [1, 325]] {
+        assert_error(plan(&reshape(&t)), "node `view` (Reshape): a reshape of (4,9,9) to");
+    }
+    for t in [[0, -1], [1, -1], [-1, 324], [1, 324]] {
+        plan(&reshape(&t)).unwrap();
+    }
+}

@@ -245,6 +245,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
     if !unsupported.is_empty() {
         return Err(OnnxError::Unsupported(unsupported));
     }
+    super::names::check_names(graph, |k| node_name(&graph.node[k], k))?;
     let order = topological_order(graph)?;
 
     let mut imp = Importer {
@@ -303,6 +304,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
     if imp.nodes.is_empty() {
         return Err(OnnxError::Model("the graph has no node that cnnc can plan".into()));
     }
+    super::names::check_shared_weights(&imp.nodes)?;
     let mut notes = Vec::new();
     if !imp.renamed.is_empty() {
         notes.push(format!(
@@ -323,19 +325,21 @@ fn is_default_domain(n: &NodeProto) -> bool {
 }
 
 fn op_label(n: &NodeProto) -> String {
+    use super::names::printable;
     if is_default_domain(n) {
-        n.op_type().to_string()
+        printable(n.op_type()).into_owned()
     } else {
-        format!("{}::{}", n.domain(), n.op_type())
+        format!("{}::{}", printable(n.domain()), printable(n.op_type()))
     }
 }
 
 /// The node's name, or `op_type#index` when it has none.
 fn node_name(n: &NodeProto, k: usize) -> String {
+    use super::names::printable;
     if n.name().is_empty() {
-        format!("{}#{k}", n.op_type())
+        format!("{}#{k}", printable(n.op_type()))
     } else {
-        n.name().to_string()
+        printable(n.name()).into_owned()
     }
 }
 
@@ -1207,7 +1211,7 @@ fn flatten<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 }
 
 /// A reshape of data: to (batch, features) — the target is [b, F] with F the sample
-/// size, or [b, -1] with b = 0 (copy the batch) or a fixed batch — or one step of a
+/// size, or [b, -1] with b = 0 (copy the batch) or 1 (an export at batch size 1) — or one step of a
 /// channel shuffle: (N, C, H, W) → (N, g, C/g, H, W), and back after the transpose.
 fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let target_name = cx.input(1).ok_or("the shape input is missing")?;
@@ -1262,7 +1266,9 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let n = shape.numel() as i64;
     let ok = match *target.as_slice() {
         [_, f] if f == n => true,
-        [b, -1] => b >= 0,
+        // The batch axis copied (0) or 1 (an export at batch size 1), the rest inferred:
+        // another first size would move elements between samples ([5, -1] of 256).
+        [0 | 1, -1] => true,
         _ => false,
     };
     if ok {

@@ -33,6 +33,7 @@ pub mod proto;
 mod consts;
 mod export;
 mod import;
+pub mod names;
 mod slim;
 
 pub use export::{encode, export, reinit, write_model, Normal};
