@@ -142,6 +142,17 @@ fn assert_error(result: Result<(), String>, expected: &str) {
     }
 }
 
+/// `count` nodes `op` chained after the stem's conv (`c` → `e1` → … → `e{count}`), each
+/// reading its input `arity` times.
+fn chain(op: &str, arity: usize, count: usize) -> Vec<NodeProto> {
+    (1..=count)
+        .map(|k| {
+            let input = if k == 1 { "c".to_string() } else { format!("e{}", k - 1) };
+            node(&format!("n{k}"), op, &vec![input.as_str(); arity], &[&format!("e{k}")], vec![])
+        })
+        .collect()
+}
+
 // ------------------------------------------------------------------ values checked where they enter
 
 /// Clip bounds with min > max or NaN, as attributes (before opset 11) or as inputs, are
@@ -292,4 +303,38 @@ fn reshapes_that_do_not_keep_the_sample_size_are_errors() {
     for t in [[0, -1], [1, -1], [-1, 324], [1, 324]] {
         plan(&reshape(&t)).unwrap();
     }
+}
+
+// ------------------------------------------------------------------ bounded work and memory
+
+/// An element-wise chain whose steps read their input twice (`y = Mul(y, y)`) doubled
+/// its expression per step (40 steps: 2⁴⁰ operations); a chain of 20k `Neg` kept n²/2
+/// operations. Both meet a limit named in the error, within milliseconds.
+#[test]
+fn element_wise_chains_are_bounded() {
+    for op in ["Mul", "Add"] {
+        let t = std::time::Instant::now();
+        assert_error(plan(&stem(13, chain(op, 2, 40), vec![])), "has more than 1000 operations");
+        assert!(t.elapsed().as_secs() < 5, "{op}: {:?}", t.elapsed());
+    }
+    assert_error(plan(&stem(13, chain("Neg", 1, 20_000), vec![])), "node `n1000` (Neg): the element-wise function ending here has more");
+    // Chains under the limit, many of them: their operations together are bounded.
+    let t = std::time::Instant::now();
+    let mut nodes = vec![];
+    for c in 0..12 {
+        let mut links = chain("Neg", 1, 990);
+        for n in &mut links {
+            n.name = Some(format!("{c}.{}", n.name()));
+            n.output[0] = format!("{c}.{}", n.output[0]);
+            if n.input[0] != "c" {
+                n.input[0] = format!("{c}.{}", n.input[0]);
+            }
+        }
+        nodes.extend(links);
+    }
+    assert_error(plan(&stem(13, nodes, vec![])), "hold more than 4000000 operations together");
+    assert!(t.elapsed().as_secs() < 20, "{:?}", t.elapsed());
+    // Short chains are planned as before.
+    plan(&stem(13, chain("Add", 2, 3), vec![])).unwrap();
+    plan(&stem(13, chain("Neg", 1, 300), vec![])).unwrap();
 }

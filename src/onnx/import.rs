@@ -220,6 +220,8 @@ struct Importer<'m> {
     outputs: HashSet<&'m str>,
     /// Weight layers whose names were recovered from the node's scope.
     renamed: Vec<String>,
+    /// Operations in the element-wise functions made so far ([`super::budget::check_expr`]).
+    expr_ops: usize,
 }
 
 /// One node being converted.
@@ -263,6 +265,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         fused_adds,
         outputs: graph.output.iter().map(|o| o.name()).collect(),
         renamed: Vec::new(),
+        expr_ops: 0,
     };
     for t in &graph.initializer {
         imp.params.insert(t.name().to_string(), param_of(t));
@@ -934,6 +937,7 @@ impl<'m> Importer<'m> {
 
     /// Binds `output` to an element-wise function of a data value.
     fn pend(&mut self, cx: &Cx<'m>, p: Pending) -> Result<(), String> {
+        self.expr_ops = super::budget::check_expr(&p.expr, self.expr_ops)?;
         self.pending.insert(cx.output()?, Pending { name: cx.name.clone(), ..p });
         Ok(())
     }

@@ -30,6 +30,7 @@
 #[path = "onnx.rs"]
 pub mod proto;
 
+mod budget;
 mod consts;
 mod export;
 mod import;
