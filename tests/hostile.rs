@@ -338,3 +338,44 @@ fn element_wise_chains_are_bounded() {
     plan(&stem(13, chain("Add", 2, 3), vec![])).unwrap();
     plan(&stem(13, chain("Neg", 1, 300), vec![])).unwrap();
 }
+
+fn cli(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stderr).unwrap())
+}
+
+/// Weights a file declares but does not carry are drawn by `init`, and a spec's by
+/// `export-onnx`: their bytes are checked before anything is allocated (a 230-byte model
+/// declaring [32767, 1024, 8, 8] allocated 8 GB and aborted).
+#[test]
+fn weights_to_draw_are_checked_in_bytes_before_allocating() {
+    let dir = std::env::temp_dir().join(format!("cnnc-hostile-bytes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = model(
+        13,
+        vec![image_input(1024, 8, 8)],
+        vec![node("conv", "Conv", &["x", "W"], &["y"], vec![])],
+        vec![init("W", &[32767, 1024, 8, 8])],
+    );
+    let path = dir.join("declared.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 300);
+    let out = dir.join("out.onnx");
+    let (code, err) = cli(&["init".as_ref(), path.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the weights up to `W` [32767, 1024, 8, 8] take more than 4294967296 bytes (4 GiB)"), "{err}");
+    let spec = dir.join("wide.cnn");
+    std::fs::write(&spec, "network wide\ninput 32767x1x1\nConv(1) -> 65535\n").unwrap();
+    let (code, err) = cli(&["export-onnx".as_ref(), spec.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the weights up to `0.weight` [65535, 32767, 1, 1] take more than 4294967296 bytes"), "{err}");
+    assert!(!out.exists());
+    // At the limit's scale of a real network, both write.
+    let small = dir.join("small.cnn");
+    std::fs::write(&small, "network small\ninput 3x8x8\nConv(3) -> 4, relu\nConv(3) -> 4\n").unwrap();
+    let (code, err) = cli(&["export-onnx".as_ref(), small.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = cli(&["init".as_ref(), out.as_os_str(), "-o".as_ref(), dir.join("again.onnx").as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -54,3 +54,31 @@ pub fn check_expr(e: &Expr, made: usize) -> Result<usize, String> {
     }
     Ok(total)
 }
+
+/// Bytes of weights `export-onnx` and `init` may draw for one model (4 GiB: a model with
+/// more is not a convolutional network cnnc plans; the file is written past protobuf's
+/// 2 GiB limit with external data). Checked before anything is allocated.
+pub const MAX_DRAWN_BYTES: u64 = 1 << 32;
+
+/// The bytes the plan's weights and biases take, `element_bytes(name)` each element of
+/// the tensor `name`; an error when they exceed [`MAX_DRAWN_BYTES`] (or u64).
+pub fn check_drawn_bytes(plan: &crate::plan::Plan, element_bytes: impl Fn(&str) -> u64) -> Result<u64, super::OnnxError> {
+    let tensors = plan
+        .layers
+        .iter()
+        .flat_map(|l| std::iter::once((&l.weight.name, &l.weight.shape)).chain(l.bias.as_ref().map(|b| (&b.name, &b.shape))));
+    let mut total: u64 = 0;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().try_fold(element_bytes(name), |a, &d| a.checked_mul(d)).and_then(|b| total.checked_add(b));
+        match bytes {
+            Some(t) if t <= MAX_DRAWN_BYTES => total = t,
+            _ => {
+                return Err(super::OnnxError::Model(format!(
+                    "the weights up to `{}` {shape:?} take more than {MAX_DRAWN_BYTES} bytes (4 GiB), more than cnnc draws for one model",
+                    super::names::printable(name)
+                )))
+            }
+        }
+    }
+    Ok(total)
+}

@@ -160,6 +160,7 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     if weight_nodes != plan.layers.len() {
         return Err(OnnxError::Model(format!("the plan has {} layers but the graph {weight_nodes} weight nodes", plan.layers.len())));
     }
+    super::budget::check_drawn_bytes(plan, |_| 4)?;
     let mut rng = Normal::new(seed);
     let mut layers = plan.layers.iter();
     let mut g = GraphProto { name: Some(graph.name.clone()), input: vec![value_info("input", graph.input)], ..Default::default() };
@@ -315,6 +316,8 @@ pub fn write_model(mut model: ModelProto, path: &std::path::Path, limit: Option<
 /// keeping their dims and float type; every other part of `model` is left as it was.
 pub fn reinit(model: &mut ModelProto, plan: &Plan, seed: u64) -> Result<(), OnnxError> {
     let g = model.graph.as_mut().ok_or_else(|| OnnxError::Decode("the model has no graph".into()))?;
+    let double = |name: &str| g.initializer.iter().any(|t| t.name() == name && t.data_type() == DataType::Double as i32);
+    super::budget::check_drawn_bytes(plan, |name| if double(name) { 8 } else { 4 })?;
     let mut rng = Normal::new(seed);
     for l in &plan.layers {
         set(g, &l.weight.name, Some((&mut rng, l.weight.std)))?;
