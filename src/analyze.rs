@@ -14,6 +14,7 @@
 //! SiLU (not positively homogeneous) they are evaluated at unit variance, which is the
 //! variance a forward plan keeps. Biases are zero (σ_b² = 0).
 
+pub mod budget;
 pub mod graph;
 mod graph_map;
 pub mod map;
@@ -433,7 +434,10 @@ pub fn analyze_with(net: &Network, opts: Options, analysis: Analysis) -> Result<
     }
     let maps = match analysis {
         Analysis::Paper => None,
-        Analysis::Map => Some(map::analyze_map(net)?),
+        Analysis::Map => {
+            budget::check_chain_map(net)?;
+            Some(map::analyze_map(net)?)
+        }
     };
     // σ² per layer.
     for k in 0..out.len() {

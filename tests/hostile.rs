@@ -379,3 +379,58 @@ fn weights_to_draw_are_checked_in_bytes_before_allocating() {
     assert_eq!(code, 0, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The analyses' work and memory are computed from the graph before they run: a large
+/// kernel on a large map (hours of the map analysis), a wide Gemm followed by many
+/// activations (tens of GB of per-feature moments) are refused with the figure; the
+/// paper analysis of the same chain, whose work does not grow with the map, plans it.
+#[test]
+fn analysis_budgets_are_checked_up_front() {
+    let spec = "network wide\ninput 1x4096x4096\nConv(1025) -> 1, relu\nConv(3) -> 1\n";
+    let g = cnnc::Source::new("t.cnn", spec).graph().unwrap();
+    let net = cnnc::unify::unify(&g).unwrap();
+    let t = std::time::Instant::now();
+    let e = cnnc::analyze::analyze_with(&net, Options { mode: Mode::Forward, std_cap: None }, Analysis::Map).unwrap_err().to_string();
+    assert!(e.starts_with("layer 1 (`0`): the map analysis would take 1.98e13 steps") && e.contains("plan with --analysis paper"), "{e}");
+    cnnc::analyze::analyze_with(&net, Options { mode: Mode::Forward, std_cap: None }, Analysis::Paper).unwrap();
+    assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+
+    // The same kernel in a graph (a residual join makes it one).
+    let big = model(
+        13,
+        vec![image_input(1, 4096, 4096)],
+        vec![
+            node("big", "Conv", &["x", "K"], &["c"], vec![attr("pads", A::Is(vec![512, 512, 512, 512]))]),
+            node("res", "Add", &["c", "x"], &["y"], vec![]),
+        ],
+        vec![init("K", &[1, 1, 1025, 1025])],
+    );
+    let g = import(&big).unwrap();
+    let req = |analysis| cnnc::GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis, branch_scale: 1.0 };
+    let e = cnnc::plan_graph(&g, req(Analysis::Map)).unwrap_err().to_string();
+    assert!(e.starts_with("node `big` (conv): the map analysis would take"), "{e}");
+
+    // Gemm to 2²² features, then 300 activations: 1.3 × 10⁹ per-feature moments.
+    let mut nodes =
+        vec![node("flat", "Flatten", &["x"], &["f"], vec![]), node("fc", "Gemm", &["f", "G"], &["a0"], vec![attr("transB", A::I(1))])];
+    for k in 1..=300 {
+        nodes.push(node(
+            &format!("act{k}"),
+            if k % 2 == 0 { "Relu" } else { "Tanh" },
+            &[&format!("a{}", k - 1)],
+            &[&format!("a{k}")],
+            vec![],
+        ));
+    }
+    let m = model(13, vec![image_input(3, 1, 1)], nodes, vec![init("G", &[1 << 22, 3])]);
+    let t = std::time::Instant::now();
+    let g = import(&m).unwrap();
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        let e = cnnc::plan_graph(&g, req(analysis)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("node `fc` (linear): the analysis keeps 1262485510 channel moments") && e.contains("over its budget of 16777216"),
+            "{e}"
+        );
+    }
+    assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+}

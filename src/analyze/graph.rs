@@ -1582,6 +1582,7 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
     if !(opts.branch_scale.is_finite() && opts.branch_scale >= 0.0) {
         return Err(AnalysisError::Options(format!("--branch-scale must be a number ≥ 0, got {}", opts.branch_scale)));
     }
+    super::budget::check_graph(g, analysis)?;
     let cx = Cx::new(g)?;
     if cx.weights.is_empty() {
         return Err(AnalysisError::Options("the network has no weight layer".into()));
