@@ -434,3 +434,27 @@ fn analysis_budgets_are_checked_up_front() {
     }
     assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
 }
+
+/// A join of many inputs (a Sum of 10k convs' outputs took 12 s, quadratic in the count)
+/// is planned in bounded time, or refused past the join width budget.
+#[test]
+fn wide_joins_are_bounded() {
+    let sum = |n: usize| {
+        let mut nodes = vec![];
+        let mut inits = vec![];
+        let mut outs = vec![];
+        for k in 0..n {
+            nodes.push(node(&format!("conv{k}"), "Conv", &["x", &format!("W{k}")], &[&format!("c{k}")], vec![]));
+            inits.push(init(&format!("W{k}"), &[2, 3, 1, 1]));
+            outs.push(format!("c{k}"));
+        }
+        nodes.push(node("sum", "Sum", &outs.iter().map(String::as_str).collect::<Vec<_>>(), &["y"], vec![]));
+        model(13, vec![image_input(3, 4, 4)], nodes, inits)
+    };
+    let t = std::time::Instant::now();
+    plan(&sum(1000)).unwrap();
+    assert!(t.elapsed().as_secs() < 20, "{:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    assert_error(plan(&sum(10_000)), "node `sum` (add): a join of 10000 inputs: cnnc's analysis takes at most 1024");
+    assert!(t.elapsed().as_secs() < 5, "{:?}", t.elapsed());
+}

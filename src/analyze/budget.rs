@@ -30,8 +30,8 @@ pub const MAX_MAP_POSITIONS: u64 = 64 << 20;
 /// a release build. ResNet-50 at 224² takes about 3 × 10⁷.
 pub const MAX_MAP_STEPS: u128 = 1 << 32;
 
-/// Inputs of one join (Add, Concat): DenseNet's widest Concat has 64 or so.
-pub const MAX_JOIN_INPUTS: usize = 4096;
+/// Inputs of one join (Add, Concat): DenseNet-201's widest Concat has 49.
+pub const MAX_JOIN_INPUTS: usize = 1024;
 
 fn positions(s: Shape) -> u64 {
     match s {
