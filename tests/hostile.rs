@@ -458,3 +458,40 @@ fn wide_joins_are_bounded() {
     assert_error(plan(&sum(10_000)), "node `sum` (add): a join of 10000 inputs: cnnc's analysis takes at most 1024");
     assert!(t.elapsed().as_secs() < 5, "{:?}", t.elapsed());
 }
+
+// ------------------------------------------------------------------ the DSL
+
+fn dsl_error(text: &str) -> String {
+    let t = std::time::Instant::now();
+    let e = cnnc::Source::new("t.cnn", text).graph().unwrap_err().to_string();
+    assert!(t.elapsed().as_secs() < 5, "{:?}", t.elapsed());
+    e
+}
+
+/// `repeat` loops count iterations, not layers (three nested `repeat 100000` with empty
+/// bodies ran for minutes); a count of 0 deep inside is reported once, not once per
+/// enclosing iteration (10¹⁰ diagnostics); nesting is limited before the recursive
+/// parser runs (20k nested `repeat 1 {` overflowed the stack); at most 50 diagnostics
+/// are rendered.
+#[test]
+fn repeats_are_bounded_in_iterations_depth_and_diagnostics() {
+    let e = dsl_error("network n\ninput 3x8x8\nrepeat 100000 { repeat 100000 { repeat 100000 { } } }\nConv(3) -> 4\n");
+    assert!(e.contains("expanding the repeats takes more than 1000000 iterations") && e.contains("--> t.cnn:3:40"), "{e}");
+    let e =
+        dsl_error("network n\ninput 3x8x8\nrepeat 1000 { repeat 999 { repeat 0 { Conv(3) -> 4 } Conv(3, p1) -> 3 × 0 } }\nConv(3) -> 4\n");
+    assert_eq!(e.matches("`repeat 0` repeats nothing").count(), 1, "{e}");
+    assert_eq!(e.matches("`× 0` repeats nothing").count(), 1, "{e}");
+    assert!(e.ends_with("error: 2 errors in t.cnn"), "{e}");
+    for n in [65, 20_000, 100_000] {
+        let text = format!("network n\ninput 3x8x8\n{}Conv(3) -> 4\n{}", "repeat 1 {\n".repeat(n), "}\n".repeat(n));
+        let e = dsl_error(&text);
+        assert!(e.contains("`repeat` blocks are nested more than 64 deep") && e.contains("--> t.cnn:67:10"), "{e}");
+    }
+    // 64 deep, and braces in comments, are fine.
+    let text = format!("network n\ninput 3x8x8\n# {{{{{{\n{}Conv(3) -> 4 // }}}}\n{}", "repeat 1 {\n".repeat(64), "}\n".repeat(64));
+    cnnc::Source::new("t.cnn", &text).graph().unwrap();
+    let text = format!("network n\ninput 3x8x8\n{}", "Conv(1) -> 4, bogus\n".repeat(300));
+    let e = dsl_error(&text);
+    assert_eq!(e.matches("--> t.cnn:").count(), 50, "{e}");
+    assert!(e.contains("… and 250 more errors not shown") && e.ends_with("error: 300 errors in t.cnn"), "{e}");
+}
