@@ -495,3 +495,14 @@ fn repeats_are_bounded_in_iterations_depth_and_diagnostics() {
     assert_eq!(e.matches("--> t.cnn:").count(), 50, "{e}");
     assert!(e.contains("… and 250 more errors not shown") && e.ends_with("error: 300 errors in t.cnn"), "{e}");
 }
+
+/// Every unsupported node is counted, but at most 50 are named in the message (a model
+/// of 100k unknown nodes made a message of megabytes).
+#[test]
+fn unsupported_node_lists_are_capped() {
+    let nodes = (0..100_000).map(|k| node(&format!("n{k}"), "Foo", &["c"], &[&format!("y{k}")], vec![])).collect();
+    let e = plan(&stem(13, nodes, vec![])).unwrap_err();
+    assert!(e.starts_with("100000 unsupported ONNX nodes: `n0` (Foo), `n1` (Foo)"), "{}", &e[..200]);
+    assert!(e.contains("`n49` (Foo) and 99950 more (cnnc imports graphs of") && !e.contains("`n50`"), "{}", &e[..3000.min(e.len())]);
+    assert!(e.len() < 5000, "{}", e.len());
+}
