@@ -506,3 +506,20 @@ fn unsupported_node_lists_are_capped() {
     assert!(e.contains("`n49` (Foo) and 99950 more (cnnc imports graphs of") && !e.contains("`n50`"), "{}", &e[..3000.min(e.len())]);
     assert!(e.len() < 5000, "{}", e.len());
 }
+
+/// A run's lock file is rewritten with the pid: a link planted at its name is refused,
+/// and its target keeps its bytes.
+#[cfg(all(unix, feature = "train"))]
+#[test]
+fn a_link_at_a_run_lock_is_not_followed() {
+    let dir = std::env::temp_dir().join(format!("cnnc-hostile-lock-{}", std::process::id()));
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "secret").unwrap();
+    std::os::unix::fs::symlink(&victim, run.join(".lock")).unwrap();
+    let e = cnnc::train::lock_run(&run).err().expect("a link at the lock is refused").to_string();
+    assert!(e.contains(".lock: it is a symbolic link"), "{e}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -356,8 +356,17 @@ pub fn lock_run(run: &Path) -> Result<RunLock, TrainError> {
     use std::io::Write;
     std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
     let path = run.join(LOCK);
-    let mut file =
-        std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path).map_err(|e| file_err(&path, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).read(true).write(true).truncate(false);
+    // The lock file is rewritten with the pid: a link planted at its name is refused,
+    // not followed (its target would be truncated).
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let mut file = options.open(&path).map_err(|e| match e.raw_os_error() {
+        #[cfg(unix)]
+        Some(libc::ELOOP) => file_err(&path, "it is a symbolic link; cnnc does not write through links"),
+        _ => file_err(&path, e),
+    })?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
