@@ -182,8 +182,9 @@ fn check_chain_finite(net: &Network, out: &[LayerAnalysis]) -> Result<(), Analys
     Ok(())
 }
 
-/// [`check_chain_finite`] for the graph analysis: every weight node's σ², every
-/// BatchNorm scale, every predicted variance.
+/// [`check_chain_finite`] for the graph analysis: every weight node's σ² (0 allowed: a
+/// residual branch's last layer at `--branch-scale 0`), every BatchNorm scale, every
+/// predicted variance.
 pub fn check_graph_finite(g: &crate::ir::Graph, a: &graph::GraphAnalysis) -> Result<(), AnalysisError> {
     let node_err = |k: usize, what: &str, x: f64| AnalysisError::Node {
         node: g.nodes[k].name.clone(),
@@ -191,7 +192,8 @@ pub fn check_graph_finite(g: &crate::ir::Graph, a: &graph::GraphAnalysis) -> Res
         message: format!("{what} is {x}: the signal over- or underflows (an activation's slope or gain is out of range)"),
     };
     for w in &a.weights {
-        if !positive_finite(w.variance) {
+        // 0 is the σ² of a residual branch's last layer at --branch-scale 0.
+        if !(w.variance >= 0.0 && w.variance.is_finite()) {
             return Err(node_err(w.node, "σ²", w.variance));
         }
         for (what, x) in [("the predicted forward variance", w.forward_variance), ("the predicted backward variance", w.backward_variance)]

@@ -214,7 +214,12 @@ fn enormous_slopes_are_errors_naming_the_layer() {
         inits.push(init(&w, &[4, 4, 3, 3]));
     }
     nodes.push(node("res", "Add", &["c5", "c0"], &["y"], vec![]));
-    plan(&model(13, vec![image_input(3, 11, 11)], nodes, inits)).unwrap();
+    let m = model(13, vec![image_input(3, 11, 11)], nodes, inits);
+    plan(&m).unwrap();
+    // σ² = 0 is no overflow: the last layer of a residual branch at --branch-scale 0.
+    let req = cnnc::GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis: Analysis::Paper, branch_scale: 0.0 };
+    let zero = cnnc::plan_graph(&import(&m).unwrap(), req).unwrap();
+    assert_eq!(zero.layers.iter().filter(|l| l.weight.std == 0.0).count(), 1);
     // Constant factors multiply past f64 in an element-wise chain between two convs.
     let mut nodes = vec![];
     for k in 1..=5 {
