@@ -462,6 +462,18 @@ fn wide_joins_are_bounded() {
     let t = std::time::Instant::now();
     assert_error(plan(&sum(10_000)), "node `sum` (add): a join of 10000 inputs: cnnc's analysis takes at most 1024");
     assert!(t.elapsed().as_secs() < 5, "{:?}", t.elapsed());
+    // 40k residual blocks (a 1×1 conv and a join), each join tracing its branches over
+    // the values before it.
+    let (mut nodes, mut inits) = (vec![], vec![]);
+    for k in 1..=40_000 {
+        let prev = if k == 1 { "c".to_string() } else { format!("e{}", k - 1) };
+        nodes.push(node(&format!("conv{k}"), "Conv", &[&prev, &format!("W{k}")], &[&format!("b{k}")], vec![]));
+        nodes.push(node(&format!("n{k}"), "Add", &[&format!("b{k}"), &prev], &[&format!("e{k}")], vec![]));
+        inits.push(init(&format!("W{k}"), &[4, 4, 1, 1]));
+    }
+    let t = std::time::Instant::now();
+    assert_error(plan(&stem(13, nodes, inits)), "node `n40000` (add): tracing the residual branches of 40000 joins over 80002 values");
+    assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
 }
 
 // ------------------------------------------------------------------ the DSL

@@ -11,8 +11,9 @@
 //!   and backward, per group (output positions × kernel area × groups); a pooling
 //!   (output positions × window); a join or an element-wise node its planes
 //!   ([`MAX_MAP_STEPS`]);
-//! - join widths: an Add or Concat of n inputs costs the analysis n² (its branches are
-//!   traced per input), [`MAX_JOIN_INPUTS`].
+//! - joins: an Add or Concat of n inputs costs the analysis n² (its branches are traced
+//!   per input), [`MAX_JOIN_INPUTS`]; every Add marks the ancestors of its inputs among
+//!   the values before it, [`MAX_JOIN_WORK`].
 
 use super::{Analysis, AnalysisError};
 use crate::ir::{Graph, Node, Op, Shape};
@@ -32,6 +33,11 @@ pub const MAX_MAP_STEPS: u128 = 1 << 32;
 
 /// Inputs of one join (Add, Concat): DenseNet-201's widest Concat has 49.
 pub const MAX_JOIN_INPUTS: usize = 1024;
+
+/// Work of finding residual branches: each Add marks the ancestors of each of its inputs
+/// over the values before it (Σ over Adds of values × inputs). About 2 × 10⁹; ResNet-152
+/// takes 10⁵.
+pub const MAX_JOIN_WORK: u128 = 1 << 31;
 
 fn positions(s: Shape) -> u64 {
     match s {
@@ -67,6 +73,26 @@ pub fn check_graph(g: &Graph, analysis: Analysis) -> Result<(), AnalysisError> {
         if matches!(n.op, Op::Add | Op::Concat) && n.inputs.len() > MAX_JOIN_INPUTS {
             return Err(node_err(n, format!("a join of {} inputs: cnnc's analysis takes at most {MAX_JOIN_INPUTS}", n.inputs.len())));
         }
+    }
+    let join_work: u128 = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::Add))
+        .map(|(k, n)| (k as u128 + 2) * (n.inputs.len() as u128 + 1))
+        .sum();
+    if join_work > MAX_JOIN_WORK {
+        let adds = g.nodes.iter().filter(|n| matches!(n.op, Op::Add)).count();
+        let last = g.nodes.iter().rev().find(|n| matches!(n.op, Op::Add)).expect("joins counted");
+        return Err(node_err(
+            last,
+            format!(
+                "tracing the residual branches of {adds} joins over {} values takes {:.2e} steps, over the budget of {:.2e}",
+                g.nodes.len() + 1,
+                join_work as f64,
+                MAX_JOIN_WORK as f64
+            ),
+        ));
     }
     let widest = g.nodes.iter().rev().max_by_key(|n| channels(n.output));
     let entries: u64 = channels(g.input) + g.nodes.iter().map(|n| channels(n.output)).sum::<u64>();
