@@ -14,6 +14,7 @@
 //! SiLU (not positively homogeneous) they are evaluated at unit variance, which is the
 //! variance a forward plan keeps. Biases are zero (σ_b² = 0).
 
+pub mod budget;
 pub mod graph;
 mod graph_map;
 pub mod map;
@@ -137,10 +138,84 @@ pub fn constants(act: Activation, pool: PoolingKind) -> Result<(f64, f64), Strin
             return Err("the leaky ReLU slope must be finite".into());
         }
     }
-    match piecewise_linear_slope(act) {
-        Some(a) => Ok(piecewise_linear_constants(a, pool)),
-        None => smooth_constants(act, pool),
+    let (tau, gamma) = match piecewise_linear_slope(act) {
+        Some(a) => piecewise_linear_constants(a, pool),
+        None => smooth_constants(act, pool)?,
+    };
+    if !(positive_finite(tau) && positive_finite(gamma)) {
+        return Err(format!("its activation and pooling give τ = {tau} and γ = {gamma}: both must be positive finite numbers"));
     }
+    Ok((tau, gamma))
+}
+
+/// The message for a layer whose input signal (or output gradient) has the second
+/// moment `a`, which is not a positive finite number: `zero` says why it may be 0.
+pub(crate) fn not_positive_finite(what: &str, a: f64, zero: &str) -> String {
+    if a.is_finite() {
+        zero.to_string()
+    } else {
+        format!("{what} is {a}: the signal over- or underflows (an activation's slope, or a constant factor, upstream is out of range)")
+    }
+}
+
+fn positive_finite(x: f64) -> bool {
+    x > 0.0 && x.is_finite()
+}
+
+/// Every σ² a plan would hold must be a positive finite number, and every predicted
+/// variance finite: an activation with an enormous slope, or a chain of them, can drive
+/// them to 0 or ∞ (a plan of `null`s and zeros), which is an error naming the layer.
+fn check_chain_finite(net: &Network, out: &[LayerAnalysis]) -> Result<(), AnalysisError> {
+    for (layer, a) in net.layers.iter().zip(out) {
+        let figures = [("σ²", a.variance, true), ("the predicted forward variance", a.forward_variance, false)];
+        let figures = figures.into_iter().chain([("the predicted backward variance", a.backward_variance, false)]);
+        for (what, x, positive) in figures {
+            if !x.is_finite() || (positive && x <= 0.0) {
+                return Err(AnalysisError::Layer {
+                    layer: layer.index,
+                    module: layer.weight.module.clone(),
+                    message: format!("{what} is {x}: the signal over- or underflows (an activation's slope or gain is out of range)"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`check_chain_finite`] for the graph analysis: every weight node's σ² (0 allowed: a
+/// residual branch's last layer at `--branch-scale 0`), every BatchNorm scale, every
+/// predicted variance.
+pub fn check_graph_finite(g: &crate::ir::Graph, a: &graph::GraphAnalysis) -> Result<(), AnalysisError> {
+    let node_err = |k: usize, what: &str, x: f64| AnalysisError::Node {
+        node: g.nodes[k].name.clone(),
+        op: g.nodes[k].op.kind_name().into(),
+        message: format!("{what} is {x}: the signal over- or underflows (an activation's slope or gain is out of range)"),
+    };
+    for w in &a.weights {
+        // 0 is the σ² of a residual branch's last layer at --branch-scale 0.
+        if !(w.variance >= 0.0 && w.variance.is_finite()) {
+            return Err(node_err(w.node, "σ²", w.variance));
+        }
+        for (what, x) in [("the predicted forward variance", w.forward_variance), ("the predicted backward variance", w.backward_variance)]
+        {
+            if !x.is_finite() {
+                return Err(node_err(w.node, what, x));
+            }
+        }
+    }
+    for b in &a.batch_norms {
+        for (what, x) in [("the scale", b.scale), ("the predicted forward variance", b.forward_variance)] {
+            if !x.is_finite() {
+                return Err(node_err(b.node, what, x));
+            }
+        }
+    }
+    for (what, x) in [("the predicted output variance", a.output_variance), ("the predicted input gradient", a.input_gradient_variance)] {
+        if !x.is_finite() {
+            return Err(AnalysisError::Options(format!("{what} is {x}: the signal over- or underflows")));
+        }
+    }
+    Ok(())
 }
 
 /// `Some(a)` when `f(u) = u` for u > 0 and `a·u` for u < 0.
@@ -361,7 +436,10 @@ pub fn analyze_with(net: &Network, opts: Options, analysis: Analysis) -> Result<
     }
     let maps = match analysis {
         Analysis::Paper => None,
-        Analysis::Map => Some(map::analyze_map(net)?),
+        Analysis::Map => {
+            budget::check_chain_map(net)?;
+            Some(map::analyze_map(net)?)
+        }
     };
     // σ² per layer.
     for k in 0..out.len() {
@@ -403,6 +481,7 @@ pub fn analyze_with(net: &Network, opts: Options, analysis: Analysis) -> Result<
             a.backward_variance = scale;
             a.backward_range = Some((scale * lm.backward_range.0, scale * lm.backward_range.1));
         }
+        check_chain_finite(net, &out)?;
         return Ok(out);
     }
     let mut q_prev_tau = 1.0; // q^(0) τ_0
@@ -416,6 +495,7 @@ pub fn analyze_with(net: &Network, opts: Options, analysis: Analysis) -> Result<
         r = a.variance * r * a.gamma * a.connections as f64 / a.m_in as f64;
         a.backward_variance = r;
     }
+    check_chain_finite(net, &out)?;
     Ok(out)
 }
 

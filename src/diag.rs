@@ -113,13 +113,20 @@ pub struct Diagnostics {
     pub items: Vec<Diagnostic>,
 }
 
+/// Diagnostics rendered at most (each renders its source line): the count of the rest
+/// follows them.
+pub const MAX_SHOWN: usize = 50;
+
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (k, d) in self.items.iter().enumerate() {
+        for (k, d) in self.items.iter().take(MAX_SHOWN).enumerate() {
             if k > 0 {
                 writeln!(f)?;
             }
             writeln!(f, "{}", render(&self.source, &self.path, d))?;
+        }
+        if self.items.len() > MAX_SHOWN {
+            write!(f, "\n… and {} more errors not shown", self.items.len() - MAX_SHOWN)?;
         }
         if self.items.len() > 1 {
             write!(f, "\nerror: {} errors in {}", self.items.len(), self.path)?;

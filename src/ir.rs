@@ -366,7 +366,9 @@ impl Fn1 {
         let x = a.v;
         let (v, dv) = match *self {
             Fn1::Act(act) => act.eval(x),
-            Fn1::Clip { min, max } => (x.clamp(min, max), if x > min && x < max { 1.0 } else { 0.0 }),
+            // Not `f64::clamp`, which panics when min > max or a bound is NaN (the
+            // importer refuses such bounds; this stays total anyway).
+            Fn1::Clip { min, max } => (x.max(min).min(max), if x > min && x < max { 1.0 } else { 0.0 }),
             Fn1::HardSigmoid { alpha, beta } => {
                 let y = alpha * x + beta;
                 (y.clamp(0.0, 1.0), if y > 0.0 && y < 1.0 { alpha } else { 0.0 })

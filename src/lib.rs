@@ -21,6 +21,7 @@ pub mod lower;
 #[cfg(feature = "train")]
 pub mod nn;
 pub mod onnx;
+pub mod output;
 pub mod plan;
 #[cfg(feature = "train")]
 pub mod plot;
@@ -33,6 +34,8 @@ pub mod syntax;
 pub mod train;
 pub mod unify;
 
+pub use output::write_atomic;
+
 use diag::{Diagnostic, Diagnostics};
 use ir::Origin;
 
@@ -44,7 +47,7 @@ pub enum Error {
     /// Errors located at graph nodes that have no source span (e.g. ONNX nodes).
     #[error("{}", .0.join("\n"))]
     Graph(Vec<String>),
-    #[error("{0}")]
+    #[error(transparent)]
     Analysis(#[from] analyze::AnalysisError),
     /// Errors of the ONNX importer and exporter.
     #[error(transparent)]
@@ -293,6 +296,7 @@ pub fn plan_graph(graph: &ir::Graph, req: GraphRequest) -> Result<plan::Plan, Er
     }
     let gopts = analyze::graph::GraphOptions { mode: req.opts.mode, std_cap: req.opts.std_cap, branch_scale: req.branch_scale };
     let a = analyze::graph::analyze_graph_with(graph, gopts, req.analysis)?;
+    analyze::check_graph_finite(graph, &a)?;
     Ok(plan::build_graph(graph, &a, gopts, req.analysis))
 }
 
@@ -304,26 +308,4 @@ pub fn lower_report(graph: &ir::Graph, req: GraphRequest) -> Result<String, Erro
         return Ok(report::lower_table(&net, &analysis, req.opts.mode));
     }
     Ok(report::graph_plan_table(&plan_graph(graph, req)?))
-}
-
-/// Writes `contents` to `path` atomically: a temporary file beside it, then a rename,
-/// so that an existing file is never left half-written.
-pub fn write_atomic(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

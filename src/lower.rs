@@ -24,8 +24,8 @@ pub fn lower(file: &File) -> Result<Graph, Vec<Diagnostic>> {
     let mut cx = Lower { errors: Vec::new(), nodes: Vec::new(), shape: None, seq: 0, labels: HashMap::new() };
     cx.shape = cx.input_shape(&file.input);
     let mut expanded = Vec::new();
-    let mut total = 0u64;
-    if expand(&file.items, &mut Vec::new(), &mut expanded, &mut total, &mut cx.errors).is_ok() {
+    let (mut total, mut iterations) = (0u64, 0u64);
+    if expand(&file.items, &mut Vec::new(), &mut expanded, (&mut total, &mut iterations), &mut cx.errors).is_ok() {
         for (layer, path) in &expanded {
             cx.layer(layer, path);
         }
@@ -41,32 +41,42 @@ pub fn lower(file: &File) -> Result<Graph, Vec<Diagnostic>> {
 }
 
 fn dedup(errors: &mut Vec<Diagnostic>) {
-    let mut seen = Vec::new();
-    errors.retain(|d| {
-        let key = (d.span, d.message.clone());
-        if seen.contains(&key) {
-            false
-        } else {
-            seen.push(key);
-            true
-        }
-    });
+    let mut seen = std::collections::HashSet::new();
+    errors.retain(|d| seen.insert((d.span, d.message.clone())));
     errors.sort_by_key(|d| d.span.start);
 }
 
+/// Iterations of `repeat` and `× N` loops an expansion may take, layers or not
+/// (`repeat 100000 { repeat 100000 { } }` makes no layer but 10¹⁰ iterations).
+pub const MAX_ITERATIONS: u64 = 1_000_000;
+
+/// Counts one loop iteration against [`MAX_ITERATIONS`]; the diagnostic points at the
+/// loop's count.
+fn iterate(iterations: &mut u64, span: Span, errors: &mut Vec<Diagnostic>) -> Result<(), ()> {
+    *iterations += 1;
+    if *iterations > MAX_ITERATIONS {
+        errors.push(Diagnostic::new(span, format!("expanding the repeats takes more than {MAX_ITERATIONS} iterations")));
+        return Err(());
+    }
+    Ok(())
+}
+
 /// Flattens repeats into (layer, repetition path). Fails (with a diagnostic) when the
-/// expansion would exceed [`MAX_NODES`].
+/// expansion would exceed [`MAX_NODES`] layers or [`MAX_ITERATIONS`] iterations. Each
+/// item's own problems (a count of 0) are reported on its first visit only (every
+/// enclosing loop at its first iteration), not once per enclosing iteration.
 fn expand<'a>(
     items: &'a [Item],
     path: &mut Vec<u64>,
     out: &mut Vec<(&'a Layer, Vec<u64>)>,
-    total: &mut u64,
+    (total, iterations): (&mut u64, &mut u64),
     errors: &mut Vec<Diagnostic>,
 ) -> Result<(), ()> {
+    let first_visit = path.iter().all(|&k| k == 0);
     for item in items {
         match item {
             Item::Repeat { count, body, .. } => {
-                if count.value == 0 {
+                if count.value == 0 && first_visit {
                     errors.push(Diagnostic::new(count.span, "`repeat 0` repeats nothing; remove the block or repeat at least once"));
                 }
                 if count.value > MAX_NODES {
@@ -75,15 +85,16 @@ fn expand<'a>(
                     return Err(());
                 }
                 for k in 0..count.value {
+                    iterate(iterations, count.span, errors)?;
                     path.push(k);
-                    expand(body, path, out, total, errors)?;
+                    expand(body, path, out, (total, iterations), errors)?;
                     path.pop();
                 }
             }
             Item::Chain { layers, times, .. } => {
                 let n = times.as_ref().map_or(1, |t| t.value);
                 if let Some(t) = times {
-                    if t.value == 0 {
+                    if t.value == 0 && first_visit {
                         errors.push(Diagnostic::new(t.span, "`× 0` repeats nothing"));
                     }
                     if t.value > MAX_NODES {
@@ -92,7 +103,8 @@ fn expand<'a>(
                     }
                 }
                 for k in 0..n {
-                    if times.is_some() {
+                    if let Some(t) = times {
+                        iterate(iterations, t.span, errors)?;
                         path.push(k);
                     }
                     for layer in layers {

@@ -302,9 +302,7 @@ fn run(cli: Cli) -> Result<()> {
             let model = load(&file, input)?;
             let plan = cnnc::plan(&model.network()?, opts)?;
             let model = cnnc::onnx::export(&model.graph, &plan, seed).map_err(cnnc::Error::from)?;
-            cnnc::onnx::write_model(model, &output, None)
-                .map_err(cnnc::Error::from)
-                .with_context(|| format!("cannot write {}", output.display()))
+            cnnc::onnx::write_model(model, &output, None).map_err(|e| cnnc::Error::from(e).into())
         }
         Command::Init { model, init, seed, input, output } => {
             let opts = init.options()?;
@@ -318,9 +316,7 @@ fn run(cli: Cli) -> Result<()> {
             let net = cnnc::network(&graph, None).map_err(in_model)?;
             let plan = cnnc::plan(&net, opts)?;
             cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
-            cnnc::onnx::write_model(proto, &output, None)
-                .map_err(cnnc::Error::from)
-                .with_context(|| format!("cannot write {}", output.display()))
+            cnnc::onnx::write_model(proto, &output, None).map_err(|e| cnnc::Error::from(e).into())
         }
         #[cfg(feature = "train")]
         Command::Train(args) => {
@@ -722,12 +718,18 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             match e.downcast_ref::<cnnc::Error>() {
-                Some(cnnc::Error::Source(_)) => eprintln!("{e}"),
-                _ => eprintln!("error: {e:#}"),
+                Some(cnnc::Error::Source(_)) => eprintln!("{}", for_terminal(&e.to_string())),
+                _ => eprintln!("error: {}", for_terminal(&format!("{e:#}"))),
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// A message with the control characters a file could smuggle into it (terminal escape
+/// sequences in a node name or a source line) escaped; its line breaks and tabs kept.
+fn for_terminal(message: &str) -> String {
+    message.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 fn emit_command(cmd: EmitCommand) -> Result<()> {

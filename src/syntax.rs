@@ -92,6 +92,7 @@ impl Value {
 
 /// Parses a whole `.cnn` source. Errors carry byte spans into `src`.
 pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
+    check_nesting(src)?;
     let mut pairs = CnnParser::parse(Rule::file, src).map_err(|e| vec![syntax_error(e)])?;
     let file = pairs.next().expect("the file rule always yields one pair");
     let mut b = Builder { errors: Vec::new() };
@@ -101,6 +102,37 @@ pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
     } else {
         Err(b.errors)
     }
+}
+
+/// `repeat` blocks nested deeper than this are an error (the parser, the AST and the
+/// expansion recurse once per level).
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses blocks nested past [`MAX_NESTING`] before the (recursive) parser sees them:
+/// braces open only `repeat` blocks, and comments run to the end of their line.
+fn check_nesting(src: &str) -> Result<(), Vec<Diagnostic>> {
+    let mut depth = 0usize;
+    let mut in_comment = false;
+    let mut prev = '\0';
+    for (at, c) in src.char_indices() {
+        match c {
+            '\n' => in_comment = false,
+            _ if in_comment => {}
+            '#' => in_comment = true,
+            '/' if prev == '/' => in_comment = true,
+            '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    let message = format!("`repeat` blocks are nested more than {MAX_NESTING} deep");
+                    return Err(vec![Diagnostic::new(Span::new(at, at + 1), message)]);
+                }
+            }
+            '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = if in_comment { '\0' } else { c };
+    }
+    Ok(())
 }
 
 fn syntax_error(e: pest::error::Error<Rule>) -> Diagnostic {

@@ -172,3 +172,77 @@ fn plan_files_are_read_back_and_their_format_checked() {
     assert!(cnnc::plan::Plan::read(&dir.join("absent.json")).unwrap_err().to_string().contains("cannot read"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn cnnc_in(dir: &std::path::Path, args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).current_dir(dir).output().unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8(out.stderr).unwrap())
+}
+
+/// Output paths are replaced only when they name a regular file (or nothing): a symbolic
+/// link there is refused, never followed (its target keeps its bytes) nor replaced; a
+/// FIFO or a directory is a clear error naming the path; `-o -` and `/dev/stdout` stream
+/// to standard output. Every writer of the CLI (plan, export-onnx, init) goes through
+/// the same function. Run as root, as users do.
+#[cfg(unix)]
+#[test]
+fn outputs_never_follow_or_replace_links_fifos_or_directories() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = std::env::temp_dir().join(format!("cnnc-cli-outputs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let spec = format!("{root}/tests/data/onnx/ok/exported_small.cnn");
+    let model = format!("{root}/tests/data/onnx/ok/exported_small.onnx");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "secret").unwrap();
+    let commands = |out: &str| -> [Vec<String>; 3] {
+        [
+            vec!["plan".into(), spec.clone(), "-o".into(), out.into()],
+            vec!["export-onnx".into(), spec.clone(), "-o".into(), out.into()],
+            vec!["init".into(), model.clone(), "-o".into(), out.into()],
+        ]
+    };
+    let run = |args: &[String]| cnnc_in(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    std::os::unix::fs::symlink(&victim, dir.join("link")).unwrap();
+    std::process::Command::new("mkfifo").arg(dir.join("fifo")).status().unwrap();
+    std::fs::create_dir(dir.join("folder")).unwrap();
+    for (name, what) in [("link", "it is a symbolic link"), ("fifo", "it is a FIFO"), ("folder", "it is a directory")] {
+        for args in commands(name) {
+            let (code, out, err) = run(&args);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(out.is_empty(), "{args:?}");
+            assert!(err.starts_with(&format!("error: cannot write {name}: {what}")), "{args:?}: {err}");
+            assert!(!err.contains("cannot read") && !err.contains("panicked"), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
+    assert!(std::fs::symlink_metadata(dir.join("link")).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(dir.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(dir.join("folder")).unwrap().is_dir());
+
+    // A regular file is replaced (not written through: a hard link keeps the old bytes).
+    std::fs::write(dir.join("plan.json"), "old").unwrap();
+    std::fs::hard_link(dir.join("plan.json"), dir.join("hard")).unwrap();
+    let (code, _, err) = run(&commands("plan.json")[0]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(dir.join("plan.json")).unwrap().contains("cnnc-plan/1"));
+    assert_eq!(std::fs::read_to_string(dir.join("hard")).unwrap(), "old");
+
+    // `-o -` and `/dev/stdout` stream: the plan, and a decodable model, on stdout.
+    for out in ["-", "/dev/stdout"] {
+        let (code, plan, err) = run(&commands(out)[0]);
+        assert_eq!(code, 0, "{err}");
+        let plan: cnnc::plan::Plan = serde_json::from_slice(&plan).unwrap();
+        assert_eq!(plan.format, "cnnc-plan/1");
+        let (code, bytes, err) = run(&commands(out)[1]);
+        assert_eq!(code, 0, "{err}");
+        cnnc::onnx::decode(cnnc::onnx::Bytes::from(bytes)).unwrap();
+    }
+    assert!(!dir.join("-").exists());
+    // Nothing else was left in the folder (no temporary files).
+    let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["fifo", "folder", "hard", "link", "plan.json", "victim"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -392,12 +392,13 @@ fn huge_inputs_are_errors_not_aborts() {
         .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "node `c` (conv): its input has 1048576×1048576 positions per channel, more than the map analysis's limit of 16777216; use --analysis paper"
+        "node `c` (conv): the map analysis keeps 2199023255552 positions (Σ over values of h × w), over its budget of 67108864; \
+         this value has 1099511627776: plan with --analysis paper"
     );
     // The paper analysis of that graph is fine (one number per channel).
     assert!(analyze_graph(&b.g, GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0 }).is_ok());
     // The chain map analysis refuses too.
     let net = cnnc::Source::new("big.cnn", "network big\ninput 1x1048576x1048576\nConv(1) -> 1\n").network().unwrap();
     let e = cnnc::analyze::analyze_with(&net, Options { mode: Mode::Forward, std_cap: None }, cnnc::analyze::Analysis::Map).unwrap_err();
-    assert!(e.to_string().contains("more than the map analysis's limit"), "{e}");
+    assert!(e.to_string().contains("the map analysis keeps 3298534883328 positions"), "{e}");
 }

@@ -785,12 +785,9 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
             None => kap * avg(&sums),
         };
         if !(a > 0.0 && a.is_finite()) {
-            return Err(fail(
-                g,
-                k,
-                "the input of this layer carries no signal (its predicted second moment is 0): a weight layer upstream starts at zero"
-                    .into(),
-            ));
+            let zero =
+                "the input of this layer carries no signal (its predicted second moment is 0): a weight layer upstream starts at zero";
+            return Err(fail(g, k, super::not_positive_finite("the second moment of its input", a, zero)));
         }
         let he = geo.m_out() as f64 / (0.5 * *eps as f64);
         let target = f.p.target[&k];
@@ -821,7 +818,8 @@ fn weight_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisE
     if b.p.chooses_backward(b.choose, k) {
         let a = if dz.iter().all(|&d| d == dz[0]) { dz[0] * *eps as f64 / geo.m_in() as f64 } else { r * avg(&sums) };
         if !(a > 0.0 && a.is_finite()) {
-            return Err(fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
+            let zero = "no gradient reaches this layer's output (a layer downstream starts at zero)";
+            return Err(fail(g, k, super::not_positive_finite("the second moment of its output gradient", a, zero)));
         }
         let he = geo.m_in() as f64 / (0.5 * *eps as f64);
         let target = b.p.target[&k];
@@ -1769,6 +1767,7 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
     if !(opts.branch_scale.is_finite() && opts.branch_scale >= 0.0) {
         return Err(AnalysisError::Options(format!("--branch-scale must be a number ≥ 0, got {}", opts.branch_scale)));
     }
+    super::budget::check_graph(g, analysis)?;
     let cx = Cx::new(g)?;
     if cx.weights.is_empty() {
         return Err(AnalysisError::Options("the network has no weight layer".into()));

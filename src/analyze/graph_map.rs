@@ -483,11 +483,8 @@ impl MapPasses {
             if p.chooses_forward(choose, k) {
                 let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.out_channels as f64;
                 if !(total > 0.0 && total.is_finite()) {
-                    return Err(super::graph::fail(
-                        g,
-                        k,
-                        "the input of this layer carries no signal (a weight layer upstream starts at zero)".into(),
-                    ));
+                    let zero = "the input of this layer carries no signal (a weight layer upstream starts at zero)";
+                    return Err(super::graph::fail(g, k, super::not_positive_finite("the second moment of its input", total, zero)));
                 }
                 let he = geo.m_out() as f64 / (0.5 * *eps as f64);
                 p.set(k, p.target[&k] / total, he, opts);
@@ -733,7 +730,8 @@ impl MapPasses {
         if p.chooses_backward(choose, k) {
             let total: f64 = sums.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.in_channels as f64;
             if !(total > 0.0 && total.is_finite()) {
-                return Err(super::graph::fail(g, k, "no gradient reaches this layer's output (a layer downstream starts at zero)".into()));
+                let zero = "no gradient reaches this layer's output (a layer downstream starts at zero)";
+                return Err(super::graph::fail(g, k, super::not_positive_finite("the second moment of its output gradient", total, zero)));
             }
             let he = geo.m_in() as f64 / (0.5 * *eps as f64);
             p.set(k, p.target[&k] / total, he, opts);

@@ -168,7 +168,7 @@ fn forward_layer(layer: &Layer, input: &Map, cache: &mut Cache) -> Result<(f64, 
         return Err(AnalysisError::Layer {
             layer: layer.index,
             module: layer.weight.module.clone(),
-            message: "no unit of this layer reads any input".into(),
+            message: super::not_positive_finite("the mean of its output variance map", mean, "no unit of this layer reads any input"),
         });
     }
     let sigma2 = 1.0 / mean;
@@ -284,7 +284,7 @@ fn backward_layer(layer: &Layer, grad_out: &Map, q: &Map, cache: &mut Cache) -> 
         return Err(AnalysisError::Layer {
             layer: layer.index,
             module: layer.weight.module.clone(),
-            message: "no gradient reaches this layer's input".into(),
+            message: super::not_positive_finite("the mean of its input gradient map", mean, "no gradient reaches this layer's input"),
         });
     }
     let sigma2 = 1.0 / mean;

@@ -47,7 +47,7 @@ pub fn write_files(dir: &std::path::Path, files: &[File]) -> std::io::Result<()>
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        crate::write_atomic(&path, f.text.as_bytes())?;
+        crate::write_atomic(&path, f.text.as_bytes()).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.path)))?;
     }
     Ok(())
 }

@@ -436,9 +436,12 @@ pub fn collect(exp: &Experiment) -> Result<Vec<RunResult>, ExperimentError> {
     let results: Vec<RunResult> = exp.runs.iter().map(result_of).collect();
     std::fs::create_dir_all(&exp.out).map_err(|e| ExperimentError::Io(format!("{}: {e}", exp.out.display())))?;
     let md = results_markdown(&exp.config, &results, &exp.config_path);
-    crate::write_atomic(&exp.out.join("results.md"), md.as_bytes()).map_err(|e| ExperimentError::Io(e.to_string()))?;
+    let write = |path: std::path::PathBuf, bytes: &[u8]| {
+        crate::write_atomic(&path, bytes).map_err(|e| ExperimentError::Io(format!("cannot write {}: {e}", path.display())))
+    };
+    write(exp.out.join("results.md"), md.as_bytes())?;
     let svg = curves_svg(&exp.config, &results).map_err(ExperimentError::Io)?;
-    crate::write_atomic(&exp.out.join("curves.svg"), svg.as_bytes()).map_err(|e| ExperimentError::Io(e.to_string()))?;
+    write(exp.out.join("curves.svg"), svg.as_bytes())?;
     Ok(results)
 }
 

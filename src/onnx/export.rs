@@ -160,6 +160,7 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     if weight_nodes != plan.layers.len() {
         return Err(OnnxError::Model(format!("the plan has {} layers but the graph {weight_nodes} weight nodes", plan.layers.len())));
     }
+    super::budget::check_drawn_bytes(plan, |_| 4)?;
     let mut rng = Normal::new(seed);
     let mut layers = plan.layers.iter();
     let mut g = GraphProto { name: Some(graph.name.clone()), input: vec![value_info("input", graph.input)], ..Default::default() };
@@ -282,42 +283,41 @@ const EXTERNAL_MIN: usize = 1024;
 /// data layout (`location` relative to the model, `offset`, `length`).
 pub fn write_model(mut model: ModelProto, path: &std::path::Path, limit: Option<usize>) -> Result<(), OnnxError> {
     use super::proto::{tensor_proto::DataLocation, StringStringEntryProto};
-    use std::io::Write;
     let limit = limit.unwrap_or(PROTOBUF_LIMIT);
-    let io = |source| OnnxError::Io { path: path.display().to_string(), source };
     if model.encoded_len() > limit {
+        if crate::output::is_stdout(path) {
+            return Err(OnnxError::Model(format!(
+                "the model's encoding exceeds {limit} bytes and needs an external data file beside it: name a file, not standard output"
+            )));
+        }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
         let location = format!("{name}.data");
         let data_path = path.with_file_name(&location);
-        let tmp = path.with_file_name(format!(".{location}.tmp{}", std::process::id()));
-        let result = (|| -> Result<(), OnnxError> {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        crate::output::write_atomic_with(&data_path, |out| {
             let mut offset = 0usize;
             for t in model.graph.iter_mut().flat_map(|g| g.initializer.iter_mut()) {
                 let Some(raw) = t.raw_data.take_if(|r| r.len() >= EXTERNAL_MIN) else { continue };
-                out.write_all(&raw).map_err(io)?;
+                out.write_all(&raw)?;
                 let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
                 t.external_data =
                     vec![entry("location", location.clone()), entry("offset", offset.to_string()), entry("length", raw.len().to_string())];
                 t.data_location = Some(DataLocation::External as i32);
                 offset += raw.len();
             }
-            out.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, &data_path).map_err(io)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
+            Ok(())
+        })
+        .map_err(|source| OnnxError::Write { path: data_path.display().to_string(), source })?;
     }
     let bytes = encode(&model)?;
-    crate::write_atomic(path, &bytes).map_err(io)
+    crate::write_atomic(path, &bytes).map_err(|source| OnnxError::Write { path: path.display().to_string(), source })
 }
 
 /// Redraws the initializers that `plan` names (weights from N(0, std²), biases zero),
 /// keeping their dims and float type; every other part of `model` is left as it was.
 pub fn reinit(model: &mut ModelProto, plan: &Plan, seed: u64) -> Result<(), OnnxError> {
     let g = model.graph.as_mut().ok_or_else(|| OnnxError::Decode("the model has no graph".into()))?;
+    let double = |name: &str| g.initializer.iter().any(|t| t.name() == name && t.data_type() == DataType::Double as i32);
+    super::budget::check_drawn_bytes(plan, |name| if double(name) { 8 } else { 4 })?;
     let mut rng = Normal::new(seed);
     for l in &plan.layers {
         set(g, &l.weight.name, Some((&mut rng, l.weight.std)))?;

@@ -253,6 +253,8 @@ struct Importer<'m> {
     /// [0, 2, 3, 1]: in the IR they are the image itself (ConvNeXt's LayerNorm and Linear
     /// layers between two permutes).
     channels_last: HashSet<&'m str>,
+    /// Operations in the element-wise functions made so far ([`super::budget::check_expr`]).
+    expr_ops: usize,
 }
 
 /// One node being converted.
@@ -278,6 +280,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
     if !unsupported.is_empty() {
         return Err(OnnxError::Unsupported(unsupported));
     }
+    super::names::check_names(graph, |k| node_name(&graph.node[k], k))?;
     let order = topological_order(graph)?;
 
     let mut imp = Importer {
@@ -296,6 +299,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         outputs: graph.output.iter().map(|o| o.name()).collect(),
         renamed: Vec::new(),
         channels_last: HashSet::new(),
+        expr_ops: 0,
     };
     for t in &graph.initializer {
         imp.params.insert(t.name().to_string(), param_of(t));
@@ -349,6 +353,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
     if imp.nodes.is_empty() {
         return Err(OnnxError::Model("the graph has no node that cnnc can plan".into()));
     }
+    super::names::check_shared_weights(&imp.nodes)?;
     let mut notes = Vec::new();
     if !imp.renamed.is_empty() {
         notes.push(format!(
@@ -373,19 +378,21 @@ fn is_default_domain(n: &NodeProto) -> bool {
 }
 
 fn op_label(n: &NodeProto) -> String {
+    use super::names::printable;
     if is_default_domain(n) {
-        n.op_type().to_string()
+        printable(n.op_type()).into_owned()
     } else {
-        format!("{}::{}", n.domain(), n.op_type())
+        format!("{}::{}", printable(n.domain()), printable(n.op_type()))
     }
 }
 
 /// The node's name, or `op_type#index` when it has none.
 fn node_name(n: &NodeProto, k: usize) -> String {
+    use super::names::printable;
     if n.name().is_empty() {
-        format!("{}#{k}", n.op_type())
+        format!("{}#{k}", printable(n.op_type()))
     } else {
-        n.name().to_string()
+        printable(n.name()).into_owned()
     }
 }
 
@@ -989,6 +996,7 @@ impl<'m> Importer<'m> {
 
     /// Binds `output` to an element-wise function of a data value.
     fn pend(&mut self, cx: &Cx<'m>, p: Pending) -> Result<(), String> {
+        self.expr_ops = super::budget::check_expr(&p.expr, self.expr_ops)?;
         self.pending.insert(cx.output()?, Pending { name: cx.name.clone(), ..p });
         Ok(())
     }
@@ -1406,7 +1414,7 @@ fn flatten<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 }
 
 /// A reshape of data: to (batch, features) — the target is [b, F] with F the sample
-/// size, or [b, -1] with b = 0 (copy the batch) or a fixed batch — or one step of a
+/// size, or [b, -1] with b = 0 (copy the batch) or 1 (an export at batch size 1) — or one step of a
 /// channel shuffle: (N, C, H, W) → (N, g, C/g, H, W), and back after the transpose.
 fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let target_name = cx.input(1).ok_or("the shape input is missing")?;
@@ -1462,7 +1470,9 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let n = shape.numel() as i64;
     let ok = match *target.as_slice() {
         [_, f] if f == n => true,
-        [b, -1] => b >= 0,
+        // The batch axis copied (0) or 1 (an export at batch size 1), the rest inferred:
+        // another first size would move elements between samples ([5, -1] of 256).
+        [0 | 1, -1] => true,
         _ => false,
     };
     if ok {
@@ -1748,6 +1758,9 @@ fn clip<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         }
     };
     let (min, max) = (bound(1, "min", f64::NEG_INFINITY)?, bound(2, "max", f64::INFINITY)?);
+    if min.is_nan() || max.is_nan() || min > max {
+        return Err(format!("the Clip bounds must be numbers with min ≤ max, got min {min} and max {max}"));
+    }
     apply(imp, cx, Fn1::Clip { min, max })
 }
 
@@ -2071,8 +2084,13 @@ fn slice<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         let clamp = |v: i64| (if v < 0 { v + n } else { v }).clamp(0, n) as u64;
         let (s, e) = (clamp(s), clamp(e));
         let full = s == 0 && e == n as u64;
-        if steps.get(k).copied().unwrap_or(1) != 1 && !full {
-            return Err("Slice with a step other than 1 is not supported".into());
+        match steps.get(k).copied().unwrap_or(1) {
+            1 => {}
+            0 => return Err(format!("the step along axis {axis} is 0 (ONNX requires a non-zero step)")),
+            // Any step takes the one element of an axis of size 1; on a longer axis a
+            // step other than 1 subsamples or reverses it.
+            _ if n == 1 && full => {}
+            step => return Err(format!("Slice with step {step} along axis {axis} is not supported (only step 1)")),
         }
         match axis {
             1 => (start, end) = (s, e),

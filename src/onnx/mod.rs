@@ -30,9 +30,11 @@
 #[path = "onnx.rs"]
 pub mod proto;
 
+mod budget;
 mod consts;
 mod export;
 mod import;
+pub mod names;
 mod slim;
 
 pub use export::{encode, export, reinit, write_model, Normal};
@@ -43,17 +45,25 @@ pub use proto::ModelProto;
 use prost::Message;
 use std::path::Path;
 
+/// Unsupported nodes named in an error at most (the count says how many more).
+pub const UNSUPPORTED_SHOWN: usize = 50;
+
 /// An error of the ONNX importer or exporter.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     #[error("cannot read {path}")]
     Io { path: String, source: std::io::Error },
+    /// An output file that cannot be written (the message says why).
+    #[error("cannot write {path}")]
+    Write { path: String, source: std::io::Error },
     /// The bytes are not a protobuf `ModelProto`, or not an ONNX model.
     #[error("not a valid ONNX model: {0}")]
     Decode(String),
     /// Every node whose operator the importer does not handle, as (node, op_type).
-    #[error("{} unsupported ONNX node{}: {} (cnnc imports graphs of {})", .0.len(), if .0.len() == 1 { "" } else { "s" },
-        .0.iter().map(|(n, op)| format!("`{n}` ({op})")).collect::<Vec<_>>().join(", "), SUPPORTED_OPS.join(", "))]
+    #[error("{} unsupported ONNX node{}: {}{} (cnnc imports graphs of {})", .0.len(), if .0.len() == 1 { "" } else { "s" },
+        .0.iter().take(UNSUPPORTED_SHOWN).map(|(n, op)| format!("`{n}` ({op})")).collect::<Vec<_>>().join(", "),
+        if .0.len() > UNSUPPORTED_SHOWN { format!(" and {} more", .0.len() - UNSUPPORTED_SHOWN) } else { String::new() },
+        SUPPORTED_OPS.join(", "))]
     Unsupported(Vec<(String, String)>),
     /// A problem located at one node.
     #[error("node `{node}` ({op}): {message}")]

@@ -356,8 +356,17 @@ pub fn lock_run(run: &Path) -> Result<RunLock, TrainError> {
     use std::io::Write;
     std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
     let path = run.join(LOCK);
-    let mut file =
-        std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path).map_err(|e| file_err(&path, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).read(true).write(true).truncate(false);
+    // The lock file is rewritten with the pid: a link planted at its name is refused,
+    // not followed (its target would be truncated).
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let mut file = options.open(&path).map_err(|e| match e.raw_os_error() {
+        #[cfg(unix)]
+        Some(libc::ELOOP) => file_err(&path, "it is a symbolic link; cnnc does not write through links"),
+        _ => file_err(&path, e),
+    })?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -529,12 +538,14 @@ pub fn fit(
         }
     } else {
         std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
-        crate::write_atomic(&run.join("plan.json"), plan.to_json().as_bytes()).map_err(|e| file_err(run, e))?;
+        let path = run.join("plan.json");
+        crate::write_atomic(&path, plan.to_json().as_bytes()).map_err(|e| file_err(&path, e))?;
         let _ = std::fs::remove_file(&metrics_path);
         let _ = std::fs::remove_file(run.join(DIVERGED));
     }
-    crate::write_atomic(&run.join("config.json"), serde_json::to_string_pretty(config).expect("config serializes").as_bytes())
-        .map_err(|e| file_err(run, e))?;
+    let path = run.join("config.json");
+    crate::write_atomic(&path, serde_json::to_string_pretty(config).expect("config serializes").as_bytes())
+        .map_err(|e| file_err(&path, e))?;
     write_metrics(&metrics_path, &history)?;
 
     let steps = split.train.len().div_ceil(config.batch_size);
@@ -594,7 +605,8 @@ pub fn fit(
             return Err(TrainError::Interrupted { epoch, step });
         }
         if let Err(e @ TrainError::NonFinite { .. }) = &trained {
-            crate::write_atomic(&run.join(DIVERGED), format!("{e}\n").as_bytes()).map_err(|e| file_err(run, e))?;
+            let path = run.join(DIVERGED);
+            crate::write_atomic(&path, format!("{e}\n").as_bytes()).map_err(|e| file_err(&path, e))?;
         }
         trained?;
         let train_seconds = earlier + t0.elapsed().as_secs_f64();
