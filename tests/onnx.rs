@@ -500,7 +500,7 @@ fn unsupported_ops_are_listed_at_once() {
     )
     .unwrap_err();
     assert!(
-        err.starts_with("3 unsupported ONNX nodes: `lrn` (LRN), `MeanVarianceNormalization#3` (MeanVarianceNormalization), `fused` (com.microsoft::FusedConv) (cnnc imports graphs of Conv (grouped, depthwise), Gemm, MatMul(+Add), "),
+        err.starts_with("3 unsupported ONNX nodes: `lrn` (LRN), `MeanVarianceNormalization#3` (MeanVarianceNormalization), `fused` (com.microsoft::FusedConv) (cnnc imports graphs of Conv (grouped, depthwise), ConvTranspose, Gemm, MatMul(+Add), "),
         "{err}"
     );
 }
