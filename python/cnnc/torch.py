@@ -95,6 +95,15 @@ def export_onnx(module, example_inputs):
     f = io.BytesIO()
     with _Kept(module):
         module.train()
+        # Random regularizers trace as random ops (torchvision's StochasticDepth in
+        # ConvNeXt and EfficientNet: RandomUniformLike), and the exporter puts every module
+        # in training mode: their probability is 0 during the trace, so they export as the
+        # identity they are at evaluation (cnnc reads a Dropout node as the identity too).
+        random = [(m, m.p) for m in module.modules()
+                  if (isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ == "StochasticDepth")
+                  and isinstance(getattr(m, "p", None), float)]
+        for m, _ in random:
+            m.p = 0.0
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
@@ -103,6 +112,9 @@ def export_onnx(module, example_inputs):
                                   do_constant_folding=False, opset_version=OPSET, export_params=True)
         except Exception as e:
             raise PlanError("torch.onnx.export cannot export %s: %s: %s" % (type(module).__name__, type(e).__name__, e)) from e
+        finally:
+            for m, p in random:
+                m.p = p
     return f.getvalue()
 
 

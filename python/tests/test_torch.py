@@ -4,6 +4,7 @@ the installed wheel in the cached torch venv).
     CNNC=target/debug/cnnc python -m pytest python/tests/test_torch.py
 """
 
+import collections
 import json
 import math
 import os
@@ -57,6 +58,8 @@ def assert_as_planned(model, plan):
             assert torch.count_nonzero(params[bias]) == 0, bias
     for e in plan.get("batch_norms") or []:
         for role in ("scale", "shift"):
+            if not e[role]["name"]:
+                continue  # the normalization has no such parameter (a layer scale's shift)
             p = params[e[role]["name"]]
             assert torch.all(p == e[role]["value"]), e[role]["name"]
 
@@ -112,6 +115,30 @@ def test_torchvision_models_with_batchnorm_are_initialized_by_name(name, kwargs)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items()), "running statistics changed"
     assert report.seconds["plan"] + report.seconds["apply"] < 5
     assert [l["module"] + ".weight" for l in report.layers] == [l["weight"]["name"] for l in plan["layers"]]
+
+
+def test_convnext_and_a_unet_are_initialized_by_name():
+    # ConvNeXt-T: LayerNorm over the channels (channels-last), Linear layers at each
+    # position, layer scales, stochastic depth (exported as the identity).
+    model = torchvision.models.convnext_tiny(num_classes=10)
+    fill(model)
+    report = cnnc.torch.init_(model, input_shape=(3, 64, 64), seed=2, branch_scale=0.5)
+    plan = report.plan
+    weights = {n + ".weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert {l["weight"]["name"] for l in plan["layers"]} == weights
+    modes = collections.Counter(e["mode"] for e in plan["batch_norms"])
+    assert modes == {"layer:channels": 23, "scale": 18}, modes
+    assert_as_planned(model, plan)
+    params = dict(model.named_parameters())
+    assert torch.all(params["features.5.4.layer_scale"] == 0.5)  # each block its own, at α
+    assert params["features.5.4.block.3.weight"].shape == (1536, 384)
+    # A U-Net: transposed convs (their [C_in, C_out, k, k] weights), skip concatenations.
+    sys.path.insert(0, os.path.join(ROOT, "scripts", "torch"))
+    import measure_dag  # noqa: E402
+    unet = measure_dag.UNet()
+    report = cnnc.torch.init_(unet, input_shape=(3, 64, 64), seed=3)
+    assert {l["weight"]["name"] for l in report.plan["layers"]} == {n + ".weight" for n, m in unet.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+    assert_as_planned(unet, report.plan)
 
 
 def test_the_plan_is_the_clis_plan_of_the_same_export(tmp_path):

@@ -829,14 +829,13 @@ impl<'m> Importer<'m> {
     /// exporter deduplicated equal initializers (every ConvNeXt block's layer scale is
     /// `Identity(features.1.0.layer_scale)`): that name is the parameter's.
     fn source_name(&self, name: &'m str) -> &'m str {
-        let made_up =
-            |n: &str| n.starts_with("onnx::") || n.starts_with('/') || n.starts_with("val_") || n.chars().all(|c| c.is_ascii_digit());
+        let made_up = made_up_name;
         let mut n = name;
         for _ in 0..16 {
             match self.producers.get(n) {
                 Some(p)
                     if !p.input.is_empty()
-                        && (matches!(p.op_type(), "Unsqueeze" | "Reshape" | "Squeeze")
+                        && (matches!(p.op_type(), "Unsqueeze" | "Reshape" | "Squeeze" | "Transpose")
                             || (matches!(p.op_type(), "Identity" | "Cast") && made_up(n))) =>
                 {
                     n = p.input[0].as_str();
@@ -959,6 +958,31 @@ impl<'m> Importer<'m> {
                 }
             }
         }
+        // Transpose of a weight whose values are not loaded (a Linear's weight before its
+        // MatMul when constants are not folded: ConvNeXt's, exported by cnnc.torch): the
+        // dims permuted.
+        if cx.op == "Transpose" {
+            if let Some(p) = names.first().copied().flatten().and_then(|n| self.params.get(n)) {
+                if p.value.is_none() {
+                    let rank = p.dims.len();
+                    let perm: Vec<usize> = match cx.ints("perm")? {
+                        Some(v) => v
+                            .iter()
+                            .map(|&i| usize::try_from(i).ok().filter(|&i| i < rank))
+                            .collect::<Option<_>>()
+                            .ok_or("attribute `perm` is out of range")?,
+                        None => (0..rank).rev().collect(),
+                    };
+                    let mut seen = vec![false; rank];
+                    if perm.len() != rank || perm.iter().any(|&i| std::mem::replace(&mut seen[i], true)) {
+                        return Err(format!("attribute `perm` = {perm:?} is not a permutation of the weight's {rank} axes"));
+                    }
+                    let dims = perm.iter().map(|&i| p.dims[i]).collect();
+                    self.params.insert(cx.output()?.to_string(), Param { dims, value: None });
+                    return Ok(true);
+                }
+            }
+        }
         // Unsqueeze of a small weight whose values are not loaded (a GroupNorm's γ in a
         // stripped export): its dims, from the op on zeros of the weight's dims.
         if cx.op == "Unsqueeze" {
@@ -1044,6 +1068,12 @@ pub fn scope_module(node: &str) -> Option<String> {
         last = s;
     }
     Some(path)
+}
+
+/// A name an exporter made up (`onnx::Conv_193`, `/layer1/Transpose_output_0`, `val_4`, a
+/// number), not a parameter's.
+fn made_up_name(n: &str) -> bool {
+    n.starts_with("onnx::") || n.starts_with('/') || n.starts_with("val_") || n.chars().all(|c| c.is_ascii_digit())
 }
 
 /// The module path the dynamo exporter records in a node's metadata:
@@ -1299,8 +1329,11 @@ fn channels_last_linear<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, x: ValueId, sha
     // `val_…`): the module is the node's scope (TorchScript's node name, or the dynamo
     // exporter's `pkg.torch.onnx.name_scopes`).
     let module = scope_module(&cx.name).or_else(|| name_scopes_module(cx.node));
+    // Unfolded, the MatMul reads Transpose(the Linear's own weight): that name.
+    let source = imp.source_name(weight);
+    let weight = if made_up_name(source) { weight } else { source };
     let mut params = match module {
-        Some(m) if weight.starts_with("onnx::") || weight.starts_with("val_") => {
+        Some(m) if made_up_name(weight) => {
             imp.renamed.push(format!("`{weight}` → `{m}.weight`"));
             ParamNames { weight: format!("{m}.weight"), bias: bias.map(|_| format!("{m}.bias")), shape: None }
         }
