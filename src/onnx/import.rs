@@ -1922,26 +1922,26 @@ fn group_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 }
 
 /// `LayerNormalization` of an image over (C, H, W) (axis 1): each sample's statistics
-/// over all its elements, an element-wise γ and β. Over the channels alone (ConvNeXt's,
-/// after a Transpose to channels-last) is not supported yet.
+/// over all its elements, an element-wise γ and β [C, H, W]; of a channels-last view over
+/// its last axis (ConvNeXt's): each position's statistics over the channels, γ and β [C].
 fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let (x, shape) = imp.data_at(cx, 0)?;
     let Shape::Image { c, h, w } = shape else { return Err(format!("LayerNormalization of a vector {shape}: cnnc takes it on images")) };
     let axis = cx.int("axis", -1)?;
-    if cx.input(0).is_some_and(|i| imp.channels_last.contains(i)) {
-        if axis != -1 && axis != 3 {
-            return Err(format!(
-                "LayerNormalization over axis {axis} of a channels-last (N, H, W, C) value: cnnc takes it over the channels (axis −1)"
-            ));
-        }
-        return channel_layer_norm(imp, cx, x, shape);
+    // Of a channels-last view, over its last axis: over the channels at each position.
+    let per_position = cx.input(0).is_some_and(|i| imp.channels_last.contains(i));
+    if per_position && axis != -1 && axis != 3 {
+        return Err(format!(
+            "LayerNormalization over axis {axis} of a channels-last (N, H, W, C) value: cnnc takes it over the channels (axis −1)"
+        ));
     }
-    if axis != 1 && axis != -3 {
+    if !per_position && axis != 1 && axis != -3 {
         return Err(format!(
             "LayerNormalization over axis {axis} is not supported: only over (C, H, W) of an image (axis 1 or −3), \
              or over the channels of a channels-last view (after a Transpose with perm [0, 2, 3, 1])"
         ));
     }
+    let affine = if per_position { vec![c] } else { vec![c, h, w] };
     let epsilon = norm_epsilon(cx)?;
     let mut names = Vec::new();
     for (i, what) in [(1, "scale"), (2, "bias")] {
@@ -1950,8 +1950,8 @@ fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
             continue;
         }
         let (n, d) = cx.param(imp, i, what)?;
-        if d.iter().product::<u64>() != c * h * w {
-            return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}, {h}, {w}]"));
+        if d.iter().product::<u64>() != affine.iter().product::<u64>() {
+            return Err(format!("the {what} `{n}` has shape {d:?}, expected {affine:?}"));
         }
         names.push(imp.source_name(n).to_string());
     }
@@ -1960,41 +1960,10 @@ fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         epsilon,
         training: true,
         groups: Some(1),
-        per_position: false,
+        per_position,
         scale: names[0].clone(),
         shift: names[1].clone(),
-        affine: vec![c, h, w],
-    };
-    imp.push(cx, Op::BatchNorm(bn), x, shape, None, cx.output()?)?;
-    Ok(())
-}
-
-/// A LayerNorm over the channels at each position (ConvNeXt's, of a channels-last view):
-/// γ and β of shape [C].
-fn channel_layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, x: ValueId, shape: Shape) -> Result<(), String> {
-    let (c, _, _) = shape.chw();
-    let epsilon = norm_epsilon(cx)?;
-    let mut names = Vec::new();
-    for (i, what) in [(1, "scale"), (2, "bias")] {
-        if cx.input(i).is_none() {
-            names.push(String::new());
-            continue;
-        }
-        let (n, d) = cx.param(imp, i, what)?;
-        if d.iter().product::<u64>() != c {
-            return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}] (one per channel)"));
-        }
-        names.push(imp.source_name(n).to_string());
-    }
-    let bn = BatchNorm {
-        channels: c,
-        epsilon,
-        training: true,
-        groups: Some(1),
-        per_position: true,
-        scale: names[0].clone(),
-        shift: names[1].clone(),
-        affine: vec![c],
+        affine,
     };
     imp.push(cx, Op::BatchNorm(bn), x, shape, None, cx.output()?)?;
     Ok(())
