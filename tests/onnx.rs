@@ -1417,6 +1417,23 @@ fn channels_last_layer_norm_linear_and_layer_scale() {
     assert_eq!((s.mode(), s.scale.as_str(), s.affine.clone()), ("scale".to_string(), "blk.layer_scale", vec![4, 1, 1]));
     assert!(matches!(g.nodes[7].op, Op::Add));
     assert!(g.notes.iter().any(|n| n.contains("`onnx::MatMul_7` → `blk.block.3.weight`") && !n.contains("BatchNorm")), "{:?}", g.notes);
+    // Unfolded (cnnc.torch's export): the MatMul reads Transpose(the Linear's own weight),
+    // which folds to its dims; the plan entry is that weight.
+    let nodes = vec![
+        node("conv", "Conv", &["x", "W", "B"], &["c"], vec![]),
+        node("/t/Transpose", "Transpose", &["c"], &["t"], vec![attr("perm", A::Is(vec![0, 2, 3, 1]))]),
+        node("/fc/Transpose", "Transpose", &["fc.weight"], &["wt"], vec![attr("perm", A::Is(vec![1, 0]))]),
+        node("/fc/MatMul", "MatMul", &["t", "wt"], &["m"], vec![]),
+        node("/back/Transpose", "Transpose", &["m"], &["y"], vec![attr("perm", A::Is(vec![0, 3, 1, 2]))]),
+    ];
+    let g = import_bytes(&model(
+        vec![image_input(3, 11, 11)],
+        nodes,
+        vec![init("W", &[4, 3, 3, 3]), init("B", &[4]), init("fc.weight", &[16, 4])],
+    ))
+    .unwrap();
+    let p = g.nodes[1].params.clone().unwrap();
+    assert_eq!((p.weight.as_str(), p.shape, g.nodes[1].output), ("fc.weight", Some(vec![16, 4]), img(16, 9, 9)));
     // Refused on a channels-last value: any op outside the list, naming the value.
     let e = block(vec![node("bad", "Conv", &["t", "W2"], &["z"], vec![])], vec![init("W2", &[4, 4, 1, 1])]).unwrap_err();
     assert!(e.contains("node `bad` (Conv): its input `t` is channels-last (N, H, W, C)"), "{e}");
