@@ -284,6 +284,9 @@ pub struct GraphRequest {
     pub analysis: analyze::Analysis,
     /// α of `--branch-scale` (1 by default).
     pub branch_scale: f64,
+    /// `--batch N`: the training batch size, for BatchNorm's batch-mean projection
+    /// (`None`: the large-batch limit).
+    pub batch: Option<u64>,
 }
 
 /// Plans any graph: a chain of unified layers through the paper's analysis (its plans
@@ -294,7 +297,8 @@ pub fn plan_graph(graph: &ir::Graph, req: GraphRequest) -> Result<plan::Plan, Er
     if let Ok(net) = unify::unify(graph) {
         return plan_with(&net, req.opts, req.analysis);
     }
-    let gopts = analyze::graph::GraphOptions { mode: req.opts.mode, std_cap: req.opts.std_cap, branch_scale: req.branch_scale };
+    let gopts =
+        analyze::graph::GraphOptions { mode: req.opts.mode, std_cap: req.opts.std_cap, branch_scale: req.branch_scale, batch: req.batch };
     let a = analyze::graph::analyze_graph_with(graph, gopts, req.analysis)?;
     analyze::check_graph_finite(graph, &a)?;
     Ok(plan::build_graph(graph, &a, gopts, req.analysis))

@@ -77,6 +77,11 @@ enum Command {
         /// it) targets α² instead of 1; 0 starts every branch at zero (zero-init residual)
         #[arg(long, default_value_t = 1.0)]
         branch_scale: f64,
+        /// Graphs: the training batch size N; the gradient predictions then count what a
+        /// BatchNorm's batch mean removes (1/N of the part each sample shares across its
+        /// positions). Without it: the large-batch limit
+        #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+        batch: Option<u64>,
         /// Write the plan here (atomically) instead of to stdout
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -95,6 +100,9 @@ enum Command {
         /// Graphs: the residual branch scale α (see `cnnc plan --help`)
         #[arg(long, default_value_t = 1.0)]
         branch_scale: f64,
+        /// Graphs: the training batch size (see `cnnc plan --help`)
+        #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+        batch: Option<u64>,
     },
     /// Print the graph IR (one line per node, with inferred shapes)
     Graph {
@@ -266,21 +274,21 @@ fn emit(output: &Option<PathBuf>, text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Plan { file, init, format, analysis, input, output, branch_scale } => {
+        Command::Plan { file, init, format, analysis, input, output, branch_scale, batch } => {
             let opts = init.options()?;
             let model = load(&file, input)?;
-            let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale })?;
+            let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch })?;
             let text = match format {
                 Format::Json => plan.to_json(),
                 Format::Yaml => plan.to_yaml(),
             };
             emit(&output, &text)
         }
-        Command::Lower { file, init, input, analysis, branch_scale } => {
+        Command::Lower { file, init, input, analysis, branch_scale, batch } => {
             let opts = init.options()?;
             let model = load(&file, input)?;
             if model.source.is_none() {
-                let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale };
+                let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch };
                 let text = cnnc::lower_report(&model.graph, req).map_err(|e| model.located(e))?;
                 return emit(&None, &text);
             }

@@ -51,6 +51,10 @@ pub struct Plan {
     /// Graphs only: the residual branch scale α (`--branch-scale`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub branch_scale: Option<f64>,
+    /// Graphs only: the training batch size the gradients were predicted for (`--batch`);
+    /// absent: the large-batch limit.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub batch: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -411,6 +415,7 @@ pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions, analysis: c
         batch_norms: Some(batch_norms),
         joins: Some(joins),
         branch_scale: Some(opts.branch_scale),
+        batch: opts.batch,
     }
 }
 
@@ -496,6 +501,7 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
         batch_norms: None,
         joins: None,
         branch_scale: None,
+        batch: None,
     }
 }
 

@@ -295,11 +295,12 @@ fn dims(d: &[u64]) -> String {
 /// BatchNorm nodes with their predicted second moments.
 pub fn graph_plan_table(plan: &crate::plan::Plan) -> String {
     let mut out = format!(
-        "graph {}  input {}  mode {}  branch scale {}\n",
+        "graph {}  input {}  mode {}  branch scale {}{}\n",
         plan.network,
         dims(&plan.input_shape),
         plan.mode,
-        plan.branch_scale.map_or("1".into(), |b| b.to_string())
+        plan.branch_scale.map_or("1".into(), |b| b.to_string()),
+        plan.batch.map_or(String::new(), |n| format!("  batch {n}"))
     );
     let header = ["ℓ", "name", "reads", "kind", "input", "conv", "M", "M'", "ε", "act", "pool", "σ²", "E[u²]", "E[δz²]", "note"];
     let rows: Vec<Vec<String>> = plan

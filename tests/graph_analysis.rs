@@ -61,11 +61,11 @@ impl B {
 }
 
 fn run(g: &Graph, mode: Mode) -> GraphAnalysis {
-    analyze_graph(g, GraphOptions { mode, std_cap: None, branch_scale: 1.0 }).unwrap()
+    analyze_graph(g, GraphOptions { mode, std_cap: None, branch_scale: 1.0, batch: None }).unwrap()
 }
 
 fn run_alpha(g: &Graph, mode: Mode, alpha: f64) -> GraphAnalysis {
-    analyze_graph(g, GraphOptions { mode, std_cap: None, branch_scale: alpha }).unwrap()
+    analyze_graph(g, GraphOptions { mode, std_cap: None, branch_scale: alpha, batch: None }).unwrap()
 }
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
@@ -388,15 +388,19 @@ fn huge_inputs_are_errors_not_aborts() {
     // 1×2^20×2^20: the map analyses would need terabytes; both refuse, naming the node.
     let mut b = B::new(1, 1 << 20, 1 << 20);
     b.conv("c", ValueId(0), 1, 1, 0, 1);
-    let e = analyze_graph_with(&b.g, GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0 }, cnnc::analyze::Analysis::Map)
-        .unwrap_err();
+    let e = analyze_graph_with(
+        &b.g,
+        GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0, batch: None },
+        cnnc::analyze::Analysis::Map,
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "node `c` (conv): the map analysis keeps 2199023255552 positions (Σ over values of h × w), over its budget of 67108864; \
          this value has 1099511627776: plan with --analysis paper"
     );
     // The paper analysis of that graph is fine (one number per channel).
-    assert!(analyze_graph(&b.g, GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0 }).is_ok());
+    assert!(analyze_graph(&b.g, GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0, batch: None }).is_ok());
     // The chain map analysis refuses too.
     let net = cnnc::Source::new("big.cnn", "network big\ninput 1x1048576x1048576\nConv(1) -> 1\n").network().unwrap();
     let e = cnnc::analyze::analyze_with(&net, Options { mode: Mode::Forward, std_cap: None }, cnnc::analyze::Analysis::Map).unwrap_err();

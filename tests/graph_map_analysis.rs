@@ -355,7 +355,7 @@ fn map_analysis_matches_brute_force_on_random_dags() {
     for seed in 0..60 {
         let g = random_graph(seed);
         for (mode, choose) in [(Mode::KaimingIn, false), (Mode::Forward, true)] {
-            let opts = GraphOptions { mode, std_cap: None, branch_scale: 1.0 };
+            let opts = GraphOptions { mode, std_cap: None, branch_scale: 1.0, batch: None };
             let a = match analyze_graph_with(&g, opts, Analysis::Map) {
                 Ok(a) => a,
                 // A graph whose conv reads a value with no signal (a BatchNorm-free zero) is

@@ -490,7 +490,7 @@ fn measure(g: &Graph, plan: &GraphAnalysis, draws: usize, batch: usize, seed: u6
 /// Checks every weight layer: |measured − predicted| ≤ 4 SE + `slack` · predicted.
 /// Returns the worst ratio measured/predicted seen, forward and backward.
 fn check(g: &Graph, analysis: Analysis, mode: Mode, draws: usize, batch: usize, slack: f64) -> (f64, f64) {
-    let opts = GraphOptions { mode, std_cap: None, branch_scale: 1.0 };
+    let opts = GraphOptions { mode, std_cap: None, branch_scale: 1.0, batch: Some(batch as u64) };
     let plan = analyze_graph_with(g, opts, analysis).expect("the graph plans");
     let measured = measure(g, &plan, draws, batch, 7);
     let mut worst = (1.0f64, 1.0f64);
@@ -574,7 +574,8 @@ fn backward_plans_give_scale_invariant_layers_the_forward_rule() {
     // BatchNorm upstream resets them), and the plan is a fixed point, not a drift.
     let g = bn_net();
     for analysis in [Analysis::Paper, Analysis::Map] {
-        let plan = |mode| analyze_graph_with(&g, GraphOptions { mode, std_cap: None, branch_scale: 1.0 }, analysis).expect("plans");
+        let plan =
+            |mode| analyze_graph_with(&g, GraphOptions { mode, std_cap: None, branch_scale: 1.0, batch: None }, analysis).expect("plans");
         let (fwd, bwd) = (plan(Mode::Forward), plan(Mode::Backward));
         let mut normalized = 0;
         for (f, b) in fwd.weights.iter().zip(&bwd.weights) {
@@ -746,5 +747,41 @@ fn bottleneck_stacks_match_the_sampled_network() {
     for analysis in [Analysis::Paper, Analysis::Map] {
         let (f, b) = check(&g, analysis, Mode::Forward, 32, 8, 0.12);
         eprintln!("bottlenecks {analysis:?}: worst ratio forward {f:.3}, backward {b:.3}");
+    }
+}
+
+/// A BatchNorm right before the global pool: the gradient it receives is the same at
+/// every position of a sample, and its batch mean removes 1/N of it (N samples). The
+/// plan at `--batch N` predicts that; the large-batch plan (no projection) does not.
+fn pooled_bn_net() -> Graph {
+    let mut b = B::new(3, 6, 6);
+    let u = b.conv(ValueId(0), 16, 3, 1, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    let u = b.conv(r, 16, 1, 0, 1);
+    let n = b.bn(u);
+    b.head(n, 10);
+    b.g
+}
+
+#[test]
+fn the_batch_mean_removes_its_share_of_the_per_sample_gradient() {
+    let g = pooled_bn_net();
+    let plan = |batch, analysis| {
+        analyze_graph_with(&g, GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0, batch }, analysis).expect("plans")
+    };
+    for n in [2usize, 8] {
+        // The 1×1 conv's input gradient: everything it receives passed the last
+        // BatchNorm, whose input gradient is all per-sample (1 − 1/N of it kept). Both
+        // convs are followed by a BatchNorm, so their σ² does not change it: one
+        // measurement serves both analyses' plans.
+        let (mean, se) = measure(&g, &plan(Some(n as u64), Analysis::Paper), 200, n, 11)[1].bwd;
+        for analysis in [Analysis::Paper, Analysis::Map] {
+            let (at_n, large) =
+                (plan(Some(n as u64), analysis).weights[1].backward_variance, plan(None, analysis).weights[1].backward_variance);
+            eprintln!("{analysis:?} N = {n}: measured {mean:.4} ± {se:.4}, predicted {at_n:.4} at N, {large:.4} without");
+            assert!((mean - at_n).abs() < 4.0 * se + 0.03 * at_n, "{analysis:?} N = {n}: measured {mean} ± {se}, predicted {at_n}");
+            assert!(((large - at_n) / large - 1.0 / n as f64).abs() < 1e-9, "the projection removes exactly 1/N here");
+        }
     }
 }

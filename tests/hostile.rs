@@ -52,7 +52,7 @@ fn plan(m: &ModelProto) -> Result<(), String> {
 fn plan_ir(g: &ir::Graph) -> Result<(), String> {
     for analysis in [Analysis::Paper, Analysis::Map] {
         for mode in [Mode::Forward, Mode::Backward] {
-            let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0 };
+            let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
             let json = cnnc::plan_graph(g, req).map_err(|e| e.to_string())?.to_json();
             // JSON writes ∞ and NaN as `null`; only these optional fields may be null.
             let nulls = json.lines().filter(|l| l.trim_end().trim_end_matches(',').ends_with("null"));
@@ -154,7 +154,12 @@ fn enormous_slopes_are_errors_naming_the_layer() {
     let m = model(13, vec![image_input(3, 11, 11)], nodes, inits);
     plan(&m).unwrap();
     // σ² = 0 is no overflow: the last layer of a residual branch at --branch-scale 0.
-    let req = cnnc::GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis: Analysis::Paper, branch_scale: 0.0 };
+    let req = cnnc::GraphRequest {
+        opts: Options { mode: Mode::Forward, std_cap: None },
+        analysis: Analysis::Paper,
+        branch_scale: 0.0,
+        batch: None,
+    };
     let zero = cnnc::plan_graph(&import(&m).unwrap(), req).unwrap();
     assert_eq!(zero.layers.iter().filter(|l| l.weight.std == 0.0).count(), 1);
     // Constant factors multiply past f64 in an element-wise chain between two convs.
@@ -348,7 +353,8 @@ fn analysis_budgets_are_checked_up_front() {
         vec![init("K", &[1, 1, 1025, 1025])],
     );
     let g = import(&big).unwrap();
-    let req = |analysis| cnnc::GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis, branch_scale: 1.0 };
+    let req =
+        |analysis| cnnc::GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
     let e = cnnc::plan_graph(&g, req(Analysis::Map)).unwrap_err().to_string();
     assert!(e.starts_with("node `big` (conv): the map analysis would take"), "{e}");
 

@@ -457,7 +457,8 @@ fn decode_errors_never_panic() {
         let m = onnx::decode(Bytes::from(bytes.to_vec())).map_err(|e| e.to_string())?;
         let g = onnx::import(&m, &ImportOptions::default()).map_err(|e| e.to_string())?;
         let opts = Options { mode: Mode::Forward, std_cap: None };
-        cnnc::plan_graph(&g, cnnc::GraphRequest { opts, analysis: Default::default(), branch_scale: 1.0 }).map_err(|e| e.to_string())
+        cnnc::plan_graph(&g, cnnc::GraphRequest { opts, analysis: Default::default(), branch_scale: 1.0, batch: None })
+            .map_err(|e| e.to_string())
     }
     let good = model(vec![image_input(3, 8, 8)], vec![node("conv", "Conv", &["x", "W"], &["c"], vec![])], vec![init("W", &[4, 3, 3, 3])])
         .encode_to_vec();
@@ -509,8 +510,12 @@ fn input_of(path: &Path) -> cnnc::InputSize {
 /// The dump a fixture is checked against: its `lower` table, or its error message.
 fn check(path: &Path) -> Result<String, String> {
     let result = onnx::load(path, &ImportOptions { input: input_of(path) }).map_err(cnnc::Error::from).and_then(|g| {
-        let req =
-            cnnc::GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis: Default::default(), branch_scale: 1.0 };
+        let req = cnnc::GraphRequest {
+            opts: Options { mode: Mode::Forward, std_cap: None },
+            analysis: Default::default(),
+            branch_scale: 1.0,
+            batch: None,
+        };
         cnnc::lower_report(&g, req)
     });
     result.map_err(|e| format!("{e}\n"))
@@ -785,7 +790,8 @@ fn shapes_only_reading_of_damaged_files_never_panics() {
     fn plan_of(m: Result<onnx::proto::ModelProto, onnx::OnnxError>) -> Result<cnnc::plan::Plan, String> {
         let g = onnx::import(&m.map_err(|e| e.to_string())?, &ImportOptions::default()).map_err(|e| e.to_string())?;
         let opts = Options { mode: Mode::Forward, std_cap: None };
-        cnnc::plan_graph(&g, cnnc::GraphRequest { opts, analysis: Default::default(), branch_scale: 1.0 }).map_err(|e| e.to_string())
+        cnnc::plan_graph(&g, cnnc::GraphRequest { opts, analysis: Default::default(), branch_scale: 1.0, batch: None })
+            .map_err(|e| e.to_string())
     }
     let slim = |bytes: &[u8]| plan_of(onnx::decode_shapes(std::io::Cursor::new(bytes), bytes.len() as u64));
     let full = |bytes: &[u8]| plan_of(onnx::decode(Bytes::from(bytes.to_vec())));
@@ -873,7 +879,8 @@ fn real_exports_plan_and_agree_across_exporters() {
                 continue;
             }
             let g = onnx::load(path, &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
-            let req = |mode, analysis| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0 };
+            let req =
+                |mode, analysis| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
             expect_file(&path.with_extension("lower"), &cnnc::lower_report(&g, req(Mode::Forward, Default::default())).unwrap());
             let lines = cnnc::lower_report(&g, req(Mode::Forward, Default::default())).unwrap();
             assert_eq!(lines.matches("layernorm over channels").count(), 0, "the lower table shows layers, not normalizations");
@@ -907,8 +914,12 @@ fn real_exports_plan_and_agree_across_exporters() {
             continue;
         }
         let g = onnx::load(path, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let req =
-            |mode, branch_scale| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis: Default::default(), branch_scale };
+        let req = |mode, branch_scale| cnnc::GraphRequest {
+            opts: Options { mode, std_cap: None },
+            analysis: Default::default(),
+            branch_scale,
+            batch: None,
+        };
         expect_file(&path.with_extension("lower"), &cnnc::lower_report(&g, req(Mode::Forward, 1.0)).unwrap());
         for (mode, alpha) in [(Mode::Backward, 1.0), (Mode::Forward, 0.0), (Mode::KaimingIn, 1.0)] {
             let plan = cnnc::plan_graph(&g, req(mode, alpha)).unwrap_or_else(|e| panic!("{} {mode:?}: {e}", path.display()));
@@ -1159,7 +1170,7 @@ fn resize_prelu_elu_and_trailing_softmax() {
         }],
     )
     .unwrap();
-    let opts = cnnc::analyze::graph::GraphOptions { mode: Mode::KaimingIn, std_cap: None, branch_scale: 1.0 };
+    let opts = cnnc::analyze::graph::GraphOptions { mode: Mode::KaimingIn, std_cap: None, branch_scale: 1.0, batch: None };
     for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
         let a = cnnc::analyze::graph::analyze_graph_with(&g, opts, analysis).unwrap();
         assert!((a.output_variance - 2.0).abs() < 1e-12, "{analysis:?}: {}", a.output_variance);

@@ -71,7 +71,12 @@ fn model(input_dims: &[i64], nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> 
 /// or the first error as text.
 fn plan(m: &ModelProto) -> Result<u64, String> {
     let graph = onnx::import(m, &ImportOptions::default()).map_err(|e| e.to_string())?;
-    let req = cnnc::GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis: Analysis::Paper, branch_scale: 1.0 };
+    let req = cnnc::GraphRequest {
+        opts: Options { mode: Mode::Forward, std_cap: None },
+        analysis: Analysis::Paper,
+        branch_scale: 1.0,
+        batch: None,
+    };
     cnnc::plan_graph(&graph, req).map(|p| p.summary.parameters).map_err(|e| e.to_string())
 }
 

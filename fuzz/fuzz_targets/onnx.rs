@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             }
             for (mode, branch_scale) in [(Mode::Forward, 1.0), (Mode::Backward, 1.0), (Mode::Forward, 0.0)] {
-                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale };
+                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale, batch: None };
                 if let Ok(plan) = cnnc::plan_graph(&graph, req) {
                     std::hint::black_box(plan.to_json());
                 }

@@ -32,7 +32,7 @@ class PlanNote(UserWarning):
     convs), issued as a warning; the CLI prints the same notes on stderr."""
 
 
-def plan(source, mode="forward", analysis="paper", input_shape=None, std_cap=None, branch_scale=1.0, *, kind=None, name=None):
+def plan(source, mode="forward", analysis="paper", input_shape=None, std_cap=None, branch_scale=1.0, *, batch=None, kind=None, name=None):
     """The initialization plan of a network: exactly the content of `cnnc plan`'s JSON.
 
     source: a path (str or os.PathLike) to a `.cnn` description or an `.onnx` model (by
@@ -43,6 +43,9 @@ def plan(source, mode="forward", analysis="paper", input_shape=None, std_cap=Non
     std_cap: cap σ at this multiple of the padding-aware He value (`--std-cap`).
     branch_scale: α of `--branch-scale` (graphs: the last weight layer of each residual
         branch targets α²; 0 starts every branch at zero).
+    batch: the training batch size N (`--batch`): the gradient predictions then count what
+        a BatchNorm's batch mean removes (1/N of the part a sample shares across its
+        positions); None: the large-batch limit.
     kind: for bytes, "onnx" (default) or "cnn".
     name: for bytes, what error messages call the file (default "<bytes>").
 
@@ -52,12 +55,15 @@ def plan(source, mode="forward", analysis="paper", input_shape=None, std_cap=Non
     """
     shape = None if input_shape is None else [int(d) for d in input_shape]
     cap = None if std_cap is None else float(std_cap)
+    batch = None if batch is None else int(batch)
+    if batch is not None and batch < 2:
+        raise PlanError("batch must be at least 2 (a batch-statistics BatchNorm of one sample is zero), got %d" % batch)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        text, notes = _plan_bytes(bytes(source), kind or "onnx", name or "<bytes>", mode, analysis, shape, cap, float(branch_scale))
+        text, notes = _plan_bytes(bytes(source), kind or "onnx", name or "<bytes>", mode, analysis, shape, cap, float(branch_scale), batch)
     elif isinstance(source, (str, _os.PathLike)):
         if kind is not None:
             raise TypeError("kind applies to bytes; a path's extension says what it is")
-        text, notes = _plan_path(_os.fspath(source), mode, analysis, shape, cap, float(branch_scale))
+        text, notes = _plan_path(_os.fspath(source), mode, analysis, shape, cap, float(branch_scale), batch)
     else:
         raise TypeError("source must be a path or bytes, not %s" % type(source).__name__)
     for note in notes:

@@ -24,6 +24,7 @@ def plan(
     std_cap: Optional[float] = None,
     branch_scale: float = 1.0,
     *,
+    batch: Optional[int] = None,
     kind: Optional[Literal["onnx", "cnn"]] = None,
     name: Optional[str] = None,
 ) -> dict[str, Any]: ...

@@ -60,7 +60,7 @@ class PlanMismatch(ValueError):
 # --- begin rules (emitted verbatim by `cnnc emit pytorch-init`) ---
 FORMATS = ("cnnc-plan/1", "cnnc-plan/2")
 # What cnnc-plan/2 adds to /1: top-level keys, and keys of a layer.
-PLAN2_KEYS = ("batch_norms", "joins", "branch_scale")
+PLAN2_KEYS = ("batch_norms", "joins", "branch_scale", "batch")
 PLAN2_LAYER_KEYS = ("reads", "residual_last", "normalized_by")
 
 

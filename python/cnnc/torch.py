@@ -118,13 +118,13 @@ def export_onnx(module, example_inputs):
     return f.getvalue()
 
 
-def init_(module, input_shape=None, *, example_inputs=None, mode="forward", analysis="paper", branch_scale=1.0, std_cap=None, seed=None):
+def init_(module, input_shape=None, *, example_inputs=None, mode="forward", analysis="paper", branch_scale=1.0, std_cap=None, batch=None, seed=None):
     """Initializes `module` in place from its cnnc plan; returns an InitReport.
 
     input_shape: one sample's shape, e.g. (3, 224, 224) (a batch of two N(0, 1) samples is
         traced); or example_inputs: the tensor (or tuple of tensors) the module is called with.
-    mode, analysis, branch_scale, std_cap: as for `cnnc.plan` (the CLI's `--mode`,
-        `--analysis`, `--branch-scale`, `--std-cap`).
+    mode, analysis, branch_scale, std_cap, batch: as for `cnnc.plan` (the CLI's `--mode`,
+        `--analysis`, `--branch-scale`, `--std-cap`, `--batch`).
     seed: seeds the weight draws (a torch.Generator); None draws from torch's global RNG.
 
     Exports the module (`export_onnx`: BatchNorm kept, in training mode), plans it, checks
@@ -140,7 +140,7 @@ def init_(module, input_shape=None, *, example_inputs=None, mode="forward", anal
     t1 = time.perf_counter()
     shape = tuple(inputs[0].shape[1:])
     plan = _plan(data, mode=mode, analysis=analysis, input_shape=shape if len(shape) == 3 else None,
-                 std_cap=std_cap, branch_scale=branch_scale, kind="onnx", name=type(module).__name__)
+                 std_cap=std_cap, branch_scale=branch_scale, batch=batch, kind="onnx", name=type(module).__name__)
     t2 = time.perf_counter()
     report = apply(module, plan, seed=seed)
     report.seconds = {"export": t1 - t0, "plan": t2 - t1, "apply": time.perf_counter() - t2}

@@ -17,6 +17,7 @@ def init_(
     analysis: Analysis = "paper",
     branch_scale: float = 1.0,
     std_cap: Optional[float] = None,
+    batch: Optional[int] = None,
     seed: Optional[int] = None,
 ) -> InitReport: ...
 def apply(

@@ -21,7 +21,7 @@ pyo3::create_exception!(
 );
 
 /// The request, checked as `cnnc plan` checks its flags.
-fn request(mode: &str, analysis: &str, std_cap: Option<f64>, branch_scale: f64) -> Result<GraphRequest, String> {
+fn request(mode: &str, analysis: &str, std_cap: Option<f64>, branch_scale: f64, batch: Option<u64>) -> Result<GraphRequest, String> {
     let wanted = mode.replace('_', "-");
     let mode = Mode::ALL.into_iter().find(|m| m.name() == wanted).ok_or_else(|| {
         let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
@@ -32,7 +32,10 @@ fn request(mode: &str, analysis: &str, std_cap: Option<f64>, branch_scale: f64) 
         .find(|a| a.name() == analysis)
         .ok_or_else(|| format!("analysis must be paper or map, got {analysis:?}"))?;
     cnnc::check_std_cap(std_cap, mode).map_err(|e| e.to_string())?;
-    Ok(GraphRequest { opts: Options { mode, std_cap }, analysis, branch_scale })
+    if let Some(n @ 0..=1) = batch {
+        return Err(format!("batch must be at least 2 (a batch-statistics BatchNorm of one sample is zero), got {n}"));
+    }
+    Ok(GraphRequest { opts: Options { mode, std_cap }, analysis, branch_scale, batch })
 }
 
 fn input_size(shape: Option<Vec<u64>>) -> Result<InputSize, String> {
@@ -52,7 +55,7 @@ fn plan_model(model: Result<Model, cnnc::Error>, req: GraphRequest) -> Result<(S
 
 /// `cnnc plan PATH`: the plan's JSON text and the importer's notes.
 #[pyfunction]
-#[pyo3(signature = (path, mode, analysis, input_shape, std_cap, branch_scale))]
+#[pyo3(signature = (path, mode, analysis, input_shape, std_cap, branch_scale, batch))]
 fn plan_path(
     py: Python<'_>,
     path: std::path::PathBuf,
@@ -61,15 +64,16 @@ fn plan_path(
     input_shape: Option<Vec<u64>>,
     std_cap: Option<f64>,
     branch_scale: f64,
+    batch: Option<u64>,
 ) -> PyResult<(String, Vec<String>)> {
-    let req = request(mode, analysis, std_cap, branch_scale).map_err(PlanError::new_err)?;
+    let req = request(mode, analysis, std_cap, branch_scale, batch).map_err(PlanError::new_err)?;
     let input = input_size(input_shape).map_err(PlanError::new_err)?;
     py.detach(|| plan_model(cnnc::load(&path, input), req)).map_err(PlanError::new_err)
 }
 
 /// The same for a file in memory: `kind` is "onnx" or "cnn", `name` what errors call it.
 #[pyfunction]
-#[pyo3(signature = (data, kind, name, mode, analysis, input_shape, std_cap, branch_scale))]
+#[pyo3(signature = (data, kind, name, mode, analysis, input_shape, std_cap, branch_scale, batch))]
 #[allow(clippy::too_many_arguments)]
 fn plan_bytes(
     py: Python<'_>,
@@ -81,13 +85,14 @@ fn plan_bytes(
     input_shape: Option<Vec<u64>>,
     std_cap: Option<f64>,
     branch_scale: f64,
+    batch: Option<u64>,
 ) -> PyResult<(String, Vec<String>)> {
     let kind = match kind {
         "onnx" => FileKind::Onnx,
         "cnn" => FileKind::Cnn,
         k => return Err(PlanError::new_err(format!("kind must be onnx or cnn, got {k:?}"))),
     };
-    let req = request(mode, analysis, std_cap, branch_scale).map_err(PlanError::new_err)?;
+    let req = request(mode, analysis, std_cap, branch_scale, batch).map_err(PlanError::new_err)?;
     let input = input_size(input_shape).map_err(PlanError::new_err)?;
     py.detach(|| plan_model(cnnc::load_bytes(name, data, kind, input), req)).map_err(PlanError::new_err)
 }

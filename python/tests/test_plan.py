@@ -43,6 +43,7 @@ CASES = [
     ("tests/data/onnx/real/resnet18.train.onnx", {"analysis": "map", "branch_scale": 0.0}, ["--analysis", "map", "--branch-scale", "0"]),
     ("tests/data/onnx/real/mobilenet_v2.train.onnx", {"mode": "backward"}, ["--mode", "backward"]),
     ("tests/data/onnx/real/resnet50.ts.onnx", {"input_shape": (3, 160, 160)}, ["--input", "3x160x160"]),
+    ("tests/data/onnx/real/mobilenet_v2.train.onnx", {"analysis": "map", "batch": 8}, ["--analysis", "map", "--batch", "8"]),
 ]
 
 
@@ -98,6 +99,7 @@ def test_onnx_errors_name_the_node(monkeypatch):
     ({"std_cap": -1}, "--std-cap must be a positive number"),
     ({"input_shape": (3, 0, 8)}, "input_shape must be three positive sizes"),
     ({"input_shape": (8,)}, "input_shape must be three positive sizes"),
+    ({"batch": 1}, "batch must be at least 2"),
 ])
 def test_bad_options_raise(kwargs, message):
     with pytest.raises(cnnc.PlanError, match=message.replace("(", r"\(")):
@@ -129,3 +131,15 @@ def test_import_does_not_import_torch():
     if importlib.util.find_spec("torch") is None:
         with pytest.raises(ModuleNotFoundError, match="torch"):
             cnnc.torch
+
+
+def test_batch_counts_the_batch_mean_projection():
+    path = os.path.join(REAL, "resnet18.train.onnx")
+    large, at8 = cnnc.plan(path), cnnc.plan(path, batch=8)
+    assert "batch" not in large and at8["batch"] == 8
+    # The classifier's input gradient is all per-sample, and no BatchNorm is after it.
+    assert at8["layers"][-1]["predicted"] == large["layers"][-1]["predicted"]
+    # The convs' gradients passed BatchNorms whose batch mean removed a share of them.
+    for a, b in zip(at8["layers"][:-1], large["layers"][:-1]):
+        assert a["predicted"]["backward_variance"] < b["predicted"]["backward_variance"]
+        assert a["weight"]["std"] == b["weight"]["std"]  # forward plan: σ unchanged

@@ -52,6 +52,10 @@ pub struct GraphOptions {
     /// α: the last weight layer of each residual branch (or the BatchNorm after it)
     /// targets α² instead of 1; 0 starts the branches at zero.
     pub branch_scale: f64,
+    /// The training batch size N, where the plan should count the projection a
+    /// batch-statistics BatchNorm makes: its batch mean removes 1/N of the part of the
+    /// gradient each sample shares across its positions. `None`: the large-batch limit.
+    pub batch: Option<u64>,
 }
 
 /// The numbers of one weight node.
@@ -615,9 +619,13 @@ impl Bwd<'_, '_> {
     }
 }
 
-/// Whether the graph has a normalization by each sample's statistics.
-pub(super) fn has_group_norm(g: &Graph) -> bool {
-    g.nodes.iter().any(|n| matches!(&n.op, Op::BatchNorm(bn) if bn.groups.is_some()))
+/// Whether a rule reads the gradients' per-sample shared parts: a normalization by each
+/// sample's statistics, or a batch-statistics BatchNorm at a finite batch (`--batch`).
+pub(super) fn reads_shared(g: &Graph, opts: &GraphOptions) -> bool {
+    g.nodes.iter().any(|n| match &n.op {
+        Op::BatchNorm(bn) => bn.groups.is_some() || (bn.training && opts.batch.is_some()),
+        _ => false,
+    })
 }
 
 /// Positions per channel of a value (1 for a vector).
@@ -704,7 +712,7 @@ fn backward(
     opts: &GraphOptions,
     choose: bool,
 ) -> Result<Vec<Vec<f64>>, AnalysisError> {
-    Ok(backward_pass(cx, stats, p, opts, choose, has_group_norm(cx.g))?.0)
+    Ok(backward_pass(cx, stats, p, opts, choose, reads_shared(cx.g, opts))?.0)
 }
 
 /// The backward pass: the gradients, and the parts of them a sample shares
@@ -1335,26 +1343,16 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
     } else {
         vec![gamma * gamma / (1.0 + bn.epsilon); dz.len()]
     };
-    let to_shared: Vec<f64> = gs.iter().zip(&k2s).map(|(d, k2)| d * k2).collect();
-    b.send_shared(n.inputs[0], &to_shared);
-    let contrib: Vec<f64> = if bn.training {
-        x.mean
-            .iter()
-            .zip(&x.second)
-            .zip(&x.offset)
-            .zip(dz)
-            .map(|(((m, s), a), d)| {
-                let var = s - m * m - a;
-                if var > 0.0 {
-                    d * gamma * gamma / var
-                } else {
-                    0.0
-                }
-            })
-            .collect()
-    } else {
-        dz.iter().map(|d| d * gamma * gamma / (1.0 + bn.epsilon)).collect()
+    // The batch mean of N samples removes 1/N of the part of the gradient each sample
+    // shares across its positions (the samples' parts independent): E[(s_i − s̄)²] =
+    // A(1 − 1/N), and the whole gradient loses A/N (`--batch`; none: N → ∞).
+    let keep = match (bn.training, b.opts.batch) {
+        (true, Some(n)) => 1.0 / n as f64,
+        _ => 0.0,
     };
+    let to_shared: Vec<f64> = gs.iter().zip(&k2s).map(|(d, k2)| d * (1.0 - keep) * k2).collect();
+    b.send_shared(n.inputs[0], &to_shared);
+    let contrib: Vec<f64> = dz.iter().zip(&gs).zip(&k2s).map(|((d, a), k2)| (d - a * keep).max(0.0) * k2).collect();
     b.send(n.inputs[0], &contrib);
     Ok(())
 }

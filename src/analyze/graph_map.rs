@@ -372,7 +372,7 @@ impl Passes for MapPasses {
             let (c, h, w) = s.chw();
             vec![Seg { n: c as usize, maps: vec![Plane::filled(h as usize, w as usize, 0.0)] }]
         };
-        if super::graph::has_group_norm(g) {
+        if super::graph::reads_shared(g, opts) {
             let per_channel = (0..=g.nodes.len())
                 .map(|v| {
                     let x = self.stats[v].as_ref().expect("computed");
@@ -965,15 +965,22 @@ impl MapPasses {
             }
             // The batch variance: the mean over positions of E[x²], less the square of
             // the channel's batch mean (its expectation, and the part every position and
-            // sample shares), per run of channels with equal shared parts.
+            // sample shares), per run of channels with equal shared parts. At a batch of
+            // N (`--batch`), the batch mean also removes 1/N of the gradient's part each
+            // sample shares across its positions (the paper analysis's fraction of it).
             let (second, mean) = (s[1].maps[1].mean(), s[1].maps[0].mean());
+            let dmean = s[0].maps[0].mean();
+            let removed = |i: usize| match r.opts.batch {
+                Some(n) if !self.gfrac.is_empty() => self.gfrac[k + 1][i] * dmean / n as f64,
+                _ => 0.0,
+            };
             let mut i = at;
             while i < at + c {
-                let a = shared[i];
-                let run = shared[i..at + c].iter().take_while(|&&b| b == a).count();
+                let (a, cut) = (shared[i], removed(i));
+                let run = (i..at + c).take_while(|&j| shared[j] == a && removed(j) == cut).count();
                 let var = second - mean * mean - a;
                 let k2 = if var > 0.0 { gamma * gamma / var } else { 0.0 };
-                contrib.push(Seg { n: run, maps: vec![s[0].maps[0].scaled(k2)] });
+                contrib.push(Seg { n: run, maps: vec![s[0].maps[0].map(|v| (v - cut).max(0.0) * k2)] });
                 i += run;
             }
             at += c;
