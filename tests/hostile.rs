@@ -439,7 +439,7 @@ fn repeats_are_bounded_in_iterations_depth_and_diagnostics() {
     for n in [65, 20_000, 100_000] {
         let text = format!("network n\ninput 3x8x8\n{}Conv(3) -> 4\n{}", "repeat 1 {\n".repeat(n), "}\n".repeat(n));
         let e = dsl_error(&text);
-        assert!(e.contains("`repeat` blocks are nested more than 64 deep") && e.contains("--> t.cnn:67:10"), "{e}");
+        assert!(e.contains("blocks `{ … }` are nested more than 64 deep") && e.contains("--> t.cnn:67:10"), "{e}");
     }
     // 64 deep, and braces in comments, are fine.
     let text = format!("network n\ninput 3x8x8\n# {{{{{{\n{}Conv(3) -> 4 // }}}}\n{}", "repeat 1 {\n".repeat(64), "}\n".repeat(64));
