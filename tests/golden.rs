@@ -54,13 +54,27 @@ fn finish(failures: Vec<String>) {
     assert!(failures.is_empty(), "{} golden mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
-/// Every spec: its JSON plan in the forward and backward modes, and the lower table
-/// in every mode.
+/// Every chain spec: its JSON plan in the forward and backward modes, and the lower
+/// table in every mode; every graph spec: its graph table in the forward and backward modes.
 #[test]
 fn spec_plans() {
     let mut failures = Vec::new();
     for spec in files(&root().join("specs"), "cnn") {
         let stem = spec.file_stem().unwrap().to_string_lossy().to_string();
+        let model = cnnc::load(&spec, cnnc::InputSize::Declared).unwrap_or_else(|e| panic!("{e}"));
+        if !model.is_source_chain() {
+            // A graph (ResNet, MobileNetV2, DenseNet): its graph tables; its plans equal
+            // those of torch's exports (tests/dsl_graphs.rs).
+            let mut tables = String::new();
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req =
+                    cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis: analyze::Analysis::Paper, branch_scale: 1.0 };
+                tables.push_str(&cnnc::lower_report(&model.graph, req).unwrap_or_else(|e| panic!("{stem}: {e}")));
+                tables.push('\n');
+            }
+            check(&root().join(format!("tests/data/lower/{stem}.txt")), &tables, &mut failures);
+            continue;
+        }
         let net = source(&spec).network().unwrap_or_else(|e| panic!("{e}"));
         for mode in [Mode::Forward, Mode::Backward] {
             let plan = cnnc::plan(&net, Options { mode, std_cap: None }).unwrap();
