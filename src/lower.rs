@@ -712,8 +712,16 @@ impl<'a> Lower<'a> {
         let outer_names = std::mem::replace(&mut self.body_names, bound_names(&block.body));
         let outer_env = std::mem::replace(&mut self.env, env);
         self.calls.push(bname);
+        let first_error = self.errors.len();
         let r = self.items(&block.body);
         self.calls.pop();
+        // An error in the body says which call it came from (the innermost one).
+        for d in &mut self.errors[first_error..] {
+            if d.note.is_none() {
+                d.note = Some(format!("in this call of block `{bname}`"));
+                d.note_span = Some(layer.span);
+            }
+        }
         self.scope = outer_scope;
         self.values = outer_values;
         self.body_names = outer_names;
@@ -816,8 +824,14 @@ impl<'a> Lower<'a> {
         if let Some(n) = l.out_name.take() {
             match self.env.get(&n.value) {
                 Some(Value::Dims(d)) if d.len() == 1 => l.out_size = Some(Spanned::new(d[0], n.span)),
-                Some(v) => self.err(n.span, format!("`-> {}` needs an integer, but `{}` is `{}` here", n.value, n.value, v.describe())),
-                None => self.err(n.span, format!("`-> {}`: no block parameter is called `{}`", n.value, n.value)),
+                Some(v) => {
+                    self.err(n.span, format!("`-> {}` needs an integer, but `{}` is `{}` here", n.value, n.value, v.describe()));
+                    l.out_name = Some(n);
+                }
+                None => {
+                    self.err(n.span, format!("`-> {}`: no block parameter is called `{}`", n.value, n.value));
+                    l.out_name = Some(n);
+                }
             }
         }
         Cow::Owned(l)
@@ -951,6 +965,8 @@ impl<'a> Lower<'a> {
             Some(o) => Some(o.value),
             // Depthwise: as many outputs as inputs unless written (0 until the input is known).
             None if depthwise.is_some() => Some(0),
+            // `-> c` that named no integer parameter: reported already.
+            None if layer.out_name.is_some() => None,
             None => {
                 self.err(layer.span, "conv needs its output channels, e.g. `conv(3/p1) -> 64`");
                 None
@@ -1067,6 +1083,7 @@ impl<'a> Lower<'a> {
                 None
             }
             Some(o) => Some(o.value),
+            None if layer.out_name.is_some() => None,
             None => {
                 self.err(layer.span, "linear needs its output size, e.g. `linear -> 10`");
                 None

@@ -122,13 +122,25 @@ fn capped_yaml_plan() {
     finish(failures);
 }
 
-/// Front-end fixtures that must compile: their graph dump and lower table.
+/// Front-end fixtures that must compile: their graph dump and lower table (the graph
+/// table for a graph).
 #[test]
 fn dsl_ok() {
     let mut failures = Vec::new();
     for input in files(&root().join("tests/data/dsl/ok"), "cnn") {
         let src = source(&input);
         let graph = src.graph().unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+        let model = cnnc::load(&input, cnnc::InputSize::Declared).unwrap_or_else(|e| panic!("{e}"));
+        if !model.is_source_chain() {
+            let req = cnnc::GraphRequest {
+                opts: Options { mode: Mode::Forward, std_cap: None },
+                analysis: analyze::Analysis::Paper,
+                branch_scale: 1.0,
+            };
+            let table = cnnc::lower_report(&graph, req).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+            check(&input.with_extension("out"), &format!("{}\n{table}", report::graph_table(&graph)), &mut failures);
+            continue;
+        }
         let net = cnnc::network(&graph, Some(&src)).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
         let analysis = analyze::analyze(&net, Options { mode: Mode::Forward, std_cap: None }).unwrap();
         let dump = format!("{}\n{}", report::graph_table(&graph), report::lower_table(&net, &analysis, Mode::Forward));
