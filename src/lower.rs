@@ -34,11 +34,32 @@ pub fn lower(file: &File) -> Result<Graph, Vec<Diagnostic>> {
     if done.is_ok() {
         errors.extend(cx.errors);
     }
+    if errors.is_empty() {
+        unused_values(&cx.nodes, &mut errors);
+    }
     dedup(&mut errors);
     if errors.is_empty() {
         Ok(Graph { name: file.name.value.clone(), input, nodes: cx.nodes, notes: Vec::new() })
     } else {
         Err(errors)
+    }
+}
+
+/// A value that no node reads and that is not the last (the network's output) is a
+/// mistake (`conv…, @x, …` drops the conv): an error at the layer that makes it.
+fn unused_values(nodes: &[Node], errors: &mut Vec<Diagnostic>) {
+    let mut read = vec![false; nodes.len() + 1];
+    for n in nodes {
+        for v in &n.inputs {
+            read[v.0] = true;
+        }
+    }
+    for (k, n) in nodes.iter().enumerate().take(nodes.len().saturating_sub(1)) {
+        if !read[k + 1] {
+            if let Origin::Source(span) = &n.origin {
+                errors.push(Diagnostic::new(*span, "the value this makes is never used (only the last value is the network's output)"));
+            }
+        }
     }
 }
 
