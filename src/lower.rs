@@ -1,11 +1,15 @@
 //! Lowering: AST ([`crate::syntax::File`]) → graph IR ([`crate::ir::Graph`]).
 //!
-//! Expands `repeat` blocks and `× N` chains, resolves layer kinds and their options,
-//! infers every shape, and names every module the way PyTorch names the children of
-//! an `nn.Sequential` holding the same layers (an implicit `nn.Flatten` is inserted,
-//! and counted, before a linear layer that reads an image). All errors are collected
-//! and returned together, each with the span of the offending token; after the first
-//! shape error, shape checks stop (to avoid cascades) but option checks go on.
+//! Expands `repeat` blocks, `× N` chains and block calls, resolves layer kinds and their
+//! options, infers every shape, and names every module the way PyTorch names the children
+//! of an `nn.Sequential` holding the same layers (an implicit `nn.Flatten` is inserted,
+//! and counted, before a linear layer that reads an image; a group `name: { … }` or a
+//! block call is a child whose own children are numbered from 0). Chains build a chain of
+//! nodes, each reading the one before; named values (`x = …`, `@x`), joins (`+`, `cat`)
+//! and branches build any DAG, in topological order by construction (a value can only
+//! name one defined before it). All errors are collected and returned together, each with
+//! the span of the offending token; after a shape error the value it made is unknown and
+//! shape checks downstream of it stop (to avoid cascades), but option checks go on.
 
 use crate::analyze::budget::MAX_JOIN_INPUTS;
 use crate::diag::{Diagnostic, Span};
