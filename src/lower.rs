@@ -29,6 +29,7 @@ pub const MAX_NUMEL: u64 = 1 << 40;
 pub fn lower(file: &File) -> Result<Graph, Vec<Diagnostic>> {
     let mut cx = Lower::new();
     cx.shape = cx.input_shape(&file.input);
+    cx.input = cx.input_shape_unchecked(&file.input);
     cx.define_blocks(&file.blocks);
     cx.values.insert("input".into(), Binding { value: cx.cur(), span: None });
     cx.body_names = bound_names(&file.items);
@@ -77,8 +78,17 @@ fn dedup(errors: &mut Vec<Diagnostic>) {
 /// (`repeat 100000 { repeat 100000 { } }` makes no layer but 10¹⁰ iterations).
 pub const MAX_ITERATIONS: u64 = 1_000_000;
 
+/// Inputs of all joins together (a `cat` of a `cat` copies its parts: 50k `cat`s of 1024
+/// parts would hold 5·10⁷ of them).
+pub const MAX_JOIN_INPUTS_TOTAL: usize = 1 << 20;
+
 /// Blocks calling blocks deeper than this is an error (lowering recurses once per call).
 pub const MAX_CALL_DEPTH: usize = 64;
+
+/// Bodies (of repeats, groups, calls) and branches nested deeper than this, counted
+/// through block calls, is an error: lowering recurses once per level (the parser's own
+/// limit, `syntax::MAX_NESTING`, holds within one block only).
+pub const MAX_DEPTH: usize = 128;
 
 /// The names a body binds (`x = …`), in its repeats, groups and branches too (not in
 /// the blocks it calls): a reference to one of them before its binding is "used before
@@ -165,6 +175,12 @@ struct Lower<'a> {
     /// Blocks being expanded, outermost first; and a counter identifying each call.
     calls: Vec<&'a str>,
     call_id: usize,
+    /// Bodies and branches entered and not left (against [`MAX_DEPTH`]).
+    depth: usize,
+    /// Inputs of the joins built so far (against [`MAX_JOIN_INPUTS_TOTAL`]).
+    join_inputs: usize,
+    /// The network input's shape (value 0).
+    input: Shape,
 }
 
 /// The layer kinds lowering knows (a block may not take one of these names).
@@ -423,6 +439,9 @@ impl<'a> Lower<'a> {
             env: HashMap::new(),
             calls: Vec::new(),
             call_id: 0,
+            depth: 0,
+            join_inputs: 0,
+            input: Shape::Vector { n: 0 },
         }
     }
 
@@ -489,6 +508,25 @@ impl<'a> Lower<'a> {
 
     /// Lowers items in order. `Err` aborts the whole lowering (an expansion budget).
     fn items(&mut self, items: &'a [Item]) -> Result<(), ()> {
+        self.depth += 1;
+        let r = self.items_within(items);
+        self.depth -= 1;
+        r
+    }
+
+    /// Refuses to go [`MAX_DEPTH`] levels deep (the error points at `span`).
+    fn deeper(&mut self, span: Span) -> Result<(), ()> {
+        if self.depth >= MAX_DEPTH {
+            self.expand_err(
+                span,
+                format!("blocks, repeats, groups and branches are nested more than {MAX_DEPTH} deep here (counted through block calls)"),
+            );
+            return Err(());
+        }
+        Ok(())
+    }
+
+    fn items_within(&mut self, items: &'a [Item]) -> Result<(), ()> {
         for item in items {
             match item {
                 Item::Repeat { count, body, .. } => {
@@ -499,6 +537,7 @@ impl<'a> Lower<'a> {
                         self.expand_err(count.span, format!("repeat count {} is over the limit of {MAX_NODES} layers", count.value));
                         return Err(());
                     }
+                    self.deeper(count.span)?;
                     for k in 0..count.value {
                         self.iterate(count.span)?;
                         self.path.push(k);
@@ -573,7 +612,8 @@ impl<'a> Lower<'a> {
                 }
                 self.cat(values, *span);
             }
-            Step::Group { label, items, .. } => {
+            Step::Group { label, items, span } => {
+                self.deeper(*span)?;
                 let name = self.name_module(label.as_ref());
                 let outer = std::mem::replace(
                     &mut self.scope,
@@ -592,8 +632,12 @@ impl<'a> Lower<'a> {
         match term {
             Term::Ref(name) => Ok(self.lookup(name)),
             Term::Branch(chain) => {
+                self.deeper(chain.span)?;
                 self.set_cur(start);
-                self.chain(chain)?;
+                self.depth += 1;
+                let r = self.chain(chain);
+                self.depth -= 1;
+                r?;
                 Ok(self.cur())
             }
         }
@@ -648,8 +692,9 @@ impl<'a> Lower<'a> {
             return self.shape_err(span, format!("shape mismatch at `+`: {sa} + {sb} (a sum needs values of one shape)"));
         }
         let name = self.join_name("add");
-        self.push_n(Op::Add, vec![a, b], sa, name, span);
-        self.shape = Some(sa);
+        if self.push_n(Op::Add, vec![a, b], sa, name, span) {
+            self.shape = Some(sa);
+        }
     }
 
     /// `cat(…)`: values side by side along the channels. A value that is itself a `cat`
@@ -693,14 +738,15 @@ impl<'a> Lower<'a> {
         };
         let Some(output) = self.check_numel(output, span) else { return };
         let name = self.join_name("cat");
-        self.push_n(Op::Concat, parts.into_iter().map(|(v, _)| v).collect(), output, name, span);
-        self.shape = Some(output);
+        if self.push_n(Op::Concat, parts.into_iter().map(|(v, _)| v).collect(), output, name, span) {
+            self.shape = Some(output);
+        }
     }
 
     fn value_shape(&self, v: ValueId) -> Shape {
         match v.0.checked_sub(1) {
             Some(k) => self.nodes[k].output,
-            None => self.values.get("input").and_then(|b| b.value).map_or(Shape::Vector { n: 0 }, |(_, s)| s),
+            None => self.input,
         }
     }
 
@@ -729,6 +775,7 @@ impl<'a> Lower<'a> {
             self.shape = None;
             return Ok(());
         };
+        self.deeper(layer.op.span)?;
         self.call_id += 1;
         let scope = Scope { prefix: format!("{name}."), path_base: self.path.len(), ..Scope::default() };
         let outer_scope = std::mem::replace(&mut self.scope, scope);
@@ -909,9 +956,22 @@ impl<'a> Lower<'a> {
         self.push_n(op, vec![input], output, name, span);
     }
 
-    fn push_n(&mut self, op: Op, inputs: Vec<ValueId>, output: Shape, name: String, span: Span) {
+    /// A node reading `inputs`; it becomes the current value. `false` (reported once)
+    /// when the joins' inputs would pass [`MAX_JOIN_INPUTS_TOTAL`].
+    fn push_n(&mut self, op: Op, inputs: Vec<ValueId>, output: Shape, name: String, span: Span) -> bool {
+        if inputs.len() > 1 {
+            if self.join_inputs <= MAX_JOIN_INPUTS_TOTAL && self.join_inputs + inputs.len() > MAX_JOIN_INPUTS_TOTAL {
+                self.err(span, format!("the joins (`+`, `cat`) up to here have more than {MAX_JOIN_INPUTS_TOTAL} inputs in all"));
+            }
+            self.join_inputs += inputs.len();
+            if self.join_inputs > MAX_JOIN_INPUTS_TOTAL {
+                self.shape = None;
+                return false;
+            }
+        }
         self.nodes.push(Node { op, inputs, output, name, params: None, origin: Origin::Source(span) });
         self.value = ValueId(self.nodes.len());
+        true
     }
 
     fn no_sizes(&mut self, layer: &Layer, op: &str) {

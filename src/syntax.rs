@@ -157,14 +157,14 @@ pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
     }
 }
 
-/// Braces and parentheses nested deeper than this (together) are an error (the parser,
-/// the AST and the lowering recurse once per level).
+/// Braces, or parentheses, nested deeper than this are an error (the parser, the AST and
+/// the lowering recurse once per level).
 pub const MAX_NESTING: usize = 64;
 
 /// Refuses `{ … }` blocks and parentheses nested past [`MAX_NESTING`] before the
 /// (recursive) parser sees them; comments run to the end of their line.
 fn check_nesting(src: &str) -> Result<(), Vec<Diagnostic>> {
-    let mut depth = 0usize;
+    let (mut braces, mut parens) = (0usize, 0usize);
     let mut in_comment = false;
     let mut prev = '\0';
     for (at, c) in src.char_indices() {
@@ -174,14 +174,15 @@ fn check_nesting(src: &str) -> Result<(), Vec<Diagnostic>> {
             '#' => in_comment = true,
             '/' if prev == '/' => in_comment = true,
             '{' | '(' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    let what = if c == '{' { "blocks `{ … }`" } else { "parentheses" };
+                let (depth, what) = if c == '{' { (&mut braces, "blocks `{ … }`") } else { (&mut parens, "parentheses") };
+                *depth += 1;
+                if *depth > MAX_NESTING {
                     let message = format!("{what} are nested more than {MAX_NESTING} deep");
                     return Err(vec![Diagnostic::new(Span::new(at, at + 1), message)]);
                 }
             }
-            '}' | ')' => depth = depth.saturating_sub(1),
+            '}' => braces = braces.saturating_sub(1),
+            ')' => parens = parens.saturating_sub(1),
             _ => {}
         }
         prev = if in_comment { '\0' } else { c };
