@@ -88,11 +88,31 @@ impl Model {
         network(&self.graph, self.source.as_ref()).map_err(|e| self.located(e))
     }
 
-    /// The plan `cnnc plan` writes: a `.cnn` description through the chain analysis (its
-    /// errors point into the source; `branch_scale` does not apply), an ONNX model
-    /// through [`plan_graph`] (a chain-shaped one gives the same `cnnc-plan/1`).
+    /// Whether this is a `.cnn` description written as a chain of layers (conv, linear,
+    /// activation, pooling, flatten, each reading the one before): the paper's unified
+    /// layers, whose mistakes (two poolings in a row, …) are errors at their span. Any
+    /// other model (an ONNX one, a `.cnn` graph) is planned as a graph.
+    pub fn is_source_chain(&self) -> bool {
+        self.source.is_some()
+            && self.graph.nodes.iter().enumerate().all(|(k, n)| {
+                n.inputs == [ir::ValueId(k)]
+                    && matches!(
+                        n.op,
+                        ir::Op::Conv(_)
+                            | ir::Op::Linear(_)
+                            | ir::Op::Activation(_)
+                            | ir::Op::Pool(_)
+                            | ir::Op::GlobalPool(_)
+                            | ir::Op::Flatten
+                    )
+            })
+    }
+
+    /// The plan `cnnc plan` writes: a `.cnn` chain through the chain analysis (its
+    /// errors point into the source; `branch_scale` does not apply), any other graph
+    /// through [`plan_graph`] (a chain-shaped ONNX model gives the same `cnnc-plan/1`).
     pub fn plan(&self, req: GraphRequest) -> Result<plan::Plan, Error> {
-        if self.source.is_none() {
+        if !self.is_source_chain() {
             plan_graph(&self.graph, req).map_err(|e| self.located(e))
         } else {
             plan_with(&self.network()?, req.opts, req.analysis)

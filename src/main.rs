@@ -287,7 +287,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Lower { file, init, input, analysis, branch_scale, batch } => {
             let opts = init.options()?;
             let model = load(&file, input)?;
-            if model.source.is_none() {
+            if !model.is_source_chain() {
                 let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch };
                 let text = cnnc::lower_report(&model.graph, req).map_err(|e| model.located(e))?;
                 return emit(&None, &text);

@@ -30,15 +30,65 @@ impl<T> Spanned<T> {
 pub struct File {
     pub name: Spanned<String>,
     pub input: Spanned<Vec<u64>>,
+    /// `block NAME(…) { … }` definitions, in source order (callable from anywhere).
+    pub blocks: Vec<BlockDef>,
     pub items: Vec<Item>,
+}
+
+/// `block NAME(PARAM, PARAM=DEFAULT, …) { … }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockDef {
+    pub name: Spanned<String>,
+    pub params: Vec<Param>,
+    pub body: Vec<Item>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub name: Spanned<String>,
+    pub default: Option<Value>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     /// `repeat N { … }`
     Repeat { count: Spanned<u64>, body: Vec<Item>, span: Span },
-    /// `layer, layer, … × N` (a chain of one layer is the common case).
-    Chain { layers: Vec<Layer>, times: Option<Spanned<u64>>, span: Span },
+    /// `step, step, … × N` (a chain of one layer is the common case).
+    Chain(Chain),
+    /// `NAME = chain`
+    Bind { name: Spanned<String>, chain: Chain, span: Span },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chain {
+    pub steps: Vec<Step>,
+    pub times: Option<Spanned<u64>>,
+    pub span: Span,
+}
+
+/// One step of a chain.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// A layer, or a call of a block (decided by lowering).
+    Layer(Layer),
+    /// `@x`: the chain goes on from the value `x`.
+    Ref(Spanned<String>),
+    /// `+ term`: the current value plus the term's.
+    Add { term: Term, span: Span },
+    /// `cat(term, …)`: the terms side by side along the channels.
+    Cat { terms: Vec<Term>, span: Span },
+    /// `label: { … }` (or `{ … }`): a nested naming scope, like an `nn.Sequential`.
+    Group { label: Option<Spanned<String>>, items: Vec<Item>, span: Span },
+}
+
+/// An operand of a join.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Term {
+    /// `@x`
+    Ref(Spanned<String>),
+    /// `(chain)`: starts from the current value (or from the `@x` it begins with).
+    Branch(Chain),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +100,9 @@ pub struct Layer {
     pub in_size: Option<Spanned<u64>>,
     /// Written output size (`-> 128`).
     pub out_size: Option<Spanned<u64>>,
+    /// Output size written as a block parameter's name (`-> c`), replaced by its value
+    /// when the block is called.
+    pub out_name: Option<Spanned<String>>,
     pub span: Span,
 }
 
@@ -104,14 +157,14 @@ pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
     }
 }
 
-/// `repeat` blocks nested deeper than this are an error (the parser, the AST and the
-/// expansion recurse once per level).
+/// Braces, or parentheses, nested deeper than this are an error (the parser, the AST and
+/// the lowering recurse once per level).
 pub const MAX_NESTING: usize = 64;
 
-/// Refuses blocks nested past [`MAX_NESTING`] before the (recursive) parser sees them:
-/// braces open only `repeat` blocks, and comments run to the end of their line.
+/// Refuses `{ … }` blocks and parentheses nested past [`MAX_NESTING`] before the
+/// (recursive) parser sees them; comments run to the end of their line.
 fn check_nesting(src: &str) -> Result<(), Vec<Diagnostic>> {
-    let mut depth = 0usize;
+    let (mut braces, mut parens) = (0usize, 0usize);
     let mut in_comment = false;
     let mut prev = '\0';
     for (at, c) in src.char_indices() {
@@ -120,14 +173,16 @@ fn check_nesting(src: &str) -> Result<(), Vec<Diagnostic>> {
             _ if in_comment => {}
             '#' => in_comment = true,
             '/' if prev == '/' => in_comment = true,
-            '{' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    let message = format!("`repeat` blocks are nested more than {MAX_NESTING} deep");
+            '{' | '(' => {
+                let (depth, what) = if c == '{' { (&mut braces, "blocks `{ … }`") } else { (&mut parens, "parentheses") };
+                *depth += 1;
+                if *depth > MAX_NESTING {
+                    let message = format!("{what} are nested more than {MAX_NESTING} deep");
                     return Err(vec![Diagnostic::new(Span::new(at, at + 1), message)]);
                 }
             }
-            '}' => depth = depth.saturating_sub(1),
+            '}' => braces = braces.saturating_sub(1),
+            ')' => parens = parens.saturating_sub(1),
             _ => {}
         }
         prev = if in_comment { '\0' } else { c };
@@ -173,7 +228,18 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::input_decl => "`input CxHxW`",
         Rule::repeat => "`repeat N { … }`",
         Rule::close_brace => "`}`",
-        Rule::item | Rule::chain | Rule::layer => "a layer",
+        Rule::item | Rule::chain | Rule::layer | Rule::step => "a layer",
+        Rule::block_def => "`block NAME(…) { … }`",
+        Rule::params | Rule::param => "a block parameter",
+        Rule::binding => "`NAME = …`",
+        Rule::add => "`+ @value` or `+ (…)`",
+        Rule::cat => "`cat(…)`",
+        Rule::term => "`@value` or `(…)`",
+        Rule::branch => "`(…)`",
+        Rule::value_ref => "`@value`",
+        Rule::group => "`{ … }`",
+        Rule::size_name => "an integer",
+        Rule::bind_name => "`NAME = …`",
         Rule::times => "`× N`",
         Rule::sizes | Rule::in_size => "`-> N`",
         Rule::label => "a layer name",
@@ -192,6 +258,11 @@ fn rule_name(rule: Rule) -> &'static str {
     }
 }
 
+fn value_ref(pair: Pair<'_, Rule>) -> Spanned<String> {
+    let id = pair.into_inner().next().expect("a value reference has a name");
+    Spanned::new(id.as_str().to_string(), Span::from_pest(id.as_span()))
+}
+
 struct Builder {
     errors: Vec<Diagnostic>,
 }
@@ -201,6 +272,7 @@ impl Builder {
         let mut name = None;
         let mut input = None;
         let mut items = Vec::new();
+        let mut blocks = Vec::new();
         for p in pair.into_inner() {
             match p.as_rule() {
                 Rule::network_decl => {
@@ -212,7 +284,8 @@ impl Builder {
                     let d = p.into_inner().next().expect("input_decl has dims");
                     input = Some(Spanned::new(self.dims(d), span));
                 }
-                Rule::repeat | Rule::chain => items.push(self.item(p)),
+                Rule::block_def => blocks.push(self.block_def(p)),
+                Rule::repeat | Rule::chain | Rule::binding => items.push(self.item(p)),
                 Rule::EOI => {}
                 r => unreachable!("unexpected rule {r:?} in file"),
             }
@@ -220,7 +293,83 @@ impl Builder {
         File {
             name: name.expect("grammar requires a network declaration"),
             input: input.expect("grammar requires an input declaration"),
+            blocks,
             items,
+        }
+    }
+
+    fn block_def(&mut self, pair: Pair<'_, Rule>) -> BlockDef {
+        let span = Span::from_pest(pair.as_span());
+        let mut inner = pair.into_inner();
+        let id = inner.next().expect("block has a name");
+        let name = Spanned::new(id.as_str().to_string(), Span::from_pest(id.as_span()));
+        let mut params = Vec::new();
+        let mut body = Vec::new();
+        for p in inner {
+            match p.as_rule() {
+                Rule::params => {
+                    for q in p.into_inner() {
+                        let mut it = q.into_inner();
+                        let id = it.next().expect("param has a name");
+                        let name = Spanned::new(id.as_str().to_string(), Span::from_pest(id.as_span()));
+                        let default = it.next().map(|v| self.value(v));
+                        params.push(Param { name, default });
+                    }
+                }
+                Rule::close_brace => {}
+                _ => body.push(self.item(p)),
+            }
+        }
+        BlockDef { name, params, body, span }
+    }
+
+    fn chain(&mut self, pair: Pair<'_, Rule>) -> Chain {
+        let span = Span::from_pest(pair.as_span());
+        let mut steps = Vec::new();
+        let mut times = None;
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::times => {
+                    let n = p.into_inner().next().expect("times has a count");
+                    times = Some(self.uint_spanned(n));
+                }
+                _ => steps.push(self.step(p)),
+            }
+        }
+        Chain { steps, times, span }
+    }
+
+    fn step(&mut self, pair: Pair<'_, Rule>) -> Step {
+        let span = Span::from_pest(pair.as_span());
+        match pair.as_rule() {
+            Rule::layer => Step::Layer(self.layer(pair)),
+            Rule::value_ref => Step::Ref(value_ref(pair)),
+            Rule::add => {
+                let term = self.term(pair.into_inner().next().expect("add has a term"));
+                Step::Add { term, span }
+            }
+            Rule::cat => Step::Cat { terms: pair.into_inner().map(|t| self.term(t)).collect(), span },
+            Rule::group => {
+                let mut label = None;
+                let mut items = Vec::new();
+                for p in pair.into_inner() {
+                    match p.as_rule() {
+                        Rule::label => label = Some(Spanned::new(p.as_str().to_string(), Span::from_pest(p.as_span()))),
+                        Rule::close_brace => {}
+                        _ => items.push(self.item(p)),
+                    }
+                }
+                Step::Group { label, items, span }
+            }
+            r => unreachable!("unexpected rule {r:?} as a step"),
+        }
+    }
+
+    fn term(&mut self, pair: Pair<'_, Rule>) -> Term {
+        match pair.as_rule() {
+            Rule::value_ref => Term::Ref(value_ref(pair)),
+            Rule::branch => Term::Branch(self.chain(pair.into_inner().next().expect("branch has a chain"))),
+            r => unreachable!("unexpected rule {r:?} as a term"),
         }
     }
 
@@ -233,20 +382,13 @@ impl Builder {
                 let body = inner.filter(|p| p.as_rule() != Rule::close_brace).map(|p| self.item(p)).collect();
                 Item::Repeat { count, body, span }
             }
-            Rule::chain => {
-                let mut layers = Vec::new();
-                let mut times = None;
-                for p in pair.into_inner() {
-                    match p.as_rule() {
-                        Rule::layer => layers.push(self.layer(p)),
-                        Rule::times => {
-                            let n = p.into_inner().next().expect("times has a count");
-                            times = Some(self.uint_spanned(n));
-                        }
-                        r => unreachable!("unexpected rule {r:?} in chain"),
-                    }
-                }
-                Item::Chain { layers, times, span }
+            Rule::chain => Item::Chain(self.chain(pair)),
+            Rule::binding => {
+                let mut inner = pair.into_inner();
+                let id = inner.next().expect("binding has a name");
+                let name = Spanned::new(id.as_str().to_string(), Span::from_pest(id.as_span()));
+                let chain = self.chain(inner.next().expect("binding has a chain"));
+                Item::Bind { name, chain, span }
             }
             r => unreachable!("unexpected rule {r:?} as item"),
         }
@@ -259,6 +401,7 @@ impl Builder {
         let mut args = Vec::new();
         let mut in_size = None;
         let mut out_size = None;
+        let mut out_name = None;
         for p in pair.into_inner() {
             match p.as_rule() {
                 Rule::label => label = Some(Spanned::new(p.as_str().to_string(), Span::from_pest(p.as_span()))),
@@ -268,6 +411,7 @@ impl Builder {
                     for n in p.into_inner() {
                         match n.as_rule() {
                             Rule::in_size => in_size = Some(self.uint_spanned(n)),
+                            Rule::size_name => out_name = Some(Spanned::new(n.as_str().to_string(), Span::from_pest(n.as_span()))),
                             _ => out_size = Some(self.uint_spanned(n)),
                         }
                     }
@@ -275,7 +419,7 @@ impl Builder {
                 r => unreachable!("unexpected rule {r:?} in layer"),
             }
         }
-        Layer { label, op: op.expect("layer has an op name"), args, in_size, out_size, span }
+        Layer { label, op: op.expect("layer has an op name"), args, in_size, out_size, out_name, span }
     }
 
     fn arg(&mut self, pair: Pair<'_, Rule>) -> Arg {
@@ -286,13 +430,7 @@ impl Builder {
                 let mut it = inner.into_inner();
                 let k = it.next().expect("keyed has a key");
                 let key = Spanned::new(k.as_str().to_string(), Span::from_pest(k.as_span()));
-                let v = it.next().expect("keyed has a value").into_inner().next().expect("value has one alternative");
-                let value = match v.as_rule() {
-                    Rule::dims => Value::Dims(self.dims(v)),
-                    Rule::number => Value::Number(self.number(v)),
-                    Rule::ident => Value::Ident(v.as_str().to_string()),
-                    r => unreachable!("unexpected rule {r:?} in value"),
-                };
+                let value = self.value(it.next().expect("keyed has a value"));
                 ArgKind::Keyed { key, value }
             }
             Rule::compact => {
@@ -306,6 +444,16 @@ impl Builder {
             r => unreachable!("unexpected rule {r:?} in arg"),
         };
         Arg { kind, span }
+    }
+
+    fn value(&mut self, pair: Pair<'_, Rule>) -> Value {
+        let v = pair.into_inner().next().expect("value has one alternative");
+        match v.as_rule() {
+            Rule::dims => Value::Dims(self.dims(v)),
+            Rule::number => Value::Number(self.number(v)),
+            Rule::ident => Value::Ident(v.as_str().to_string()),
+            r => unreachable!("unexpected rule {r:?} in value"),
+        }
     }
 
     fn dims(&mut self, pair: Pair<'_, Rule>) -> Vec<u64> {

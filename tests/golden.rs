@@ -54,13 +54,31 @@ fn finish(failures: Vec<String>) {
     assert!(failures.is_empty(), "{} golden mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
-/// Every spec: its JSON plan in the forward and backward modes, and the lower table
-/// in every mode.
+/// Every chain spec: its JSON plan in the forward and backward modes, and the lower
+/// table in every mode; every graph spec: its graph table in the forward and backward modes.
 #[test]
 fn spec_plans() {
     let mut failures = Vec::new();
     for spec in files(&root().join("specs"), "cnn") {
         let stem = spec.file_stem().unwrap().to_string_lossy().to_string();
+        let model = cnnc::load(&spec, cnnc::InputSize::Declared).unwrap_or_else(|e| panic!("{e}"));
+        if !model.is_source_chain() {
+            // A graph (ResNet, MobileNetV2, DenseNet): its graph tables; its plans equal
+            // those of torch's exports (tests/dsl_graphs.rs).
+            let mut tables = String::new();
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req = cnnc::GraphRequest {
+                    opts: Options { mode, std_cap: None },
+                    analysis: analyze::Analysis::Paper,
+                    branch_scale: 1.0,
+                    batch: None,
+                };
+                tables.push_str(&cnnc::lower_report(&model.graph, req).unwrap_or_else(|e| panic!("{stem}: {e}")));
+                tables.push('\n');
+            }
+            check(&root().join(format!("tests/data/lower/{stem}.txt")), &tables, &mut failures);
+            continue;
+        }
         let net = source(&spec).network().unwrap_or_else(|e| panic!("{e}"));
         for mode in [Mode::Forward, Mode::Backward] {
             let plan = cnnc::plan(&net, Options { mode, std_cap: None }).unwrap();
@@ -108,13 +126,26 @@ fn capped_yaml_plan() {
     finish(failures);
 }
 
-/// Front-end fixtures that must compile: their graph dump and lower table.
+/// Front-end fixtures that must compile: their graph dump and lower table (the graph
+/// table for a graph).
 #[test]
 fn dsl_ok() {
     let mut failures = Vec::new();
     for input in files(&root().join("tests/data/dsl/ok"), "cnn") {
         let src = source(&input);
         let graph = src.graph().unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+        let model = cnnc::load(&input, cnnc::InputSize::Declared).unwrap_or_else(|e| panic!("{e}"));
+        if !model.is_source_chain() {
+            let req = cnnc::GraphRequest {
+                opts: Options { mode: Mode::Forward, std_cap: None },
+                analysis: analyze::Analysis::Paper,
+                branch_scale: 1.0,
+                batch: None,
+            };
+            let table = cnnc::lower_report(&graph, req).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+            check(&input.with_extension("out"), &format!("{}\n{table}", report::graph_table(&graph)), &mut failures);
+            continue;
+        }
         let net = cnnc::network(&graph, Some(&src)).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
         let analysis = analyze::analyze(&net, Options { mode: Mode::Forward, std_cap: None }).unwrap();
         let dump = format!("{}\n{}", report::graph_table(&graph), report::lower_table(&net, &analysis, Mode::Forward));

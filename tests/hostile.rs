@@ -445,7 +445,7 @@ fn repeats_are_bounded_in_iterations_depth_and_diagnostics() {
     for n in [65, 20_000, 100_000] {
         let text = format!("network n\ninput 3x8x8\n{}Conv(3) -> 4\n{}", "repeat 1 {\n".repeat(n), "}\n".repeat(n));
         let e = dsl_error(&text);
-        assert!(e.contains("`repeat` blocks are nested more than 64 deep") && e.contains("--> t.cnn:67:10"), "{e}");
+        assert!(e.contains("blocks `{ … }` are nested more than 64 deep") && e.contains("--> t.cnn:67:10"), "{e}");
     }
     // 64 deep, and braces in comments, are fine.
     let text = format!("network n\ninput 3x8x8\n# {{{{{{\n{}Conv(3) -> 4 // }}}}\n{}", "repeat 1 {\n".repeat(64), "}\n".repeat(64));
@@ -483,4 +483,43 @@ fn a_link_at_a_run_lock_is_not_followed() {
     assert!(e.contains(".lock: it is a symbolic link"), "{e}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Lowering recurses once per body and branch, through block calls too: 64 repeats
+/// around 63 nested branches lower (on a test thread's stack), and blocks that each nest
+/// 40 levels and call the next are refused at 128 levels, before the stack runs out.
+#[test]
+fn graph_nesting_is_bounded_through_block_calls() {
+    let text = format!(
+        "network n\ninput 3x8x8\n{}{}conv(1) -> 3{}\n{}",
+        "repeat 1 {\n".repeat(64),
+        "+ (".repeat(63),
+        ")".repeat(63),
+        "}\n".repeat(64)
+    );
+    cnnc::Source::new("t.cnn", &text).graph().unwrap();
+    let mut text = "network n\ninput 3x8x8\n".to_string();
+    for k in 0..70 {
+        text.push_str(&format!(
+            "block b{k}(c) {{ {}{}b{}(c){}{} }}\n",
+            "repeat 1 { ".repeat(20),
+            "+ (".repeat(20),
+            k + 1,
+            ")".repeat(20),
+            " }".repeat(20)
+        ));
+    }
+    text.push_str("block b70(c) { conv(1) -> c }\nb0(3)\n");
+    let e = dsl_error(&text);
+    assert!(e.contains("nested more than 128 deep here (counted through block calls)"), "{e}");
+}
+
+/// A `cat` of a `cat` copies its parts: 2000 concatenations of a 1001-part one would hold
+/// 2·10⁶ inputs; lowering stops at 2²⁰ inputs in all, with the join that passes it.
+#[test]
+fn join_inputs_are_bounded_in_all() {
+    let text =
+        "network n\ninput 4x2x2\nblock d() { cat(@in, (conv(1) -> 1)) }\nx = d() x 1000\nrepeat 2000 { @x, cat(@x, (conv(1) -> 1)) }\n";
+    let e = dsl_error(text);
+    assert!(e.contains("the joins (`+`, `cat`) up to here have more than 1048576 inputs in all") && e.contains("--> t.cnn:5:19"), "{e}");
 }

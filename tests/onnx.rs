@@ -955,7 +955,7 @@ fn real_exports_plan_and_agree_across_exporters() {
     // one network, one set of σ.
     for (model, exports) in &by_model {
         let evals: Vec<&(String, Vec<f64>)> = exports.iter().filter(|(f, _)| !f.contains(".train.")).collect();
-        for (file, stds) in &evals[1..] {
+        for (file, stds) in evals.iter().skip(1) {
             let (first, reference) = evals[0];
             assert_eq!(stds.len(), reference.len(), "{model}: {file} vs {first}");
             for (a, b) in stds.iter().zip(reference) {
