@@ -204,6 +204,8 @@ fn brute(g: &Graph, choose: bool) -> (Vec<(usize, f64)>, Vec<Dense>, Vec<Dense>)
                 out.sec.iter_mut().for_each(|v| *v *= s2);
                 sigma.push((k, s2));
             }
+            // A ReLU of a ReLU's output is the identity.
+            Op::Activation(Activation::Relu) if relu_made(g, n.inputs[0].0).is_some() => out = x.clone(),
             Op::Activation(Activation::Relu) => {
                 for i in 0..x.sec.len() {
                     let (mu, var) = (x.mean[i], (x.sec[i] - x.mean[i] * x.mean[i]).max(0.0));
@@ -259,6 +261,8 @@ fn brute(g: &Graph, choose: bool) -> (Vec<(usize, f64)>, Vec<Dense>, Vec<Dense>)
     // Backward: a unit gradient at the last value.
     let mut grads: Vec<Dense> = vals.iter().map(|v| Dense::new(v.c, v.h, v.w)).collect();
     grads.last_mut().unwrap().sec.iter_mut().for_each(|s| *s = 1.0);
+    // Per value, the part of its gradient already masked where the ReLU that made it passes.
+    let mut on: std::collections::HashMap<usize, Vec<f64>> = std::collections::HashMap::new();
     for (k, n) in g.nodes.iter().enumerate().rev() {
         let dz = grads[k + 1].clone();
         let xv = n.inputs[0].0;
@@ -289,10 +293,25 @@ fn brute(g: &Graph, choose: bool) -> (Vec<(usize, f64)>, Vec<Dense>, Vec<Dense>)
                 }
             }
             Op::Activation(_) => {
+                // A ReLU of a chain of ReLUs passes where the chain's first ReLU g does
+                // (one mask): it sends g's share and marks it; g passes the marked part
+                // whole.
+                let mut root = k;
+                while let Some(p) = relu_made(g, g.nodes[root].inputs[0].0) {
+                    root = p;
+                }
+                let rx = &vals[g.nodes[root].inputs[0].0];
+                let marked = on.remove(&(k + 1)).unwrap_or_else(|| vec![0.0; dz.sec.len()]);
+                let mut sent = vec![0.0; dz.sec.len()];
                 for i in 0..dz.sec.len() {
-                    let (mu, var) = (x.mean[i], (x.sec[i] - x.mean[i] * x.mean[i]).max(0.0));
+                    let (mu, var) = (rx.mean[i], (rx.sec[i] - rx.mean[i] * rx.mean[i]).max(0.0));
                     let p = if var == 0.0 { (mu > 0.0) as u8 as f64 } else { cdf(mu / var.sqrt()) };
-                    grads[xv].sec[i] += dz.sec[i] * p;
+                    sent[i] = (dz.sec[i] - marked[i]).max(0.0) * p + marked[i];
+                    grads[xv].sec[i] += sent[i];
+                }
+                if root != k {
+                    let m = on.entry(xv).or_insert_with(|| vec![0.0; sent.len()]);
+                    m.iter_mut().zip(&sent).for_each(|(a, b)| *a += b);
                 }
             }
             Op::Add => {
@@ -343,6 +362,12 @@ fn brute(g: &Graph, choose: bool) -> (Vec<(usize, f64)>, Vec<Dense>, Vec<Dense>)
         }
     }
     (sigma, vals, grads)
+}
+
+/// The ReLU node that made value `v`, if a ReLU did.
+fn relu_made(g: &Graph, v: usize) -> Option<usize> {
+    let p = v.checked_sub(1)?;
+    matches!(g.nodes[p].op, Op::Activation(Activation::Relu)).then_some(p)
 }
 
 fn close(a: f64, b: f64) -> bool {

@@ -141,6 +141,11 @@ fn dims(s: Shape) -> (usize, usize, usize) {
 }
 
 /// Forward: every value of the graph for one batch, with the weights of each weight node.
+/// A normalization's scale γ: stored as its node's one "weight" (1 where none is).
+fn gamma(weights: &[Option<Vec<f64>>], k: usize) -> f64 {
+    weights[k].as_ref().map_or(1.0, |w| w[0])
+}
+
 fn forward(g: &Graph, weights: &[Option<Vec<f64>>], x: T) -> Vec<T> {
     let mut vals = vec![x];
     for n in &g.nodes {
@@ -163,15 +168,16 @@ fn forward(g: &Graph, weights: &[Option<Vec<f64>>], x: T) -> Vec<T> {
             }
             Op::Activation(Activation::Relu) => out.d = a.d.iter().map(|v| v.max(0.0)).collect(),
             Op::BatchNorm(bn) if !bn.own_statistics() => {
-                let k = 1.0 / (1.0 + bn.epsilon).sqrt();
+                let k = gamma(weights, vals.len() - 1) / (1.0 + bn.epsilon).sqrt();
                 out.d = a.d.iter().map(|v| v * k).collect();
             }
             Op::BatchNorm(bn) => {
+                let gamma = gamma(weights, vals.len() - 1);
                 for cells in norm_sets(a, bn) {
                     let m = cells.len() as f64;
                     let mean = cells.iter().map(|&i| a.d[i]).sum::<f64>() / m;
                     let var = cells.iter().map(|&i| (a.d[i] - mean).powi(2)).sum::<f64>() / m;
-                    let inv = 1.0 / (var + bn.epsilon).sqrt();
+                    let inv = gamma / (var + bn.epsilon).sqrt();
                     for &i in &cells {
                         out.d[i] = (a.d[i] - mean) * inv;
                     }
@@ -270,7 +276,7 @@ fn backward(g: &Graph, weights: &[Option<Vec<f64>>], vals: &[T], grad: T) -> Vec
                 da.d = a.d.iter().zip(&dy.d).map(|(x, d)| if *x > 0.0 { *d } else { 0.0 }).collect();
             }
             Op::BatchNorm(bn) if !bn.own_statistics() => {
-                let k = 1.0 / (1.0 + bn.epsilon).sqrt();
+                let k = gamma(weights, k) / (1.0 + bn.epsilon).sqrt();
                 da.d = dy.d.iter().map(|v| v * k).collect();
             }
             Op::BatchNorm(bn) => {
@@ -282,10 +288,12 @@ fn backward(g: &Graph, weights: &[Option<Vec<f64>>], vals: &[T], grad: T) -> Vec
                     let var = cells.iter().map(|&i| (a.d[i] - mean).powi(2)).sum::<f64>() / m;
                     let inv = 1.0 / (var + bn.epsilon).sqrt();
                     let xhat = |i: usize| (a.d[i] - mean) * inv;
+                    // The gradient at x̂ is γ dy.
+                    let gamma = gamma(weights, k);
                     let md = cells.iter().map(|&i| dy.d[i]).sum::<f64>() / m;
                     let mdx = cells.iter().map(|&i| dy.d[i] * xhat(i)).sum::<f64>() / m;
                     for &i in &cells {
-                        da.d[i] = (dy.d[i] - md - xhat(i) * mdx) * inv;
+                        da.d[i] = gamma * (dy.d[i] - md - xhat(i) * mdx) * inv;
                     }
                 }
             }
@@ -470,6 +478,9 @@ fn measure(g: &Graph, plan: &GraphAnalysis, draws: usize, batch: usize, seed: u6
             };
             let s = wr.variance.sqrt();
             weights[wr.node] = Some((0..count).map(|_| s * rng.normal()).collect());
+        }
+        for bn in &plan.batch_norms {
+            weights[bn.node] = Some(vec![bn.scale]);
         }
         let (c, h, w) = dims(g.input);
         let mut x = T::zeros(batch, c, h, w);
@@ -783,5 +794,50 @@ fn the_batch_mean_removes_its_share_of_the_per_sample_gradient() {
             assert!((mean - at_n).abs() < 4.0 * se + 0.03 * at_n, "{analysis:?} N = {n}: measured {mean} ± {se}, predicted {at_n}");
             assert!(((large - at_n) / large - 1.0 / n as f64).abs() < 1e-9, "the projection removes exactly 1/N here");
         }
+    }
+}
+
+/// Basic residual blocks started at zero (`--branch-scale 0`: each branch's last
+/// BatchNorm has γ = 0), with the ReLU after each Add: a stage's stream is then a chain
+/// of ReLUs of ReLUs, one mask for all, and the gradient on the identity path is halved
+/// once, not once per block.
+fn zero_started_net(blocks: usize) -> Graph {
+    let mut b = B::new(3, 8, 8);
+    let u = b.conv(ValueId(0), 16, 3, 1, 1);
+    let n = b.bn(u);
+    let mut x = b.relu(n);
+    for _ in 0..blocks {
+        let u = b.conv(x, 16, 3, 1, 1);
+        let n = b.bn(u);
+        let r = b.relu(n);
+        let u = b.conv(r, 16, 3, 1, 1);
+        let n = b.bn(u);
+        let s = b.add(n, x);
+        x = b.relu(s);
+    }
+    b.head(x, 10);
+    b.g
+}
+
+#[test]
+fn zero_started_blocks_pass_the_identity_path_whole() {
+    let g = zero_started_net(3);
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        let opts = GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 0.0, batch: Some(8) };
+        let plan = analyze_graph_with(&g, opts, analysis).expect("plans");
+        let measured = measure(&g, &plan, 32, 8, 5);
+        let mut checked = 0;
+        for (m, wr) in measured.iter().zip(&plan.weights) {
+            let ((mean, se), pred) = (m.bwd, wr.backward_variance);
+            eprintln!("{analysis:?} node {}: measured {mean:.4} ± {se:.4}, predicted {pred:.4}", m.node);
+            if pred == 0.0 {
+                // Inside a branch that starts at zero: no gradient at all.
+                assert!(mean < 1e-12, "{analysis:?} node {}: {mean}", m.node);
+                continue;
+            }
+            assert!((mean - pred).abs() < 4.0 * se + 0.12 * pred, "{analysis:?} node {}: measured {mean} ± {se}, predicted {pred}", m.node);
+            checked += 1;
+        }
+        assert_eq!(checked, 5, "the stem, each block's first conv and the head");
     }
 }

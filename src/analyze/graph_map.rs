@@ -232,6 +232,9 @@ pub(super) struct MapPasses {
     gfrac: Vec<Vec<f64>>,
     cache: MaxCache,
     memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
+    /// Per value, the part of its gradient already masked on the support of the ReLU
+    /// that made it (the paper analysis's `on_support`), for one backward pass.
+    on_support: HashMap<usize, Val>,
     /// iid max-pool windows: (node, mean, variance, members) → moments.
     iid: HashMap<IidKey, (f64, f64, f64)>,
 }
@@ -243,6 +246,7 @@ impl MapPasses {
             shared: Vec::new(),
             shared_memo: HashMap::new(),
             gfrac: Vec::new(),
+            on_support: HashMap::new(),
             cache: HashMap::new(),
             memo: HashMap::new(),
             iid: HashMap::new(),
@@ -276,8 +280,35 @@ impl MapPasses {
         self.stats[v.0].as_ref().expect("values are computed in topological order")
     }
 
+    /// A value that is exactly zero (a residual branch started at zero).
+    fn is_zero(&self, v: ValueId) -> bool {
+        self.get(v).iter().all(|s| s.maps[1].d.iter().all(|&q| q == 0.0))
+    }
+
+    /// Adds `part` to the on-support part of value `v`'s gradient ([`super::graph::passes_unchanged`]).
+    fn mark_on_support(&mut self, v: ValueId, part: Val) {
+        let merged = match self.on_support.remove(&v.0) {
+            None => part,
+            Some(old) => merge(
+                aligned(&[&old, &part])
+                    .into_iter()
+                    .map(|(c, s)| {
+                        let mut m = s[0].maps[0].clone();
+                        m.add(&s[1].maps[0], 1.0);
+                        Seg { n: c, maps: vec![m] }
+                    })
+                    .collect(),
+            ),
+        };
+        self.on_support.insert(v.0, merged);
+    }
+
     fn elementwise(&mut self, cx: &Cx<'_>, k: usize, f: Func<'_>, x: &Val) -> (Val, Val) {
         // Returns the output value and the E[f'²] planes (for backward) as a value.
+        if super::graph::passes_unchanged(cx.g, k, |v| self.is_zero(v)).is_some() {
+            let ones = x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].map(|_| 1.0)] }).collect();
+            return (x.clone(), ones);
+        }
         if let Some(r) = self.elementwise_of_sum(cx, k, f) {
             return r;
         }
@@ -367,6 +398,7 @@ impl Passes for MapPasses {
 
     fn backward(&mut self, cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Moment>, AnalysisError> {
         let g = cx.g;
+        self.on_support.clear();
         let zero = |v: usize| -> Val {
             let s = g.shape(ValueId(v));
             let (c, h, w) = s.chw();
@@ -743,21 +775,42 @@ impl MapPasses {
     }
 
     fn elementwise_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
-        let n = &r.cx.g.nodes[k];
-        let x = self.get(n.inputs[0]).clone();
+        let g = r.cx.g;
+        let n = &g.nodes[k];
         let dz: Val = dz.clone();
+        let times = |a: &Val, b: &Val| -> Val {
+            merge(
+                aligned(&[a, b])
+                    .into_iter()
+                    .map(|(c, s)| {
+                        let mut m = s[0].maps[0].clone();
+                        for (a, b) in m.d.iter_mut().zip(&s[1].maps[0].d) {
+                            *a *= b;
+                        }
+                        Seg { n: c, maps: vec![m] }
+                    })
+                    .collect(),
+            )
+        };
+        if let Some(gk) = super::graph::passes_unchanged(g, k, |v| self.is_zero(v)) {
+            // Where g(c) > 0 only, which g passes whole (see `passes_unchanged`).
+            let xg = self.get(g.nodes[gk].inputs[0]).clone();
+            let (_, slopes) = self.elementwise(r.cx, gk, func(&g.nodes[gk].op).expect("element-wise"), &xg);
+            let contrib = match self.on_support.remove(&(k + 1)) {
+                None => times(&dz, &slopes),
+                Some(on) => unmasked(&dz, &on, &slopes),
+            };
+            self.mark_on_support(n.inputs[0], contrib.clone());
+            send(grads, n.inputs[0], contrib);
+            return Ok(());
+        }
+        let x = self.get(n.inputs[0]).clone();
         let (_, xg) = self.elementwise(r.cx, k, func(&n.op).expect("element-wise"), &x);
-        let contrib = aligned(&[&dz, &xg])
-            .into_iter()
-            .map(|(c, s)| {
-                let mut m = s[0].maps[0].clone();
-                for (a, b) in m.d.iter_mut().zip(&s[1].maps[0].d) {
-                    *a *= b;
-                }
-                Seg { n: c, maps: vec![m] }
-            })
-            .collect();
-        send(grads, n.inputs[0], merge(contrib));
+        let contrib = match self.on_support.remove(&(k + 1)) {
+            None => times(&dz, &xg),
+            Some(on) => unmasked(&dz, &on, &xg),
+        };
+        send(grads, n.inputs[0], contrib);
         Ok(())
     }
 
@@ -837,6 +890,13 @@ impl MapPasses {
             let m = n.inputs.iter().filter(|&&u| u == v).count() as f64;
             if n.inputs.iter().position(|&u| u == v) == Some(i) {
                 send(grads, v, dz.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(m * m)] }).collect());
+            }
+        }
+        // A part already masked on the support of the one input that is not zero goes there.
+        if let Some(on) = self.on_support.remove(&(k + 1)) {
+            let mut rest = n.inputs.iter().filter(|&&u| !self.is_zero(u));
+            if let (Some(&u), None) = (rest.next(), rest.next()) {
+                self.mark_on_support(u, on);
             }
         }
         Ok(())
@@ -1129,6 +1189,9 @@ impl MapPasses {
                     })
                     .collect()
             }
+            Op::Activation(_) | Op::Elementwise(_) if super::graph::passes_unchanged(g, k, |v| self.is_zero(v)).is_some() => {
+                self.shared[input(0)].clone()
+            }
             Op::Activation(_) | Op::Elementwise(_) => {
                 let f = func(&n.op).expect("element-wise");
                 let x = self.get(n.inputs[0]);
@@ -1212,6 +1275,23 @@ impl MapPasses {
             }
         }
     }
+}
+
+/// (dz − on) × slope + on per position: the part `on` already lies where the slope is 1.
+fn unmasked(dz: &Val, on: &Val, slope: &Val) -> Val {
+    merge(
+        aligned(&[dz, on, slope])
+            .into_iter()
+            .map(|(c, s)| {
+                let mut m = s[0].maps[0].clone();
+                for (i, a) in m.d.iter_mut().enumerate() {
+                    let o = s[1].maps[0].d[i];
+                    *a = (*a - o).max(0.0) * s[2].maps[0].d[i] + o;
+                }
+                Seg { n: c, maps: vec![m] }
+            })
+            .collect(),
+    )
 }
 
 /// One segment per channel, in order.
