@@ -1765,6 +1765,33 @@ fn normalized_by(g: &Graph, consumers: &[Vec<usize>], k: usize) -> Option<usize>
     first
 }
 
+/// Whether some path from weight node `k`'s output reaches a normalization with its own
+/// statistics through ops that keep each channel's scale (as [`normalized_by`] follows).
+fn partly_normalized(g: &Graph, consumers: &[Vec<usize>], k: usize) -> bool {
+    let mut stack = vec![k + 1];
+    let mut seen = HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        for &c in &consumers[v] {
+            match &g.nodes[c].op {
+                Op::BatchNorm(bn) if bn.own_statistics() => return true,
+                Op::Activation(a) if super::piecewise_linear_slope(*a).is_some() => stack.push(c + 1),
+                Op::Pool(_)
+                | Op::GlobalPool(_)
+                | Op::Resize { .. }
+                | Op::Dilate { .. }
+                | Op::Concat
+                | Op::ChannelSlice { .. }
+                | Op::Shuffle { .. } => stack.push(c + 1),
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
 /// The weight layers whose σ² no gradient target can set: those a normalization with its
 /// own statistics reads ([`normalized_by`]), and, closed over the graph, every layer each
 /// of whose paths to the output meets such a normalization or such a layer first —
@@ -1775,13 +1802,21 @@ fn normalized_by(g: &Graph, consumers: &[Vec<usize>], k: usize) -> Option<usize>
 /// of reach (the iteration ran σ² up 600× a round). The layer before it (through GELU)
 /// follows: the layer after it takes the forward rule and divides its scale out.
 /// Backward mode gives them all the forward rule.
+///
+/// So does a layer that a normalization with its own statistics reads on some paths but
+/// not all (`partly`: a dense block's features read by the next BatchNorm and by the
+/// global pool directly): the gradient that comes back through the normalization does not
+/// depend on its σ² (∝ 1/σ² at its output, × σ² at its input), so when that part alone
+/// exceeds the target no σ² meets it, and the iteration shrank σ² by a constant factor a
+/// round without end.
 fn scale_free_layers(
     g: &Graph,
     consumers: &[Vec<usize>],
     weights: impl Iterator<Item = usize> + Clone,
     normalized: &HashMap<usize, usize>,
+    partly: &HashSet<usize>,
 ) -> HashSet<usize> {
-    let mut free: HashSet<usize> = normalized.keys().copied().collect();
+    let mut free: HashSet<usize> = normalized.keys().chain(partly).copied().collect();
     loop {
         let before = free.len();
         for k in weights.clone() {
@@ -1868,7 +1903,8 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
     };
     let normalized: HashMap<usize, usize> = cx.weights.keys().filter_map(|&k| normalized_by(g, &cx.consumers, k).map(|b| (k, b))).collect();
     if opts.mode == Mode::Backward {
-        p.forward_choice = scale_free_layers(g, &cx.consumers, cx.weights.keys().copied(), &normalized);
+        let partly: HashSet<usize> = cx.weights.keys().copied().filter(|&k| partly_normalized(g, &cx.consumers, k)).collect();
+        p.forward_choice = scale_free_layers(g, &cx.consumers, cx.weights.keys().copied(), &normalized, &partly);
     }
     for (k, n) in g.nodes.iter().enumerate() {
         if matches!(n.op, Op::Conv(_) | Op::Linear(_)) {
