@@ -1750,19 +1750,28 @@ fn normalized_by(g: &Graph, consumers: &[Vec<usize>], k: usize) -> Option<usize>
                 Op::BatchNorm(bn) if bn.own_statistics() => {
                     first = Some(first.map_or(c, |f: usize| f.min(c)));
                 }
-                Op::Activation(a) if super::piecewise_linear_slope(*a).is_some() => stack.push(c + 1),
-                Op::Pool(_)
-                | Op::GlobalPool(_)
-                | Op::Resize { .. }
-                | Op::Dilate { .. }
-                | Op::Concat
-                | Op::ChannelSlice { .. }
-                | Op::Shuffle { .. } => stack.push(c + 1),
+                op if keeps_scale(op) => stack.push(c + 1),
                 _ => return None,
             }
         }
     }
     first
+}
+
+/// Ops that keep each channel's scale (x → c x gives c f(x)): what a normalization's
+/// reach follows from a weight layer's output.
+fn keeps_scale(op: &Op) -> bool {
+    match op {
+        Op::Activation(a) => super::piecewise_linear_slope(*a).is_some(),
+        Op::Pool(_)
+        | Op::GlobalPool(_)
+        | Op::Resize { .. }
+        | Op::Dilate { .. }
+        | Op::Concat
+        | Op::ChannelSlice { .. }
+        | Op::Shuffle { .. } => true,
+        _ => false,
+    }
 }
 
 /// Whether some path from weight node `k`'s output reaches a normalization with its own
@@ -1777,14 +1786,7 @@ fn partly_normalized(g: &Graph, consumers: &[Vec<usize>], k: usize) -> bool {
         for &c in &consumers[v] {
             match &g.nodes[c].op {
                 Op::BatchNorm(bn) if bn.own_statistics() => return true,
-                Op::Activation(a) if super::piecewise_linear_slope(*a).is_some() => stack.push(c + 1),
-                Op::Pool(_)
-                | Op::GlobalPool(_)
-                | Op::Resize { .. }
-                | Op::Dilate { .. }
-                | Op::Concat
-                | Op::ChannelSlice { .. }
-                | Op::Shuffle { .. } => stack.push(c + 1),
+                op if keeps_scale(op) => stack.push(c + 1),
                 _ => {}
             }
         }

@@ -289,16 +289,7 @@ impl MapPasses {
     fn mark_on_support(&mut self, v: ValueId, part: Val) {
         let merged = match self.on_support.remove(&v.0) {
             None => part,
-            Some(old) => merge(
-                aligned(&[&old, &part])
-                    .into_iter()
-                    .map(|(c, s)| {
-                        let mut m = s[0].maps[0].clone();
-                        m.add(&s[1].maps[0], 1.0);
-                        Seg { n: c, maps: vec![m] }
-                    })
-                    .collect(),
-            ),
+            Some(old) => sum(&old, &part),
         };
         self.on_support.insert(v.0, merged);
     }
@@ -434,20 +425,25 @@ impl Passes for MapPasses {
     }
 }
 
+/// Two gradients' second moments added, position by position.
+fn sum(a: &Val, b: &Val) -> Val {
+    merge(
+        aligned(&[a, b])
+            .into_iter()
+            .map(|(c, s)| {
+                let mut m = s[0].maps[0].clone();
+                m.add(&s[1].maps[0], 1.0);
+                Seg { n: c, maps: vec![m] }
+            })
+            .collect(),
+    )
+}
+
 /// Adds a gradient contribution to value `v`.
 fn send(grads: &mut [Option<Val>], v: ValueId, contrib: Val) {
     let merged = match grads[v.0].take() {
         None => contrib,
-        Some(old) => merge(
-            aligned(&[&old, &contrib])
-                .into_iter()
-                .map(|(c, s)| {
-                    let mut m = s[0].maps[0].clone();
-                    m.add(&s[1].maps[0], 1.0);
-                    Seg { n: c, maps: vec![m] }
-                })
-                .collect(),
-        ),
+        Some(old) => sum(&old, &contrib),
     };
     grads[v.0] = Some(merged);
 }
