@@ -87,7 +87,8 @@ pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu
     out
 }
 
-/// The transformed kernels U of a forward pass, kept for its input gradient, which
+/// What a forward pass keeps for its input gradient: the kernels by tap of a tiny map
+/// (`tiny.rs`), or here the transformed kernels U, which the input gradient
 /// multiplies by the same matrices: the kernels turned by 180° transform to U with ξ's
 /// rows and columns 0 and 3 swapped (G·J = P·G for the reversal J and the swap P, as
 /// G's middle rows are symmetric), so `U'_ξ = U_{turn(ξ)}ᵀ`. One transform per training
@@ -97,10 +98,10 @@ pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu
 pub(super) struct Kept(std::sync::Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
 
 impl Kept {
-    fn put<T: Elem>(&self, u: Pooled<T>) {
+    pub(super) fn put<T: Elem>(&self, u: Pooled<T>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(u));
     }
-    fn take<T: Elem>(&self) -> Option<Pooled<T>> {
+    pub(super) fn take<T: Elem>(&self) -> Option<Pooled<T>> {
         let u = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         u.downcast::<Pooled<T>>().ok().map(|u| *u)
     }
