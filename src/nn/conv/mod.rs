@@ -42,7 +42,8 @@
 //! The files: this one the ops and their plumbing; `passes.rs` the three passes over the
 //! blocks; `im2col.rs` the geometry and gather/scatter; `matmul.rs` the GEMM call;
 //! `buffers.rs` the scratch buffers and the pool; `threads.rs` the thread policy;
-//! `winograd.rs` and `tiny.rs` the special cases.
+//! `winograd.rs` and `tiny.rs` the special cases. [`widest!`] compiles a loop for the
+//! CPU's vector width, chosen at run time (the kernels' Winograd transform).
 //!
 //! Runs on the CPU in f32 and f64. Other devices use candle's `conv2d` (see
 //! [`Conv2d::forward`]).
@@ -50,6 +51,40 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+/// `fn name<T: Elem>(args) body`, compiled for AVX-512F, for AVX2 + FMA and for the
+/// build's baseline (x86-64: SSE2), and run in the widest that the CPU has (std caches the
+/// CPUID check). The results are the same bit for bit: no fused multiply-adds are formed,
+/// and no operation is reordered.
+macro_rules! widest {
+    ($(#[$m:meta])* fn $name:ident<T: Elem>($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        fn $name<T: Elem>($($a: $t),*) {
+            #[inline(always)]
+            fn body<T: Elem>($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512<T: Elem>($($a: $t),*) {
+                    body($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2<T: Elem>($($a: $t),*) {
+                    body($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { avx512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
 
 mod buffers;
 mod im2col;

@@ -65,7 +65,7 @@ pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu
         return winograd::forward(g, x, w, b, relu, keep);
     }
     if tiny::fits(g) {
-        return tiny::forward(g, x, w, b, relu);
+        return tiny::forward(g, x, w, b, relu, keep);
     }
     let mut out = zeros(g.n * g.out_sample());
     over_blocks(g, &mut out, g.out_sample(), |blk, o, par| {
@@ -111,7 +111,7 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&K
         return winograd::input_grad(g, dout, w, kept);
     }
     if tiny::fits(g) {
-        return tiny::input_grad(g, dout, w);
+        return tiny::input_grad(g, dout, w, kept);
     }
     let mut dx = zeros(g.n * g.in_sample());
     over_blocks(g, &mut dx, g.in_sample(), |blk, d, par| input_grad_block(g, dout, w, d, blk, par));

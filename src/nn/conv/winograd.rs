@@ -87,7 +87,8 @@ pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu
     out
 }
 
-/// The transformed kernels U of a forward pass, kept for its input gradient, which
+/// What a forward pass keeps for its input gradient: the kernels by tap of a tiny map
+/// (`tiny.rs`), or here the transformed kernels U, which the input gradient
 /// multiplies by the same matrices: the kernels turned by 180° transform to U with ξ's
 /// rows and columns 0 and 3 swapped (G·J = P·G for the reversal J and the swap P, as
 /// G's middle rows are symmetric), so `U'_ξ = U_{turn(ξ)}ᵀ`. One transform per training
@@ -97,10 +98,10 @@ pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu
 pub(super) struct Kept(std::sync::Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
 
 impl Kept {
-    fn put<T: Elem>(&self, u: Pooled<T>) {
+    pub(super) fn put<T: Elem>(&self, u: Pooled<T>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(u));
     }
-    fn take<T: Elem>(&self) -> Option<Pooled<T>> {
+    pub(super) fn take<T: Elem>(&self) -> Option<Pooled<T>> {
         let u = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         u.downcast::<Pooled<T>>().ok().map(|u| *u)
     }
@@ -314,31 +315,37 @@ fn transform_kernels<T: Elem>(w: &[T], co: usize, c: usize, threads: usize) -> P
             task.push(part);
         }
     }
-    tasks.into_par_iter().enumerate().for_each(|(b, mut planes)| {
-        for lr in 0..planes[0].len() / cols {
-            let r = b * band + lr;
-            // Eight kernels at a time (one vector per value), then the rest one by one.
-            let row = &w[r * c * 9..][..cols * 9];
-            let mut q = 0;
-            for k8 in row.chunks_exact(8 * 9) {
-                for (plane, v) in planes.iter_mut().zip(transform_kernels_lanes::<T, 8>(k8)) {
-                    plane[lr * cols + q..][..8].copy_from_slice(&v);
-                }
-                q += 8;
-            }
-            for k1 in row[q * 9..].chunks_exact(9) {
-                for (plane, [v]) in planes.iter_mut().zip(transform_kernels_lanes::<T, 1>(k1)) {
-                    plane[lr * cols + q] = v;
-                }
-                q += 1;
-            }
-        }
-    });
+    tasks.into_par_iter().enumerate().for_each(|(b, mut planes)| kernel_band(w, c, b * band, &mut planes));
     u
+}
+
+widest! {
+/// Rows `first..` of the 16 planes of [`transform_kernels`] (as many as `planes[0]` holds).
+fn kernel_band<T: Elem>(w: &[T], c: usize, first: usize, planes: &mut [&mut [T]]) {
+    for lr in 0..planes[0].len() / c {
+        let r = first + lr;
+        // Sixteen kernels at a time (one vector per value), then the rest one by one.
+        let row = &w[r * c * 9..][..c * 9];
+        let mut q = 0;
+        for k16 in row.chunks_exact(16 * 9) {
+            for (plane, v) in planes.iter_mut().zip(transform_kernels_lanes::<T, 16>(k16)) {
+                plane[lr * c + q..][..16].copy_from_slice(&v);
+            }
+            q += 16;
+        }
+        for k1 in row[q * 9..].chunks_exact(9) {
+            for (plane, [v]) in planes.iter_mut().zip(transform_kernels_lanes::<T, 1>(k1)) {
+                plane[lr * c + q] = v;
+            }
+            q += 1;
+        }
+    }
+}
 }
 
 /// `G k Gᵀ` (4×4, row-major) for `L` 3×3 kernels `k` (9 values each, one after the
 /// other): value ξ of kernel l at `[ξ][l]`, so that each operation below runs on `L` lanes.
+#[inline(always)]
 fn transform_kernels_lanes<T: Elem, const L: usize>(k: &[T]) -> [[T; L]; 16] {
     let half = T::HALF;
     // kr[j][l]: value j (row-major 3×3) of kernel l. Plain loops: `array::from_fn` here
