@@ -1048,7 +1048,9 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
             *o += c;
         }
         if b.track_shared {
-            let gs: Vec<f64> = b.shared_of(k + 1, dz).iter().zip(&slopes).map(|(d, p)| d * p).collect();
+            // The part a sample shares passes whole here: g's rule applies the mask's
+            // (mean slope)² once, at the chain's root.
+            let gs = b.shared_of(k + 1, dz);
             b.send_shared(n.inputs[0], &gs);
         }
         return Ok(());
