@@ -4,24 +4,14 @@
 
 use cnnc::analyze::{Analysis, Mode, Options};
 use cnnc::ir;
-use cnnc::onnx::proto::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+use cnnc::onnx::proto::{ModelProto, NodeProto, TensorProto, ValueInfoProto};
 use cnnc::onnx::{self, Bytes, ImportOptions};
 use prost::Message;
 
 mod common;
-use common::{attr, image_input, init, int64s, model_at, node, A};
+use common::{attr, image_input, init, int64s, model_at, node, scalar, A};
 
 // ------------------------------------------------------------------ builders (tests/common)
-
-fn scalar(name: &str, v: f32) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: vec![],
-        data_type: Some(DataType::Float as i32),
-        float_data: vec![v],
-        ..Default::default()
-    }
-}
 
 fn model(opset: i64, inputs: Vec<ValueInfoProto>, nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
     model_at(opset, inputs, nodes, inits)

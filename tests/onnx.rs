@@ -13,7 +13,7 @@ use cnnc::onnx::{self, Bytes, ImportOptions};
 use prost::Message;
 
 mod common;
-use common::{attr, float_init, image_input, init, input, int64s, model_at, node, A};
+use common::{attr, float_init, image_input, init, input, int64s, model_at, node, scalar, A};
 use std::path::{Path, PathBuf};
 
 // ------------------------------------------------------------------ builders
@@ -962,16 +962,6 @@ fn real_exports_plan_and_agree_across_exporters() {
                 assert!((a - b).abs() <= 1e-12 * b, "{model}: {file} vs {first}: σ {a} vs {b}");
             }
         }
-    }
-}
-
-fn scalar(name: &str, v: f32) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: vec![],
-        data_type: Some(DataType::Float as i32),
-        float_data: vec![v],
-        ..Default::default()
     }
 }
 

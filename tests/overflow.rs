@@ -2,69 +2,23 @@
 //! the weight counts of hand-built layers. Every case is an error naming the node and the
 //! weight, or an exact count; never an overflow panic (debug) or a wrapped count (release).
 
+mod common;
+
 use cnnc::analyze::{Analysis, Mode, Options};
 use cnnc::index::{Axis, ConvGeometry};
-use cnnc::onnx::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
-    NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use cnnc::onnx::proto::{ModelProto, NodeProto, TensorProto};
 use cnnc::onnx::{self, ImportOptions};
 use cnnc::unify::{Weight, WeightKind};
+use common::{attr, init, input, model_at, node, A};
 use prost::Message;
 use std::process::Command;
 
-// ------------------------------------------------------------------ builders (as in tests/onnx.rs)
+// ------------------------------------------------------------------ builders (tests/common)
 
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), ints: v.to_vec(), r#type: Some(AttributeType::Ints as i32), ..Default::default() }
-}
-
-fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        name: Some(name.into()),
-        op_type: Some(op.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        attribute: attrs,
-        ..Default::default()
-    }
-}
-
-/// A float initializer with these dims (no data: planning reads shapes only).
-fn init(name: &str, dims: &[i64]) -> TensorProto {
-    TensorProto { name: Some(name.into()), dims: dims.to_vec(), data_type: Some(DataType::Float as i32), ..Default::default() }
-}
-
-/// The graph input `x` of shape (N, dims…), N symbolic.
-fn input(dims: &[i64]) -> ValueInfoProto {
-    use tensor_shape_proto::{dimension::Value, Dimension};
-    let dim = std::iter::once(Value::DimParam("N".into()))
-        .chain(dims.iter().map(|&d| Value::DimValue(d)))
-        .map(|v| Dimension { value: Some(v), ..Default::default() })
-        .collect();
-    ValueInfoProto {
-        name: Some("x".into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(1), shape: Some(TensorShapeProto { dim }) })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
+/// An opset-13 model of these nodes reading `x` of shape (N, dims…), N symbolic.
 fn model(input_dims: &[i64], nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(13) }],
-        graph: Some(GraphProto {
-            name: Some("test".into()),
-            node: nodes,
-            initializer: inits,
-            input: vec![input(input_dims)],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let dims: Vec<Option<i64>> = std::iter::once(None).chain(input_dims.iter().map(|&d| Some(d))).collect();
+    model_at(13, vec![input("x", &dims)], nodes, inits)
 }
 
 /// Imports `m` and plans it (paper analysis, forward mode): the plan's parameter count,
@@ -85,7 +39,7 @@ const G: i64 = 1 << 31;
 /// One Conv `c` with weight `W` [.., .., k, k] on a 1×1×1 input, padded by k/2 on every
 /// side: a 2×2 output for an even k.
 fn one_conv(weight: &[i64]) -> ModelProto {
-    let pads = ints("pads", &[weight[2] / 2; 4]);
+    let pads = attr("pads", A::Is(vec![weight[2] / 2; 4]));
     model(&[1, 1, 1], vec![node("c", "Conv", &["x", "W"], &["y"], vec![pads])], vec![init("W", weight)])
 }
 

@@ -53,6 +53,11 @@ pub fn float_init(name: &str, dims: &[i64], values: Vec<f32>) -> TensorProto {
     }
 }
 
+/// A float scalar initializer.
+pub fn scalar(name: &str, v: f32) -> TensorProto {
+    float_init(name, &[], vec![v])
+}
+
 pub fn int64s(name: &str, v: &[i64]) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
