@@ -89,6 +89,17 @@ impl B {
         let d = self.push(Op::Dilate { stride: [2, 2] }, &[x], Shape::Image { c, h: 2 * h - 1, w: 2 * w - 1 });
         self.conv(d, out, k, k - 1 - p, 1)
     }
+    /// A ResNet basic block: 3×3 conv → BN → ReLU → 3×3 conv → BN, + the identity, ReLU.
+    fn basic_block(&mut self, x: ValueId) -> ValueId {
+        let c = self.g.shape(x).chw().0;
+        let u = self.conv(x, c, 3, 1, 1);
+        let n = self.bn(u);
+        let r = self.relu(n);
+        let u = self.conv(r, c, 3, 1, 1);
+        let n = self.bn(u);
+        let s = self.add(n, x);
+        self.relu(s)
+    }
     fn head(&mut self, x: ValueId, classes: u64) -> ValueId {
         let c = self.g.shape(x).chw().0;
         let gap = self.push(Op::GlobalPool(PoolKind::Avg), &[x], Shape::Image { c, h: 1, w: 1 });
@@ -540,14 +551,7 @@ fn bn_net() -> Graph {
     let n = b.bn(u);
     let r = b.relu(n);
     let x = b.pool(r, PoolKind::Max);
-    // A basic block: conv → BN → ReLU → conv → BN, + the identity, ReLU.
-    let u = b.conv(x, 12, 3, 1, 1);
-    let n = b.bn(u);
-    let r = b.relu(n);
-    let u = b.conv(r, 12, 3, 1, 1);
-    let n = b.bn(u);
-    let s = b.add(n, x);
-    let x = b.relu(s);
+    let x = b.basic_block(x);
     // A dense layer beside a 1×1 conv of the stream.
     let t = b.conv(x, 8, 1, 0, 1);
     let n = b.bn(t);
@@ -807,13 +811,7 @@ fn zero_started_net(blocks: usize) -> Graph {
     let n = b.bn(u);
     let mut x = b.relu(n);
     for _ in 0..blocks {
-        let u = b.conv(x, 16, 3, 1, 1);
-        let n = b.bn(u);
-        let r = b.relu(n);
-        let u = b.conv(r, 16, 3, 1, 1);
-        let n = b.bn(u);
-        let s = b.add(n, x);
-        x = b.relu(s);
+        x = b.basic_block(x);
     }
     b.head(x, 10);
     b.g
