@@ -46,6 +46,19 @@ fn input_size(shape: Option<Vec<u64>>) -> Result<InputSize, String> {
     }
 }
 
+/// The request and the input size, checked as `cnnc plan` checks its flags.
+fn options(
+    mode: &str,
+    analysis: &str,
+    input_shape: Option<Vec<u64>>,
+    std_cap: Option<f64>,
+    branch_scale: f64,
+    batch: Option<u64>,
+) -> PyResult<(GraphRequest, InputSize)> {
+    let req = request(mode, analysis, std_cap, branch_scale, batch).map_err(PlanError::new_err)?;
+    Ok((req, input_size(input_shape).map_err(PlanError::new_err)?))
+}
+
 /// Plans a loaded model: the JSON of `cnnc plan` and the importer's notes.
 fn plan_model(model: Result<Model, cnnc::Error>, req: GraphRequest) -> Result<(String, Vec<String>), String> {
     let model = model.map_err(|e| e.to_string())?;
@@ -66,8 +79,7 @@ fn plan_path(
     branch_scale: f64,
     batch: Option<u64>,
 ) -> PyResult<(String, Vec<String>)> {
-    let req = request(mode, analysis, std_cap, branch_scale, batch).map_err(PlanError::new_err)?;
-    let input = input_size(input_shape).map_err(PlanError::new_err)?;
+    let (req, input) = options(mode, analysis, input_shape, std_cap, branch_scale, batch)?;
     py.detach(|| plan_model(cnnc::load(&path, input), req)).map_err(PlanError::new_err)
 }
 
@@ -92,8 +104,7 @@ fn plan_bytes(
         "cnn" => FileKind::Cnn,
         k => return Err(PlanError::new_err(format!("kind must be onnx or cnn, got {k:?}"))),
     };
-    let req = request(mode, analysis, std_cap, branch_scale, batch).map_err(PlanError::new_err)?;
-    let input = input_size(input_shape).map_err(PlanError::new_err)?;
+    let (req, input) = options(mode, analysis, input_shape, std_cap, branch_scale, batch)?;
     py.detach(|| plan_model(cnnc::load_bytes(name, data, kind, input), req)).map_err(PlanError::new_err)
 }
 
