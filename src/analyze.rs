@@ -15,6 +15,7 @@
 //! variance a forward plan keeps. Biases are zero (σ_b² = 0).
 
 pub mod budget;
+mod corr;
 pub mod graph;
 mod graph_map;
 pub mod map;

@@ -82,6 +82,20 @@ impl B {
         let p = ir::Pool { kind, kernel: [2, 2], stride: [2, 2], pad: [Pad::default(); 2], ceil_mode: false, count_include_pad: false };
         self.push(Op::Pool(p), &[x], Shape::Image { c, h: h / 2, w: w / 2 })
     }
+    /// A k×k pooling of stride s, padding p (the ResNet/DenseNet stem's max pool is 3, 2, 1).
+    fn pool_k(&mut self, x: ValueId, kind: PoolKind, k: u64, s: u64, p: u64) -> ValueId {
+        let (c, h, w) = self.g.shape(x).chw();
+        let pl = ir::Pool {
+            kind,
+            kernel: [k, k],
+            stride: [s, s],
+            pad: [Pad { begin: p, end: p }; 2],
+            ceil_mode: false,
+            count_include_pad: false,
+        };
+        let out = |n: u64| (n + 2 * p - k) / s + 1;
+        self.push(Op::Pool(pl), &[x], Shape::Image { c, h: out(h), w: out(w) })
+    }
     /// A transposed conv of stride 2, kernel k, padding p: zeros between the positions,
     /// then a stride-1 conv padded k − 1 − p (as the importer writes `ConvTranspose`).
     fn conv_transpose(&mut self, x: ValueId, out: u64, k: u64, p: u64) -> ValueId {
@@ -106,6 +120,16 @@ impl B {
         let flat = self.push(Op::Flatten, &[gap], Shape::Vector { n: c });
         self.push(Op::Linear(Linear { in_features: c, out_features: classes, bias: false }), &[flat], Shape::Vector { n: classes })
     }
+}
+
+/// The input positions of output (y, x) of a pooling, padding left out (torch's max
+/// pool, and its average pool with `count_include_pad=False`).
+fn pool_cells(p: &ir::Pool, (h, w): (usize, usize), y: usize, x: usize) -> Vec<(usize, usize)> {
+    let axis = |o: usize, a: usize, n: usize| {
+        let start = (o * p.stride[a] as usize) as i64 - p.pad[a].begin as i64;
+        (start..start + p.kernel[a] as i64).filter(move |&i| i >= 0 && (i as usize) < n).map(|i| i as usize)
+    };
+    axis(y, 0, h).flat_map(|iy| axis(x, 1, w).map(move |ix| (iy, ix))).collect()
 }
 
 /// A seeded generator of standard normals (xorshift64*, Box–Muller).
@@ -217,12 +241,12 @@ fn forward(g: &Graph, weights: &[Option<Vec<f64>>], x: T) -> Vec<T> {
                     for ch in 0..c {
                         for y in 0..h {
                             for x in 0..w {
-                                let cells = [(2 * y, 2 * x), (2 * y, 2 * x + 1), (2 * y + 1, 2 * x), (2 * y + 1, 2 * x + 1)];
+                                let cells = pool_cells(p, (a.h, a.w), y, x);
                                 let v = cells.iter().map(|&(iy, ix)| a.d[a.at(s, ch, iy, ix)]);
                                 let i = out.at(s, ch, y, x);
                                 out.d[i] = match p.kind {
                                     PoolKind::Max => v.fold(f64::NEG_INFINITY, f64::max),
-                                    PoolKind::Avg => v.sum::<f64>() / 4.0,
+                                    PoolKind::Avg => v.sum::<f64>() / cells.len() as f64,
                                 };
                             }
                         }
@@ -341,20 +365,20 @@ fn backward(g: &Graph, weights: &[Option<Vec<f64>>], vals: &[T], grad: T) -> Vec
                         for y in 0..h {
                             for x in 0..w {
                                 let d = dy.d[dy.at(s, ch, y, x)];
-                                let cells = [(2 * y, 2 * x), (2 * y, 2 * x + 1), (2 * y + 1, 2 * x), (2 * y + 1, 2 * x + 1)];
+                                let cells = pool_cells(p, (a.h, a.w), y, x);
                                 match p.kind {
                                     PoolKind::Max => {
                                         let best = cells
                                             .iter()
                                             .map(|&(iy, ix)| a.at(s, ch, iy, ix))
                                             .max_by(|&i, &j| a.d[i].total_cmp(&a.d[j]))
-                                            .expect("four cells");
+                                            .expect("a window has members");
                                         da.d[best] += d;
                                     }
                                     PoolKind::Avg => {
                                         for &(iy, ix) in &cells {
                                             let i = da.at(s, ch, iy, ix);
-                                            da.d[i] += d / 4.0;
+                                            da.d[i] += d / cells.len() as f64;
                                         }
                                     }
                                 }
@@ -865,5 +889,57 @@ fn partly_normalized_layers_take_the_forward_rule_in_backward_mode() {
         assert!(rel < 1e-9, "{analysis:?}: the partly normalized conv takes the forward rule ({rel})");
         let (f, b) = check(&g, analysis, Mode::Backward, 24, 8, 0.12);
         eprintln!("partly normalized {analysis:?}: worst ratio forward {f:.3}, backward {b:.3}");
+    }
+}
+
+/// DenseNet's stem and first transition, small: a 3×3/2 max pool whose neighbouring
+/// windows share a row or a column of members (their outputs correlate), a 1×1 conv and
+/// a BatchNorm (the correlation passes both), then a 2×2 average that keeps more of the
+/// variance of alike members than of independent ones, read by a conv.
+fn overlapping_pool_net() -> Graph {
+    let mut b = B::new(3, 16, 16);
+    let u = b.conv(ValueId(0), 16, 3, 1, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    let x = b.pool_k(r, PoolKind::Max, 3, 2, 1);
+    let u = b.conv(x, 16, 1, 0, 1);
+    let n = b.bn(u);
+    let a = b.pool_k(n, PoolKind::Avg, 2, 2, 0);
+    let u = b.conv(a, 16, 1, 0, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    b.head(r, 10);
+    b.g
+}
+
+#[test]
+fn an_average_of_overlapping_max_pool_outputs_keeps_their_correlation() {
+    // Taken as independent, the average keeps 1/4 of the fluctuation: the conv reading
+    // it (node 7) measures ~1.5× its prediction forward. Checked: every layer forward, and
+    // the gradients that do not pass back through the overlapping max pool. Those that do
+    // (nodes 0 and 4: 3.6× and 0.88× in this net) are open: a member that wins two
+    // windows receives both gradients, and the gradient field there is alike at
+    // neighbours (the 2×2 average hands one value to its four members), which the
+    // analysis sums as independent (docs/dag.md, "Spatial correlation").
+    let g = overlapping_pool_net();
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        for mode in [Mode::Forward] {
+            let opts = GraphOptions { mode, std_cap: None, branch_scale: 1.0, batch: Some(8) };
+            let plan = analyze_graph_with(&g, opts, analysis).expect("the graph plans");
+            for (m, wr) in measure(&g, &plan, 32, 8, 7).iter().zip(&plan.weights) {
+                let mut checks = vec![("forward", m.fwd, wr.forward_variance)];
+                if m.node >= 7 {
+                    checks.push(("backward", m.bwd, wr.backward_variance));
+                }
+                for (what, (mean, se), pred) in checks {
+                    eprintln!("{analysis:?} {mode:?} node {} {what}: measured {mean:.4} ± {se:.4}, predicted {pred:.4}", m.node);
+                    assert!(
+                        (mean - pred).abs() <= 4.0 * se + 0.08 * pred,
+                        "{analysis:?} {mode:?} node {} {what}: {mean} ± {se} vs {pred}",
+                        m.node
+                    );
+                }
+            }
+        }
     }
 }

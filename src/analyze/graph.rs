@@ -30,7 +30,7 @@
 //! On a chain of unified layers these rules are the paper's equations, term for term
 //! (a test checks F34 against `analyze::analyze`).
 
-use super::{constants, max_density, negative_half, upper_limit, Analysis, AnalysisError, Mode, PoolingKind};
+use super::{constants, corr, max_density, negative_half, upper_limit, Analysis, AnalysisError, Mode, PoolingKind};
 use crate::ir::{self, Activation, Expr, Graph, Op, PoolKind, Shape, ValueId};
 use crate::quad::integrate_width;
 use crate::unify;
@@ -154,7 +154,7 @@ pub(super) enum Func<'a> {
 }
 
 impl Func<'_> {
-    fn eval(&self, x: f64) -> (f64, f64) {
+    pub(super) fn eval(&self, x: f64) -> (f64, f64) {
         match self {
             Func::Act(a) => a.eval(x),
             Func::Expr(e) => {
@@ -287,7 +287,7 @@ fn over_offset<const N: usize>(g: impl Fn(f64) -> [f64; N], a: f64) -> [f64; N] 
 /// E f(x) for x ~ N(μ, b): closed forms where `gauss_moments` has them, else a coarser
 /// quadrature than `gauss_moments` (enough for an offset's variance, at a fraction of
 /// the cost: it runs once per quadrature node of the offset).
-fn inner_mean(f: Func<'_>, mu: f64, b: f64) -> f64 {
+pub(super) fn inner_mean(f: Func<'_>, mu: f64, b: f64) -> f64 {
     let closed = f.slope().is_some() || matches!(f, Func::Expr(Expr::Apply(ir::Fn1::Clip { .. }, x)) if matches!(**x, Expr::X));
     if closed || b <= 0.0 {
         return gauss_moments(f, mu, b.max(0.0)).0;
@@ -563,6 +563,8 @@ struct Fwd<'a, 'g> {
     /// Choose σ² of each weight node to meet its target (forward mode).
     choose: bool,
     stats: Vec<Option<Stat>>,
+    /// Per value, the spatial correlation of its fluctuation ([`corr`]).
+    lags: Vec<Option<corr::Lags>>,
     memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
 }
 
@@ -697,11 +699,15 @@ fn forward(cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Re
     let g = cx.g;
     let mut stats: Vec<Option<Stat>> = vec![None; g.nodes.len() + 1];
     stats[0] = Some(Stat::uniform(channels(g.input), 0.0, 1.0));
-    let mut f = Fwd { cx, p, opts, choose, stats, memo: HashMap::new() };
+    let mut lags = vec![None; g.nodes.len() + 1];
+    lags[0] = Some(corr::white());
+    let mut f = Fwd { cx, p, opts, choose, stats, lags, memo: HashMap::new() };
     for (k, n) in g.nodes.iter().enumerate() {
         let out = (rules(&n.op).0)(&mut f, k)?;
         debug_assert_eq!(out.second.len() as u64, channels(n.output), "node {k} {}", n.op.kind_name());
         f.stats[k + 1] = Some(out);
+        let stats = &f.stats;
+        f.lags[k + 1] = Some(corr::propagate(g, k, &f.lags, &|v| summary(cx.input_stat(stats, v))));
     }
     Ok(f.stats)
 }
@@ -1093,10 +1099,32 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
     Ok(())
 }
 
-/// (E[x²] + (T − 1) E[x]²) / T, the paper's T (kernel area; H·W for a global pool).
+/// What [`corr`] reads of a value: channel averages.
+fn summary(x: &Stat) -> corr::Summary {
+    let c = x.mean.len().max(1) as f64;
+    let fluct = (0..x.mean.len()).map(|i| (x.second[i] - x.mean[i] * x.mean[i] - x.offset[i]).max(0.0)).sum::<f64>() / c;
+    corr::Summary { mean: avg(&x.mean), fluct, offset: avg(&x.offset), channels: c }
+}
+
+/// The kernel (H × W for a global pool) of a pooling node.
+pub(super) fn kernel_of(n: &ir::Node, input: Shape) -> [u64; 2] {
+    match &n.op {
+        Op::Pool(p) => p.kernel,
+        _ => {
+            let (_, h, w) = input.chw();
+            [h, w]
+        }
+    }
+}
+
+/// (E[x²] + (T − 1) E[x]²) / T, the paper's T (kernel area; H·W for a global pool), for
+/// independent positions; the fluctuation's part is multiplied by the window's
+/// correlation factor ([`corr::window_factor`]) where its members are alike.
 fn avg_pool_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
-    let t = window_of(n, g.shape(n.inputs[0])) as f64;
+    let [ky, kx] = kernel_of(n, g.shape(n.inputs[0]));
+    let alike = f.lags[n.inputs[0].0].map_or(1.0, |l| corr::window_factor(&l, ky, kx));
+    let t = window_of(n, g.shape(n.inputs[0])) as f64 / alike;
     let x = f.input(n.inputs[0]);
     // The offset is the same at every position: it survives the average whole; the rest
     // (e, independent per position) is divided by T.
@@ -1134,7 +1162,11 @@ fn avg_pool_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analysi
 /// sends its gradient to u with E[f'(M)² 1(argmax)], past f, whose own backward takes
 /// what its other readers send ([`Cx::fused`]: with no other reader, f is skipped).
 fn max_source<'g>(cx: &Cx<'g>, k: usize) -> (Func<'g>, ValueId) {
-    let g = cx.g;
+    max_source_of(cx.g, k)
+}
+
+/// [`max_source`] on the graph alone.
+pub(super) fn max_source_of(g: &Graph, k: usize) -> (Func<'_>, ValueId) {
     let v = g.nodes[k].inputs[0].0;
     if v > 0 {
         if let Some(f) = func(&g.nodes[v - 1].op).filter(|f| f.monotone()) {

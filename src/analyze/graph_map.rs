@@ -8,6 +8,7 @@
 //! one group makes all its output channels equal), so a value is a short list of
 //! segments, each one plane per moment.
 
+use super::corr::{self, Lags};
 use super::graph::{func, gauss_moments, max_moments as iid_max, Cx, Func, GraphOptions, Moment, Params, Passes};
 use super::map::{max_moments, MaxMoments};
 use super::AnalysisError;
@@ -237,6 +238,8 @@ pub(super) struct MapPasses {
     on_support: HashMap<usize, Val>,
     /// iid max-pool windows: (node, mean, variance, members) → moments.
     iid: HashMap<IidKey, (f64, f64, f64)>,
+    /// Per value, the spatial correlation of its fluctuation ([`super::corr`]).
+    lags: Vec<Option<Lags>>,
 }
 
 impl MapPasses {
@@ -250,6 +253,7 @@ impl MapPasses {
             cache: HashMap::new(),
             memo: HashMap::new(),
             iid: HashMap::new(),
+            lags: Vec::new(),
         }
     }
 }
@@ -376,6 +380,8 @@ impl Passes for MapPasses {
         }]);
         self.shared = vec![Vec::new(); g.nodes.len() + 1];
         self.shared[0] = vec![0.0; c0 as usize];
+        self.lags = vec![None; g.nodes.len() + 1];
+        self.lags[0] = Some(corr::white());
         for (k, n) in g.nodes.iter().enumerate() {
             let mut run = Run { cx, p: &mut *p, opts, choose };
             let out = (map_rules(&n.op).0)(self, &mut run, k)?;
@@ -383,6 +389,9 @@ impl Passes for MapPasses {
             self.stats[k + 1] = Some(out);
             self.shared[k + 1] = self.shared_fwd(cx, p, k);
             debug_assert_eq!(self.shared[k + 1].len() as u64, n.output.chw().0, "node {k}");
+            let (stats, shared) = (&self.stats, &self.shared);
+            let l = corr::propagate(g, k, &self.lags, &|v| summary(stats[v.0].as_ref().expect("computed"), &shared[v.0]));
+            self.lags[k + 1] = Some(l);
         }
         Ok(self.stats.iter().map(|v| moment(v.as_ref().expect("computed"), 1)).collect())
     }
@@ -423,6 +432,20 @@ impl Passes for MapPasses {
         out_moments[0] = moment(&grads[0].take().unwrap_or_else(|| zero(0)), 0);
         Ok(out_moments)
     }
+}
+
+/// What [`corr`] reads of a value: channel and position averages, the offset `shared`.
+fn summary(x: &Val, shared: &[f64]) -> corr::Summary {
+    let c = channels(x).max(1) as f64;
+    let (mut mean, mut fluct) = (0.0, 0.0);
+    for s in x {
+        let (mu, sec) = (&s.maps[0], &s.maps[1]);
+        let m = mu.mean();
+        mean += s.n as f64 * m;
+        fluct += s.n as f64 * (sec.mean() - mu.d.iter().map(|v| v * v).sum::<f64>() / mu.d.len() as f64);
+    }
+    let offset = shared.iter().sum::<f64>() / c;
+    corr::Summary { mean: mean / c, fluct: (fluct / c - offset).max(0.0), offset, channels: c }
 }
 
 /// Two gradients' second moments added, position by position.
@@ -537,6 +560,9 @@ impl MapPasses {
             let (oh, ow) = win.out_dims();
             let (rule, src, _) = if win.max { max_rule(cx, k, &self.stats) } else { (MaxRule::Exact(1.0), n.inputs[0], false) };
             let shared = if win.max { vec![0.0; channels(self.get(src))] } else { self.shared[src.0].clone() };
+            // Members alike ([`super::corr`]): an average keeps more of their variance.
+            let lags = self.lags[src.0].unwrap_or_else(corr::white);
+            let mut factors: HashMap<(u64, u64), f64> = HashMap::new();
             let src = split_by(self.get(src), &shared);
             let mut out = Vec::new();
             for (s, shared) in &src {
@@ -548,14 +574,16 @@ impl MapPasses {
                         let (cells, div) = win.cells(oy as u64, ox as u64);
                         let (a, b) = if !win.max {
                             // The members' shared part is one variable: it adds as n² A,
-                            // the rest as independent variances.
+                            // the rest as variances, times the window's correlation factor.
                             let (mut var, mut mean) = (0.0, 0.0);
                             for &c in &cells {
                                 var += sec.d[c] - mu.d[c] * mu.d[c] - shared;
                                 mean += mu.d[c];
                             }
+                            let extent = (win.geo.h.window(oy as u64).count() as u64, win.geo.w.window(ox as u64).count() as u64);
+                            let alike = *factors.entry(extent).or_insert_with(|| corr::window_factor(&lags, extent.0, extent.1));
                             let n = cells.len() as f64;
-                            (mean / div, ((var + n * n * shared).max(0.0) + mean * mean) / (div * div))
+                            (mean / div, ((var * alike + n * n * shared).max(0.0) + mean * mean) / (div * div))
                         } else {
                             match &rule {
                                 MaxRule::Exact(a) => {
