@@ -492,9 +492,13 @@ struct TrainArgs {
     /// A plan file (JSON or YAML) to use instead of --init; it must be for this input size
     #[arg(long)]
     plan: Option<PathBuf>,
-    /// Images are resized and center-cropped to this size (default: the network's declared size)
+    /// Images are resized and center-cropped to this size (default: the network's declared
+    /// size); the network is planned at it (an ONNX model with symbolic sizes needs it)
     #[arg(long)]
     image_size: Option<u64>,
+    /// Graphs: the residual branch scale α of the plan (see `cnnc plan --help`)
+    #[arg(long, default_value_t = 1.0)]
+    branch_scale: f64,
     /// Total epochs [default: 300]; with --resume, training continues up to this many
     #[arg(long)]
     epochs: Option<usize>,
@@ -646,7 +650,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 None => Mode::from(a.init).name().to_string(),
             };
             let model = model.display().to_string();
-            let config = train::Config::new(
+            let mut config = train::Config::new(
                 &model,
                 data,
                 &init,
@@ -655,6 +659,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 a.epochs.unwrap_or(300),
                 &a.flags,
             );
+            config.branch_scale = a.branch_scale;
             if existing {
                 match continued(&config, out)? {
                     Some(plan) => (config, Some(plan), out.clone(), true),
@@ -668,11 +673,14 @@ fn train_command(a: TrainArgs) -> Result<()> {
     let _lock = train::lock_run(&run)?;
     let mut config = config;
     train::device(&config.device)?;
-    let net = cnnc::load_network(
+    let model = cnnc::load(
         Path::new(&config.model),
         a.image_size.or((config.image_size > 0).then_some(config.image_size)).map_or(cnnc::InputSize::Declared, cnnc::InputSize::Square),
     )?;
-    let (c, h, w) = net.input.chw();
+    // A chain of unified layers trains on the chain model (as before graphs), any other
+    // graph on the graph model.
+    let chain = if model.is_source_chain() { Some(model.network()?) } else { cnnc::unify::unify(&model.graph).ok() };
+    let (c, h, w) = model.graph.input.chw();
     if h != w {
         bail!("{}: the input is {h}x{w}; training needs square images (pass --image-size)", config.model);
     }
@@ -680,7 +688,12 @@ fn train_command(a: TrainArgs) -> Result<()> {
     let plan = match (plan, &a.plan) {
         (Some(p), _) => p,
         (None, Some(path)) => cnnc::plan::Plan::read(path)?,
-        (None, None) => cnnc::plan_with(&net, Options { mode: a.init.into(), std_cap: None }, a.analysis.into())?,
+        (None, None) => model.plan(cnnc::GraphRequest {
+            opts: Options { mode: a.init.into(), std_cap: None },
+            analysis: a.analysis.into(),
+            branch_scale: config.branch_scale,
+            batch: None,
+        })?,
     };
     let target = data::Target { channels: c as usize, size: h as usize };
     let split = train::load_split(&config, target)?;
@@ -691,7 +704,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
         eprintln!(
             "{}: {} at {h}x{w}, init {}, {} classes, {} train / {} val images, device {}",
             run.display(),
-            net.name,
+            model.graph.name,
             config.init,
             split.classes.len(),
             split.train.len(),
@@ -704,7 +717,10 @@ fn train_command(a: TrainArgs) -> Result<()> {
         (true, false) => train::Progress::Quiet,
         (false, false) => train::Progress::Bar,
     };
-    let summary = train::train(&net, &plan, &split, &config, &run, resume, progress)?;
+    let summary = match &chain {
+        Some(net) => train::train(net, &plan, &split, &config, &run, resume, progress)?,
+        None => train::train_graph(&model.graph, &plan, &split, &config, &run, resume, progress)?,
+    };
     if let Some(m) = summary.epochs.last() {
         let val = m.val_accuracy.map_or("n/a".to_string(), |v| format!("{:.2}%", 100.0 * v));
         println!("epoch {}: train loss {:.4}, val accuracy {val}; run in {}", m.epoch, m.train_loss, run.display());

@@ -489,3 +489,68 @@ fn a_plan_of_another_graph_is_refused() {
     let err = GraphModel::new(&a, &plan, 0, &Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(err.contains("the plan's shape is") && err.contains("0.weight"), "{err}");
 }
+
+/// A small residual network with BatchNorm, trained on synthetic images.
+const TRAIN_SPEC: &str = "network T\ninput 3x12x12\nblock grow() { cat(@in, (conv(1) -> 2)) }\nconv(3/p1, nobias) -> 6, batchnorm, relu\n\
+     + (conv(3/p1, nobias) -> 6, batchnorm, relu, conv(3/p1, nobias) -> 6, batchnorm)\n\
+     relu, grow(), global_avgpool, flatten, linear -> 3\n";
+
+fn train_config(data: &std::path::Path, epochs: usize) -> cnnc::train::Config {
+    let flags = cnnc::train::Flags {
+        batch_size: 6,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        seed: 3,
+        device: "cpu".into(),
+        val_split: 0.25,
+        limit_train: 0,
+        limit_val: 0,
+    };
+    cnnc::train::Config::new("train.cnn", data, "forward", "paper", 12, epochs, &flags)
+}
+
+/// Training a graph: the loss goes down; 2 epochs straight equal 1 epoch and a resume
+/// (weights, momentum and BatchNorm's running statistics, bit for bit).
+#[test]
+fn a_graph_trains_and_resumes_exactly() {
+    use cnnc::train::{self, data};
+    let root = std::env::temp_dir().join(format!("cnnc-graph-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    data::synthesize(&root.join("data"), 3, 12, 12, 1).unwrap();
+    let g = spec(TRAIN_SPEC);
+    let plan = cnnc::plan_graph(&g, req(Mode::Forward)).unwrap();
+    let split = data::load(&root.join("data"), data::Target { channels: 3, size: 12 }, 0.25, 3).unwrap();
+    let straight = root.join("straight");
+    let s = train::train_graph(&g, &plan, &split, &train_config(&root.join("data"), 3), &straight, false, false).unwrap();
+    assert_eq!(s.epochs.len(), 3);
+    assert!(s.epochs[2].train_loss < s.epochs[0].train_loss, "the loss goes down: {:?}", s.epochs);
+    assert!(s.epochs[2].val_loss.is_some_and(f64::is_finite));
+
+    let two = root.join("two");
+    train::train_graph(&g, &plan, &split, &train_config(&root.join("data"), 2), &two, false, false).unwrap();
+    let split_run = root.join("split");
+    train::train_graph(&g, &plan, &split, &train_config(&root.join("data"), 1), &split_run, false, false).unwrap();
+    train::train_graph(&g, &plan, &split, &train_config(&root.join("data"), 2), &split_run, true, false).unwrap();
+    let (a, b) = (train::checkpoint_weights(&two).unwrap(), train::checkpoint_weights(&split_run).unwrap());
+    let running: Vec<&String> = a.iter().map(|t| &t.0).filter(|n| n.starts_with("buffer.") && n.ends_with(".running_var")).collect();
+    assert_eq!(running.len(), 3, "every BatchNorm's running statistics are saved: {running:?}");
+    let var = &a.iter().find(|t| t.0 == *running[0]).unwrap().1;
+    assert!(var.iter().any(|&v| v != 1.0), "the running variance was updated");
+    let differ: Vec<&String> = a.iter().zip(&b).filter(|(x, y)| x != y).map(|(x, _)| &x.0).collect();
+    assert_eq!(a.len(), b.len());
+    assert!(differ.is_empty(), "resumed weights, momentum and running statistics equal the straight run's; these differ: {differ:?}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `--continue` refuses a run planned with another `--branch-scale` (a field config.json
+/// leaves out at its default of 1).
+#[test]
+fn a_run_with_another_branch_scale_differs() {
+    let mut a = train_config(std::path::Path::new("data"), 1);
+    let b = a.clone();
+    assert!(cnnc::train::config_differences(&a, &b).is_empty());
+    a.branch_scale = 0.0;
+    assert_eq!(cnnc::train::config_differences(&b, &a), ["branch_scale: 1.0 in the run, 0.0 here"]);
+    assert_eq!(cnnc::train::config_differences(&a, &b), ["branch_scale: 0.0 in the run, 1.0 here"]);
+}
