@@ -334,15 +334,21 @@ fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "train")]
         Command::Experiment(args) => experiment_command(args),
         #[cfg(feature = "train")]
-        Command::Probe(ProbeArgs { file, init, analysis, draws, batch, seed, image_size, json, plot }) => {
+        Command::Probe(ProbeArgs { file, init, analysis, draws, batch, seed, image_size, branch_scale, json, plot }) => {
             cnnc::nn::tune_cpu();
-            let net = cnnc::load_network(&file, image_size.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Square))?;
+            let model = cnnc::load(&file, image_size.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Square))?;
+            // A chain probes on the chain model (as before graphs), any other graph on the graph model.
+            let chain = if model.is_source_chain() { Some(model.network()?) } else { cnnc::unify::unify(&model.graph).ok() };
             let device = cnnc::train::device("cpu")?;
             let mut reports = Vec::new();
             for mode in init {
-                let plan = cnnc::plan_with(&net, Options { mode: mode.into(), std_cap: None }, analysis.into())?;
-                let opts = cnnc::probe::ProbeOptions { draws, batch, seed };
-                let report = cnnc::probe::probe(&net, &plan, opts, &device)?;
+                let opts = Options { mode: mode.into(), std_cap: None };
+                let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: None })?;
+                let popts = cnnc::probe::ProbeOptions { draws, batch, seed };
+                let report = match &chain {
+                    Some(net) => cnnc::probe::probe(net, &plan, popts, &device)?,
+                    None => cnnc::probe::probe_graph(&model.graph, &plan, popts, &device)?,
+                };
                 if !json {
                     emit(&None, &(report.table() + "\n"))?;
                 }
@@ -395,9 +401,12 @@ struct ProbeArgs {
     batch: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Re-plan the network for square inputs of this size
+    /// Re-plan the network for square inputs of this size (an ONNX model with symbolic sizes needs it)
     #[arg(long)]
     image_size: Option<u64>,
+    /// Graphs: the residual branch scale α of the plans (see `cnnc plan --help`)
+    #[arg(long, default_value_t = 1.0)]
+    branch_scale: f64,
     /// Print JSON instead of tables
     #[arg(long)]
     json: bool,

@@ -209,7 +209,7 @@ fn check_nodes(g: &Graph, n: usize, seed: u64) {
     let mut all: Vec<Tensor> = vec![x.clone()];
     m.values(&x, |_, v| {
         all.push(v.clone());
-        Ok(())
+        Ok(v)
     })
     .unwrap();
     for (k, node) in g.nodes.iter().enumerate() {
@@ -325,8 +325,8 @@ fn elementwise_functions_match_the_ir() {
         let x = Lcg(5).tensor(&[2, 2, 3, 3]).affine(3.0, 0.0).unwrap();
         let mut seen = Vec::new();
         m.values(&x, |_, v| {
-            seen.push(flat(v));
-            Ok(())
+            seen.push(flat(&v));
+            Ok(v)
         })
         .unwrap();
         for (u, y) in seen[0].iter().zip(&seen[1]) {
@@ -426,7 +426,7 @@ fn batchnorm_running_statistics() {
         if k == 0 {
             u = Some(v.clone());
         }
-        Ok(())
+        Ok(v)
     })
     .unwrap();
     let u = u.unwrap();
@@ -553,4 +553,33 @@ fn a_run_with_another_branch_scale_differs() {
     a.branch_scale = 0.0;
     assert_eq!(cnnc::train::config_differences(&b, &a), ["branch_scale: 1.0 in the run, 0.0 here"]);
     assert_eq!(cnnc::train::config_differences(&a, &b), ["branch_scale: 0.0 in the run, 1.0 here"]);
+}
+
+/// The probe of a graph: a row per weight node, join and BatchNorm, and on a small
+/// residual network the measured second moments near the plan's predictions, forward
+/// and backward (the analysis is exact in expectation up to its mean-field
+/// approximations; 24 draws).
+#[test]
+fn the_probe_of_a_graph_measures_what_the_plan_predicts() {
+    let g = spec(
+        "network P\ninput 4x8x8\nconv(3/p1) -> 8, relu\n\
+         + (conv(3/p1) -> 8, relu, conv(3/p1) -> 8)\n\
+         relu, conv(3/s2/p1) -> 8, batchnorm, relu, global_avgpool, flatten, linear -> 4\n",
+    );
+    // The plan counts what BatchNorm's batch mean removes from the gradient at batch 4.
+    let plan = cnnc::plan_graph(&g, GraphRequest { batch: Some(4), ..req(Mode::Forward) }).unwrap();
+    let opts = cnnc::probe::ProbeOptions { draws: 24, batch: 4, seed: 1 };
+    let report = cnnc::probe::probe_graph(&g, &plan, opts, &Device::Cpu).unwrap();
+    let kinds: Vec<&str> = report.layers.iter().map(|l| l.kind.as_deref().unwrap()).collect();
+    assert_eq!(kinds, ["conv", "conv", "conv", "add", "conv", "batchnorm", "linear"]);
+    // Within 10 % and three standard errors of the draws.
+    let near = |s: &cnnc::probe::Stat, p: f64| (s.mean - p).abs() <= 0.1 * p + 3.0 * s.stderr;
+    for l in &report.layers {
+        assert!(
+            near(&l.measured_forward, l.predicted_forward) && near(&l.measured_backward, l.predicted_backward),
+            "{}:\n{}",
+            l.name,
+            report.table()
+        );
+    }
 }

@@ -480,16 +480,18 @@ impl GraphModel {
 
     /// Runs the graph on a batch `x` (N, input dims…); returns the output value.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, NnError> {
-        let mut values = self.values(x, |_, _| Ok(()))?;
+        let mut values = self.values(x, |_, y| Ok(y))?;
         Ok(values.pop().flatten().expect("the last value is kept"))
     }
 
-    /// Runs the graph on `x`, calling `seen(k, value)` with each node's output as it is
-    /// computed; returns the values still read later (the last one, the output, always).
+    /// Runs the graph on `x`, passing each node's output through `visit(k, value)` as it is
+    /// computed (what it returns is the value later nodes read: the probe adds a variable
+    /// there to read the gradient); returns the values still read later (the last one,
+    /// the output, always).
     pub fn values(
         &self,
         x: &Tensor,
-        mut seen: impl FnMut(usize, &Tensor) -> candle_core::Result<()>,
+        mut visit: impl FnMut(usize, Tensor) -> candle_core::Result<Tensor>,
     ) -> Result<Vec<Option<Tensor>>, NnError> {
         let n = x.dim(0)?;
         let mut last_read = vec![0usize; self.nodes.len() + 1];
@@ -504,8 +506,7 @@ impl GraphModel {
             let at = |e: candle_core::Error| NnError::Node { node: k, name: node.name.clone(), op: node.kind, message: e.to_string() };
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| values[v].as_ref().expect("values are kept until read")).collect();
             let y = self.node_forward(node, &inputs, n).map_err(at)?;
-            seen(k, &y).map_err(at)?;
-            values[k + 1] = Some(y);
+            values[k + 1] = Some(visit(k, y).map_err(at)?);
             for &v in &node.inputs {
                 if last_read[v] == k && v != self.nodes.len() {
                     values[v] = None;
