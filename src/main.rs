@@ -343,7 +343,10 @@ fn run(cli: Cli) -> Result<()> {
             let mut reports = Vec::new();
             for mode in init {
                 let opts = Options { mode: mode.into(), std_cap: None };
-                let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: None })?;
+                // A graph's BatchNorm uses the statistics of the probe's batch: its plan
+                // counts what that batch's mean removes from the gradient.
+                let plan_batch = (batch >= 2).then_some(batch as u64);
+                let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: plan_batch })?;
                 let popts = cnnc::probe::ProbeOptions { draws, batch, seed };
                 let report = match &chain {
                     Some(net) => cnnc::probe::probe(net, &plan, popts, &device)?,
