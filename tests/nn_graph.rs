@@ -174,17 +174,28 @@ fn naive(g: &Graph, k: usize, inputs: &[Vec<f64>], params: &dyn Fn(&str) -> Vec<
         }
         Op::BatchNorm(bn) => {
             let gamma = params(&bn.scale);
-            let beta = params(&bn.shift);
-            let mut out = vec![0.0; x.len()];
-            for ch in 0..c as usize {
-                let all: Vec<f64> = batch.iter().flat_map(|s| s[ch * hw..(ch + 1) * hw].to_vec()).collect();
-                let mean = all.iter().sum::<f64>() / all.len() as f64;
-                let var = all.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / all.len() as f64;
-                for p in 0..hw {
-                    out[ch * hw + p] = gamma[ch] * (x[ch * hw + p] - mean) / (var + bn.epsilon).sqrt() + beta[ch];
+            let beta = if bn.shift.is_empty() { vec![0.0; gamma.len()] } else { params(&bn.shift) };
+            let c = c as usize;
+            // γ and β of element i (per channel, or per element for a [C, H, W] affine).
+            let affine = |v: &[f64], i: usize| if v.len() == c { v[i / hw] } else { v[i] };
+            // (mean, biased variance) of a list.
+            let stats = |v: &[f64]| {
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                (mean, v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64)
+            };
+            // The statistics each element is normalized with.
+            let of: Vec<(f64, f64)> = match (bn.groups, bn.per_position, bn.training) {
+                (Some(_), true, _) => (0..x.len()).map(|i| stats(&(0..c).map(|ch| x[ch * hw + i % hw]).collect::<Vec<_>>())).collect(),
+                (Some(g), false, _) => {
+                    let per = x.len() / g as usize;
+                    (0..x.len()).map(|i| stats(&x[i / per * per..(i / per + 1) * per])).collect()
                 }
-            }
-            out
+                (None, _, true) => (0..x.len())
+                    .map(|i| stats(&batch.iter().flat_map(|s| s[i / hw * hw..(i / hw + 1) * hw].to_vec()).collect::<Vec<_>>()))
+                    .collect(),
+                (None, _, false) => vec![(0.0, 1.0); x.len()],
+            };
+            (0..x.len()).map(|i| affine(&gamma, i) * (x[i] - of[i].0) / (of[i].1 + bn.epsilon).sqrt() + affine(&beta, i)).collect()
         }
     }
 }
@@ -201,6 +212,14 @@ fn sample(t: &Tensor, s: usize) -> Vec<f64> {
 fn check_nodes(g: &Graph, n: usize, seed: u64) {
     let mut m = model_of(g, seed);
     m.unfuse();
+    // Parameters all different (BatchNorm's γ and β start at one value each).
+    let randomize = |m: &GraphModel| {
+        let mut rng = Lcg(seed ^ 0x55);
+        for (_, v) in m.named_vars() {
+            v.set(&rng.tensor(v.as_tensor().dims())).unwrap();
+        }
+    };
+    randomize(&m);
     let params: std::collections::HashMap<String, Vec<f64>> = m.named_vars().into_iter().map(|(k, v)| (k, flat(v.as_tensor()))).collect();
     let get = |name: &str| params.get(name).cloned().unwrap_or_else(|| panic!("no parameter {name}"));
     let mut dims = vec![n];
@@ -230,6 +249,7 @@ fn check_nodes(g: &Graph, n: usize, seed: u64) {
     }
     // The fused model (conv + ReLU as one op) gives the same output.
     let fused = model_of(g, seed);
+    randomize(&fused);
     let (a, b) = (flat(&fused.forward(&x).unwrap()), flat(all.last().unwrap()));
     assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= 1e-12 * (1.0 + b.abs())), "fused and unfused differ");
 }
@@ -283,6 +303,37 @@ fn every_node_matches_the_naive_loop() {
     let v20 = b.push(Op::Flatten, &[v19], Shape::Vector { n: 6 * ph * pw });
     b.push(Op::Linear(ir::Linear { in_features: 6 * ph * pw, out_features: 3, bias: true }), &[v20], Shape::Vector { n: 3 });
     check_nodes(&b.0, 3, 7);
+}
+
+/// Group, instance and layer norms (over (C, H, W) with an element-wise affine, and over
+/// the channels at each position), a layer scale and an inference-mode BatchNorm.
+#[test]
+fn normalizations_match_the_naive_loop() {
+    let mut b = Builder::new(Shape::Image { c: 3, h: 4, w: 3 });
+    let v = b.conv(ValueId(0), 4, 3, 1, [1, 1, 1, 1], 1);
+    let norm = |k: usize, groups: Option<u64>, per_position: bool, training: bool, affine: Vec<u64>, eps: f64, shift: bool| {
+        Op::BatchNorm(BatchNorm {
+            channels: 4,
+            epsilon: eps,
+            training,
+            groups,
+            per_position,
+            scale: format!("norm{k}.weight"),
+            shift: if shift { format!("norm{k}.bias") } else { String::new() },
+            affine,
+        })
+    };
+    let v = b.unary(norm(1, Some(2), false, true, vec![4], 1e-5, true), v);
+    let v = b.unary(norm(2, Some(4), false, true, vec![4], 1e-3, true), v);
+    let v = b.unary(norm(3, Some(1), false, true, vec![4, 4, 3], 1e-5, true), v);
+    let v = b.unary(norm(4, Some(1), true, true, vec![4], 1e-6, true), v);
+    let v = b.unary(norm(5, None, false, false, vec![4], 0.0, false), v);
+    b.unary(norm(6, None, false, false, vec![4], 1e-5, true), v);
+    assert_eq!(b.0.nodes[5].op.clone(), norm(5, None, false, false, vec![4], 0.0, false));
+    if let Op::BatchNorm(bn) = &b.0.nodes[5].op {
+        assert_eq!(bn.mode(), "scale");
+    }
+    check_nodes(&b.0, 3, 4);
 }
 
 /// Every function of the importer's element-wise expressions, and arithmetic with constants.
