@@ -145,7 +145,7 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Rewrite the weight and bias initializers of an ONNX model from its plan
+    /// Rewrite the weight and bias initializers (and a graph's normalization parameters) of an ONNX model from its plan
     Init {
         /// An ONNX model (.onnx)
         model: PathBuf,
@@ -157,6 +157,12 @@ enum Command {
         /// One sample's input shape CxHxW (when the graph's sizes are symbolic)
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
+        /// paper: the paper's layer means; map: a variance per spatial position
+        #[arg(long, value_enum, default_value = "paper")]
+        analysis: AnalysisArg,
+        /// Graphs: the residual branch scale α (see `cnnc plan --help`)
+        #[arg(long, default_value_t = 1.0)]
+        branch_scale: f64,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -312,7 +318,7 @@ fn run(cli: Cli) -> Result<()> {
             let model = cnnc::onnx::export(&model.graph, &plan, seed).map_err(cnnc::Error::from)?;
             cnnc::onnx::write_model(model, &output, None).map_err(|e| cnnc::Error::from(e).into())
         }
-        Command::Init { model, init, seed, input, output } => {
+        Command::Init { model, init, seed, input, analysis, branch_scale, output } => {
             let opts = init.options()?;
             let in_model = |e: cnnc::Error| anyhow::anyhow!("{}: {e}", model.display());
             let mut proto = cnnc::onnx::read_model(&model).map_err(|e| in_model(e.into()))?;
@@ -321,8 +327,9 @@ fn run(cli: Cli) -> Result<()> {
                 &cnnc::onnx::ImportOptions { input: input.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Chw) },
             )
             .map_err(|e| in_model(e.into()))?;
-            let net = cnnc::network(&graph, None).map_err(in_model)?;
-            let plan = cnnc::plan(&net, opts)?;
+            // A chain's plan as before graphs; any other graph's from the graph analysis.
+            let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: None };
+            let plan = cnnc::plan_graph(&graph, req).map_err(in_model)?;
             cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
             cnnc::onnx::write_model(proto, &output, None).map_err(|e| cnnc::Error::from(e).into())
         }

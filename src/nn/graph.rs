@@ -604,18 +604,21 @@ impl GraphModel {
                 standardize(&flat, 2)?.0.reshape(dims.clone())?
             }
             (None, Some((rm, rv))) if self.is_training() => {
-                // (N, C, P) → (C, N·P): the statistics of each channel over the batch.
-                let per_channel = x.reshape((n, c, ()))?.transpose(0, 1)?.contiguous()?.reshape((c, ()))?;
-                let count = per_channel.dim(1)?;
+                // (N, C, P): the statistics of each channel over the batch and positions.
+                let flat = x.reshape((n, c, ()))?;
+                let count = n * flat.dim(2)?;
                 if count < 2 {
                     candle_core::bail!("BatchNorm needs more than one value per channel in training (batch of {n})");
                 }
-                let (y, mean, var) = standardize(&per_channel, 1)?;
+                let mean = flat.mean_keepdim((0, 2))?;
+                let centred = flat.broadcast_sub(&mean)?;
+                let var = centred.sqr()?.mean_keepdim((0, 2))?;
+                let y = centred.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
                 let m = BN_MOMENTUM;
-                let unbiased = var.detach().affine(count as f64 / (count - 1) as f64, 0.0)?.squeeze(1)?;
-                rm.var.set(&rm.var.as_tensor().affine(1.0 - m, 0.0)?.add(&mean.detach().squeeze(1)?.affine(m, 0.0)?)?)?;
+                let unbiased = var.detach().flatten_all()?.affine(count as f64 / (count - 1) as f64, 0.0)?;
+                rm.var.set(&rm.var.as_tensor().affine(1.0 - m, 0.0)?.add(&mean.detach().flatten_all()?.affine(m, 0.0)?)?)?;
                 rv.var.set(&rv.var.as_tensor().affine(1.0 - m, 0.0)?.add(&unbiased.affine(m, 0.0)?)?)?;
-                y.reshape((c, n, ()))?.transpose(0, 1)?.contiguous()?.reshape(dims.clone())?
+                y.reshape(dims.clone())?
             }
             (None, Some((rm, rv))) => {
                 let shape = channel_shape(&dims);

@@ -7,8 +7,9 @@
 //! Box–Muller, seeded), one stream over the layers in order; biases are zero.
 //!
 //! [`reinit`] replaces, for each layer of a plan, the weight and bias initializers named
-//! in it (keeping their dims and float type) and touches nothing else; a parameter given
-//! only as a graph input with a declared shape gets a new initializer.
+//! in it, and a graph plan's normalization parameters (keeping their dims and float type),
+//! and touches nothing else; a parameter given only as a graph input with a declared
+//! shape gets a new initializer.
 
 use super::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
@@ -81,6 +82,11 @@ fn fill(rng: &mut Normal, numel: usize, std: f64, ty: DataType) -> Bytes {
             Bytes::from(out)
         }
     }
+}
+
+fn constant(numel: usize, v: f64, ty: DataType) -> Bytes {
+    let one: Vec<u8> = if ty == DataType::Double { v.to_le_bytes().to_vec() } else { (v as f32).to_le_bytes().to_vec() };
+    Bytes::from(one.repeat(numel))
 }
 
 fn zeros(numel: usize, ty: DataType) -> Bytes {
@@ -312,24 +318,49 @@ pub fn write_model(mut model: ModelProto, path: &std::path::Path, limit: Option<
     crate::write_atomic(path, &bytes).map_err(|source| OnnxError::Write { path: path.display().to_string(), source })
 }
 
-/// Redraws the initializers that `plan` names (weights from N(0, std²), biases zero),
-/// keeping their dims and float type; every other part of `model` is left as it was.
+/// Redraws the initializers that `plan` names (weights from N(0, std²), biases zero; a
+/// graph plan's normalization scales γ at their value and shifts β zero, and the running
+/// mean and variance of each `BatchNormalization` that reads such a γ set to 0 and 1, the
+/// statistics the plan assumes), keeping their dims and float type; every other part of
+/// `model` is left as it was.
 pub fn reinit(model: &mut ModelProto, plan: &Plan, seed: u64) -> Result<(), OnnxError> {
     let g = model.graph.as_mut().ok_or_else(|| OnnxError::Decode("the model has no graph".into()))?;
     let double = |name: &str| g.initializer.iter().any(|t| t.name() == name && t.data_type() == DataType::Double as i32);
     super::budget::check_drawn_bytes(plan, |name| if double(name) { 8 } else { 4 })?;
     let mut rng = Normal::new(seed);
     for l in &plan.layers {
-        set(g, &l.weight.name, Some((&mut rng, l.weight.std)))?;
+        set(g, &l.weight.name, Fill::Normal(&mut rng, l.weight.std))?;
         if let Some(b) = &l.bias {
-            set(g, &b.name, None)?;
+            set(g, &b.name, Fill::Const(0.0))?;
+        }
+    }
+    for b in plan.batch_norms.iter().flatten() {
+        set(g, &b.scale.name, Fill::Const(b.scale.value))?;
+        if !b.shift.name.is_empty() {
+            set(g, &b.shift.name, Fill::Const(0.0))?;
+        }
+        let running: Vec<(String, String)> = g
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "BatchNormalization" && n.input.get(1) == Some(&b.scale.name) && n.input.len() >= 5)
+            .map(|n| (n.input[3].clone(), n.input[4].clone()))
+            .collect();
+        for (mean, var) in running {
+            set(g, &mean, Fill::Const(0.0))?;
+            set(g, &var, Fill::Const(1.0))?;
         }
     }
     Ok(())
 }
 
-/// Rewrites initializer `name` with normal samples (`Some`) or zeros (`None`).
-fn set(g: &mut GraphProto, name: &str, normal: Option<(&mut Normal, f64)>) -> Result<(), OnnxError> {
+/// What [`set`] writes.
+enum Fill<'a> {
+    Normal(&'a mut Normal, f64),
+    Const(f64),
+}
+
+/// Rewrites initializer `name` with normal samples or a constant.
+fn set(g: &mut GraphProto, name: &str, fill_with: Fill<'_>) -> Result<(), OnnxError> {
     let (dims, ty, slot) = match g.initializer.iter().position(|t| t.name() == name) {
         Some(k) => {
             let t = &g.initializer[k];
@@ -365,9 +396,10 @@ fn set(g: &mut GraphProto, name: &str, normal: Option<(&mut Normal, f64)>) -> Re
     };
     let udims: Vec<u64> = dims.iter().map(|&d| d.max(0) as u64).collect();
     let n = numel(&udims)?;
-    let data = match normal {
-        Some((rng, std)) => fill(rng, n, std, ty),
-        None => zeros(n, ty),
+    let data = match fill_with {
+        Fill::Normal(rng, std) => fill(rng, n, std, ty),
+        Fill::Const(0.0) => zeros(n, ty),
+        Fill::Const(v) => constant(n, v, ty),
     };
     match slot {
         Some(k) => {
