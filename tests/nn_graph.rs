@@ -634,3 +634,19 @@ fn the_probe_of_a_graph_measures_what_the_plan_predicts() {
         );
     }
 }
+
+/// A batch of the wrong shape, and BatchNorm in training with one value per channel, are
+/// errors naming what is wrong.
+#[test]
+fn bad_batches_are_clear_errors() {
+    let g = spec("network E\ninput 3x4x4\nconv(3/p1) -> 4, batchnorm, relu, global_avgpool, flatten, linear -> 2\n");
+    let m = model_of(&g, 0);
+    let err = m.forward(&Tensor::zeros((2, 3, 5, 4), DType::F64, &Device::Cpu).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("the input batch has shape [2, 3, 5, 4]; the network takes (N, (3,4,4))"), "{err}");
+    let g = spec("network E\ninput 3x1x1\nconv(1) -> 4, batchnorm, relu, flatten, linear -> 2\n");
+    let m = model_of(&g, 0);
+    let err = m.forward(&Tensor::zeros((1, 3, 1, 1), DType::F64, &Device::Cpu).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("(batchnorm): BatchNorm needs more than one value per channel in training (batch of 1)"), "{err}");
+    m.set_training(false);
+    assert!(m.forward(&Tensor::zeros((1, 3, 1, 1), DType::F64, &Device::Cpu).unwrap()).is_ok(), "evaluation takes a batch of 1");
+}

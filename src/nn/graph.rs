@@ -501,7 +501,10 @@ impl GraphModel {
             }
         }
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len() + 1];
-        values[0] = Some(x.reshape(batch_shape(n, self.input))?);
+        let input = x.reshape(batch_shape(n, self.input)).map_err(|_| {
+            NnError::PlanMismatch(format!("the input batch has shape {:?}; the network takes (N, {})", x.dims(), self.input))
+        })?;
+        values[0] = Some(input);
         for (k, node) in self.nodes.iter().enumerate() {
             let at = |e: candle_core::Error| NnError::Node { node: k, name: node.name.clone(), op: node.kind, message: e.to_string() };
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| values[v].as_ref().expect("values are kept until read")).collect();
@@ -585,23 +588,22 @@ impl GraphModel {
         let dims = x.dims().to_vec();
         let (n, c) = (dims[0], dims[1]);
         let eps = spec.epsilon;
-        let standardize = |x: &Tensor, dim: usize| -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-            let mean = x.mean_keepdim(dim)?;
-            let centred = x.broadcast_sub(&mean)?;
+        // (x − mean)/√(biased variance + ε) along `dim`.
+        let standardize = |x: &Tensor, dim: usize| -> candle_core::Result<Tensor> {
+            let centred = x.broadcast_sub(&x.mean_keepdim(dim)?)?;
             let var = centred.sqr()?.mean_keepdim(dim)?;
-            let y = centred.broadcast_div(&(var.affine(1.0, eps)?.sqrt()?))?;
-            Ok((y, mean, var))
+            centred.broadcast_div(&(var.affine(1.0, eps)?.sqrt()?))
         };
         let y = match (spec.groups, &norm.running) {
-            (Some(g), _) if spec.per_position => {
-                let _ = g;
+            (Some(_), _) if spec.per_position => {
+                // Each sample's statistics at each position, over the channels.
                 let flat = x.reshape((n, c, ()))?;
-                standardize(&flat, 1)?.0.reshape(dims.clone())?
+                standardize(&flat, 1)?.reshape(dims.clone())?
             }
             (Some(g), _) => {
                 let g = usize_of(g);
                 let flat = x.reshape((n, g, ()))?;
-                standardize(&flat, 2)?.0.reshape(dims.clone())?
+                standardize(&flat, 2)?.reshape(dims.clone())?
             }
             (None, Some((rm, rv))) if self.is_training() => {
                 // (N, C, P): the statistics of each channel over the batch and positions.
