@@ -219,6 +219,9 @@ enum EmitCommand {
         /// One sample's input shape CxHxW instead of the declared one
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
+        /// Graphs: the residual branch scale α (see `cnnc plan --help`)
+        #[arg(long, default_value_t = 1.0)]
+        branch_scale: f64,
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -801,10 +804,10 @@ fn emit_command(cmd: EmitCommand) -> Result<()> {
             eprintln!("wrote {} ({} files); cd {} && cargo run --release -- --data DIR", output.display(), files.len(), output.display());
             Ok(())
         }
-        EmitCommand::PytorchInit { file, init, analysis, input, output } => {
+        EmitCommand::PytorchInit { file, init, analysis, input, branch_scale, output } => {
             let opts = init.options()?;
-            let net = load(&file, input)?.network()?;
-            let plan = cnnc::plan_with(&net, opts, analysis.into())?;
+            // A chain's plan (cnnc-plan/1) or a graph's (cnnc-plan/2: BatchNorm constants too).
+            let plan = load(&file, input)?.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: None })?;
             emit(&output, &cnnc::emit::pytorch::init_module(&plan, &file.display().to_string())?)
         }
     }
