@@ -27,6 +27,7 @@
 //! sample's statistics in both modes.
 
 use super::conv::{self, ConvSpec};
+use super::norm::Standardize;
 use super::pool::PoolSpec;
 use super::{activate, normal, usize_of, Kernels, NnError};
 use crate::ir::{self, Activation, Expr, Fn1, Graph, Op, Shape, ValueId};
@@ -612,13 +613,23 @@ impl GraphModel {
                 if count < 2 {
                     candle_core::bail!("BatchNorm needs more than one value per channel in training (batch of {n})");
                 }
-                let mean = flat.mean_keepdim((0, 2))?;
-                let centred = flat.broadcast_sub(&mean)?;
-                let var = centred.sqr()?.mean_keepdim((0, 2))?;
-                let y = centred.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
+                let (y, mean, var) = if x.device().is_cpu() {
+                    // One op forward and backward (`norm.rs`).
+                    let op = Standardize::new(eps);
+                    let y = op.apply(&flat)?;
+                    let (mean, var): (Vec<f64>, Vec<f64>) = op.stats().into_iter().unzip();
+                    let dev = x.device();
+                    (y, Tensor::new(mean, dev)?.to_dtype(x.dtype())?, Tensor::new(var, dev)?.to_dtype(x.dtype())?)
+                } else {
+                    let mean = flat.mean_keepdim((0, 2))?;
+                    let centred = flat.broadcast_sub(&mean)?;
+                    let var = centred.sqr()?.mean_keepdim((0, 2))?;
+                    let y = centred.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
+                    (y, mean.detach().flatten_all()?, var.detach().flatten_all()?)
+                };
                 let m = BN_MOMENTUM;
-                let unbiased = var.detach().flatten_all()?.affine(count as f64 / (count - 1) as f64, 0.0)?;
-                rm.var.set(&rm.var.as_tensor().affine(1.0 - m, 0.0)?.add(&mean.detach().flatten_all()?.affine(m, 0.0)?)?)?;
+                let unbiased = var.affine(count as f64 / (count - 1) as f64, 0.0)?;
+                rm.var.set(&rm.var.as_tensor().affine(1.0 - m, 0.0)?.add(&mean.affine(m, 0.0)?)?)?;
                 rv.var.set(&rv.var.as_tensor().affine(1.0 - m, 0.0)?.add(&unbiased.affine(m, 0.0)?)?)?;
                 y.reshape(dims.clone())?
             }

@@ -16,6 +16,7 @@
 
 pub mod conv;
 pub mod graph;
+pub mod norm;
 pub mod pool;
 
 pub use graph::GraphModel;
