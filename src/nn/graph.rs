@@ -18,9 +18,9 @@
 //! [`Kernels::Candle`] or on other devices. Pooling is [`PoolSpec`].
 //!
 //! Normalizations: a BatchNorm the IR marks `training` is PyTorch's `BatchNorm2d`: batch
-//! statistics (biased variance) while the model trains, and then running statistics
-//! updated with momentum 0.1 and the unbiased batch variance; the running statistics in
-//! evaluation ([`GraphModel::set_training`]). They are buffers (`{module}.running_mean`,
+//! statistics (biased variance; on the CPU [`super::norm::Standardize`]) while the model
+//! trains, and then running statistics updated with momentum 0.1 and the unbiased batch
+//! variance; the running statistics in evaluation ([`GraphModel::set_training`]). They are buffers (`{module}.running_mean`,
 //! `{module}.running_var`), not parameters. A BatchNorm the IR marks inference (an
 //! exporter's eval-mode graph, a layer scale) is the fixed affine map of running mean 0
 //! and variance 1, as the plan analyses it. Group, instance and layer norms use each
