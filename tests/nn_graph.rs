@@ -650,3 +650,42 @@ fn bad_batches_are_clear_errors() {
     m.set_training(false);
     assert!(m.forward(&Tensor::zeros((1, 3, 1, 1), DType::F64, &Device::Cpu).unwrap()).is_ok(), "evaluation takes a batch of 1");
 }
+
+fn cnnc_cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `cnnc train` and `cnnc probe` take a graph (a residual block with BatchNorm) and
+/// `--branch-scale`: the run's plan and config record it, the checkpoint holds the running
+/// statistics; the probe reports the join and the BatchNorms.
+#[test]
+fn the_cli_trains_and_probes_a_graph() {
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/train/tiny_residual.cnn");
+    let root = std::env::temp_dir().join(format!("cnnc-graph-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    cnnc::train::data::synthesize(&root.join("data"), 4, 6, 16, 2).unwrap();
+    let run = root.join("run");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let args = [os("train"), spec.clone().into(), os("--data"), root.join("data").into(), os("--epochs"), os("1")];
+    let more = [os("--batch-size"), os("6"), os("--branch-scale"), os("0"), os("--quiet"), os("--out"), run.clone().into()];
+    let all: Vec<&std::ffi::OsStr> = args.iter().chain(&more).map(|s| s.as_os_str()).collect();
+    let (ok, out, err) = cnnc_cli(&all);
+    assert!(ok, "{err}");
+    assert!(out.contains("epoch 1: train loss"), "{out}");
+    let plan = cnnc::plan::Plan::read(&run.join("plan.json")).unwrap();
+    assert_eq!((plan.format.as_str(), plan.branch_scale), ("cnnc-plan/2", Some(0.0)));
+    let (config, _, epochs) = cnnc::train::run_config(&run).unwrap();
+    assert_eq!((config.branch_scale, epochs), (0.0, 1));
+    let names: Vec<String> = cnnc::train::checkpoint_weights(&run).unwrap().into_iter().map(|(n, _)| n).collect();
+    for n in ["buffer.bn1.running_var", "buffer.block.bn2.running_mean", "param.block.bn2.weight", "momentum.fc.weight"] {
+        assert!(names.iter().any(|m| m == n), "{n} not in {names:?}");
+    }
+    let (ok, out, err) =
+        cnnc_cli(&[os("probe").as_os_str(), spec.as_os_str(), os("--draws").as_os_str(), os("2").as_os_str(), os("--json").as_os_str()]);
+    assert!(ok, "{err}");
+    let reports: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = reports[0]["layers"].as_array().unwrap().iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["conv", "batchnorm", "conv", "batchnorm", "conv", "batchnorm", "add", "linear"]);
+    std::fs::remove_dir_all(&root).unwrap();
+}
