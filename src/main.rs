@@ -130,7 +130,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         limit: usize,
     },
-    /// Write a runnable ONNX model (opset 13) of a network, weights drawn from its plan
+    /// Write a runnable ONNX model (opset 13; 15 with training-mode BatchNorm) of a network, weights drawn from its plan
     ExportOnnx {
         /// A network description (.cnn) or an ONNX model (.onnx)
         file: PathBuf,
@@ -142,6 +142,12 @@ enum Command {
         /// One sample's input shape CxHxW instead of the declared one
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
+        /// paper: the paper's layer means; map: a variance per spatial position
+        #[arg(long, value_enum, default_value = "paper")]
+        analysis: AnalysisArg,
+        /// Graphs: the residual branch scale α (see `cnnc plan --help`)
+        #[arg(long, default_value_t = 1.0)]
+        branch_scale: f64,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -314,10 +320,10 @@ fn run(cli: Cli) -> Result<()> {
             let text = report::inspect(&net, l, unit, backward, limit).map_err(anyhow::Error::msg)?;
             emit(&None, &text)
         }
-        Command::ExportOnnx { file, init, seed, input, output } => {
+        Command::ExportOnnx { file, init, seed, input, analysis, branch_scale, output } => {
             let opts = init.options()?;
             let model = load(&file, input)?;
-            let plan = cnnc::plan(&model.network()?, opts)?;
+            let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: None })?;
             let model = cnnc::onnx::export(&model.graph, &plan, seed).map_err(cnnc::Error::from)?;
             cnnc::onnx::write_model(model, &output, None).map_err(|e| cnnc::Error::from(e).into())
         }

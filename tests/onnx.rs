@@ -1454,3 +1454,39 @@ fn conv_transpose_is_zeros_between_then_a_conv() {
     let e = ct(vec![], &[3, 2, 2, 2]).unwrap_err();
     assert!(e.contains("the input has 4 channels but the weight `up.weight` [3, 2, 2, 2] reads 3"), "{e}");
 }
+
+/// `export-onnx` of the graph specs (residual Add, bottleneck-free inverted residuals with
+/// ReLU6, dense Concat, training-mode BatchNorm): the export plans exactly as the source
+/// (every number, every weight and BatchNorm name), at 32×32, with `--branch-scale 0`.
+#[test]
+fn exported_graphs_plan_as_their_source() {
+    let req = cnnc::GraphRequest {
+        opts: Options { mode: Mode::Forward, std_cap: None },
+        analysis: cnnc::analyze::Analysis::Paper,
+        branch_scale: 0.0,
+        batch: None,
+    };
+    for spec in ["resnet18", "mobilenet_v2", "densenet_small"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("specs/{spec}.cnn"));
+        let source = cnnc::load(&path, cnnc::InputSize::Square(32)).unwrap();
+        let plan = source.plan(req).unwrap();
+        let model = onnx::export(&source.graph, &plan, 3).unwrap();
+        assert_eq!(model.opset_import[0].version, Some(15), "{spec}: training-mode BatchNorm");
+        let back = onnx::import(&onnx::decode(Bytes::from(onnx::encode(&model).unwrap())).unwrap(), &ImportOptions::default()).unwrap();
+        let again = cnnc::plan_graph(&back, req).unwrap();
+        let (a, b) = (serde_json::to_value(&plan).unwrap(), serde_json::to_value(&again).unwrap());
+        let names = |v: &serde_json::Value, list: &str, key: &str| -> Vec<String> {
+            v[list].as_array().unwrap().iter().map(|e| e[key]["name"].as_str().unwrap().to_string()).collect()
+        };
+        assert_eq!(names(&a, "layers", "weight"), names(&b, "layers", "weight"), "{spec}");
+        assert_eq!(names(&a, "batch_norms", "scale"), names(&b, "batch_norms", "scale"), "{spec}");
+        assert_eq!(a["summary"], b["summary"], "{spec}");
+        for (x, y) in plan.layers.iter().zip(&again.layers) {
+            assert_eq!(x.weight.std, y.weight.std, "{spec} {}", x.weight.name);
+            assert_eq!(x.predicted, y.predicted, "{spec} {}", x.weight.name);
+        }
+        for (x, y) in plan.batch_norms.iter().flatten().zip(again.batch_norms.iter().flatten()) {
+            assert_eq!((x.scale.value, x.residual_last, x.epsilon), (y.scale.value, y.residual_last, y.epsilon), "{spec} {}", x.name);
+        }
+    }
+}

@@ -2,7 +2,10 @@
 //!
 //! [`export`] writes opset 13 (IR version 7): Conv, Gemm (transB = 1, PyTorch's
 //! `[out, in]` layout), Relu, LeakyRelu, Tanh, Sigmoid, MaxPool, AveragePool,
-//! GlobalAveragePool, GlobalMaxPool, Flatten (axis 1). The batch axis is symbolic (`N`).
+//! GlobalAveragePool, GlobalMaxPool, Flatten (axis 1); for graphs also Add (Sum of more
+//! than two), Concat, Mul, Slice (a channel slice), Clip (ReLU6) and
+//! BatchNormalization (γ the plan's, β, running mean 0 and variance 1; a training-mode
+//! one with `training_mode = 1`, opset 15). The batch axis is symbolic (`N`).
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
 //! Box–Muller, seeded), one stream over the layers in order; biases are zero.
 //!
@@ -169,6 +172,9 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     super::budget::check_drawn_bytes(plan, |_| 4)?;
     let mut rng = Normal::new(seed);
     let mut layers = plan.layers.iter();
+    let scales: std::collections::HashMap<&str, f64> =
+        plan.batch_norms.iter().flatten().map(|b| (b.scale.name.as_str(), b.scale.value)).collect();
+    let mut opset = OPSET;
     let mut g = GraphProto { name: Some(graph.name.clone()), input: vec![value_info("input", graph.input)], ..Default::default() };
     // ONNX name of each IR value: value 0 is "input".
     let mut names: Vec<String> = vec!["input".into()];
@@ -233,9 +239,69 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 g.node.push(node(&n.name, op, vec![input], &out, vec![]));
             }
             Op::Flatten => g.node.push(node(&n.name, "Flatten", vec![input], &out, vec![int("axis", 1)])),
+            Op::Add => {
+                let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
+                let op = if inputs.len() == 2 { "Add" } else { "Sum" };
+                g.node.push(node(&n.name, op, inputs, &out, vec![]));
+            }
+            Op::Concat => {
+                let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
+                g.node.push(node(&n.name, "Concat", inputs, &out, vec![int("axis", 1)]));
+            }
+            Op::Mul => {
+                let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
+                g.node.push(node(&n.name, "Mul", inputs, &out, vec![]));
+            }
+            Op::ChannelSlice { start, end } => {
+                let int64 = |name: String, v: i64| TensorProto {
+                    name: Some(name),
+                    dims: vec![1],
+                    data_type: Some(DataType::Int64 as i32),
+                    int64_data: vec![v],
+                    ..Default::default()
+                };
+                let [starts, ends, axes] = ["starts", "ends", "axes"].map(|p| format!("v{}.{p}", k + 1));
+                g.initializer.extend([int64(starts.clone(), *start as i64), int64(ends.clone(), *end as i64), int64(axes.clone(), 1)]);
+                g.node.push(node(&n.name, "Slice", vec![input, starts, ends, axes], &out, vec![]));
+            }
+            Op::Elementwise(e) => match e {
+                ir::Expr::Apply(ir::Fn1::Clip { min, max }, x) if **x == ir::Expr::X => {
+                    let bound = |name: String, v: f64| tensor(&name, &[], DataType::Float, Bytes::from((v as f32).to_le_bytes().to_vec()));
+                    let (lo, hi) = (format!("v{}.min", k + 1), format!("v{}.max", k + 1));
+                    g.initializer.extend([bound(lo.clone(), *min), bound(hi.clone(), *max)]);
+                    g.node.push(node(&n.name, "Clip", vec![input, lo, hi], &out, vec![]));
+                }
+                other => return Err(OnnxError::Model(format!("node `{}`: the element-wise function {other} is not written yet", n.name))),
+            },
+            Op::BatchNorm(bn) if bn.groups.is_none() && !bn.per_position => {
+                let c = bn.channels;
+                let module = bn.scale.strip_suffix(".weight").map_or_else(|| n.name.clone(), str::to_string);
+                let value = if bn.scale.is_empty() {
+                    1.0
+                } else {
+                    *scales.get(bn.scale.as_str()).ok_or_else(|| OnnxError::Model(format!("the plan has no scale `{}`", bn.scale)))?
+                };
+                let named = |given: &str, role: &str| if given.is_empty() { format!("{module}.{role}") } else { given.to_string() };
+                let (scale, shift) = (named(&bn.scale, "weight"), named(&bn.shift, "bias"));
+                let (mean, var) = (format!("{module}.running_mean"), format!("{module}.running_var"));
+                let n_c = numel(&[c])?;
+                g.initializer.extend([
+                    tensor(&scale, &[c], DataType::Float, constant(n_c, value, DataType::Float)),
+                    tensor(&shift, &[c], DataType::Float, zeros(n_c, DataType::Float)),
+                    tensor(&mean, &[c], DataType::Float, zeros(n_c, DataType::Float)),
+                    tensor(&var, &[c], DataType::Float, constant(n_c, 1.0, DataType::Float)),
+                ]);
+                // PyTorch's momentum 0.1 is ONNX's 0.9; training mode needs opset 14.
+                let mut attrs = vec![float("epsilon", bn.epsilon as f32), float("momentum", 0.9)];
+                if bn.training {
+                    attrs.push(int("training_mode", 1));
+                    opset = opset.max(15);
+                }
+                g.node.push(node(&n.name, "BatchNormalization", vec![input, scale, shift, mean, var], &out, attrs));
+            }
             other => {
                 return Err(OnnxError::Model(format!(
-                    "node `{}` ({}): export-onnx writes chains of unified layers; graphs with joins are not written yet",
+                    "node `{}` ({}): export-onnx does not write this node yet",
                     n.name,
                     other.kind_name()
                 )))
@@ -247,7 +313,7 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     g.output = vec![value_info(names.last().expect("value 0 exists"), last)];
     Ok(ModelProto {
         ir_version: Some(IR_VERSION),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
         producer_name: Some("cnnc".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         doc_string: Some(format!("weights drawn from a cnnc plan: mode {}, seed {seed}", plan.mode)),
