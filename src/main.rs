@@ -130,7 +130,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         limit: usize,
     },
-    /// Write a runnable ONNX model (opset 13) of a network, weights drawn from its plan
+    /// Write a runnable ONNX model (opset 13; 15 with training-mode BatchNorm) of a network, weights drawn from its plan
     ExportOnnx {
         /// A network description (.cnn) or an ONNX model (.onnx)
         file: PathBuf,
@@ -142,10 +142,16 @@ enum Command {
         /// One sample's input shape CxHxW instead of the declared one
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
+        /// paper: the paper's layer means; map: a variance per spatial position
+        #[arg(long, value_enum, default_value = "paper")]
+        analysis: AnalysisArg,
+        /// Graphs: the residual branch scale α (see `cnnc plan --help`)
+        #[arg(long, default_value_t = 1.0)]
+        branch_scale: f64,
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Rewrite the weight and bias initializers of an ONNX model from its plan
+    /// Rewrite the weight and bias initializers (and a graph's normalization parameters) of an ONNX model from its plan
     Init {
         /// An ONNX model (.onnx)
         model: PathBuf,
@@ -157,6 +163,12 @@ enum Command {
         /// One sample's input shape CxHxW (when the graph's sizes are symbolic)
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
+        /// paper: the paper's layer means; map: a variance per spatial position
+        #[arg(long, value_enum, default_value = "paper")]
+        analysis: AnalysisArg,
+        /// Graphs: the residual branch scale α (see `cnnc plan --help`)
+        #[arg(long, default_value_t = 1.0)]
+        branch_scale: f64,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -213,6 +225,9 @@ enum EmitCommand {
         /// One sample's input shape CxHxW instead of the declared one
         #[arg(long, value_parser = parse_input)]
         input: Option<[u64; 3]>,
+        /// Graphs: the residual branch scale α (see `cnnc plan --help`)
+        #[arg(long, default_value_t = 1.0)]
+        branch_scale: f64,
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -305,14 +320,14 @@ fn run(cli: Cli) -> Result<()> {
             let text = report::inspect(&net, l, unit, backward, limit).map_err(anyhow::Error::msg)?;
             emit(&None, &text)
         }
-        Command::ExportOnnx { file, init, seed, input, output } => {
+        Command::ExportOnnx { file, init, seed, input, analysis, branch_scale, output } => {
             let opts = init.options()?;
             let model = load(&file, input)?;
-            let plan = cnnc::plan(&model.network()?, opts)?;
+            let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: None })?;
             let model = cnnc::onnx::export(&model.graph, &plan, seed).map_err(cnnc::Error::from)?;
             cnnc::onnx::write_model(model, &output, None).map_err(|e| cnnc::Error::from(e).into())
         }
-        Command::Init { model, init, seed, input, output } => {
+        Command::Init { model, init, seed, input, analysis, branch_scale, output } => {
             let opts = init.options()?;
             let in_model = |e: cnnc::Error| anyhow::anyhow!("{}: {e}", model.display());
             let mut proto = cnnc::onnx::read_model(&model).map_err(|e| in_model(e.into()))?;
@@ -321,8 +336,9 @@ fn run(cli: Cli) -> Result<()> {
                 &cnnc::onnx::ImportOptions { input: input.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Chw) },
             )
             .map_err(|e| in_model(e.into()))?;
-            let net = cnnc::network(&graph, None).map_err(in_model)?;
-            let plan = cnnc::plan(&net, opts)?;
+            // A chain's plan as before graphs; any other graph's from the graph analysis.
+            let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: None };
+            let plan = cnnc::plan_graph(&graph, req).map_err(in_model)?;
             cnnc::onnx::reinit(&mut proto, &plan, seed).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
             cnnc::onnx::write_model(proto, &output, None).map_err(|e| cnnc::Error::from(e).into())
         }
@@ -334,15 +350,24 @@ fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "train")]
         Command::Experiment(args) => experiment_command(args),
         #[cfg(feature = "train")]
-        Command::Probe(ProbeArgs { file, init, analysis, draws, batch, seed, image_size, json, plot }) => {
+        Command::Probe(ProbeArgs { file, init, analysis, draws, batch, seed, image_size, branch_scale, json, plot }) => {
             cnnc::nn::tune_cpu();
-            let net = cnnc::load_network(&file, image_size.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Square))?;
+            let model = cnnc::load(&file, image_size.map_or(cnnc::InputSize::Declared, cnnc::InputSize::Square))?;
+            // A chain probes on the chain model (as before graphs), any other graph on the graph model.
+            let chain = if model.is_source_chain() { Some(model.network()?) } else { cnnc::unify::unify(&model.graph).ok() };
             let device = cnnc::train::device("cpu")?;
             let mut reports = Vec::new();
             for mode in init {
-                let plan = cnnc::plan_with(&net, Options { mode: mode.into(), std_cap: None }, analysis.into())?;
-                let opts = cnnc::probe::ProbeOptions { draws, batch, seed };
-                let report = cnnc::probe::probe(&net, &plan, opts, &device)?;
+                let opts = Options { mode: mode.into(), std_cap: None };
+                // A graph's BatchNorm uses the statistics of the probe's batch: its plan
+                // counts what that batch's mean removes from the gradient.
+                let plan_batch = (batch >= 2).then_some(batch as u64);
+                let plan = model.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: plan_batch })?;
+                let popts = cnnc::probe::ProbeOptions { draws, batch, seed };
+                let report = match &chain {
+                    Some(net) => cnnc::probe::probe(net, &plan, popts, &device)?,
+                    None => cnnc::probe::probe_graph(&model.graph, &plan, popts, &device)?,
+                };
                 if !json {
                     emit(&None, &(report.table() + "\n"))?;
                 }
@@ -395,9 +420,12 @@ struct ProbeArgs {
     batch: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Re-plan the network for square inputs of this size
+    /// Re-plan the network for square inputs of this size (an ONNX model with symbolic sizes needs it)
     #[arg(long)]
     image_size: Option<u64>,
+    /// Graphs: the residual branch scale α of the plans (see `cnnc plan --help`)
+    #[arg(long, default_value_t = 1.0)]
+    branch_scale: f64,
     /// Print JSON instead of tables
     #[arg(long)]
     json: bool,
@@ -492,9 +520,13 @@ struct TrainArgs {
     /// A plan file (JSON or YAML) to use instead of --init; it must be for this input size
     #[arg(long)]
     plan: Option<PathBuf>,
-    /// Images are resized and center-cropped to this size (default: the network's declared size)
+    /// Images are resized and center-cropped to this size (default: the network's declared
+    /// size); the network is planned at it (an ONNX model with symbolic sizes needs it)
     #[arg(long)]
     image_size: Option<u64>,
+    /// Graphs: the residual branch scale α of the plan (see `cnnc plan --help`)
+    #[arg(long, default_value_t = 1.0)]
+    branch_scale: f64,
     /// Total epochs [default: 300]; with --resume, training continues up to this many
     #[arg(long)]
     epochs: Option<usize>,
@@ -646,7 +678,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 None => Mode::from(a.init).name().to_string(),
             };
             let model = model.display().to_string();
-            let config = train::Config::new(
+            let mut config = train::Config::new(
                 &model,
                 data,
                 &init,
@@ -655,6 +687,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
                 a.epochs.unwrap_or(300),
                 &a.flags,
             );
+            config.branch_scale = a.branch_scale;
             if existing {
                 match continued(&config, out)? {
                     Some(plan) => (config, Some(plan), out.clone(), true),
@@ -668,11 +701,14 @@ fn train_command(a: TrainArgs) -> Result<()> {
     let _lock = train::lock_run(&run)?;
     let mut config = config;
     train::device(&config.device)?;
-    let net = cnnc::load_network(
+    let model = cnnc::load(
         Path::new(&config.model),
         a.image_size.or((config.image_size > 0).then_some(config.image_size)).map_or(cnnc::InputSize::Declared, cnnc::InputSize::Square),
     )?;
-    let (c, h, w) = net.input.chw();
+    // A chain of unified layers trains on the chain model (as before graphs), any other
+    // graph on the graph model.
+    let chain = if model.is_source_chain() { Some(model.network()?) } else { cnnc::unify::unify(&model.graph).ok() };
+    let (c, h, w) = model.graph.input.chw();
     if h != w {
         bail!("{}: the input is {h}x{w}; training needs square images (pass --image-size)", config.model);
     }
@@ -680,7 +716,12 @@ fn train_command(a: TrainArgs) -> Result<()> {
     let plan = match (plan, &a.plan) {
         (Some(p), _) => p,
         (None, Some(path)) => cnnc::plan::Plan::read(path)?,
-        (None, None) => cnnc::plan_with(&net, Options { mode: a.init.into(), std_cap: None }, a.analysis.into())?,
+        (None, None) => model.plan(cnnc::GraphRequest {
+            opts: Options { mode: a.init.into(), std_cap: None },
+            analysis: a.analysis.into(),
+            branch_scale: config.branch_scale,
+            batch: None,
+        })?,
     };
     let target = data::Target { channels: c as usize, size: h as usize };
     let split = train::load_split(&config, target)?;
@@ -691,7 +732,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
         eprintln!(
             "{}: {} at {h}x{w}, init {}, {} classes, {} train / {} val images, device {}",
             run.display(),
-            net.name,
+            model.graph.name,
             config.init,
             split.classes.len(),
             split.train.len(),
@@ -704,7 +745,10 @@ fn train_command(a: TrainArgs) -> Result<()> {
         (true, false) => train::Progress::Quiet,
         (false, false) => train::Progress::Bar,
     };
-    let summary = train::train(&net, &plan, &split, &config, &run, resume, progress)?;
+    let summary = match &chain {
+        Some(net) => train::train(net, &plan, &split, &config, &run, resume, progress)?,
+        None => train::train_graph(&model.graph, &plan, &split, &config, &run, resume, progress)?,
+    };
     if let Some(m) = summary.epochs.last() {
         let val = m.val_accuracy.map_or("n/a".to_string(), |v| format!("{:.2}%", 100.0 * v));
         println!("epoch {}: train loss {:.4}, val accuracy {val}; run in {}", m.epoch, m.train_loss, run.display());
@@ -766,10 +810,10 @@ fn emit_command(cmd: EmitCommand) -> Result<()> {
             eprintln!("wrote {} ({} files); cd {} && cargo run --release -- --data DIR", output.display(), files.len(), output.display());
             Ok(())
         }
-        EmitCommand::PytorchInit { file, init, analysis, input, output } => {
+        EmitCommand::PytorchInit { file, init, analysis, input, branch_scale, output } => {
             let opts = init.options()?;
-            let net = load(&file, input)?.network()?;
-            let plan = cnnc::plan_with(&net, opts, analysis.into())?;
+            // A chain's plan (cnnc-plan/1) or a graph's (cnnc-plan/2: BatchNorm constants too).
+            let plan = load(&file, input)?.plan(cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: None })?;
             emit(&output, &cnnc::emit::pytorch::init_module(&plan, &file.display().to_string())?)
         }
     }

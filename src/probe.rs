@@ -8,16 +8,22 @@
 //! units and samples of `u²` and of `(∂loss/∂z^(ℓ-1))²` is taken. The report gives the
 //! mean over draws, its standard error, and measured/predicted.
 //!
-//! The backward pass runs layer by layer (each layer's input a fresh variable, the
+//! Graphs ([`probe_graph`]): the same per weight node (u² at its output, the gradient at
+//! its input), and per join and BatchNorm node (both at its output), the gradient of
+//! each value read through a zero variable added to it.
+//!
+//! The backward pass of a chain runs layer by layer (each layer's input a fresh variable, the
 //! gradient from the layer above fed in as the loss weights), which is the chain rule
 //! exactly and lets every intermediate gradient be read.
 
-use crate::nn::{Model, NnError};
+use crate::ir::Graph;
+use crate::nn::{GraphModel, Model, NnError};
 use crate::plan::Plan;
 use crate::unify::Network;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_distr::Distribution;
+use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeOptions {
@@ -56,6 +62,10 @@ impl Stat {
 pub struct LayerProbe {
     pub index: usize,
     pub name: String,
+    /// Graphs: what the row measures (`conv`, `linear`, `add`, `concat`, `mul`,
+    /// `batchnorm`); chains have weight layers only and leave it out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub predicted_forward: f64,
     pub measured_forward: Stat,
     pub predicted_backward: f64,
@@ -142,6 +152,7 @@ pub fn probe(net: &Network, plan: &Plan, opts: ProbeOptions, device: &Device) ->
         .map(|(k, (l, p))| LayerProbe {
             index: l.index,
             name: l.weight.module.clone(),
+            kind: None,
             predicted_forward: p.predicted.forward_variance,
             measured_forward: Stat::of(&fwd[k]),
             predicted_backward: p.predicted.backward_variance,
@@ -150,6 +161,150 @@ pub fn probe(net: &Network, plan: &Plan, opts: ProbeOptions, device: &Device) ->
         .collect();
     Ok(ProbeReport {
         network: net.name.clone(),
+        mode: plan.mode.clone(),
+        analysis: plan.analysis.clone(),
+        draws: opts.draws,
+        batch: opts.batch,
+        layers,
+    })
+}
+
+/// What one row of a graph's probe reads: the value whose second moment is the forward
+/// measure, and the value whose gradient's second moment is the backward one.
+struct Row {
+    name: String,
+    kind: &'static str,
+    forward_at: usize,
+    backward_at: usize,
+    predicted: (f64, f64),
+}
+
+/// The rows of a graph's probe, in node order: every weight node (E[u²] at its output, the
+/// gradient at its input, as the plan's layers), every join and BatchNorm the plan
+/// reports (both at the node's output).
+fn graph_rows(model: &GraphModel, plan: &Plan) -> Result<Vec<Row>, NnError> {
+    let mismatch = |m: String| NnError::PlanMismatch(m);
+    let layers: HashMap<&str, &crate::plan::PlanLayer> = plan.layers.iter().map(|l| (l.weight.name.as_str(), l)).collect();
+    // Joins and BatchNorm nodes by name, in node order (a name may repeat: taken in turn).
+    let mut others: HashMap<&str, std::collections::VecDeque<(f64, f64)>> = HashMap::new();
+    for j in plan.joins.iter().flatten() {
+        others.entry(j.name.as_str()).or_default().push_back((j.predicted.forward_variance, j.predicted.backward_variance));
+    }
+    let mut norms: HashMap<&str, std::collections::VecDeque<(f64, f64)>> = HashMap::new();
+    for b in plan.batch_norms.iter().flatten() {
+        norms.entry(b.name.as_str()).or_default().push_back((b.predicted.forward_variance, b.predicted.backward_variance));
+    }
+    let mut rows = Vec::new();
+    for (k, n) in model.nodes.iter().enumerate() {
+        let row = |predicted| Row { name: n.name.clone(), kind: n.kind, forward_at: k + 1, backward_at: k + 1, predicted };
+        match n.kind {
+            "conv" | "linear" => {
+                let w = n.weight().expect("a weight node has a weight");
+                let p = layers.get(w.name.as_str()).ok_or_else(|| mismatch(format!("the plan has no weight `{}`", w.name)))?;
+                rows.push(Row { backward_at: n.inputs[0], ..row((p.predicted.forward_variance, p.predicted.backward_variance)) });
+            }
+            "add" | "concat" | "mul" => {
+                if let Some(p) = others.get_mut(n.name.as_str()).and_then(|q| q.pop_front()) {
+                    rows.push(row(p));
+                }
+            }
+            "batchnorm" => {
+                if let Some(p) = norms.get_mut(n.name.as_str()).and_then(|q| q.pop_front()) {
+                    rows.push(row(p));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(rows)
+}
+
+/// Measures one draw of a graph: (E[v²], E[(∂loss/∂w)²]) of each row's values, with the
+/// loss `⟨y, g⟩`, g ~ N(0,1). A zero variable is added to every value whose gradient is
+/// read (its gradient is the value's, whatever reads it).
+fn measure_graph(model: &GraphModel, rows: &[Row], x: &Tensor, rng: &mut rand::rngs::StdRng) -> Result<(Vec<f64>, Vec<f64>), NnError> {
+    let watched: std::collections::BTreeSet<usize> = rows.iter().map(|r| r.backward_at).collect();
+    let forward_at: std::collections::BTreeSet<usize> = rows.iter().map(|r| r.forward_at).collect();
+    let mut taps: HashMap<usize, Var> = HashMap::new();
+    let mut seen: HashMap<usize, f64> = HashMap::new();
+    let x = if watched.contains(&0) {
+        let v = Var::zeros(x.dims(), x.dtype(), x.device())?;
+        let y = (x + v.as_tensor())?;
+        taps.insert(0, v);
+        y
+    } else {
+        x.clone()
+    };
+    let values = model.values(&x, |k, y| {
+        if forward_at.contains(&(k + 1)) {
+            seen.insert(k + 1, mean_square(&y)?);
+        }
+        if watched.contains(&(k + 1)) {
+            let v = Var::zeros(y.dims(), y.dtype(), y.device())?;
+            let y = (y + v.as_tensor())?;
+            taps.insert(k + 1, v);
+            return Ok(y);
+        }
+        Ok(y)
+    })?;
+    let out = values.last().cloned().flatten().expect("the output is kept");
+    let g = gaussian(out.dims(), rng, &model.device)?.to_dtype(model.dtype)?;
+    let grads = (out * g)?.sum_all()?.backward()?;
+    let backward_of = |v: usize| -> Result<f64, NnError> {
+        match grads.get(taps[&v].as_tensor()) {
+            Some(g) => Ok(mean_square(g)?),
+            None => Ok(0.0),
+        }
+    };
+    let forward = rows.iter().map(|r| seen[&r.forward_at]).collect();
+    let backward = rows.iter().map(|r| backward_of(r.backward_at)).collect::<Result<_, _>>()?;
+    Ok((forward, backward))
+}
+
+/// [`probe`] of any graph ([`GraphModel`], every ReLU a node of its own so that each
+/// conv's output `u` is read): per weight node, forward E[u²] at its output and backward
+/// the gradient's second moment at its input; per join and BatchNorm node, both at its
+/// output; against the plan's predictions. BatchNorm uses batch statistics (training
+/// mode), as the plan of a training-mode BatchNorm assumes.
+pub fn probe_graph(graph: &Graph, plan: &Plan, opts: ProbeOptions, device: &Device) -> Result<ProbeReport, NnError> {
+    if opts.draws == 0 || opts.batch == 0 {
+        return Err(NnError::PlanMismatch("the probe needs at least one draw and one input".into()));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut shape = vec![opts.batch];
+    shape.extend(graph.input.dims().into_iter().map(|d| d as usize));
+    let mut rows = Vec::new();
+    let (mut fwd, mut bwd): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
+    for draw in 0..opts.draws {
+        let mut model = GraphModel::new(graph, plan, opts.seed.wrapping_add(draw as u64), device, DType::F32)?;
+        model.unfuse();
+        if draw == 0 {
+            rows = graph_rows(&model, plan)?;
+            fwd = vec![Vec::new(); rows.len()];
+            bwd = vec![Vec::new(); rows.len()];
+        }
+        let x = gaussian(&shape, &mut rng, device)?;
+        let (f, b) = measure_graph(&model, &rows, &x, &mut rng)?;
+        for k in 0..rows.len() {
+            fwd[k].push(f[k]);
+            bwd[k].push(b[k]);
+        }
+    }
+    let layers = rows
+        .into_iter()
+        .enumerate()
+        .map(|(k, r)| LayerProbe {
+            index: k + 1,
+            name: r.name,
+            kind: Some(r.kind.to_string()),
+            predicted_forward: r.predicted.0,
+            measured_forward: Stat::of(&fwd[k]),
+            predicted_backward: r.predicted.1,
+            measured_backward: Stat::of(&bwd[k]),
+        })
+        .collect();
+    Ok(ProbeReport {
+        network: graph.name.clone(),
         mode: plan.mode.clone(),
         analysis: plan.analysis.clone(),
         draws: opts.draws,
@@ -169,8 +324,13 @@ fn fmt(x: f64) -> String {
 impl ProbeReport {
     /// The terminal table: per layer, predicted vs measured (mean ± standard error) and the ratio.
     pub fn table(&self) -> String {
+        let label = |l: &LayerProbe| match l.kind.as_deref() {
+            None | Some("conv") | Some("linear") => l.name.clone(),
+            Some(k) => format!("{} [{k}]", l.name),
+        };
+        let width = self.layers.iter().map(|l| label(l).chars().count()).max().unwrap_or(0).max(10);
         let mut out = format!(
-            "{}  init {} (analysis {})  {} draws × {} inputs\n{:>3}  {:<10} {:>10} {:>22} {:>8}   {:>10} {:>22} {:>8}\n",
+            "{}  init {} (analysis {})  {} draws × {} inputs\n{:>3}  {:<width$} {:>10} {:>22} {:>8}   {:>10} {:>22} {:>8}\n",
             self.network,
             self.mode,
             self.analysis,
@@ -189,9 +349,9 @@ impl ProbeReport {
             let q = &l.measured_forward;
             let r = &l.measured_backward;
             out.push_str(&format!(
-                "{:>3}  {:<10} {:>10} {:>22} {:>8.3}   {:>10} {:>22} {:>8.3}\n",
+                "{:>3}  {:<width$} {:>10} {:>22} {:>8.3}   {:>10} {:>22} {:>8.3}\n",
                 l.index,
-                l.name,
+                label(l),
                 fmt(l.predicted_forward),
                 format!("{} ± {}", fmt(q.mean), fmt(q.stderr)),
                 q.mean / l.predicted_forward,

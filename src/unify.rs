@@ -190,7 +190,9 @@ pub fn unify(graph: &Graph) -> Result<Network, Vec<UnifyError>> {
     }
 }
 
-pub(crate) fn weight(node: &ir::Node, input: Shape) -> Weight {
+/// The weight of a conv or linear node reading a value of shape `input` (its parameter
+/// names, shape and geometry). Panics on any other node.
+pub fn weight(node: &ir::Node, input: Shape) -> Weight {
     let (weight_param, bias_param) = match &node.params {
         Some(p) => (p.weight.clone(), p.bias.clone()),
         None => (format!("{}.weight", node.name), Some(format!("{}.bias", node.name))),
@@ -244,7 +246,9 @@ pub(crate) fn weight(node: &ir::Node, input: Shape) -> Weight {
     }
 }
 
-pub(crate) fn pooling(node: &ir::Node, input: Shape) -> Pooling {
+/// The pooling of a pool or global pool node reading a value of shape `input`. Panics on
+/// any other node.
+pub fn pooling(node: &ir::Node, input: Shape) -> Pooling {
     let (c, h, w) = input.chw();
     let (_, oh, ow) = node.output.chw();
     match &node.op {

@@ -39,3 +39,24 @@ fn cli_prints_the_module() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), cnnc::emit::pytorch::init_module(&f34_plan(), "specs/f34.cnn").unwrap());
 }
+
+/// A graph (ResNet-18 with BatchNorm): the module embeds its cnnc-plan/2, BatchNorm
+/// constants included, at the branch scale asked for.
+#[test]
+fn a_graph_module_embeds_its_graph_plan() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["emit", "pytorch-init", "specs/resnet18.cnn", "--mode", "forward", "--branch-scale", "0"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let py = String::from_utf8(out.stdout).unwrap();
+    let start = py.find("json.loads(r'''").unwrap() + "json.loads(r'''".len();
+    let end = start + py[start..].find("'''").unwrap();
+    let plan = cnnc::plan::Plan::parse(&py[start..end], false).unwrap();
+    assert_eq!(plan.format, "cnnc-plan/2");
+    assert_eq!(plan.branch_scale, Some(0.0));
+    let norms = plan.batch_norms.unwrap();
+    assert_eq!(norms.len(), 20);
+    assert!(norms.iter().any(|b| b.scale.name == "layer1.0.bn2.weight" && b.scale.value == 0.0));
+}

@@ -94,6 +94,27 @@ fn bad_configs_are_clear_errors() {
     write(&cfg, "model: m.cnn\ndata: d\nepochs: 1\ninits: [forward]\nseeds: [0]\nout: runs\ncolour: blue\n");
     let e = run(&cfg, Path::new("cnnc"), 1).unwrap_err().to_string();
     assert!(e.contains("unknown field `colour`"), "{e}");
+    write(&cfg, "model: m.cnn\ndata: d\nepochs: 1\ninits: [forward@zero]\nseeds: [0]\nout: runs\n");
+    let e = run(&cfg, Path::new("cnnc"), 1).unwrap_err().to_string();
+    assert!(e.contains("`zero` after @ is not a branch scale"), "{e}");
+    write(&cfg, "model: m.cnn\ndata: d\nepochs: 1\ninits: [forward@0, paper-forward@0.0]\nseeds: [0]\nout: runs\n");
+    let e = run(&cfg, Path::new("cnnc"), 1).unwrap_err().to_string();
+    assert!(e.contains("init `paper-forward@0.0` is listed twice"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `forward@0` in `inits`: the run's plan takes `--branch-scale 0`; the others none.
+#[test]
+fn an_init_with_a_branch_scale_passes_it_to_its_runs() {
+    let dir = std::env::temp_dir().join(format!("cnnc-experiment-alpha-{}", std::process::id()));
+    let cfg = dir.join("grid.yaml");
+    write(&cfg, "model: m.cnn\ndata: d\nepochs: 1\ninits: [forward, map-forward@0]\nseeds: [0]\nout: runs\n");
+    let exp = cnnc::experiment::Experiment::load(&cfg).unwrap();
+    let args: Vec<String> =
+        exp.runs.iter().map(|r| exp.train_args(r).join(std::ffi::OsStr::new(" ")).to_string_lossy().into_owned()).collect();
+    assert!(!args[0].contains("--branch-scale"), "{}", args[0]);
+    assert!(args[1].contains("--init forward --analysis map --branch-scale 0 --seed 0"), "{}", args[1]);
+    assert!(exp.runs[1].dir.ends_with("map-forward@0-s0"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

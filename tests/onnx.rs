@@ -679,6 +679,54 @@ fn init_rewrites_initializers_only() {
     assert_eq!(again, graph);
 }
 
+/// `init` of a graph (torch's training-mode export of ResNet-18) from a plan with
+/// `--branch-scale 0`: weights at the plan's std, every BatchNorm γ at its plan value (0
+/// at the end of a residual branch), β zero; the graph unchanged.
+#[test]
+fn init_of_a_graph_sets_batchnorm_parameters() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/real/resnet18.train.onnx");
+    let mut model = onnx::read_model(&path).unwrap();
+    let graph = onnx::import(&model, &ImportOptions::default()).unwrap();
+    let req = cnnc::GraphRequest {
+        opts: Options { mode: Mode::Forward, std_cap: None },
+        analysis: cnnc::analyze::Analysis::Paper,
+        branch_scale: 0.0,
+        batch: None,
+    };
+    let plan = cnnc::plan_graph(&graph, req).unwrap();
+    // Trained running statistics, which init resets.
+    let g = model.graph.as_mut().unwrap();
+    let running: Vec<String> =
+        g.node.iter().filter(|n| n.op_type() == "BatchNormalization").flat_map(|n| [n.input[3].clone(), n.input[4].clone()]).collect();
+    for name in &running {
+        let t = g.initializer.iter_mut().find(|t| t.name() == name.as_str()).unwrap_or_else(|| panic!("no initializer `{name}`"));
+        let n = t.dims.iter().product::<i64>() as usize;
+        *t = TensorProto { raw_data: Some(Bytes::from(3f32.to_le_bytes().repeat(n))), float_data: vec![], ..t.clone() };
+    }
+    onnx::reinit(&mut model, &plan, 5).unwrap();
+    let g = model.graph.as_ref().unwrap();
+    let values = |name: &str| floats(g.initializer.iter().find(|t| t.name() == name).unwrap_or_else(|| panic!("no `{name}`")));
+    let norms = plan.batch_norms.as_ref().unwrap();
+    assert_eq!(norms.len(), 20);
+    assert_eq!(norms.iter().filter(|b| b.residual_last).count(), 8);
+    for b in norms {
+        assert!(!b.residual_last || b.scale.value == 0.0, "{}: α = 0", b.name);
+        assert!(values(&b.scale.name).iter().all(|&v| v == b.scale.value as f32), "{}", b.scale.name);
+        assert!(values(&b.shift.name).iter().all(|&v| v == 0.0), "{}", b.shift.name);
+    }
+    // The running statistics the plan assumes (mean 0, variance 1).
+    let bns: Vec<&NodeProto> = g.node.iter().filter(|n| n.op_type() == "BatchNormalization").collect();
+    assert_eq!(bns.len(), 20);
+    for n in bns {
+        assert!(values(&n.input[3]).iter().all(|&v| v == 0.0) && values(&n.input[4]).iter().all(|&v| v == 1.0), "{}", n.name());
+    }
+    let first = &plan.layers[0];
+    let s = std_of(&values(&first.weight.name));
+    assert!((s / first.weight.std - 1.0).abs() < 0.05, "{s} vs {}", first.weight.std);
+    let again = onnx::import(&onnx::decode(Bytes::from(onnx::encode(&model).unwrap())).unwrap(), &ImportOptions::default()).unwrap();
+    assert_eq!(again, graph);
+}
+
 #[test]
 fn init_adds_initializers_for_weights_given_as_inputs() {
     let path = data_dir("ok").join("no_params.onnx");
@@ -1405,4 +1453,40 @@ fn conv_transpose_is_zeros_between_then_a_conv() {
     assert!(e.contains("`output_padding` = [2, 2] must be smaller than the stride"), "{e}");
     let e = ct(vec![], &[3, 2, 2, 2]).unwrap_err();
     assert!(e.contains("the input has 4 channels but the weight `up.weight` [3, 2, 2, 2] reads 3"), "{e}");
+}
+
+/// `export-onnx` of the graph specs (residual Add, bottleneck-free inverted residuals with
+/// ReLU6, dense Concat, training-mode BatchNorm): the export plans exactly as the source
+/// (every number, every weight and BatchNorm name), at 32×32, with `--branch-scale 0`.
+#[test]
+fn exported_graphs_plan_as_their_source() {
+    let req = cnnc::GraphRequest {
+        opts: Options { mode: Mode::Forward, std_cap: None },
+        analysis: cnnc::analyze::Analysis::Paper,
+        branch_scale: 0.0,
+        batch: None,
+    };
+    for spec in ["resnet18", "mobilenet_v2", "densenet_small"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("specs/{spec}.cnn"));
+        let source = cnnc::load(&path, cnnc::InputSize::Square(32)).unwrap();
+        let plan = source.plan(req).unwrap();
+        let model = onnx::export(&source.graph, &plan, 3).unwrap();
+        assert_eq!(model.opset_import[0].version, Some(15), "{spec}: training-mode BatchNorm");
+        let back = onnx::import(&onnx::decode(Bytes::from(onnx::encode(&model).unwrap())).unwrap(), &ImportOptions::default()).unwrap();
+        let again = cnnc::plan_graph(&back, req).unwrap();
+        let (a, b) = (serde_json::to_value(&plan).unwrap(), serde_json::to_value(&again).unwrap());
+        let names = |v: &serde_json::Value, list: &str, key: &str| -> Vec<String> {
+            v[list].as_array().unwrap().iter().map(|e| e[key]["name"].as_str().unwrap().to_string()).collect()
+        };
+        assert_eq!(names(&a, "layers", "weight"), names(&b, "layers", "weight"), "{spec}");
+        assert_eq!(names(&a, "batch_norms", "scale"), names(&b, "batch_norms", "scale"), "{spec}");
+        assert_eq!(a["summary"], b["summary"], "{spec}");
+        for (x, y) in plan.layers.iter().zip(&again.layers) {
+            assert_eq!(x.weight.std, y.weight.std, "{spec} {}", x.weight.name);
+            assert_eq!(x.predicted, y.predicted, "{spec} {}", x.weight.name);
+        }
+        for (x, y) in plan.batch_norms.iter().flatten().zip(again.batch_norms.iter().flatten()) {
+            assert_eq!((x.scale.value, x.residual_last, x.epsilon), (y.scale.value, y.residual_last, y.epsilon), "{spec} {}", x.name);
+        }
+    }
 }

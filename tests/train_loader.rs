@@ -96,6 +96,7 @@ fn training_is_the_same_with_and_without_prefetch() {
         val_split: 0.25,
         limit_train: 0,
         limit_val: 0,
+        branch_scale: 1.0,
     };
     let mut weights = Vec::new();
     let mut losses = Vec::new();

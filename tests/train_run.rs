@@ -31,6 +31,7 @@ fn config(data: &Path, epochs: usize, lr: f64) -> Config {
         val_split: 0.25,
         limit_train: 0,
         limit_val: 0,
+        branch_scale: 1.0,
     }
 }
 

@@ -32,7 +32,8 @@ pub fn init_module(plan: &Plan, source: &str) -> Result<String, EmitError> {
              import torch, {module}\n    \
              {module}.apply(model, generator=torch.Generator().manual_seed(0))\n\
          \n\
-         Every weight gets nn.init.normal_ with the plan's std, every bias zeros. Parameters are\n\
+         Every weight gets nn.init.normal_ with the plan's std, every bias zeros; a graph's plan\n\
+         (cnnc-plan/2) sets every BatchNorm weight and bias to its constants. Parameters are\n\
          matched by name when all the plan's names are in model.named_parameters(), else by\n\
          order of the weight parameters (>= 2-D, name ending in \"weight\"); shapes must agree.\n\
          See python/cnnc/_apply.py in cnnc for the full rule.\n\

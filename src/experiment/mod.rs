@@ -47,7 +47,8 @@ pub struct ExperimentConfig {
     #[serde(default = "defaults::analysis")]
     pub analysis: String,
     /// Init modes: xavier, kaiming-in, kaiming-out, forward, backward; `map-forward`,
-    /// `paper-backward`… name the analysis of one entry (the others take `analysis`).
+    /// `paper-backward`… name the analysis of one entry (the others take `analysis`);
+    /// `forward@0`… the residual branch scale α of its plan (graphs; 1 without it).
     pub inits: Vec<String>,
     pub seeds: Vec<u64>,
     #[serde(default = "defaults::device")]
@@ -146,6 +147,8 @@ pub struct RunSpec {
     pub mode: String,
     /// `paper` or `map`.
     pub analysis: String,
+    /// `--branch-scale` (1: the default, not passed).
+    pub branch_scale: f64,
     pub seed: u64,
     /// The run directory, `<out>/<init>-s<seed>`.
     pub dir: PathBuf,
@@ -173,17 +176,27 @@ pub struct Experiment {
 
 const ANALYSES: [&str; 2] = ["paper", "map"];
 
-/// Splits an init entry into its mode and analysis: `map-forward` → (forward, map);
-/// `forward` → (forward, `default`).
-fn parse_init(entry: &str, default: &str) -> Result<(Mode, String), String> {
-    let (analysis, mode) = match entry.split_once('-') {
+/// Splits an init entry into its mode, analysis and branch scale: `map-forward` →
+/// (forward, map, 1); `forward@0` → (forward, `default`, 0).
+fn parse_init(entry: &str, default: &str) -> Result<(Mode, String, f64), String> {
+    let (entry_mode, branch_scale) = match entry.split_once('@') {
+        Some((m, a)) => {
+            let a: f64 = a.parse().map_err(|_| format!("init `{entry}`: `{a}` after @ is not a branch scale (a number ≥ 0)"))?;
+            if !(a.is_finite() && a >= 0.0) {
+                return Err(format!("init `{entry}`: the branch scale must be a finite number ≥ 0"));
+            }
+            (m, a)
+        }
+        None => (entry, 1.0),
+    };
+    let (analysis, mode) = match entry_mode.split_once('-') {
         Some((a, m)) if ANALYSES.contains(&a) => (a, m),
-        _ => (default, entry),
+        _ => (default, entry_mode),
     };
     let mode = mode.parse::<Mode>().map_err(|_| {
-        format!("unknown init `{entry}` (expected xavier, kaiming-in, kaiming-out, forward or backward, optionally as map-forward or paper-backward)")
+        format!("unknown init `{entry}` (expected xavier, kaiming-in, kaiming-out, forward or backward, optionally as map-forward or paper-backward, and @α for a branch scale)")
     })?;
-    Ok((mode, analysis.to_string()))
+    Ok((mode, analysis.to_string(), branch_scale))
 }
 
 pub fn load_config(path: &Path) -> Result<ExperimentConfig, ExperimentError> {
@@ -200,9 +213,10 @@ pub fn load_config(path: &Path) -> Result<ExperimentConfig, ExperimentError> {
     }
     let mut seen = Vec::new();
     for init in &cfg.inits {
-        let (mode, analysis) = parse_init(init, &cfg.analysis).map_err(&bad)?;
+        let (mode, analysis, branch_scale) = parse_init(init, &cfg.analysis).map_err(&bad)?;
         // Xavier and Kaiming do not depend on the analysis: one run each.
-        let key = (mode.name(), if matches!(mode, Mode::Forward | Mode::Backward) { analysis } else { String::new() });
+        let key =
+            (mode.name(), if matches!(mode, Mode::Forward | Mode::Backward) { analysis } else { String::new() }, branch_scale.to_bits());
         if seen.contains(&key) {
             return Err(bad(format!("init `{init}` is listed twice (the analysis changes forward and backward plans only)")));
         }
@@ -244,10 +258,17 @@ impl Experiment {
         let out = resolve(&base, &config.out);
         let mut runs = Vec::new();
         for init in &config.inits {
-            let (mode, analysis) = parse_init(init, &config.analysis).expect("checked by load_config");
+            let (mode, analysis, branch_scale) = parse_init(init, &config.analysis).expect("checked by load_config");
             for &seed in &config.seeds {
                 let dir = out.join(format!("{init}-s{seed}"));
-                runs.push(RunSpec { init: init.clone(), mode: mode.name().to_string(), analysis: analysis.clone(), seed, dir });
+                runs.push(RunSpec {
+                    init: init.clone(),
+                    mode: mode.name().to_string(),
+                    analysis: analysis.clone(),
+                    branch_scale,
+                    seed,
+                    dir,
+                });
             }
         }
         Ok(Experiment { config, config_path: path.to_path_buf(), model, data, out, runs })
@@ -281,16 +302,12 @@ impl Experiment {
 
     /// The arguments that make one run of the grid.
     pub fn run_args(run: &RunSpec) -> Vec<OsString> {
-        vec![
-            "--init".into(),
-            run.mode.clone().into(),
-            "--analysis".into(),
-            run.analysis.clone().into(),
-            "--seed".into(),
-            run.seed.to_string().into(),
-            "--out".into(),
-            run.dir.clone().into(),
-        ]
+        let mut a: Vec<OsString> = vec!["--init".into(), run.mode.clone().into(), "--analysis".into(), run.analysis.clone().into()];
+        if run.branch_scale != 1.0 {
+            a.extend(["--branch-scale".into(), run.branch_scale.to_string().into()]);
+        }
+        a.extend(["--seed".into(), run.seed.to_string().into(), "--out".into(), run.dir.clone().into()]);
+        a
     }
 
     /// The full `cnnc train …` argument list of `run`.

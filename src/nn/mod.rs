@@ -15,7 +15,11 @@
 //! own is unusable), on the CPU and on CUDA.
 
 pub mod conv;
+pub mod graph;
+pub mod norm;
 pub mod pool;
+
+pub use graph::GraphModel;
 
 use crate::ir::{Activation, Shape};
 use crate::plan::Plan;
@@ -31,6 +35,8 @@ use rand_distr::Distribution;
 pub enum NnError {
     #[error("layer {layer} (`{module}`): {message}")]
     Layer { layer: usize, module: String, message: String },
+    #[error("node {node} `{name}` ({op}): {message}")]
+    Node { node: usize, name: String, op: &'static str, message: String },
     #[error("the plan does not fit the network: {0}")]
     PlanMismatch(String),
     #[error(transparent)]
@@ -255,19 +261,7 @@ impl Model {
     /// every gradient to a new tensor of zeros; the store holds the same values either
     /// way. Not for concurrent backward passes through one model.
     pub fn backward(&self, loss: &Tensor) -> candle_core::Result<GradStore> {
-        self.sink.take();
-        let mut grads = {
-            let _on = self.sink.on();
-            loss.backward()?
-        };
-        for (param, g) in self.sink.take() {
-            let g = match grads.remove(&param) {
-                Some(earlier) => (earlier + g)?,
-                None => g,
-            };
-            grads.insert(&param, g);
-        }
-        Ok(grads)
+        backward_with_sink(&self.sink, loss)
     }
 
     /// The parameters, named as in the plan, in layer order (weight, then bias).
@@ -297,6 +291,38 @@ impl Model {
             x = l.forward(&x).map_err(|e| NnError::Layer { layer: k + 1, module: l.module.clone(), message: e.to_string() })?;
         }
         Ok(x)
+    }
+}
+
+/// `loss.backward()` with `sink` on: the conv ops built with it leave their parameter
+/// gradients there, and they are put into the store afterwards (added to any that candle's
+/// autograd computed for the same parameter).
+fn backward_with_sink(sink: &conv::GradSink, loss: &Tensor) -> candle_core::Result<GradStore> {
+    sink.take();
+    let mut grads = {
+        let _on = sink.on();
+        loss.backward()?
+    };
+    for (param, g) in sink.take() {
+        let g = match grads.remove(&param) {
+            Some(earlier) => (earlier + g)?,
+            None => g,
+        };
+        grads.insert(&param, g);
+    }
+    Ok(grads)
+}
+
+/// `f(u)` for a batch: the activations of the unified layers and of graph nodes.
+pub(crate) fn activate(a: Activation, u: &Tensor) -> candle_core::Result<Tensor> {
+    match a {
+        Activation::Identity => Ok(u.clone()),
+        Activation::Relu => u.relu(),
+        Activation::LeakyRelu { slope } => candle_nn::ops::leaky_relu(u, slope),
+        Activation::Tanh => u.tanh(),
+        Activation::Sigmoid => candle_nn::ops::sigmoid(u),
+        Activation::Gelu => u.gelu_erf(),
+        Activation::Silu => u.silu(),
     }
 }
 
@@ -349,17 +375,7 @@ impl ModelLayer {
 
     /// `z^(ℓ) = pool(f(u^(ℓ)))` for a batch of conv outputs.
     pub fn activate_and_pool(&self, u: &Tensor) -> candle_core::Result<Tensor> {
-        let u = u.clone();
-        let v = match self.activation {
-            Activation::Identity => u,
-            Activation::Relu => u.relu()?,
-            Activation::LeakyRelu { slope } => candle_nn::ops::leaky_relu(&u, slope)?,
-            Activation::Tanh => u.tanh()?,
-            Activation::Sigmoid => candle_nn::ops::sigmoid(&u)?,
-            Activation::Gelu => u.gelu_erf()?,
-            Activation::Silu => u.silu()?,
-        };
-        self.pool(&v)
+        self.pool(&activate(self.activation, u)?)
     }
 
     /// `z^(ℓ) = pool(v^(ℓ))`, shaped as the layer's output.

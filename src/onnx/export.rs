@@ -2,13 +2,17 @@
 //!
 //! [`export`] writes opset 13 (IR version 7): Conv, Gemm (transB = 1, PyTorch's
 //! `[out, in]` layout), Relu, LeakyRelu, Tanh, Sigmoid, MaxPool, AveragePool,
-//! GlobalAveragePool, GlobalMaxPool, Flatten (axis 1). The batch axis is symbolic (`N`).
+//! GlobalAveragePool, GlobalMaxPool, Flatten (axis 1); for graphs also Add (Sum of more
+//! than two), Concat, Mul, Slice (a channel slice), Clip (ReLU6) and
+//! BatchNormalization (γ the plan's, β, running mean 0 and variance 1; a training-mode
+//! one with `training_mode = 1`, opset 15). The batch axis is symbolic (`N`).
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
 //! Box–Muller, seeded), one stream over the layers in order; biases are zero.
 //!
 //! [`reinit`] replaces, for each layer of a plan, the weight and bias initializers named
-//! in it (keeping their dims and float type) and touches nothing else; a parameter given
-//! only as a graph input with a declared shape gets a new initializer.
+//! in it, and a graph plan's normalization parameters (keeping their dims and float type),
+//! and touches nothing else; a parameter given only as a graph input with a declared
+//! shape gets a new initializer.
 
 use super::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
@@ -81,6 +85,11 @@ fn fill(rng: &mut Normal, numel: usize, std: f64, ty: DataType) -> Bytes {
             Bytes::from(out)
         }
     }
+}
+
+fn constant(numel: usize, v: f64, ty: DataType) -> Bytes {
+    let one: Vec<u8> = if ty == DataType::Double { v.to_le_bytes().to_vec() } else { (v as f32).to_le_bytes().to_vec() };
+    Bytes::from(one.repeat(numel))
 }
 
 fn zeros(numel: usize, ty: DataType) -> Bytes {
@@ -163,6 +172,9 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     super::budget::check_drawn_bytes(plan, |_| 4)?;
     let mut rng = Normal::new(seed);
     let mut layers = plan.layers.iter();
+    let scales: std::collections::HashMap<&str, f64> =
+        plan.batch_norms.iter().flatten().map(|b| (b.scale.name.as_str(), b.scale.value)).collect();
+    let mut opset = OPSET;
     let mut g = GraphProto { name: Some(graph.name.clone()), input: vec![value_info("input", graph.input)], ..Default::default() };
     // ONNX name of each IR value: value 0 is "input".
     let mut names: Vec<String> = vec!["input".into()];
@@ -227,9 +239,69 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 g.node.push(node(&n.name, op, vec![input], &out, vec![]));
             }
             Op::Flatten => g.node.push(node(&n.name, "Flatten", vec![input], &out, vec![int("axis", 1)])),
+            Op::Add => {
+                let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
+                let op = if inputs.len() == 2 { "Add" } else { "Sum" };
+                g.node.push(node(&n.name, op, inputs, &out, vec![]));
+            }
+            Op::Concat => {
+                let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
+                g.node.push(node(&n.name, "Concat", inputs, &out, vec![int("axis", 1)]));
+            }
+            Op::Mul => {
+                let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
+                g.node.push(node(&n.name, "Mul", inputs, &out, vec![]));
+            }
+            Op::ChannelSlice { start, end } => {
+                let int64 = |name: String, v: i64| TensorProto {
+                    name: Some(name),
+                    dims: vec![1],
+                    data_type: Some(DataType::Int64 as i32),
+                    int64_data: vec![v],
+                    ..Default::default()
+                };
+                let [starts, ends, axes] = ["starts", "ends", "axes"].map(|p| format!("v{}.{p}", k + 1));
+                g.initializer.extend([int64(starts.clone(), *start as i64), int64(ends.clone(), *end as i64), int64(axes.clone(), 1)]);
+                g.node.push(node(&n.name, "Slice", vec![input, starts, ends, axes], &out, vec![]));
+            }
+            Op::Elementwise(e) => match e {
+                ir::Expr::Apply(ir::Fn1::Clip { min, max }, x) if **x == ir::Expr::X => {
+                    let bound = |name: String, v: f64| tensor(&name, &[], DataType::Float, Bytes::from((v as f32).to_le_bytes().to_vec()));
+                    let (lo, hi) = (format!("v{}.min", k + 1), format!("v{}.max", k + 1));
+                    g.initializer.extend([bound(lo.clone(), *min), bound(hi.clone(), *max)]);
+                    g.node.push(node(&n.name, "Clip", vec![input, lo, hi], &out, vec![]));
+                }
+                other => return Err(OnnxError::Model(format!("node `{}`: the element-wise function {other} is not written yet", n.name))),
+            },
+            Op::BatchNorm(bn) if bn.groups.is_none() && !bn.per_position => {
+                let c = bn.channels;
+                let module = bn.scale.strip_suffix(".weight").map_or_else(|| n.name.clone(), str::to_string);
+                let value = if bn.scale.is_empty() {
+                    1.0
+                } else {
+                    *scales.get(bn.scale.as_str()).ok_or_else(|| OnnxError::Model(format!("the plan has no scale `{}`", bn.scale)))?
+                };
+                let named = |given: &str, role: &str| if given.is_empty() { format!("{module}.{role}") } else { given.to_string() };
+                let (scale, shift) = (named(&bn.scale, "weight"), named(&bn.shift, "bias"));
+                let (mean, var) = (format!("{module}.running_mean"), format!("{module}.running_var"));
+                let n_c = numel(&[c])?;
+                g.initializer.extend([
+                    tensor(&scale, &[c], DataType::Float, constant(n_c, value, DataType::Float)),
+                    tensor(&shift, &[c], DataType::Float, zeros(n_c, DataType::Float)),
+                    tensor(&mean, &[c], DataType::Float, zeros(n_c, DataType::Float)),
+                    tensor(&var, &[c], DataType::Float, constant(n_c, 1.0, DataType::Float)),
+                ]);
+                // PyTorch's momentum 0.1 is ONNX's 0.9; training mode needs opset 14.
+                let mut attrs = vec![float("epsilon", bn.epsilon as f32), float("momentum", 0.9)];
+                if bn.training {
+                    attrs.push(int("training_mode", 1));
+                    opset = opset.max(15);
+                }
+                g.node.push(node(&n.name, "BatchNormalization", vec![input, scale, shift, mean, var], &out, attrs));
+            }
             other => {
                 return Err(OnnxError::Model(format!(
-                    "node `{}` ({}): export-onnx writes chains of unified layers; graphs with joins are not written yet",
+                    "node `{}` ({}): export-onnx does not write this node yet",
                     n.name,
                     other.kind_name()
                 )))
@@ -241,7 +313,7 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     g.output = vec![value_info(names.last().expect("value 0 exists"), last)];
     Ok(ModelProto {
         ir_version: Some(IR_VERSION),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
         producer_name: Some("cnnc".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         doc_string: Some(format!("weights drawn from a cnnc plan: mode {}, seed {seed}", plan.mode)),
@@ -312,24 +384,49 @@ pub fn write_model(mut model: ModelProto, path: &std::path::Path, limit: Option<
     crate::write_atomic(path, &bytes).map_err(|source| OnnxError::Write { path: path.display().to_string(), source })
 }
 
-/// Redraws the initializers that `plan` names (weights from N(0, std²), biases zero),
-/// keeping their dims and float type; every other part of `model` is left as it was.
+/// Redraws the initializers that `plan` names (weights from N(0, std²), biases zero; a
+/// graph plan's normalization scales γ at their value and shifts β zero, and the running
+/// mean and variance of each `BatchNormalization` that reads such a γ set to 0 and 1, the
+/// statistics the plan assumes), keeping their dims and float type; every other part of
+/// `model` is left as it was.
 pub fn reinit(model: &mut ModelProto, plan: &Plan, seed: u64) -> Result<(), OnnxError> {
     let g = model.graph.as_mut().ok_or_else(|| OnnxError::Decode("the model has no graph".into()))?;
     let double = |name: &str| g.initializer.iter().any(|t| t.name() == name && t.data_type() == DataType::Double as i32);
     super::budget::check_drawn_bytes(plan, |name| if double(name) { 8 } else { 4 })?;
     let mut rng = Normal::new(seed);
     for l in &plan.layers {
-        set(g, &l.weight.name, Some((&mut rng, l.weight.std)))?;
+        set(g, &l.weight.name, Fill::Normal(&mut rng, l.weight.std))?;
         if let Some(b) = &l.bias {
-            set(g, &b.name, None)?;
+            set(g, &b.name, Fill::Const(0.0))?;
+        }
+    }
+    for b in plan.batch_norms.iter().flatten() {
+        set(g, &b.scale.name, Fill::Const(b.scale.value))?;
+        if !b.shift.name.is_empty() {
+            set(g, &b.shift.name, Fill::Const(0.0))?;
+        }
+        let running: Vec<(String, String)> = g
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "BatchNormalization" && n.input.get(1) == Some(&b.scale.name) && n.input.len() >= 5)
+            .map(|n| (n.input[3].clone(), n.input[4].clone()))
+            .collect();
+        for (mean, var) in running {
+            set(g, &mean, Fill::Const(0.0))?;
+            set(g, &var, Fill::Const(1.0))?;
         }
     }
     Ok(())
 }
 
-/// Rewrites initializer `name` with normal samples (`Some`) or zeros (`None`).
-fn set(g: &mut GraphProto, name: &str, normal: Option<(&mut Normal, f64)>) -> Result<(), OnnxError> {
+/// What [`set`] writes.
+enum Fill<'a> {
+    Normal(&'a mut Normal, f64),
+    Const(f64),
+}
+
+/// Rewrites initializer `name` with normal samples or a constant.
+fn set(g: &mut GraphProto, name: &str, fill_with: Fill<'_>) -> Result<(), OnnxError> {
     let (dims, ty, slot) = match g.initializer.iter().position(|t| t.name() == name) {
         Some(k) => {
             let t = &g.initializer[k];
@@ -365,9 +462,10 @@ fn set(g: &mut GraphProto, name: &str, normal: Option<(&mut Normal, f64)>) -> Re
     };
     let udims: Vec<u64> = dims.iter().map(|&d| d.max(0) as u64).collect();
     let n = numel(&udims)?;
-    let data = match normal {
-        Some((rng, std)) => fill(rng, n, std, ty),
-        None => zeros(n, ty),
+    let data = match fill_with {
+        Fill::Normal(rng, std) => fill(rng, n, std, ty),
+        Fill::Const(0.0) => zeros(n, ty),
+        Fill::Const(v) => constant(n, v, ty),
     };
     match slot {
         Some(k) => {

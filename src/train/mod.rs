@@ -25,7 +25,7 @@ pub mod loader;
 pub mod sgd;
 pub mod stop;
 
-use crate::nn::{Model, NnError};
+use crate::nn::{GraphModel, Model, NnError};
 use crate::plan::Plan;
 use crate::unify::Network;
 use candle_core::{DType, Device, Tensor};
@@ -113,6 +113,17 @@ pub struct Config {
     /// Keep only the first N training / validation images (0: all).
     pub limit_train: usize,
     pub limit_val: usize,
+    /// `--branch-scale` α of a graph's plan (1, the default, is not written).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub branch_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
 }
 
 impl Config {
@@ -136,6 +147,7 @@ impl Config {
             val_split: flags.val_split,
             limit_train: flags.limit_train,
             limit_val: flags.limit_val,
+            branch_scale: 1.0,
         }
     }
 }
@@ -165,6 +177,35 @@ pub trait Trainable {
     }
     fn named_vars(&self) -> Vec<(String, candle_core::Var)>;
     fn device(&self) -> &Device;
+    /// Training mode (batch statistics) or evaluation mode (running statistics): what a
+    /// model with batch normalizations switches; others ignore it.
+    fn set_training(&self, _on: bool) {}
+    /// State that is not trained by the optimizer but saved in checkpoints (BatchNorm's
+    /// running statistics), by name.
+    fn buffers(&self) -> Vec<(String, candle_core::Var)> {
+        Vec::new()
+    }
+}
+
+impl Trainable for GraphModel {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TrainError> {
+        Ok(GraphModel::forward(self, x)?)
+    }
+    fn backward(&self, loss: &Tensor) -> candle_core::Result<candle_core::backprop::GradStore> {
+        GraphModel::backward(self, loss)
+    }
+    fn named_vars(&self) -> Vec<(String, candle_core::Var)> {
+        GraphModel::named_vars(self)
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn set_training(&self, on: bool) {
+        GraphModel::set_training(self, on)
+    }
+    fn buffers(&self) -> Vec<(String, candle_core::Var)> {
+        GraphModel::buffers(self)
+    }
 }
 
 impl Trainable for Model {
@@ -277,6 +318,7 @@ fn save_checkpoint(path: &Path, model: &(impl Trainable + ?Sized), opt: &sgd::Sg
     let mut tensors: Vec<(String, Tensor)> =
         model.named_vars().into_iter().map(|(n, v)| (format!("param.{n}"), v.as_tensor().clone())).collect();
     tensors.extend(opt.state().into_iter().map(|(n, t)| (format!("momentum.{n}"), t)));
+    tensors.extend(model.buffers().into_iter().map(|(n, v)| (format!("buffer.{n}"), v.as_tensor().clone())));
     let host: Vec<(String, Tensor)> =
         tensors.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
     let views: Vec<(String, &Tensor)> = host.iter().map(|(n, t)| (n.clone(), t)).collect();
@@ -330,11 +372,15 @@ fn read_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
 /// The fields in which two run configs differ, by name; `epochs` does not count (a run
 /// continues to any number of epochs).
 pub fn config_differences(a: &Config, b: &Config) -> Vec<String> {
-    let (serde_json::Value::Object(a), serde_json::Value::Object(b)) =
+    let (serde_json::Value::Object(mut a), serde_json::Value::Object(mut b)) =
         (serde_json::to_value(a).expect("config serializes"), serde_json::to_value(b).expect("config serializes"))
     else {
         unreachable!("a struct serializes to an object")
     };
+    // Fields left out at their default (config.json stays as it was for chains).
+    for m in [&mut a, &mut b] {
+        m.entry("branch_scale").or_insert(serde_json::json!(1.0));
+    }
     a.iter()
         .filter(|(k, v)| k.as_str() != "epochs" && b.get(k.as_str()) != Some(v))
         .map(|(k, v)| format!("{k}: {v} in the run, {} here", b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
@@ -423,7 +469,8 @@ fn evaluate(
     }
     let (mut loss, mut correct) = (0.0, 0);
     let idx: Vec<usize> = (0..ds.len()).collect();
-    loader::for_each_batch(ds, &idx, batch, prefetch, |_, b| -> Result<(), TrainError> {
+    model.set_training(false);
+    let evaluated = loader::for_each_batch(ds, &idx, batch, prefetch, |_, b| -> Result<(), TrainError> {
         let n = b.len();
         let (x, y) = to_tensors(ds, b, model.device())?;
         let logits = model.forward(&x)?.detach();
@@ -431,7 +478,9 @@ fn evaluate(
         loss += l.to_scalar::<f32>()? as f64 * n as f64;
         correct += c;
         Ok(())
-    })?;
+    });
+    model.set_training(true);
+    evaluated?;
     Ok((Some(loss / ds.len() as f64), Some(correct as f64 / ds.len() as f64)))
 }
 
@@ -481,6 +530,28 @@ pub fn train_with(
     fit(&model, plan, classes, split, config, run, resume, progress, prefetch)
 }
 
+/// [`train`] for any graph ([`GraphModel`]: residual additions, concatenations,
+/// BatchNorm, …) planned by `plan` (a `cnnc-plan/2` of the graph analysis, or a chain's).
+/// BatchNorm's running statistics are saved in every checkpoint (`buffer.<name>`) and
+/// restored on resume; validation runs in evaluation mode.
+pub fn train_graph(
+    graph: &crate::ir::Graph,
+    plan: &Plan,
+    split: &data::Split,
+    config: &Config,
+    run: &Path,
+    resume: bool,
+    progress: impl Into<Progress>,
+) -> Result<Summary, TrainError> {
+    let progress = progress.into();
+    crate::nn::on_pool(|| {
+        let classes = graph.nodes.last().map_or(0, |n| n.output.numel()) as usize;
+        let dev = device(&config.device)?;
+        let model = GraphModel::new(graph, plan, config.seed, &dev, DType::F32)?;
+        fit(&model, plan, classes, split, config, run, resume, progress, loader::Prefetch::default())
+    })
+}
+
 /// The training loop of [`train_with`], for any [`Trainable`] model whose weights were
 /// drawn from `plan` (the plan is recorded in the run and must match on resume) and that
 /// has `classes` outputs. Everything `train` documents holds: checkpoints every epoch and
@@ -527,6 +598,13 @@ pub fn fit(
                 return Err(bad(format!("`{name}` has shape {:?}, the model {:?}", t.dims(), var.as_tensor().dims())));
             }
             var.set(&t.to_dtype(DType::F32)?)?;
+        }
+        for (name, var) in model.buffers() {
+            let t = tensors.remove(&format!("buffer.{name}")).ok_or_else(|| bad(format!("no running statistics `{name}`")))?;
+            if t.dims() != var.as_tensor().dims() {
+                return Err(bad(format!("`{name}` has shape {:?}, the model {:?}", t.dims(), var.as_tensor().dims())));
+            }
+            var.set(&t.to_dtype(var.dtype())?)?;
         }
         let momentum: Vec<(String, Tensor)> =
             tensors.into_iter().filter_map(|(n, t)| n.strip_prefix("momentum.").map(|n| (n.to_string(), t))).collect();

@@ -1,0 +1,669 @@
+//! The candle model of any graph cnnc plans: residual additions, concatenations,
+//! BatchNorm, gates, slices, shuffles, element-wise functions, resizes.
+//!
+//! In: a graph [`Graph`] (the IR of either front end) and a [`Plan`] for it (the std of
+//! every weight node, the BatchNorm scales of `batch_norms`). Out: a [`GraphModel`]: one
+//! runnable node per IR node, in the IR's topological order, each reading the values its
+//! IR node reads, its parameters candle [`Var`]s named as in the plan (PyTorch's
+//! `state_dict` names).
+//!
+//! Invariants: weights are drawn from N(0, std²) with one seeded generator, one stream
+//! over the weight nodes in node order (PyTorch's memory layout within a weight); biases
+//! and BatchNorm shifts are zero, BatchNorm scales the plan's. Value `k + 1` is node `k`'s
+//! output, value 0 the input, every value shaped (N, dims of its IR shape…).
+//!
+//! Convolutions run cnnc's kernels ([`super::conv`]) on the CPU (their weight and bias
+//! gradients handed over by the model's [`conv::GradSink`], as the chain model's), a conv
+//! whose only reader is a ReLU as one fused op; candle's `conv2d` with
+//! [`Kernels::Candle`] or on other devices. Pooling is [`PoolSpec`].
+//!
+//! Normalizations: a BatchNorm the IR marks `training` is PyTorch's `BatchNorm2d`: batch
+//! statistics (biased variance; on the CPU [`super::norm::Standardize`]) while the model
+//! trains, and then running statistics updated with momentum 0.1 and the unbiased batch
+//! variance; the running statistics in evaluation ([`GraphModel::set_training`]). They are buffers (`{module}.running_mean`,
+//! `{module}.running_var`), not parameters. A BatchNorm the IR marks inference (an
+//! exporter's eval-mode graph, a layer scale) is the fixed affine map of running mean 0
+//! and variance 1, as the plan analyses it. Group, instance and layer norms use each
+//! sample's statistics in both modes.
+
+use super::conv::{self, ConvSpec};
+use super::norm::Standardize;
+use super::pool::PoolSpec;
+use super::{activate, normal, usize_of, Kernels, NnError};
+use crate::ir::{self, Activation, Expr, Fn1, Graph, Op, Shape, ValueId};
+use crate::plan::Plan;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// PyTorch's BatchNorm momentum: `running = (1 − m)·running + m·batch`.
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// A named parameter or buffer.
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+}
+
+/// A normalization node's parameters and running statistics.
+#[derive(Clone, Debug)]
+struct Norm {
+    spec: ir::BatchNorm,
+    gamma: Option<Param>,
+    beta: Option<Param>,
+    /// Running mean and variance: batch normalizations the IR marks `training` only.
+    running: Option<(Param, Param)>,
+}
+
+#[derive(Clone, Debug)]
+enum NodeOp {
+    Conv {
+        spec: ConvSpec,
+        weight: Param,
+        bias: Option<Param>,
+        /// The weight's shape as the op reads it, where it is stored in another
+        /// (a channels-last Linear as a 1×1 conv): then no gradient hand-over.
+        reshaped: Option<[usize; 4]>,
+        /// ReLU applied in the op (its reader, a ReLU node, then passes the value on).
+        relu: bool,
+    },
+    Linear {
+        weight: Param,
+        bias: Option<Param>,
+    },
+    Activation(Activation),
+    /// A ReLU whose conv applied it already.
+    Fused,
+    Elementwise(Expr),
+    Pool(PoolSpec),
+    Flatten,
+    Add,
+    Concat,
+    Mul,
+    Slice {
+        start: usize,
+        len: usize,
+    },
+    Shuffle {
+        groups: usize,
+    },
+    Dilate {
+        stride: [usize; 2],
+    },
+    /// `y = A_h · x · A_wᵀ` per channel: nearest or linear (half-pixel) upsampling.
+    Resize {
+        rows: Tensor,
+        cols_t: Tensor,
+    },
+    Norm(Box<Norm>),
+}
+
+/// One node of the graph, runnable.
+#[derive(Clone, Debug)]
+pub struct GraphNode {
+    pub name: String,
+    pub kind: &'static str,
+    pub inputs: Vec<usize>,
+    pub output: Shape,
+    op: NodeOp,
+}
+
+impl GraphNode {
+    /// The weight parameter of a conv or linear node.
+    pub fn weight(&self) -> Option<&Param> {
+        match &self.op {
+            NodeOp::Conv { weight, .. } | NodeOp::Linear { weight, .. } => Some(weight),
+            _ => None,
+        }
+    }
+}
+
+/// A graph ready to run.
+#[derive(Debug)]
+pub struct GraphModel {
+    pub name: String,
+    pub nodes: Vec<GraphNode>,
+    pub input: Shape,
+    pub device: Device,
+    pub dtype: DType,
+    training: AtomicBool,
+    kernels: Kernels,
+    sink: conv::GradSink,
+}
+
+fn node_err(k: usize, n: &ir::Node, message: impl Into<String>) -> NnError {
+    NnError::Node { node: k, name: n.name.clone(), op: n.op.kind_name(), message: message.into() }
+}
+
+fn batch_shape(n: usize, s: Shape) -> Vec<usize> {
+    let mut v = vec![n];
+    v.extend(s.dims().into_iter().map(usize_of));
+    v
+}
+
+/// The interpolation matrix (out × in) of an upsampling by `scale` along one axis:
+/// nearest takes input `o / scale`; linear the half-pixel rule of PyTorch's
+/// `align_corners=False` and ONNX's default (source `(o + ½)/scale − ½`, clamped).
+fn resize_matrix(input: usize, scale: usize, linear: bool) -> Vec<f64> {
+    let out = input * scale;
+    let mut a = vec![0.0; out * input];
+    for o in 0..out {
+        if !linear {
+            a[o * input + o / scale] = 1.0;
+            continue;
+        }
+        let src = ((o as f64 + 0.5) / scale as f64 - 0.5).clamp(0.0, (input - 1) as f64);
+        let i0 = src.floor() as usize;
+        let i1 = (i0 + 1).min(input - 1);
+        let frac = src - i0 as f64;
+        a[o * input + i0] += 1.0 - frac;
+        a[o * input + i1] += frac;
+    }
+    a
+}
+
+/// Zeros between the positions along `dim` (2 or 3) of an (N, C, H, W) tensor.
+fn dilate_axis(x: &Tensor, dim: usize, s: usize) -> candle_core::Result<Tensor> {
+    if s == 1 {
+        return Ok(x.clone());
+    }
+    let dims = x.dims4()?;
+    let len = if dim == 2 { dims.2 } else { dims.3 };
+    let (n, c, h, w) = dims;
+    let spread = match dim {
+        2 => x.unsqueeze(3)?.pad_with_zeros(3, 0, s - 1)?.reshape((n, c, h * s, w))?,
+        _ => x.unsqueeze(4)?.pad_with_zeros(4, 0, s - 1)?.reshape((n, c, h, w * s))?,
+    };
+    spread.narrow(dim, 0, (len - 1) * s + 1)
+}
+
+/// An [`Expr`] evaluated on a tensor: a constant stays a number until it meets the tensor.
+enum Val {
+    C(f64),
+    T(Tensor),
+}
+
+fn expr(e: &Expr, x: &Tensor) -> candle_core::Result<Val> {
+    use Val::{C, T};
+    Ok(match e {
+        Expr::X => T(x.clone()),
+        Expr::Const(c) => C(*c),
+        Expr::Apply(f, a) => match expr(a, x)? {
+            C(c) => C(f.apply(ir::Dual { v: c, d: 0.0 }).v),
+            T(t) => T(fn1(*f, &t)?),
+        },
+        Expr::Add(a, b) => match (expr(a, x)?, expr(b, x)?) {
+            (C(a), C(b)) => C(a + b),
+            (T(t), C(c)) | (C(c), T(t)) => T(t.affine(1.0, c)?),
+            (T(a), T(b)) => T((a + b)?),
+        },
+        Expr::Sub(a, b) => match (expr(a, x)?, expr(b, x)?) {
+            (C(a), C(b)) => C(a - b),
+            (T(t), C(c)) => T(t.affine(1.0, -c)?),
+            (C(c), T(t)) => T(t.affine(-1.0, c)?),
+            (T(a), T(b)) => T((a - b)?),
+        },
+        Expr::Mul(a, b) => match (expr(a, x)?, expr(b, x)?) {
+            (C(a), C(b)) => C(a * b),
+            (T(t), C(c)) | (C(c), T(t)) => T(t.affine(c, 0.0)?),
+            (T(a), T(b)) => T((a * b)?),
+        },
+        Expr::Div(a, b) => match (expr(a, x)?, expr(b, x)?) {
+            (C(a), C(b)) => C(a / b),
+            (T(t), C(c)) => T(t.affine(1.0 / c, 0.0)?),
+            (C(c), T(t)) => T(t.recip()?.affine(c, 0.0)?),
+            (T(a), T(b)) => T((a / b)?),
+        },
+    })
+}
+
+/// `log(1 + eˣ)`, stable: `relu(x) + log(1 + e^−|x|)`.
+fn softplus(t: &Tensor) -> candle_core::Result<Tensor> {
+    t.relu()? + t.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?
+}
+
+fn fn1(f: Fn1, t: &Tensor) -> candle_core::Result<Tensor> {
+    match f {
+        Fn1::Act(a) => activate(a, t),
+        Fn1::Clip { min, max } => clip(t, min, max),
+        Fn1::HardSigmoid { alpha, beta } => clip(&t.affine(alpha, beta)?, 0.0, 1.0),
+        Fn1::HardSwish => t * clip(&t.affine(1.0 / 6.0, 0.5)?, 0.0, 1.0)?,
+        Fn1::Elu { alpha } => t.elu(alpha),
+        Fn1::Softplus => softplus(t),
+        Fn1::Mish => t * softplus(t)?.tanh()?,
+        Fn1::Erf => t.erf(),
+        Fn1::Exp => t.exp(),
+        Fn1::Neg => t.neg(),
+        Fn1::Abs => t.abs(),
+        Fn1::Sqrt => t.sqrt(),
+    }
+}
+
+/// `min(max(x, lo), hi)`, an infinite bound skipped.
+fn clip(t: &Tensor, lo: f64, hi: f64) -> candle_core::Result<Tensor> {
+    let t = if lo.is_finite() { t.maximum(lo)? } else { t.clone() };
+    if hi.is_finite() {
+        t.minimum(hi)
+    } else {
+        Ok(t)
+    }
+}
+
+/// The module a BatchNorm's parameters belong to (`layer1.0.bn1` of `layer1.0.bn1.weight`).
+fn norm_module(n: &ir::Node, bn: &ir::BatchNorm) -> String {
+    bn.scale.strip_suffix(".weight").map_or_else(|| n.name.clone(), str::to_string)
+}
+
+impl GraphModel {
+    /// Builds the model of `graph` with weights drawn from `plan` (seeded by `seed`), on
+    /// `device` in `dtype` (f32 or f64). The plan must be one of this graph at this size:
+    /// a `cnnc-plan/2` of the graph analysis, or a chain's `cnnc-plan/1`.
+    pub fn new(graph: &Graph, plan: &Plan, seed: u64, device: &Device, dtype: DType) -> Result<GraphModel, NnError> {
+        if !super::pool::supported(dtype) {
+            return Err(NnError::PlanMismatch(format!("dtype {dtype:?} is not supported (f32 or f64)")));
+        }
+        if plan.input_shape != graph.input.dims() {
+            return Err(NnError::PlanMismatch(format!("the plan is for input {:?}, the network takes {}", plan.input_shape, graph.input)));
+        }
+        let by_weight: HashMap<&str, &crate::plan::PlanLayer> = plan.layers.iter().map(|l| (l.weight.name.as_str(), l)).collect();
+        let scales: HashMap<&str, f64> = plan.batch_norms.iter().flatten().map(|b| (b.scale.name.as_str(), b.scale.value)).collect();
+        let weight_nodes = graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_) | Op::Linear(_))).count();
+        if weight_nodes != plan.layers.len() {
+            return Err(NnError::PlanMismatch(format!("the plan has {} weight layers, the network {weight_nodes}", plan.layers.len())));
+        }
+        // Readers of each value, for the conv + ReLU fusion.
+        let mut readers = vec![0usize; graph.nodes.len() + 1];
+        for n in &graph.nodes {
+            for v in &n.inputs {
+                readers[v.0] += 1;
+            }
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut nodes: Vec<GraphNode> = Vec::with_capacity(graph.nodes.len());
+        for (k, n) in graph.nodes.iter().enumerate() {
+            if n.inputs.iter().any(|v| v.0 > k) || n.inputs.is_empty() {
+                return Err(node_err(k, n, "reads a value not computed before it"));
+            }
+            let input = graph.shape(n.inputs[0]);
+            let op = match &n.op {
+                Op::Conv(_) | Op::Linear(_) => {
+                    let w = crate::unify::weight(n, input);
+                    let p = by_weight.get(w.weight_param.as_str()).ok_or_else(|| {
+                        NnError::PlanMismatch(format!("node {k} (`{}`): the plan has no weight `{}`", n.name, w.weight_param))
+                    })?;
+                    if p.weight.shape != w.weight_shape {
+                        return Err(NnError::PlanMismatch(format!(
+                            "`{}`: the plan's shape is {:?}, the network's {:?}",
+                            w.weight_param, p.weight.shape, w.weight_shape
+                        )));
+                    }
+                    let std = p.weight.std;
+                    if !(std.is_finite() && std >= 0.0) {
+                        return Err(NnError::PlanMismatch(format!("`{}`: std {std} is not a finite non-negative number", w.weight_param)));
+                    }
+                    let shape: Vec<usize> = w.weight_shape.iter().map(|&d| usize_of(d)).collect();
+                    let values = normal(&mut rng, shape.iter().product(), std)?;
+                    let weight = Param {
+                        name: w.weight_param.clone(),
+                        var: Var::from_tensor(&Tensor::from_vec(values, shape.clone(), device)?.to_dtype(dtype)?)?,
+                    };
+                    let bias = match &w.bias_param {
+                        Some(name) => {
+                            Some(Param { name: name.clone(), var: Var::zeros(usize_of(w.geometry.out_channels), dtype, device)? })
+                        }
+                        None => None,
+                    };
+                    match &n.op {
+                        Op::Conv(c) => {
+                            let own = [c.out_channels, c.in_channels / c.groups, c.kernel[0], c.kernel[1]].map(usize_of);
+                            let p = c.pad;
+                            let fuse = matches!(graph.nodes.get(k + 1), Some(next)
+                                if next.op == Op::Activation(Activation::Relu) && next.inputs == [ValueId(k + 1)])
+                                && readers[k + 1] == 1;
+                            NodeOp::Conv {
+                                spec: ConvSpec {
+                                    stride: c.stride.map(usize_of),
+                                    dilation: c.dilation.map(usize_of),
+                                    pad: [p[0].begin, p[1].begin, p[0].end, p[1].end].map(usize_of),
+                                    groups: usize_of(c.groups),
+                                },
+                                weight,
+                                bias,
+                                reshaped: (shape != own).then_some(own),
+                                relu: fuse,
+                            }
+                        }
+                        _ => NodeOp::Linear { weight, bias },
+                    }
+                }
+                Op::Activation(a) => {
+                    let fused =
+                        *a == Activation::Relu && matches!(nodes.last(), Some(GraphNode { op: NodeOp::Conv { relu: true, .. }, .. }));
+                    if fused {
+                        NodeOp::Fused
+                    } else {
+                        NodeOp::Activation(*a)
+                    }
+                }
+                Op::Elementwise(e) => NodeOp::Elementwise(e.clone()),
+                Op::Pool(_) | Op::GlobalPool(_) => {
+                    NodeOp::Pool(PoolSpec::of(&crate::unify::pooling(n, input)).map_err(|m| node_err(k, n, m))?)
+                }
+                Op::Flatten => NodeOp::Flatten,
+                Op::Add => NodeOp::Add,
+                Op::Concat => NodeOp::Concat,
+                Op::Mul => NodeOp::Mul,
+                Op::ChannelSlice { start, end } => NodeOp::Slice { start: usize_of(*start), len: usize_of(end - start) },
+                Op::Shuffle { groups } => NodeOp::Shuffle { groups: usize_of(*groups) },
+                Op::Dilate { stride } => NodeOp::Dilate { stride: stride.map(usize_of) },
+                Op::Resize { scale, linear } => {
+                    let (_, h, w) = input.chw();
+                    let (h, w, [sh, sw]) = (usize_of(h), usize_of(w), scale.map(usize_of));
+                    let rows = Tensor::from_vec(resize_matrix(h, sh, *linear), (h * sh, h), device)?.to_dtype(dtype)?;
+                    let cols_t =
+                        Tensor::from_vec(resize_matrix(w, sw, *linear), (w * sw, w), device)?.to_dtype(dtype)?.t()?.contiguous()?;
+                    NodeOp::Resize { rows, cols_t }
+                }
+                Op::BatchNorm(bn) => {
+                    let affine: Vec<usize> = bn.affine.iter().map(|&d| usize_of(d)).collect();
+                    let (gamma, beta) = if bn.scale.is_empty() {
+                        (None, None)
+                    } else {
+                        let value = *scales.get(bn.scale.as_str()).ok_or_else(|| {
+                            NnError::PlanMismatch(format!("node {k} (`{}`): the plan has no BatchNorm scale `{}`", n.name, bn.scale))
+                        })?;
+                        let gamma = Var::from_tensor(&(Tensor::ones(affine.clone(), dtype, device)? * value)?)?;
+                        let beta = (!bn.shift.is_empty())
+                            .then(|| Var::zeros(affine.clone(), dtype, device).map(|var| Param { name: bn.shift.clone(), var }))
+                            .transpose()?;
+                        (Some(Param { name: bn.scale.clone(), var: gamma }), beta)
+                    };
+                    let running = if bn.training && bn.groups.is_none() {
+                        let m = norm_module(n, bn);
+                        let c = usize_of(bn.channels);
+                        Some((
+                            Param { name: format!("{m}.running_mean"), var: Var::zeros(c, dtype, device)? },
+                            Param { name: format!("{m}.running_var"), var: Var::ones(c, dtype, device)? },
+                        ))
+                    } else {
+                        None
+                    };
+                    NodeOp::Norm(Box::new(Norm { spec: bn.clone(), gamma, beta, running }))
+                }
+            };
+            nodes.push(GraphNode {
+                name: n.name.clone(),
+                kind: n.op.kind_name(),
+                inputs: n.inputs.iter().map(|v| v.0).collect(),
+                output: n.output,
+                op,
+            });
+        }
+        Ok(GraphModel {
+            name: graph.name.clone(),
+            nodes,
+            input: graph.input,
+            device: device.clone(),
+            dtype,
+            training: AtomicBool::new(true),
+            kernels: Kernels::default(),
+            sink: conv::GradSink::default(),
+        })
+    }
+
+    /// Chooses the convolution kernels (on the CPU; see [`Kernels`]). With candle's, no
+    /// conv applies its reader's ReLU.
+    pub fn with_kernels(mut self, kernels: Kernels) -> GraphModel {
+        self.kernels = kernels;
+        if kernels == Kernels::Candle {
+            self.unfuse();
+        }
+        self
+    }
+
+    /// Every ReLU as a node of its own (the probe reads each conv's output `u`).
+    pub fn unfuse(&mut self) {
+        for node in &mut self.nodes {
+            match &mut node.op {
+                NodeOp::Conv { relu, .. } => *relu = false,
+                op @ NodeOp::Fused => *op = NodeOp::Activation(Activation::Relu),
+                _ => {}
+            }
+        }
+    }
+
+    /// Training mode (the default: BatchNorm uses and tracks batch statistics) or
+    /// evaluation mode (it uses its running statistics).
+    pub fn set_training(&self, on: bool) {
+        self.training.store(on, Ordering::SeqCst);
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training.load(Ordering::SeqCst)
+    }
+
+    /// The parameters, named as in the plan, in node order (weight, bias; γ, β).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let params: Vec<&Param> = match &n.op {
+                NodeOp::Conv { weight, bias, .. } | NodeOp::Linear { weight, bias } => std::iter::once(weight).chain(bias).collect(),
+                NodeOp::Norm(norm) => norm.gamma.iter().chain(&norm.beta).collect(),
+                _ => Vec::new(),
+            };
+            out.extend(params.into_iter().map(|p| (p.name.clone(), p.var.clone())));
+        }
+        out
+    }
+
+    /// The running statistics of the batch normalizations, by `state_dict` name.
+    pub fn buffers(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            if let NodeOp::Norm(norm) = &n.op {
+                if let Some((m, v)) = &norm.running {
+                    out.push((m.name.clone(), m.var.clone()));
+                    out.push((v.name.clone(), v.var.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The gradients of `loss`: `loss.backward()` with the conv weight and bias gradients
+    /// handed over directly (see [`super::Model::backward`]).
+    pub fn backward(&self, loss: &Tensor) -> candle_core::Result<GradStore> {
+        super::backward_with_sink(&self.sink, loss)
+    }
+
+    /// Runs the graph on a batch `x` (N, input dims…); returns the output value.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, NnError> {
+        let mut values = self.values(x, |_, y| Ok(y))?;
+        Ok(values.pop().flatten().expect("the last value is kept"))
+    }
+
+    /// Runs the graph on `x`, passing each node's output through `visit(k, value)` as it is
+    /// computed (what it returns is the value later nodes read: the probe adds a variable
+    /// there to read the gradient); returns the values still read later (the last one,
+    /// the output, always).
+    pub fn values(
+        &self,
+        x: &Tensor,
+        mut visit: impl FnMut(usize, Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<Vec<Option<Tensor>>, NnError> {
+        let n = x.dim(0)?;
+        let mut last_read = vec![0usize; self.nodes.len() + 1];
+        for (k, node) in self.nodes.iter().enumerate() {
+            for &v in &node.inputs {
+                last_read[v] = k;
+            }
+        }
+        let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len() + 1];
+        let input = x.reshape(batch_shape(n, self.input)).map_err(|_| {
+            NnError::PlanMismatch(format!("the input batch has shape {:?}; the network takes (N, {})", x.dims(), self.input))
+        })?;
+        values[0] = Some(input);
+        for (k, node) in self.nodes.iter().enumerate() {
+            let at = |e: candle_core::Error| NnError::Node { node: k, name: node.name.clone(), op: node.kind, message: e.to_string() };
+            let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| values[v].as_ref().expect("values are kept until read")).collect();
+            let y = self.node_forward(node, &inputs, n).map_err(at)?;
+            values[k + 1] = Some(visit(k, y).map_err(at)?);
+            for &v in &node.inputs {
+                if last_read[v] == k && v != self.nodes.len() {
+                    values[v] = None;
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// One node's output from its inputs (each shaped as its IR value).
+    pub fn node_forward(&self, node: &GraphNode, inputs: &[&Tensor], n: usize) -> candle_core::Result<Tensor> {
+        let x = inputs[0];
+        let out = batch_shape(n, node.output);
+        Ok(match &node.op {
+            NodeOp::Conv { spec, weight, bias, reshaped, relu } => {
+                let x = if x.rank() == 4 { x.clone() } else { x.reshape((n, (), 1, 1))? };
+                let b = bias.as_ref().map(|b| b.var.as_tensor());
+                let cpu_ours = self.kernels == Kernels::Cnnc;
+                match reshaped {
+                    None if cpu_ours => spec.apply_with_sink(&x, weight.var.as_tensor(), b, *relu, &self.sink)?,
+                    None => spec.apply_candle(&x, weight.var.as_tensor(), b)?,
+                    Some(shape) => {
+                        let w = weight.var.as_tensor().reshape(shape.to_vec())?;
+                        let u = if cpu_ours { spec.apply(&x, &w, b)? } else { spec.apply_candle(&x, &w, b)? };
+                        if *relu {
+                            u.relu()?
+                        } else {
+                            u
+                        }
+                    }
+                }
+                .reshape(out)?
+            }
+            NodeOp::Linear { weight, bias } => {
+                let u = x.reshape((n, ()))?.matmul(&weight.var.as_tensor().t()?)?;
+                match bias {
+                    Some(b) => u.broadcast_add(b.var.as_tensor())?,
+                    None => u,
+                }
+                .reshape(out)?
+            }
+            NodeOp::Activation(a) => activate(*a, x)?,
+            NodeOp::Fused => x.clone(),
+            NodeOp::Elementwise(e) => match expr(e, x)? {
+                Val::T(t) => t,
+                Val::C(c) => (x.zeros_like()? + c)?,
+            },
+            NodeOp::Pool(p) => {
+                let x = if x.rank() == 4 { x.clone() } else { x.reshape((n, (), 1, 1))? };
+                p.apply(&x)?.reshape(out)?
+            }
+            NodeOp::Flatten => x.reshape(out)?,
+            NodeOp::Add => {
+                let mut s = x.clone();
+                for t in &inputs[1..] {
+                    s = (s + *t)?;
+                }
+                s
+            }
+            NodeOp::Concat => Tensor::cat(inputs, 1)?,
+            NodeOp::Mul => x.broadcast_mul(inputs[1])?,
+            NodeOp::Slice { start, len } => x.narrow(1, *start, *len)?,
+            NodeOp::Shuffle { groups } => {
+                let (n, c, h, w) = x.dims4()?;
+                x.reshape((n, *groups, c / groups, h, w))?.transpose(1, 2)?.contiguous()?.reshape((n, c, h, w))?
+            }
+            NodeOp::Dilate { stride } => dilate_axis(&dilate_axis(x, 2, stride[0])?, 3, stride[1])?,
+            NodeOp::Resize { rows, cols_t } => rows.broadcast_matmul(&x.contiguous()?.broadcast_matmul(cols_t)?)?,
+            NodeOp::Norm(norm) => self.normalize(norm, x)?,
+        })
+    }
+
+    /// A normalization node (see the module's doc for which statistics).
+    fn normalize(&self, norm: &Norm, x: &Tensor) -> candle_core::Result<Tensor> {
+        let spec = &norm.spec;
+        let dims = x.dims().to_vec();
+        let (n, c) = (dims[0], dims[1]);
+        let eps = spec.epsilon;
+        // (x − mean)/√(biased variance + ε) along `dim`.
+        let standardize = |x: &Tensor, dim: usize| -> candle_core::Result<Tensor> {
+            let centred = x.broadcast_sub(&x.mean_keepdim(dim)?)?;
+            let var = centred.sqr()?.mean_keepdim(dim)?;
+            centred.broadcast_div(&(var.affine(1.0, eps)?.sqrt()?))
+        };
+        let y = match (spec.groups, &norm.running) {
+            (Some(_), _) if spec.per_position => {
+                // Each sample's statistics at each position, over the channels.
+                let flat = x.reshape((n, c, ()))?;
+                standardize(&flat, 1)?.reshape(dims.clone())?
+            }
+            (Some(g), _) => {
+                let g = usize_of(g);
+                let flat = x.reshape((n, g, ()))?;
+                standardize(&flat, 2)?.reshape(dims.clone())?
+            }
+            (None, Some((rm, rv))) if self.is_training() => {
+                // (N, C, P): the statistics of each channel over the batch and positions.
+                let flat = x.reshape((n, c, ()))?;
+                let count = n * flat.dim(2)?;
+                if count < 2 {
+                    candle_core::bail!("BatchNorm needs more than one value per channel in training (batch of {n})");
+                }
+                let (y, mean, var) = if x.device().is_cpu() {
+                    // One op forward and backward (`norm.rs`).
+                    let op = Standardize::new(eps);
+                    let y = op.apply(&flat)?;
+                    let (mean, var): (Vec<f64>, Vec<f64>) = op.stats().into_iter().unzip();
+                    let dev = x.device();
+                    (y, Tensor::new(mean, dev)?.to_dtype(x.dtype())?, Tensor::new(var, dev)?.to_dtype(x.dtype())?)
+                } else {
+                    let mean = flat.mean_keepdim((0, 2))?;
+                    let centred = flat.broadcast_sub(&mean)?;
+                    let var = centred.sqr()?.mean_keepdim((0, 2))?;
+                    let y = centred.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
+                    (y, mean.detach().flatten_all()?, var.detach().flatten_all()?)
+                };
+                let m = BN_MOMENTUM;
+                let unbiased = var.affine(count as f64 / (count - 1) as f64, 0.0)?;
+                rm.var.set(&rm.var.as_tensor().affine(1.0 - m, 0.0)?.add(&mean.affine(m, 0.0)?)?)?;
+                rv.var.set(&rv.var.as_tensor().affine(1.0 - m, 0.0)?.add(&unbiased.affine(m, 0.0)?)?)?;
+                y.reshape(dims.clone())?
+            }
+            (None, Some((rm, rv))) => {
+                let shape = channel_shape(&dims);
+                let mean = rm.var.as_tensor().reshape(shape.clone())?;
+                let std = rv.var.as_tensor().affine(1.0, eps)?.sqrt()?.reshape(shape)?;
+                x.broadcast_sub(&mean)?.broadcast_div(&std)?
+            }
+            // Fixed running statistics: mean 0, variance 1.
+            (None, None) => x.affine(1.0 / (1.0 + eps).sqrt(), 0.0)?,
+        };
+        let affine_shape = |p: &Param| -> candle_core::Result<Tensor> {
+            let t = p.var.as_tensor();
+            if t.rank() == 1 {
+                t.reshape(channel_shape(&dims))
+            } else {
+                t.unsqueeze(0)
+            }
+        };
+        let y = match &norm.gamma {
+            Some(g) => y.broadcast_mul(&affine_shape(g)?)?,
+            None => y,
+        };
+        match &norm.beta {
+            Some(b) => y.broadcast_add(&affine_shape(b)?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// (1, C, 1, …) for a value of shape `dims` = (N, C, …).
+fn channel_shape(dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; dims.len()];
+    s[1] = dims[1];
+    s
+}
