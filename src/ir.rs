@@ -114,6 +114,26 @@ pub struct ParamNames {
     /// The stored weight's shape where it is not the op's own: a Linear applied at each
     /// position of a channels-last image is a 1×1 conv here, its weight [out, in].
     pub shape: Option<Vec<u64>>,
+    /// The weight is standardized per filter before the conv uses it (weight
+    /// standardization: BiT's and timm's `StdConv2d`, NF-ResNets' `ScaledStdConv2d`).
+    pub standardized: Option<Standardized>,
+}
+
+/// A conv weight computed from the stored one per output filter:
+/// `w = gain · (v − mean(v)) / √(var(v) + ε)`, the mean and the (biased) variance over
+/// the filter's C_in/g · k_h · k_w elements. The stored weight's scale cancels: the
+/// effective weight has per-filter mean 0 and mean square gain² (up to ε).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Standardized {
+    /// The product of the constant factors on the standardized weight in the network as
+    /// exported (1 for `StdConv2d`; γ/√fan for `ScaledStdConv2d`), a per-filter gain
+    /// initializer's values included where they are known and equal.
+    pub gain: f64,
+    /// The initializer of a per-filter gain multiplying it (`ScaledStdConv2d.gain`), if any,
+    /// and its value at initialization (part of `gain`; 1 where the export does not carry it).
+    pub gain_param: Option<(String, f64)>,
+    /// ε under the square root.
+    pub epsilon: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -127,6 +127,10 @@ pub fn unify(graph: &Graph) -> Result<Network, Vec<UnifyError>> {
         }
         let input = graph.shape(ValueId(k));
         match &node.op {
+            Op::Conv(_) if node.params.as_ref().is_some_and(|p| p.standardized.is_some()) => err(
+                node,
+                format!("conv `{}` has a standardized weight, which the unified layers (the paper's equations) do not model", node.name),
+            ),
             Op::Conv(_) | Op::Linear(_) => {
                 if let Some(o) = open.take() {
                     layers.push(o.layer);

@@ -628,7 +628,7 @@ impl Bwd<'_, '_> {
 pub(super) fn reads_shared(g: &Graph, opts: &GraphOptions) -> bool {
     g.nodes.iter().any(|n| match &n.op {
         Op::BatchNorm(bn) => bn.groups.is_some() || (bn.training && opts.batch.is_some()),
-        _ => false,
+        _ => standardized(n).is_some(),
     })
 }
 
@@ -771,6 +771,9 @@ pub(super) fn shared_fractions(
 
 /// Conv and linear: E[u_o²] = σ² κ Σ_{c ∈ group(o)} E[z_c²]; the output is zero-mean.
 fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    if standardized(&f.cx.g.nodes[k]).is_some() {
+        return standardized_fwd(f, k);
+    }
     let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
     let (w, eps) = &f.cx.weights[&k];
     let x = f.input(n.inputs[0]);
@@ -819,8 +822,152 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     Ok(Stat { mean: vec![0.0; second.len()], second, offset })
 }
 
+/// Backward through a standardized filter, the factor on the part of the gradient a
+/// sample shares: E[(Σ_t w_t a_t)²] = σ² F/(F−1) (Σ_t a_t² − (Σ_t a_t)²/F), a_t = c_t/P_in
+/// (the filter's zero mean is over all its F elements, the sum here over one channel's).
+fn standardized_shared_back(g: &Graph, k: usize, geo: &crate::index::ConvGeometry) -> Result<f64, AnalysisError> {
+    let fan = standardized_fan(g, k, geo)?;
+    let sum = |a: &crate::index::Axis| tap_counts(a).iter().sum::<f64>() / a.input as f64;
+    let sq = shared_taps_back(&geo.h) * shared_taps_back(&geo.w);
+    Ok((fan / (fan - 1.0) * (sq - (sum(&geo.h) * sum(&geo.w)).powi(2) / fan)).max(0.0))
+}
+
+/// Per axis: the mean over input positions of the (output, tap) pairs that read it, and
+/// of their square.
+pub(super) fn readers_per_input(a: &crate::index::Axis) -> (f64, f64) {
+    let (mut one, mut two) = (0.0, 0.0);
+    for i in 0..a.input {
+        let n = a.readers(i).len() as f64;
+        one += n;
+        two += n * n;
+    }
+    (one / a.input as f64, two / a.input as f64)
+}
+
+/// Backward through a standardized conv: δz_c = Σ_o Σ_t w_oct δu_o,t over the r pairs
+/// reading the position, E[w wᵀ] = σ² F/(F−1)(I − 11ᵀ/F) within a filter:
+/// E[δz_c²] = σ² F/(F−1) Σ_o [r E[δu_o²] − (r² G_o + r (E[δu_o²] − G_o))/F], G_o the part
+/// of δu_o a sample shares over its positions (the filter's zero mean removes what its
+/// taps share, (C−1)/C of a fully shared gradient for C input channels).
+fn standardized_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
+    let (w, eps) = &b.cx.weights[&k];
+    let geo = &w.geometry;
+    let fan = standardized_fan(g, k, geo)?;
+    let scale = fan / (fan - 1.0);
+    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+    let ((rh1, rh2), (rw1, rw2)) = (readers_per_input(&geo.h), readers_per_input(&geo.w));
+    let (r1, r2) = (rh1 * rw1, rh2 * rw2);
+    let gs = b.shared_of(k + 1, dz);
+    // Per group, per unit σ²: the gradient each input channel receives.
+    let unit: Vec<f64> = (0..geo.groups as usize)
+        .map(|gi| {
+            let os = gi * cout_g..(gi + 1) * cout_g;
+            let d: f64 = dz[os.clone()].iter().sum();
+            let sh: f64 = gs[os].iter().sum();
+            (scale * (r1 * d - (r2 * sh + r1 * (d - sh)) / fan)).max(0.0)
+        })
+        .collect();
+    if b.p.chooses_backward(b.choose, k) {
+        let a = avg(&unit);
+        if !(a > 0.0 && a.is_finite()) {
+            let zero = "no gradient reaches this layer's output (a layer downstream starts at zero)";
+            return Err(fail(g, k, super::not_positive_finite("the second moment of its output gradient", a, zero)));
+        }
+        let he = geo.m_in() as f64 / (0.5 * *eps as f64);
+        let target = b.p.target[&k];
+        b.p.set(k, target / a, he, b.opts);
+    }
+    let s2 = b.p.sigma2[&k];
+    let contrib: Vec<f64> = unit.iter().flat_map(|u| std::iter::repeat_n(s2 * u, cin_g)).collect();
+    b.send(n.inputs[0], &contrib);
+    let lam = standardized_shared_back(g, k, geo)?;
+    let to_shared: Vec<f64> = (0..geo.groups as usize)
+        .flat_map(|gi| std::iter::repeat_n(s2 * lam * gs[gi * cout_g..(gi + 1) * cout_g].iter().sum::<f64>(), cin_g))
+        .collect();
+    b.send_shared(n.inputs[0], &to_shared);
+    Ok(())
+}
+
+/// The weight standardization of a conv node, if its weight has one.
+pub(super) fn standardized(n: &ir::Node) -> Option<&ir::Standardized> {
+    n.params.as_ref().and_then(|p| p.standardized.as_ref())
+}
+
+/// Per axis: the mean over output positions of the real taps, and of their square.
+pub(super) fn real_taps(a: &crate::index::Axis) -> (f64, f64) {
+    let (mut one, mut two) = (0.0, 0.0);
+    for o in 0..a.output {
+        let n = a.taps(o).count() as f64;
+        one += n;
+        two += n * n;
+    }
+    (one / a.output as f64, two / a.output as f64)
+}
+
+/// F/(F − 1), F the filter's fan (C_in/g · k_h · k_w): E[w wᵀ] = σ² F/(F − 1) (I − 11ᵀ/F)
+/// for a standardized filter of mean square σ² (uniform on the sphere of the hyperplane
+/// Σ w = 0). An error for F = 1, whose standardized weight is 0.
+pub(super) fn standardized_fan(g: &Graph, k: usize, geo: &crate::index::ConvGeometry) -> Result<f64, AnalysisError> {
+    let fan = geo.taps_per_kernel() as f64;
+    if fan < 2.0 {
+        return Err(fail(g, k, "its weight is standardized over filters of one element: every standardized weight is 0".into()));
+    }
+    Ok(fan)
+}
+
+/// A conv of a standardized weight (docs/dag.md, "Weight standardization"): each filter
+/// has mean 0, so it removes the part of its input patch that is common to the patch.
+/// Per output position with n real taps per input channel, with x = μ_c + m_c + e:
+/// E[u²] = σ² F/(F−1) [n Σ_c s_c − (n² (Σ_c μ_c)² + n² Σ_c A_c + n Σ_c B_c)/F], B_c = s_c −
+/// μ_c² − A_c; the offset σ² F/(F−1) [λ Σ_c (μ_c² + A_c) − κ² ((Σ_c μ_c)² + Σ_c A_c)/F].
+/// σ² is the effective weight's mean square, gain² — what the plan chooses.
+fn standardized_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
+    let (w, eps) = &f.cx.weights[&k];
+    let x = f.input(n.inputs[0]);
+    let geo = &w.geometry;
+    let fan = standardized_fan(g, k, geo)?;
+    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+    let ((kh1, kh2), (kw1, kw2)) = (real_taps(&geo.h), real_taps(&geo.w));
+    let (kap, kap2) = (kh1 * kw1, kh2 * kw2);
+    let lam = shared_taps(&geo.h) * shared_taps(&geo.w);
+    let scale = fan / (fan - 1.0);
+    // Per group, per unit σ²: (E[u²], offset).
+    let unit: Vec<(f64, f64)> = (0..geo.groups as usize)
+        .map(|gi| {
+            let cs = gi * cin_g..(gi + 1) * cin_g;
+            let sum_s: f64 = x.second[cs.clone()].iter().sum();
+            let sum_mu: f64 = x.mean[cs.clone()].iter().sum();
+            let sum_a: f64 = x.offset[cs.clone()].iter().sum();
+            let sum_m2a: f64 = cs.clone().map(|c| x.mean[c] * x.mean[c] + x.offset[c]).sum();
+            let sum_b = sum_s - sum_m2a;
+            let second = scale * (kap * sum_s - (kap2 * (sum_mu * sum_mu + sum_a) + kap * sum_b) / fan);
+            let offset = scale * (lam * sum_m2a - kap * kap * (sum_mu * sum_mu + sum_a) / fan);
+            (second.max(0.0), offset.max(0.0))
+        })
+        .collect();
+    if f.p.chooses_forward(f.choose, k) {
+        let a = avg(&unit.iter().map(|u| u.0).collect::<Vec<_>>());
+        if !(a > 0.0 && a.is_finite()) {
+            let zero = "the input of this layer carries no signal its standardized filters pass (its predicted second moment after the filters' mean is removed is 0)";
+            return Err(fail(g, k, super::not_positive_finite("the second moment of its input", a, zero)));
+        }
+        let he = geo.m_out() as f64 / (0.5 * *eps as f64);
+        let target = f.p.target[&k];
+        f.p.set(k, target / a, he, f.opts);
+    }
+    let s2 = f.p.sigma2[&k];
+    let second = unit.iter().flat_map(|u| std::iter::repeat_n(s2 * u.0, cout_g)).collect::<Vec<_>>();
+    let offset = unit.iter().flat_map(|u| std::iter::repeat_n(s2 * u.1, cout_g)).collect();
+    Ok(Stat { mean: vec![0.0; second.len()], second, offset })
+}
+
 /// Conv and linear backward: E[δz_c²] = σ² ρ Σ_{o ∈ group(c)} E[δu_o²].
 fn weight_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    if standardized(&b.cx.g.nodes[k]).is_some() {
+        return standardized_bwd(b, k, dz);
+    }
     let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
     let (w, eps) = &b.cx.weights[&k];
     let geo = &w.geometry;

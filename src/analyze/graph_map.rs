@@ -492,8 +492,178 @@ fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
 
 // ---------------------------------------------------------------- one pair of rules per op
 
+/// Per entry of [`group_sums`] (a group, or a segment where each group reads one
+/// channel): the channels it sums over, `start..start + len`.
+fn group_channels(v: &Val, groups: usize, per_in: usize) -> Vec<(usize, usize)> {
+    if per_in == 1 {
+        let mut at = 0;
+        return v
+            .iter()
+            .map(|s| {
+                at += s.n;
+                (at - s.n, s.n)
+            })
+            .collect();
+    }
+    (0..groups).map(|gi| (gi * per_in, per_in)).collect()
+}
+
+impl MapPasses {
+    /// A conv of a standardized weight, per position (docs/dag.md, "Weight
+    /// standardization"): σ² F/(F−1) [S − (M² + n² ΣA + S − Q − n ΣA)/F], S the tap sum of
+    /// the second moments, M of the means, Q of the squared means, n the real taps, A the
+    /// channels' shared parts; per entry of one channel where each group reads one.
+    fn standardized_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let (cx, g) = (r.cx, r.cx.g);
+        let n = &g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let (w, eps) = &cx.weights[&k];
+        let geo = &w.geometry;
+        let fan = super::graph::standardized_fan(g, k, geo)?;
+        let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+        let dims = (geo.h.output as usize, geo.w.output as usize);
+        let groups = geo.groups as usize;
+        let taps = |p: &Plane| tap_sum(p, &geo.h, &geo.w);
+        let s_sums = group_sums(&x, 1, groups, cin_g, cout_g, dims, taps);
+        let m_sums = group_sums(&x, 0, groups, cin_g, cout_g, dims, taps);
+        let q_sums = group_sums(&x, 0, groups, cin_g, cout_g, dims, |p| tap_sum(&p.map(|v| v * v), &geo.h, &geo.w));
+        let ones = Plane::filled(geo.h.input as usize, geo.w.input as usize, 1.0);
+        let real = taps(&ones);
+        let a_in = &self.shared[n.inputs[0].0];
+        let units: Vec<(usize, Plane)> = s_sums
+            .iter()
+            .zip(&m_sums)
+            .zip(&q_sums)
+            .zip(group_channels(&x, groups, cin_g))
+            .map(|((((count, s), (_, m)), (_, q)), (start, len))| {
+                let a: f64 = a_in[start..start + len].iter().sum::<f64>() / if cin_g == 1 { len as f64 } else { 1.0 };
+                let d = (0..s.d.len())
+                    .map(|i| {
+                        let nt = real.d[i];
+                        let common = m.d[i] * m.d[i] + nt * nt * a + (s.d[i] - q.d[i] - nt * a);
+                        (fan / (fan - 1.0) * (s.d[i] - common / fan)).max(0.0)
+                    })
+                    .collect();
+                (*count, Plane { h: s.h, w: s.w, d })
+            })
+            .collect();
+        if r.p.chooses_forward(r.choose, k) {
+            let total: f64 = units.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.out_channels as f64;
+            if !(total > 0.0 && total.is_finite()) {
+                let zero = "the input of this layer carries no signal its standardized filters pass";
+                return Err(super::graph::fail(g, k, super::not_positive_finite("the second moment of its input", total, zero)));
+            }
+            let he = geo.m_out() as f64 / (0.5 * *eps as f64);
+            r.p.set(k, r.p.target[&k] / total, he, r.opts);
+        }
+        let s2 = r.p.sigma2[&k];
+        Ok(merge(units.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![Plane::filled(pl.h, pl.w, 0.0), pl.scaled(s2)] }).collect()))
+    }
+
+    /// The shared part of a standardized conv's output: σ² F/(F−1) [Σ_c Σ_t (M_ct² + f_t²
+    /// A_c) − ((Σ_ct M_ct)² + (Σ_t f_t)² Σ_c A_c)/F], M_ct the mean over output positions of
+    /// input channel c's mean map at tap t.
+    fn standardized_shared(&self, cx: &Cx<'_>, p: &Params, k: usize) -> Vec<f64> {
+        let n = &cx.g.nodes[k];
+        let (w, _) = &cx.weights[&k];
+        let geo = &w.geometry;
+        let fan = geo.taps_per_kernel().max(2) as f64;
+        let x = self.get(n.inputs[0]);
+        let a_in = &self.shared[n.inputs[0].0];
+        let (kw, p_out) = (geo.w.kernel as usize, (geo.h.output * geo.w.output) as f64);
+        let f2 = super::graph::shared_taps(&geo.h) * super::graph::shared_taps(&geo.w);
+        let kappa = super::graph::real_taps(&geo.h).0 * super::graph::real_taps(&geo.w).0;
+        // Per input channel: (Σ_t M_ct², Σ_t M_ct).
+        let mut per_in = Vec::with_capacity(a_in.len());
+        for s in x {
+            let mu = &s.maps[0];
+            let mut sum = vec![0.0; geo.h.kernel as usize * kw];
+            for oy in 0..geo.h.output {
+                for ox in 0..geo.w.output {
+                    for ky in geo.h.taps(oy) {
+                        let row = geo.h.input_of(oy, ky) as usize * mu.w;
+                        for kx in geo.w.taps(ox) {
+                            sum[ky as usize * kw + kx as usize] += mu.d[row + geo.w.input_of(ox, kx) as usize];
+                        }
+                    }
+                }
+            }
+            let m2 = sum.iter().map(|v| (v / p_out).powi(2)).sum::<f64>();
+            let m1 = sum.iter().sum::<f64>() / p_out;
+            per_in.extend(std::iter::repeat_n((m2, m1), s.n));
+        }
+        let s2 = p.sigma2[&k];
+        let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+        (0..geo.groups as usize)
+            .flat_map(|gi| {
+                let cs = gi * cin_g..(gi + 1) * cin_g;
+                let own: f64 = cs.clone().map(|c| per_in[c].0 + f2 * a_in[c]).sum();
+                let m1: f64 = cs.clone().map(|c| per_in[c].1).sum();
+                let a: f64 = cs.map(|c| a_in[c]).sum();
+                let v = fan / (fan - 1.0) * (own - (m1 * m1 + kappa * kappa * a) / fan);
+                std::iter::repeat_n(s2 * v.max(0.0), cout_g)
+            })
+            .collect()
+    }
+
+    /// Backward through a standardized conv, per input position: σ² F/(F−1) [R − (r² ΣG +
+    /// R − r ΣG)/F], R the reader sum of the gradient's second moments, r the readers,
+    /// G_o the part of δu_o a sample shares (its fraction from the paper analysis's pass).
+    fn standardized_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let (cx, g) = (r.cx, r.cx.g);
+        let n = &g.nodes[k];
+        let (w, eps) = &cx.weights[&k];
+        let geo = &w.geometry;
+        let fan = super::graph::standardized_fan(g, k, geo)?;
+        let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+        let groups = geo.groups as usize;
+        let dims = (geo.h.input as usize, geo.w.input as usize);
+        let sums = group_sums(dz, 0, groups, cout_g, cin_g, dims, |p| reader_sum(p, &geo.h, &geo.w));
+        let ones = Plane::filled(geo.h.output as usize, geo.w.output as usize, 1.0);
+        let readers = reader_sum(&ones, &geo.h, &geo.w);
+        // Per output channel, the shared part's second moment: its fraction × the mean.
+        let frac = self.gfrac.get(k + 1);
+        let mut shared = Vec::with_capacity(geo.out_channels as usize);
+        for s in dz {
+            for _ in 0..s.n {
+                let c = shared.len();
+                shared.push(frac.and_then(|f| f.get(c)).copied().unwrap_or(0.0) * s.maps[0].mean());
+            }
+        }
+        let units: Vec<(usize, Plane)> = sums
+            .iter()
+            .zip(group_channels(dz, groups, cout_g))
+            .map(|((count, rs), (start, len))| {
+                let gsum: f64 = shared[start..start + len].iter().sum::<f64>() / if cout_g == 1 { len as f64 } else { 1.0 };
+                let d = (0..rs.d.len())
+                    .map(|i| {
+                        let rn = readers.d[i];
+                        (fan / (fan - 1.0) * (rs.d[i] - (rn * rn * gsum + rs.d[i] - rn * gsum) / fan)).max(0.0)
+                    })
+                    .collect();
+                (*count, Plane { h: rs.h, w: rs.w, d })
+            })
+            .collect();
+        if r.p.chooses_backward(r.choose, k) {
+            let total: f64 = units.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.in_channels as f64;
+            if !(total > 0.0 && total.is_finite()) {
+                let zero = "no gradient reaches this layer's output (a layer downstream starts at zero)";
+                return Err(super::graph::fail(g, k, super::not_positive_finite("the second moment of its output gradient", total, zero)));
+            }
+            let he = geo.m_in() as f64 / (0.5 * *eps as f64);
+            r.p.set(k, r.p.target[&k] / total, he, r.opts);
+        }
+        let s2 = r.p.sigma2[&k];
+        send(grads, n.inputs[0], merge(units.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![pl.scaled(s2)] }).collect()));
+        Ok(())
+    }
+}
+
 impl MapPasses {
     fn weight_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        if super::graph::standardized(&r.cx.g.nodes[k]).is_some() {
+            return self.standardized_fwd(r, k);
+        }
         let cx = r.cx;
         let opts = r.opts;
         let choose = r.choose;
@@ -742,6 +912,9 @@ impl MapPasses {
     }
 
     fn weight_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        if super::graph::standardized(&r.cx.g.nodes[k]).is_some() {
+            return self.standardized_bwd(r, k, dz, grads);
+        }
         let cx = r.cx;
         let opts = r.opts;
         let choose = r.choose;
@@ -1145,6 +1318,7 @@ impl MapPasses {
         let c_out = n.output.chw().0 as usize;
         let input = |i: usize| n.inputs[i].0;
         match &n.op {
+            Op::Conv(_) if super::graph::standardized(n).is_some() => self.standardized_shared(cx, p, k),
             Op::Conv(_) | Op::Linear(_) => {
                 let (w, _) = &cx.weights[&k];
                 let geo = &w.geometry;

@@ -30,6 +30,8 @@ use super::OnnxError;
 use crate::ir::{self, Activation, BatchNorm, Conv, Expr, Fn1, Linear, Op, Origin, Pad, ParamNames, Pool, PoolKind, Shape, ValueId};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+mod standardize;
+
 /// What the importer needs beyond the model.
 #[derive(Clone, Debug, Default)]
 pub struct ImportOptions {
@@ -76,6 +78,7 @@ const OPS: &[(&str, OpFn, &[usize])] = &[
     ("Neg", unary, &[]),
     ("Abs", unary, &[]),
     ("Sqrt", unary, &[]),
+    ("Reciprocal", reciprocal, &[]),
     ("BatchNormalization", batch_norm, &[1, 2, 3, 4]),
     ("InstanceNormalization", instance_norm, &[1, 2]),
     ("GroupNormalization", group_norm, &[1, 2]),
@@ -127,6 +130,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Mish",
     "Gelu",
     "Erf",
+    "ReduceMean/Sub/Mul/Div/Add/Sqrt/Pow/Reciprocal on a conv weight (weight standardization)",
     "BatchNormalization",
     "InstanceNormalization (and GroupNorm as torch exports it)",
     "GroupNormalization",
@@ -255,6 +259,8 @@ struct Importer<'m> {
     channels_last: HashSet<&'m str>,
     /// Operations in the element-wise functions made so far ([`super::budget::check_expr`]).
     expr_ops: usize,
+    /// Values computed from a stored conv weight by the steps of a weight standardization.
+    weight_syms: HashMap<&'m str, standardize::Sym>,
 }
 
 /// One node being converted.
@@ -300,6 +306,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         renamed: Vec::new(),
         channels_last: HashSet::new(),
         expr_ops: 0,
+        weight_syms: HashMap::new(),
     };
     for t in &graph.initializer {
         imp.params.insert(t.name().to_string(), param_of(t));
@@ -317,7 +324,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         let node = &graph.node[k];
         let cx = Cx { node, index: k, name: node_name(node, k), op: node.op_type() };
         let fail = |message: String| OnnxError::Node { node: cx.name.clone(), op: cx.op.to_string(), message };
-        if imp.try_fold(&cx).map_err(fail)? {
+        if imp.standardize_step(&cx).map_err(fail)? || imp.try_fold(&cx).map_err(fail)? {
             continue;
         }
         let from_cl = node.input.iter().any(|i| imp.channels_last.contains(i.as_str()));
@@ -607,6 +614,21 @@ fn data_input<'m>(graph: &'m GraphProto, imp: &Importer<'_>, opts: &ImportOption
         }
     }
     checked_shape(shape).map(|s| (name, s)).map_err(OnnxError::Model)
+}
+
+/// A stored weight's dims, each in 1..=`MAX_DIM`, their product within the DSL's limit
+/// on a weight (as [`Cx::param`] checks them).
+fn checked_dims(name: &str, dims: &[i64]) -> Result<Vec<u64>, String> {
+    let d = dims
+        .iter()
+        .map(|&d| u64::try_from(d).ok().filter(|&d| (1..=MAX_DIM).contains(&d)))
+        .collect::<Option<Vec<u64>>>()
+        .ok_or_else(|| format!("the weight `{name}` has an invalid shape {dims:?}"))?;
+    let limit = crate::lower::MAX_NUMEL;
+    if d.iter().try_fold(1u64, |a, &x| a.checked_mul(x).filter(|&n| n <= limit)).is_none() {
+        return Err(format!("the weight `{name}` has shape {d:?}: more than {limit} elements"));
+    }
+    Ok(d)
 }
 
 fn checked_shape(s: Shape) -> Result<Shape, String> {
@@ -1033,10 +1055,15 @@ impl<'m> Importer<'m> {
         if weight.starts_with("onnx::") {
             if let Some(module) = scope_module(&cx.name) {
                 self.renamed.push(format!("`{weight}` → `{module}.weight`"));
-                return ParamNames { weight: format!("{module}.weight"), bias: bias.map(|_| format!("{module}.bias")), shape: None };
+                return ParamNames {
+                    weight: format!("{module}.weight"),
+                    bias: bias.map(|_| format!("{module}.bias")),
+                    shape: None,
+                    standardized: None,
+                };
             }
         }
-        ParamNames { weight: weight.to_string(), bias, shape: None }
+        ParamNames { weight: weight.to_string(), bias, shape: None, standardized: None }
     }
 }
 
@@ -1105,7 +1132,11 @@ fn conv<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         None => imp.data_at(cx, 0)?,
     };
     let (c, h, w) = image(cx, shape)?;
-    let (weight, wd) = cx.param(imp, 1, "weight")?;
+    let standardized = imp.standardized_weight(cx)?;
+    let (weight, wd) = match &standardized {
+        Some((name, dims, _)) => (name.as_str(), checked_dims(name, dims)?),
+        None => cx.param(imp, 1, "weight")?,
+    };
     let &[m, cg, kh, kw] = wd.as_slice() else {
         return Err(format!("the weight `{weight}` has shape {wd:?}: cnnc handles 2-D convolutions (a 4-D weight)"));
     };
@@ -1147,8 +1178,9 @@ fn conv<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     };
     let (oh, ow) = (size(0, h)?, size(1, w)?);
     let op = Op::Conv(Conv { in_channels: c, out_channels: m, kernel: [kh, kw], stride, pad, dilation, groups, bias: bias.is_some() });
-    let params = Some(imp.param_names(cx, weight, bias));
-    imp.push(cx, op, x, Shape::Image { c: m, h: oh, w: ow }, params, cx.output()?)?;
+    let mut params = imp.param_names(cx, weight, bias);
+    params.standardized = standardized.map(|(_, _, s)| s);
+    imp.push(cx, op, x, Shape::Image { c: m, h: oh, w: ow }, Some(params), cx.output()?)?;
     Ok(())
 }
 
@@ -1294,7 +1326,7 @@ fn matmul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let fused = imp.matmul_bias.get(&cx.index).copied();
     let bias = linear_bias(imp, cx, fused.map(|(b, _)| b), out)?;
     let op = Op::Linear(Linear { in_features: n, out_features: out, bias: bias.is_some() });
-    let params = Some(ParamNames { weight: weight.to_string(), bias, shape: None });
+    let params = Some(ParamNames { weight: weight.to_string(), bias, shape: None, standardized: None });
     let id = imp.push(cx, op, x, Shape::Vector { n: out }, params, cx.output()?)?;
     if let Some((_, add_out)) = fused {
         imp.values.insert(add_out, (id, Shape::Vector { n: out }));
@@ -1335,9 +1367,9 @@ fn channels_last_linear<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, x: ValueId, sha
     let mut params = match module {
         Some(m) if made_up_name(weight) => {
             imp.renamed.push(format!("`{weight}` → `{m}.weight`"));
-            ParamNames { weight: format!("{m}.weight"), bias: bias.map(|_| format!("{m}.bias")), shape: None }
+            ParamNames { weight: format!("{m}.weight"), bias: bias.map(|_| format!("{m}.bias")), shape: None, standardized: None }
         }
-        _ => ParamNames { weight: weight.to_string(), bias, shape: None },
+        _ => ParamNames { weight: weight.to_string(), bias, shape: None, standardized: None },
     };
     params.shape = Some(vec![out, c]);
     let out_shape = Shape::Image { c: out, h, w };
@@ -1765,6 +1797,13 @@ fn unary<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         other => return Err(format!("{other} is not an element-wise function cnnc knows")),
     };
     apply(imp, cx, f)
+}
+
+/// `Reciprocal` of data: 1/x of a value that reaches 0 has no finite moments. (Of a
+/// weight's standard deviation it is a step of a weight standardization, taken before.)
+fn reciprocal<'m>(_: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let i = cx.input(0).unwrap_or("?");
+    Err(format!("Reciprocal of the data value `{i}` has no finite second moment: cnnc takes Reciprocal only in a weight standardization"))
 }
 
 fn apply<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, f: Fn1) -> Result<(), String> {
