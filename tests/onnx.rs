@@ -1406,3 +1406,57 @@ fn conv_transpose_is_zeros_between_then_a_conv() {
     let e = ct(vec![], &[3, 2, 2, 2]).unwrap_err();
     assert!(e.contains("the input has 4 channels but the weight `up.weight` [3, 2, 2, 2] reads 3"), "{e}");
 }
+
+/// Weight standardization (`tests/data/onnx/std/make_std.py`): the TorchScript exports
+/// keep it as ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div (BiT's `StdConv2d`) or with rsqrt
+/// and a per-filter gain times γ/√fan (NF-ResNets' form): each conv is a conv of the
+/// stored weight, marked standardized, and the plan gives the gain (and the gain
+/// parameter's value) its σ² is. The dynamo export folds the standardization into a new
+/// initializer: a plain conv to cnnc.
+#[test]
+fn standardized_weights_plan_with_their_gain() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/std");
+    let req = |mode, analysis| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+    for (file, gamma) in [("std_conv.ts.onnx", None), ("scaled_std_conv.ts.onnx", Some(1.7139))] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let convs: Vec<&ir::Node> = g.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_))).collect();
+        assert_eq!(convs.len(), 2, "{file}: the standardization's steps make no IR node");
+        for (n, name, fan) in [(convs[0], "conv1", 27.0f64), (convs[1], "conv2", 72.0)] {
+            let p = n.params.as_ref().unwrap();
+            assert_eq!(p.weight, format!("{name}.weight"), "{file}");
+            let s = p.standardized.as_ref().unwrap_or_else(|| panic!("{file}: {name} is not marked standardized"));
+            match gamma {
+                None => assert!(s.gain == 1.0 && s.gain_param.is_none() && (s.epsilon - 1e-10).abs() < 1e-15, "{file}: {s:?}"),
+                Some(gm) => {
+                    assert!((s.gain - gm / fan.sqrt()).abs() < 1e-6, "{file} {name}: gain {} vs γ/√fan {}", s.gain, gm / fan.sqrt());
+                    assert_eq!(s.gain_param, Some((format!("{name}.gain"), 1.0)), "{file}");
+                }
+            }
+        }
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let plan = cnnc::plan_graph(&g, req(mode, analysis)).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                for l in plan.layers.iter().filter(|l| l.kind == "conv") {
+                    let s = l.standardized.as_ref().unwrap_or_else(|| panic!("{file}: {} has no `standardized`", l.name));
+                    assert!((s.gain - l.weight.std).abs() < 1e-12 && s.gain.is_finite() && s.gain > 0.0, "{file} {}", l.name);
+                    if let (Some(p), Some(gm)) = (&s.gain_param, gamma) {
+                        let fan = if l.weight.name.starts_with("conv1") { 27.0f64 } else { 72.0 };
+                        assert!(
+                            (p.value * gm / fan.sqrt() - s.gain).abs() < 1e-6 * s.gain,
+                            "{file}: the gain parameter's value gives the gain"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Forward, the second conv reads a ReLU output whose mean each filter removes: its
+    // gain is √(1/(κ Σ_c (E[z²] − μ²)))-like, above the plain conv's σ on the same input.
+    let ts = onnx::load(&dir.join("std_conv.ts.onnx"), &ImportOptions::default()).unwrap();
+    let dy = onnx::load(&dir.join("std_conv.dynamo.onnx"), &ImportOptions::default()).unwrap();
+    assert!(dy.nodes.iter().all(|n| n.params.as_ref().is_none_or(|p| p.standardized.is_none())));
+    let f = |g: &ir::Graph| cnnc::plan_graph(g, req(Mode::Forward, cnnc::analyze::Analysis::Paper)).unwrap();
+    let (a, b) = (f(&ts), f(&dy));
+    assert!((a.layers[0].weight.std - b.layers[0].weight.std).abs() < 1e-12, "the stem reads the zero-mean input: no mean to remove");
+    assert!(a.layers[1].weight.std > 1.1 * b.layers[1].weight.std, "{} vs {}", a.layers[1].weight.std, b.layers[1].weight.std);
+}

@@ -36,6 +36,9 @@ pub(super) enum Step {
     InvStd { eps: f64 },
     /// gain · (v − mean(v)) / √(var(v) + ε).
     Standard { eps: f64, gain: f64, gain_param: Option<(String, f64)> },
+    /// A per-filter gain parameter (dims [O, 1, 1, 1]) times a constant `factor`, before
+    /// it multiplies the standardized weight (`ScaledStdConv2d`'s `gain · γ/√fan`).
+    Gain { factor: f64 },
 }
 
 /// A value computed from the stored weight `weight` (dims `dims`) by the steps so far.
@@ -71,6 +74,11 @@ impl<'m> Importer<'m> {
         }
     }
 
+    /// Whether `name` is a constant of dims [O, 1, 1, 1]: a per-filter gain.
+    fn gain_shaped(&self, name: &str) -> bool {
+        self.params.get(name).is_some_and(|p| p.dims.len() == 4 && p.dims[1..] == [1, 1, 1] && !self.weight_syms.contains_key(name))
+    }
+
     /// Follows node `cx` when it is a step of a weight standardization. Returns whether
     /// it was (then nothing else converts it).
     pub(super) fn standardize_step(&mut self, cx: &Cx<'m>) -> Result<bool, String> {
@@ -78,9 +86,13 @@ impl<'m> Importer<'m> {
         let reads_sym = names.iter().any(|n| self.weight_syms.contains_key(n));
         if !reads_sym {
             // Only a per-filter mean of a stored 4-D weight starts one.
-            let starts = cx.op == "ReduceMean"
+            let starts = (cx.op == "ReduceMean"
                 && names.first().is_some_and(|n| matches!(self.arg(n), Arg::Weight(..)))
-                && filter_axes(self, cx)? == Some(true);
+                && filter_axes(self, cx)? == Some(true))
+                || (cx.op == "Mul"
+                    && names.len() == 2
+                    && names.iter().any(|n| self.gain_shaped(n))
+                    && names.iter().any(|n| matches!(self.arg(n), Arg::Scalar(_))));
             if !starts {
                 return Ok(false);
             }
@@ -109,6 +121,42 @@ impl<'m> Importer<'m> {
         let out = match (cx.op, args.as_slice()) {
             ("Identity" | "Cast", [Arg::Sym(s)]) => s.clone(),
             ("ReduceMean", [Arg::Weight(w, d), ..]) => sym(w, d, Step::Mean),
+            ("Mul", [Arg::Weight(w, d), Arg::Scalar(c)] | [Arg::Scalar(c), Arg::Weight(w, d)]) if self.gain_shaped(w) => {
+                sym(w, d, Step::Gain { factor: *c })
+            }
+            ("Mul", [Arg::Sym(a), Arg::Sym(b)])
+                if matches!(
+                    (&a.step, &b.step),
+                    (Step::Standard { gain_param: None, .. }, Step::Gain { .. })
+                        | (Step::Gain { .. }, Step::Standard { gain_param: None, .. })
+                ) =>
+            {
+                let (st, gn) = if matches!(a.step, Step::Gain { .. }) { (b, a) } else { (a, b) };
+                let (Step::Standard { eps, gain, .. }, Step::Gain { factor }) = (&st.step, &gn.step) else { unreachable!("matched above") };
+                if gn.dims[0] != st.dims[0] {
+                    return Err(format!(
+                        "the gain `{}` has {} filters, the standardized weight `{}` {}",
+                        gn.weight, gn.dims[0], st.weight, st.dims[0]
+                    ));
+                }
+                let value = per_filter_value(&self.params[gn.weight.as_str()]).ok_or_else(|| {
+                    format!(
+                        "the gain `{}` of the standardized weight `{}` has unequal values: cnnc plans a gain shared by the filters",
+                        gn.weight, st.weight
+                    )
+                })?;
+                if value == 0.0 || *factor == 0.0 || !(value * factor).is_finite() {
+                    return Err(format!("the gain `{}` of the standardized weight `{}` is 0 at initialization", gn.weight, st.weight));
+                }
+                let name = self.source_name(&gn.weight).to_string();
+                Sym { step: Step::Standard { eps: *eps, gain: gain * factor * value, gain_param: Some((name, value)) }, ..st.clone() }
+            }
+            ("Mul" | "Div", [Arg::Sym(s), Arg::Scalar(c)]) | ("Mul", [Arg::Scalar(c), Arg::Sym(s)])
+                if matches!(s.step, Step::Gain { .. }) =>
+            {
+                let Step::Gain { factor } = s.step else { unreachable!("matched above") };
+                Sym { step: Step::Gain { factor: if cx.op == "Mul" { factor * c } else { factor / c } }, ..s.clone() }
+            }
             ("ReduceMean", [Arg::Sym(s), ..]) if s.step == Step::Square && filter_axes(self, cx)? == Some(true) => {
                 Sym { step: Step::Var { eps: 0.0 }, ..s.clone() }
             }

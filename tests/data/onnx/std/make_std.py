@@ -2,7 +2,7 @@
 `StdConv2d` (var_mean, (w − m)/√(v + ε)), and `scaled_std_conv.ts.onnx`, the NF-ResNet
 form written with rsqrt and a per-filter gain parameter (w − m)·rsqrt(v + ε)·gain·γ/√fan.
 
-    ~/.cache/cnnc/torch-venv/bin/python tests/data/onnx/real/make_std.py
+    ~/.cache/cnnc/torch-venv/bin/python tests/data/onnx/std/make_std.py
 
 The TorchScript exporter (`dynamo=False`, training mode, no constant folding) keeps the
 standardization as ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div on the initializer; the
