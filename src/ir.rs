@@ -174,9 +174,90 @@ pub enum Op {
         scale: [u64; 2],
         linear: bool,
     },
+    /// Resampling to any size (ONNX `Resize`, linear, or nearest where it is not a whole
+    /// factor's copies): each output position a fixed weighted sum of input positions,
+    /// separable per axis ([`Resample::weights`]); the output size is the node's shape.
+    Resample(Resample),
     /// An element-wise function of one value other than the activations the unified
     /// layers know (ReLU6 as `Clip`, hard-swish, x·sigmoid(x) written out, GELU with `Erf`).
     Elementwise(Expr),
+}
+
+/// How ONNX `Resize` maps an output coordinate to an input one
+/// (`coordinate_transformation_mode`), with `scale` = output/input length (or the given scale).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CoordTransform {
+    HalfPixel,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+    TfHalfPixelForNn,
+}
+
+/// ONNX `Resize`'s `nearest_mode`: how a fractional input coordinate picks its position.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NearestMode {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+/// A resampling (see [`Op::Resample`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resample {
+    /// Linear interpolation (bilinear on an image), or nearest.
+    pub linear: bool,
+    pub transform: CoordTransform,
+    pub nearest: NearestMode,
+    /// Per axis (h, w), the scale the coordinate transform divides by: output/input, or
+    /// the `scales` the model gives.
+    pub scale: [f64; 2],
+}
+
+impl Resample {
+    /// Per output position of axis `axis` (0: h, 1: w), the input positions it reads and
+    /// their weights (summing to 1), from `input` to `output` positions, as ONNX defines
+    /// them: the coordinate transform, then the nearest position or the two neighbours,
+    /// the coordinate clamped to [0, input − 1] (the edge value beyond it).
+    pub fn weights(&self, axis: usize, input: u64, output: u64) -> Vec<Vec<(usize, f64)>> {
+        let scale = self.scale[axis];
+        let last = input.saturating_sub(1) as f64;
+        (0..output)
+            .map(|o| {
+                let o = o as f64;
+                let x = match self.transform {
+                    CoordTransform::HalfPixel => (o + 0.5) / scale - 0.5,
+                    CoordTransform::PytorchHalfPixel if output > 1 => (o + 0.5) / scale - 0.5,
+                    CoordTransform::PytorchHalfPixel => 0.0,
+                    CoordTransform::AlignCorners if output > 1 => o * last / (output - 1) as f64,
+                    CoordTransform::AlignCorners => 0.0,
+                    CoordTransform::Asymmetric => o / scale,
+                    CoordTransform::TfHalfPixelForNn => (o + 0.5) / scale,
+                };
+                if self.linear {
+                    let x = x.clamp(0.0, last);
+                    let lo = x.floor();
+                    let t = x - lo;
+                    let lo = lo as usize;
+                    if t == 0.0 || lo as f64 >= last {
+                        vec![(lo, 1.0)]
+                    } else {
+                        vec![(lo, 1.0 - t), (lo + 1, t)]
+                    }
+                } else {
+                    let r = match self.nearest {
+                        NearestMode::Floor => x.floor(),
+                        NearestMode::Ceil => x.ceil(),
+                        NearestMode::RoundPreferFloor if x.fract() == 0.5 => x.floor(),
+                        NearestMode::RoundPreferCeil if x.fract() == 0.5 => x.ceil(),
+                        _ => x.round(),
+                    };
+                    vec![(r.clamp(0.0, last) as usize, 1.0)]
+                }
+            })
+            .collect()
+    }
 }
 
 /// A normalization: `y = γ (x − μ) / √(σ² + ε) + β` per channel, with the batch's
@@ -467,6 +548,7 @@ impl Op {
             Op::Shuffle { .. } => "shuffle",
             Op::Resize { .. } => "resize",
             Op::Dilate { .. } => "dilate",
+            Op::Resample(_) => "resample",
             Op::Elementwise(_) => "elementwise",
         }
     }

@@ -51,6 +51,18 @@ impl B {
         self.g.nodes[v.0 - 1].params = Some(names);
         v
     }
+    /// A resampling to h × w: bilinear (`align_corners` or half-pixel) or nearest (floor),
+    /// as PyTorch's `F.interpolate` exports it.
+    fn resample(&mut self, x: ValueId, h: u64, w: u64, linear: bool, align_corners: bool) -> ValueId {
+        let (c, ih, iw) = self.g.shape(x).chw();
+        let transform = match (linear, align_corners) {
+            (false, _) => ir::CoordTransform::Asymmetric,
+            (true, true) => ir::CoordTransform::AlignCorners,
+            (true, false) => ir::CoordTransform::PytorchHalfPixel,
+        };
+        let r = ir::Resample { linear, transform, nearest: ir::NearestMode::Floor, scale: [h as f64 / ih as f64, w as f64 / iw as f64] };
+        self.push(Op::Resample(r), &[x], Shape::Image { c, h, w })
+    }
     fn relu(&mut self, x: ValueId) -> ValueId {
         let s = self.g.shape(x);
         self.push(Op::Activation(Activation::Relu), &[x], s)
@@ -263,6 +275,25 @@ fn forward(g: &Graph, weights: &[Option<Vec<f64>>], x: T) -> Vec<T> {
                     }
                 }
             }
+            Op::Resample(r) => {
+                let (wh, ww) = (torch_interp(a.h, h, r), torch_interp(a.w, w, r));
+                for s in 0..a.n {
+                    for ch in 0..c {
+                        for (y, row) in wh.iter().enumerate() {
+                            for (x, col) in ww.iter().enumerate() {
+                                let mut v = 0.0;
+                                for &(iy, ay) in row {
+                                    for &(ix, ax) in col {
+                                        v += ay * ax * a.d[a.at(s, ch, iy, ix)];
+                                    }
+                                }
+                                let i = out.at(s, ch, y, x);
+                                out.d[i] = v;
+                            }
+                        }
+                    }
+                }
+            }
             other => panic!("the oracle has no loop for {}", other.kind_name()),
         }
         vals.push(out);
@@ -399,11 +430,52 @@ fn backward(g: &Graph, weights: &[Option<Vec<f64>>], vals: &[T], grad: T) -> Vec
                 }
             }
             Op::Flatten => da.d.clone_from(&dy.d),
+            Op::Resample(r) => {
+                let (wh, ww) = (torch_interp(a.h, h, r), torch_interp(a.w, w, r));
+                for s in 0..a.n {
+                    for ch in 0..c {
+                        for (y, row) in wh.iter().enumerate() {
+                            for (x, col) in ww.iter().enumerate() {
+                                let d = dy.d[dy.at(s, ch, y, x)];
+                                for &(iy, ay) in row {
+                                    for &(ix, ax) in col {
+                                        let i = da.at(s, ch, iy, ix);
+                                        da.d[i] += ay * ax * d;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             other => panic!("the oracle has no loop for {}", other.kind_name()),
         }
         accumulate(&mut grads[n.inputs[0].0], &da);
     }
     grads
+}
+
+/// PyTorch's `F.interpolate` along one axis, from its documentation (not cnnc's rule):
+/// bilinear reads the two neighbours of the source coordinate `o·(n−1)/(m−1)`
+/// (`align_corners=True`) or `max((o + ½)·n/m − ½, 0)` (False), the upper one clamped to
+/// the edge; nearest reads `floor(o·n/m)`.
+fn torch_interp(n: usize, m: usize, r: &ir::Resample) -> Vec<Vec<(usize, f64)>> {
+    (0..m)
+        .map(|o| {
+            if !r.linear {
+                return vec![((o * n / m).min(n - 1), 1.0)];
+            }
+            let src = match r.transform {
+                ir::CoordTransform::AlignCorners if m > 1 => o as f64 * (n - 1) as f64 / (m - 1) as f64,
+                ir::CoordTransform::AlignCorners => 0.0,
+                _ => ((o as f64 + 0.5) * n as f64 / m as f64 - 0.5).max(0.0),
+            };
+            let i0 = (src.floor() as usize).min(n - 1);
+            let i1 = (i0 + 1).min(n - 1);
+            let t = src - i0 as f64;
+            vec![(i0, 1.0 - t), (i1, t)]
+        })
+        .collect()
 }
 
 /// The sets of elements a normalization takes its statistics over: per channel over the
@@ -972,5 +1044,47 @@ fn a_standardized_conv_removes_the_shared_gradient_its_taps_read() {
         let ((mean, se), pred) = (m.bwd, plan.weights[0].backward_variance);
         eprintln!("{analysis:?}: gradient at the input measured {mean:.4} ± {se:.4}, predicted {pred:.4}");
         assert!((mean - pred).abs() <= 4.0 * se + 0.03 * pred, "{analysis:?}: measured {mean} ± {se}, predicted {pred}");
+    }
+}
+
+/// Resampling to sizes that are not whole multiples (7×7 from 3×3, bilinear, both
+/// `align_corners`; 5×5 from 7×7, nearest) between convs of ReLU outputs (a mean). An
+/// interpolated value is an average of its neighbours, E[x²] = μ² + A + Σ a² B, and
+/// backward each input receives Σ_o a_oi² of the gradient's unshared part and (Σ_o a_oi)²
+/// of the part a sample shares. `pooled`: the upsampling is followed by the global pool
+/// and the linear layer (all the gradient shared); otherwise by convs and the nearest
+/// resampling, the loss at every position (none of it shared). The conv before the
+/// upsampling is 1×1, so that the positions it reads are independent.
+fn resample_net(align_corners: bool, pooled: bool) -> Graph {
+    let mut b = B::new(8, 3, 3);
+    let u = b.conv(ValueId(0), 8, 1, 0, 1);
+    let r = b.relu(u);
+    let up = b.resample(r, 7, 7, true, align_corners);
+    if pooled {
+        b.head(up, 10);
+        return b.g;
+    }
+    let u = b.conv(up, 8, 3, 1, 1);
+    let r = b.relu(u);
+    let down = b.resample(r, 5, 5, false, false);
+    b.conv(down, 8, 3, 1, 1);
+    b.g
+}
+
+#[test]
+fn resampling_to_any_size_matches_the_sampled_network() {
+    // Between the two: after an upsampling, neighbouring positions are correlated, and the
+    // convs after it keep that (in expectation over the weights); a global pool, and the
+    // ReLU masks that pass a gradient's shared part, see it, and the analyses, taking
+    // positions as independent, do not (docs/dag.md, "Resize to any size").
+    // (Measured/predicted does not depend on σ²: one analysis and mode per network.)
+    for align in [true, false] {
+        for pooled in [false, true] {
+            let g = resample_net(align, pooled);
+            let (analysis, slack) = if align == pooled { (Analysis::Paper, 0.12) } else { (Analysis::Map, 0.06) };
+            let mode = if align { Mode::Forward } else { Mode::Backward };
+            let (f, b) = check(&g, analysis, mode, 32, 8, slack);
+            eprintln!("resample align_corners={align} pooled={pooled} {analysis:?}: worst ratio forward {f:.3}, backward {b:.3}");
+        }
     }
 }

@@ -1460,3 +1460,49 @@ fn standardized_weights_plan_with_their_gain() {
     assert!((a.layers[0].weight.std - b.layers[0].weight.std).abs() < 1e-12, "the stem reads the zero-mean input: no mean to remove");
     assert!(a.layers[1].weight.std > 1.1 * b.layers[1].weight.std, "{} vs {}", a.layers[1].weight.std, b.layers[1].weight.std);
 }
+
+/// Resize to sizes that are not whole multiples (`tests/data/onnx/resize/make_resize.py`):
+/// 3×3 → 7×7 bilinear with `align_corners` True and False, 7×7 → 5×5 nearest, by both
+/// exporters. Each is a resampling whose weights are torch's own (`resize.json`: torch's
+/// `F.interpolate` of the unit vectors), and the two exports plan alike.
+#[test]
+fn resize_to_any_size_takes_torch_s_interpolation_weights() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/resize");
+    let torch: Vec<Vec<Vec<f64>>> = serde_json::from_str(&std::fs::read_to_string(dir.join("resize.json")).unwrap()).unwrap();
+    let mut stds = Vec::new();
+    for file in ["resize.ts.onnx", "resize.dynamo.onnx"] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let resamples: Vec<&ir::Node> = g.nodes.iter().filter(|n| matches!(n.op, Op::Resample(_))).collect();
+        assert_eq!(resamples.len(), 3, "{file}");
+        for (n, expected) in resamples.iter().zip(&torch) {
+            let Op::Resample(r) = &n.op else { unreachable!() };
+            let (_, h, _) = g.shape(n.inputs[0]).chw();
+            let (_, oh, _) = n.output.chw();
+            assert_eq!((expected.len() as u64, expected[0].len() as u64), (oh, h), "{file} {}", n.name);
+            for axis in [0, 1] {
+                for (o, row) in r.weights(axis, h, oh).iter().enumerate() {
+                    let mut dense = vec![0.0; h as usize];
+                    for &(i, a) in row {
+                        dense[i] += a;
+                    }
+                    for (i, (a, b)) in dense.iter().zip(&expected[o]).enumerate() {
+                        assert!((a - b).abs() < 1e-6, "{file} {} axis {axis}: output {o} input {i}: cnnc {a}, torch {b}", n.name);
+                    }
+                }
+            }
+        }
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+                let plan = cnnc::plan_graph(&g, req).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                stds.push((file, plan.layers.iter().map(|l| l.weight.std).collect::<Vec<f64>>()));
+            }
+        }
+    }
+    let half = stds.len() / 2;
+    for (a, b) in stds[..half].iter().zip(&stds[half..]) {
+        for (x, y) in a.1.iter().zip(&b.1) {
+            assert!((x - y).abs() <= 1e-12 * y, "{} vs {}: σ {x} vs {y}", a.0, b.0);
+        }
+    }
+}

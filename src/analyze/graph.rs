@@ -628,6 +628,7 @@ impl Bwd<'_, '_> {
 pub(super) fn reads_shared(g: &Graph, opts: &GraphOptions) -> bool {
     g.nodes.iter().any(|n| match &n.op {
         Op::BatchNorm(bn) => bn.groups.is_some() || (bn.training && opts.batch.is_some()),
+        Op::Resample(_) => true,
         _ => standardized(n).is_some(),
     })
 }
@@ -683,6 +684,7 @@ const RULES: &[(&str, FwdRule, BwdRule)] = &[
     ("shuffle", shuffle_fwd, shuffle_bwd),
     ("resize", resize_fwd, resize_bwd),
     ("dilate", dilate_fwd, dilate_bwd),
+    ("resample", resample_fwd, resample_bwd),
 ];
 
 fn rules(op: &Op) -> (FwdRule, BwdRule) {
@@ -1769,6 +1771,59 @@ fn resize_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisE
     Ok(())
 }
 
+/// Per axis of a resampling node: (mean over outputs of Σ_i a_i², mean over inputs of
+/// Σ_o a_oi², mean over inputs of (Σ_o a_oi)²), a the interpolation weights.
+pub(super) fn resample_sums(g: &Graph, k: usize) -> [(f64, f64, f64); 2] {
+    let n = &g.nodes[k];
+    let Op::Resample(r) = &n.op else { unreachable!("the resample rule") };
+    let (_, h, w) = g.shape(n.inputs[0]).chw();
+    let (_, oh, ow) = n.output.chw();
+    let axis = |a: usize, input: u64, output: u64| {
+        let wts = r.weights(a, input, output);
+        let fwd = wts.iter().map(|row| row.iter().map(|(_, v)| v * v).sum::<f64>()).sum::<f64>() / output as f64;
+        let (mut sq, mut col) = (vec![0.0; input as usize], vec![0.0; input as usize]);
+        for row in &wts {
+            for &(i, v) in row {
+                sq[i] += v * v;
+                col[i] += v;
+            }
+        }
+        let n = input as f64;
+        (fwd, sq.iter().sum::<f64>() / n, col.iter().map(|c| c * c).sum::<f64>() / n)
+    };
+    [axis(0, h, oh), axis(1, w, ow)]
+}
+
+/// Resampling, forward: each output is Σ_i a_i x_i with Σ a_i = 1, so the mean and the
+/// offset pass whole, and the rest, independent per position, × Σ a_i² (docs/dag.md,
+/// "Resize to any size": linear interpolation mixes neighbours, an average's variance).
+fn resample_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let [h, w] = resample_sums(f.cx.g, k);
+    let q = h.0 * w.0;
+    let x = f.input(n.inputs[0]).clone();
+    let second = (0..x.second.len())
+        .map(|c| x.mean[c] * x.mean[c] + x.offset[c] + (x.second[c] - x.mean[c] * x.mean[c] - x.offset[c]) * q)
+        .collect();
+    Ok(Stat { second, ..x })
+}
+
+/// Resampling, backward: δx_i = Σ_o a_oi δy_o; the gradient's part a sample shares (G)
+/// adds coherently, (Σ_o a_oi)² G, the rest Σ_o a_oi² (E[δy²] − G); the shared part
+/// itself × (P_out/P_in)², the mean column sum squared.
+fn resample_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let [h, w] = resample_sums(b.cx.g, k);
+    let (sq, col) = (h.1 * w.1, h.2 * w.2);
+    let gs = b.shared_of(k + 1, dz);
+    let contrib: Vec<f64> = dz.iter().zip(&gs).map(|(d, g)| (d - g) * sq + g * col).collect();
+    b.send(n.inputs[0], &contrib);
+    let ratio = positions(n.output) as f64 / positions(b.cx.g.shape(n.inputs[0])) as f64;
+    let to_shared: Vec<f64> = gs.iter().map(|g| g * ratio * ratio).collect();
+    b.send_shared(n.inputs[0], &to_shared);
+    Ok(())
+}
+
 /// The fraction of a dilated value's positions that hold its input (the rest are 0).
 fn dilate_fraction(g: &Graph, k: usize) -> f64 {
     let n = &g.nodes[k];
@@ -1848,7 +1903,7 @@ fn branch_end(g: &Graph, v: ValueId) -> (Option<usize>, Option<usize>) {
             Op::Conv(_) | Op::Linear(_) => return (Some(u - 1), bn),
             Op::BatchNorm(ref b) if !b.scale.is_empty() => bn = Some(u - 1),
             Op::BatchNorm(_) => {}
-            Op::Activation(_) | Op::Elementwise(_) | Op::Resize { .. } | Op::Shuffle { .. } | Op::Flatten => {}
+            Op::Activation(_) | Op::Elementwise(_) | Op::Resize { .. } | Op::Resample(_) | Op::Shuffle { .. } | Op::Flatten => {}
             _ => return (None, bn),
         }
         if node.inputs.len() != 1 {
@@ -1915,6 +1970,7 @@ fn keeps_scale(op: &Op) -> bool {
         Op::Pool(_)
         | Op::GlobalPool(_)
         | Op::Resize { .. }
+        | Op::Resample(_)
         | Op::Dilate { .. }
         | Op::Concat
         | Op::ChannelSlice { .. }
@@ -2248,13 +2304,19 @@ pub(crate) mod tests {
             Op::Shuffle { groups: 1 },
             Op::Resize { scale: [1, 1], linear: false },
             Op::Dilate { stride: [1, 1] },
+            Op::Resample(ir::Resample {
+                linear: true,
+                transform: ir::CoordTransform::HalfPixel,
+                nearest: ir::NearestMode::RoundPreferFloor,
+                scale: [1.0, 1.0],
+            }),
         ];
         // Exhaustive: this match fails to compile when a variant is added.
         for op in &ops {
             match op {
                 Op::Conv(_) | Op::Linear(_) | Op::Activation(_) | Op::Elementwise(_) | Op::Pool(_) | Op::GlobalPool(_) | Op::Flatten => {}
                 Op::Add | Op::Concat | Op::BatchNorm(_) | Op::Mul | Op::ChannelSlice { .. } | Op::Shuffle { .. } | Op::Resize { .. } => {}
-                Op::Dilate { .. } => {}
+                Op::Dilate { .. } | Op::Resample(_) => {}
             }
         }
         ops

@@ -482,6 +482,7 @@ const MAP_RULES: &[(&str, MapFwdRule, MapBwdRule)] = &[
     ("shuffle", MapPasses::shuffle_fwd, MapPasses::shuffle_bwd),
     ("resize", MapPasses::resize_fwd, MapPasses::resize_bwd),
     ("dilate", MapPasses::dilate_fwd, MapPasses::dilate_bwd),
+    ("resample", MapPasses::resample_fwd, MapPasses::resample_bwd),
 ];
 
 fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
@@ -491,6 +492,99 @@ fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
 }
 
 // ---------------------------------------------------------------- one pair of rules per op
+
+/// A resampling's weights per axis: (h, w), each output position's (input, weight) list.
+type AxisWeights = [Vec<Vec<(usize, f64)>>; 2];
+
+fn resample_weights(g: &crate::ir::Graph, k: usize) -> AxisWeights {
+    let n = &g.nodes[k];
+    let Op::Resample(r) = &n.op else { unreachable!("the resample rule") };
+    let (_, h, w) = g.shape(n.inputs[0]).chw();
+    let (_, oh, ow) = n.output.chw();
+    [r.weights(0, h, oh), r.weights(1, w, ow)]
+}
+
+/// Σ_i a_i p_i per output position (a_i², with `square`), a = a_h ⊗ a_w.
+fn resample_plane(p: &Plane, a: &AxisWeights, square: bool) -> Plane {
+    let f = |v: f64| if square { v * v } else { v };
+    let mut out = Plane::filled(a[0].len(), a[1].len(), 0.0);
+    for (oy, row) in a[0].iter().enumerate() {
+        for (ox, col) in a[1].iter().enumerate() {
+            let mut s = 0.0;
+            for &(iy, wy) in row {
+                for &(ix, wx) in col {
+                    s += f(wy * wx) * p.d[iy * p.w + ix];
+                }
+            }
+            out.d[oy * out.w + ox] = s;
+        }
+    }
+    out
+}
+
+/// Σ_o a_oi p_o per input position (a², with `square`): the transposed resampling.
+fn resample_plane_t(p: &Plane, a: &AxisWeights, square: bool, (h, w): (usize, usize)) -> Plane {
+    let f = |v: f64| if square { v * v } else { v };
+    let mut out = Plane::filled(h, w, 0.0);
+    for (oy, row) in a[0].iter().enumerate() {
+        for (ox, col) in a[1].iter().enumerate() {
+            let d = p.d[oy * p.w + ox];
+            for &(iy, wy) in row {
+                for &(ix, wx) in col {
+                    out.d[iy * w + ix] += f(wy * wx) * d;
+                }
+            }
+        }
+    }
+    out
+}
+
+impl MapPasses {
+    /// Resampling, per position: the mean Σ a μ, the second moment (Σ a μ)² + A + Σ a²
+    /// (s − μ² − A), A the channel's shared part (which the weights, summing to 1, keep).
+    fn resample_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let a = resample_weights(r.cx.g, k);
+        let x = self.get(n.inputs[0]).clone();
+        let shared = self.shared[n.inputs[0].0].clone();
+        let mut out = Vec::new();
+        for (seg, sh) in split_by(&x, &shared) {
+            let mean = resample_plane(&seg.maps[0], &a, false);
+            let var_in = Plane {
+                h: seg.maps[1].h,
+                w: seg.maps[1].w,
+                d: seg.maps[1].d.iter().zip(&seg.maps[0].d).map(|(s, m)| s - m * m - sh).collect(),
+            };
+            let var = resample_plane(&var_in, &a, true);
+            let second = Plane { h: mean.h, w: mean.w, d: mean.d.iter().zip(&var.d).map(|(m, v)| m * m + sh + v).collect() };
+            out.push(Seg { n: seg.n, maps: vec![mean, second] });
+        }
+        Ok(merge(out))
+    }
+
+    /// Resampling, backward, per input position: Σ_o a_oi² (E[δy_o²] − G) + (Σ_o a_oi)² G,
+    /// G the part of the gradient a sample shares (its fraction from the paper analysis).
+    fn resample_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let a = resample_weights(r.cx.g, k);
+        let (_, h, w) = r.cx.g.shape(n.inputs[0]).chw();
+        let dims = (h as usize, w as usize);
+        let frac = self.gfrac.get(k + 1).cloned().unwrap_or_default();
+        let frac: Vec<f64> = (0..channels(dz)).map(|c| frac.get(c).copied().unwrap_or(0.0)).collect();
+        let ones = Plane::filled(a[0].len(), a[1].len(), 1.0);
+        let col = resample_plane_t(&ones, &a, false, dims);
+        let mut out = Vec::new();
+        for (seg, f) in split_by(dz, &frac) {
+            let g = f * seg.maps[0].mean();
+            let rest = Plane { h: seg.maps[0].h, w: seg.maps[0].w, d: seg.maps[0].d.iter().map(|d| d - g).collect() };
+            let sq = resample_plane_t(&rest, &a, true, dims);
+            let d = sq.d.iter().zip(&col.d).map(|(v, c)| v + c * c * g).collect();
+            out.push(Seg { n: seg.n, maps: vec![Plane { h: dims.0, w: dims.1, d }] });
+        }
+        send(grads, n.inputs[0], merge(out));
+        Ok(())
+    }
+}
 
 /// Per entry of [`group_sums`] (a group, or a segment where each group reads one
 /// channel): the channels it sums over, `start..start + len`.
@@ -1381,7 +1475,7 @@ impl MapPasses {
                     })
                     .collect()
             }
-            Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } => self.shared[input(0)].clone(),
+            Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } | Op::Resample(_) => self.shared[input(0)].clone(),
             Op::Dilate { .. } => {
                 let (_, h, w) = g.shape(n.inputs[0]).chw();
                 let (_, oh, ow) = n.output.chw();

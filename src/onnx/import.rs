@@ -2177,22 +2177,49 @@ fn pad<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 }
 
 /// `Resize`/`Upsample` by integer factors (nearest or linear).
+/// `Resize` and `Upsample`. Nearest by whole factors whose copies are each input's own
+/// (`Op::Resize`); any other size, and linear interpolation, a [`ir::Resample`] with
+/// ONNX's coordinate transform and nearest rounding.
 fn resize<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let (x, shape) = imp.data_at(cx, 0)?;
     let (c, h, w) = image(cx, shape)?;
     let float = |i: usize| imp.params.get(cx.input(i)?).and_then(|p| p.value.as_ref()).map(Tensor::as_floats);
+    if cx.ints("axes")?.is_some_and(|a| !matches!(a, [2, 3] | [-2, -1])) {
+        return Err("attribute `axes` other than the spatial [2, 3] is not supported".into());
+    }
     let (scales_at, sizes_at) = if cx.op == "Upsample" { (1, 9) } else { (2, 3) };
-    let scale: [u64; 2] = if let Some(s) = float(scales_at).filter(|s| !s.is_empty()) {
-        let &[_, _, sh, sw] = s.as_slice() else { return Err(format!("scales {s:?}: expected 4 values")) };
-        let int = |v: f64| (v >= 1.0 && v.fract() == 0.0 && v <= MAX_DIM as f64).then_some(v as u64);
-        [int(sh).ok_or(format!("scale {sh} is not a whole number ≥ 1"))?, int(sw).ok_or(format!("scale {sw} is not a whole number ≥ 1"))?]
-    } else if let Some(s) = float(sizes_at).filter(|s| !s.is_empty()) {
-        let &[_, _, oh, ow] = s.as_slice() else { return Err(format!("sizes {s:?}: expected 4 values")) };
-        let (oh, ow) = (oh as u64, ow as u64);
-        if oh % h != 0 || ow % w != 0 || oh == 0 || ow == 0 {
-            return Err(format!("sizes {oh}×{ow} are not whole multiples of {h}×{w}"));
+    // The spatial pair of `scales` or `sizes` ([N, C, H, W], or [H, W] with `axes`).
+    let spatial = |v: &[f64], what: &str| -> Result<[f64; 2], String> {
+        match v {
+            [_, _, a, b] | [a, b] => Ok([*a, *b]),
+            _ => Err(format!("{what} {v:?}: expected 4 values")),
         }
-        [oh / h, ow / w]
+    };
+    let (scale, out) = if let Some(s) = float(scales_at).filter(|s| !s.is_empty()) {
+        let [sh, sw] = spatial(&s, "scales")?;
+        if s.len() == 4 && (s[0] != 1.0 || s[1] != 1.0) {
+            return Err(format!("scales {s:?} change the batch or channel axis"));
+        }
+        if !(sh > 0.0 && sw > 0.0 && sh.is_finite() && sw.is_finite()) {
+            return Err(format!("scales {s:?} must be positive"));
+        }
+        let size = |n: u64, f: f64| {
+            let o = (n as f64 * f).floor();
+            (o >= 1.0 && o <= MAX_DIM as f64).then_some(o as u64).ok_or(format!("scale {f} gives an output of {o} positions from {n}"))
+        };
+        ([sh, sw], [size(h, sh)?, size(w, sw)?])
+    } else if let Some(s) = float(sizes_at).filter(|s| !s.is_empty()) {
+        let [oh, ow] = spatial(&s, "sizes")?;
+        if s.len() == 4 && s[1] != c as f64 {
+            return Err(format!("sizes {s:?} change the channels ({c})"));
+        }
+        let whole = |v: f64| {
+            (v >= 1.0 && v.fract() == 0.0 && v <= MAX_DIM as f64)
+                .then_some(v as u64)
+                .ok_or(format!("sizes {s:?} are not positive whole numbers"))
+        };
+        let (oh, ow) = (whole(oh)?, whole(ow)?);
+        ([oh as f64 / h as f64, ow as f64 / w as f64], [oh, ow])
     } else {
         return Err("Resize needs constant scales or sizes".into());
     };
@@ -2201,7 +2228,36 @@ fn resize<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         "linear" | "bilinear" => true,
         other => return Err(format!("Resize mode `{other}` is not supported (nearest or linear)")),
     };
-    let out = Shape::Image { c, h: h.checked_mul(scale[0]).ok_or("too large")?, w: w.checked_mul(scale[1]).ok_or("too large")? };
-    imp.push(cx, Op::Resize { scale, linear }, x, out, None, cx.output()?)?;
+    let default_transform = if cx.op == "Upsample" { "asymmetric" } else { "half_pixel" };
+    let transform = match cx.string("coordinate_transformation_mode", default_transform)?.as_str() {
+        "half_pixel" => ir::CoordTransform::HalfPixel,
+        "pytorch_half_pixel" => ir::CoordTransform::PytorchHalfPixel,
+        "align_corners" => ir::CoordTransform::AlignCorners,
+        "asymmetric" => ir::CoordTransform::Asymmetric,
+        "tf_half_pixel_for_nn" => ir::CoordTransform::TfHalfPixelForNn,
+        other => return Err(format!("coordinate_transformation_mode `{other}` is not supported")),
+    };
+    let nearest = match cx.string("nearest_mode", "round_prefer_floor")?.as_str() {
+        "round_prefer_floor" => ir::NearestMode::RoundPreferFloor,
+        "round_prefer_ceil" => ir::NearestMode::RoundPreferCeil,
+        "floor" => ir::NearestMode::Floor,
+        "ceil" => ir::NearestMode::Ceil,
+        other => return Err(format!("nearest_mode `{other}` is not supported")),
+    };
+    if cx.int("antialias", 0)? != 0 && linear && (out[0] < h || out[1] < w) {
+        return Err("antialiased linear downsampling is not supported".into());
+    }
+    let r = ir::Resample { linear, transform, nearest, scale };
+    let out_shape = Shape::Image { c, h: out[0], w: out[1] };
+    // Nearest by whole factors where every input is copied to its own block: the
+    // upsampling cnnc has always taken (the same IR, the same plans).
+    let copies = |a: usize, n: u64, o: u64| {
+        o.is_multiple_of(n) && r.weights(a, n, o).iter().enumerate().all(|(i, row)| row[0].0 as u64 == i as u64 / (o / n))
+    };
+    if !linear && copies(0, h, out[0]) && copies(1, w, out[1]) {
+        imp.push(cx, Op::Resize { scale: [out[0] / h, out[1] / w], linear: false }, x, out_shape, None, cx.output()?)?;
+    } else {
+        imp.push(cx, Op::Resample(r), x, out_shape, None, cx.output()?)?;
+    }
     Ok(())
 }
