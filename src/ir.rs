@@ -174,6 +174,11 @@ pub enum Op {
         scale: [u64; 2],
         linear: bool,
     },
+    /// The per-sample transpose of a value of height 1: (A, 1, B) → (B, 1, A), output
+    /// channel b, position a = input channel a, position b. An (N, A, B) tensor is the
+    /// image (A, 1, B) in the IR: efficient channel attention transposes its pooled vector
+    /// (C, 1, 1) to a row (1, 1, C), convolves it across the channels (a 1×k conv) and back.
+    SwapChannelsWidth,
     /// Resampling to any size (ONNX `Resize`, linear, or nearest where it is not a whole
     /// factor's copies): each output position a fixed weighted sum of input positions,
     /// separable per axis ([`Resample::weights`]); the output size is the node's shape.
@@ -549,6 +554,7 @@ impl Op {
             Op::Resize { .. } => "resize",
             Op::Dilate { .. } => "dilate",
             Op::Resample(_) => "resample",
+            Op::SwapChannelsWidth => "swap",
             Op::Elementwise(_) => "elementwise",
         }
     }

@@ -58,6 +58,7 @@ pub fn graph_table(g: &Graph) -> String {
             ),
             Op::ChannelSlice { start, end } => format!("slice channels {start}..{end}"),
             Op::Shuffle { groups } => format!("shuffle groups {groups}"),
+            Op::SwapChannelsWidth => "swap channels and width".to_string(),
             Op::Resample(r) => format!("resample {} {:?}", if r.linear { "linear" } else { "nearest" }, r.transform),
             Op::Dilate { stride } => format!("dilate x{}x{} (zeros between)", stride[0], stride[1]),
             Op::Resize { scale, linear } => format!("resize x{}x{} {}", scale[0], scale[1], if *linear { "linear" } else { "nearest" }),

@@ -1506,3 +1506,52 @@ fn resize_to_any_size_takes_torch_s_interpolation_weights() {
         }
     }
 }
+
+/// Efficient channel attention (`tests/data/onnx/attn/make_attn.py`), both exporters: the
+/// pooled vector squeezed, transposed, convolved across its channels by a 1-D conv,
+/// transposed back and unsqueezed is two `swap` nodes around a 1 × 3 conv of one channel,
+/// whose plan entry is the stored [1, 1, 3] weight; both exports plan alike in both
+/// analyses and modes.
+#[test]
+fn efficient_channel_attention_imports_from_both_exporters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/attn");
+    let mut stds = Vec::new();
+    for file in ["eca.ts.onnx", "eca.dynamo.onnx"] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let kinds: Vec<&str> = g.nodes.iter().map(|n| n.op.kind_name()).collect();
+        let at = kinds.iter().position(|k| *k == "swap").unwrap_or_else(|| panic!("{file}: {kinds:?}"));
+        assert_eq!(&kinds[at - 1..at + 5], ["global avgpool", "swap", "conv", "swap", "activation", "mul"], "{file}");
+        let conv = &g.nodes[at + 1];
+        assert_eq!(conv_of(&g, at + 1).kernel, [1, 3], "{file}");
+        assert_eq!(conv.output, Shape::Image { c: 1, h: 1, w: 16 }, "{file}");
+        assert_eq!(g.nodes[at + 2].output, Shape::Image { c: 16, h: 1, w: 1 }, "{file}");
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+                let plan = cnnc::plan_graph(&g, req).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                let eca = plan.layers.iter().find(|l| l.weight.name == "eca.conv.weight").expect("the 1-D conv is a weight layer");
+                assert_eq!(eca.weight.shape, [1, 1, 3], "{file}");
+                assert!(plan.layers.iter().all(|l| l.weight.std.is_finite() && l.weight.std > 0.0));
+                stds.push(plan.layers.iter().map(|l| l.weight.std).collect::<Vec<f64>>());
+            }
+        }
+    }
+    let half = stds.len() / 2;
+    for (a, b) in stds[..half].iter().zip(&stds[half..]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * y, "ts σ {x} vs dynamo σ {y}");
+        }
+    }
+    // Anything else on the 3-D view is refused with the reason.
+    let m = model(
+        vec![image_input(4, 5, 5)],
+        vec![
+            node("gap", "GlobalAveragePool", &["x"], &["p"], vec![]),
+            node("sq", "Squeeze", &["p", "ax"], &["s"], vec![]),
+            node("bad", "MaxPool", &["s"], &["y"], vec![attr("kernel_shape", A::Is(vec![1]))]),
+        ],
+        vec![int64s("ax", &[3])],
+    );
+    let e = import(&m).unwrap_err();
+    assert!(e.contains("node `bad` (MaxPool)") && e.contains("3-D view"), "{e}");
+}

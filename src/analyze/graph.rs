@@ -629,6 +629,7 @@ pub(super) fn reads_shared(g: &Graph, opts: &GraphOptions) -> bool {
     g.nodes.iter().any(|n| match &n.op {
         Op::BatchNorm(bn) => bn.groups.is_some() || (bn.training && opts.batch.is_some()),
         Op::Resample(_) => true,
+        Op::Mul => g.shape(n.inputs[1]) != n.output,
         _ => standardized(n).is_some(),
     })
 }
@@ -685,6 +686,7 @@ const RULES: &[(&str, FwdRule, BwdRule)] = &[
     ("resize", resize_fwd, resize_bwd),
     ("dilate", dilate_fwd, dilate_bwd),
     ("resample", resample_fwd, resample_bwd),
+    ("swap", swap_fwd, swap_bwd),
 ];
 
 fn rules(op: &Op) -> (FwdRule, BwdRule) {
@@ -1470,7 +1472,11 @@ fn mul_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisErro
         (h * w) as f64
     };
     let to_x: Vec<f64> = dz.iter().zip(&gate.second).map(|(d, s)| d * s).collect();
-    let to_gate: Vec<f64> = dz.iter().zip(&x.second).map(|(d, s)| d * s * hw).collect();
+    // δg = Σ_p δ_p x_p over a sample's positions: besides Σ_p E[δ²] E[x²], the part of δ a
+    // sample shares (G) meets the part of x every position shares (μ² + A), coherently.
+    let shared = b.shared_of(k + 1, dz);
+    let to_gate: Vec<f64> =
+        (0..dz.len()).map(|c| dz[c] * x.second[c] * hw + hw * (hw - 1.0) * shared[c] * (x.mean[c] * x.mean[c] + x.offset[c])).collect();
     // The gate is the same at every position of a sample: the shared part of δx is the
     // shared part of δy times it.
     let gs: Vec<f64> = b.shared_of(k + 1, dz).iter().zip(&gate.second).map(|(d, s)| d * s).collect();
@@ -1824,6 +1830,33 @@ fn resample_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analysi
     Ok(())
 }
 
+/// The transpose (A, 1, B) → (B, 1, A), forward: output channel b holds position b of
+/// every input channel, so (uniform positions) each output channel has the input
+/// channels' mean statistics; the part shared by all its positions and samples is the
+/// mean of the A channels' offsets, 1/A of their mean (independent channels). Exact in
+/// the map analysis, which keeps every position.
+fn swap_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let x = f.input(n.inputs[0]);
+    let b = channels(n.output) as usize;
+    let a = x.second.len() as f64;
+    let (mu, s, off) = (avg(&x.mean), avg(&x.second), if a > 1.0 { avg(&x.offset) / a } else { x.offset[0] });
+    Ok(Stat { mean: vec![mu; b], second: vec![s; b], offset: vec![off; b] })
+}
+
+/// The transpose, backward: input channel a's positions b take output channels b's
+/// gradients (their mean, uniform positions); the part a sample shares over the B
+/// positions is 1/B of their shared parts' mean (independent channels).
+fn swap_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let a = channels(b.cx.g.shape(n.inputs[0])) as usize;
+    let gs = b.shared_of(k + 1, dz);
+    let width = dz.len() as f64;
+    b.send(n.inputs[0], &vec![avg(dz); a]);
+    b.send_shared(n.inputs[0], &vec![avg(&gs) / width; a]);
+    Ok(())
+}
+
 /// The fraction of a dilated value's positions that hold its input (the rest are 0).
 fn dilate_fraction(g: &Graph, k: usize) -> f64 {
     let n = &g.nodes[k];
@@ -1971,6 +2004,7 @@ fn keeps_scale(op: &Op) -> bool {
         | Op::GlobalPool(_)
         | Op::Resize { .. }
         | Op::Resample(_)
+        | Op::SwapChannelsWidth
         | Op::Dilate { .. }
         | Op::Concat
         | Op::ChannelSlice { .. }
@@ -2310,13 +2344,14 @@ pub(crate) mod tests {
                 nearest: ir::NearestMode::RoundPreferFloor,
                 scale: [1.0, 1.0],
             }),
+            Op::SwapChannelsWidth,
         ];
         // Exhaustive: this match fails to compile when a variant is added.
         for op in &ops {
             match op {
                 Op::Conv(_) | Op::Linear(_) | Op::Activation(_) | Op::Elementwise(_) | Op::Pool(_) | Op::GlobalPool(_) | Op::Flatten => {}
                 Op::Add | Op::Concat | Op::BatchNorm(_) | Op::Mul | Op::ChannelSlice { .. } | Op::Shuffle { .. } | Op::Resize { .. } => {}
-                Op::Dilate { .. } | Op::Resample(_) => {}
+                Op::Dilate { .. } | Op::Resample(_) | Op::SwapChannelsWidth => {}
             }
         }
         ops

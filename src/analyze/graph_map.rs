@@ -483,6 +483,7 @@ const MAP_RULES: &[(&str, MapFwdRule, MapBwdRule)] = &[
     ("resize", MapPasses::resize_fwd, MapPasses::resize_bwd),
     ("dilate", MapPasses::dilate_fwd, MapPasses::dilate_bwd),
     ("resample", MapPasses::resample_fwd, MapPasses::resample_bwd),
+    ("swap", MapPasses::swap_fwd, MapPasses::swap_bwd),
 ];
 
 fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
@@ -582,6 +583,36 @@ impl MapPasses {
             out.push(Seg { n: seg.n, maps: vec![Plane { h: dims.0, w: dims.1, d }] });
         }
         send(grads, n.inputs[0], merge(out));
+        Ok(())
+    }
+}
+
+/// (A, 1, B) → (B, 1, A) of every map of `v`: output channel b's plane, position a, is
+/// input channel a's plane at position b.
+fn swap(v: &Val) -> Val {
+    let planes = per_channel(v);
+    let a = planes.len();
+    let b = planes.first().map_or(0, |s| s.maps[0].d.len());
+    let moments = planes.first().map_or(0, |s| s.maps.len());
+    merge(
+        (0..b)
+            .map(|j| Seg {
+                n: 1,
+                maps: (0..moments).map(|m| Plane { h: 1, w: a, d: planes.iter().map(|s| s.maps[m].d[j]).collect() }).collect(),
+            })
+            .collect(),
+    )
+}
+
+impl MapPasses {
+    fn swap_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        Ok(swap(self.get(n.inputs[0])))
+    }
+
+    fn swap_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        send(grads, n.inputs[0], swap(dz));
         Ok(())
     }
 }
@@ -1187,13 +1218,26 @@ impl MapPasses {
         let broadcast = g.shape(n.inputs[1]) != n.output;
         let mut to_x = Vec::new();
         let mut to_g = Vec::new();
+        let (frac, a_x) = (self.gfrac.get(k + 1).cloned().unwrap_or_default(), self.shared[n.inputs[0].0].clone());
+        let mut at = 0;
         for (c, s) in aligned(&[&dz, &x, &gate]) {
             let (d, xs, gs) = (&s[0].maps[0], &s[1].maps[1], &s[2].maps[1]);
             let pick = |pl: &Plane, i: usize| if pl.d.len() == 1 { pl.d[0] } else { pl.d[i] };
             to_x.push(Seg { n: c, maps: vec![Plane { h: d.h, w: d.w, d: (0..d.d.len()).map(|i| d.d[i] * pick(gs, i)).collect() }] });
             let prod: Vec<f64> = (0..d.d.len()).map(|i| d.d[i] * xs.d[i]).collect();
-            let gp = if broadcast { Plane::filled(1, 1, prod.iter().sum()) } else { Plane { h: d.h, w: d.w, d: prod } };
+            let gp = if broadcast {
+                // δg = Σ_p δ_p x_p: the gradient's shared part G meets x's mean and
+                // shared part coherently, G ((Σ μ)² − Σ μ² + A (P² − P)).
+                let g_sh = frac.get(at).copied().unwrap_or(0.0) * d.mean();
+                let mu = &s[1].maps[0];
+                let (sum, sq) = (mu.d.iter().sum::<f64>(), mu.d.iter().map(|m| m * m).sum::<f64>());
+                let p = mu.d.len() as f64;
+                Plane::filled(1, 1, prod.iter().sum::<f64>() + g_sh * (sum * sum - sq + a_x.get(at).copied().unwrap_or(0.0) * (p * p - p)))
+            } else {
+                Plane { h: d.h, w: d.w, d: prod }
+            };
             to_g.push(Seg { n: c, maps: vec![gp] });
+            at += c;
         }
         send(grads, n.inputs[0], merge(to_x));
         send(grads, n.inputs[1], merge(to_g));
@@ -1476,6 +1520,14 @@ impl MapPasses {
                     .collect()
             }
             Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } | Op::Resample(_) => self.shared[input(0)].clone(),
+            Op::SwapChannelsWidth => {
+                // The part shared by all positions of an output channel: the mean of the
+                // input channels' shared parts (independent), 1/A of their mean.
+                let a_in = &self.shared[input(0)];
+                let a = a_in.len() as f64;
+                let v = if a > 1.0 { a_in.iter().sum::<f64>() / (a * a) } else { a_in[0] };
+                vec![v; c_out]
+            }
             Op::Dilate { .. } => {
                 let (_, h, w) = g.shape(n.inputs[0]).chw();
                 let (_, oh, ow) = n.output.chw();

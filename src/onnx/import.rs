@@ -92,6 +92,8 @@ const OPS: &[(&str, OpFn, &[usize])] = &[
     ("Flatten", flatten, &[]),
     ("Reshape", reshape, &[1]),
     ("Transpose", transpose, &[]),
+    ("Squeeze", squeeze, &[1]),
+    ("Unsqueeze", unsqueeze, &[1]),
     ("Concat", concat, &[]),
     ("Split", split, &[1]),
     ("Slice", slice, &[1, 2, 3, 4]),
@@ -143,7 +145,9 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "ReduceMax",
     "Flatten",
     "Reshape",
-    "Transpose (channel shuffle)",
+    "Transpose (channel shuffle; [0, 2, 1] of a pooled vector's view)",
+    "Squeeze/Unsqueeze (a pooled vector to (N, C, 1) and back)",
+    "Conv 1-D (across the channels of a pooled vector: efficient channel attention)",
     "Concat",
     "Split",
     "Slice",
@@ -156,6 +160,11 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Softmax/LogSoftmax (trailing)",
     "constant shape arithmetic (Shape, Gather, Unsqueeze, Squeeze, Ceil, ConstantOfShape, …)",
 ];
+
+/// The ops cnnc takes on a 3-D value (N, A, B), held as the image (A, 1, B) (see
+/// `Importer::rank3`): a 1-D conv over its last axis, the transpose of its two axes,
+/// Unsqueeze back to an image, and element-wise functions.
+const RANK3_OPS: &[&str] = &["Transpose", "Conv", "Unsqueeze", "Relu", "Sigmoid", "HardSigmoid", "Tanh", "Identity", "Cast", "Dropout"];
 
 /// The ops cnnc takes on a channels-last value (see `Importer::channels_last`): those
 /// that act on each element, or on the last axis as the IR's ops act on the channels.
@@ -261,6 +270,9 @@ struct Importer<'m> {
     expr_ops: usize,
     /// Values computed from a stored conv weight by the steps of a weight standardization.
     weight_syms: HashMap<&'m str, standardize::Sym>,
+    /// 3-D values (N, A, B), held as the image (A, 1, B): a pooled vector squeezed to
+    /// (N, C, 1), its transpose (N, 1, C), a 1-D conv's output (efficient channel attention).
+    rank3: HashSet<&'m str>,
 }
 
 /// One node being converted.
@@ -307,6 +319,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         channels_last: HashSet::new(),
         expr_ops: 0,
         weight_syms: HashMap::new(),
+        rank3: HashSet::new(),
     };
     for t in &graph.initializer {
         imp.params.insert(t.name().to_string(), param_of(t));
@@ -336,6 +349,15 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
                 cx.op
             )));
         }
+        let from_r3 = node.input.iter().any(|i| imp.rank3.contains(i.as_str()));
+        if from_r3 && !RANK3_OPS.contains(&cx.op) {
+            let i = node.input.iter().find(|i| imp.rank3.contains(i.as_str())).map_or("", String::as_str);
+            return Err(fail(format!(
+                "its input `{i}` is a 3-D view (N, A, B) of a pooled vector: on such a value cnnc takes a 1-D Conv, Transpose [0, 2, 1], \
+                 Unsqueeze back to an image and element-wise functions, not {}",
+                cx.op
+            )));
+        }
         let Some((_, convert, _)) = lookup(cx.op) else {
             return Err(fail(match cx.node.input.iter().find(|i| imp.is_data(i)) {
                 Some(i) => format!("{} computes on the data value `{i}`: cnnc folds it only on constants", cx.op),
@@ -343,6 +365,9 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
             }));
         };
         convert(&mut imp, &cx).map_err(fail)?;
+        if from_r3 && !matches!(cx.op, "Transpose" | "Unsqueeze" | "Conv") {
+            imp.rank3.extend(node.output.iter().map(String::as_str));
+        }
         if from_cl && cx.op != "Transpose" {
             imp.channels_last.extend(node.output.iter().map(String::as_str));
         }
@@ -1131,6 +1156,9 @@ fn conv<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         Some((v, s, _)) => (v, s),
         None => imp.data_at(cx, 0)?,
     };
+    if cx.input(0).is_some_and(|i| imp.rank3.contains(i)) {
+        return conv_1d(imp, cx, x, shape);
+    }
     let (c, h, w) = image(cx, shape)?;
     let standardized = imp.standardized_weight(cx)?;
     let (weight, wd) = match &standardized {
@@ -1181,6 +1209,61 @@ fn conv<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let mut params = imp.param_names(cx, weight, bias);
     params.standardized = standardized.map(|(_, _, s)| s);
     imp.push(cx, op, x, Shape::Image { c: m, h: oh, w: ow }, Some(params), cx.output()?)?;
+    Ok(())
+}
+
+/// A 1-D `Conv` of a 3-D view (N, A, B), held as the image (A, 1, B): the 2-D conv of
+/// kernel 1 × k over it, its weight [out, A/g, k] named with that shape in the plan.
+fn conv_1d<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, x: ValueId, shape: Shape) -> Result<(), String> {
+    let (c, _, w) = shape.chw();
+    let (weight, wd) = cx.param(imp, 1, "weight")?;
+    let &[m, cg, k] = wd.as_slice() else {
+        return Err(format!("the weight `{weight}` has shape {wd:?}: a 1-D conv of a 3-D value needs a 3-D weight"));
+    };
+    let group = cx.int("group", 1)?;
+    if group < 1 || group as u64 > m || m % group as u64 != 0 || cg * group as u64 != c {
+        return Err(format!("the input has {c} channels but the weight `{weight}` {wd:?} with group {group} does not fit them"));
+    }
+    let one = |name: &str, default: u64| -> Result<u64, String> {
+        match cx.ints(name)? {
+            None => Ok(default),
+            Some(&[v]) if (1..=MAX_DIM as i64).contains(&v) => Ok(v as u64),
+            Some(v) => Err(format!("attribute `{name}` = {v:?} must be one value from 1 to {MAX_DIM} (a 1-D conv)")),
+        }
+    };
+    let (stride, dilation) = (one("strides", 1)?, one("dilations", 1)?);
+    if cx.string("auto_pad", "NOTSET")? != "NOTSET" {
+        return Err("attribute `auto_pad` is not supported on a 1-D conv: give `pads`".into());
+    }
+    let pad = match cx.ints("pads")? {
+        None => Pad::default(),
+        Some(&[b, e]) if (0..=MAX_DIM as i64).contains(&b) && (0..=MAX_DIM as i64).contains(&e) => Pad { begin: b as u64, end: e as u64 },
+        Some(v) => Err(format!("attribute `pads` = {v:?} must have 2 values from 0 to {MAX_DIM} (a 1-D conv)"))?,
+    };
+    if cx.input(2).is_some() {
+        let (b, bd) = cx.param(imp, 2, "bias")?;
+        if bd.iter().product::<u64>() != m {
+            return Err(format!("the bias `{b}` has shape {bd:?}, expected [{m}]"));
+        }
+    }
+    let bias = cx.input(2).map(str::to_string);
+    let ow =
+        ir::conv_out_size(w, k, stride, pad, dilation).ok_or_else(|| format!("the output would be empty: input {shape}, kernel {k}"))?;
+    let op = Op::Conv(Conv {
+        in_channels: c,
+        out_channels: m,
+        kernel: [1, k],
+        stride: [1, stride],
+        pad: [Pad::default(), pad],
+        dilation: [1, dilation],
+        groups: group as u64,
+        bias: bias.is_some(),
+    });
+    let mut params = imp.param_names(cx, weight, bias);
+    params.shape = Some(wd.clone());
+    let out = cx.output()?;
+    imp.push(cx, op, x, Shape::Image { c: m, h: 1, w: ow }, Some(params), out)?;
+    imp.rank3.insert(out);
     Ok(())
 }
 
@@ -1556,6 +1639,17 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 fn transpose<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let g = cx.input(0).and_then(|n| imp.grouped.get(n)).copied();
     let perm = cx.ints("perm")?;
+    if cx.input(0).is_some_and(|i| imp.rank3.contains(i)) {
+        let (x, shape) = imp.data_at(cx, 0)?;
+        let (a, _, b) = shape.chw();
+        if perm != Some(&[0, 2, 1]) {
+            return Err(format!("a transpose of a 3-D view with perm {perm:?}: cnnc takes [0, 2, 1]"));
+        }
+        let out = cx.output()?;
+        imp.push(cx, Op::SwapChannelsWidth, x, Shape::Image { c: b, h: 1, w: a }, None, out)?;
+        imp.rank3.insert(out);
+        return Ok(());
+    }
     match g {
         Some(g) if perm == Some(&[0, 2, 1, 3, 4]) && !g.transposed => {
             imp.grouped.insert(cx.output()?, Grouped { transposed: true, ..g });
@@ -1583,6 +1677,46 @@ fn transpose<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
                  ([0, 2, 3, 1]) and back ([0, 3, 1, 2])"
             ))
         }
+    }
+}
+
+/// The axes of a Squeeze or Unsqueeze: attribute `axes` (opset < 13) or input 1.
+fn squeeze_axes(imp: &Importer<'_>, cx: &Cx<'_>) -> Result<Vec<i64>, String> {
+    match (cx.ints("axes")?, cx.input(1)) {
+        (Some(a), _) => Ok(a.to_vec()),
+        (None, Some(name)) => {
+            imp.params.get(name).and_then(Param::ints).ok_or_else(|| format!("the axes `{name}` must be a constant int64 tensor"))
+        }
+        (None, None) => Err(format!("{} without axes is not supported on data", cx.op)),
+    }
+}
+
+/// `Squeeze` of data: a pooled vector (N, C, 1, 1) to (N, C, 1) (axis 3), the 3-D view
+/// efficient channel attention convolves across its channels.
+fn squeeze<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let axes = squeeze_axes(imp, cx)?;
+    match (shape, axes.as_slice()) {
+        (Shape::Image { h: 1, w: 1, .. }, [3] | [-1]) if !cx.input(0).is_some_and(|i| imp.rank3.contains(i)) => {
+            let out = cx.output()?;
+            imp.values.insert(out, (x, shape));
+            imp.rank3.insert(out);
+            Ok(())
+        }
+        _ => Err(format!("a Squeeze of {shape} on axes {axes:?}: cnnc takes a pooled vector (C, 1, 1) squeezed on its last axis")),
+    }
+}
+
+/// `Unsqueeze` of a 3-D view (N, C, 1) back to the image (N, C, 1, 1) (axis 3).
+fn unsqueeze<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let (x, shape) = imp.data_at(cx, 0)?;
+    let axes = squeeze_axes(imp, cx)?;
+    match (shape, axes.as_slice()) {
+        (Shape::Image { h: 1, w: 1, .. }, [3] | [-1]) if cx.input(0).is_some_and(|i| imp.rank3.contains(i)) => {
+            imp.values.insert(cx.output()?, (x, shape));
+            Ok(())
+        }
+        _ => Err(format!("an Unsqueeze of {shape} on axes {axes:?}: cnnc takes a 3-D view (N, C, 1) back to (N, C, 1, 1)")),
     }
 }
 
