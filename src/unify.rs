@@ -194,6 +194,33 @@ pub fn unify(graph: &Graph) -> Result<Network, Vec<UnifyError>> {
     }
 }
 
+/// The weight layers of any graph, in node order (the order of a graph plan's layers),
+/// each as a unified layer of its conv or linear alone (no activation, no pooling): what
+/// `cnnc inspect` lists for graphs. With each, its node index.
+pub fn graph_layers(graph: &Graph) -> Vec<(usize, Layer)> {
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::Conv(_) | Op::Linear(_)))
+        .enumerate()
+        .map(|(i, (k, n))| {
+            let input = graph.shape(n.inputs[0]);
+            let layer = Layer {
+                index: i + 1,
+                weight: weight(n, input),
+                activation: Activation::Identity,
+                pooling: None,
+                input,
+                conv_output: n.output,
+                output: n.output,
+                origin: n.origin.clone(),
+            };
+            (k, layer)
+        })
+        .collect()
+}
+
 pub(crate) fn weight(node: &ir::Node, input: Shape) -> Weight {
     let (weight_param, bias_param) = match &node.params {
         Some(p) => (p.weight.clone(), p.bias.clone()),

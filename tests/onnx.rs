@@ -1555,3 +1555,26 @@ fn efficient_channel_attention_imports_from_both_exporters() {
     let e = import(&m).unwrap_err();
     assert!(e.contains("node `bad` (MaxPool)") && e.contains("3-D view"), "{e}");
 }
+
+/// `cnnc inspect` on a graph: weight layers in the plan's order; a ConvTranspose's index
+/// sets in its own input's positions (the zeros between them are no connections). The
+/// U-Net's `up2` is kernel 2, stride 2: each output reads one position of each of the 128
+/// input channels, and each input position is read by 2×2 outputs of each of the 64.
+#[test]
+fn inspect_takes_graphs_and_transposed_convs() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/real/unet.train.onnx");
+    let p = path.to_str().unwrap();
+    let (ok, out, err) = cnnc(&["inspect", p, "--layer", "7", "--unit", "0", "--limit", "3"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("transposed: stride 2×2") && out.contains("of (128,56,56); 128 elements)"), "{out}");
+    assert!(out.contains("0=(0,0,0) 3136=(1,0,0) 6272=(2,0,0)"), "{out}");
+    let (ok, out, err) = cnnc(&["inspect", p, "--layer", "7", "--unit", "113", "--backward", "--limit", "4"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("input z_113 = (0,2,1) of (128,56,56)") && out.contains("256 elements"), "{out}");
+    assert!(out.contains("450=(0,4,2) 451=(0,4,3) 562=(0,5,2) 563=(0,5,3)"), "{out}");
+    let (ok, _, err) = cnnc(&["inspect", p, "--layer", "14", "--unit", "0"]);
+    assert!(!ok && err.contains("--layer 14 is out of range") && err.contains("weight layers 1 to 13"), "{err}");
+    // A plain conv of the graph: the chain's sets.
+    let (ok, out, err) = cnnc(&["inspect", p, "--layer", "1", "--unit", "0", "--limit", "4"]);
+    assert!(ok && out.contains("s(ℓ,i)  (inputs z^(ℓ-1) read, index=(c,y,x); 12 elements"), "{out}{err}");
+}
