@@ -174,6 +174,16 @@ pub enum Op {
         scale: [u64; 2],
         linear: bool,
     },
+    /// x (C, H, W) + t (C, 1, 1), t broadcast over the positions (global-context
+    /// attention's channel add).
+    AddBroadcast,
+    /// A softmax over the positions of each channel of each sample (global-context
+    /// attention's weights: its 1-channel mask map, viewed as (N, 1, H·W)).
+    SoftmaxPositions,
+    /// An attention pool: inputs x (C, H, W) and weights a (1, H, W) → (C, 1, 1), Σ_p a_p
+    /// x_c,p (global-context attention: MatMul of x viewed (N, 1, C, H·W) and a viewed
+    /// (N, 1, H·W, 1)).
+    AttentionPool,
     /// The per-sample transpose of a value of height 1: (A, 1, B) → (B, 1, A), output
     /// channel b, position a = input channel a, position b. An (N, A, B) tensor is the
     /// image (A, 1, B) in the IR: efficient channel attention transposes its pooled vector
@@ -555,6 +565,9 @@ impl Op {
             Op::Dilate { .. } => "dilate",
             Op::Resample(_) => "resample",
             Op::SwapChannelsWidth => "swap",
+            Op::SoftmaxPositions => "softmax positions",
+            Op::AddBroadcast => "add broadcast",
+            Op::AttentionPool => "attention pool",
             Op::Elementwise(_) => "elementwise",
         }
     }

@@ -1578,3 +1578,51 @@ fn inspect_takes_graphs_and_transposed_convs() {
     let (ok, out, err) = cnnc(&["inspect", p, "--layer", "1", "--unit", "0", "--limit", "4"]);
     assert!(ok && out.contains("s(ℓ,i)  (inputs z^(ℓ-1) read, index=(c,y,x); 12 elements"), "{out}{err}");
 }
+
+/// Global-context attention (`tests/data/onnx/attn/make_attn.py`), both exporters: the
+/// mask's Reshape to (N, 1, H·W) and Softmax over the positions, x's Reshape to (N, C, H·W)
+/// and Unsqueeze, their MatMul and the Reshape back are a softmax over positions and an
+/// attention pool; the transform's output added to every position a broadcast add.
+#[test]
+fn global_context_attention_imports_from_both_exporters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/attn");
+    let mut stds = Vec::new();
+    for file in ["gc.ts.onnx", "gc.dynamo.onnx"] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let kinds: Vec<&str> = g.nodes.iter().map(|n| n.op.kind_name()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "conv",
+                "activation",
+                "conv",
+                "softmax positions",
+                "attention pool",
+                "conv",
+                "activation",
+                "conv",
+                "add broadcast",
+                "global avgpool",
+                "flatten",
+                "linear"
+            ],
+            "{file}"
+        );
+        assert_eq!(g.nodes[4].inputs, [ir::ValueId(2), ir::ValueId(4)], "{file}: the pool reads x and the weights");
+        assert_eq!(g.nodes[4].output, Shape::Image { c: 16, h: 1, w: 1 }, "{file}");
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+                let plan = cnnc::plan_graph(&g, req).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                assert!(plan.layers.iter().all(|l| l.weight.std.is_finite() && l.weight.std > 0.0));
+                stds.push(plan.layers.iter().map(|l| l.weight.std).collect::<Vec<f64>>());
+            }
+        }
+    }
+    let half = stds.len() / 2;
+    for (a, b) in stds[..half].iter().zip(&stds[half..]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * y, "ts σ {x} vs dynamo σ {y}");
+        }
+    }
+}

@@ -630,6 +630,7 @@ pub(super) fn reads_shared(g: &Graph, opts: &GraphOptions) -> bool {
         Op::BatchNorm(bn) => bn.groups.is_some() || (bn.training && opts.batch.is_some()),
         Op::Resample(_) => true,
         Op::Mul => g.shape(n.inputs[1]) != n.output,
+        Op::SoftmaxPositions | Op::AttentionPool | Op::AddBroadcast => true,
         _ => standardized(n).is_some(),
     })
 }
@@ -687,6 +688,9 @@ const RULES: &[(&str, FwdRule, BwdRule)] = &[
     ("dilate", dilate_fwd, dilate_bwd),
     ("resample", resample_fwd, resample_bwd),
     ("swap", swap_fwd, swap_bwd),
+    ("softmax positions", softmax_positions_fwd, softmax_positions_bwd),
+    ("attention pool", attention_pool_fwd, attention_pool_bwd),
+    ("add broadcast", add_broadcast_fwd, add_broadcast_bwd),
 ];
 
 fn rules(op: &Op) -> (FwdRule, BwdRule) {
@@ -1857,6 +1861,94 @@ fn swap_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisErr
     Ok(())
 }
 
+/// E[a_p²] of a softmax over P positions of logits with variance v (the part not shared
+/// by the positions: their offset and mean cancel in a softmax): e^v / P², the
+/// log-normal moments (a_p ≈ e^{l_p} / (P E e^l) for large P), at most E[a_p] = 1/P.
+pub(super) fn softmax_square(v: f64, p: f64) -> f64 {
+    (v.max(0.0).exp() / (p * p)).min(1.0 / p)
+}
+
+/// Softmax over positions, forward: mean 1/P, E[a²] = e^v/P² per channel (docs/dag.md,
+/// "Global-context attention").
+fn softmax_positions_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let x = f.input(n.inputs[0]);
+    let p = positions(n.output) as f64;
+    let second = (0..x.second.len()).map(|c| softmax_square(x.second[c] - x.mean[c] * x.mean[c] - x.offset[c], p)).collect::<Vec<_>>();
+    Ok(Stat { mean: vec![1.0 / p; second.len()], offset: vec![0.0; second.len()], second })
+}
+
+/// Softmax over positions, backward: δl_p = a_p (δa_p − Σ_q a_q δa_q): the part of δa
+/// every position shares (G) cancels, E[δl²] = E[a²] (E[δa²] − G); and Σ_p δl_p = 0,
+/// so no part of δl is shared.
+fn softmax_positions_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let a2 = b.input(ValueId(k + 1)).second.clone();
+    let gs = b.shared_of(k + 1, dz);
+    let contrib: Vec<f64> = (0..dz.len()).map(|c| a2[c] * (dz[c] - gs[c]).max(0.0)).collect();
+    b.send(n.inputs[0], &contrib);
+    Ok(())
+}
+
+/// Attention pool ctx_c = Σ_p a_p x_c,p, forward (a independent of x): mean μ_c (Σ a = 1),
+/// E[ctx²] = μ² + A + B Σ_p E[a_p²], B = E[x²] − μ² − A; the offset A whole.
+fn attention_pool_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let (x, a) = (f.input(n.inputs[0]), f.input(n.inputs[1]));
+    let s2 = a.second[0] * positions(f.cx.g.shape(n.inputs[0])) as f64;
+    let second = (0..x.second.len())
+        .map(|c| x.mean[c] * x.mean[c] + x.offset[c] + (x.second[c] - x.mean[c] * x.mean[c] - x.offset[c]).max(0.0) * s2)
+        .collect();
+    Ok(Stat { mean: x.mean.clone(), second, offset: x.offset.clone() })
+}
+
+/// Attention pool, backward: δx_c,p = a_p δctx_c (E[a²] δctx², its shared part δctx²/P²);
+/// δa_p = Σ_c δctx_c x_c,p (Σ_c δctx² E[x²], of which Σ_c δctx² (μ² + A) every position
+/// shares).
+fn attention_pool_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let (x, a) = (b.input(n.inputs[0]).clone(), b.input(n.inputs[1]).clone());
+    let p = positions(b.cx.g.shape(n.inputs[0])) as f64;
+    let to_x: Vec<f64> = dz.iter().map(|d| d * a.second[0]).collect();
+    let to_x_shared: Vec<f64> = dz.iter().map(|d| d / (p * p)).collect();
+    let to_a: f64 = (0..dz.len()).map(|c| dz[c] * x.second[c]).sum();
+    let to_a_shared: f64 = (0..dz.len()).map(|c| dz[c] * (x.mean[c] * x.mean[c] + x.offset[c])).sum();
+    b.send(n.inputs[0], &to_x);
+    b.send_shared(n.inputs[0], &to_x_shared);
+    b.send(n.inputs[1], &[to_a]);
+    b.send_shared(n.inputs[1], &[to_a_shared]);
+    Ok(())
+}
+
+/// x + t, t (C, 1, 1) broadcast: means add, E[(x + t)²] = E[x²] + E[t²] + 2 μ_x μ_t (t
+/// independent of x's fluctuations), offsets add. **Approximation**: t is one number per
+/// sample and channel, the same at every position, which the forward statistics (the
+/// part shared by positions and samples, and the rest independent per position) do not
+/// hold: an average over positions downstream keeps t's variance whole.
+fn add_broadcast_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let (x, t) = (f.input(n.inputs[0]), f.input(n.inputs[1]));
+    let c = x.mean.len();
+    Ok(Stat {
+        mean: (0..c).map(|i| x.mean[i] + t.mean[i]).collect(),
+        second: (0..c).map(|i| x.second[i] + t.second[i] + 2.0 * x.mean[i] * t.mean[i]).collect(),
+        offset: (0..c).map(|i| x.offset[i] + t.offset[i]).collect(),
+    })
+}
+
+/// x + t backward: x takes δ; t the sum over a sample's P positions, P E[δ²] + P(P − 1) G
+/// (G the part every position shares, adding coherently).
+fn add_broadcast_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let p = positions(n.output) as f64;
+    let gs = b.shared_of(k + 1, dz);
+    let to_t: Vec<f64> = dz.iter().zip(&gs).map(|(d, g)| p * d + p * (p - 1.0) * g).collect();
+    b.send(n.inputs[0], dz);
+    b.send_shared(n.inputs[0], &gs);
+    b.send(n.inputs[1], &to_t);
+    Ok(())
+}
+
 /// The fraction of a dilated value's positions that hold its input (the rest are 0).
 fn dilate_fraction(g: &Graph, k: usize) -> f64 {
     let n = &g.nodes[k];
@@ -2345,13 +2437,21 @@ pub(crate) mod tests {
                 scale: [1.0, 1.0],
             }),
             Op::SwapChannelsWidth,
+            Op::SoftmaxPositions,
+            Op::AttentionPool,
+            Op::AddBroadcast,
         ];
         // Exhaustive: this match fails to compile when a variant is added.
         for op in &ops {
             match op {
                 Op::Conv(_) | Op::Linear(_) | Op::Activation(_) | Op::Elementwise(_) | Op::Pool(_) | Op::GlobalPool(_) | Op::Flatten => {}
                 Op::Add | Op::Concat | Op::BatchNorm(_) | Op::Mul | Op::ChannelSlice { .. } | Op::Shuffle { .. } | Op::Resize { .. } => {}
-                Op::Dilate { .. } | Op::Resample(_) | Op::SwapChannelsWidth => {}
+                Op::Dilate { .. }
+                | Op::Resample(_)
+                | Op::SwapChannelsWidth
+                | Op::SoftmaxPositions
+                | Op::AttentionPool
+                | Op::AddBroadcast => {}
             }
         }
         ops

@@ -484,6 +484,9 @@ const MAP_RULES: &[(&str, MapFwdRule, MapBwdRule)] = &[
     ("dilate", MapPasses::dilate_fwd, MapPasses::dilate_bwd),
     ("resample", MapPasses::resample_fwd, MapPasses::resample_bwd),
     ("swap", MapPasses::swap_fwd, MapPasses::swap_bwd),
+    ("softmax positions", MapPasses::softmax_positions_fwd, MapPasses::softmax_positions_bwd),
+    ("attention pool", MapPasses::attention_pool_fwd, MapPasses::attention_pool_bwd),
+    ("add broadcast", MapPasses::add_broadcast_fwd, MapPasses::add_broadcast_bwd),
 ];
 
 fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
@@ -605,6 +608,109 @@ fn swap(v: &Val) -> Val {
 }
 
 impl MapPasses {
+    /// x + t, t (C, 1, 1): per position, the mean μ_p + μ_t, the second s_p + s_t + 2 μ_p μ_t.
+    fn add_broadcast_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let (x, t) = (self.get(n.inputs[0]).clone(), self.get(n.inputs[1]).clone());
+        let out = aligned(&[&x, &t])
+            .into_iter()
+            .map(|(c, s)| {
+                let (mu, sec, mt, st) = (&s[0].maps[0], &s[0].maps[1], s[1].maps[0].d[0], s[1].maps[1].d[0]);
+                let mean = Plane { h: mu.h, w: mu.w, d: mu.d.iter().map(|m| m + mt).collect() };
+                let second = Plane { h: mu.h, w: mu.w, d: (0..mu.d.len()).map(|i| sec.d[i] + st + 2.0 * mu.d[i] * mt).collect() };
+                Seg { n: c, maps: vec![mean, second] }
+            })
+            .collect();
+        Ok(merge(out))
+    }
+
+    /// x + t backward: x takes δ; t Σ_p E[δ_p²] + G (P² − P), G the shared part.
+    fn add_broadcast_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let frac = self.gfrac.get(k + 1).cloned().unwrap_or_default();
+        let frac: Vec<f64> = (0..channels(dz)).map(|c| frac.get(c).copied().unwrap_or(0.0)).collect();
+        let to_t = split_by(dz, &frac)
+            .into_iter()
+            .map(|(s, f)| {
+                let d = &s.maps[0];
+                let p = d.d.len() as f64;
+                Seg { n: s.n, maps: vec![Plane::filled(1, 1, d.d.iter().sum::<f64>() + f * d.mean() * (p * p - p))] }
+            })
+            .collect();
+        send(grads, n.inputs[0], dz.clone());
+        send(grads, n.inputs[1], merge(to_t));
+        Ok(())
+    }
+
+    /// Softmax over positions: the paper analysis's rule on the channel's mean statistics
+    /// over positions (mean 1/P, E[a²] = e^v/P² at every position).
+    fn softmax_positions_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let shared = self.shared[n.inputs[0].0].clone();
+        let mut out = Vec::new();
+        for (seg, a) in split_by(&x, &shared) {
+            let (mu, s) = (&seg.maps[0], &seg.maps[1]);
+            let p = mu.d.len() as f64;
+            let v = s.d.iter().zip(&mu.d).map(|(s, m)| s - m * m - a).sum::<f64>() / p;
+            let a2 = super::graph::softmax_square(v, p);
+            out.push(Seg { n: seg.n, maps: vec![Plane::filled(mu.h, mu.w, 1.0 / p), Plane::filled(mu.h, mu.w, a2)] });
+        }
+        Ok(merge(out))
+    }
+
+    /// Per position E[a²] (E[δa²] − G), G the shared part of δa (its fraction from the
+    /// paper analysis's pass).
+    fn softmax_positions_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let a = self.get(ValueId(k + 1)).clone();
+        let frac = self.gfrac.get(k + 1).cloned().unwrap_or_default();
+        let frac: Vec<f64> = (0..channels(dz)).map(|c| frac.get(c).copied().unwrap_or(0.0)).collect();
+        let mut out = Vec::new();
+        for (c, s) in aligned(&[dz, &a]) {
+            let _ = c;
+            let (d, a2) = (&s[0].maps[0], &s[1].maps[1]);
+            let g = frac.first().copied().unwrap_or(0.0) * d.mean();
+            out.push(Seg {
+                n: c,
+                maps: vec![Plane { h: d.h, w: d.w, d: d.d.iter().zip(&a2.d).map(|(d, a)| a * (d - g).max(0.0)).collect() }],
+            });
+        }
+        send(grads, n.inputs[0], merge(out));
+        Ok(())
+    }
+
+    /// ctx_c = Σ_p a_p x_c,p: mean Σ_p E[a_p] μ_c,p, second (that)² + A_c + Σ_p E[a_p²] B_c,p.
+    fn attention_pool_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let (x, a) = (self.get(n.inputs[0]).clone(), self.get(n.inputs[1]).clone());
+        let (ea, ea2) = (&a[0].maps[0], &a[0].maps[1]);
+        let shared = self.shared[n.inputs[0].0].clone();
+        let mut out = Vec::new();
+        for (seg, sh) in split_by(&x, &shared) {
+            let (mu, s) = (&seg.maps[0], &seg.maps[1]);
+            let m: f64 = mu.d.iter().zip(&ea.d).map(|(m, a)| m * a).sum();
+            let b: f64 = (0..mu.d.len()).map(|i| (s.d[i] - mu.d[i] * mu.d[i] - sh).max(0.0) * ea2.d[i]).sum();
+            out.push(Seg { n: seg.n, maps: vec![Plane::filled(1, 1, m), Plane::filled(1, 1, m * m + sh + b)] });
+        }
+        Ok(merge(out))
+    }
+
+    /// δx_c,p = a_p δctx_c: E[a_p²] δctx²; δa_p = Σ_c δctx_c x_c,p: Σ_c δctx² E[x_c,p²].
+    fn attention_pool_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let (x, a) = (self.get(n.inputs[0]).clone(), self.get(n.inputs[1]).clone());
+        let ea2 = a[0].maps[1].clone();
+        let to_x = dz.iter().map(|s| Seg { n: s.n, maps: vec![ea2.scaled(s.maps[0].d[0])] }).collect();
+        let mut to_a = Plane::filled(ea2.h, ea2.w, 0.0);
+        for (c, s) in aligned(&[dz, &x]) {
+            to_a.add(&s[1].maps[1], c as f64 * s[0].maps[0].d[0]);
+        }
+        send(grads, n.inputs[0], merge(to_x));
+        send(grads, n.inputs[1], vec![Seg { n: 1, maps: vec![to_a] }]);
+        Ok(())
+    }
+
     fn swap_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
         let n = &r.cx.g.nodes[k];
         Ok(swap(self.get(n.inputs[0])))
@@ -1520,6 +1626,9 @@ impl MapPasses {
                     .collect()
             }
             Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } | Op::Resample(_) => self.shared[input(0)].clone(),
+            Op::SoftmaxPositions => vec![0.0; c_out],
+            Op::AttentionPool => self.shared[input(0)].clone(),
+            Op::AddBroadcast => self.shared[input(0)].iter().zip(&self.shared[input(1)]).map(|(a, b)| a + b).collect(),
             Op::SwapChannelsWidth => {
                 // The part shared by all positions of an output channel: the mean of the
                 // input channels' shared parts (independent), 1/A of their mean.

@@ -157,7 +157,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Dropout",
     "Identity",
     "Cast",
-    "Softmax/LogSoftmax (trailing)",
+    "Softmax/LogSoftmax (trailing; Softmax over positions: global-context attention)",
     "constant shape arithmetic (Shape, Gather, Unsqueeze, Squeeze, Ceil, ConstantOfShape, …)",
 ];
 
@@ -226,6 +226,15 @@ struct Pending {
     name: String,
 }
 
+/// The views of global-context attention (see `Importer::attention`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum AttView {
+    Values,
+    Weights,
+    Column,
+    Pooled,
+}
+
 /// A data value reshaped to (N, g, C/g, H, W) for a channel shuffle, maybe transposed.
 #[derive(Clone, Copy, Debug)]
 struct Grouped {
@@ -270,6 +279,10 @@ struct Importer<'m> {
     expr_ops: usize,
     /// Values computed from a stored conv weight by the steps of a weight standardization.
     weight_syms: HashMap<&'m str, standardize::Sym>,
+    /// The views of global-context attention: x as (N, 1, C, H·W), the softmax of its
+    /// mask over the positions (N, 1, H·W) and as a column (N, 1, H·W, 1), their MatMul
+    /// (N, 1, C, 1): the IR value and which view.
+    attention: HashMap<&'m str, (ValueId, Shape, AttView)>,
     /// 3-D values (N, A, B), held as the image (A, 1, B): a pooled vector squeezed to
     /// (N, C, 1), its transpose (N, 1, C), a 1-D conv's output (efficient channel attention).
     rank3: HashSet<&'m str>,
@@ -320,6 +333,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         expr_ops: 0,
         weight_syms: HashMap::new(),
         rank3: HashSet::new(),
+        attention: HashMap::new(),
     };
     for t in &graph.initializer {
         imp.params.insert(t.name().to_string(), param_of(t));
@@ -868,6 +882,7 @@ impl<'m> Importer<'m> {
             || self.grouped.contains_key(name)
             || self.group_view.contains_key(name)
             || self.group_norm.contains_key(name)
+            || self.attention.contains_key(name)
     }
 
     /// The initializer a folded constant was made from through shape-only ops
@@ -948,6 +963,12 @@ impl<'m> Importer<'m> {
         if self.grouped.contains_key(name) {
             return Err(format!(
                 "`{name}` is a 5-D view of an image: cnnc takes it only as part of a channel shuffle (Reshape → Transpose → Reshape)"
+            ));
+        }
+        if self.attention.contains_key(name) {
+            return Err(format!(
+                "`{name}` is a view of global-context attention: cnnc takes it only as Reshape (N, C, H·W) → Unsqueeze → MatMul with the \
+                 Softmax over positions of the mask → Reshape (N, C, 1, 1)"
             ));
         }
         if self.params.contains_key(name) {
@@ -1396,6 +1417,22 @@ fn linear_bias(imp: &Importer<'_>, cx: &Cx<'_>, name: Option<&str>, out: u64) ->
 }
 
 fn matmul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let views = (cx.input(0).and_then(|n| imp.attention.get(n)).copied(), cx.input(1).and_then(|n| imp.attention.get(n)).copied());
+    if let (Some((x, shape, AttView::Values)), Some((a, ashape, AttView::Column))) = views {
+        let (c, h, w) = shape.chw();
+        if ashape != (Shape::Image { c: 1, h, w }) {
+            return Err(format!("the attention weights {ashape} do not match the values {shape}"));
+        }
+        let out = Shape::Image { c, h: 1, w: 1 };
+        let id = imp.node(cx, Op::AttentionPool, vec![x, a], out, None)?;
+        imp.attention.insert(cx.output()?, (id, out, AttView::Pooled));
+        return Ok(());
+    }
+    if views.0.is_some() || views.1.is_some() {
+        return Err(
+            "a MatMul of global-context attention views: cnnc takes x (N, 1, C, H·W) times the softmax column (N, 1, H·W, 1)".into()
+        );
+    }
     let (x, shape) = imp.data_at(cx, 0)?;
     if cx.input(0).is_some_and(|i| imp.channels_last.contains(i)) {
         return channels_last_linear(imp, cx, x, shape);
@@ -1580,6 +1617,16 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         imp.push(cx, Op::Shuffle { groups: g.groups }, g.base, g.shape, None, cx.output()?)?;
         return Ok(());
     }
+    if let Some((x, shape, view)) = cx.input(0).and_then(|n| imp.attention.get(n)).copied() {
+        let (c, _, _) = shape.chw();
+        if view != AttView::Pooled || !matches!(*target.as_slice(), [_, cc, 1, 1] if cc == c as i64 || cc == -1) {
+            return Err(format!(
+                "a reshape of a global-context attention view to {target:?}: cnnc takes its pooled context back to [N, {c}, 1, 1]"
+            ));
+        }
+        imp.values.insert(cx.output()?, (x, shape));
+        return Ok(());
+    }
     if let Some((x, shape, g, epsilon)) = cx.input(0).and_then(|n| imp.group_norm.get(n)).copied() {
         // The Reshape back after a GroupNorm's InstanceNormalization.
         let Shape::Image { c, h, w } = shape else { unreachable!("only images are viewed in groups") };
@@ -1709,8 +1756,22 @@ fn squeeze<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 
 /// `Unsqueeze` of a 3-D view (N, C, 1) back to the image (N, C, 1, 1) (axis 3).
 fn unsqueeze<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
-    let (x, shape) = imp.data_at(cx, 0)?;
     let axes = squeeze_axes(imp, cx)?;
+    // Global-context attention: x viewed (N, C, H·W) → (N, 1, C, H·W); the softmax of
+    // the mask (N, 1, H·W) → (N, 1, H·W, 1).
+    if let Some((x, shape, g)) = cx.input(0).and_then(|n| imp.group_view.get(n)).copied() {
+        if g == shape.chw().0 && axes == [1] {
+            imp.attention.insert(cx.output()?, (x, shape, AttView::Values));
+            return Ok(());
+        }
+    }
+    if let Some((a, shape, AttView::Weights)) = cx.input(0).and_then(|n| imp.attention.get(n)).copied() {
+        if matches!(axes.as_slice(), [3] | [-1]) {
+            imp.attention.insert(cx.output()?, (a, shape, AttView::Column));
+            return Ok(());
+        }
+    }
+    let (x, shape) = imp.data_at(cx, 0)?;
     match (shape, axes.as_slice()) {
         (Shape::Image { h: 1, w: 1, .. }, [3] | [-1]) if cx.input(0).is_some_and(|i| imp.rank3.contains(i)) => {
             imp.values.insert(cx.output()?, (x, shape));
@@ -1736,6 +1797,15 @@ fn identity<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 
 /// A Softmax or LogSoftmax at the end of the network: post-processing, no parameters.
 fn trailing<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    // Global-context attention: the softmax over the positions of a 1-channel map viewed
+    // (N, 1, H·W).
+    if let Some((x, shape, 1)) = cx.input(0).and_then(|n| imp.group_view.get(n)).copied() {
+        if cx.op == "Softmax" && shape.chw().0 == 1 && matches!(cx.int("axis", -1)?, 2 | -1) {
+            let id = imp.node(cx, Op::SoftmaxPositions, vec![x], shape, None)?;
+            imp.attention.insert(cx.output()?, (id, shape, AttView::Weights));
+            return Ok(());
+        }
+    }
     if !imp.outputs.contains(cx.output()?) {
         return Err(format!("{} is supported only at the end of the network (its output a graph output)", cx.op));
     }
@@ -1804,6 +1874,19 @@ fn add<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         let (v, s) = imp.data(cx, n)?;
         match shape {
             None => shape = Some(s),
+            // An image plus a per-channel (C, 1, 1) value of the same channels, broadcast
+            // over the positions (global-context attention's channel add).
+            Some(first @ Shape::Image { c, .. }) if names.len() == 2 && first != s && s == (Shape::Image { c, h: 1, w: 1 }) => {
+                inputs.push(v);
+                imp.push_n(cx, Op::AddBroadcast, inputs, first, None, cx.output()?)?;
+                return Ok(());
+            }
+            Some(first @ Shape::Image { h: 1, w: 1, c })
+                if names.len() == 2 && first != s && s.chw().0 == c && matches!(s, Shape::Image { .. }) =>
+            {
+                imp.push_n(cx, Op::AddBroadcast, vec![v, inputs[0]], s, None, cx.output()?)?;
+                return Ok(());
+            }
             Some(first) if first != s => {
                 return Err(format!("an {} of mismatched shapes {first} and {s}: cnnc joins values of one shape", cx.op));
             }

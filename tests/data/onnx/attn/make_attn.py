@@ -1,7 +1,9 @@
 """Attention blocks of CNNs, tiny models (a few KB each), by both torch exporters:
 `eca.{ts,dynamo}.onnx`, efficient channel attention (Wang et al. 2020): global pool, the
 pooled vector squeezed and transposed, a 1-D conv of kernel 3 across the channels, back,
-sigmoid, gate.
+sigmoid, gate; `gc.{ts,dynamo}.onnx`, a global-context block (Cao et al. 2019): a 1×1
+conv's mask, softmax over the positions, the attention pool (MatMul of the views), the
+transform (1×1 conv, ReLU, 1×1 conv) added to the input.
 
     ~/.cache/cnnc/torch-venv/bin/python tests/data/onnx/attn/make_attn.py
 """
@@ -40,12 +42,41 @@ class EcaNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class GC(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.mask = nn.Conv2d(c, 1, 1)
+        self.t1 = nn.Conv2d(c, c // 4, 1)
+        self.t2 = nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        values = x.view(n, c, h * w).unsqueeze(1)
+        a = F.softmax(self.mask(x).view(n, 1, h * w), dim=2).unsqueeze(-1)
+        ctx = torch.matmul(values, a).view(n, c, 1, 1)
+        return x + self.t2(F.relu(self.t1(ctx)))
+
+
+class GcNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.gc = GC(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.gc(F.relu(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 def main():
     torch.manual_seed(0)
     x = torch.randn(1, 3, 8, 8)
     ts = dict(dynamo=False, do_constant_folding=False, training=torch.onnx.TrainingMode.TRAINING)
     torch.onnx.export(EcaNet(), (x,), os.path.join(HERE, "eca.ts.onnx"), **ts)
     torch.onnx.export(EcaNet(), (x,), os.path.join(HERE, "eca.dynamo.onnx"), dynamo=True, external_data=False)
+    torch.onnx.export(GcNet(), (x,), os.path.join(HERE, "gc.ts.onnx"), **ts)
+    torch.onnx.export(GcNet(), (x,), os.path.join(HERE, "gc.dynamo.onnx"), dynamo=True, external_data=False)
 
 
 if __name__ == "__main__":
