@@ -174,6 +174,14 @@ pub enum Op {
         scale: [u64; 2],
         linear: bool,
     },
+    /// Split attention's softmax across the radix (ResNeSt's rSoftMax) of a pooled vector
+    /// (C, 1, 1), C = groups · radix · n: viewed (groups, radix, n), transposed to
+    /// (radix, groups, n), a softmax over the radix: output (r, g, k) is the softmax at r
+    /// of inputs (g, ·, k). Radix 2 (a sigmoid of the difference).
+    RadixSoftmax {
+        radix: u64,
+        groups: u64,
+    },
     /// x (C, H, W) + t (C, 1, 1), t broadcast over the positions (global-context
     /// attention's channel add).
     AddBroadcast,
@@ -567,6 +575,7 @@ impl Op {
             Op::SwapChannelsWidth => "swap",
             Op::SoftmaxPositions => "softmax positions",
             Op::AddBroadcast => "add broadcast",
+            Op::RadixSoftmax { .. } => "radix softmax",
             Op::AttentionPool => "attention pool",
             Op::Elementwise(_) => "elementwise",
         }

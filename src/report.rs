@@ -61,6 +61,7 @@ pub fn graph_table(g: &Graph) -> String {
             Op::SwapChannelsWidth => "swap channels and width".to_string(),
             Op::SoftmaxPositions => "softmax over positions".to_string(),
             Op::AddBroadcast => "add (the second broadcast over the positions)".to_string(),
+            Op::RadixSoftmax { radix, groups } => format!("softmax across the radix {radix} (groups {groups})"),
             Op::AttentionPool => "attention pool (Σ_p a_p x_p)".to_string(),
             Op::Resample(r) => format!("resample {} {:?}", if r.linear { "linear" } else { "nearest" }, r.transform),
             Op::Dilate { stride } => format!("dilate x{}x{} (zeros between)", stride[0], stride[1]),

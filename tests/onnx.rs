@@ -1626,3 +1626,48 @@ fn global_context_attention_imports_from_both_exporters() {
         }
     }
 }
+
+/// Split attention of radix 2 (`tests/data/onnx/attn/make_attn.py`), both exporters: the
+/// splits (Split), their sum, fc1 and fc2, ResNeSt's rSoftMax (Reshape to (N, groups,
+/// radix, −1), Transpose [0, 2, 1, 3], Softmax over axis 1, Reshape back) as a radix
+/// softmax node, the gates and their sum; both exports plan alike. A radix of 3 is refused
+/// with the reason.
+#[test]
+fn split_attention_imports_from_both_exporters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/attn");
+    let mut stds = Vec::new();
+    for file in ["split.ts.onnx", "split.dynamo.onnx"] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let radix: Vec<&ir::Node> = g.nodes.iter().filter(|n| matches!(n.op, Op::RadixSoftmax { .. })).collect();
+        assert_eq!(radix.len(), 1, "{file}");
+        assert_eq!(radix[0].op, Op::RadixSoftmax { radix: 2, groups: 1 }, "{file}");
+        assert_eq!(radix[0].output, Shape::Image { c: 16, h: 1, w: 1 }, "{file}");
+        assert_eq!(g.nodes.iter().filter(|n| n.op == Op::Mul).count(), 2, "{file}: the two gates");
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+                let plan = cnnc::plan_graph(&g, req).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                assert!(plan.layers.iter().all(|l| l.weight.std.is_finite() && l.weight.std > 0.0));
+                stds.push(plan.layers.iter().map(|l| l.weight.std).collect::<Vec<f64>>());
+            }
+        }
+    }
+    let half = stds.len() / 2;
+    for (a, b) in stds[..half].iter().zip(&stds[half..]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * y, "ts σ {x} vs dynamo σ {y}");
+        }
+    }
+    let m = model(
+        vec![image_input(6, 4, 4)],
+        vec![
+            node("gap", "GlobalAveragePool", &["x"], &["p"], vec![]),
+            node("view", "Reshape", &["p", "shape"], &["v"], vec![]),
+            node("t", "Transpose", &["v"], &["t"], vec![attr("perm", A::Is(vec![0, 2, 1, 3]))]),
+            node("soft", "Softmax", &["t"], &["y"], vec![attr("axis", A::I(1))]),
+        ],
+        vec![int64s("shape", &[1, 1, 3, -1])],
+    );
+    let e = import(&m).unwrap_err();
+    assert!(e.contains("node `soft` (Softmax)") && e.contains("radix of 3"), "{e}");
+}

@@ -691,6 +691,7 @@ const RULES: &[(&str, FwdRule, BwdRule)] = &[
     ("softmax positions", softmax_positions_fwd, softmax_positions_bwd),
     ("attention pool", attention_pool_fwd, attention_pool_bwd),
     ("add broadcast", add_broadcast_fwd, add_broadcast_bwd),
+    ("radix softmax", radix_softmax_fwd, radix_softmax_bwd),
 ];
 
 fn rules(op: &Op) -> (FwdRule, BwdRule) {
@@ -1949,6 +1950,78 @@ fn add_broadcast_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), An
     Ok(())
 }
 
+/// Split attention's softmax across a radix of 2: output channel j reads input `me` and
+/// its partner `other`, a = σ(z_me − z_other). Per output channel: (me, other).
+pub(super) fn radix_pairs(c: u64, radix: u64, groups: u64) -> Vec<(usize, usize)> {
+    let rest = c / (radix * groups);
+    (0..c)
+        .map(|j| {
+            let (r, g, k) = (j / (groups * rest), j / rest % groups, j % rest);
+            let input = |r: u64| ((g * radix + r) * rest + k) as usize;
+            (input(r), input(1 - r))
+        })
+        .collect()
+}
+
+/// Per output channel of a radix-2 softmax, from the inputs' (mean, second, offset):
+/// (E a, E a², the offset of a, E σ'(d)²), d = z_me − z_other ~ N(μ_me − μ_other, v_me + v_other)
+/// (the two channels' offsets differ per draw: they are part of d's variance).
+pub(super) fn radix_moments(x: &[(f64, f64, f64)], pairs: &[(usize, usize)]) -> Vec<(f64, f64, f64, f64)> {
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    // σ is smooth: a coarse rule over ±8 standard deviations is exact to ~1e-9.
+    let moment = |g: &dyn Fn(f64) -> f64, mu: f64, v: f64| {
+        let s = v.max(0.0).sqrt();
+        integrate_width(|z| g(mu + s * z) * super::phi(z), -8.0, 8.0, 0.25)
+    };
+    pairs
+        .iter()
+        .map(|&(me, other)| {
+            let ((m1, s1, a1), (m2, s2, a2)) = (x[me], x[other]);
+            let (mu, a, b) = (m1 - m2, a1 + a2, (s1 - m1 * m1 - a1).max(0.0) + (s2 - m2 * m2 - a2).max(0.0));
+            let ea = moment(&sig, mu, a + b);
+            let ea2 = moment(&|x| sig(x).powi(2), mu, a + b);
+            let ed2 = moment(&|x| (sig(x) * (1.0 - sig(x))).powi(2), mu, a + b);
+            // The offset Var_m E_e σ(μ + m + e), with the probit approximation
+            // E_e σ(x + e) ≈ σ(x / √(1 + π b / 8)) inside (one quadrature, not two: the
+            // backward plan's rounds call this often).
+            let k = 1.0 / (1.0 + std::f64::consts::PI * b / 8.0).sqrt();
+            let sa = a.sqrt();
+            let h2 = integrate_width(|z| sig((mu + sa * z) * k).powi(2) * super::phi(z), -8.0, 8.0, 0.25);
+            (ea, ea2, (h2 - ea * ea).max(0.0), ed2)
+        })
+        .collect()
+}
+
+/// Split attention's softmax across the radix, forward (docs/dag.md).
+fn radix_softmax_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
+    let x = f.input(n.inputs[0]);
+    let xs: Vec<(f64, f64, f64)> = (0..x.mean.len()).map(|c| (x.mean[c], x.second[c], x.offset[c])).collect();
+    let m = radix_moments(&xs, &radix_pairs(x.mean.len() as u64, radix, groups));
+    Ok(Stat { mean: m.iter().map(|v| v.0).collect(), second: m.iter().map(|v| v.1).collect(), offset: m.iter().map(|v| v.2).collect() })
+}
+
+/// Backward: δz_me = σ'(d)(δa_me − δa_other) for output me, and −that for its partner:
+/// input i receives E σ'(d)² (E[δa_me²] + E[δa_other²]) (the two gradients independent).
+fn radix_softmax_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
+    let x = b.input(n.inputs[0]);
+    let xs: Vec<(f64, f64, f64)> = (0..x.mean.len()).map(|c| (x.mean[c], x.second[c], x.offset[c])).collect();
+    let pairs = radix_pairs(x.mean.len() as u64, radix, groups);
+    let m = radix_moments(&xs, &pairs);
+    // Output j holds (me, other); the input `me` of output j gets σ'(d_j)² (δa_j² + δa_partner²).
+    let mut contrib = vec![0.0; dz.len()];
+    let out_of: HashMap<usize, usize> = pairs.iter().enumerate().map(|(j, &(me, _))| (me, j)).collect();
+    for (j, &(me, other)) in pairs.iter().enumerate() {
+        let partner = out_of[&other];
+        contrib[me] = m[j].3 * (dz[j] + dz[partner]);
+    }
+    b.send(n.inputs[0], &contrib);
+    Ok(())
+}
+
 /// The fraction of a dilated value's positions that hold its input (the rest are 0).
 fn dilate_fraction(g: &Graph, k: usize) -> f64 {
     let n = &g.nodes[k];
@@ -2440,6 +2513,7 @@ pub(crate) mod tests {
             Op::SoftmaxPositions,
             Op::AttentionPool,
             Op::AddBroadcast,
+            Op::RadixSoftmax { radix: 2, groups: 1 },
         ];
         // Exhaustive: this match fails to compile when a variant is added.
         for op in &ops {
@@ -2451,7 +2525,8 @@ pub(crate) mod tests {
                 | Op::SwapChannelsWidth
                 | Op::SoftmaxPositions
                 | Op::AttentionPool
-                | Op::AddBroadcast => {}
+                | Op::AddBroadcast
+                | Op::RadixSoftmax { .. } => {}
             }
         }
         ops

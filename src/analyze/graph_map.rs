@@ -487,6 +487,7 @@ const MAP_RULES: &[(&str, MapFwdRule, MapBwdRule)] = &[
     ("softmax positions", MapPasses::softmax_positions_fwd, MapPasses::softmax_positions_bwd),
     ("attention pool", MapPasses::attention_pool_fwd, MapPasses::attention_pool_bwd),
     ("add broadcast", MapPasses::add_broadcast_fwd, MapPasses::add_broadcast_bwd),
+    ("radix softmax", MapPasses::radix_softmax_fwd, MapPasses::radix_softmax_bwd),
 ];
 
 fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
@@ -608,6 +609,38 @@ fn swap(v: &Val) -> Val {
 }
 
 impl MapPasses {
+    /// Split attention's softmax across the radix: the paper analysis's rule on the
+    /// channels' one-position values (exact there: a pooled vector has one position).
+    fn radix_softmax_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
+        let x = self.get(n.inputs[0]);
+        let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
+        let a = &self.shared[n.inputs[0].0];
+        let xs: Vec<(f64, f64, f64)> = (0..mu.len()).map(|c| (mu[c], sec[c], a[c])).collect();
+        let m = super::graph::radix_moments(&xs, &super::graph::radix_pairs(mu.len() as u64, radix, groups));
+        Ok(merge(m.iter().map(|v| Seg { n: 1, maps: vec![Plane::filled(1, 1, v.0), Plane::filled(1, 1, v.1)] }).collect()))
+    }
+
+    fn radix_softmax_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
+        let x = self.get(n.inputs[0]);
+        let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
+        let a = &self.shared[n.inputs[0].0];
+        let xs: Vec<(f64, f64, f64)> = (0..mu.len()).map(|c| (mu[c], sec[c], a[c])).collect();
+        let pairs = super::graph::radix_pairs(mu.len() as u64, radix, groups);
+        let m = super::graph::radix_moments(&xs, &pairs);
+        let d = channel_means(dz, 0);
+        let out_of: HashMap<usize, usize> = pairs.iter().enumerate().map(|(j, &(me, _))| (me, j)).collect();
+        let mut contrib = vec![0.0; d.len()];
+        for (j, &(me, other)) in pairs.iter().enumerate() {
+            contrib[me] = m[j].3 * (d[j] + d[out_of[&other]]);
+        }
+        send(grads, n.inputs[0], merge(contrib.iter().map(|v| Seg { n: 1, maps: vec![Plane::filled(1, 1, *v)] }).collect()));
+        Ok(())
+    }
+
     /// x + t, t (C, 1, 1): per position, the mean μ_p + μ_t, the second s_p + s_t + 2 μ_p μ_t.
     fn add_broadcast_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
         let n = &r.cx.g.nodes[k];
@@ -1627,6 +1660,13 @@ impl MapPasses {
             }
             Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } | Op::Resample(_) => self.shared[input(0)].clone(),
             Op::SoftmaxPositions => vec![0.0; c_out],
+            Op::RadixSoftmax { radix, groups } => {
+                let x = self.get(n.inputs[0]);
+                let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
+                let a = &self.shared[input(0)];
+                let xs: Vec<(f64, f64, f64)> = (0..mu.len()).map(|c| (mu[c], sec[c], a[c])).collect();
+                super::graph::radix_moments(&xs, &super::graph::radix_pairs(mu.len() as u64, *radix, *groups)).iter().map(|m| m.2).collect()
+            }
             Op::AttentionPool => self.shared[input(0)].clone(),
             Op::AddBroadcast => self.shared[input(0)].iter().zip(&self.shared[input(1)]).map(|(a, b)| a + b).collect(),
             Op::SwapChannelsWidth => {

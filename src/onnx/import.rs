@@ -157,7 +157,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Dropout",
     "Identity",
     "Cast",
-    "Softmax/LogSoftmax (trailing; Softmax over positions: global-context attention)",
+    "Softmax/LogSoftmax (trailing; over positions: global-context attention; across a radix of 2: split attention)",
     "constant shape arithmetic (Shape, Gather, Unsqueeze, Squeeze, Ceil, ConstantOfShape, …)",
 ];
 
@@ -283,6 +283,9 @@ struct Importer<'m> {
     /// mask over the positions (N, 1, H·W) and as a column (N, 1, H·W, 1), their MatMul
     /// (N, 1, C, 1): the IR value and which view.
     attention: HashMap<&'m str, (ValueId, Shape, AttView)>,
+    /// Split attention's view of a pooled vector (N, groups, radix, −1), maybe transposed
+    /// to (N, radix, groups, −1): (the vector, its shape, groups, radix, transposed).
+    radix_view: HashMap<&'m str, (ValueId, Shape, u64, u64, bool)>,
     /// 3-D values (N, A, B), held as the image (A, 1, B): a pooled vector squeezed to
     /// (N, C, 1), its transpose (N, 1, C), a 1-D conv's output (efficient channel attention).
     rank3: HashSet<&'m str>,
@@ -334,6 +337,7 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         weight_syms: HashMap::new(),
         rank3: HashSet::new(),
         attention: HashMap::new(),
+        radix_view: HashMap::new(),
     };
     for t in &graph.initializer {
         imp.params.insert(t.name().to_string(), param_of(t));
@@ -883,6 +887,7 @@ impl<'m> Importer<'m> {
             || self.group_view.contains_key(name)
             || self.group_norm.contains_key(name)
             || self.attention.contains_key(name)
+            || self.radix_view.contains_key(name)
     }
 
     /// The initializer a folded constant was made from through shape-only ops
@@ -963,6 +968,12 @@ impl<'m> Importer<'m> {
         if self.grouped.contains_key(name) {
             return Err(format!(
                 "`{name}` is a 5-D view of an image: cnnc takes it only as part of a channel shuffle (Reshape → Transpose → Reshape)"
+            ));
+        }
+        if self.radix_view.contains_key(name) {
+            return Err(format!(
+                "`{name}` is a (N, groups, radix, −1) view of a pooled vector: cnnc takes it only as split attention's Transpose [0, 2, 1, 3] \
+                 and Softmax over the radix"
             ));
         }
         if self.attention.contains_key(name) {
@@ -1649,6 +1660,25 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         return Ok(());
     }
     let (x, shape) = imp.data_at(cx, 0)?;
+    if let (Shape::Image { c, h: 1, w: 1 }, &[_, g, r, rest]) = (shape, target.as_slice()) {
+        // (N, groups, radix, −1): split attention's view of its pooled logits.
+        if g > 0 && r > 1 && (c as i64) % (g * r) == 0 && (rest == -1 || rest * g * r == c as i64) {
+            imp.radix_view.insert(cx.output()?, (x, shape, g as u64, r as u64, false));
+            return Ok(());
+        }
+    }
+    // Split attention's weights reshaped to (N, C) on their way back to (N, C, 1, 1): the
+    // same numbers, kept as the image.
+    let radix_out = x.0 > 0 && matches!(imp.nodes[x.0 - 1].op, Op::RadixSoftmax { .. });
+    if let (true, Shape::Image { c, h: 1, w: 1 }, &[_, f]) = (radix_out, shape, target.as_slice()) {
+        if f == -1 || f == c as i64 {
+            return identity(imp, cx);
+        }
+    }
+    if let (Shape::Image { c, h: 1, w: 1 }, &[_, -1 | 0, 1, 1]) = (shape, target.as_slice()) {
+        let _ = c;
+        return identity(imp, cx);
+    }
     if let (Shape::Image { c, h, w }, &[_, g, rest]) = (shape, target.as_slice()) {
         // (N, G, −1): the view a GroupNorm normalizes.
         if g > 0 && c as i64 % g == 0 && (rest == -1 || rest == (c as i64 / g) * (h * w) as i64) {
@@ -1686,6 +1716,15 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 fn transpose<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let g = cx.input(0).and_then(|n| imp.grouped.get(n)).copied();
     let perm = cx.ints("perm")?;
+    if let Some((x, shape, g, r, false)) = cx.input(0).and_then(|n| imp.radix_view.get(n)).copied() {
+        if perm != Some(&[0, 2, 1, 3]) {
+            return Err(format!(
+                "a transpose of split attention's (N, groups, radix, −1) view with perm {perm:?}: cnnc takes [0, 2, 1, 3]"
+            ));
+        }
+        imp.radix_view.insert(cx.output()?, (x, shape, g, r, true));
+        return Ok(());
+    }
     if cx.input(0).is_some_and(|i| imp.rank3.contains(i)) {
         let (x, shape) = imp.data_at(cx, 0)?;
         let (a, _, b) = shape.chw();
@@ -1797,6 +1836,20 @@ fn identity<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
 
 /// A Softmax or LogSoftmax at the end of the network: post-processing, no parameters.
 fn trailing<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    // Split attention: the softmax over the radix of the transposed view (axis 1).
+    if let Some((x, shape, g, r, transposed)) = cx.input(0).and_then(|n| imp.radix_view.get(n)).copied() {
+        if cx.op != "Softmax" || !transposed || cx.int("axis", -1)? != 1 {
+            return Err(format!(
+                "a {} of split attention's view: cnnc takes Softmax over the radix (axis 1 after Transpose [0, 2, 1, 3])",
+                cx.op
+            ));
+        }
+        if r != 2 {
+            return Err(format!("a softmax across a radix of {r}: cnnc plans radix 2 (a sigmoid of the difference of two logits)"));
+        }
+        imp.push(cx, Op::RadixSoftmax { radix: r, groups: g }, x, shape, None, cx.output()?)?;
+        return Ok(());
+    }
     // Global-context attention: the softmax over the positions of a 1-channel map viewed
     // (N, 1, H·W).
     if let Some((x, shape, 1)) = cx.input(0).and_then(|n| imp.group_view.get(n)).copied() {

@@ -3,7 +3,10 @@
 pooled vector squeezed and transposed, a 1-D conv of kernel 3 across the channels, back,
 sigmoid, gate; `gc.{ts,dynamo}.onnx`, a global-context block (Cao et al. 2019): a 1×1
 conv's mask, softmax over the positions, the attention pool (MatMul of the views), the
-transform (1×1 conv, ReLU, 1×1 conv) added to the input.
+transform (1×1 conv, ReLU, 1×1 conv) added to the input; `split.{ts,dynamo}.onnx`, a
+split-attention block of radix 2 (ResNeSt's SplAtConv2d, one group): the splits summed and
+pooled, fc1, fc2, the softmax across the radix (rSoftMax: Reshape, Transpose, Softmax,
+Reshape), each split gated, summed.
 
     ~/.cache/cnnc/torch-venv/bin/python tests/data/onnx/attn/make_attn.py
 """
@@ -69,6 +72,48 @@ class GcNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class RSoftmax(nn.Module):
+    def __init__(self, radix, cardinality):
+        super().__init__()
+        self.radix, self.cardinality = radix, cardinality
+
+    def forward(self, x):
+        batch = x.size(0)
+        x = x.view(batch, self.cardinality, self.radix, -1).transpose(1, 2)
+        return F.softmax(x, dim=1).reshape(batch, -1)
+
+
+class SplAt(nn.Module):
+    def __init__(self, c, radix=2):
+        super().__init__()
+        self.radix = radix
+        self.conv = nn.Conv2d(c, c * radix, 3, padding=1, groups=radix, bias=False)
+        self.fc1 = nn.Conv2d(c, c // 2, 1)
+        self.fc2 = nn.Conv2d(c // 2, c * radix, 1)
+        self.rsoftmax = RSoftmax(radix, 1)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        b, rc = x.shape[:2]
+        splits = torch.split(x, rc // self.radix, dim=1)
+        gap = F.adaptive_avg_pool2d(sum(splits), 1)
+        atten = self.rsoftmax(self.fc2(F.relu(self.fc1(gap)))).view(b, -1, 1, 1)
+        attens = torch.split(atten, rc // self.radix, dim=1)
+        return sum(a * s for a, s in zip(attens, splits))
+
+
+class SplitNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.split = SplAt(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.split(F.relu(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 def main():
     torch.manual_seed(0)
     x = torch.randn(1, 3, 8, 8)
@@ -77,6 +122,8 @@ def main():
     torch.onnx.export(EcaNet(), (x,), os.path.join(HERE, "eca.dynamo.onnx"), dynamo=True, external_data=False)
     torch.onnx.export(GcNet(), (x,), os.path.join(HERE, "gc.ts.onnx"), **ts)
     torch.onnx.export(GcNet(), (x,), os.path.join(HERE, "gc.dynamo.onnx"), dynamo=True, external_data=False)
+    torch.onnx.export(SplitNet(), (x,), os.path.join(HERE, "split.ts.onnx"), **ts)
+    torch.onnx.export(SplitNet(), (x,), os.path.join(HERE, "split.dynamo.onnx"), dynamo=True, external_data=False)
 
 
 if __name__ == "__main__":
