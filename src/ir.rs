@@ -114,6 +114,26 @@ pub struct ParamNames {
     /// The stored weight's shape where it is not the op's own: a Linear applied at each
     /// position of a channels-last image is a 1×1 conv here, its weight [out, in].
     pub shape: Option<Vec<u64>>,
+    /// The weight is standardized per filter before the conv uses it (weight
+    /// standardization: BiT's and timm's `StdConv2d`, NF-ResNets' `ScaledStdConv2d`).
+    pub standardized: Option<Standardized>,
+}
+
+/// A conv weight computed from the stored one per output filter:
+/// `w = gain · (v − mean(v)) / √(var(v) + ε)`, the mean and the (biased) variance over
+/// the filter's C_in/g · k_h · k_w elements. The stored weight's scale cancels: the
+/// effective weight has per-filter mean 0 and mean square gain² (up to ε).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Standardized {
+    /// The product of the constant factors on the standardized weight in the network as
+    /// exported (1 for `StdConv2d`; γ/√fan for `ScaledStdConv2d`), a per-filter gain
+    /// initializer's values included where they are known and equal.
+    pub gain: f64,
+    /// The initializer of a per-filter gain multiplying it (`ScaledStdConv2d.gain`), if any,
+    /// and its value at initialization (part of `gain`; 1 where the export does not carry it).
+    pub gain_param: Option<(String, f64)>,
+    /// ε under the square root.
+    pub epsilon: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -154,9 +174,113 @@ pub enum Op {
         scale: [u64; 2],
         linear: bool,
     },
+    /// Split attention's softmax across the radix (ResNeSt's rSoftMax) of a pooled vector
+    /// (C, 1, 1), C = groups · radix · n: viewed (groups, radix, n), transposed to
+    /// (radix, groups, n), a softmax over the radix: output (r, g, k) is the softmax at r
+    /// of inputs (g, ·, k). Radix 2 (a sigmoid of the difference).
+    RadixSoftmax {
+        radix: u64,
+        groups: u64,
+    },
+    /// x (C, H, W) + t (C, 1, 1), t broadcast over the positions (global-context
+    /// attention's channel add).
+    AddBroadcast,
+    /// A softmax over the positions of each channel of each sample (global-context
+    /// attention's weights: its 1-channel mask map, viewed as (N, 1, H·W)).
+    SoftmaxPositions,
+    /// An attention pool: inputs x (C, H, W) and weights a (1, H, W) → (C, 1, 1), Σ_p a_p
+    /// x_c,p (global-context attention: MatMul of x viewed (N, 1, C, H·W) and a viewed
+    /// (N, 1, H·W, 1)).
+    AttentionPool,
+    /// The per-sample transpose of a value of height 1: (A, 1, B) → (B, 1, A), output
+    /// channel b, position a = input channel a, position b. An (N, A, B) tensor is the
+    /// image (A, 1, B) in the IR: efficient channel attention transposes its pooled vector
+    /// (C, 1, 1) to a row (1, 1, C), convolves it across the channels (a 1×k conv) and back.
+    SwapChannelsWidth,
+    /// Resampling to any size (ONNX `Resize`, linear, or nearest where it is not a whole
+    /// factor's copies): each output position a fixed weighted sum of input positions,
+    /// separable per axis ([`Resample::weights`]); the output size is the node's shape.
+    Resample(Resample),
     /// An element-wise function of one value other than the activations the unified
     /// layers know (ReLU6 as `Clip`, hard-swish, x·sigmoid(x) written out, GELU with `Erf`).
     Elementwise(Expr),
+}
+
+/// How ONNX `Resize` maps an output coordinate to an input one
+/// (`coordinate_transformation_mode`), with `scale` = output/input length (or the given scale).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CoordTransform {
+    HalfPixel,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+    TfHalfPixelForNn,
+}
+
+/// ONNX `Resize`'s `nearest_mode`: how a fractional input coordinate picks its position.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NearestMode {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+/// A resampling (see [`Op::Resample`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resample {
+    /// Linear interpolation (bilinear on an image), or nearest.
+    pub linear: bool,
+    pub transform: CoordTransform,
+    pub nearest: NearestMode,
+    /// Per axis (h, w), the scale the coordinate transform divides by: output/input, or
+    /// the `scales` the model gives.
+    pub scale: [f64; 2],
+}
+
+impl Resample {
+    /// Per output position of axis `axis` (0: h, 1: w), the input positions it reads and
+    /// their weights (summing to 1), from `input` to `output` positions, as ONNX defines
+    /// them: the coordinate transform, then the nearest position or the two neighbours,
+    /// the coordinate clamped to [0, input − 1] (the edge value beyond it).
+    pub fn weights(&self, axis: usize, input: u64, output: u64) -> Vec<Vec<(usize, f64)>> {
+        let scale = self.scale[axis];
+        let last = input.saturating_sub(1) as f64;
+        (0..output)
+            .map(|o| {
+                let o = o as f64;
+                let x = match self.transform {
+                    CoordTransform::HalfPixel => (o + 0.5) / scale - 0.5,
+                    CoordTransform::PytorchHalfPixel if output > 1 => (o + 0.5) / scale - 0.5,
+                    CoordTransform::PytorchHalfPixel => 0.0,
+                    CoordTransform::AlignCorners if output > 1 => o * last / (output - 1) as f64,
+                    CoordTransform::AlignCorners => 0.0,
+                    CoordTransform::Asymmetric => o / scale,
+                    CoordTransform::TfHalfPixelForNn => (o + 0.5) / scale,
+                };
+                if self.linear {
+                    let x = x.clamp(0.0, last);
+                    let lo = x.floor();
+                    let t = x - lo;
+                    let lo = lo as usize;
+                    if t == 0.0 || lo as f64 >= last {
+                        vec![(lo, 1.0)]
+                    } else {
+                        vec![(lo, 1.0 - t), (lo + 1, t)]
+                    }
+                } else {
+                    let r = match self.nearest {
+                        NearestMode::Floor => x.floor(),
+                        NearestMode::Ceil => x.ceil(),
+                        NearestMode::RoundPreferFloor if x.fract() == 0.5 => x.floor(),
+                        NearestMode::RoundPreferCeil if x.fract() == 0.5 => x.ceil(),
+                        _ => x.round(),
+                    };
+                    vec![(r.clamp(0.0, last) as usize, 1.0)]
+                }
+            })
+            .collect()
+    }
 }
 
 /// A normalization: `y = γ (x − μ) / √(σ² + ε) + β` per channel, with the batch's
@@ -447,6 +571,12 @@ impl Op {
             Op::Shuffle { .. } => "shuffle",
             Op::Resize { .. } => "resize",
             Op::Dilate { .. } => "dilate",
+            Op::Resample(_) => "resample",
+            Op::SwapChannelsWidth => "swap",
+            Op::SoftmaxPositions => "softmax positions",
+            Op::AddBroadcast => "add broadcast",
+            Op::RadixSoftmax { .. } => "radix softmax",
+            Op::AttentionPool => "attention pool",
             Op::Elementwise(_) => "elementwise",
         }
     }

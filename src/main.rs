@@ -313,7 +313,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Graph { file, input } => emit(&None, &report::graph_table(&load(&file, input)?.graph)),
         Command::Inspect { file, input, layer, unit, backward, limit } => {
-            let net = load(&file, input)?.network()?;
+            let model = load(&file, input)?;
+            if !model.is_source_chain() && cnnc::unify::unify(&model.graph).is_err() {
+                // A graph: its weight layers in the plan's order.
+                let text = report::inspect_graph(&model.graph, layer, unit, backward, limit).map_err(anyhow::Error::msg)?;
+                return emit(&None, &text);
+            }
+            let net = model.network()?;
             let Some(l) = layer.checked_sub(1).and_then(|k| net.layers.get(k)) else {
                 bail!("--layer {layer} is out of range: {} has layers 1 to {}", net.name, net.layers.len());
             };

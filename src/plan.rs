@@ -172,6 +172,36 @@ pub struct PlanLayer {
     /// forward signal whatever σ² is: σ² matters only for the gradient.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub normalized_by: Option<String>,
+    /// Graphs only: the layer's weight is standardized per filter before use (weight
+    /// standardization), so the stored weight's σ does not reach the signal.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub standardized: Option<StandardizedInfo>,
+}
+
+/// A weight standardized per filter: `w = gain · (v − mean(v)) / √(var(v) + ε)`. The
+/// stored weight v's scale cancels (`weight.std` is a convention: the same number as
+/// `gain`, so that the stored weight is at its standardized scale); what reaches the
+/// signal is the gain, the effective weight's per-element standard deviation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StandardizedInfo {
+    /// The gain the plan's predictions assume: √σ² of the rule that chose this layer.
+    pub gain: f64,
+    /// The gain the network applies as exported (its constants, and a per-filter gain
+    /// parameter's values at initialization): 1 for `StdConv2d`, γ/√fan for NF-ResNets'.
+    pub network_gain: f64,
+    /// The per-filter gain parameter, where the network has one, and the value that gives
+    /// `gain`: set every element of it to `value`.
+    pub gain_param: Option<GainParam>,
+    /// ε under the square root.
+    pub epsilon: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GainParam {
+    pub name: String,
+    pub value: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -299,6 +329,19 @@ fn predicted(forward_variance: f64, backward_variance: f64) -> Predicted {
     Predicted { forward_variance, backward_variance, forward_range: None, backward_range: None }
 }
 
+/// The plan's account of a standardized weight whose planned σ² is `variance`: the gain
+/// √σ², and the value of the per-filter gain parameter that gives it (the network's other
+/// factors, `gain / param_init`, kept).
+fn standardized_info(s: &crate::ir::Standardized, variance: f64) -> StandardizedInfo {
+    let gain = variance.sqrt();
+    StandardizedInfo {
+        gain,
+        network_gain: s.gain,
+        gain_param: s.gain_param.as_ref().map(|(name, init)| GainParam { name: name.clone(), value: gain / (s.gain / init) }),
+        epsilon: s.epsilon,
+    }
+}
+
 /// Builds the plan of a graph from its analysis ([`crate::analyze::graph`]).
 pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions, analysis: crate::analyze::Analysis) -> Plan {
     let reads = |v: ValueId| if v.0 == 0 { "input".to_string() } else { g.nodes[v.0 - 1].name.clone() };
@@ -348,6 +391,7 @@ pub fn build_graph(g: &Graph, a: &GraphAnalysis, opts: GraphOptions, analysis: c
             reads: Some(reads(n.inputs[0])),
             residual_last: Some(r.residual_last),
             normalized_by: r.normalized_by.map(|k| g.nodes[k].name.clone()),
+            standardized: n.params.as_ref().and_then(|p| p.standardized.as_ref()).map(|s| standardized_info(s, r.variance)),
         });
     }
     let batch_norms = a
@@ -478,6 +522,7 @@ pub fn build(net: &Network, analysis: &[LayerAnalysis], opts: Options) -> Plan {
             reads: None,
             residual_last: None,
             normalized_by: None,
+            standardized: None,
         });
     }
     let summary = Summary {

@@ -58,6 +58,12 @@ pub fn graph_table(g: &Graph) -> String {
             ),
             Op::ChannelSlice { start, end } => format!("slice channels {start}..{end}"),
             Op::Shuffle { groups } => format!("shuffle groups {groups}"),
+            Op::SwapChannelsWidth => "swap channels and width".to_string(),
+            Op::SoftmaxPositions => "softmax over positions".to_string(),
+            Op::AddBroadcast => "add (the second broadcast over the positions)".to_string(),
+            Op::RadixSoftmax { radix, groups } => format!("softmax across the radix {radix} (groups {groups})"),
+            Op::AttentionPool => "attention pool (Σ_p a_p x_p)".to_string(),
+            Op::Resample(r) => format!("resample {} {:?}", if r.linear { "linear" } else { "nearest" }, r.transform),
             Op::Dilate { stride } => format!("dilate x{}x{} (zeros between)", stride[0], stride[1]),
             Op::Resize { scale, linear } => format!("resize x{}x{} {}", scale[0], scale[1], if *linear { "linear" } else { "nearest" }),
             other => other.kind_name().to_string(),
@@ -250,6 +256,81 @@ pub fn inspect(net: &Network, layer: &Layer, unit: u64, backward: bool, limit: u
         } else {
             let _ = writeln!(out, "d(ℓ,i) = {{{unit}}}  (no pooling)");
         }
+    }
+    Ok(out)
+}
+
+/// `cnnc inspect` on a graph: weight layer `layer` (from 1, in node order, as in the
+/// plan). A transposed conv (a stride-1 conv of its input with zeros between the
+/// positions, `dilate`) lists its index sets in its own input's positions: the zeros are
+/// no connections; with `backward`, `unit` is a position of that input.
+pub fn inspect_graph(g: &crate::ir::Graph, layer: usize, unit: u64, backward: bool, limit: usize) -> Result<String, String> {
+    let layers = crate::unify::graph_layers(g);
+    let Some((k, l)) = layer.checked_sub(1).and_then(|i| layers.get(i)) else {
+        return Err(format!("--layer {layer} is out of range: {} has weight layers 1 to {}", g.name, layers.len()));
+    };
+    let net = Network { name: g.name.clone(), input: g.input, layers: Vec::new() };
+    let reads = g.nodes[*k].inputs[0];
+    let dilated = reads.0.checked_sub(1).and_then(|d| match (&g.nodes[d].op, g.nodes[d].inputs.first()) {
+        (crate::ir::Op::Dilate { stride }, Some(v)) => Some((*stride, g.shape(*v))),
+        _ => None,
+    });
+    let Some((stride, original)) = dilated else { return inspect(&net, l, unit, backward, limit) };
+    let geo = &l.weight.geometry;
+    let (_, oh, ow) = original.chw();
+    let (_, dh, dw) = l.input.chw();
+    let mut out = format!(
+        "network {}  layer {} (`{}`, transposed: stride {}×{}, its input {original} with zeros between the positions, {})\n",
+        g.name, l.index, l.weight.module, stride[0], stride[1], l.input
+    );
+    if !backward {
+        if unit >= geo.m_out() {
+            return Err(format!("unit {unit} is out of range: layer {} has {} outputs", l.index, geo.m_out()));
+        }
+        let (co, y, x) = geo.out_coords(unit);
+        let _ = writeln!(out, "conv output u_{unit} = {} of {}", coords(co, y, x), l.conv_output);
+        let kk = geo.h.kernel * geo.w.kernel;
+        let (mut s_items, mut a_items, mut total) = (Vec::new(), Vec::new(), 0u64);
+        for conn in geo.s_set(unit) {
+            let (c, y, x) = geo.in_coords(conn.input);
+            if y % stride[0] != 0 || x % stride[1] != 0 {
+                continue; // a zero between the positions: no connection
+            }
+            total += 1;
+            if s_items.len() < limit {
+                let (y, x) = (y / stride[0], x / stride[1]);
+                s_items.push(format!("{}={}", (c * oh + y) * ow + x, coords(c, y, x)));
+                a_items.push(format!("{}=({},{},{})", conn.tap, conn.tap / kk, conn.tap % kk / geo.w.kernel, conn.tap % geo.w.kernel));
+            }
+        }
+        let _ = writeln!(out, "s(ℓ,i)  (inputs read, index=(c,y,x) of {original}; {total} elements)");
+        for chunk in s_items.chunks(8) {
+            let _ = writeln!(out, "  {}", chunk.join(" "));
+        }
+        let _ = writeln!(out, "a(ℓ,i)  (kernel taps used, index=(c_in,ky,kx) of the equivalent stride-1 conv's kernel)");
+        for chunk in a_items.chunks(8) {
+            let _ = writeln!(out, "  {}", chunk.join(" "));
+        }
+        let _ = writeln!(out, "c(ℓ,i) = {}", geo.c(unit));
+    } else {
+        let (c, _, _) = original.chw();
+        if unit >= c * oh * ow {
+            return Err(format!("unit {unit} is out of range: layer {} has {} inputs", l.index, c * oh * ow));
+        }
+        let (ci, y, x) = (unit / (oh * ow), unit % (oh * ow) / ow, unit % ow);
+        let at = (ci * dh + y * stride[0]) * dw + x * stride[1];
+        let _ = writeln!(
+            out,
+            "input z_{unit} = {} of {original} (position {} of the zero-interleaved {})",
+            coords(ci, y, x),
+            coords(ci, y * stride[0], x * stride[1]),
+            l.input
+        );
+        let mut sub = inspect(&net, l, at, true, limit)?;
+        // Drop inspect's own heading and input line: the lines above say them.
+        // and its d line (no pooling: the unit itself, in the zero-interleaved positions).
+        sub = sub.lines().skip(2).filter(|s| !s.starts_with("d(ℓ,i)")).map(|s| format!("{s}\n")).collect();
+        out.push_str(&sub);
     }
     Ok(out)
 }

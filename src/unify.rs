@@ -127,6 +127,10 @@ pub fn unify(graph: &Graph) -> Result<Network, Vec<UnifyError>> {
         }
         let input = graph.shape(ValueId(k));
         match &node.op {
+            Op::Conv(_) if node.params.as_ref().is_some_and(|p| p.standardized.is_some()) => err(
+                node,
+                format!("conv `{}` has a standardized weight, which the unified layers (the paper's equations) do not model", node.name),
+            ),
             Op::Conv(_) | Op::Linear(_) => {
                 if let Some(o) = open.take() {
                     layers.push(o.layer);
@@ -188,6 +192,33 @@ pub fn unify(graph: &Graph) -> Result<Network, Vec<UnifyError>> {
     } else {
         Err(errors)
     }
+}
+
+/// The weight layers of any graph, in node order (the order of a graph plan's layers),
+/// each as a unified layer of its conv or linear alone (no activation, no pooling): what
+/// `cnnc inspect` lists for graphs. With each, its node index.
+pub fn graph_layers(graph: &Graph) -> Vec<(usize, Layer)> {
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::Conv(_) | Op::Linear(_)))
+        .enumerate()
+        .map(|(i, (k, n))| {
+            let input = graph.shape(n.inputs[0]);
+            let layer = Layer {
+                index: i + 1,
+                weight: weight(n, input),
+                activation: Activation::Identity,
+                pooling: None,
+                input,
+                conv_output: n.output,
+                output: n.output,
+                origin: n.origin.clone(),
+            };
+            (k, layer)
+        })
+        .collect()
 }
 
 /// The weight of a conv or linear node reading a value of shape `input` (its parameter

@@ -1490,3 +1490,268 @@ fn exported_graphs_plan_as_their_source() {
         }
     }
 }
+
+/// Weight standardization (`tests/data/onnx/std/make_std.py`): the TorchScript exports
+/// keep it as ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div (BiT's `StdConv2d`) or with rsqrt
+/// and a per-filter gain times γ/√fan (NF-ResNets' form): each conv is a conv of the
+/// stored weight, marked standardized, and the plan gives the gain (and the gain
+/// parameter's value) its σ² is. The dynamo export folds the standardization into a new
+/// initializer: a plain conv to cnnc.
+#[test]
+fn standardized_weights_plan_with_their_gain() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/std");
+    let req = |mode, analysis| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+    for (file, gamma) in [("std_conv.ts.onnx", None), ("scaled_std_conv.ts.onnx", Some(1.7139))] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let convs: Vec<&ir::Node> = g.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_))).collect();
+        assert_eq!(convs.len(), 2, "{file}: the standardization's steps make no IR node");
+        for (n, name, fan) in [(convs[0], "conv1", 27.0f64), (convs[1], "conv2", 72.0)] {
+            let p = n.params.as_ref().unwrap();
+            assert_eq!(p.weight, format!("{name}.weight"), "{file}");
+            let s = p.standardized.as_ref().unwrap_or_else(|| panic!("{file}: {name} is not marked standardized"));
+            match gamma {
+                None => assert!(s.gain == 1.0 && s.gain_param.is_none() && (s.epsilon - 1e-10).abs() < 1e-15, "{file}: {s:?}"),
+                Some(gm) => {
+                    assert!((s.gain - gm / fan.sqrt()).abs() < 1e-6, "{file} {name}: gain {} vs γ/√fan {}", s.gain, gm / fan.sqrt());
+                    assert_eq!(s.gain_param, Some((format!("{name}.gain"), 1.0)), "{file}");
+                }
+            }
+        }
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let plan = cnnc::plan_graph(&g, req(mode, analysis)).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                for l in plan.layers.iter().filter(|l| l.kind == "conv") {
+                    let s = l.standardized.as_ref().unwrap_or_else(|| panic!("{file}: {} has no `standardized`", l.name));
+                    assert!((s.gain - l.weight.std).abs() < 1e-12 && s.gain.is_finite() && s.gain > 0.0, "{file} {}", l.name);
+                    if let (Some(p), Some(gm)) = (&s.gain_param, gamma) {
+                        let fan = if l.weight.name.starts_with("conv1") { 27.0f64 } else { 72.0 };
+                        assert!(
+                            (p.value * gm / fan.sqrt() - s.gain).abs() < 1e-6 * s.gain,
+                            "{file}: the gain parameter's value gives the gain"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Forward, the second conv reads a ReLU output whose mean each filter removes: its
+    // gain is √(1/(κ Σ_c (E[z²] − μ²)))-like, above the plain conv's σ on the same input.
+    let ts = onnx::load(&dir.join("std_conv.ts.onnx"), &ImportOptions::default()).unwrap();
+    let dy = onnx::load(&dir.join("std_conv.dynamo.onnx"), &ImportOptions::default()).unwrap();
+    assert!(dy.nodes.iter().all(|n| n.params.as_ref().is_none_or(|p| p.standardized.is_none())));
+    let f = |g: &ir::Graph| cnnc::plan_graph(g, req(Mode::Forward, cnnc::analyze::Analysis::Paper)).unwrap();
+    let (a, b) = (f(&ts), f(&dy));
+    assert!((a.layers[0].weight.std - b.layers[0].weight.std).abs() < 1e-12, "the stem reads the zero-mean input: no mean to remove");
+    assert!(a.layers[1].weight.std > 1.1 * b.layers[1].weight.std, "{} vs {}", a.layers[1].weight.std, b.layers[1].weight.std);
+}
+
+/// Resize to sizes that are not whole multiples (`tests/data/onnx/resize/make_resize.py`):
+/// 3×3 → 7×7 bilinear with `align_corners` True and False, 7×7 → 5×5 nearest, by both
+/// exporters. Each is a resampling whose weights are torch's own (`resize.json`: torch's
+/// `F.interpolate` of the unit vectors), and the two exports plan alike.
+#[test]
+fn resize_to_any_size_takes_torch_s_interpolation_weights() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/resize");
+    let torch: Vec<Vec<Vec<f64>>> = serde_json::from_str(&std::fs::read_to_string(dir.join("resize.json")).unwrap()).unwrap();
+    let mut stds = Vec::new();
+    for file in ["resize.ts.onnx", "resize.dynamo.onnx"] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let resamples: Vec<&ir::Node> = g.nodes.iter().filter(|n| matches!(n.op, Op::Resample(_))).collect();
+        assert_eq!(resamples.len(), 3, "{file}");
+        for (n, expected) in resamples.iter().zip(&torch) {
+            let Op::Resample(r) = &n.op else { unreachable!() };
+            let (_, h, _) = g.shape(n.inputs[0]).chw();
+            let (_, oh, _) = n.output.chw();
+            assert_eq!((expected.len() as u64, expected[0].len() as u64), (oh, h), "{file} {}", n.name);
+            for axis in [0, 1] {
+                for (o, row) in r.weights(axis, h, oh).iter().enumerate() {
+                    let mut dense = vec![0.0; h as usize];
+                    for &(i, a) in row {
+                        dense[i] += a;
+                    }
+                    for (i, (a, b)) in dense.iter().zip(&expected[o]).enumerate() {
+                        assert!((a - b).abs() < 1e-6, "{file} {} axis {axis}: output {o} input {i}: cnnc {a}, torch {b}", n.name);
+                    }
+                }
+            }
+        }
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+                let plan = cnnc::plan_graph(&g, req).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                stds.push((file, plan.layers.iter().map(|l| l.weight.std).collect::<Vec<f64>>()));
+            }
+        }
+    }
+    let half = stds.len() / 2;
+    for (a, b) in stds[..half].iter().zip(&stds[half..]) {
+        for (x, y) in a.1.iter().zip(&b.1) {
+            assert!((x - y).abs() <= 1e-12 * y, "{} vs {}: σ {x} vs {y}", a.0, b.0);
+        }
+    }
+}
+
+/// Efficient channel attention (`tests/data/onnx/attn/make_attn.py`), both exporters: the
+/// pooled vector squeezed, transposed, convolved across its channels by a 1-D conv,
+/// transposed back and unsqueezed is two `swap` nodes around a 1 × 3 conv of one channel,
+/// whose plan entry is the stored [1, 1, 3] weight; both exports plan alike in both
+/// analyses and modes.
+#[test]
+fn efficient_channel_attention_imports_from_both_exporters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/attn");
+    let mut stds = Vec::new();
+    for file in ["eca.ts.onnx", "eca.dynamo.onnx"] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let kinds: Vec<&str> = g.nodes.iter().map(|n| n.op.kind_name()).collect();
+        let at = kinds.iter().position(|k| *k == "swap").unwrap_or_else(|| panic!("{file}: {kinds:?}"));
+        assert_eq!(&kinds[at - 1..at + 5], ["global avgpool", "swap", "conv", "swap", "activation", "mul"], "{file}");
+        let conv = &g.nodes[at + 1];
+        assert_eq!(conv_of(&g, at + 1).kernel, [1, 3], "{file}");
+        assert_eq!(conv.output, Shape::Image { c: 1, h: 1, w: 16 }, "{file}");
+        assert_eq!(g.nodes[at + 2].output, Shape::Image { c: 16, h: 1, w: 1 }, "{file}");
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+                let plan = cnnc::plan_graph(&g, req).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                let eca = plan.layers.iter().find(|l| l.weight.name == "eca.conv.weight").expect("the 1-D conv is a weight layer");
+                assert_eq!(eca.weight.shape, [1, 1, 3], "{file}");
+                assert!(plan.layers.iter().all(|l| l.weight.std.is_finite() && l.weight.std > 0.0));
+                stds.push(plan.layers.iter().map(|l| l.weight.std).collect::<Vec<f64>>());
+            }
+        }
+    }
+    let half = stds.len() / 2;
+    for (a, b) in stds[..half].iter().zip(&stds[half..]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * y, "ts σ {x} vs dynamo σ {y}");
+        }
+    }
+    // Anything else on the 3-D view is refused with the reason.
+    let m = model(
+        vec![image_input(4, 5, 5)],
+        vec![
+            node("gap", "GlobalAveragePool", &["x"], &["p"], vec![]),
+            node("sq", "Squeeze", &["p", "ax"], &["s"], vec![]),
+            node("bad", "MaxPool", &["s"], &["y"], vec![attr("kernel_shape", A::Is(vec![1]))]),
+        ],
+        vec![int64s("ax", &[3])],
+    );
+    let e = import(&m).unwrap_err();
+    assert!(e.contains("node `bad` (MaxPool)") && e.contains("3-D view"), "{e}");
+}
+
+/// `cnnc inspect` on a graph: weight layers in the plan's order; a ConvTranspose's index
+/// sets in its own input's positions (the zeros between them are no connections). The
+/// U-Net's `up2` is kernel 2, stride 2: each output reads one position of each of the 128
+/// input channels, and each input position is read by 2×2 outputs of each of the 64.
+#[test]
+fn inspect_takes_graphs_and_transposed_convs() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/real/unet.train.onnx");
+    let p = path.to_str().unwrap();
+    let (ok, out, err) = cnnc(&["inspect", p, "--layer", "7", "--unit", "0", "--limit", "3"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("transposed: stride 2×2") && out.contains("of (128,56,56); 128 elements)"), "{out}");
+    assert!(out.contains("0=(0,0,0) 3136=(1,0,0) 6272=(2,0,0)"), "{out}");
+    let (ok, out, err) = cnnc(&["inspect", p, "--layer", "7", "--unit", "113", "--backward", "--limit", "4"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("input z_113 = (0,2,1) of (128,56,56)") && out.contains("256 elements"), "{out}");
+    assert!(out.contains("450=(0,4,2) 451=(0,4,3) 562=(0,5,2) 563=(0,5,3)"), "{out}");
+    let (ok, _, err) = cnnc(&["inspect", p, "--layer", "14", "--unit", "0"]);
+    assert!(!ok && err.contains("--layer 14 is out of range") && err.contains("weight layers 1 to 13"), "{err}");
+    // A plain conv of the graph: the chain's sets.
+    let (ok, out, err) = cnnc(&["inspect", p, "--layer", "1", "--unit", "0", "--limit", "4"]);
+    assert!(ok && out.contains("s(ℓ,i)  (inputs z^(ℓ-1) read, index=(c,y,x); 12 elements"), "{out}{err}");
+}
+
+/// Global-context attention (`tests/data/onnx/attn/make_attn.py`), both exporters: the
+/// mask's Reshape to (N, 1, H·W) and Softmax over the positions, x's Reshape to (N, C, H·W)
+/// and Unsqueeze, their MatMul and the Reshape back are a softmax over positions and an
+/// attention pool; the transform's output added to every position a broadcast add.
+#[test]
+fn global_context_attention_imports_from_both_exporters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/attn");
+    let mut stds = Vec::new();
+    for file in ["gc.ts.onnx", "gc.dynamo.onnx"] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let kinds: Vec<&str> = g.nodes.iter().map(|n| n.op.kind_name()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "conv",
+                "activation",
+                "conv",
+                "softmax positions",
+                "attention pool",
+                "conv",
+                "activation",
+                "conv",
+                "add broadcast",
+                "global avgpool",
+                "flatten",
+                "linear"
+            ],
+            "{file}"
+        );
+        assert_eq!(g.nodes[4].inputs, [ir::ValueId(2), ir::ValueId(4)], "{file}: the pool reads x and the weights");
+        assert_eq!(g.nodes[4].output, Shape::Image { c: 16, h: 1, w: 1 }, "{file}");
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+                let plan = cnnc::plan_graph(&g, req).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                assert!(plan.layers.iter().all(|l| l.weight.std.is_finite() && l.weight.std > 0.0));
+                stds.push(plan.layers.iter().map(|l| l.weight.std).collect::<Vec<f64>>());
+            }
+        }
+    }
+    let half = stds.len() / 2;
+    for (a, b) in stds[..half].iter().zip(&stds[half..]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * y, "ts σ {x} vs dynamo σ {y}");
+        }
+    }
+}
+
+/// Split attention of radix 2 (`tests/data/onnx/attn/make_attn.py`), both exporters: the
+/// splits (Split), their sum, fc1 and fc2, ResNeSt's rSoftMax (Reshape to (N, groups,
+/// radix, −1), Transpose [0, 2, 1, 3], Softmax over axis 1, Reshape back) as a radix
+/// softmax node, the gates and their sum; both exports plan alike. A radix of 3 is refused
+/// with the reason.
+#[test]
+fn split_attention_imports_from_both_exporters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/attn");
+    let mut stds = Vec::new();
+    for file in ["split.ts.onnx", "split.dynamo.onnx"] {
+        let g = onnx::load(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let radix: Vec<&ir::Node> = g.nodes.iter().filter(|n| matches!(n.op, Op::RadixSoftmax { .. })).collect();
+        assert_eq!(radix.len(), 1, "{file}");
+        assert_eq!(radix[0].op, Op::RadixSoftmax { radix: 2, groups: 1 }, "{file}");
+        assert_eq!(radix[0].output, Shape::Image { c: 16, h: 1, w: 1 }, "{file}");
+        assert_eq!(g.nodes.iter().filter(|n| n.op == Op::Mul).count(), 2, "{file}: the two gates");
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let req = cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
+                let plan = cnnc::plan_graph(&g, req).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+                assert!(plan.layers.iter().all(|l| l.weight.std.is_finite() && l.weight.std > 0.0));
+                stds.push(plan.layers.iter().map(|l| l.weight.std).collect::<Vec<f64>>());
+            }
+        }
+    }
+    let half = stds.len() / 2;
+    for (a, b) in stds[..half].iter().zip(&stds[half..]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * y, "ts σ {x} vs dynamo σ {y}");
+        }
+    }
+    let m = model(
+        vec![image_input(6, 4, 4)],
+        vec![
+            node("gap", "GlobalAveragePool", &["x"], &["p"], vec![]),
+            node("view", "Reshape", &["p", "shape"], &["v"], vec![]),
+            node("t", "Transpose", &["v"], &["t"], vec![attr("perm", A::Is(vec![0, 2, 1, 3]))]),
+            node("soft", "Softmax", &["t"], &["y"], vec![attr("axis", A::I(1))]),
+        ],
+        vec![int64s("shape", &[1, 1, 3, -1])],
+    );
+    let e = import(&m).unwrap_err();
+    assert!(e.contains("node `soft` (Softmax)") && e.contains("radix of 3"), "{e}");
+}

@@ -205,6 +205,48 @@ fn linear(l: &Lags, f: [u64; 2]) -> Lags {
     out
 }
 
+/// Any resampling, each output a weighted sum of inputs, separable per axis
+/// (`ir::Resample::weights`): per axis, for output lag d, the weight products of the
+/// pairs of inputs the two outputs read, by their input lag, averaged over the outputs;
+/// the covariance is their product over the axes times ρ at those lags.
+fn resampled(l: &Lags, weights: [Vec<Vec<(usize, f64)>>; 2]) -> Lags {
+    let lags_of = |w: &Vec<Vec<(usize, f64)>>, d: usize| {
+        let mut terms: Vec<(i64, f64)> = Vec::new();
+        let n = w.len().saturating_sub(d).max(1) as f64;
+        for o in 0..w.len().saturating_sub(d) {
+            for &(i, a) in &w[o] {
+                for &(j, b) in &w[o + d] {
+                    terms.push((j as i64 - i as i64, a * b / n));
+                }
+            }
+        }
+        terms
+    };
+    let cov = |dy: usize, dx: usize| {
+        let (ty, tx) = (lags_of(&weights[0], dy), lags_of(&weights[1], dx));
+        let mut s = 0.0;
+        for &(ly, wy) in &ty {
+            for &(lx, wx) in &tx {
+                s += wy * wx * at(l, ly, lx);
+            }
+        }
+        s
+    };
+    let own = cov(0, 0);
+    if own.is_nan() || own <= 0.0 {
+        return white();
+    }
+    let mut out = white();
+    for (y, row) in out.iter_mut().enumerate() {
+        for (x, r) in row.iter_mut().enumerate() {
+            if (y, x) != (0, 0) && y < weights[0].len() && x < weights[1].len() {
+                *r = (cov(y, x) / own).clamp(-1.0, 1.0);
+            }
+        }
+    }
+    out
+}
+
 /// The inputs' tables weighted by their fluctuation variance (independent inputs add,
 /// channels side by side average).
 fn mixed(parts: &[(f64, Lags)]) -> Lags {
@@ -421,6 +463,16 @@ pub(super) fn propagate(g: &ir::Graph, k: usize, lags: &[Option<Lags>], summary:
             spatial.and_then(|v| lags[v.0]).unwrap_or_else(white)
         }
         Op::BatchNorm(_) | Op::ChannelSlice { .. } | Op::Shuffle { .. } => input(0),
+        Op::AddBroadcast => input(0),
+        // A softmax over positions is monotone in each logit: the named approximation
+        // keeps the logits' table.
+        Op::SoftmaxPositions => input(0),
+        // Positions become channels (efficient channel attention's row): independent.
+        Op::SwapChannelsWidth | Op::RadixSoftmax { .. } | Op::AttentionPool => white(),
+        Op::Resample(r) => {
+            let (_, ih, iw) = g.shape(n.inputs[0]).chw();
+            resampled(&input(0), [r.weights(0, ih, h), r.weights(1, iw, w)])
+        }
         Op::Dilate { stride } => dilated(&input(0), *stride),
         Op::Resize { scale, linear: false } => nearest(&input(0), *scale),
         Op::Resize { scale, linear: true } => linear(&input(0), *scale),

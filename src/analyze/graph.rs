@@ -630,7 +630,10 @@ impl Bwd<'_, '_> {
 pub(super) fn reads_shared(g: &Graph, opts: &GraphOptions) -> bool {
     g.nodes.iter().any(|n| match &n.op {
         Op::BatchNorm(bn) => bn.groups.is_some() || (bn.training && opts.batch.is_some()),
-        _ => false,
+        Op::Resample(_) => true,
+        Op::Mul => g.shape(n.inputs[1]) != n.output,
+        Op::SoftmaxPositions | Op::AttentionPool | Op::AddBroadcast => true,
+        _ => standardized(n).is_some(),
     })
 }
 
@@ -685,6 +688,12 @@ const RULES: &[(&str, FwdRule, BwdRule)] = &[
     ("shuffle", shuffle_fwd, shuffle_bwd),
     ("resize", resize_fwd, resize_bwd),
     ("dilate", dilate_fwd, dilate_bwd),
+    ("resample", resample_fwd, resample_bwd),
+    ("swap", swap_fwd, swap_bwd),
+    ("softmax positions", softmax_positions_fwd, softmax_positions_bwd),
+    ("attention pool", attention_pool_fwd, attention_pool_bwd),
+    ("add broadcast", add_broadcast_fwd, add_broadcast_bwd),
+    ("radix softmax", radix_softmax_fwd, radix_softmax_bwd),
 ];
 
 fn rules(op: &Op) -> (FwdRule, BwdRule) {
@@ -777,6 +786,9 @@ pub(super) fn shared_fractions(
 
 /// Conv and linear: E[u_o²] = σ² κ Σ_{c ∈ group(o)} E[z_c²]; the output is zero-mean.
 fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    if standardized(&f.cx.g.nodes[k]).is_some() {
+        return standardized_fwd(f, k);
+    }
     let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
     let (w, eps) = &f.cx.weights[&k];
     let x = f.input(n.inputs[0]);
@@ -825,8 +837,152 @@ fn weight_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
     Ok(Stat { mean: vec![0.0; second.len()], second, offset })
 }
 
+/// Backward through a standardized filter, the factor on the part of the gradient a
+/// sample shares: E[(Σ_t w_t a_t)²] = σ² F/(F−1) (Σ_t a_t² − (Σ_t a_t)²/F), a_t = c_t/P_in
+/// (the filter's zero mean is over all its F elements, the sum here over one channel's).
+fn standardized_shared_back(g: &Graph, k: usize, geo: &crate::index::ConvGeometry) -> Result<f64, AnalysisError> {
+    let fan = standardized_fan(g, k, geo)?;
+    let sum = |a: &crate::index::Axis| tap_counts(a).iter().sum::<f64>() / a.input as f64;
+    let sq = shared_taps_back(&geo.h) * shared_taps_back(&geo.w);
+    Ok((fan / (fan - 1.0) * (sq - (sum(&geo.h) * sum(&geo.w)).powi(2) / fan)).max(0.0))
+}
+
+/// Per axis: the mean over input positions of the (output, tap) pairs that read it, and
+/// of their square.
+pub(super) fn readers_per_input(a: &crate::index::Axis) -> (f64, f64) {
+    let (mut one, mut two) = (0.0, 0.0);
+    for i in 0..a.input {
+        let n = a.readers(i).len() as f64;
+        one += n;
+        two += n * n;
+    }
+    (one / a.input as f64, two / a.input as f64)
+}
+
+/// Backward through a standardized conv: δz_c = Σ_o Σ_t w_oct δu_o,t over the r pairs
+/// reading the position, E[w wᵀ] = σ² F/(F−1)(I − 11ᵀ/F) within a filter:
+/// E[δz_c²] = σ² F/(F−1) Σ_o [r E[δu_o²] − (r² G_o + r (E[δu_o²] − G_o))/F], G_o the part
+/// of δu_o a sample shares over its positions (the filter's zero mean removes what its
+/// taps share, (C−1)/C of a fully shared gradient for C input channels).
+fn standardized_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
+    let (w, eps) = &b.cx.weights[&k];
+    let geo = &w.geometry;
+    let fan = standardized_fan(g, k, geo)?;
+    let scale = fan / (fan - 1.0);
+    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+    let ((rh1, rh2), (rw1, rw2)) = (readers_per_input(&geo.h), readers_per_input(&geo.w));
+    let (r1, r2) = (rh1 * rw1, rh2 * rw2);
+    let gs = b.shared_of(k + 1, dz);
+    // Per group, per unit σ²: the gradient each input channel receives.
+    let unit: Vec<f64> = (0..geo.groups as usize)
+        .map(|gi| {
+            let os = gi * cout_g..(gi + 1) * cout_g;
+            let d: f64 = dz[os.clone()].iter().sum();
+            let sh: f64 = gs[os].iter().sum();
+            (scale * (r1 * d - (r2 * sh + r1 * (d - sh)) / fan)).max(0.0)
+        })
+        .collect();
+    if b.p.chooses_backward(b.choose, k) {
+        let a = avg(&unit);
+        if !(a > 0.0 && a.is_finite()) {
+            let zero = "no gradient reaches this layer's output (a layer downstream starts at zero)";
+            return Err(fail(g, k, super::not_positive_finite("the second moment of its output gradient", a, zero)));
+        }
+        let he = geo.m_in() as f64 / (0.5 * *eps as f64);
+        let target = b.p.target[&k];
+        b.p.set(k, target / a, he, b.opts);
+    }
+    let s2 = b.p.sigma2[&k];
+    let contrib: Vec<f64> = unit.iter().flat_map(|u| std::iter::repeat_n(s2 * u, cin_g)).collect();
+    b.send(n.inputs[0], &contrib);
+    let lam = standardized_shared_back(g, k, geo)?;
+    let to_shared: Vec<f64> = (0..geo.groups as usize)
+        .flat_map(|gi| std::iter::repeat_n(s2 * lam * gs[gi * cout_g..(gi + 1) * cout_g].iter().sum::<f64>(), cin_g))
+        .collect();
+    b.send_shared(n.inputs[0], &to_shared);
+    Ok(())
+}
+
+/// The weight standardization of a conv node, if its weight has one.
+pub(super) fn standardized(n: &ir::Node) -> Option<&ir::Standardized> {
+    n.params.as_ref().and_then(|p| p.standardized.as_ref())
+}
+
+/// Per axis: the mean over output positions of the real taps, and of their square.
+pub(super) fn real_taps(a: &crate::index::Axis) -> (f64, f64) {
+    let (mut one, mut two) = (0.0, 0.0);
+    for o in 0..a.output {
+        let n = a.taps(o).count() as f64;
+        one += n;
+        two += n * n;
+    }
+    (one / a.output as f64, two / a.output as f64)
+}
+
+/// F/(F − 1), F the filter's fan (C_in/g · k_h · k_w): E[w wᵀ] = σ² F/(F − 1) (I − 11ᵀ/F)
+/// for a standardized filter of mean square σ² (uniform on the sphere of the hyperplane
+/// Σ w = 0). An error for F = 1, whose standardized weight is 0.
+pub(super) fn standardized_fan(g: &Graph, k: usize, geo: &crate::index::ConvGeometry) -> Result<f64, AnalysisError> {
+    let fan = geo.taps_per_kernel() as f64;
+    if fan < 2.0 {
+        return Err(fail(g, k, "its weight is standardized over filters of one element: every standardized weight is 0".into()));
+    }
+    Ok(fan)
+}
+
+/// A conv of a standardized weight (docs/dag.md, "Weight standardization"): each filter
+/// has mean 0, so it removes the part of its input patch that is common to the patch.
+/// Per output position with n real taps per input channel, with x = μ_c + m_c + e:
+/// E[u²] = σ² F/(F−1) [n Σ_c s_c − (n² (Σ_c μ_c)² + n² Σ_c A_c + n Σ_c B_c)/F], B_c = s_c −
+/// μ_c² − A_c; the offset σ² F/(F−1) [λ Σ_c (μ_c² + A_c) − κ² ((Σ_c μ_c)² + Σ_c A_c)/F].
+/// σ² is the effective weight's mean square, gain² — what the plan chooses.
+fn standardized_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let (g, n) = (f.cx.g, &f.cx.g.nodes[k]);
+    let (w, eps) = &f.cx.weights[&k];
+    let x = f.input(n.inputs[0]);
+    let geo = &w.geometry;
+    let fan = standardized_fan(g, k, geo)?;
+    let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+    let ((kh1, kh2), (kw1, kw2)) = (real_taps(&geo.h), real_taps(&geo.w));
+    let (kap, kap2) = (kh1 * kw1, kh2 * kw2);
+    let lam = shared_taps(&geo.h) * shared_taps(&geo.w);
+    let scale = fan / (fan - 1.0);
+    // Per group, per unit σ²: (E[u²], offset).
+    let unit: Vec<(f64, f64)> = (0..geo.groups as usize)
+        .map(|gi| {
+            let cs = gi * cin_g..(gi + 1) * cin_g;
+            let sum_s: f64 = x.second[cs.clone()].iter().sum();
+            let sum_mu: f64 = x.mean[cs.clone()].iter().sum();
+            let sum_a: f64 = x.offset[cs.clone()].iter().sum();
+            let sum_m2a: f64 = cs.clone().map(|c| x.mean[c] * x.mean[c] + x.offset[c]).sum();
+            let sum_b = sum_s - sum_m2a;
+            let second = scale * (kap * sum_s - (kap2 * (sum_mu * sum_mu + sum_a) + kap * sum_b) / fan);
+            let offset = scale * (lam * sum_m2a - kap * kap * (sum_mu * sum_mu + sum_a) / fan);
+            (second.max(0.0), offset.max(0.0))
+        })
+        .collect();
+    if f.p.chooses_forward(f.choose, k) {
+        let a = avg(&unit.iter().map(|u| u.0).collect::<Vec<_>>());
+        if !(a > 0.0 && a.is_finite()) {
+            let zero = "the input of this layer carries no signal its standardized filters pass (its predicted second moment after the filters' mean is removed is 0)";
+            return Err(fail(g, k, super::not_positive_finite("the second moment of its input", a, zero)));
+        }
+        let he = geo.m_out() as f64 / (0.5 * *eps as f64);
+        let target = f.p.target[&k];
+        f.p.set(k, target / a, he, f.opts);
+    }
+    let s2 = f.p.sigma2[&k];
+    let second = unit.iter().flat_map(|u| std::iter::repeat_n(s2 * u.0, cout_g)).collect::<Vec<_>>();
+    let offset = unit.iter().flat_map(|u| std::iter::repeat_n(s2 * u.1, cout_g)).collect();
+    Ok(Stat { mean: vec![0.0; second.len()], second, offset })
+}
+
 /// Conv and linear backward: E[δz_c²] = σ² ρ Σ_{o ∈ group(c)} E[δu_o²].
 fn weight_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    if standardized(&b.cx.g.nodes[k]).is_some() {
+        return standardized_bwd(b, k, dz);
+    }
     let (g, n) = (b.cx.g, &b.cx.g.nodes[k]);
     let (w, eps) = &b.cx.weights[&k];
     let geo = &w.geometry;
@@ -1353,7 +1509,11 @@ fn mul_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisErro
         (h * w) as f64
     };
     let to_x: Vec<f64> = dz.iter().zip(&gate.second).map(|(d, s)| d * s).collect();
-    let to_gate: Vec<f64> = dz.iter().zip(&x.second).map(|(d, s)| d * s * hw).collect();
+    // δg = Σ_p δ_p x_p over a sample's positions: besides Σ_p E[δ²] E[x²], the part of δ a
+    // sample shares (G) meets the part of x every position shares (μ² + A), coherently.
+    let shared = b.shared_of(k + 1, dz);
+    let to_gate: Vec<f64> =
+        (0..dz.len()).map(|c| dz[c] * x.second[c] * hw + hw * (hw - 1.0) * shared[c] * (x.mean[c] * x.mean[c] + x.offset[c])).collect();
     // The gate is the same at every position of a sample: the shared part of δx is the
     // shared part of δy times it.
     let gs: Vec<f64> = b.shared_of(k + 1, dz).iter().zip(&gate.second).map(|(d, s)| d * s).collect();
@@ -1654,6 +1814,246 @@ fn resize_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisE
     Ok(())
 }
 
+/// Per axis of a resampling node: (mean over outputs of Σ_i a_i², mean over inputs of
+/// Σ_o a_oi², mean over inputs of (Σ_o a_oi)²), a the interpolation weights.
+pub(super) fn resample_sums(g: &Graph, k: usize) -> [(f64, f64, f64); 2] {
+    let n = &g.nodes[k];
+    let Op::Resample(r) = &n.op else { unreachable!("the resample rule") };
+    let (_, h, w) = g.shape(n.inputs[0]).chw();
+    let (_, oh, ow) = n.output.chw();
+    let axis = |a: usize, input: u64, output: u64| {
+        let wts = r.weights(a, input, output);
+        let fwd = wts.iter().map(|row| row.iter().map(|(_, v)| v * v).sum::<f64>()).sum::<f64>() / output as f64;
+        let (mut sq, mut col) = (vec![0.0; input as usize], vec![0.0; input as usize]);
+        for row in &wts {
+            for &(i, v) in row {
+                sq[i] += v * v;
+                col[i] += v;
+            }
+        }
+        let n = input as f64;
+        (fwd, sq.iter().sum::<f64>() / n, col.iter().map(|c| c * c).sum::<f64>() / n)
+    };
+    [axis(0, h, oh), axis(1, w, ow)]
+}
+
+/// Resampling, forward: each output is Σ_i a_i x_i with Σ a_i = 1, so the mean and the
+/// offset pass whole, and the rest, independent per position, × Σ a_i² (docs/dag.md,
+/// "Resize to any size": linear interpolation mixes neighbours, an average's variance).
+fn resample_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let [h, w] = resample_sums(f.cx.g, k);
+    let q = h.0 * w.0;
+    let x = f.input(n.inputs[0]).clone();
+    let second = (0..x.second.len())
+        .map(|c| x.mean[c] * x.mean[c] + x.offset[c] + (x.second[c] - x.mean[c] * x.mean[c] - x.offset[c]) * q)
+        .collect();
+    Ok(Stat { second, ..x })
+}
+
+/// Resampling, backward: δx_i = Σ_o a_oi δy_o; the gradient's part a sample shares (G)
+/// adds coherently, (Σ_o a_oi)² G, the rest Σ_o a_oi² (E[δy²] − G); the shared part
+/// itself × (P_out/P_in)², the mean column sum squared.
+fn resample_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let [h, w] = resample_sums(b.cx.g, k);
+    let (sq, col) = (h.1 * w.1, h.2 * w.2);
+    let gs = b.shared_of(k + 1, dz);
+    let contrib: Vec<f64> = dz.iter().zip(&gs).map(|(d, g)| (d - g) * sq + g * col).collect();
+    b.send(n.inputs[0], &contrib);
+    let ratio = positions(n.output) as f64 / positions(b.cx.g.shape(n.inputs[0])) as f64;
+    let to_shared: Vec<f64> = gs.iter().map(|g| g * ratio * ratio).collect();
+    b.send_shared(n.inputs[0], &to_shared);
+    Ok(())
+}
+
+/// The transpose (A, 1, B) → (B, 1, A), forward: output channel b holds position b of
+/// every input channel, so (uniform positions) each output channel has the input
+/// channels' mean statistics; the part shared by all its positions and samples is the
+/// mean of the A channels' offsets, 1/A of their mean (independent channels). Exact in
+/// the map analysis, which keeps every position.
+fn swap_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let x = f.input(n.inputs[0]);
+    let b = channels(n.output) as usize;
+    let a = x.second.len() as f64;
+    let (mu, s, off) = (avg(&x.mean), avg(&x.second), if a > 1.0 { avg(&x.offset) / a } else { x.offset[0] });
+    Ok(Stat { mean: vec![mu; b], second: vec![s; b], offset: vec![off; b] })
+}
+
+/// The transpose, backward: input channel a's positions b take output channels b's
+/// gradients (their mean, uniform positions); the part a sample shares over the B
+/// positions is 1/B of their shared parts' mean (independent channels).
+fn swap_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let a = channels(b.cx.g.shape(n.inputs[0])) as usize;
+    let gs = b.shared_of(k + 1, dz);
+    let width = dz.len() as f64;
+    b.send(n.inputs[0], &vec![avg(dz); a]);
+    b.send_shared(n.inputs[0], &vec![avg(&gs) / width; a]);
+    Ok(())
+}
+
+/// E[a_p²] of a softmax over P positions of logits with variance v (the part not shared
+/// by the positions: their offset and mean cancel in a softmax): e^v / P², the
+/// log-normal moments (a_p ≈ e^{l_p} / (P E e^l) for large P), at most E[a_p] = 1/P.
+pub(super) fn softmax_square(v: f64, p: f64) -> f64 {
+    (v.max(0.0).exp() / (p * p)).min(1.0 / p)
+}
+
+/// Softmax over positions, forward: mean 1/P, E[a²] = e^v/P² per channel (docs/dag.md,
+/// "Global-context attention").
+fn softmax_positions_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let x = f.input(n.inputs[0]);
+    let p = positions(n.output) as f64;
+    let second = (0..x.second.len()).map(|c| softmax_square(x.second[c] - x.mean[c] * x.mean[c] - x.offset[c], p)).collect::<Vec<_>>();
+    Ok(Stat { mean: vec![1.0 / p; second.len()], offset: vec![0.0; second.len()], second })
+}
+
+/// Softmax over positions, backward: δl_p = a_p (δa_p − Σ_q a_q δa_q): the part of δa
+/// every position shares (G) cancels, E[δl²] = E[a²] (E[δa²] − G); and Σ_p δl_p = 0,
+/// so no part of δl is shared.
+fn softmax_positions_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let a2 = b.input(ValueId(k + 1)).second.clone();
+    let gs = b.shared_of(k + 1, dz);
+    let contrib: Vec<f64> = (0..dz.len()).map(|c| a2[c] * (dz[c] - gs[c]).max(0.0)).collect();
+    b.send(n.inputs[0], &contrib);
+    Ok(())
+}
+
+/// Attention pool ctx_c = Σ_p a_p x_c,p, forward (a independent of x): mean μ_c (Σ a = 1),
+/// E[ctx²] = μ² + A + B Σ_p E[a_p²], B = E[x²] − μ² − A; the offset A whole.
+fn attention_pool_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let (x, a) = (f.input(n.inputs[0]), f.input(n.inputs[1]));
+    let s2 = a.second[0] * positions(f.cx.g.shape(n.inputs[0])) as f64;
+    let second = (0..x.second.len())
+        .map(|c| x.mean[c] * x.mean[c] + x.offset[c] + (x.second[c] - x.mean[c] * x.mean[c] - x.offset[c]).max(0.0) * s2)
+        .collect();
+    Ok(Stat { mean: x.mean.clone(), second, offset: x.offset.clone() })
+}
+
+/// Attention pool, backward: δx_c,p = a_p δctx_c (E[a²] δctx², its shared part δctx²/P²);
+/// δa_p = Σ_c δctx_c x_c,p (Σ_c δctx² E[x²], of which Σ_c δctx² (μ² + A) every position
+/// shares).
+fn attention_pool_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let (x, a) = (b.input(n.inputs[0]).clone(), b.input(n.inputs[1]).clone());
+    let p = positions(b.cx.g.shape(n.inputs[0])) as f64;
+    let to_x: Vec<f64> = dz.iter().map(|d| d * a.second[0]).collect();
+    let to_x_shared: Vec<f64> = dz.iter().map(|d| d / (p * p)).collect();
+    let to_a: f64 = (0..dz.len()).map(|c| dz[c] * x.second[c]).sum();
+    let to_a_shared: f64 = (0..dz.len()).map(|c| dz[c] * (x.mean[c] * x.mean[c] + x.offset[c])).sum();
+    b.send(n.inputs[0], &to_x);
+    b.send_shared(n.inputs[0], &to_x_shared);
+    b.send(n.inputs[1], &[to_a]);
+    b.send_shared(n.inputs[1], &[to_a_shared]);
+    Ok(())
+}
+
+/// x + t, t (C, 1, 1) broadcast: means add, E[(x + t)²] = E[x²] + E[t²] + 2 μ_x μ_t (t
+/// independent of x's fluctuations), offsets add. **Approximation**: t is one number per
+/// sample and channel, the same at every position, which the forward statistics (the
+/// part shared by positions and samples, and the rest independent per position) do not
+/// hold: an average over positions downstream keeps t's variance whole.
+fn add_broadcast_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let (x, t) = (f.input(n.inputs[0]), f.input(n.inputs[1]));
+    let c = x.mean.len();
+    Ok(Stat {
+        mean: (0..c).map(|i| x.mean[i] + t.mean[i]).collect(),
+        second: (0..c).map(|i| x.second[i] + t.second[i] + 2.0 * x.mean[i] * t.mean[i]).collect(),
+        offset: (0..c).map(|i| x.offset[i] + t.offset[i]).collect(),
+    })
+}
+
+/// x + t backward: x takes δ; t the sum over a sample's P positions, P E[δ²] + P(P − 1) G
+/// (G the part every position shares, adding coherently).
+fn add_broadcast_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let p = positions(n.output) as f64;
+    let gs = b.shared_of(k + 1, dz);
+    let to_t: Vec<f64> = dz.iter().zip(&gs).map(|(d, g)| p * d + p * (p - 1.0) * g).collect();
+    b.send(n.inputs[0], dz);
+    b.send_shared(n.inputs[0], &gs);
+    b.send(n.inputs[1], &to_t);
+    Ok(())
+}
+
+/// Split attention's softmax across a radix of 2: output channel j reads input `me` and
+/// its partner `other`, a = σ(z_me − z_other). Per output channel: (me, other).
+pub(super) fn radix_pairs(c: u64, radix: u64, groups: u64) -> Vec<(usize, usize)> {
+    let rest = c / (radix * groups);
+    (0..c)
+        .map(|j| {
+            let (r, g, k) = (j / (groups * rest), j / rest % groups, j % rest);
+            let input = |r: u64| ((g * radix + r) * rest + k) as usize;
+            (input(r), input(1 - r))
+        })
+        .collect()
+}
+
+/// Per output channel of a radix-2 softmax, from the inputs' (mean, second, offset):
+/// (E a, E a², the offset of a, E σ'(d)²), d = z_me − z_other ~ N(μ_me − μ_other, v_me + v_other)
+/// (the two channels' offsets differ per draw: they are part of d's variance).
+pub(super) fn radix_moments(x: &[(f64, f64, f64)], pairs: &[(usize, usize)]) -> Vec<(f64, f64, f64, f64)> {
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    // σ is smooth: a coarse rule over ±8 standard deviations is exact to ~1e-9.
+    let moment = |g: &dyn Fn(f64) -> f64, mu: f64, v: f64| {
+        let s = v.max(0.0).sqrt();
+        integrate_width(|z| g(mu + s * z) * super::phi(z), -8.0, 8.0, 0.25)
+    };
+    pairs
+        .iter()
+        .map(|&(me, other)| {
+            let ((m1, s1, a1), (m2, s2, a2)) = (x[me], x[other]);
+            let (mu, a, b) = (m1 - m2, a1 + a2, (s1 - m1 * m1 - a1).max(0.0) + (s2 - m2 * m2 - a2).max(0.0));
+            let ea = moment(&sig, mu, a + b);
+            let ea2 = moment(&|x| sig(x).powi(2), mu, a + b);
+            let ed2 = moment(&|x| (sig(x) * (1.0 - sig(x))).powi(2), mu, a + b);
+            // The offset Var_m E_e σ(μ + m + e), with the probit approximation
+            // E_e σ(x + e) ≈ σ(x / √(1 + π b / 8)) inside (one quadrature, not two: the
+            // backward plan's rounds call this often).
+            let k = 1.0 / (1.0 + std::f64::consts::PI * b / 8.0).sqrt();
+            let sa = a.sqrt();
+            let h2 = integrate_width(|z| sig((mu + sa * z) * k).powi(2) * super::phi(z), -8.0, 8.0, 0.25);
+            (ea, ea2, (h2 - ea * ea).max(0.0), ed2)
+        })
+        .collect()
+}
+
+/// Split attention's softmax across the radix, forward (docs/dag.md).
+fn radix_softmax_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError> {
+    let n = &f.cx.g.nodes[k];
+    let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
+    let x = f.input(n.inputs[0]);
+    let xs: Vec<(f64, f64, f64)> = (0..x.mean.len()).map(|c| (x.mean[c], x.second[c], x.offset[c])).collect();
+    let m = radix_moments(&xs, &radix_pairs(x.mean.len() as u64, radix, groups));
+    Ok(Stat { mean: m.iter().map(|v| v.0).collect(), second: m.iter().map(|v| v.1).collect(), offset: m.iter().map(|v| v.2).collect() })
+}
+
+/// Backward: δz_me = σ'(d)(δa_me − δa_other) for output me, and −that for its partner:
+/// input i receives E σ'(d)² (E[δa_me²] + E[δa_other²]) (the two gradients independent).
+fn radix_softmax_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
+    let n = &b.cx.g.nodes[k];
+    let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
+    let x = b.input(n.inputs[0]);
+    let xs: Vec<(f64, f64, f64)> = (0..x.mean.len()).map(|c| (x.mean[c], x.second[c], x.offset[c])).collect();
+    let pairs = radix_pairs(x.mean.len() as u64, radix, groups);
+    let m = radix_moments(&xs, &pairs);
+    // Output j holds (me, other); the input `me` of output j gets σ'(d_j)² (δa_j² + δa_partner²).
+    let mut contrib = vec![0.0; dz.len()];
+    let out_of: HashMap<usize, usize> = pairs.iter().enumerate().map(|(j, &(me, _))| (me, j)).collect();
+    for (j, &(me, other)) in pairs.iter().enumerate() {
+        let partner = out_of[&other];
+        contrib[me] = m[j].3 * (dz[j] + dz[partner]);
+    }
+    b.send(n.inputs[0], &contrib);
+    Ok(())
+}
+
 /// The fraction of a dilated value's positions that hold its input (the rest are 0).
 fn dilate_fraction(g: &Graph, k: usize) -> f64 {
     let n = &g.nodes[k];
@@ -1733,7 +2133,7 @@ fn branch_end(g: &Graph, v: ValueId) -> (Option<usize>, Option<usize>) {
             Op::Conv(_) | Op::Linear(_) => return (Some(u - 1), bn),
             Op::BatchNorm(ref b) if !b.scale.is_empty() => bn = Some(u - 1),
             Op::BatchNorm(_) => {}
-            Op::Activation(_) | Op::Elementwise(_) | Op::Resize { .. } | Op::Shuffle { .. } | Op::Flatten => {}
+            Op::Activation(_) | Op::Elementwise(_) | Op::Resize { .. } | Op::Resample(_) | Op::Shuffle { .. } | Op::Flatten => {}
             _ => return (None, bn),
         }
         if node.inputs.len() != 1 {
@@ -1800,6 +2200,8 @@ fn keeps_scale(op: &Op) -> bool {
         Op::Pool(_)
         | Op::GlobalPool(_)
         | Op::Resize { .. }
+        | Op::Resample(_)
+        | Op::SwapChannelsWidth
         | Op::Dilate { .. }
         | Op::Concat
         | Op::ChannelSlice { .. }
@@ -2133,13 +2535,30 @@ pub(crate) mod tests {
             Op::Shuffle { groups: 1 },
             Op::Resize { scale: [1, 1], linear: false },
             Op::Dilate { stride: [1, 1] },
+            Op::Resample(ir::Resample {
+                linear: true,
+                transform: ir::CoordTransform::HalfPixel,
+                nearest: ir::NearestMode::RoundPreferFloor,
+                scale: [1.0, 1.0],
+            }),
+            Op::SwapChannelsWidth,
+            Op::SoftmaxPositions,
+            Op::AttentionPool,
+            Op::AddBroadcast,
+            Op::RadixSoftmax { radix: 2, groups: 1 },
         ];
         // Exhaustive: this match fails to compile when a variant is added.
         for op in &ops {
             match op {
                 Op::Conv(_) | Op::Linear(_) | Op::Activation(_) | Op::Elementwise(_) | Op::Pool(_) | Op::GlobalPool(_) | Op::Flatten => {}
                 Op::Add | Op::Concat | Op::BatchNorm(_) | Op::Mul | Op::ChannelSlice { .. } | Op::Shuffle { .. } | Op::Resize { .. } => {}
-                Op::Dilate { .. } => {}
+                Op::Dilate { .. }
+                | Op::Resample(_)
+                | Op::SwapChannelsWidth
+                | Op::SoftmaxPositions
+                | Op::AttentionPool
+                | Op::AddBroadcast
+                | Op::RadixSoftmax { .. } => {}
             }
         }
         ops

@@ -505,6 +505,12 @@ const MAP_RULES: &[(&str, MapFwdRule, MapBwdRule)] = &[
     ("shuffle", MapPasses::shuffle_fwd, MapPasses::shuffle_bwd),
     ("resize", MapPasses::resize_fwd, MapPasses::resize_bwd),
     ("dilate", MapPasses::dilate_fwd, MapPasses::dilate_bwd),
+    ("resample", MapPasses::resample_fwd, MapPasses::resample_bwd),
+    ("swap", MapPasses::swap_fwd, MapPasses::swap_bwd),
+    ("softmax positions", MapPasses::softmax_positions_fwd, MapPasses::softmax_positions_bwd),
+    ("attention pool", MapPasses::attention_pool_fwd, MapPasses::attention_pool_bwd),
+    ("add broadcast", MapPasses::add_broadcast_fwd, MapPasses::add_broadcast_bwd),
+    ("radix softmax", MapPasses::radix_softmax_fwd, MapPasses::radix_softmax_bwd),
 ];
 
 fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
@@ -515,8 +521,436 @@ fn map_rules(op: &Op) -> (MapFwdRule, MapBwdRule) {
 
 // ---------------------------------------------------------------- one pair of rules per op
 
+/// A resampling's weights per axis: (h, w), each output position's (input, weight) list.
+type AxisWeights = [Vec<Vec<(usize, f64)>>; 2];
+
+fn resample_weights(g: &crate::ir::Graph, k: usize) -> AxisWeights {
+    let n = &g.nodes[k];
+    let Op::Resample(r) = &n.op else { unreachable!("the resample rule") };
+    let (_, h, w) = g.shape(n.inputs[0]).chw();
+    let (_, oh, ow) = n.output.chw();
+    [r.weights(0, h, oh), r.weights(1, w, ow)]
+}
+
+/// Σ_i a_i p_i per output position (a_i², with `square`), a = a_h ⊗ a_w.
+fn resample_plane(p: &Plane, a: &AxisWeights, square: bool) -> Plane {
+    let f = |v: f64| if square { v * v } else { v };
+    let mut out = Plane::filled(a[0].len(), a[1].len(), 0.0);
+    for (oy, row) in a[0].iter().enumerate() {
+        for (ox, col) in a[1].iter().enumerate() {
+            let mut s = 0.0;
+            for &(iy, wy) in row {
+                for &(ix, wx) in col {
+                    s += f(wy * wx) * p.d[iy * p.w + ix];
+                }
+            }
+            out.d[oy * out.w + ox] = s;
+        }
+    }
+    out
+}
+
+/// Σ_o a_oi p_o per input position (a², with `square`): the transposed resampling.
+fn resample_plane_t(p: &Plane, a: &AxisWeights, square: bool, (h, w): (usize, usize)) -> Plane {
+    let f = |v: f64| if square { v * v } else { v };
+    let mut out = Plane::filled(h, w, 0.0);
+    for (oy, row) in a[0].iter().enumerate() {
+        for (ox, col) in a[1].iter().enumerate() {
+            let d = p.d[oy * p.w + ox];
+            for &(iy, wy) in row {
+                for &(ix, wx) in col {
+                    out.d[iy * w + ix] += f(wy * wx) * d;
+                }
+            }
+        }
+    }
+    out
+}
+
+impl MapPasses {
+    /// Resampling, per position: the mean Σ a μ, the second moment (Σ a μ)² + A + Σ a²
+    /// (s − μ² − A), A the channel's shared part (which the weights, summing to 1, keep).
+    fn resample_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let a = resample_weights(r.cx.g, k);
+        let x = self.get(n.inputs[0]).clone();
+        let shared = self.shared[n.inputs[0].0].clone();
+        let mut out = Vec::new();
+        for (seg, sh) in split_by(&x, &shared) {
+            let mean = resample_plane(&seg.maps[0], &a, false);
+            let var_in = Plane {
+                h: seg.maps[1].h,
+                w: seg.maps[1].w,
+                d: seg.maps[1].d.iter().zip(&seg.maps[0].d).map(|(s, m)| s - m * m - sh).collect(),
+            };
+            let var = resample_plane(&var_in, &a, true);
+            let second = Plane { h: mean.h, w: mean.w, d: mean.d.iter().zip(&var.d).map(|(m, v)| m * m + sh + v).collect() };
+            out.push(Seg { n: seg.n, maps: vec![mean, second] });
+        }
+        Ok(merge(out))
+    }
+
+    /// Resampling, backward, per input position: Σ_o a_oi² (E[δy_o²] − G) + (Σ_o a_oi)² G,
+    /// G the part of the gradient a sample shares (its fraction from the paper analysis).
+    fn resample_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let a = resample_weights(r.cx.g, k);
+        let (_, h, w) = r.cx.g.shape(n.inputs[0]).chw();
+        let dims = (h as usize, w as usize);
+        let frac = self.gfrac.get(k + 1).cloned().unwrap_or_default();
+        let frac: Vec<f64> = (0..channels(dz)).map(|c| frac.get(c).copied().unwrap_or(0.0)).collect();
+        let ones = Plane::filled(a[0].len(), a[1].len(), 1.0);
+        let col = resample_plane_t(&ones, &a, false, dims);
+        let mut out = Vec::new();
+        for (seg, f) in split_by(dz, &frac) {
+            let g = f * seg.maps[0].mean();
+            let rest = Plane { h: seg.maps[0].h, w: seg.maps[0].w, d: seg.maps[0].d.iter().map(|d| d - g).collect() };
+            let sq = resample_plane_t(&rest, &a, true, dims);
+            let d = sq.d.iter().zip(&col.d).map(|(v, c)| v + c * c * g).collect();
+            out.push(Seg { n: seg.n, maps: vec![Plane { h: dims.0, w: dims.1, d }] });
+        }
+        send(grads, n.inputs[0], merge(out));
+        Ok(())
+    }
+}
+
+/// (A, 1, B) → (B, 1, A) of every map of `v`: output channel b's plane, position a, is
+/// input channel a's plane at position b.
+fn swap(v: &Val) -> Val {
+    let planes = per_channel(v);
+    let a = planes.len();
+    let b = planes.first().map_or(0, |s| s.maps[0].d.len());
+    let moments = planes.first().map_or(0, |s| s.maps.len());
+    merge(
+        (0..b)
+            .map(|j| Seg {
+                n: 1,
+                maps: (0..moments).map(|m| Plane { h: 1, w: a, d: planes.iter().map(|s| s.maps[m].d[j]).collect() }).collect(),
+            })
+            .collect(),
+    )
+}
+
+impl MapPasses {
+    /// Split attention's softmax across the radix: the paper analysis's rule on the
+    /// channels' one-position values (exact there: a pooled vector has one position).
+    fn radix_softmax_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
+        let x = self.get(n.inputs[0]);
+        let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
+        let a = &self.shared[n.inputs[0].0];
+        let xs: Vec<(f64, f64, f64)> = (0..mu.len()).map(|c| (mu[c], sec[c], a[c])).collect();
+        let m = super::graph::radix_moments(&xs, &super::graph::radix_pairs(mu.len() as u64, radix, groups));
+        Ok(merge(m.iter().map(|v| Seg { n: 1, maps: vec![Plane::filled(1, 1, v.0), Plane::filled(1, 1, v.1)] }).collect()))
+    }
+
+    fn radix_softmax_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
+        let x = self.get(n.inputs[0]);
+        let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
+        let a = &self.shared[n.inputs[0].0];
+        let xs: Vec<(f64, f64, f64)> = (0..mu.len()).map(|c| (mu[c], sec[c], a[c])).collect();
+        let pairs = super::graph::radix_pairs(mu.len() as u64, radix, groups);
+        let m = super::graph::radix_moments(&xs, &pairs);
+        let d = channel_means(dz, 0);
+        let out_of: HashMap<usize, usize> = pairs.iter().enumerate().map(|(j, &(me, _))| (me, j)).collect();
+        let mut contrib = vec![0.0; d.len()];
+        for (j, &(me, other)) in pairs.iter().enumerate() {
+            contrib[me] = m[j].3 * (d[j] + d[out_of[&other]]);
+        }
+        send(grads, n.inputs[0], merge(contrib.iter().map(|v| Seg { n: 1, maps: vec![Plane::filled(1, 1, *v)] }).collect()));
+        Ok(())
+    }
+
+    /// x + t, t (C, 1, 1): per position, the mean μ_p + μ_t, the second s_p + s_t + 2 μ_p μ_t.
+    fn add_broadcast_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let (x, t) = (self.get(n.inputs[0]).clone(), self.get(n.inputs[1]).clone());
+        let out = aligned(&[&x, &t])
+            .into_iter()
+            .map(|(c, s)| {
+                let (mu, sec, mt, st) = (&s[0].maps[0], &s[0].maps[1], s[1].maps[0].d[0], s[1].maps[1].d[0]);
+                let mean = Plane { h: mu.h, w: mu.w, d: mu.d.iter().map(|m| m + mt).collect() };
+                let second = Plane { h: mu.h, w: mu.w, d: (0..mu.d.len()).map(|i| sec.d[i] + st + 2.0 * mu.d[i] * mt).collect() };
+                Seg { n: c, maps: vec![mean, second] }
+            })
+            .collect();
+        Ok(merge(out))
+    }
+
+    /// x + t backward: x takes δ; t Σ_p E[δ_p²] + G (P² − P), G the shared part.
+    fn add_broadcast_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let frac = self.gfrac.get(k + 1).cloned().unwrap_or_default();
+        let frac: Vec<f64> = (0..channels(dz)).map(|c| frac.get(c).copied().unwrap_or(0.0)).collect();
+        let to_t = split_by(dz, &frac)
+            .into_iter()
+            .map(|(s, f)| {
+                let d = &s.maps[0];
+                let p = d.d.len() as f64;
+                Seg { n: s.n, maps: vec![Plane::filled(1, 1, d.d.iter().sum::<f64>() + f * d.mean() * (p * p - p))] }
+            })
+            .collect();
+        send(grads, n.inputs[0], dz.clone());
+        send(grads, n.inputs[1], merge(to_t));
+        Ok(())
+    }
+
+    /// Softmax over positions: the paper analysis's rule on the channel's mean statistics
+    /// over positions (mean 1/P, E[a²] = e^v/P² at every position).
+    fn softmax_positions_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let shared = self.shared[n.inputs[0].0].clone();
+        let mut out = Vec::new();
+        for (seg, a) in split_by(&x, &shared) {
+            let (mu, s) = (&seg.maps[0], &seg.maps[1]);
+            let p = mu.d.len() as f64;
+            let v = s.d.iter().zip(&mu.d).map(|(s, m)| s - m * m - a).sum::<f64>() / p;
+            let a2 = super::graph::softmax_square(v, p);
+            out.push(Seg { n: seg.n, maps: vec![Plane::filled(mu.h, mu.w, 1.0 / p), Plane::filled(mu.h, mu.w, a2)] });
+        }
+        Ok(merge(out))
+    }
+
+    /// Per position E[a²] (E[δa²] − G), G the shared part of δa (its fraction from the
+    /// paper analysis's pass).
+    fn softmax_positions_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let a = self.get(ValueId(k + 1)).clone();
+        let frac = self.gfrac.get(k + 1).cloned().unwrap_or_default();
+        let frac: Vec<f64> = (0..channels(dz)).map(|c| frac.get(c).copied().unwrap_or(0.0)).collect();
+        let mut out = Vec::new();
+        for (c, s) in aligned(&[dz, &a]) {
+            let _ = c;
+            let (d, a2) = (&s[0].maps[0], &s[1].maps[1]);
+            let g = frac.first().copied().unwrap_or(0.0) * d.mean();
+            out.push(Seg {
+                n: c,
+                maps: vec![Plane { h: d.h, w: d.w, d: d.d.iter().zip(&a2.d).map(|(d, a)| a * (d - g).max(0.0)).collect() }],
+            });
+        }
+        send(grads, n.inputs[0], merge(out));
+        Ok(())
+    }
+
+    /// ctx_c = Σ_p a_p x_c,p: mean Σ_p E[a_p] μ_c,p, second (that)² + A_c + Σ_p E[a_p²] B_c,p.
+    fn attention_pool_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let (x, a) = (self.get(n.inputs[0]).clone(), self.get(n.inputs[1]).clone());
+        let (ea, ea2) = (&a[0].maps[0], &a[0].maps[1]);
+        let shared = self.shared[n.inputs[0].0].clone();
+        let mut out = Vec::new();
+        for (seg, sh) in split_by(&x, &shared) {
+            let (mu, s) = (&seg.maps[0], &seg.maps[1]);
+            let m: f64 = mu.d.iter().zip(&ea.d).map(|(m, a)| m * a).sum();
+            let b: f64 = (0..mu.d.len()).map(|i| (s.d[i] - mu.d[i] * mu.d[i] - sh).max(0.0) * ea2.d[i]).sum();
+            out.push(Seg { n: seg.n, maps: vec![Plane::filled(1, 1, m), Plane::filled(1, 1, m * m + sh + b)] });
+        }
+        Ok(merge(out))
+    }
+
+    /// δx_c,p = a_p δctx_c: E[a_p²] δctx²; δa_p = Σ_c δctx_c x_c,p: Σ_c δctx² E[x_c,p²].
+    fn attention_pool_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        let (x, a) = (self.get(n.inputs[0]).clone(), self.get(n.inputs[1]).clone());
+        let ea2 = a[0].maps[1].clone();
+        let to_x = dz.iter().map(|s| Seg { n: s.n, maps: vec![ea2.scaled(s.maps[0].d[0])] }).collect();
+        let mut to_a = Plane::filled(ea2.h, ea2.w, 0.0);
+        for (c, s) in aligned(&[dz, &x]) {
+            to_a.add(&s[1].maps[1], c as f64 * s[0].maps[0].d[0]);
+        }
+        send(grads, n.inputs[0], merge(to_x));
+        send(grads, n.inputs[1], vec![Seg { n: 1, maps: vec![to_a] }]);
+        Ok(())
+    }
+
+    fn swap_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        Ok(swap(self.get(n.inputs[0])))
+    }
+
+    fn swap_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let n = &r.cx.g.nodes[k];
+        send(grads, n.inputs[0], swap(dz));
+        Ok(())
+    }
+}
+
+/// Per entry of [`group_sums`] (a group, or a segment where each group reads one
+/// channel): the channels it sums over, `start..start + len`.
+fn group_channels(v: &Val, groups: usize, per_in: usize) -> Vec<(usize, usize)> {
+    if per_in == 1 {
+        let mut at = 0;
+        return v
+            .iter()
+            .map(|s| {
+                at += s.n;
+                (at - s.n, s.n)
+            })
+            .collect();
+    }
+    (0..groups).map(|gi| (gi * per_in, per_in)).collect()
+}
+
+impl MapPasses {
+    /// A conv of a standardized weight, per position (docs/dag.md, "Weight
+    /// standardization"): σ² F/(F−1) [S − (M² + n² ΣA + S − Q − n ΣA)/F], S the tap sum of
+    /// the second moments, M of the means, Q of the squared means, n the real taps, A the
+    /// channels' shared parts; per entry of one channel where each group reads one.
+    fn standardized_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        let (cx, g) = (r.cx, r.cx.g);
+        let n = &g.nodes[k];
+        let x = self.get(n.inputs[0]).clone();
+        let (w, eps) = &cx.weights[&k];
+        let geo = &w.geometry;
+        let fan = super::graph::standardized_fan(g, k, geo)?;
+        let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+        let dims = (geo.h.output as usize, geo.w.output as usize);
+        let groups = geo.groups as usize;
+        let taps = |p: &Plane| tap_sum(p, &geo.h, &geo.w);
+        let s_sums = group_sums(&x, 1, groups, cin_g, cout_g, dims, taps);
+        let m_sums = group_sums(&x, 0, groups, cin_g, cout_g, dims, taps);
+        let q_sums = group_sums(&x, 0, groups, cin_g, cout_g, dims, |p| tap_sum(&p.map(|v| v * v), &geo.h, &geo.w));
+        let ones = Plane::filled(geo.h.input as usize, geo.w.input as usize, 1.0);
+        let real = taps(&ones);
+        let a_in = &self.shared[n.inputs[0].0];
+        let units: Vec<(usize, Plane)> = s_sums
+            .iter()
+            .zip(&m_sums)
+            .zip(&q_sums)
+            .zip(group_channels(&x, groups, cin_g))
+            .map(|((((count, s), (_, m)), (_, q)), (start, len))| {
+                let a: f64 = a_in[start..start + len].iter().sum::<f64>() / if cin_g == 1 { len as f64 } else { 1.0 };
+                let d = (0..s.d.len())
+                    .map(|i| {
+                        let nt = real.d[i];
+                        let common = m.d[i] * m.d[i] + nt * nt * a + (s.d[i] - q.d[i] - nt * a);
+                        (fan / (fan - 1.0) * (s.d[i] - common / fan)).max(0.0)
+                    })
+                    .collect();
+                (*count, Plane { h: s.h, w: s.w, d })
+            })
+            .collect();
+        if r.p.chooses_forward(r.choose, k) {
+            let total: f64 = units.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.out_channels as f64;
+            if !(total > 0.0 && total.is_finite()) {
+                let zero = "the input of this layer carries no signal its standardized filters pass";
+                return Err(super::graph::fail(g, k, super::not_positive_finite("the second moment of its input", total, zero)));
+            }
+            let he = geo.m_out() as f64 / (0.5 * *eps as f64);
+            r.p.set(k, r.p.target[&k] / total, he, r.opts);
+        }
+        let s2 = r.p.sigma2[&k];
+        Ok(merge(units.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![Plane::filled(pl.h, pl.w, 0.0), pl.scaled(s2)] }).collect()))
+    }
+
+    /// The shared part of a standardized conv's output: σ² F/(F−1) [Σ_c Σ_t (M_ct² + f_t²
+    /// A_c) − ((Σ_ct M_ct)² + (Σ_t f_t)² Σ_c A_c)/F], M_ct the mean over output positions of
+    /// input channel c's mean map at tap t.
+    fn standardized_shared(&self, cx: &Cx<'_>, p: &Params, k: usize) -> Vec<f64> {
+        let n = &cx.g.nodes[k];
+        let (w, _) = &cx.weights[&k];
+        let geo = &w.geometry;
+        let fan = geo.taps_per_kernel().max(2) as f64;
+        let x = self.get(n.inputs[0]);
+        let a_in = &self.shared[n.inputs[0].0];
+        let (kw, p_out) = (geo.w.kernel as usize, (geo.h.output * geo.w.output) as f64);
+        let f2 = super::graph::shared_taps(&geo.h) * super::graph::shared_taps(&geo.w);
+        let kappa = super::graph::real_taps(&geo.h).0 * super::graph::real_taps(&geo.w).0;
+        // Per input channel: (Σ_t M_ct², Σ_t M_ct).
+        let mut per_in = Vec::with_capacity(a_in.len());
+        for s in x {
+            let mu = &s.maps[0];
+            let mut sum = vec![0.0; geo.h.kernel as usize * kw];
+            for oy in 0..geo.h.output {
+                for ox in 0..geo.w.output {
+                    for ky in geo.h.taps(oy) {
+                        let row = geo.h.input_of(oy, ky) as usize * mu.w;
+                        for kx in geo.w.taps(ox) {
+                            sum[ky as usize * kw + kx as usize] += mu.d[row + geo.w.input_of(ox, kx) as usize];
+                        }
+                    }
+                }
+            }
+            let m2 = sum.iter().map(|v| (v / p_out).powi(2)).sum::<f64>();
+            let m1 = sum.iter().sum::<f64>() / p_out;
+            per_in.extend(std::iter::repeat_n((m2, m1), s.n));
+        }
+        let s2 = p.sigma2[&k];
+        let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+        (0..geo.groups as usize)
+            .flat_map(|gi| {
+                let cs = gi * cin_g..(gi + 1) * cin_g;
+                let own: f64 = cs.clone().map(|c| per_in[c].0 + f2 * a_in[c]).sum();
+                let m1: f64 = cs.clone().map(|c| per_in[c].1).sum();
+                let a: f64 = cs.map(|c| a_in[c]).sum();
+                let v = fan / (fan - 1.0) * (own - (m1 * m1 + kappa * kappa * a) / fan);
+                std::iter::repeat_n(s2 * v.max(0.0), cout_g)
+            })
+            .collect()
+    }
+
+    /// Backward through a standardized conv, per input position: σ² F/(F−1) [R − (r² ΣG +
+    /// R − r ΣG)/F], R the reader sum of the gradient's second moments, r the readers,
+    /// G_o the part of δu_o a sample shares (its fraction from the paper analysis's pass).
+    fn standardized_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        let (cx, g) = (r.cx, r.cx.g);
+        let n = &g.nodes[k];
+        let (w, eps) = &cx.weights[&k];
+        let geo = &w.geometry;
+        let fan = super::graph::standardized_fan(g, k, geo)?;
+        let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+        let groups = geo.groups as usize;
+        let dims = (geo.h.input as usize, geo.w.input as usize);
+        let sums = group_sums(dz, 0, groups, cout_g, cin_g, dims, |p| reader_sum(p, &geo.h, &geo.w));
+        let ones = Plane::filled(geo.h.output as usize, geo.w.output as usize, 1.0);
+        let readers = reader_sum(&ones, &geo.h, &geo.w);
+        // Per output channel, the shared part's second moment: its fraction × the mean.
+        let frac = self.gfrac.get(k + 1);
+        let mut shared = Vec::with_capacity(geo.out_channels as usize);
+        for s in dz {
+            for _ in 0..s.n {
+                let c = shared.len();
+                shared.push(frac.and_then(|f| f.get(c)).copied().unwrap_or(0.0) * s.maps[0].mean());
+            }
+        }
+        let units: Vec<(usize, Plane)> = sums
+            .iter()
+            .zip(group_channels(dz, groups, cout_g))
+            .map(|((count, rs), (start, len))| {
+                let gsum: f64 = shared[start..start + len].iter().sum::<f64>() / if cout_g == 1 { len as f64 } else { 1.0 };
+                let d = (0..rs.d.len())
+                    .map(|i| {
+                        let rn = readers.d[i];
+                        (fan / (fan - 1.0) * (rs.d[i] - (rn * rn * gsum + rs.d[i] - rn * gsum) / fan)).max(0.0)
+                    })
+                    .collect();
+                (*count, Plane { h: rs.h, w: rs.w, d })
+            })
+            .collect();
+        if r.p.chooses_backward(r.choose, k) {
+            let total: f64 = units.iter().map(|(c, pl)| *c as f64 * pl.mean()).sum::<f64>() / geo.in_channels as f64;
+            if !(total > 0.0 && total.is_finite()) {
+                let zero = "no gradient reaches this layer's output (a layer downstream starts at zero)";
+                return Err(super::graph::fail(g, k, super::not_positive_finite("the second moment of its output gradient", total, zero)));
+            }
+            let he = geo.m_in() as f64 / (0.5 * *eps as f64);
+            r.p.set(k, r.p.target[&k] / total, he, r.opts);
+        }
+        let s2 = r.p.sigma2[&k];
+        send(grads, n.inputs[0], merge(units.into_iter().map(|(c, pl)| Seg { n: c, maps: vec![pl.scaled(s2)] }).collect()));
+        Ok(())
+    }
+}
+
 impl MapPasses {
     fn weight_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
+        if super::graph::standardized(&r.cx.g.nodes[k]).is_some() {
+            return self.standardized_fwd(r, k);
+        }
         let cx = r.cx;
         let opts = r.opts;
         let choose = r.choose;
@@ -770,6 +1204,9 @@ impl MapPasses {
     }
 
     fn weight_bwd(&mut self, r: &mut Run<'_, '_>, k: usize, dz: &Val, grads: &mut [Option<Val>]) -> Result<(), AnalysisError> {
+        if super::graph::standardized(&r.cx.g.nodes[k]).is_some() {
+            return self.standardized_bwd(r, k, dz, grads);
+        }
         let cx = r.cx;
         let opts = r.opts;
         let choose = r.choose;
@@ -948,13 +1385,26 @@ impl MapPasses {
         let broadcast = g.shape(n.inputs[1]) != n.output;
         let mut to_x = Vec::new();
         let mut to_g = Vec::new();
+        let (frac, a_x) = (self.gfrac.get(k + 1).cloned().unwrap_or_default(), self.shared[n.inputs[0].0].clone());
+        let mut at = 0;
         for (c, s) in aligned(&[&dz, &x, &gate]) {
             let (d, xs, gs) = (&s[0].maps[0], &s[1].maps[1], &s[2].maps[1]);
             let pick = |pl: &Plane, i: usize| if pl.d.len() == 1 { pl.d[0] } else { pl.d[i] };
             to_x.push(Seg { n: c, maps: vec![Plane { h: d.h, w: d.w, d: (0..d.d.len()).map(|i| d.d[i] * pick(gs, i)).collect() }] });
             let prod: Vec<f64> = (0..d.d.len()).map(|i| d.d[i] * xs.d[i]).collect();
-            let gp = if broadcast { Plane::filled(1, 1, prod.iter().sum()) } else { Plane { h: d.h, w: d.w, d: prod } };
+            let gp = if broadcast {
+                // δg = Σ_p δ_p x_p: the gradient's shared part G meets x's mean and
+                // shared part coherently, G ((Σ μ)² − Σ μ² + A (P² − P)).
+                let g_sh = frac.get(at).copied().unwrap_or(0.0) * d.mean();
+                let mu = &s[1].maps[0];
+                let (sum, sq) = (mu.d.iter().sum::<f64>(), mu.d.iter().map(|m| m * m).sum::<f64>());
+                let p = mu.d.len() as f64;
+                Plane::filled(1, 1, prod.iter().sum::<f64>() + g_sh * (sum * sum - sq + a_x.get(at).copied().unwrap_or(0.0) * (p * p - p)))
+            } else {
+                Plane { h: d.h, w: d.w, d: prod }
+            };
             to_g.push(Seg { n: c, maps: vec![gp] });
+            at += c;
         }
         send(grads, n.inputs[0], merge(to_x));
         send(grads, n.inputs[1], merge(to_g));
@@ -1173,6 +1623,7 @@ impl MapPasses {
         let c_out = n.output.chw().0 as usize;
         let input = |i: usize| n.inputs[i].0;
         match &n.op {
+            Op::Conv(_) if super::graph::standardized(n).is_some() => self.standardized_shared(cx, p, k),
             Op::Conv(_) | Op::Linear(_) => {
                 let (w, _) = &cx.weights[&k];
                 let geo = &w.geometry;
@@ -1235,7 +1686,25 @@ impl MapPasses {
                     })
                     .collect()
             }
-            Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } => self.shared[input(0)].clone(),
+            Op::Pool(_) | Op::GlobalPool(_) | Op::Resize { .. } | Op::Resample(_) => self.shared[input(0)].clone(),
+            Op::SoftmaxPositions => vec![0.0; c_out],
+            Op::RadixSoftmax { radix, groups } => {
+                let x = self.get(n.inputs[0]);
+                let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
+                let a = &self.shared[input(0)];
+                let xs: Vec<(f64, f64, f64)> = (0..mu.len()).map(|c| (mu[c], sec[c], a[c])).collect();
+                super::graph::radix_moments(&xs, &super::graph::radix_pairs(mu.len() as u64, *radix, *groups)).iter().map(|m| m.2).collect()
+            }
+            Op::AttentionPool => self.shared[input(0)].clone(),
+            Op::AddBroadcast => self.shared[input(0)].iter().zip(&self.shared[input(1)]).map(|(a, b)| a + b).collect(),
+            Op::SwapChannelsWidth => {
+                // The part shared by all positions of an output channel: the mean of the
+                // input channels' shared parts (independent), 1/A of their mean.
+                let a_in = &self.shared[input(0)];
+                let a = a_in.len() as f64;
+                let v = if a > 1.0 { a_in.iter().sum::<f64>() / (a * a) } else { a_in[0] };
+                vec![v; c_out]
+            }
             Op::Dilate { .. } => {
                 let (_, h, w) = g.shape(n.inputs[0]).chw();
                 let (_, oh, ow) = n.output.chw();
