@@ -172,6 +172,12 @@ fn naive(g: &Graph, k: usize, inputs: &[Vec<f64>], params: &dyn Fn(&str) -> Vec<
             }
             out
         }
+        op @ (Op::RadixSoftmax { .. }
+        | Op::AddBroadcast
+        | Op::SoftmaxPositions
+        | Op::AttentionPool
+        | Op::SwapChannelsWidth
+        | Op::Resample(_)) => unreachable!("the candle model refuses `{}`", op.kind_name()),
         Op::BatchNorm(bn) => {
             let gamma = params(&bn.scale);
             let beta = if bn.shift.is_empty() { vec![0.0; gamma.len()] } else { params(&bn.shift) };
@@ -688,4 +694,20 @@ fn the_cli_trains_and_probes_a_graph() {
     let kinds: Vec<&str> = reports[0]["layers"].as_array().unwrap().iter().map(|l| l["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["conv", "batchnorm", "conv", "batchnorm", "conv", "batchnorm", "add", "linear"]);
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Ops the analyses plan but the candle model does not run yet (efficient channel
+/// attention's swap of a pooled vector, a standardized weight) are refused at build time,
+/// naming the node, not mis-run.
+#[test]
+fn ops_the_candle_model_lacks_are_refused_by_name() {
+    for (path, what) in [
+        ("tests/data/onnx/attn/eca.ts.onnx", "this op is not in the candle model"),
+        ("tests/data/onnx/std/std_conv.ts.onnx", "standardized weight"),
+    ] {
+        let source = cnnc::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path), InputSize::Declared).unwrap();
+        let plan = source.plan(req(Mode::Forward)).unwrap();
+        let err = GraphModel::new(&source.graph, &plan, 0, &Device::Cpu, DType::F32).unwrap_err().to_string();
+        assert!(err.contains(what) && err.contains("node"), "{path}: {err}");
+    }
 }
