@@ -1120,7 +1120,11 @@ fn the_batch_mean_removes_its_share_of_the_per_sample_gradient() {
                 (plan(Some(n as u64), analysis).weights[1].backward_variance, plan(None, analysis).weights[1].backward_variance);
             eprintln!("{analysis:?} N = {n}: measured {mean:.4} ± {se:.4}, predicted {at_n:.4} at N, {large:.4} without");
             assert!((mean - at_n).abs() < 4.0 * se + 0.03 * at_n, "{analysis:?} N = {n}: measured {mean} ± {se}, predicted {at_n}");
-            assert!(((large - at_n) / large - 1.0 / n as f64).abs() < 1e-9, "the projection removes exactly 1/N here");
+            // All of it is per-sample there: the batch mean removes 1/N, x̂'s direction
+            // 1/n of n = 36 N values, and the batch's variance divides by n/(n − 3) more.
+            let values = 36.0 * n as f64;
+            let expect = (1.0 - 1.0 / n as f64 - 1.0 / values) * values / (values - 3.0);
+            assert!((at_n / large - expect).abs() < 1e-9, "{} against {expect}", at_n / large);
         }
     }
 }
@@ -1459,4 +1463,44 @@ fn split_attention_matches_the_sampled_network_loosely() {
         assert!((0.4..2.2).contains(&f) && (0.4..2.2).contains(&b), "{analysis:?}: worst ratios {f} {b}");
         eprintln!("split attention {analysis:?} {mode:?}: worst ratio forward {f:.3}, backward {b:.3}");
     }
+}
+
+/// A BatchNorm of a pooled vector (squeeze-excitation's, or any net's last stage at 1×1):
+/// it normalizes N values per channel, one per sample.
+/// Wide (64 channels), so that the spread of one channel's variance over weight draws
+/// (E[1/Var] over a fan of f: f/(f − 2)) stays small beside the effect checked.
+fn vector_bn_net() -> Graph {
+    let mut b = B::new(64, 4, 4);
+    let u = b.conv(ValueId(0), 64, 1, 0, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    let gap = b.push(Op::GlobalPool(PoolKind::Avg), &[r], Shape::Image { c: 64, h: 1, w: 1 });
+    let u = b.conv(gap, 64, 1, 0, 1);
+    let n = b.bn(u);
+    let r = b.relu(n);
+    b.head(r, 10);
+    b.g
+}
+
+#[test]
+fn a_batch_norm_of_few_values_divides_by_their_own_variance() {
+    // Over N values the batch's variance is σ² χ²_{N−1}/N, and the projection removes the
+    // mean's and x̂'s directions: the 1×1 conv's input gradient is (N − 2)/(N − 3) of the
+    // large-batch one, not 1 − 1/N (2.67× at N = 4, 1.37× at N = 8).
+    let g = vector_bn_net();
+    for n in [4usize, 8] {
+        let plan = |analysis| {
+            let opts = GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0, batch: Some(n as u64) };
+            analyze_graph_with(&g, opts, analysis).expect("plans")
+        };
+        let (mean, se) = measure(&g, &plan(Analysis::Paper), 200, n, 13)[1].bwd;
+        for analysis in [Analysis::Paper, Analysis::Map] {
+            let pred = plan(analysis).weights[1].backward_variance;
+            eprintln!("{analysis:?} N = {n}: measured {mean:.5} ± {se:.5}, predicted {pred:.5}");
+            assert!((mean - pred).abs() < 4.0 * se + 0.05 * pred, "{analysis:?} N = {n}: measured {mean} ± {se}, predicted {pred}");
+        }
+    }
+    let opts = GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0, batch: Some(3) };
+    let err = analyze_graph_with(&g, opts, Analysis::Paper).unwrap_err().to_string();
+    assert!(err.contains("normalizes 3 values per channel"), "{err}");
 }

@@ -134,9 +134,10 @@ fn cli_synth_data_train_and_resume() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// A small net whose epoch takes long enough (18 steps) to be stopped in the middle.
-const SMALL: &str = "network Small\ninput 3x32x32\nconv(3/p1) -> 16, relu\nconv(3/p1) -> 16, relu, maxpool(2)\n\
-                     conv(3/p1) -> 32, relu, global_avgpool\nlinear -> 4\n";
+/// A small net whose epoch takes long enough (18 steps, about 0.1 s each, where progress
+/// lines come at most every 0.2 s) to be stopped in the middle.
+const SMALL: &str = "network Small\ninput 3x32x32\nconv(3/p1) -> 64, relu\nconv(3/p1) -> 64, relu, maxpool(2)\n\
+                     conv(3/p1) -> 128, relu, global_avgpool\nlinear -> 4\n";
 
 #[test]
 fn sigterm_checkpoints_mid_epoch_and_the_resumed_run_equals_a_straight_one() {

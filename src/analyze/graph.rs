@@ -1633,11 +1633,33 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
         (true, Some(n)) => 1.0 / n as f64,
         _ => 0.0,
     };
-    let to_shared: Vec<f64> = gs.iter().zip(&k2s).map(|(d, k2)| d * (1.0 - keep) * k2).collect();
+    let (along, inflate) = if bn.training { few_values(b.cx.g, k, b.opts.batch)? } else { (0.0, 1.0) };
+    let to_shared: Vec<f64> = gs.iter().zip(&k2s).map(|(d, k2)| d * (1.0 - keep - along) * k2 * inflate).collect();
     b.send_shared(n.inputs[0], &to_shared);
-    let contrib: Vec<f64> = dz.iter().zip(&gs).zip(&k2s).map(|((d, a), k2)| (d - a * keep).max(0.0) * k2).collect();
+    let contrib: Vec<f64> =
+        dz.iter().zip(&gs).zip(&k2s).map(|((d, a), k2)| (d * (1.0 - along) - a * keep).max(0.0) * k2 * inflate).collect();
     b.send(n.inputs[0], &contrib);
     Ok(())
+}
+
+/// A batch-statistics BatchNorm over few values per channel (n = N·H·W at `--batch N`;
+/// a pooled vector at N = 8 has n = 8): the projection also removes the direction of x̂
+/// (1/n of the gradient, the other readers' parts independent of x), and the batch's
+/// biased variance σ̂² = σ² χ²_{n−1}/n divides it with E[1/σ̂²] = n/((n − 3) σ²) for
+/// Gaussian x. So (1 − 1/n) of what the mean leaves, times n/(n − 3): (n − 2)/(n − 3)
+/// in all where every value is a sample's own (1×1 maps). Without `--batch`, n → ∞:
+/// (0, 1). n ≤ 3 has no finite expectation: an error naming the node.
+pub(super) fn few_values(g: &Graph, k: usize, batch: Option<u64>) -> Result<(f64, f64), AnalysisError> {
+    let Some(batch) = batch else { return Ok((0.0, 1.0)) };
+    let n = (batch * positions(g.nodes[k].output)) as f64;
+    if n <= 3.0 {
+        let message = format!(
+            "at --batch {batch} this BatchNorm normalizes {n} values per channel (the batch times {} positions): its gradient has no finite second moment below 4; use a larger batch",
+            positions(g.nodes[k].output)
+        );
+        return Err(fail(g, k, message));
+    }
+    Ok((1.0 / n, n / (n - 3.0)))
 }
 
 /// The statistics of a LayerNorm over the channels at each position (n channels): the

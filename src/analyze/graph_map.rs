@@ -1508,13 +1508,16 @@ impl MapPasses {
                 Some(n) if !self.gfrac.is_empty() => self.gfrac[k + 1][i] * dmean / n as f64,
                 _ => 0.0,
             };
+            // Few values per channel: the x̂ direction and the batch variance's bias
+            // ([`super::graph::few_values`]).
+            let (along, inflate) = super::graph::few_values(r.cx.g, k, r.opts.batch)?;
             let mut i = at;
             while i < at + c {
                 let (a, cut) = (shared[i], removed(i));
                 let run = (i..at + c).take_while(|&j| shared[j] == a && removed(j) == cut).count();
                 let var = second - mean * mean - a;
                 let k2 = if var > 0.0 { gamma * gamma / var } else { 0.0 };
-                contrib.push(Seg { n: run, maps: vec![s[0].maps[0].map(|v| (v - cut).max(0.0) * k2)] });
+                contrib.push(Seg { n: run, maps: vec![s[0].maps[0].map(|v| (v * (1.0 - along) - cut).max(0.0) * k2 * inflate)] });
                 i += run;
             }
             at += c;
