@@ -43,6 +43,19 @@ pub(super) fn is_white(l: &Lags) -> bool {
     l.iter().flatten().skip(1).all(|&r| r.abs() < NEGLIGIBLE)
 }
 
+/// The table whose entry at every lag (y, x) ≠ (0, 0) is `rho(y, x)`.
+fn table(rho: impl Fn(usize, usize) -> f64) -> Lags {
+    let mut out = white();
+    for (y, row) in out.iter_mut().enumerate() {
+        for (x, r) in row.iter_mut().enumerate() {
+            if (y, x) != (0, 0) {
+                *r = rho(y, x);
+            }
+        }
+    }
+    out
+}
+
 fn at(l: &Lags, dy: i64, dx: i64) -> f64 {
     let (y, x) = (dy.unsigned_abs() as usize, dx.unsigned_abs() as usize);
     if y > R || x > R {
@@ -62,6 +75,19 @@ pub(super) struct Summary {
     pub channels: f64,
 }
 
+/// Σ over the member pairs (i, j) of two ky × kx windows `o` positions apart of
+/// ρ(o + j − i): (ky − |dy|)(kx − |dx|) pairs at each within-window offset d.
+fn pair_sum(l: &Lags, [ky, kx]: [u64; 2], [oy, ox]: [i64; 2]) -> f64 {
+    let (ky, kx, r) = (ky as i64, kx as i64, R as i64);
+    let mut s = 0.0;
+    for dy in (-(ky - 1)).max(-r - oy)..=(ky - 1).min(r - oy) {
+        for dx in (-(kx - 1)).max(-r - ox)..=(kx - 1).min(r - ox) {
+            s += ((ky - dy.abs()) * (kx - dx.abs())) as f64 * at(l, oy + dy, ox + dx);
+        }
+    }
+    s
+}
+
 /// Σ over the pairs (i, j) of a ky × kx window of ρ(j − i), divided by its T = ky·kx
 /// members: the factor on b/T in the variance of the window's mean (1 for independent
 /// members, T for identical ones).
@@ -69,14 +95,7 @@ pub(super) fn window_factor(l: &Lags, ky: u64, kx: u64) -> f64 {
     if is_white(l) {
         return 1.0;
     }
-    let (ky, kx) = (ky as i64, kx as i64);
-    let mut s = 0.0;
-    for dy in -(ky - 1).min(R as i64)..=(ky - 1).min(R as i64) {
-        for dx in -(kx - 1).min(R as i64)..=(kx - 1).min(R as i64) {
-            s += ((ky - dy.abs()) * (kx - dx.abs())) as f64 * at(l, dy, dx);
-        }
-    }
-    (s / (ky * kx) as f64).max(0.0)
+    (pair_sum(l, [ky, kx], [0, 0]) / (ky * kx) as f64).max(0.0)
 }
 
 /// The average pool's output correlation: at output lag δ, the mean correlation between
@@ -85,77 +104,43 @@ fn avg_pool(l: &Lags, k: [u64; 2], s: [u64; 2]) -> Lags {
     if is_white(l) && k[0] <= s[0] && k[1] <= s[1] {
         return white();
     }
-    let (ky, kx) = (k[0] as i64, k[1] as i64);
-    let cross = |oy: i64, ox: i64| {
-        let mut sum = 0.0;
-        for dy in -(ky - 1)..=(ky - 1) {
-            for dx in -(kx - 1)..=(kx - 1) {
-                sum += ((ky - dy.abs()) * (kx - dx.abs())) as f64 * at(l, oy + dy, ox + dx);
-            }
-        }
-        sum
-    };
-    let own = cross(0, 0);
-    let mut out = white();
-    for (y, row) in out.iter_mut().enumerate() {
-        for (x, r) in row.iter_mut().enumerate() {
-            if (y, x) != (0, 0) {
-                *r = cross(y as i64 * s[0] as i64, x as i64 * s[1] as i64) / own;
-            }
-        }
-    }
-    out
+    let own = pair_sum(l, k, [0, 0]);
+    table(|y, x| pair_sum(l, k, [y as i64 * s[0] as i64, x as i64 * s[1] as i64]) / own)
 }
 
 /// A strided map of positions (a conv, a stride-1 conv is the identity): lag δ of the
 /// output is lag s·δ of the input.
 fn strided(l: &Lags, s: [u64; 2]) -> Lags {
-    let mut out = white();
-    for (y, row) in out.iter_mut().enumerate() {
-        for (x, r) in row.iter_mut().enumerate() {
-            if (y, x) != (0, 0) {
-                *r = at(l, (y as u64 * s[0]) as i64, (x as u64 * s[1]) as i64);
-            }
-        }
-    }
-    out
+    table(|y, x| at(l, (y as u64 * s[0]) as i64, (x as u64 * s[1]) as i64))
 }
 
 /// Zeros between the positions (`Op::Dilate`): lags that are multiples of the stride
 /// keep the input's correlation at lag/stride (both positions real, or one is zero and
 /// the covariance is 0 there too), the others are 0.
 fn dilated(l: &Lags, s: [u64; 2]) -> Lags {
-    let mut out = white();
-    for (y, row) in out.iter_mut().enumerate() {
-        for (x, r) in row.iter_mut().enumerate() {
-            let (y, x) = (y as u64, x as u64);
-            if (y, x) != (0, 0) && y % s[0] == 0 && x % s[1] == 0 {
-                *r = at(l, (y / s[0]) as i64, (x / s[1]) as i64);
-            }
+    table(|y, x| {
+        let (y, x) = (y as u64, x as u64);
+        if y % s[0] == 0 && x % s[1] == 0 {
+            at(l, (y / s[0]) as i64, (x / s[1]) as i64)
+        } else {
+            0.0
         }
-    }
-    out
+    })
 }
 
 /// Nearest upsampling by whole factors: two outputs δ apart copy inputs ⌊δ/f⌋ or
 /// ⌊δ/f⌋ + 1 apart, the latter with probability (δ mod f)/f, per axis.
 fn nearest(l: &Lags, f: [u64; 2]) -> Lags {
     let axis = |d: u64, f: u64| [((d / f) as i64, (f - d % f) as f64 / f as f64), ((d / f + 1) as i64, (d % f) as f64 / f as f64)];
-    let mut out = white();
-    for (y, row) in out.iter_mut().enumerate() {
-        for (x, r) in row.iter_mut().enumerate() {
-            if (y, x) != (0, 0) {
-                let mut s = 0.0;
-                for (ly, py) in axis(y as u64, f[0]) {
-                    for (lx, px) in axis(x as u64, f[1]) {
-                        s += py * px * at(l, ly, lx);
-                    }
-                }
-                *r = s;
+    table(|y, x| {
+        let mut s = 0.0;
+        for (ly, py) in axis(y as u64, f[0]) {
+            for (lx, px) in axis(x as u64, f[1]) {
+                s += py * px * at(l, ly, lx);
             }
         }
-    }
-    out
+        s
+    })
 }
 
 /// Linear (bilinear) upsampling by whole factors, half-pixel centres: output o reads
@@ -194,15 +179,7 @@ fn linear(l: &Lags, f: [u64; 2]) -> Lags {
         s
     };
     let own = cov(0, 0);
-    let mut out = white();
-    for (y, row) in out.iter_mut().enumerate() {
-        for (x, r) in row.iter_mut().enumerate() {
-            if (y, x) != (0, 0) {
-                *r = cov(y as u64, x as u64) / own;
-            }
-        }
-    }
-    out
+    table(|y, x| cov(y as u64, x as u64) / own)
 }
 
 /// Any resampling, each output a weighted sum of inputs, separable per axis
@@ -236,15 +213,7 @@ fn resampled(l: &Lags, weights: [Vec<Vec<(usize, f64)>>; 2]) -> Lags {
     if own.is_nan() || own <= 0.0 {
         return white();
     }
-    let mut out = white();
-    for (y, row) in out.iter_mut().enumerate() {
-        for (x, r) in row.iter_mut().enumerate() {
-            if (y, x) != (0, 0) && y < weights[0].len() && x < weights[1].len() {
-                *r = (cov(y, x) / own).clamp(-1.0, 1.0);
-            }
-        }
-    }
-    out
+    table(|y, x| if y < weights[0].len() && x < weights[1].len() { (cov(y, x) / own).clamp(-1.0, 1.0) } else { 0.0 })
 }
 
 /// The inputs' tables weighted by their fluctuation variance (independent inputs add,
@@ -388,35 +357,16 @@ pub(super) fn overlap_correlation(f: Func<'_>, mu: f64, b: f64, t: u64, k: u64) 
 /// A max pool's output correlation: from the members two windows share (for independent
 /// members), and from the correlation between the members of the two windows (the input's
 /// own), combined as independent sources: ρ = ρ_shared + (1 − ρ_shared) ρ_input.
-fn max_pool(l: &Lags, f: Func<'_>, x: Summary, k: [u64; 2], s: [u64; 2]) -> Lags {
+fn max_pool(l: &Lags, f: Func<'_>, x_stats: Summary, k: [u64; 2], s: [u64; 2]) -> Lags {
     let t = k[0] * k[1];
-    let mut out = white();
-    let own = {
-        let (ky, kx) = (k[0] as i64, k[1] as i64);
-        move |oy: i64, ox: i64| {
-            // Mean input correlation between the members of two windows (oy, ox) apart.
-            let mut sum = 0.0;
-            for dy in -(ky - 1)..=(ky - 1) {
-                for dx in -(kx - 1)..=(kx - 1) {
-                    sum += ((ky - dy.abs()) * (kx - dx.abs())) as f64 * at(l, oy + dy, ox + dx);
-                }
-            }
-            sum / (ky * kx * ky * kx) as f64
-        }
-    };
-    for (y, row) in out.iter_mut().enumerate() {
-        for (xx, r) in row.iter_mut().enumerate() {
-            if (y, xx) == (0, 0) {
-                continue;
-            }
-            let (oy, ox) = (y as u64 * s[0], xx as u64 * s[1]);
-            let shared = k[0].saturating_sub(oy) * k[1].saturating_sub(ox);
-            let from_shared = overlap_correlation(f, x.mean, x.fluct, t, shared);
-            let from_input = if is_white(l) { 0.0 } else { own(oy as i64, ox as i64).clamp(0.0, 1.0) };
-            *r = from_shared + (1.0 - from_shared) * from_input;
-        }
-    }
-    out
+    table(|y, x| {
+        let (oy, ox) = (y as u64 * s[0], x as u64 * s[1]);
+        let shared = k[0].saturating_sub(oy) * k[1].saturating_sub(ox);
+        let from_shared = overlap_correlation(f, x_stats.mean, x_stats.fluct, t, shared);
+        // The mean input correlation between the members of the two windows.
+        let from_input = if is_white(l) { 0.0 } else { (pair_sum(l, k, [oy as i64, ox as i64]) / (t * t) as f64).clamp(0.0, 1.0) };
+        from_shared + (1.0 - from_shared) * from_input
+    })
 }
 
 /// Node `k`'s output table from its inputs' (`lags`, by value) and their summaries.
