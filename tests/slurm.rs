@@ -100,12 +100,13 @@ fn a_grid_runs_as_a_slurm_array_and_stopped_tasks_resume_exactly() {
     let cluster = Cluster::start(&root.join("cluster"));
     let conf = cluster.conf();
 
-    // 2 inits × 2 seeds, 2 epochs of 36 steps: a few seconds a run, long enough to stop one.
+    // 2 inits × 2 seeds, 2 epochs of 36 steps: a few seconds a run, long enough to stop one
+    // (the channels wide enough for that with cnnc built at opt-level 1).
     train::data::synthesize(&root.join("data"), 4, 96, 32, 2).unwrap();
     std::fs::write(
         root.join("small.cnn"),
-        "network Small\ninput 3x32x32\nconv(3/p1) -> 16, relu\nconv(3/p1) -> 16, relu, maxpool(2)\n\
-         conv(3/p1) -> 32, relu, global_avgpool\nlinear -> 4\n",
+        "network Small\ninput 3x32x32\nconv(3/p1) -> 64, relu\nconv(3/p1) -> 64, relu, maxpool(2)\n\
+         conv(3/p1) -> 128, relu, global_avgpool\nlinear -> 4\n",
     )
     .unwrap();
     let cfg = root.join("exp.yaml");
