@@ -529,4 +529,49 @@ mod sampled {
         assert!((mean(&rectified) - after[0][1]).abs() < 0.01);
         assert!(pool[0][2].abs() < 1e-12 && pool[1][1] > 0.0 && after[1][0] == 0.0);
     }
+
+    #[test]
+    fn upsampling_rules_match_a_sampled_field() {
+        // A white field upsampled 2× along x: by copies (nearest), and by torch's linear
+        // interpolation with half-pixel centres (edges clamped), lag-1 and lag-2 correlation.
+        let (h, w) = (64usize, 64usize);
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let (mut near, mut lin) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for _ in 0..8 {
+            let x: Vec<f64> = (0..h * w).map(|_| rng.normal()).collect();
+            let at = |y: usize, i: i64| x[y * w + i.clamp(0, w as i64 - 1) as usize];
+            let (mut a, mut b) = (vec![0.0; h * 2 * w], vec![0.0; h * 2 * w]);
+            for y in 0..h {
+                for o in 0..2 * w {
+                    a[y * 2 * w + o] = at(y, (o / 2) as i64);
+                    let c = (o as f64 + 0.5) / 2.0 - 0.5;
+                    let (i, t) = (c.floor() as i64, c - c.floor());
+                    b[y * 2 * w + o] = (1.0 - t) * at(y, i) + t * at(y, i + 1);
+                }
+            }
+            let lag = |f: &[f64], d: usize| {
+                let m = f.iter().sum::<f64>() / f.len() as f64;
+                let var = f.iter().map(|v| (v - m).powi(2)).sum::<f64>() / f.len() as f64;
+                let mut c = 0.0;
+                for y in 0..h {
+                    for o in 0..2 * w - d {
+                        c += (f[y * 2 * w + o] - m) * (f[y * 2 * w + o + d] - m);
+                    }
+                }
+                c / (h * (2 * w - d)) as f64 / var
+            };
+            near.0.push(lag(&a, 1));
+            near.1.push(lag(&a, 2));
+            lin.0.push(lag(&b, 1));
+            lin.1.push(lag(&b, 2));
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (n, l) = (nearest(&white(), [1, 2]), linear(&white(), [1, 2]));
+        eprintln!("nearest: sampled {:.4} {:.4}, rule {:.4} {:.4}", mean(&near.0), mean(&near.1), n[0][1], n[0][2]);
+        eprintln!("linear: sampled {:.4} {:.4}, rule {:.4} {:.4}", mean(&lin.0), mean(&lin.1), l[0][1], l[0][2]);
+        for (sampled, rule) in [(mean(&near.0), n[0][1]), (mean(&near.1), n[0][2]), (mean(&lin.0), l[0][1]), (mean(&lin.1), l[0][2])] {
+            assert!((sampled - rule).abs() < 0.02, "sampled {sampled}, rule {rule}");
+        }
+        assert_eq!(n[1][0], 0.0);
+    }
 }
