@@ -1460,7 +1460,7 @@ impl MapPasses {
             };
             let (mu, sec) = (channel_means(&x, 0), channel_means(&x, 1));
             for g in map_groups(&x, shared, groups) {
-                let k2 = if g.var > 0.0 { gamma * gamma / g.var } else { 0.0 };
+                let k2 = g.gain(gamma);
                 let mean_part: f64 = g.range.clone().map(|c| frac[c] * d[c]).sum::<f64>() / (g.n * g.n);
                 let mut along = 0.0;
                 if let Some((f, gz, fz)) = &reader {
