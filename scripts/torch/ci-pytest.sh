@@ -21,8 +21,10 @@ VENV="${XDG_CACHE_HOME:-$HOME/.cache}/cnnc/torch-venv"
 PY="$VENV/bin/python"
 # The versions the tests were written and measured against.
 PKGS=(torch==2.15.0 torchvision==0.29.2 pytest jsonschema)
-# Optional for the package (InitReport.to_pandas, CheckReport.plot), tested here.
-EXTRAS=(maturin==1.16.0 pandas==3.1.1 matplotlib==3.11.2)
+# Optional for the package (InitReport.to_pandas, CheckReport.plot), tested here; onnxruntime
+# runs cnnc's ONNX exports, onnx checks them, in tests/export_ort.rs (the README's test command,
+# after this).
+EXTRAS=(maturin==1.16.0 pandas==3.1.1 matplotlib==3.11.2 onnxruntime==1.32.0 onnx==1.23.2)
 WHEELS=target/wheels
 
 if [ ! -x "$CNNC_BIN" ]; then
@@ -40,7 +42,7 @@ if ! "$PY" -c 'import torch, torchvision, pytest, jsonschema' 2>/dev/null; then
     echo "ci-pytest: installed in $(( $(date +%s) - start )) s"
 fi
 if ! "$VENV/bin/pip" freeze --disable-pip-version-check 2>/dev/null | grep -qx "${EXTRAS[0]}" \
-   || ! "$PY" -c 'import pandas, matplotlib' 2>/dev/null; then
+   || ! "$PY" -c 'import pandas, matplotlib, onnxruntime, onnx' 2>/dev/null; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "${EXTRAS[@]}"
 fi
 "$PY" -c 'import torch, torchvision; print("ci-pytest: torch", torch.__version__, "torchvision", torchvision.__version__)'

@@ -5,7 +5,8 @@
 //! GlobalAveragePool, GlobalMaxPool, Flatten (axis 1); for graphs also Add (Sum of more
 //! than two), Concat, Mul, Slice (a channel slice), Clip (ReLU6) and
 //! BatchNormalization (γ the plan's, β, running mean 0 and variance 1; a training-mode
-//! one with `training_mode = 1`, opset 15). The batch axis is symbolic (`N`).
+//! one with `training_mode = 1` and its two running-statistics outputs, opset 15). The
+//! batch axis is symbolic (`N`).
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
 //! Box–Muller, seeded), one stream over the layers in order; biases are zero.
 //!
@@ -297,7 +298,14 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                     attrs.push(int("training_mode", 1));
                     opset = opset.max(15);
                 }
-                g.node.push(node(&n.name, "BatchNormalization", vec![input, scale, shift, mean, var], &out, attrs));
+                let mut bn_node = node(&n.name, "BatchNormalization", vec![input, scale, shift, mean, var], &out, attrs);
+                if bn.training {
+                    // Training mode has three outputs (the updated running statistics, as
+                    // torch exports them); with one, the model is not valid ONNX and
+                    // onnxruntime refuses it.
+                    bn_node.output.extend([format!("{out}.running_mean"), format!("{out}.running_var")]);
+                }
+                g.node.push(bn_node);
             }
             other => {
                 return Err(OnnxError::Model(format!(
