@@ -365,17 +365,72 @@ impl ProbeReport {
 }
 
 /// Measured variance against depth for several reports on one chart (log scale): the
-/// conv-output variance q and the input-gradient variance r of each init.
+/// conv-output variance q and the input-gradient variance r of each init, at the weight
+/// layers; for a graph also the stream — E[x²] and the gradient's second moment at each
+/// residual Add and Concat, where a residual network's growth shows — on the same depth
+/// axis (the probe's row numbers). BatchNorm rows (γ² by construction) are not drawn.
 pub fn plot(reports: &[ProbeReport], format: crate::plot::Format) -> Result<Vec<u8>, String> {
-    let mut series = Vec::new();
-    for r in reports {
-        let q = r.layers.iter().map(|l| (l.index as f64, l.measured_forward.mean)).collect();
-        let g = r.layers.iter().map(|l| (l.index as f64, l.measured_backward.mean)).collect();
-        series.push(crate::plot::Series { name: format!("{} q (u²)", r.mode), points: q });
-        series.push(crate::plot::Series { name: format!("{} r (∂z²)", r.mode), points: g });
-    }
+    let series = plot_series(reports);
     let title = reports.first().map_or("probe".to_string(), |r| {
         format!("{}: measured variance per layer ({} analysis, {} draws)", r.network, r.analysis, r.draws)
     });
     crate::plot::line_chart_as(format, &title, "layer ℓ", "variance", &series, true)
+}
+
+/// The lines [`plot`] draws.
+fn plot_series(reports: &[ProbeReport]) -> Vec<crate::plot::Series> {
+    let mut series = Vec::new();
+    for r in reports {
+        let is_weight = |l: &&LayerProbe| matches!(l.kind.as_deref(), None | Some("conv" | "linear"));
+        let is_join = |l: &&LayerProbe| matches!(l.kind.as_deref(), Some("add" | "concat"));
+        let points = |keep: &dyn Fn(&&LayerProbe) -> bool, backward: bool| -> Vec<(f64, f64)> {
+            r.layers
+                .iter()
+                .filter(keep)
+                .map(|l| (l.index as f64, if backward { l.measured_backward.mean } else { l.measured_forward.mean }))
+                .collect()
+        };
+        series.push(crate::plot::Series { name: format!("{} q (u²)", r.mode), points: points(&is_weight, false) });
+        series.push(crate::plot::Series { name: format!("{} r (∂z²)", r.mode), points: points(&is_weight, true) });
+        if r.layers.iter().any(|l| is_join(&l)) {
+            series.push(crate::plot::Series { name: format!("{} stream E[x²]", r.mode), points: points(&is_join, false) });
+            series.push(crate::plot::Series { name: format!("{} stream ∂x²", r.mode), points: points(&is_join, true) });
+        }
+    }
+    series
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A graph's probe draws the weight layers' q and r, and the stream (Adds and Concats)
+    /// as lines of their own; BatchNorm rows are not drawn.
+    #[test]
+    fn the_plot_draws_the_stream_apart_from_the_weight_layers() {
+        let row = |index: usize, kind: &str, f: f64, b: f64| LayerProbe {
+            index,
+            name: format!("n{index}"),
+            kind: Some(kind.to_string()),
+            predicted_forward: f,
+            measured_forward: Stat { mean: f, stderr: 0.0, min: f, max: f },
+            predicted_backward: b,
+            measured_backward: Stat { mean: b, stderr: 0.0, min: b, max: b },
+        };
+        let report = ProbeReport {
+            network: "n".into(),
+            mode: "forward".into(),
+            analysis: "map".into(),
+            draws: 1,
+            batch: 1,
+            layers: vec![row(1, "conv", 1.0, 0.5), row(2, "batchnorm", 1.0, 0.7), row(3, "add", 2.0, 0.4), row(4, "linear", 1.0, 0.3)],
+        };
+        let series = plot_series(&[report]);
+        let by_name = |n: &str| series.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("no line `{n}`")).points.clone();
+        assert_eq!(by_name("forward q (u²)"), [(1.0, 1.0), (4.0, 1.0)]);
+        assert_eq!(by_name("forward r (∂z²)"), [(1.0, 0.5), (4.0, 0.3)]);
+        assert_eq!(by_name("forward stream E[x²]"), [(3.0, 2.0)]);
+        assert_eq!(by_name("forward stream ∂x²"), [(3.0, 0.4)]);
+        assert_eq!(series.len(), 4);
+    }
 }
