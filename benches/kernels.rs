@@ -2,14 +2,16 @@
 //! (std only, no harness), so that the three can be compared back to back.
 //!
 //! Run with `RAYON_NUM_THREADS=1 cargo bench --features train --bench kernels -- [--json FILE] [--sizes 64,224]
-//! [--rounds N] [--kernels cnnc,candle] [--no-conv]` (`--no-conv`: F34 only, e.g. to profile it). Every workload runs in f32, batch 16, once per
+//! [--rounds N] [--kernels cnnc,candle] [--no-conv] [--model resnet18]` (`--no-conv`: the network only, e.g. to
+//! profile it; `--model`: a spec of `specs/` instead of F34, a graph such as ResNet-18 with its BatchNorms in
+//! training mode, as `cnnc train` runs it). Every workload runs in f32, batch 16, once per
 //! kernel set ("candle": candle's `conv2d` and its backward, i.e. before; "cnnc": the
 //! im2col + GEMM ops of src/nn/conv.rs, what `cnnc train` runs):
 //! - conv 3×3, 64→64, 56×56, padding 1, with bias: forward; forward + backward with the
 //!   input gradient (input a `Var`); forward + backward without it (input a plain tensor);
 //!   the backward's upstream gradient is a fixed random tensor, as `out.backward(g)`;
-//! - F34 (specs/f34.cnn) at 64×64 and 224×224: forward; a training step (forward,
-//!   cross-entropy, backward, SGD with momentum 0.9 and weight decay 1e-4).
+//! - F34 (specs/f34.cnn), or the `--model` spec, at 64×64 and 224×224: forward; a training
+//!   step (forward, cross-entropy, backward, SGD with momentum 0.9 and weight decay 1e-4).
 //!
 //! Each figure is the fastest and the median of `--rounds` calls (default 5; 3 at 224)
 //! after one warm-up call. Threads: candle's count, `RAYON_NUM_THREADS` (else the cores);
@@ -17,8 +19,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use cnnc::nn::conv::ConvSpec;
-use cnnc::nn::{Kernels, Model};
+use cnnc::nn::{GraphModel, Kernels, Model};
 use cnnc::train::sgd::Sgd;
+use cnnc::train::Trainable;
 use std::time::Instant;
 
 const BATCH: usize = 16;
@@ -29,10 +32,18 @@ struct Args {
     rounds: usize,
     kernels: Vec<Kernels>,
     conv: bool,
+    model: String,
 }
 
 fn args() -> Args {
-    let mut a = Args { json: None, sizes: vec![64, 224], rounds: 5, kernels: vec![Kernels::Candle, Kernels::Cnnc], conv: true };
+    let mut a = Args {
+        json: None,
+        sizes: vec![64, 224],
+        rounds: 5,
+        kernels: vec![Kernels::Candle, Kernels::Cnnc],
+        conv: true,
+        model: "f34".into(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -40,6 +51,7 @@ fn args() -> Args {
             "--json" => a.json = Some(value()),
             "--sizes" => a.sizes = value().split(',').map(|s| s.parse().expect("--sizes: numbers")).collect(),
             "--no-conv" => a.conv = false,
+            "--model" => a.model = value(),
             "--rounds" => a.rounds = value().parse().expect("--rounds: a number"),
             "--kernels" => {
                 a.kernels = value()
@@ -120,24 +132,35 @@ fn conv_rows(k: Kernels, rounds: usize, rows: &mut Vec<Row>) {
     );
 }
 
-fn f34_rows(k: Kernels, size: u64, rounds: usize, rows: &mut Vec<Row>) {
-    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/f34.cnn");
-    let net = cnnc::load_network(std::path::Path::new(spec), cnnc::InputSize::Square(size)).unwrap();
-    let plan = cnnc::plan(&net, cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None }).unwrap();
+/// A network of `specs/` (`f34`, `resnet18`, …) at `size`: forward, and a training step.
+fn model_rows(k: Kernels, spec: &str, size: u64, rounds: usize, rows: &mut Vec<Row>) {
+    let path = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/specs")).join(format!("{spec}.cnn"));
+    let source = cnnc::load(&path, cnnc::InputSize::Square(size)).unwrap_or_else(|e| panic!("{e}"));
+    let opts = cnnc::analyze::Options { mode: cnnc::analyze::Mode::Forward, std_cap: None };
+    let req = cnnc::GraphRequest { opts, analysis: Default::default(), branch_scale: 1.0, batch: None };
+    let plan = source.plan(req).unwrap();
     let dev = Device::Cpu;
-    let model = Model::new(&net, &plan, 0, &dev, DType::F32).unwrap().with_kernels(k);
+    let model: Box<dyn Trainable> = if source.is_source_chain() {
+        Box::new(Model::new(&source.network().unwrap(), &plan, 0, &dev, DType::F32).unwrap().with_kernels(k))
+    } else {
+        Box::new(GraphModel::new(&source.graph, &plan, 0, &dev, DType::F32).unwrap().with_kernels(k))
+    };
+    let label = if spec == "f34" { "F34".to_string() } else { source.graph.name.clone() };
     let mut opt = Sgd::new(model.named_vars(), 1e-3, 0.9, 1e-4);
     let s = size as usize;
     let x = Tensor::randn(0f32, 1.0, (BATCH, 3, s, s), &dev).unwrap();
     let y = Tensor::from_vec((0..BATCH as u32).map(|c| c % 10).collect::<Vec<u32>>(), BATCH, &dev).unwrap();
+    // The forward as in evaluation (BatchNorm's running statistics), the step in training.
+    model.set_training(false);
     let (best, median) = time(rounds, || drop(model.forward(&x).unwrap()));
-    rows.push(Row { workload: format!("F34 {s}x{s} b16 forward"), kernels: k, best, median, images: Some(BATCH) });
+    rows.push(Row { workload: format!("{label} {s}x{s} b16 forward"), kernels: k, best, median, images: Some(BATCH) });
+    model.set_training(true);
     let (best, median) = time(rounds, || {
         let logits = model.forward(&x).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
         opt.step(&model.backward(&loss).unwrap()).unwrap();
     });
-    rows.push(Row { workload: format!("F34 {s}x{s} b16 train step"), kernels: k, best, median, images: Some(BATCH) });
+    rows.push(Row { workload: format!("{label} {s}x{s} b16 train step"), kernels: k, best, median, images: Some(BATCH) });
 }
 
 fn main() {
@@ -162,7 +185,7 @@ fn main() {
         for &k in &a.kernels {
             let from = rows.len();
             // On a pool's worker, as `cnnc train` runs.
-            cnnc::nn::on_pool(|| f34_rows(k, size, if size > 100 { a.rounds.min(3) } else { a.rounds }, &mut rows));
+            cnnc::nn::on_pool(|| model_rows(k, &a.model, size, if size > 100 { a.rounds.min(3) } else { a.rounds }, &mut rows));
             report(&mut rows, from);
         }
     }

@@ -125,15 +125,30 @@ def bench_conv(results, rounds, warmup):
            *time_calls(fwd_bwd(x), rounds, warmup))
 
 
-def bench_f34(results, size, rounds, warmup):
+def build_model(name):
+    """F34, or a torchvision network of the same name as a spec of specs/ (resnet18:
+    torchvision's ResNet-18 with its BatchNorms, 1000 classes, as specs/resnet18.cnn)."""
+    if name == "f34":
+        return build_f34(), "F34"
+    import torchvision
+    builders = {"resnet18": ("ResNet18", torchvision.models.resnet18),
+                "resnet50": ("ResNet50", torchvision.models.resnet50),
+                "mobilenet_v2": ("MobileNetV2", torchvision.models.mobilenet_v2)}
+    if name not in builders:
+        sys.exit(f"--model: one of f34, {', '.join(builders)}")
+    label, build = builders[name]
+    return build(num_classes=1000), label
+
+
+def bench_model(results, name, size, rounds, warmup):
     g = torch.Generator().manual_seed(size)
     torch.manual_seed(size)
-    model = build_f34()
+    model, label = build_model(name)
     x = torch.randn(BATCH, 3, size, size, generator=g)
     y = torch.randint(0, CLASSES, (BATCH,), generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                           weight_decay=1e-4)
-    prefix = f"F34 {size}x{size} b{BATCH}"
+    prefix = f"{label} {size}x{size} b{BATCH}"
 
     def fwd():
         with torch.no_grad():
@@ -172,6 +187,10 @@ def main(argv=None):
                          "scaled down for larger F34 inputs, minimum 3")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--model", default="f34",
+                    help="f34 (default), or resnet18/resnet50/mobilenet_v2 (torchvision's, "
+                         "BatchNorm in training mode for the step): as kernels.rs --model")
+    ap.add_argument("--no-conv", action="store_true", help="the network only")
     args = ap.parse_args(argv)
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -184,12 +203,13 @@ def main(argv=None):
     print("-" * 91)
 
     results = {}
-    bench_conv(results, args.rounds, args.warmup)
+    if not args.no_conv:
+        bench_conv(results, args.rounds, args.warmup)
     for size in sizes:
         # Cost grows ~ size^2; keep the 224 run to a few calls.
         scale = (size / 64.0) ** 2
         rounds = max(3, min(args.rounds, round(args.rounds / scale * 2)))
-        bench_f34(results, size, rounds, args.warmup)
+        bench_model(results, args.model, size, rounds, args.warmup)
 
     if args.json:
         doc = {"torch_version": torch.__version__,
