@@ -30,6 +30,9 @@ pub enum EmitError {
     PlanMismatch(String),
     #[error("{0}")]
     Unsupported(String),
+    /// Graph nodes the generator cannot express, every one of them.
+    #[error("{}", .0.join("\n"))]
+    Nodes(Vec<String>),
 }
 
 /// One generated file: its path relative to the output directory, and its text.
