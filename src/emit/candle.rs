@@ -15,6 +15,9 @@ use crate::plan::Plan;
 use crate::unify::{Layer, Network, WeightKind};
 use std::fmt::Write;
 
+mod graph;
+pub use graph::generate_graph;
+
 /// Above this many parameters the generated whole-network equality test is `#[ignore]`d
 /// (it draws every weight twice and runs the network twice: F34's 21 M take 7 s in a test
 /// build on 2 cores, its dependencies optimized as cnnc's workspace and a standalone
@@ -217,6 +220,12 @@ fn pool_code(l: &Layer) -> Result<Option<String>, EmitError> {
     if l.weight.kind == WeightKind::Linear {
         return Err(layer_err(l, "a pooling after a linear layer is not supported by the candle generator"));
     }
+    Ok(Some(pool_literal(p)))
+}
+
+/// The `PoolSpec` literal of a pooling (as `cnnc::nn::pool::PoolSpec::of` makes it),
+/// indented for a field of `Model::new`.
+fn pool_literal(p: &crate::unify::Pooling) -> String {
     let (pad_end, count_include_pad) = match &p.pool {
         Some(q) => ([q.pad[0].end, q.pad[1].end], q.count_include_pad),
         None => ([0, 0], false),
@@ -232,11 +241,11 @@ fn pool_code(l: &Layer) -> Result<Option<String>, EmitError> {
         )
     };
     let g = &p.geometry;
-    Ok(Some(format!(
+    format!(
         "PoolSpec {{\n                mode: {mode},\n                h: {},\n                w: {},\n            }}",
         dim(&g.h, pad_end[0]),
         dim(&g.w, pad_end[1])
-    )))
+    )
 }
 
 fn activation_code(a: Activation) -> Option<String> {
