@@ -358,7 +358,7 @@ impl Model {
     }
 
     /// A conv node and the ReLU that is its only reader, in one op (as `GraphModel`
-    /// fuses them).
+    /// fuses them), with the same gradient hand-over.
     fn conv_relu(&self, c: &Conv2d, x: &Tensor) -> Result<Tensor> {
         c.forward_with_sink(x, true, &self.sink)
     }

@@ -241,6 +241,9 @@ fn expr_code(e: &Expr, x: &str, uses: &mut Uses) -> Val {
 #[derive(Default)]
 struct Uses {
     conv: bool,
+    /// Convs without and with a fused ReLU.
+    conv_plain: bool,
+    conv_relu: bool,
     linear: bool,
     pool: bool,
     norm: bool,
@@ -251,6 +254,98 @@ struct Uses {
     shuffle: bool,
     dilate: bool,
     n: bool,
+}
+
+/// rustfmt's defaults (what the generated crates are kept to).
+const MAX_WIDTH: usize = 100;
+const FN_CALL_WIDTH: usize = 60;
+const ARRAY_WIDTH: usize = 60;
+const CHAIN_WIDTH: usize = 60;
+
+/// A call `head args… tail` at `indent`, laid out as rustfmt lays it out: on one line where
+/// it fits (the arguments within `fn_call_width`), else one argument a line.
+fn call(indent: usize, head: &str, args: &[String], tail: &str) -> String {
+    let one = args.join(", ");
+    let pad = " ".repeat(indent);
+    if one.len() <= FN_CALL_WIDTH && indent + head.len() + one.len() + tail.len() <= MAX_WIDTH {
+        return format!("{pad}{head}{one}{tail}\n");
+    }
+    let mut s = format!("{pad}{head}\n");
+    for a in args {
+        let _ = writeln!(s, "{pad}    {a},");
+    }
+    format!("{s}{pad}{tail}\n")
+}
+
+/// `let y = Tensor::cat(&[parts…], 1)?;` in the body, laid out as rustfmt lays it out: a
+/// long array of short items packed into lines.
+fn concat(y: &str, parts: &[String]) -> String {
+    let array = format!("&[{}]", parts.join(", "));
+    if array.len() + 3 <= FN_CALL_WIDTH || array.len() <= ARRAY_WIDTH {
+        return call(8, &format!("let {y} = Tensor::cat("), &[array, "1".into()], ")?;");
+    }
+    let mut s = format!("        let {y} = Tensor::cat(\n            &[\n");
+    let mut line = String::new();
+    for p in parts {
+        if !line.is_empty() && 16 + line.len() + 1 + p.len() + 1 > MAX_WIDTH {
+            let _ = writeln!(s, "                {line}");
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(p);
+        line.push(',');
+    }
+    let _ = writeln!(s, "                {line}");
+    s + "            ],\n            1,\n        )?;\n"
+}
+
+/// `let y = self.f.call…;` in the body (`then`: a further `.method(…)?`, or nothing),
+/// laid out as rustfmt lays it out: a chain longer than `chain_width` one element a line.
+fn field_call(y: &str, f: &str, call: &str, then: &str) -> String {
+    let chain = format!("self.{f}.{call}{then}");
+    if chain.len() <= CHAIN_WIDTH && 8 + "let  = ;".len() + y.len() + chain.len() <= MAX_WIDTH {
+        return format!("        let {y} = {chain};\n");
+    }
+    let mut s = format!("        let {y} = self\n            .{f}\n            .{call}");
+    if !then.is_empty() {
+        let _ = write!(s, "\n            {then}");
+    }
+    s + ";\n"
+}
+
+/// An array literal of the given entries (each its own lines), `[]` for none.
+fn array(entries: &str) -> String {
+    if entries.is_empty() {
+        "[]".into()
+    } else {
+        format!("[\n{entries}]")
+    }
+}
+
+/// The model's methods that run its conv nodes (those it uses).
+fn conv_methods(uses: &Uses) -> String {
+    let mut s = String::new();
+    if uses.conv_plain {
+        s.push_str(
+            "    /// A conv node: cnnc's op, whose backward hands its weight and bias gradients\n    \
+             /// to [`Model::backward`] (`GraphModel`'s hand-over).\n    \
+             fn conv(&self, c: &Conv2d, x: &Tensor) -> Result<Tensor> {\n        \
+             c.forward_with_sink(x, false, &self.sink)\n    \
+             }\n\n",
+        );
+    }
+    if uses.conv_relu {
+        s.push_str(
+            "    /// A conv node and the ReLU that is its only reader, in one op (as `GraphModel`\n    \
+             /// fuses them), with the same gradient hand-over.\n    \
+             fn conv_relu(&self, c: &Conv2d, x: &Tensor) -> Result<Tensor> {\n        \
+             c.forward_with_sink(x, true, &self.sink)\n    \
+             }\n\n",
+        );
+    }
+    s
 }
 
 fn describe_shape(s: Shape) -> String {
@@ -393,18 +488,21 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
                             n.output,
                             if cv.groups > 1 { format!(", {} groups", cv.groups) } else { String::new() },
                         );
-                        let _ = writeln!(
-                            inits,
-                            "            {f}: conv(&vb, &LAYERS[{li}], {:?}, {:?}, {:?}, {})?,",
-                            cv.stride,
-                            cv.dilation,
-                            [pd[0].begin, pd[1].begin, pd[0].end, pd[1].end],
-                            cv.groups
-                        );
+                        let args = [
+                            "&vb".to_string(),
+                            format!("&LAYERS[{li}]"),
+                            format!("{:?}", cv.stride),
+                            format!("{:?}", cv.dilation),
+                            format!("{:?}", [pd[0].begin, pd[1].begin, pd[0].end, pd[1].end]),
+                            cv.groups.to_string(),
+                        ];
+                        inits.push_str(&call(12, &format!("{f}: conv("), &args, ")?,"));
                         let arg = as_image(&mut uses);
                         let arg = if arg.starts_with('&') { arg } else { format!("&{arg}") };
                         let (_, oh, ow) = n.output.chw();
                         let out = reshape_out([cv.out_channels, oh, ow], &mut uses);
+                        uses.conv_relu |= relu;
+                        uses.conv_plain |= !relu;
                         let op = if relu { "conv_relu" } else { "conv" };
                         let _ = writeln!(body, "        let {y} = self.{op}(&self.{f}, {arg})?{out};");
                     }
@@ -422,7 +520,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
                             Shape::Vector { .. } => format!("&{}", x(0)),
                             _ => format!("&{}.reshape((n, ()))?", x(0)),
                         };
-                        let _ = writeln!(body, "        let {y} = self.{f}.forward({arg})?{out};");
+                        body.push_str(&field_call(&y, &f, &format!("forward({arg})?"), &out));
                     }
                 }
             }
@@ -451,7 +549,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
                 let arg = if arg.starts_with('&') { arg } else { format!("&{arg}") };
                 let g = &p.geometry;
                 let out = reshape_out([g.channels, g.h.output, g.w.output], &mut uses);
-                let _ = writeln!(body, "        let {y} = self.{f}.apply({arg})?{out};");
+                body.push_str(&field_call(&y, &f, &format!("apply({arg})?"), &out));
             }
             Op::Flatten => {
                 uses.n = true;
@@ -466,7 +564,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
             }
             Op::Concat => {
                 let parts: Vec<String> = (0..n.inputs.len()).map(|i| format!("&{}", x(i))).collect();
-                let _ = writeln!(body, "        let {y} = Tensor::cat(&[{}], 1)?;", parts.join(", "));
+                body.push_str(&concat(&y, &parts));
             }
             Op::Mul => {
                 let _ = writeln!(body, "        let {y} = {}.broadcast_mul(&{})?;", x(0), x(1));
@@ -495,7 +593,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
                     n.output
                 );
                 let _ = writeln!(inits, "            {f}: Resize::new({ih}, {iw}, {scale:?}, {linear}, vb.device(), vb.dtype())?,");
-                let _ = writeln!(body, "        let {y} = self.{f}.forward(&{})?;", x(0));
+                body.push_str(&field_call(&y, &f, &format!("forward(&{})?", x(0)), ""));
             }
             Op::BatchNorm(bn) => {
                 uses.norm = true;
@@ -546,7 +644,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
                 if bn.training && bn.groups.is_none() {
                     buffers.push(f.clone());
                 }
-                let _ = writeln!(body, "        let {y} = self.{f}.forward(&{}, training)?;", x(0));
+                body.push_str(&field_call(&y, &f, &format!("forward(&{}, training)?", x(0)), ""));
             }
         }
     }
@@ -662,7 +760,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
          }}\n\
          \n\
          /// The plan's weight layers, in node order.\n\
-         pub const LAYERS: [PlanLayer; {n_layers}] = [\n{layers}];\n\
+         pub const LAYERS: [PlanLayer; {n_layers}] = {layers};\n\
          \n\
          /// One normalization node: its module (the running statistics' prefix), γ and β\n\
          /// names (empty: none), shapes, statistics (`cnnc::ir::BatchNorm`) and the plan's γ.\n\
@@ -681,10 +779,10 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
          }}\n\
          \n\
          /// The normalizations, in node order.\n\
-         pub const BATCH_NORMS: [PlanNorm; {n_norms}] = [\n{norms}];\n\
+         pub const BATCH_NORMS: [PlanNorm; {n_norms}] = {norms};\n\
          \n\
          /// The parameters in node order (weight, bias; γ, β), as cnnc's model lists them.\n\
-         pub const PARAMETERS: [&str; {n_params}] = [\n{param_list}];\n\
+         pub const PARAMETERS: [&str; {n_params}] = {param_list};\n\
          \n\
          /// {name}, module by module.\n\
          #[derive(Debug)]\n\
@@ -696,7 +794,9 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
         spec = raw_lit(&opts.spec_text),
         mode = lit(&plan.mode),
         n_params = params.len(),
-        param_list = params.iter().map(|p| format!("    {},\n", lit(p))).collect::<String>(),
+        param_list = array(&params.iter().map(|p| format!("    {},\n", lit(p))).collect::<String>()),
+        layers = array(&layers),
+        norms = array(&norms),
         name = graph.name,
     );
     let n_line = if uses.n { "        let n = xs.dim(0)?;\n" } else { "" };
@@ -727,19 +827,8 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
              pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {{\n\
          {n_line}{training_line}{input_line}{body}        Ok(x{last_value})\n    \
              }}\n\
-         \n    \
-             /// A conv node: cnnc's op, whose backward hands its weight and bias gradients\n    \
-             /// to [`Model::backward`] (`GraphModel`'s hand-over).\n    \
-             fn conv(&self, c: &Conv2d, x: &Tensor) -> Result<Tensor> {{\n        \
-                 c.forward_with_sink(x, false, &self.sink)\n    \
-             }}\n\
-         \n    \
-             /// A conv node and the ReLU that is its only reader, in one op (as `GraphModel`\n    \
-             /// fuses them).\n    \
-             fn conv_relu(&self, c: &Conv2d, x: &Tensor) -> Result<Tensor> {{\n        \
-                 c.forward_with_sink(x, true, &self.sink)\n    \
-             }}\n\
-         \n    \
+         \n\
+         {conv_methods}    \
              /// The gradients of `loss`: candle's autograd, the conv weight and bias gradients\n    \
              /// handed over by cnnc's conv ops (`cnnc::nn::backward_with_sink`).\n    \
              pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {{\n        \
@@ -767,6 +856,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
          }}\n\n",
         out = dims(&last.output.dims()),
         last_value = graph.nodes.len(),
+        conv_methods = conv_methods(&uses),
     );
     s.push_str("fn weight(vb: &VarBuilder, p: &PlanLayer) -> Result<Tensor> {\n    let init = Init::Randn {\n        mean: 0.0,\n        stdev: p.std,\n    };\n    vb.get_with_hints(p.shape, p.weight, init)\n}\n\n");
     s.push_str("fn bias(vb: &VarBuilder, p: &PlanLayer) -> Result<Option<Tensor>> {\n    p.bias\n        .map(|b| vb.get_with_hints(p.shape[0], b, Init::Const(0.0)))\n        .transpose()\n}\n\n");
