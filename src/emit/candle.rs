@@ -7,7 +7,8 @@
 //! (σ from the plan, embedded in `LAYERS`) and every bias with `Init::Const(0)`, in the
 //! plan's order, so that a [`SeededVarMap`](super::SeededVarMap) gives cnnc's own draw.
 //! `forward` performs the same tensor operations as `cnnc::nn::Model::forward`, so the
-//! two agree bit for bit on the same weights (the generated test checks it).
+//! two agree bit for bit on the same weights (the generated test checks it). Graphs that
+//! are not such chains are [`generate_graph`]'s (`candle/graph.rs`).
 
 use super::{EmitError, File};
 use crate::ir::{Activation, PoolKind, Shape};
