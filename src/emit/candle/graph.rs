@@ -244,6 +244,8 @@ struct Uses {
     /// Convs without and with a fused ReLU.
     conv_plain: bool,
     conv_relu: bool,
+    /// A conv of a weight stored in another shape.
+    conv_reshaped: bool,
     linear: bool,
     pool: bool,
     norm: bool,
@@ -465,14 +467,9 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
                     Op::Conv(cv) => {
                         uses.conv = true;
                         let own = [cv.out_channels, cv.in_channels / cv.groups, cv.kernel[0], cv.kernel[1]];
-                        if wt.weight_shape != own {
-                            errors.push(node_msg(
-                                k,
-                                n,
-                                &format!("a weight stored as {:?} and read as {own:?} is not generated yet", wt.weight_shape),
-                            ));
-                            continue;
-                        }
+                        // A weight stored in another shape than the op reads (a channels-last
+                        // linear layer as a 1×1 conv): reshaped, no gradient hand-over.
+                        let reshaped = wt.weight_shape != own;
                         let pd = cv.pad;
                         let relu = matches!(graph.nodes.get(k + 1), Some(next)
                             if next.op == Op::Activation(Activation::Relu) && next.inputs == [ValueId(k + 1)])
@@ -501,10 +498,16 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
                         let arg = if arg.starts_with('&') { arg } else { format!("&{arg}") };
                         let (_, oh, ow) = n.output.chw();
                         let out = reshape_out([cv.out_channels, oh, ow], &mut uses);
-                        uses.conv_relu |= relu;
-                        uses.conv_plain |= !relu;
-                        let op = if relu { "conv_relu" } else { "conv" };
-                        let _ = writeln!(body, "        let {y} = self.{op}(&self.{f}, {arg})?{out};");
+                        if reshaped {
+                            uses.conv_reshaped = true;
+                            let args = [format!("&self.{f}"), arg, format!("{own:?}"), relu.to_string()];
+                            body.push_str(&call(8, &format!("let {y} = conv_reshaped("), &args, &format!(")?{out};")));
+                        } else {
+                            uses.conv_relu |= relu;
+                            uses.conv_plain |= !relu;
+                            let op = if relu { "conv_relu" } else { "conv" };
+                            let _ = writeln!(body, "        let {y} = self.{op}(&self.{f}, {arg})?{out};");
+                        }
                     }
                     _ => {
                         uses.linear = true;
@@ -880,6 +883,17 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
              let spec = BatchNorm {\n        channels: p.channels,\n        epsilon: p.epsilon,\n        training: p.training,\n        \
              groups: p.groups,\n        per_position: p.per_position,\n        scale: p.scale.into(),\n        shift: p.shift.into(),\n        \
              affine: p.affine.to_vec(),\n    };\n    Normalization::new(vb, spec, p.module, p.value)\n}\n\n",
+        );
+    }
+    if uses.conv_reshaped {
+        s.push_str(
+            "/// A conv whose weight is stored in another shape than it reads (a channels-last linear\n\
+             /// layer as a 1×1 conv): reshaped, its gradient through candle's autograd, the ReLU\n\
+             /// of its only reader after it, as `GraphModel` runs it.\n\
+             fn conv_reshaped(c: &Conv2d, x: &Tensor, shape: [usize; 4], relu: bool) -> Result<Tensor> {\n    \
+             let w = c.weight.reshape(shape.to_vec())?;\n    \
+             let u = c.spec.apply(x, &w, c.bias.as_ref())?;\n    \
+             if relu {\n        u.relu()\n    } else {\n        Ok(u)\n    }\n}\n\n",
         );
     }
     if uses.linear {
