@@ -255,7 +255,7 @@ fn cli_writes_the_crate() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("emit candle takes a .cnn description"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read tests/data/onnx/ok/missing.onnx"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -399,4 +399,41 @@ fn graph_ops_the_candle_model_lacks_are_refused_by_name() {
         let node = err.split(':').next().unwrap().split(" (").next().unwrap();
         assert!(model_err.contains(node), "the same node as GraphModel's: {err} / {model_err}");
     }
+}
+
+/// An ONNX DAG emits a graph crate that reads the model again from its absolute path, at
+/// the crate's input size (`--input`); an op the candle model lacks stops the CLI naming
+/// the node.
+#[test]
+fn cli_writes_an_onnx_graph_crate() {
+    let dir = std::env::temp_dir().join(format!("cnnc-emit-onnx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let onnx = "tests/data/onnx/ok/joins_and_batchnorm.onnx";
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["emit", "candle", onnx, "--mode", "forward", "--name", "joins", "-o"])
+        .arg(&dir)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let model = std::fs::read_to_string(dir.join("src/model.rs")).unwrap();
+    let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
+    let abs = std::fs::canonicalize(root().join(onnx)).unwrap();
+    assert!(model.contains(&format!("pub const ONNX_PATH: &str = {:?};", abs.display().to_string())), "{model}");
+    assert!(!model.contains("pub const SPEC"));
+    assert!(lib.contains("cnnc::load(std::path::Path::new(model::ONNX_PATH), input)?.graph"), "{lib}");
+    let graph = cnnc::load(&abs, cnnc::InputSize::Declared).unwrap().graph;
+    check_values_in_order(&model, graph.nodes.len());
+    assert!(model.contains(", training)?;") && model.contains(" + &x"), "BatchNorm and an Add: {model}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["emit", "candle", "tests/data/onnx/attn/eca.ts.onnx", "-o"])
+        .arg(&dir)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("node ") && err.contains("this op is not in the candle model yet"), "{err}");
+    assert!(!dir.exists(), "nothing written for a refused graph");
 }

@@ -17,7 +17,7 @@ use crate::unify::{Layer, Network, WeightKind};
 use std::fmt::Write;
 
 mod graph;
-pub use graph::generate_graph;
+pub use graph::{generate_graph, generate_graph_from, GraphSource};
 
 /// Above this many parameters the generated whole-network equality test is `#[ignore]`d
 /// (it draws every weight twice and runs the network twice: F34's 21 M take 7 s in a test

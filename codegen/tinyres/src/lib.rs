@@ -16,12 +16,12 @@ use std::path::Path;
 /// The spec's path as it was given to `cnnc emit candle` (checkpoints record it).
 pub const SPEC_PATH: &str = "codegen/specs/tinyres.cnn";
 
-/// The graph of the embedded spec.
+/// The graph this crate was generated from.
 pub fn graph() -> Result<cnnc::ir::Graph, TrainError> {
     Ok(cnnc::Source::new(SPEC_PATH, model::SPEC).graph()?)
 }
 
-/// The plan cnnc makes for the embedded spec with the embedded settings: the one
+/// The plan cnnc makes for the graph with the embedded settings: the one
 /// [`LAYERS`] and [`BATCH_NORMS`] hold, as a run's checkpoints record it.
 ///
 /// [`LAYERS`]: model::LAYERS

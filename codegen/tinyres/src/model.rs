@@ -25,7 +25,7 @@ use cnnc::nn::graph::{channel_shuffle, fn1, Normalization};
 use cnnc::nn::pool::{PoolDim, PoolMode, PoolSpec};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The network description this model was generated from.
+/// The network this model was generated from.
 pub const SPEC: &str = r#"# A tiny graph for the candle generator's graph equality test (input 3×12×12: training
 # takes square images): a residual block with BatchNorm (batch statistics in training,
 # running ones in evaluation) and a downsampling shortcut, a dense-style concatenation,

@@ -29,8 +29,23 @@ use std::fmt::Write;
 const LIB_TEMPLATE: &str = include_str!("../../../codegen/templates/graph_lib.rs.in");
 const TRAIN_TEST_TEMPLATE: &str = include_str!("../../../codegen/templates/graph_train_test.rs.in");
 
-/// Generates the crate of a graph. The plan must be the graph's.
+/// Where a generated graph crate reads its graph again (for its plan and its tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GraphSource {
+    /// The `.cnn` text of [`CandleOptions::spec_text`], embedded.
+    Cnn,
+    /// An ONNX model at this path (absolute, or relative to where the crate's tests and
+    /// binary run), read at the crate's input size.
+    Onnx { path: String },
+}
+
+/// Generates the crate of a `.cnn` graph. The plan must be the graph's.
 pub fn generate_graph(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<Vec<File>, EmitError> {
+    generate_graph_from(graph, plan, opts, &GraphSource::Cnn)
+}
+
+/// Generates the crate of a graph that `source` holds. The plan must be the graph's.
+pub fn generate_graph_from(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource) -> Result<Vec<File>, EmitError> {
     if !valid_package_name(&opts.name) {
         return Err(EmitError::Unsupported(format!(
             "`{}` is not a valid crate name (letters, digits, `-`, `_`; not starting with a digit)",
@@ -43,7 +58,13 @@ pub fn generate_graph(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Resul
             graph.input
         )));
     };
-    let model = model(graph, plan, opts)?;
+    let model = model(graph, plan, opts, source)?;
+    let graph_code = match source {
+        GraphSource::Cnn => "Ok(cnnc::Source::new(SPEC_PATH, model::SPEC).graph()?)".to_string(),
+        GraphSource::Onnx { .. } => "let input = cnnc::InputSize::Chw(model::INPUT.map(|d| d as u64));\n    \
+             Ok(cnnc::load(std::path::Path::new(model::ONNX_PATH), input)?.graph)"
+            .to_string(),
+    };
     let lib = opts.name.replace('-', "_");
     let workspace = if opts.standalone {
         "\n# Its own workspace root, so that it builds wherever it was emitted.\n[workspace]\n\n[profile.dev.package.\"*\"]\nopt-level = 3\n"
@@ -75,6 +96,7 @@ pub fn generate_graph(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Resul
         ("lib", &lib),
         ("spec_literal", &spec_literal),
         ("train_test", &train_test),
+        ("graph", &graph_code),
     ];
     Ok(vec![
         File { path: "Cargo.toml".into(), text: cargo },
@@ -355,7 +377,7 @@ fn describe_shape(s: Shape) -> String {
 }
 
 /// `src/model.rs` of a graph.
-fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, EmitError> {
+fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource) -> Result<String, EmitError> {
     let (c, h, w) = graph.input.chw();
     let Some(last) = graph.nodes.last() else { return Err(EmitError::Unsupported("the network has no node".into())) };
     let by_weight: HashMap<&str, &crate::plan::PlanLayer> = plan.layers.iter().map(|l| (l.weight.name.as_str(), l)).collect();
@@ -741,8 +763,8 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
     let _ = writeln!(s, "use std::sync::atomic::{{AtomicBool, Ordering}};");
     let _ = write!(
         s,
-        "\n/// The network description this model was generated from.\n\
-         pub const SPEC: &str = {spec};\n\
+        "\n/// The network this model was generated from.\n\
+         {source_const}\n\
          \n\
          /// The plan's init mode, σ cap, analysis, residual branch scale and batch size.\n\
          pub const MODE: &str = {mode};\n\
@@ -798,7 +820,10 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
              sink: GradSink,\n    \
              training: AtomicBool,\n\
          }}\n\n",
-        spec = raw_lit(&opts.spec_text),
+        source_const = match source {
+            GraphSource::Cnn => format!("pub const SPEC: &str = {};", raw_lit(&opts.spec_text)),
+            GraphSource::Onnx { path } => format!("pub const ONNX_PATH: &str = {};", lit(path)),
+        },
         mode = lit(&plan.mode),
         n_params = params.len(),
         param_list = array(&params.iter().map(|p| format!("    {},\n", lit(p))).collect::<String>()),
@@ -906,11 +931,25 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions) -> Result<String, Emi
     } else {
         String::new()
     };
+    let graph_line = match source {
+        GraphSource::Cnn => CNN_GRAPH_LINE.to_string(),
+        GraphSource::Onnx { .. } => "        let input = cnnc::InputSize::Chw(INPUT.map(|d| d as u64));\n        \
+             let graph = cnnc::load(std::path::Path::new(ONNX_PATH), input)\n            .unwrap()\n            .graph;\n"
+            .to_string(),
+    };
     s.push_str(
-        &TESTS.replace("{{ignore}}", &ignore).replace("{c}", &c.to_string()).replace("{h}", &h.to_string()).replace("{w}", &w.to_string()),
+        &TESTS
+            .replace(CNN_GRAPH_LINE, &graph_line)
+            .replace("{{ignore}}", &ignore)
+            .replace("{c}", &c.to_string())
+            .replace("{h}", &h.to_string())
+            .replace("{w}", &w.to_string()),
     );
     Ok(s)
 }
+
+/// How the generated tests read a `.cnn` graph (an ONNX one's read its file instead).
+const CNN_GRAPH_LINE: &str = "        let graph = cnnc::Source::new(\"spec\", SPEC).graph().unwrap();\n";
 
 /// The generated model's tests: the embedded plan is cnnc's, and the model is cnnc's
 /// `GraphModel` bit for bit (weights, outputs in training and evaluation, gradients
