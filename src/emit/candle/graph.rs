@@ -207,54 +207,45 @@ impl Val {
     }
 }
 
-/// `&t` for a tensor part.
-fn borrow(code: &str) -> String {
-    format!("&{code}")
-}
-
 /// The code of `e` applied to the variable `x`: the operations of `GraphModel`'s `expr`,
 /// in the same order, constants folded with the same f64 arithmetic.
 fn expr_code(e: &Expr, x: &str, uses: &mut Uses) -> Val {
-    use Val::C;
-    let t = |v: Val| match v {
-        Val::T { code, .. } => code,
-        C(_) => unreachable!("a tensor part"),
-    };
+    use Val::{C, T};
     match e {
-        Expr::X => Val::T { code: x.to_string(), var: true },
+        Expr::X => T { code: x.to_string(), var: true },
         Expr::Const(c) => C(*c),
         Expr::Apply(f, a) => match expr_code(a, x, uses) {
             C(c) => C(f.apply(crate::ir::Dual { v: c, d: 0.0 }).v),
-            Val::T { code, .. } => match f {
+            T { code, .. } => match f {
                 Fn1::Act(a) if !code.contains(|c: char| !c.is_ascii_alphanumeric() && c != '_') => Val::tensor(act_code(*a, &code)),
                 _ => {
                     uses.fn1 = true;
                     uses.activation |= matches!(f, Fn1::Act(_));
-                    Val::tensor(format!("fn1({}, {})?", fn1_literal(*f), borrow(&code)))
+                    Val::tensor(format!("fn1({}, &{code})?", fn1_literal(*f)))
                 }
             },
         },
         Expr::Add(a, b) => match (expr_code(a, x, uses), expr_code(b, x, uses)) {
             (C(a), C(b)) => C(a + b),
-            (v @ Val::T { .. }, C(c)) | (C(c), v @ Val::T { .. }) => Val::tensor(format!("{}.affine(1.0, {})?", t(v), flit(c))),
-            (a, b) => Val::tensor(format!("({} + {})?", borrow(&t(a)), borrow(&t(b)))),
+            (T { code: t, .. }, C(c)) | (C(c), T { code: t, .. }) => Val::tensor(format!("{t}.affine(1.0, {})?", flit(c))),
+            (T { code: a, .. }, T { code: b, .. }) => Val::tensor(format!("(&{a} + &{b})?")),
         },
         Expr::Sub(a, b) => match (expr_code(a, x, uses), expr_code(b, x, uses)) {
             (C(a), C(b)) => C(a - b),
-            (v @ Val::T { .. }, C(c)) => Val::tensor(format!("{}.affine(1.0, {})?", t(v), flit(-c))),
-            (C(c), v) => Val::tensor(format!("{}.affine(-1.0, {})?", t(v), flit(c))),
-            (a, b) => Val::tensor(format!("({} - {})?", borrow(&t(a)), borrow(&t(b)))),
+            (T { code: t, .. }, C(c)) => Val::tensor(format!("{t}.affine(1.0, {})?", flit(-c))),
+            (C(c), T { code: t, .. }) => Val::tensor(format!("{t}.affine(-1.0, {})?", flit(c))),
+            (T { code: a, .. }, T { code: b, .. }) => Val::tensor(format!("(&{a} - &{b})?")),
         },
         Expr::Mul(a, b) => match (expr_code(a, x, uses), expr_code(b, x, uses)) {
             (C(a), C(b)) => C(a * b),
-            (v @ Val::T { .. }, C(c)) | (C(c), v @ Val::T { .. }) => Val::tensor(format!("{}.affine({}, 0.0)?", t(v), flit(c))),
-            (a, b) => Val::tensor(format!("({} * {})?", borrow(&t(a)), borrow(&t(b)))),
+            (T { code: t, .. }, C(c)) | (C(c), T { code: t, .. }) => Val::tensor(format!("{t}.affine({}, 0.0)?", flit(c))),
+            (T { code: a, .. }, T { code: b, .. }) => Val::tensor(format!("(&{a} * &{b})?")),
         },
         Expr::Div(a, b) => match (expr_code(a, x, uses), expr_code(b, x, uses)) {
             (C(a), C(b)) => C(a / b),
-            (v @ Val::T { .. }, C(c)) => Val::tensor(format!("{}.affine({}, 0.0)?", t(v), flit(1.0 / c))),
-            (C(c), v) => Val::tensor(format!("{}.recip()?.affine({}, 0.0)?", t(v), flit(c))),
-            (a, b) => Val::tensor(format!("({} / {})?", borrow(&t(a)), borrow(&t(b)))),
+            (T { code: t, .. }, C(c)) => Val::tensor(format!("{t}.affine({}, 0.0)?", flit(1.0 / c))),
+            (C(c), T { code: t, .. }) => Val::tensor(format!("{t}.recip()?.affine({}, 0.0)?", flit(c))),
+            (T { code: a, .. }, T { code: b, .. }) => Val::tensor(format!("(&{a} / &{b})?")),
         },
     }
 }
@@ -372,10 +363,6 @@ fn conv_methods(uses: &Uses) -> String {
     s
 }
 
-fn describe_shape(s: Shape) -> String {
-    s.to_string()
-}
-
 /// `src/model.rs` of a graph.
 fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource) -> Result<String, EmitError> {
     let (c, h, w) = graph.input.chw();
@@ -415,7 +402,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
         let x = |i: usize| format!("x{}", n.inputs[i].0);
         let y = format!("x{}", k + 1);
         let kind = n.op.kind_name();
-        let _ = writeln!(body, "        // node {k}: {kind} `{}` → {}", n.name, describe_shape(n.output));
+        let _ = writeln!(body, "        // node {k}: {kind} `{}` → {}", n.name, n.output);
         let fused_here = fused_prev;
         fused_prev = false;
         // (N, C, 1, 1) for a conv or pooling that reads a vector, as `GraphModel` reshapes it.
