@@ -310,6 +310,11 @@ impl BatchNorm {
     pub fn batch(channels: u64, epsilon: f64, training: bool, scale: String, shift: String) -> BatchNorm {
         BatchNorm { channels, epsilon, training, groups: None, per_position: false, scale, shift, affine: vec![channels] }
     }
+    /// The module its parameters and running statistics belong to: its scale's
+    /// (`layer1.0.bn1` of `layer1.0.bn1.weight`), or else the node's name.
+    pub fn module(&self, node_name: &str) -> String {
+        self.scale.strip_suffix(".weight").map_or_else(|| node_name.to_string(), str::to_string)
+    }
     /// Whether it normalizes with statistics of the data it sees (batch or per sample), so
     /// that whatever scale comes in, its output has the same (a scale-invariant input).
     pub fn own_statistics(&self) -> bool {

@@ -195,12 +195,19 @@ enum Command {
 enum EmitCommand {
     /// A Rust crate: the network as candle layers initialized from its plan, and a training binary
     Candle {
-        /// A network description (.cnn)
+        /// A network description (.cnn): a chain of layers, or any graph cnnc's candle model
+        /// runs; or an ONNX graph (the crate reads the file again, at its path made absolute)
         file: PathBuf,
         #[command(flatten)]
         init: InitArgs,
         #[arg(long, value_enum, default_value = "paper")]
         analysis: AnalysisArg,
+        /// Graphs: the residual branch scale α (see `cnnc plan --help`)
+        #[arg(long, default_value_t = 1.0)]
+        branch_scale: f64,
+        /// ONNX: one sample's input shape CxHxW instead of the declared one
+        #[arg(long, value_parser = parse_input)]
+        input: Option<[u64; 3]>,
         /// The crate's directory (created; generated files in it are replaced)
         #[arg(short, long)]
         output: PathBuf,
@@ -792,19 +799,51 @@ fn for_terminal(message: &str) -> String {
 
 fn emit_command(cmd: EmitCommand) -> Result<()> {
     match cmd {
-        EmitCommand::Candle { file, init, analysis, output, name, cnnc_path, workspace_member } => {
+        EmitCommand::Candle { file, init, analysis, branch_scale, input, output, name, cnnc_path, workspace_member } => {
             let opts = init.options()?;
-            if cnnc::is_onnx(&file) {
-                bail!("emit candle takes a .cnn description (the generated test re-plans it); {} is ONNX", file.display());
+            if input.is_some() && !cnnc::is_onnx(&file) {
+                bail!("--input is for ONNX models; a .cnn description declares its input (edit its `input` line)");
             }
-            let model = load(&file, None)?;
+            let model = load(&file, input)?;
+            let source_text = model.source.as_ref().map(|s| s.text.clone()).unwrap_or_default();
+            let opts_for = |network: &str| -> Result<cnnc::emit::candle::CandleOptions> {
+                Ok(cnnc::emit::candle::CandleOptions {
+                    name: name.clone().unwrap_or_else(|| cnnc::emit::candle::package_name(network)),
+                    spec_path: file.display().to_string(),
+                    spec_text: source_text.clone(),
+                    cnnc_path: match &cnnc_path {
+                        Some(p) => p.clone(),
+                        None => default_cnnc_path()?,
+                    },
+                    standalone: !workspace_member,
+                })
+            };
+            if !model.is_source_chain() {
+                // Any other graph: the generated model writes out cnnc's graph model.
+                let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch: None };
+                let plan = model.plan(req)?;
+                let source = if cnnc::is_onnx(&file) {
+                    let path = std::fs::canonicalize(&file).with_context(|| format!("cannot resolve {}", file.display()))?;
+                    cnnc::emit::candle::GraphSource::Onnx { path: path.display().to_string() }
+                } else {
+                    cnnc::emit::candle::GraphSource::Cnn
+                };
+                let files = cnnc::emit::candle::generate_graph_from(&model.graph, &plan, &opts_for(&model.graph.name)?, &source)?;
+                cnnc::emit::write_files(&output, &files).with_context(|| format!("cannot write {}", output.display()))?;
+                eprintln!(
+                    "wrote {} ({} files); cd {} && cargo run --release -- --data DIR",
+                    output.display(),
+                    files.len(),
+                    output.display()
+                );
+                return Ok(());
+            }
             let net = model.network()?;
-            let Some(src) = model.source else { bail!("{} has no source text", file.display()) };
             let plan = cnnc::plan_with(&net, opts, analysis.into())?;
             let opts = cnnc::emit::candle::CandleOptions {
                 name: name.unwrap_or_else(|| cnnc::emit::candle::package_name(&net.name)),
                 spec_path: file.display().to_string(),
-                spec_text: src.text.clone(),
+                spec_text: source_text,
                 cnnc_path: match cnnc_path {
                     Some(p) => p,
                     None => default_cnnc_path()?,

@@ -1,8 +1,10 @@
 //! `cnnc emit candle`: the checked-in generated crates are what the generator writes
 //! today (`UPDATE_CODEGEN=1 cargo test --features train --test emit_candle` rewrites them), the generated
 //! Tiny model gives `cnnc train`'s model's output bit for bit (its own tests, compiled in
-//! here from `codegen/tiny/src/model.rs`), and what the generator cannot express is an
-//! error naming the layer.
+//! here from `codegen/tiny/src/model.rs`), as the generated TinyRes model (a graph) gives
+//! `nn::GraphModel`'s in training and evaluation mode, gradients included; the graph
+//! specs generate crates whose forward computes each value once from earlier ones; and
+//! what the generator cannot express is an error naming the layer or node.
 
 use cnnc::analyze::{Mode, Options};
 use cnnc::emit::candle::{self, CandleOptions};
@@ -17,6 +19,13 @@ use std::process::Command;
 #[allow(dead_code)] // INPUT and OUTPUTS are for the generated training binary
 mod tiny_model;
 
+/// The generated TinyRes model (a graph) with its tests (`layers_are_the_plan`,
+/// `same_output_as_cnnc` against `GraphModel`).
+#[rustfmt::skip]
+#[path = "../codegen/tinyres/src/model.rs"]
+#[allow(dead_code)]
+mod tinyres_model;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -29,6 +38,22 @@ fn generate(spec: &str, name: &str) -> Vec<cnnc::emit::File> {
     let plan = cnnc::plan(&net, Options { mode: Mode::Forward, std_cap: None }).unwrap();
     let opts = CandleOptions { name: name.into(), spec_path: spec.into(), spec_text: text, cnnc_path: "../..".into(), standalone: false };
     candle::generate(&net, &plan, &opts).unwrap()
+}
+
+/// Generates the crate for the graph spec `spec` as `codegen/<name>` is generated.
+fn generate_graph(spec: &str, name: &str) -> Vec<cnnc::emit::File> {
+    let text = std::fs::read_to_string(root().join(spec)).unwrap();
+    let source = Source::new(spec, text.clone());
+    let graph = source.graph().unwrap();
+    let req = cnnc::GraphRequest {
+        opts: Options { mode: Mode::Forward, std_cap: None },
+        analysis: cnnc::analyze::Analysis::Paper,
+        branch_scale: 1.0,
+        batch: None,
+    };
+    let plan = cnnc::plan_graph(&graph, req).unwrap();
+    let opts = CandleOptions { name: name.into(), spec_path: spec.into(), spec_text: text, cnnc_path: "../..".into(), standalone: false };
+    candle::generate_graph(&graph, &plan, &opts).unwrap()
 }
 
 fn check_crate(dir: &Path, files: &[cnnc::emit::File]) -> Vec<String> {
@@ -62,6 +87,7 @@ fn check_crate(dir: &Path, files: &[cnnc::emit::File]) -> Vec<String> {
 fn checked_in_crates_are_the_generators_output() {
     let mut failures = check_crate(&root().join("codegen/f34"), &generate("specs/f34.cnn", "f34"));
     failures.extend(check_crate(&root().join("codegen/tiny"), &generate("codegen/specs/tiny.cnn", "tiny")));
+    failures.extend(check_crate(&root().join("codegen/tinyres"), &generate_graph("codegen/specs/tinyres.cnn", "tinyres")));
     assert!(
         failures.is_empty(),
         "{}\n(regenerate with UPDATE_CODEGEN=1 cargo test --features train --test emit_candle)",
@@ -229,6 +255,185 @@ fn cli_writes_the_crate() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("emit candle takes a .cnn description"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read tests/data/onnx/ok/missing.onnx"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Checks that a generated graph `forward` defines x0, x1, …, x`nodes` in order, each once,
+/// every line reading only values defined before it, and returns it ends with the last.
+fn check_values_in_order(model: &str, nodes: usize) {
+    let start = model.find("pub fn forward(").expect("a forward");
+    let body = &model[start..start + model[start..].find("\n    }\n").unwrap()];
+    let mut defined = 0usize;
+    for line in body.lines().map(str::trim).filter(|l| l.starts_with("let x")) {
+        let (lhs, rhs) = line.split_once(" = ").unwrap();
+        let k: usize = lhs["let x".len()..].parse().unwrap();
+        assert_eq!(k, defined, "values defined in order: {line}");
+        for (i, _) in rhs.match_indices('x') {
+            let digits: String = rhs[i + 1..].chars().take_while(char::is_ascii_digit).collect();
+            let before = rhs[..i].chars().last();
+            if digits.is_empty() || before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let j: usize = digits.parse().unwrap();
+            assert!(j < k, "x{k} reads x{j}, not defined before it: {line}");
+        }
+        defined += 1;
+    }
+    assert_eq!(defined, nodes + 1, "one value per node and the input");
+    assert!(body.trim_end().ends_with(&format!("Ok(x{nodes})")), "{body}");
+}
+
+/// `cnnc emit candle` on ResNet-18 writes a crate: the graph's crate files, a field per
+/// conv, BatchNorm and the linear layer named after torchvision's modules, the parameters
+/// in node order, 8 residual additions, BatchNorm reading the model's mode, and every
+/// value computed once from earlier ones. (Built and run bit for bit by codegen/tinyres's
+/// tests, which use every construct this model does.)
+#[test]
+fn cli_writes_a_graph_crate() {
+    let dir = std::env::temp_dir().join(format!("cnnc-emit-graph-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["emit", "candle", "specs/resnet18.cnn", "--mode", "forward", "-o"])
+        .arg(&dir)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
+    let (cargo, lib, model) = (read("Cargo.toml"), read("src/lib.rs"), read("src/model.rs"));
+    assert!(cargo.contains("name = \"resnet18\"") && cargo.contains("\n[workspace]\n"), "{cargo}");
+    assert!(lib.contains("cnnc::plan_graph(&graph()?, req)") && lib.contains("self.model.backward(loss)"), "{lib}");
+    assert!(read("src/main.rs").contains("use resnet18::model::INPUT;"));
+    let graph = Source::new("r18", std::fs::read_to_string(root().join("specs/resnet18.cnn")).unwrap()).graph().unwrap();
+    check_values_in_order(&model, graph.nodes.len());
+    let count = |needle: &str| model.matches(needle).count();
+    assert_eq!(count(": Conv2d,"), 20);
+    assert_eq!(count(": Normalization,"), 20);
+    assert_eq!(count(": Linear,"), 1);
+    for field in [
+        "pub conv1: Conv2d,",
+        "pub bn1: Normalization,",
+        "pub layer2_0_downsample_0: Conv2d,",
+        "pub layer4_1_bn2: Normalization,",
+        "pub fc: Linear,",
+    ] {
+        assert!(model.contains(field), "{field}");
+    }
+    assert_eq!(count("self.conv(&self."), 20, "no conv of ResNet-18 is read by its ReLU alone");
+    assert_eq!(model.lines().filter(|l| l.trim().starts_with("let x") && l.contains(" + &x")).count(), 8);
+    assert_eq!(count(", training)?;"), 20);
+    // The parameters in node order: each weight layer's weight (and bias), each BatchNorm's γ, β.
+    let mut want = Vec::new();
+    for n in &graph.nodes {
+        match &n.op {
+            cnnc::ir::Op::Conv(_) | cnnc::ir::Op::Linear(_) => {
+                let w = cnnc::unify::weight(n, graph.shape(n.inputs[0]));
+                want.push(w.weight_param);
+                want.extend(w.bias_param);
+            }
+            cnnc::ir::Op::BatchNorm(bn) => want.extend([bn.scale.clone(), bn.shift.clone()]),
+            _ => {}
+        }
+    }
+    let start = model.find("pub const PARAMETERS").unwrap();
+    let block = &model[start..start + model[start..].find("\n];").unwrap()];
+    let names: Vec<String> = block.lines().skip(1).map(|l| l.trim().trim_end_matches(',').trim_matches('"').to_string()).collect();
+    assert_eq!(names, want);
+    assert_eq!(names.len(), 62);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The other graph specs (a bottleneck ResNet, inverted residuals with ReLU6 and depthwise
+/// convs, dense blocks, each with and without BatchNorm) generate too, each value once
+/// from earlier ones; a ReLU right after a conv (no BatchNorm between) runs in the conv.
+#[test]
+fn graph_specs_generate() {
+    for (spec, concats) in [
+        ("specs/resnet18_nobn.cnn", 0),
+        ("specs/mobilenet_v2.cnn", 0),
+        ("specs/mobilenet_v2_nobn.cnn", 0),
+        ("specs/densenet_small.cnn", 9),
+        ("specs/densenet_small_nobn.cnn", 9),
+    ] {
+        let files = generate_graph(spec, "net");
+        let model = &files[3].text;
+        let graph = Source::new(spec, std::fs::read_to_string(root().join(spec)).unwrap()).graph().unwrap();
+        check_values_in_order(model, graph.nodes.len());
+        assert_eq!(model.matches("Tensor::cat(&[").count(), concats, "{spec}");
+        if spec.ends_with("_nobn.cnn") {
+            assert!(!model.contains(": Normalization,"), "{spec}");
+            // MobileNetV2's ReLU6 is a clip, not a ReLU.
+            assert_eq!(model.contains("self.conv_relu("), !spec.contains("mobilenet"), "{spec}");
+        }
+    }
+}
+
+/// Ops the candle model lacks (efficient channel attention's swap, a conv of a
+/// standardized weight) are refused naming the node, as `GraphModel` refuses them.
+#[test]
+fn graph_ops_the_candle_model_lacks_are_refused_by_name() {
+    for (path, what) in [
+        ("tests/data/onnx/attn/eca.ts.onnx", "this op is not in the candle model yet"),
+        ("tests/data/onnx/std/std_conv.ts.onnx", "a conv of a standardized weight"),
+    ] {
+        let source = cnnc::load(&root().join(path), cnnc::InputSize::Declared).unwrap();
+        let req = cnnc::GraphRequest {
+            opts: Options { mode: Mode::Forward, std_cap: None },
+            analysis: cnnc::analyze::Analysis::Paper,
+            branch_scale: 1.0,
+            batch: None,
+        };
+        let plan = source.plan(req).unwrap();
+        let opts = CandleOptions {
+            name: "t".into(),
+            spec_path: path.into(),
+            spec_text: String::new(),
+            cnnc_path: "../..".into(),
+            standalone: true,
+        };
+        let err = candle::generate_graph(&source.graph, &plan, &opts).unwrap_err().to_string();
+        assert!(err.starts_with("node ") && err.contains(what), "{path}: {err}");
+        let model_err =
+            cnnc::nn::GraphModel::new(&source.graph, &plan, 0, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap_err().to_string();
+        let node = err.split(':').next().unwrap().split(" (").next().unwrap();
+        assert!(model_err.contains(node), "the same node as GraphModel's: {err} / {model_err}");
+    }
+}
+
+/// An ONNX DAG emits a graph crate that reads the model again from its absolute path, at
+/// the crate's input size (`--input`); an op the candle model lacks stops the CLI naming
+/// the node.
+#[test]
+fn cli_writes_an_onnx_graph_crate() {
+    let dir = std::env::temp_dir().join(format!("cnnc-emit-onnx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let onnx = "tests/data/onnx/ok/joins_and_batchnorm.onnx";
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["emit", "candle", onnx, "--mode", "forward", "--name", "joins", "-o"])
+        .arg(&dir)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let model = std::fs::read_to_string(dir.join("src/model.rs")).unwrap();
+    let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
+    let abs = std::fs::canonicalize(root().join(onnx)).unwrap();
+    assert!(model.contains(&format!("pub const ONNX_PATH: &str = {:?};", abs.display().to_string())), "{model}");
+    assert!(!model.contains("pub const SPEC"));
+    assert!(lib.contains("cnnc::load(std::path::Path::new(model::ONNX_PATH), input)?.graph"), "{lib}");
+    let graph = cnnc::load(&abs, cnnc::InputSize::Declared).unwrap().graph;
+    check_values_in_order(&model, graph.nodes.len());
+    assert!(model.contains(", training)?;") && model.contains(" + &x"), "BatchNorm and an Add: {model}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["emit", "candle", "tests/data/onnx/attn/eca.ts.onnx", "-o"])
+        .arg(&dir)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("node ") && err.contains("this op is not in the candle model yet"), "{err}");
+    assert!(!dir.exists(), "nothing written for a refused graph");
 }

@@ -7,13 +7,17 @@
 //! (σ from the plan, embedded in `LAYERS`) and every bias with `Init::Const(0)`, in the
 //! plan's order, so that a [`SeededVarMap`](super::SeededVarMap) gives cnnc's own draw.
 //! `forward` performs the same tensor operations as `cnnc::nn::Model::forward`, so the
-//! two agree bit for bit on the same weights (the generated test checks it).
+//! two agree bit for bit on the same weights (the generated test checks it). Graphs that
+//! are not such chains are [`generate_graph`]'s (`candle/graph.rs`).
 
 use super::{EmitError, File};
 use crate::ir::{Activation, PoolKind, Shape};
 use crate::plan::Plan;
 use crate::unify::{Layer, Network, WeightKind};
 use std::fmt::Write;
+
+mod graph;
+pub use graph::{generate_graph, generate_graph_from, GraphSource};
 
 /// Above this many parameters the generated whole-network equality test is `#[ignore]`d
 /// (it draws every weight twice and runs the network twice: F34's 21 M take 7 s in a test
@@ -217,6 +221,12 @@ fn pool_code(l: &Layer) -> Result<Option<String>, EmitError> {
     if l.weight.kind == WeightKind::Linear {
         return Err(layer_err(l, "a pooling after a linear layer is not supported by the candle generator"));
     }
+    Ok(Some(pool_literal(p)))
+}
+
+/// The `PoolSpec` literal of a pooling (as `cnnc::nn::pool::PoolSpec::of` makes it),
+/// indented for a field of `Model::new`.
+fn pool_literal(p: &crate::unify::Pooling) -> String {
     let (pad_end, count_include_pad) = match &p.pool {
         Some(q) => ([q.pad[0].end, q.pad[1].end], q.count_include_pad),
         None => ([0, 0], false),
@@ -232,11 +242,11 @@ fn pool_code(l: &Layer) -> Result<Option<String>, EmitError> {
         )
     };
     let g = &p.geometry;
-    Ok(Some(format!(
+    format!(
         "PoolSpec {{\n                mode: {mode},\n                h: {},\n                w: {},\n            }}",
         dim(&g.h, pad_end[0]),
         dim(&g.w, pad_end[1])
-    )))
+    )
 }
 
 fn activation_code(a: Activation) -> Option<String> {

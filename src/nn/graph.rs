@@ -93,11 +93,7 @@ enum NodeOp {
     Dilate {
         stride: [usize; 2],
     },
-    /// `y = A_h · x · A_wᵀ` per channel: nearest or linear (half-pixel) upsampling.
-    Resize {
-        rows: Tensor,
-        cols_t: Tensor,
-    },
+    Resize(Resize),
     Norm(Box<Norm>),
 }
 
@@ -165,6 +161,41 @@ fn resize_matrix(input: usize, scale: usize, linear: bool) -> Vec<f64> {
     a
 }
 
+/// Zeros between the positions of an (N, C, H, W) tensor: `stride − 1` after each row and
+/// column but the last (a transposed conv's input, before its stride-1 conv).
+pub fn dilate(x: &Tensor, stride: [usize; 2]) -> candle_core::Result<Tensor> {
+    dilate_axis(&dilate_axis(x, 2, stride[0])?, 3, stride[1])
+}
+
+/// The channel shuffle of an (N, C, H, W) tensor in `groups` groups (ShuffleNet's):
+/// channel `g·(C/groups) + i` moves to `i·groups + g`.
+pub fn channel_shuffle(x: &Tensor, groups: usize) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, groups, c / groups, h, w))?.transpose(1, 2)?.contiguous()?.reshape((n, c, h, w))
+}
+
+/// Upsampling by an integer factor per axis as `y = A_h · x · A_wᵀ` per channel: nearest
+/// or linear (half-pixel), PyTorch's `Upsample` and ONNX's `Resize`.
+#[derive(Clone, Debug)]
+pub struct Resize {
+    rows: Tensor,
+    cols_t: Tensor,
+}
+
+impl Resize {
+    /// The upsampling of (N, C, `h`, `w`) inputs by `scale` = [sh, sw].
+    pub fn new(h: usize, w: usize, scale: [usize; 2], linear: bool, device: &Device, dtype: DType) -> candle_core::Result<Resize> {
+        let [sh, sw] = scale;
+        let rows = Tensor::from_vec(resize_matrix(h, sh, linear), (h * sh, h), device)?.to_dtype(dtype)?;
+        let cols_t = Tensor::from_vec(resize_matrix(w, sw, linear), (w * sw, w), device)?.to_dtype(dtype)?.t()?.contiguous()?;
+        Ok(Resize { rows, cols_t })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.rows.broadcast_matmul(&x.contiguous()?.broadcast_matmul(&self.cols_t)?)
+    }
+}
+
 /// Zeros between the positions along `dim` (2 or 3) of an (N, C, H, W) tensor.
 fn dilate_axis(x: &Tensor, dim: usize, s: usize) -> candle_core::Result<Tensor> {
     if s == 1 {
@@ -225,7 +256,8 @@ fn softplus(t: &Tensor) -> candle_core::Result<Tensor> {
     t.relu()? + t.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?
 }
 
-fn fn1(f: Fn1, t: &Tensor) -> candle_core::Result<Tensor> {
+/// `f(t)` element by element, as the graph model evaluates an [`Expr`]'s functions.
+pub fn fn1(f: Fn1, t: &Tensor) -> candle_core::Result<Tensor> {
     match f {
         Fn1::Act(a) => activate(a, t),
         Fn1::Clip { min, max } => clip(t, min, max),
@@ -250,11 +282,6 @@ fn clip(t: &Tensor, lo: f64, hi: f64) -> candle_core::Result<Tensor> {
     } else {
         Ok(t)
     }
-}
-
-/// The module a BatchNorm's parameters belong to (`layer1.0.bn1` of `layer1.0.bn1.weight`).
-fn norm_module(n: &ir::Node, bn: &ir::BatchNorm) -> String {
-    bn.scale.strip_suffix(".weight").map_or_else(|| n.name.clone(), str::to_string)
 }
 
 impl GraphModel {
@@ -376,11 +403,7 @@ impl GraphModel {
                 Op::Dilate { stride } => NodeOp::Dilate { stride: stride.map(usize_of) },
                 Op::Resize { scale, linear } => {
                     let (_, h, w) = input.chw();
-                    let (h, w, [sh, sw]) = (usize_of(h), usize_of(w), scale.map(usize_of));
-                    let rows = Tensor::from_vec(resize_matrix(h, sh, *linear), (h * sh, h), device)?.to_dtype(dtype)?;
-                    let cols_t =
-                        Tensor::from_vec(resize_matrix(w, sw, *linear), (w * sw, w), device)?.to_dtype(dtype)?.t()?.contiguous()?;
-                    NodeOp::Resize { rows, cols_t }
+                    NodeOp::Resize(Resize::new(usize_of(h), usize_of(w), scale.map(usize_of), *linear, device, dtype)?)
                 }
                 Op::BatchNorm(bn) => {
                     let affine: Vec<usize> = bn.affine.iter().map(|&d| usize_of(d)).collect();
@@ -397,7 +420,7 @@ impl GraphModel {
                         (Some(Param { name: bn.scale.clone(), var: gamma }), beta)
                     };
                     let running = if bn.training && bn.groups.is_none() {
-                        let m = norm_module(n, bn);
+                        let m = bn.module(&n.name);
                         let c = usize_of(bn.channels);
                         Some((
                             Param { name: format!("{m}.running_mean"), var: Var::zeros(c, dtype, device)? },
@@ -588,91 +611,156 @@ impl GraphModel {
             NodeOp::Concat => Tensor::cat(inputs, 1)?,
             NodeOp::Mul => x.broadcast_mul(inputs[1])?,
             NodeOp::Slice { start, len } => x.narrow(1, *start, *len)?,
-            NodeOp::Shuffle { groups } => {
-                let (n, c, h, w) = x.dims4()?;
-                x.reshape((n, *groups, c / groups, h, w))?.transpose(1, 2)?.contiguous()?.reshape((n, c, h, w))?
-            }
-            NodeOp::Dilate { stride } => dilate_axis(&dilate_axis(x, 2, stride[0])?, 3, stride[1])?,
-            NodeOp::Resize { rows, cols_t } => rows.broadcast_matmul(&x.contiguous()?.broadcast_matmul(cols_t)?)?,
-            NodeOp::Norm(norm) => self.normalize(norm, x)?,
+            NodeOp::Shuffle { groups } => channel_shuffle(x, *groups)?,
+            NodeOp::Dilate { stride } => dilate(x, *stride)?,
+            NodeOp::Resize(r) => r.forward(x)?,
+            NodeOp::Norm(norm) => normalize(
+                &norm.spec,
+                x,
+                norm.gamma.as_ref().map(|p| p.var.as_tensor()),
+                norm.beta.as_ref().map(|p| p.var.as_tensor()),
+                norm.running.as_ref().map(|(m, v)| (&m.var, &v.var)),
+                self.is_training(),
+            )?,
         })
     }
+}
 
-    /// A normalization node (see the module's doc for which statistics).
-    fn normalize(&self, norm: &Norm, x: &Tensor) -> candle_core::Result<Tensor> {
-        let spec = &norm.spec;
-        let dims = x.dims().to_vec();
-        let (n, c) = (dims[0], dims[1]);
-        let eps = spec.epsilon;
-        // (x − mean)/√(biased variance + ε) along `dim`.
-        let standardize = |x: &Tensor, dim: usize| -> candle_core::Result<Tensor> {
-            let centred = x.broadcast_sub(&x.mean_keepdim(dim)?)?;
-            let var = centred.sqr()?.mean_keepdim(dim)?;
-            centred.broadcast_div(&(var.affine(1.0, eps)?.sqrt()?))
-        };
-        let y = match (spec.groups, &norm.running) {
-            (Some(_), _) if spec.per_position => {
-                // Each sample's statistics at each position, over the channels.
-                let flat = x.reshape((n, c, ()))?;
-                standardize(&flat, 1)?.reshape(dims.clone())?
-            }
-            (Some(g), _) => {
-                let g = usize_of(g);
-                let flat = x.reshape((n, g, ()))?;
-                standardize(&flat, 2)?.reshape(dims.clone())?
-            }
-            (None, Some((rm, rv))) if self.is_training() => {
-                // (N, C, P): the statistics of each channel over the batch and positions.
-                let flat = x.reshape((n, c, ()))?;
-                let count = n * flat.dim(2)?;
-                if count < 2 {
-                    candle_core::bail!("BatchNorm needs more than one value per channel in training (batch of {n})");
-                }
-                let (y, mean, var) = if x.device().is_cpu() {
-                    // One op forward and backward (`norm.rs`).
-                    let op = Standardize::new(eps);
-                    let y = op.apply(&flat)?;
-                    let (mean, var): (Vec<f64>, Vec<f64>) = op.stats().into_iter().unzip();
-                    let dev = x.device();
-                    (y, Tensor::new(mean, dev)?.to_dtype(x.dtype())?, Tensor::new(var, dev)?.to_dtype(x.dtype())?)
-                } else {
-                    let mean = flat.mean_keepdim((0, 2))?;
-                    let centred = flat.broadcast_sub(&mean)?;
-                    let var = centred.sqr()?.mean_keepdim((0, 2))?;
-                    let y = centred.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
-                    (y, mean.detach().flatten_all()?, var.detach().flatten_all()?)
-                };
-                let m = BN_MOMENTUM;
-                let unbiased = var.affine(count as f64 / (count - 1) as f64, 0.0)?;
-                rm.var.set(&rm.var.as_tensor().affine(1.0 - m, 0.0)?.add(&mean.affine(m, 0.0)?)?)?;
-                rv.var.set(&rv.var.as_tensor().affine(1.0 - m, 0.0)?.add(&unbiased.affine(m, 0.0)?)?)?;
-                y.reshape(dims.clone())?
-            }
-            (None, Some((rm, rv))) => {
-                let shape = channel_shape(&dims);
-                let mean = rm.var.as_tensor().reshape(shape.clone())?;
-                let std = rv.var.as_tensor().affine(1.0, eps)?.sqrt()?.reshape(shape)?;
-                x.broadcast_sub(&mean)?.broadcast_div(&std)?
-            }
-            // Fixed running statistics: mean 0, variance 1.
-            (None, None) => x.affine(1.0 / (1.0 + eps).sqrt(), 0.0)?,
-        };
-        let affine_shape = |p: &Param| -> candle_core::Result<Tensor> {
-            let t = p.var.as_tensor();
-            if t.rank() == 1 {
-                t.reshape(channel_shape(&dims))
-            } else {
-                t.unsqueeze(0)
-            }
-        };
-        let y = match &norm.gamma {
-            Some(g) => y.broadcast_mul(&affine_shape(g)?)?,
-            None => y,
-        };
-        match &norm.beta {
-            Some(b) => y.broadcast_add(&affine_shape(b)?),
-            None => Ok(y),
+/// A normalization node's output (see the module's doc for which statistics): `gamma`
+/// and `beta` shaped as `spec.affine`, `running` the running mean and variance of a
+/// batch normalization in training (updated in place while `training`).
+pub fn normalize(
+    spec: &ir::BatchNorm,
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    running: Option<(&Var, &Var)>,
+    training: bool,
+) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (n, c) = (dims[0], dims[1]);
+    let eps = spec.epsilon;
+    // (x − mean)/√(biased variance + ε) along `dim`.
+    let standardize = |x: &Tensor, dim: usize| -> candle_core::Result<Tensor> {
+        let centred = x.broadcast_sub(&x.mean_keepdim(dim)?)?;
+        let var = centred.sqr()?.mean_keepdim(dim)?;
+        centred.broadcast_div(&(var.affine(1.0, eps)?.sqrt()?))
+    };
+    let y = match (spec.groups, running) {
+        (Some(_), _) if spec.per_position => {
+            // Each sample's statistics at each position, over the channels.
+            let flat = x.reshape((n, c, ()))?;
+            standardize(&flat, 1)?.reshape(dims.clone())?
         }
+        (Some(g), _) => {
+            let g = usize_of(g);
+            let flat = x.reshape((n, g, ()))?;
+            standardize(&flat, 2)?.reshape(dims.clone())?
+        }
+        (None, Some((rm, rv))) if training => {
+            // (N, C, P): the statistics of each channel over the batch and positions.
+            let flat = x.reshape((n, c, ()))?;
+            let count = n * flat.dim(2)?;
+            if count < 2 {
+                candle_core::bail!("BatchNorm needs more than one value per channel in training (batch of {n})");
+            }
+            let (y, mean, var) = if x.device().is_cpu() {
+                // One op forward and backward (`norm.rs`).
+                let op = Standardize::new(eps);
+                let y = op.apply(&flat)?;
+                let (mean, var): (Vec<f64>, Vec<f64>) = op.stats().into_iter().unzip();
+                let dev = x.device();
+                (y, Tensor::new(mean, dev)?.to_dtype(x.dtype())?, Tensor::new(var, dev)?.to_dtype(x.dtype())?)
+            } else {
+                let mean = flat.mean_keepdim((0, 2))?;
+                let centred = flat.broadcast_sub(&mean)?;
+                let var = centred.sqr()?.mean_keepdim((0, 2))?;
+                let y = centred.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
+                (y, mean.detach().flatten_all()?, var.detach().flatten_all()?)
+            };
+            let m = BN_MOMENTUM;
+            let unbiased = var.affine(count as f64 / (count - 1) as f64, 0.0)?;
+            rm.set(&rm.as_tensor().affine(1.0 - m, 0.0)?.add(&mean.affine(m, 0.0)?)?)?;
+            rv.set(&rv.as_tensor().affine(1.0 - m, 0.0)?.add(&unbiased.affine(m, 0.0)?)?)?;
+            y.reshape(dims.clone())?
+        }
+        (None, Some((rm, rv))) => {
+            let shape = channel_shape(&dims);
+            let mean = rm.as_tensor().reshape(shape.clone())?;
+            let std = rv.as_tensor().affine(1.0, eps)?.sqrt()?.reshape(shape)?;
+            x.broadcast_sub(&mean)?.broadcast_div(&std)?
+        }
+        // Fixed running statistics: mean 0, variance 1.
+        (None, None) => x.affine(1.0 / (1.0 + eps).sqrt(), 0.0)?,
+    };
+    let affine_shape = |t: &Tensor| -> candle_core::Result<Tensor> {
+        if t.rank() == 1 {
+            t.reshape(channel_shape(&dims))
+        } else {
+            t.unsqueeze(0)
+        }
+    };
+    let y = match gamma {
+        Some(g) => y.broadcast_mul(&affine_shape(g)?)?,
+        None => y,
+    };
+    match beta {
+        Some(b) => y.broadcast_add(&affine_shape(b)?),
+        None => Ok(y),
+    }
+}
+
+/// A normalization layer on its own, as a generated crate holds one (`cnnc emit candle`):
+/// what [`GraphModel`] runs for a normalization node, with the same parameters, buffers
+/// and [`normalize`].
+#[derive(Clone, Debug)]
+pub struct Normalization {
+    pub spec: ir::BatchNorm,
+    /// γ and β (shaped as `spec.affine`), where the node has them.
+    pub gamma: Option<Tensor>,
+    pub beta: Option<Tensor>,
+    /// The running mean and variance of a batch normalization in training, named
+    /// `{module}.running_mean` and `{module}.running_var`.
+    pub running: Option<(Param, Param)>,
+}
+
+impl Normalization {
+    /// Asks `vb` for γ (`Init::Const(scale)`) and β (`Init::Const(0)`) under the names
+    /// `spec` gives, as [`GraphModel::new`] sets them, and makes the running statistics
+    /// (mean 0, variance 1) of a batch normalization in training as buffers of `module`.
+    pub fn new(vb: &candle_nn::VarBuilder, spec: ir::BatchNorm, module: &str, scale: f64) -> candle_core::Result<Normalization> {
+        let affine: Vec<usize> = spec.affine.iter().map(|&d| usize_of(d)).collect();
+        let (gamma, beta) = if spec.scale.is_empty() {
+            (None, None)
+        } else {
+            let gamma = vb.get_with_hints(affine.clone(), &spec.scale, candle_nn::Init::Const(scale))?;
+            let beta = (!spec.shift.is_empty())
+                .then(|| vb.get_with_hints(affine.clone(), &spec.shift, candle_nn::Init::Const(0.0)))
+                .transpose()?;
+            (Some(gamma), beta)
+        };
+        let running = if spec.training && spec.groups.is_none() {
+            let c = usize_of(spec.channels);
+            Some((
+                Param { name: format!("{module}.running_mean"), var: Var::zeros(c, vb.dtype(), vb.device())? },
+                Param { name: format!("{module}.running_var"), var: Var::ones(c, vb.dtype(), vb.device())? },
+            ))
+        } else {
+            None
+        };
+        Ok(Normalization { spec, gamma, beta, running })
+    }
+
+    /// The normalization of `x` with batch statistics (`training`, running ones updated)
+    /// or running ones (see [`normalize`]).
+    pub fn forward(&self, x: &Tensor, training: bool) -> candle_core::Result<Tensor> {
+        let running = self.running.as_ref().map(|(m, v)| (&m.var, &v.var));
+        normalize(&self.spec, x, self.gamma.as_ref(), self.beta.as_ref(), running, training)
+    }
+
+    /// The running statistics (checkpoint buffers), by `state_dict` name.
+    pub fn buffers(&self) -> Vec<(String, Var)> {
+        self.running.iter().flat_map(|(m, v)| [(m.name.clone(), m.var.clone()), (v.name.clone(), v.var.clone())]).collect()
     }
 }
 

@@ -297,7 +297,7 @@ impl Model {
 /// `loss.backward()` with `sink` on: the conv ops built with it leave their parameter
 /// gradients there, and they are put into the store afterwards (added to any that candle's
 /// autograd computed for the same parameter).
-fn backward_with_sink(sink: &conv::GradSink, loss: &Tensor) -> candle_core::Result<GradStore> {
+pub fn backward_with_sink(sink: &conv::GradSink, loss: &Tensor) -> candle_core::Result<GradStore> {
     sink.take();
     let mut grads = {
         let _on = sink.on();
@@ -314,7 +314,7 @@ fn backward_with_sink(sink: &conv::GradSink, loss: &Tensor) -> candle_core::Resu
 }
 
 /// `f(u)` for a batch: the activations of the unified layers and of graph nodes.
-pub(crate) fn activate(a: Activation, u: &Tensor) -> candle_core::Result<Tensor> {
+pub fn activate(a: Activation, u: &Tensor) -> candle_core::Result<Tensor> {
     match a {
         Activation::Identity => Ok(u.clone()),
         Activation::Relu => u.relu(),

@@ -181,6 +181,13 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.spec.apply(x, &self.weight, self.bias.as_ref())
     }
+
+    /// [`Conv2d::forward`], then a ReLU if `relu`, in one op whose backward leaves the
+    /// weight and bias gradients in `sink` ([`ConvSpec::apply_with_sink`]): what
+    /// [`GraphModel`](crate::nn::GraphModel) runs for a conv node.
+    pub fn forward_with_sink(&self, x: &Tensor, relu: bool, sink: &GradSink) -> candle_core::Result<Tensor> {
+        self.spec.apply_with_sink(x, &self.weight, self.bias.as_ref(), relu, sink)
+    }
 }
 
 impl candle_core::Module for Conv2d {
