@@ -27,7 +27,7 @@
 //! sample's statistics in both modes.
 
 use super::conv::{self, ConvSpec};
-use super::norm::Standardize;
+use super::norm::{ChannelAffine, Standardize};
 use super::pool::PoolSpec;
 use super::{activate, normal, usize_of, Kernels, NnError};
 use crate::ir::{self, Activation, Expr, Fn1, Graph, Op, Shape, ValueId};
@@ -700,6 +700,15 @@ pub fn normalize(
             t.unsqueeze(0)
         }
     };
+    // Per-channel γ and β on the CPU: one op (`norm.rs`), whose backward sums their
+    // gradients per channel in one pass instead of candle's strided reduction; the same
+    // values as the broadcast multiply and add below.
+    if let (Some(g), Some(b), true) = (gamma, beta, x.device().is_cpu()) {
+        if g.rank() == 1 && b.rank() == 1 && dims.len() >= 2 {
+            let flat = y.reshape((n, c, ()))?;
+            return ChannelAffine::apply(&flat, g, b)?.reshape(dims);
+        }
+    }
     let y = match gamma {
         Some(g) => y.broadcast_mul(&affine_shape(g)?)?,
         None => y,
