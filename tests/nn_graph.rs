@@ -563,6 +563,7 @@ fn train_config(data: &std::path::Path, epochs: usize) -> cnnc::train::Config {
         val_split: 0.25,
         limit_train: 0,
         limit_val: 0,
+        drop_last: false,
     };
     cnnc::train::Config::new("train.cnn", data, "forward", "paper", 12, epochs, &flags)
 }
@@ -597,6 +598,43 @@ fn a_graph_trains_and_resumes_exactly() {
     let differ: Vec<&String> = a.iter().zip(&b).filter(|(x, y)| x != y).map(|(x, _)| &x.0).collect();
     assert_eq!(a.len(), b.len());
     assert!(differ.is_empty(), "resumed weights, momentum and running statistics equal the straight run's; these differ: {differ:?}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// An epoch whose last batch is one image, for a network with a BatchNorm after its
+/// global pool (one value per channel): the run stops with an error that names
+/// `--drop-last`; with it, every epoch trains on whole batches only.
+#[test]
+fn drop_last_leaves_out_a_last_batch_batch_norm_cannot_normalize() {
+    use cnnc::train::{self, data};
+    let root = std::env::temp_dir().join(format!("cnnc-graph-drop-last-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    data::synthesize(&root.join("data"), 3, 12, 12, 1).unwrap();
+    let g = spec(
+        "network D\ninput 3x12x12\nconv(3/p1, nobias) -> 6, batchnorm, relu, global_avgpool, conv(1, nobias) -> 4, batchnorm, relu, flatten, linear -> 3\n",
+    );
+    let plan = cnnc::plan_graph(&g, req(Mode::Forward)).unwrap();
+    let split = data::load(&root.join("data"), data::Target { channels: 3, size: 12 }, 0.25, 3).unwrap();
+    let mut config = train_config(&root.join("data"), 2);
+    config.limit_train = 7;
+    let mut split = split;
+    split.train.truncate(7);
+    let err = train::train_graph(&g, &plan, &split, &config, &root.join("keep"), false, false).unwrap_err().to_string();
+    assert!(err.contains("more than one value per channel") && err.contains("--drop-last"), "{err}");
+    config.drop_last = true;
+    let s = train::train_graph(&g, &plan, &split, &config, &root.join("drop"), false, false).unwrap();
+    assert_eq!(s.epochs.len(), 2);
+    let saved: cnnc::train::Config =
+        serde_json::from_str(&std::fs::read_to_string(root.join("drop").join("config.json")).unwrap()).unwrap();
+    assert!(saved.drop_last, "the run's config records --drop-last");
+    let text = std::fs::read_to_string(root.join("drop").join("metrics.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    // One batch of 6 an epoch (the seventh image left out): accuracies are k/6.
+    for line in text.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        let acc = m["train_accuracy"].as_f64().unwrap();
+        assert!((acc * 6.0 - (acc * 6.0).round()).abs() < 1e-9, "train accuracy {acc} is not k/6: {line}");
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
 

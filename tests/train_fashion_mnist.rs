@@ -124,6 +124,7 @@ fn a_tiny_net_learns_from_a_fashion_mnist_subset() {
         limit_train: 512,
         limit_val: 256,
         branch_scale: 1.0,
+        drop_last: false,
     };
     let s = cnnc::train::train(&net, &plan, &subset, &config, &root.join("run"), false, false).unwrap();
     let m: Vec<_> = s.epochs.iter().map(|m| (m.train_loss, m.val_loss.unwrap(), m.val_accuracy.unwrap())).collect();

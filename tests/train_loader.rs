@@ -97,6 +97,7 @@ fn training_is_the_same_with_and_without_prefetch() {
         limit_train: 0,
         limit_val: 0,
         branch_scale: 1.0,
+        drop_last: false,
     };
     let mut weights = Vec::new();
     let mut losses = Vec::new();

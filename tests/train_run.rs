@@ -32,6 +32,7 @@ fn config(data: &Path, epochs: usize, lr: f64) -> Config {
         limit_train: 0,
         limit_val: 0,
         branch_scale: 1.0,
+        drop_last: false,
     }
 }
 

@@ -59,6 +59,9 @@ pub struct ExperimentConfig {
     pub limit_train: usize,
     #[serde(default)]
     pub limit_val: usize,
+    /// Every run trains on whole batches only (`cnnc train --drop-last`).
+    #[serde(default)]
+    pub drop_last: bool,
     /// Where the runs and results go (relative to the config file's folder).
     pub out: String,
     /// Options of the Slurm job array (`--slurm`); flags override them.
@@ -296,6 +299,9 @@ impl Experiment {
         if c.limit_val > 0 {
             flag("limit-val", c.limit_val.to_string());
         }
+        if c.drop_last {
+            a.push(vec!["--drop-last".into()]);
+        }
         a.push(vec!["--continue".into()]);
         a
     }
@@ -322,12 +328,17 @@ impl Experiment {
     /// and `slurm` (those may change and the runs already made stay valid).
     fn settings(&self) -> serde_json::Value {
         let c = &self.config;
-        serde_json::json!({
+        let mut settings = serde_json::json!({
             "model": self.model, "data": self.data, "image_size": c.image_size,
             "batch_size": c.batch_size, "lr": c.lr, "momentum": c.momentum, "weight_decay": c.weight_decay,
             "analysis": c.analysis, "device": c.device, "val_split": c.val_split,
             "limit_train": c.limit_train, "limit_val": c.limit_val,
-        })
+        });
+        // Written only when set, so that the directories of earlier experiments still match.
+        if c.drop_last {
+            settings["drop_last"] = true.into();
+        }
+        settings
     }
 
     /// Makes the out directory this experiment's: records its settings in

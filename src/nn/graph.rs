@@ -662,7 +662,10 @@ pub fn normalize(
             let flat = x.reshape((n, c, ()))?;
             let count = n * flat.dim(2)?;
             if count < 2 {
-                candle_core::bail!("BatchNorm needs more than one value per channel in training (batch of {n})");
+                candle_core::bail!(
+                    "BatchNorm needs more than one value per channel in training (a batch of {n} at {} positions; an epoch's last batch can be smaller than --batch-size: --drop-last leaves it out)",
+                    flat.dim(2)?
+                );
             }
             let (y, mean, var) = if x.device().is_cpu() {
                 // One op forward and backward (`norm.rs`).

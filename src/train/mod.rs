@@ -87,6 +87,10 @@ pub struct Flags {
     /// Use only the first N validation images (0: all)
     #[arg(long, default_value_t = 0)]
     pub limit_val: usize,
+    /// Leave out an epoch's last batch when it is smaller than --batch-size (PyTorch's
+    /// `drop_last`): a training-mode BatchNorm cannot normalize a batch of one at 1×1 maps
+    #[arg(long)]
+    pub drop_last: bool,
 }
 
 /// Everything that defines a run (saved in the run and its checkpoints).
@@ -116,6 +120,13 @@ pub struct Config {
     /// `--branch-scale` α of a graph's plan (1, the default, is not written).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub branch_scale: f64,
+    /// `--drop-last`: an epoch trains on whole batches only (false is not written).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub drop_last: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn one() -> f64 {
@@ -148,6 +159,7 @@ impl Config {
             limit_train: flags.limit_train,
             limit_val: flags.limit_val,
             branch_scale: 1.0,
+            drop_last: flags.drop_last,
         }
     }
 }
@@ -380,6 +392,7 @@ pub fn config_differences(a: &Config, b: &Config) -> Vec<String> {
     // Fields left out at their default (config.json stays as it was for chains).
     for m in [&mut a, &mut b] {
         m.entry("branch_scale").or_insert(serde_json::json!(1.0));
+        m.entry("drop_last").or_insert(serde_json::json!(false));
     }
     a.iter()
         .filter(|(k, v)| k.as_str() != "epochs" && b.get(k.as_str()) != Some(v))
@@ -626,7 +639,16 @@ pub fn fit(
         .map_err(|e| file_err(&path, e))?;
     write_metrics(&metrics_path, &history)?;
 
-    let steps = split.train.len().div_ceil(config.batch_size);
+    // `--drop-last`: whole batches only (the order is drawn over every image, then cut).
+    let usable = if config.drop_last { split.train.len() / config.batch_size * config.batch_size } else { split.train.len() };
+    if usable == 0 {
+        return Err(TrainError::Config(format!(
+            "--drop-last leaves no batch: {} training images, --batch-size {}",
+            split.train.len(),
+            config.batch_size
+        )));
+    }
+    let steps = usable.div_ceil(config.batch_size);
     for epoch in start + 1..=config.epochs {
         // An interrupted epoch goes on from its first untrained batch, with its sums.
         let resumed = partial.take().unwrap_or_default();
@@ -634,7 +656,8 @@ pub fn fit(
         let earlier = f64::from_bits(resumed.seconds_bits);
         let bar = epoch_bar(progress, epoch, config.epochs, steps, resumed.steps);
         let mut lines = StepLines::new(progress, epoch, config.epochs, steps);
-        let order = data::epoch_order(split.train.len(), config.seed, epoch);
+        let mut order = data::epoch_order(split.train.len(), config.seed, epoch);
+        order.truncate(usable);
         let (mut loss_sum, mut correct, mut seen) = (f64::from_bits(resumed.loss_sum_bits), resumed.correct, resumed.seen);
         let mut done = resumed.steps;
         let skip = (resumed.steps * config.batch_size).min(order.len());

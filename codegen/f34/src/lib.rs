@@ -126,6 +126,7 @@ mod tests {
             val_split: 0.34,
             limit_train: 0,
             limit_val: 0,
+            drop_last: false,
         };
         let config = Config::new(
             SPEC_PATH,
