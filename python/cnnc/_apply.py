@@ -21,7 +21,11 @@ What it does:
     `scale.name` names (the BatchNorm's weight, e.g. "layer1.0.bn2.weight") with
     `scale.value`, and on the one `shift.name` names (its bias) with `shift.value`.
     Both parameters must have the entry's shape: [channels], or [C, H, W] for a LayerNorm
-    over (C, H, W) (`mode` "layer"; GroupNorm is "group:G", InstanceNorm "instance").
+    over (C, H, W) (`mode` "layer"; GroupNorm is "group:G", InstanceNorm "instance");
+  - for every layer whose weight the network standardizes with a per-filter gain parameter
+    (NF-ResNets' ScaledStdConv2d: the layer's `standardized.gain_param`), `nn.init.constant_`
+    on that parameter with the plan's value: the stored weight's scale cancels in the
+    standardization, the gain is what reaches the signal.
 
 Which parameter is which (the name-matching rule):
   1. By name: when every plan weight name (e.g. "0.weight", "layer1.0.conv1.weight") is a
@@ -67,12 +71,14 @@ PLAN2_LAYER_KEYS = ("reads", "residual_last", "normalized_by")
 class Applied(list):
     """What apply_plan did: a list of (plan name, model name, std) for the weights, with
     `batch_norms`, a list of (plan entry name, scale parameter, scale value, shift
-    parameter, shift value), a parameter None when skipped, and `skipped`, a list of
+    parameter, shift value), a parameter None when skipped, `gains`, a list of (plan weight
+    name, gain parameter, value) for standardized weights, and `skipped`, a list of
     (plan parameter name, why) for the plan parameters left alone."""
 
     def __init__(self, items=()):
         list.__init__(self, items)
         self.batch_norms = []
+        self.gains = []
         self.skipped = []
 
 
@@ -224,6 +230,27 @@ def match_batch_norms(model, plan, skipped=None):
     return matched
 
 
+def match_gain_parameters(model, plan):
+    """A /2 plan's standardized weights with a per-filter gain parameter (NF-ResNets'
+    ScaledStdConv2d: `standardized.gain_param`): [(plan_layer, parameter name, value)]. The
+    stored weight's scale cancels in the standardization; the gain parameter is what sets
+    the effective weight, so it is set to the plan's value (every element). A gain
+    parameter the model does not have is a PlanMismatch."""
+    params = dict(model.named_parameters())
+    out = []
+    for l in plan.get("layers", []):
+        g = (l.get("standardized") or {}).get("gain_param")
+        if not g:
+            continue
+        name, value = g.get("name"), g.get("value")
+        if not isinstance(name, str) or not _is_number(value):
+            raise PlanMismatch("layer %r: standardized.gain_param needs a name and a numeric value" % l["weight"]["name"])
+        if name not in params:
+            raise PlanMismatch("layer %r: the gain parameter %r is not a parameter of the model" % (l["weight"]["name"], name))
+        out.append((l, name, float(value)))
+    return out
+
+
 def apply_plan(model, plan, generator=None, verbose=False):
     """Initializes the model in place from the plan: normal_(mean, std) weights, zero
     biases, and for a /2 plan constant_ batch-norm scales and shifts. Everything is matched
@@ -237,8 +264,9 @@ def apply_plan(model, plan, generator=None, verbose=False):
     skipped = []
     pairs = match_parameters(model, plan, skipped)
     norms = match_batch_norms(model, plan, skipped)
+    gains = match_gain_parameters(model, plan)
     seen = {}
-    for entry, names in [(l["weight"]["name"], (w, b)) for l, w, b in pairs] + [(e["name"], (s, t)) for e, s, t in norms]:
+    for entry, names in [(l["weight"]["name"], (w, b)) for l, w, b in pairs] + [(e["name"], (s, t)) for e, s, t in norms] + [(l["weight"]["name"] + " gain", (n,)) for l, n, _ in gains]:
         for n in names:
             if n is not None and seen.setdefault(n, entry) is not entry:
                 raise PlanMismatch("plan entries %r and %r both set model parameter %r" % (seen[n], entry, n))
@@ -257,6 +285,9 @@ def apply_plan(model, plan, generator=None, verbose=False):
             if t is not None:
                 nn.init.constant_(params[t], e["shift"]["value"])
             applied.batch_norms.append((e["name"], s, e["scale"]["value"], t, e["shift"]["value"]))
+        for l, n, v in gains:
+            nn.init.constant_(params[n], v)
+            applied.gains.append((l["weight"]["name"], n, v))
     applied.skipped = skipped
     if verbose:
         print("cnnc plan (%s): %d weights, %d batch norms set, %d plan parameters skipped" % (plan["format"], len(applied), len(applied.batch_norms), len(skipped)))
@@ -264,6 +295,8 @@ def apply_plan(model, plan, generator=None, verbose=False):
             print("  %-32s normal_(std %.6g)%s" % (w, std, "" if p == w else "   (plan %s)" % p))
         for name, s, sv, t, tv in applied.batch_norms:
             print("  %-32s constant_(%g), %s constant_(%g)   (%s)" % (s or "-", sv, t or "-", tv, name))
+        for w, n, v in applied.gains:
+            print("  %-32s constant_(%g)   (the standardized weight %s's gain)" % (n, v, w))
         for n, why in skipped:
             print("  skipped %s: %s" % (n, why))
     return applied

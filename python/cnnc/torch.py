@@ -200,7 +200,8 @@ class InitReport(_Report):
     moments forward (E[u²] of the layer's output) and backward (E[g²] of the gradient at
     its input), and the normalization that makes it scale-invariant, if any),
     `.batch_norms` a list of dicts (module, mode, scale, shift), `.skipped` the plan
-    parameters the module lacks (name, why), `.seconds` the export/plan/apply times,
+    parameters the module lacks (name, why), `.gains` the gain parameters of standardized
+    weights set (parameter, value, weight), `.seconds` the export/plan/apply times,
     `.name` the module's class name."""
 
     def __init__(self, plan, applied, name=None):
@@ -222,6 +223,8 @@ class InitReport(_Report):
             for e in plan.get("batch_norms") or []
         ]
         self.skipped = list(applied.skipped)
+        # Standardized weights' gain parameters set (NF-ResNets' ScaledStdConv2d).
+        self.gains = [{"parameter": n, "value": v, "weight": w} for w, n, v in getattr(applied, "gains", [])]
 
     def __repr__(self):
         p = self.plan
@@ -238,6 +241,8 @@ class InitReport(_Report):
                 groups.setdefault((b["scale"], b["shift"]), []).append(b["module"])
             text += "\nnormalizations: " + "; ".join("%d with scale %g, shift %g (%s)" % (len(m), s, t, ", ".join(m[:3]) + (", ..." if len(m) > 3 else ""))
                                                    for (s, t), m in groups.items())
+        for g in self.gains:
+            text += "\ngain %s = %.6g (standardized %s)" % (g["parameter"], g["value"], g["weight"])
         for name, why in self.skipped:
             text += "\nskipped %s: %s" % (name, why)
         return text

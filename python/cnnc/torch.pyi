@@ -39,6 +39,7 @@ class InitReport:
     layers: list[dict[str, Any]]
     batch_norms: list[dict[str, Any]]
     skipped: list[tuple[str, str]]
+    gains: list[dict[str, Any]]
     seconds: dict[str, float]
     def to_pandas(self) -> Any: ...
 

@@ -306,3 +306,53 @@ def test_reports_as_tables_frames_and_plots(tmp_path):
     png = tmp_path / "check.png"
     assert check.plot(str(png)) == str(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+class _ScaledStdConv2d(nn.Conv2d):
+    """NF-ResNets' weight-standardized conv (tests/data/onnx/std/make_std.py's): the weight
+    standardized per filter, times a per-filter gain parameter and γ/√fan."""
+
+    def __init__(self, *args, gamma=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
+        self.scale = gamma * self.weight[0].numel() ** -0.5
+
+    def effective_weight(self):
+        w = self.weight
+        v, m = torch.var_mean(w, dim=[1, 2, 3], keepdim=True, unbiased=False)
+        return (w - m) * torch.rsqrt(v + 1e-6) * (self.gain * self.scale)
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.effective_weight(), self.bias, self.stride, self.padding)
+
+
+class _NF(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = _ScaledStdConv2d(3, 8, 3, padding=1, bias=False, gamma=1.7139)
+        self.conv2 = _ScaledStdConv2d(8, 8, 3, padding=1, gamma=1.7139)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.conv1(x))
+        x = nn.functional.relu(self.conv2(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_apply_sets_the_gain_parameter_of_standardized_weights():
+    """A plan of an NF-style network (tests/data/onnx/std/scaled_std_conv.ts.onnx, the same
+    module) sets each conv's gain parameter, so that the weight the network computes has
+    the per-element standard deviation the plan chose (`standardized.gain`); without it
+    the gain stays 1 and the effective weight is γ/√fan, what the plan calls network_gain."""
+    plan = cli_plan(os.path.join("tests", "data", "onnx", "std", "scaled_std_conv.ts.onnx"))
+    model = _NF()
+    report = cnnc.torch.apply(model, plan, seed=0)
+    by_name = {l["weight"]["name"]: l for l in plan["layers"]}
+    for conv, name in [(model.conv1, "conv1.weight"), (model.conv2, "conv2.weight")]:
+        st = by_name[name]["standardized"]
+        assert torch.all(conv.gain == st["gain_param"]["value"]), name
+        w = conv.effective_weight().detach()
+        per_filter = w.flatten(1).pow(2).mean(1).sqrt()
+        assert torch.allclose(per_filter, torch.full_like(per_filter, st["gain"]), rtol=1e-4), (name, per_filter, st["gain"])
+    assert [g["parameter"] for g in report.gains] == ["conv1.gain", "conv2.gain"]
+    assert "gain conv1.gain" in repr(report)
