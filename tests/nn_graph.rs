@@ -690,7 +690,11 @@ fn bad_batches_are_clear_errors() {
     let g = spec("network E\ninput 3x1x1\nconv(1) -> 4, batchnorm, relu, flatten, linear -> 2\n");
     let m = model_of(&g, 0);
     let err = m.forward(&Tensor::zeros((1, 3, 1, 1), DType::F64, &Device::Cpu).unwrap()).unwrap_err().to_string();
-    assert!(err.contains("(batchnorm): BatchNorm needs more than one value per channel in training (batch of 1)"), "{err}");
+    assert!(
+        err.contains("(batchnorm): BatchNorm needs more than one value per channel in training (batch of 1, 1 position(s) a sample;"),
+        "{err}"
+    );
+    assert!(err.contains("--drop-last"), "{err}");
     m.set_training(false);
     assert!(m.forward(&Tensor::zeros((1, 3, 1, 1), DType::F64, &Device::Cpu).unwrap()).is_ok(), "evaluation takes a batch of 1");
 }

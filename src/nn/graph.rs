@@ -663,7 +663,7 @@ pub fn normalize(
             let count = n * flat.dim(2)?;
             if count < 2 {
                 candle_core::bail!(
-                    "BatchNorm needs more than one value per channel in training (a batch of {n} at {} positions; an epoch's last batch can be smaller than --batch-size: --drop-last leaves it out)",
+                    "BatchNorm needs more than one value per channel in training (batch of {n}, {} position(s) a sample; an epoch's last batch can be smaller than --batch-size: --drop-last leaves it out)",
                     flat.dim(2)?
                 );
             }
