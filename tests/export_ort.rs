@@ -72,7 +72,7 @@ fn check(spec: &str, py: &Path, dir: &Path) {
     let graph = model.graph.clone();
     let req =
         GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis: Analysis::Map, branch_scale: 1.0, batch: None };
-    let plan = model.plan(req.clone()).unwrap();
+    let plan = model.plan(req).unwrap();
     let proto = onnx::export(&graph, &plan, 11).unwrap_or_else(|e| panic!("{spec}: {e}"));
     let file = dir.join(spec.replace(".cnn", ".onnx"));
     std::fs::write(&file, onnx::encode(&proto).unwrap()).unwrap();

@@ -54,6 +54,25 @@ fn fill(template: &str, vars: &[(&str, &str)]) -> String {
     out
 }
 
+/// The generated crate's `Cargo.toml` (chains and graphs alike).
+fn cargo_toml(opts: &CandleOptions, generator: &str) -> String {
+    let workspace = if opts.standalone {
+        "\n# Its own workspace root, so that it builds wherever it was emitted.\n[workspace]\n\n[profile.dev.package.\"*\"]\nopt-level = 3\n"
+    } else {
+        ""
+    };
+    fill(
+        CARGO_TEMPLATE,
+        &[
+            ("generator", generator),
+            ("spec", &opts.spec_path),
+            ("name", &opts.name),
+            ("cnnc_path", &opts.cnnc_path),
+            ("workspace", workspace),
+        ],
+    )
+}
+
 /// The generated crate's test that it trains as `cnnc train` does: for square inputs only
 /// (training takes square images), and `#[ignore]`d past 64×64, where training twice in a
 /// debug build takes minutes (`cargo test --release -- --ignored` runs it).
@@ -92,22 +111,8 @@ pub fn generate(net: &Network, plan: &Plan, opts: &CandleOptions) -> Result<Vec<
     }
     check_plan(net, plan)?;
     let lib = opts.name.replace('-', "_");
-    let workspace = if opts.standalone {
-        "\n# Its own workspace root, so that it builds wherever it was emitted.\n[workspace]\n\n[profile.dev.package.\"*\"]\nopt-level = 3\n"
-    } else {
-        ""
-    };
     let generator = format!("cnnc {}", env!("CARGO_PKG_VERSION"));
-    let cargo = fill(
-        CARGO_TEMPLATE,
-        &[
-            ("generator", &generator),
-            ("spec", &opts.spec_path),
-            ("name", &opts.name),
-            ("cnnc_path", &opts.cnnc_path),
-            ("workspace", workspace),
-        ],
-    );
+    let cargo = cargo_toml(opts, &generator);
     let spec_literal = format!("{:?}", opts.spec_path);
     let vars = [
         ("network", net.name.as_str()),

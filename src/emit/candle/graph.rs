@@ -18,8 +18,8 @@
 //! (a weight stored in another shape than the conv reads) is an error naming every such
 //! node, never a crate that differs from cnnc's model.
 
+use super::MAIN_TEMPLATE;
 use super::{dims, fill, lit, raw_lit, valid_package_name, CandleOptions, BIG_MODEL_PARAMETERS};
-use super::{CARGO_TEMPLATE, MAIN_TEMPLATE};
 use crate::emit::{EmitError, File};
 use crate::ir::{Activation, Expr, Fn1, Graph, Node, Op, Shape, ValueId};
 use crate::plan::Plan;
@@ -66,22 +66,8 @@ pub fn generate_graph_from(graph: &Graph, plan: &Plan, opts: &CandleOptions, sou
             .to_string(),
     };
     let lib = opts.name.replace('-', "_");
-    let workspace = if opts.standalone {
-        "\n# Its own workspace root, so that it builds wherever it was emitted.\n[workspace]\n\n[profile.dev.package.\"*\"]\nopt-level = 3\n"
-    } else {
-        ""
-    };
     let generator = format!("cnnc {}", env!("CARGO_PKG_VERSION"));
-    let cargo = fill(
-        CARGO_TEMPLATE,
-        &[
-            ("generator", &generator),
-            ("spec", &opts.spec_path),
-            ("name", &opts.name),
-            ("cnnc_path", &opts.cnnc_path),
-            ("workspace", workspace),
-        ],
-    );
+    let cargo = super::cargo_toml(opts, &generator);
     let spec_literal = format!("{:?}", opts.spec_path);
     // Training twice in a debug build: seconds for tiny inputs, minutes past 64×64.
     let train_test = match (h == w, h * w <= 64 * 64) {
