@@ -410,20 +410,14 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
             }
         };
         match &n.op {
-            Op::Conv(_) if n.params.as_ref().is_some_and(|p| p.standardized.is_some()) => {
-                errors.push(node_msg(
-                    k,
-                    n,
-                    "a conv of a standardized weight is not in the candle model yet (the plan is; train it in PyTorch)",
-                ));
-            }
+            _ if crate::nn::graph::lacking(n).is_some() => errors.push(node_msg(k, n, crate::nn::graph::lacking(n).expect("checked"))),
             Op::RadixSoftmax { .. }
             | Op::AddBroadcast
             | Op::SoftmaxPositions
             | Op::AttentionPool
             | Op::SwapChannelsWidth
             | Op::Resample(_) => {
-                errors.push(node_msg(k, n, "this op is not in the candle model yet (the plan is; train it in PyTorch)"));
+                unreachable!("`lacking` refuses these")
             }
             Op::Conv(_) | Op::Linear(_) => {
                 let wt = crate::unify::weight(n, input);
