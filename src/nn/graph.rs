@@ -316,14 +316,14 @@ impl GraphModel {
             }
             let input = graph.shape(n.inputs[0]);
             let op = match &n.op {
-                _ if lacking(n).is_some() => return Err(node_err(k, n, lacking(n).expect("checked"))),
+                _ if ir::not_in_candle_model(n).is_some() => return Err(node_err(k, n, ir::not_in_candle_model(n).expect("checked"))),
                 Op::RadixSoftmax { .. }
                 | Op::AddBroadcast
                 | Op::SoftmaxPositions
                 | Op::AttentionPool
                 | Op::SwapChannelsWidth
                 | Op::Resample(_) => {
-                    unreachable!("`lacking` refuses these")
+                    unreachable!("`not_in_candle_model` refuses these")
                 }
                 Op::Conv(_) | Op::Linear(_) => {
                     let w = crate::unify::weight(n, input);
@@ -617,20 +617,6 @@ impl GraphModel {
                 self.is_training(),
             )?,
         })
-    }
-}
-
-/// Why the candle model cannot run node `n` yet (ops the analyses plan but training does
-/// not have), or `None`: [`GraphModel::new`] and `cnnc emit candle` refuse these alike.
-pub fn lacking(n: &ir::Node) -> Option<&'static str> {
-    match &n.op {
-        Op::Conv(_) if n.params.as_ref().is_some_and(|p| p.standardized.is_some()) => {
-            Some("a conv of a standardized weight is not in the candle model yet (the plan is; train it in PyTorch)")
-        }
-        Op::RadixSoftmax { .. } | Op::AddBroadcast | Op::SoftmaxPositions | Op::AttentionPool | Op::SwapChannelsWidth | Op::Resample(_) => {
-            Some("this op is not in the candle model yet (the plan is; train it in PyTorch)")
-        }
-        _ => None,
     }
 }
 

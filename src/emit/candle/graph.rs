@@ -410,14 +410,16 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
             }
         };
         match &n.op {
-            _ if crate::nn::graph::lacking(n).is_some() => errors.push(node_msg(k, n, crate::nn::graph::lacking(n).expect("checked"))),
+            _ if crate::ir::not_in_candle_model(n).is_some() => {
+                errors.push(node_msg(k, n, crate::ir::not_in_candle_model(n).expect("checked")))
+            }
             Op::RadixSoftmax { .. }
             | Op::AddBroadcast
             | Op::SoftmaxPositions
             | Op::AttentionPool
             | Op::SwapChannelsWidth
             | Op::Resample(_) => {
-                unreachable!("`lacking` refuses these")
+                unreachable!("`not_in_candle_model` refuses these")
             }
             Op::Conv(_) | Op::Linear(_) => {
                 let wt = crate::unify::weight(n, input);
