@@ -253,7 +253,23 @@ fn brute(g: &Graph, choose: bool) -> (Vec<(usize, f64)>, Vec<Dense>, Vec<Dense>)
                     }
                 }
             }
-            Op::BatchNorm(_) => out.sec.iter_mut().for_each(|v| *v = 1.0),
+            // Each position keeps its share of the batch variance: E[(x(o) − x̄)²]/s_B².
+            Op::BatchNorm(_) => {
+                let hw = x.h * x.w;
+                for ch in 0..x.c {
+                    let m = Dense::avg(&x.mean[ch * hw..(ch + 1) * hw]);
+                    let var = Dense::avg(&x.sec[ch * hw..(ch + 1) * hw]) - m * m;
+                    for i in ch * hw..(ch + 1) * hw {
+                        if var > 0.0 {
+                            out.mean[i] = (x.mean[i] - m) / var.sqrt();
+                            out.sec[i] = (x.sec[i] - 2.0 * x.mean[i] * m + m * m) / var;
+                        } else {
+                            out.mean[i] = 0.0;
+                            out.sec[i] = 1.0;
+                        }
+                    }
+                }
+            }
             other => panic!("the generator makes no {other:?}"),
         }
         vals.push(out);

@@ -778,6 +778,8 @@ struct Measured {
     node: usize,
     fwd: (f64, f64),
     bwd: (f64, f64),
+    /// The backward second moment of each draw.
+    bwd_draws: Vec<f64>,
 }
 
 fn mean_se(xs: &[f64]) -> (f64, f64) {
@@ -830,7 +832,7 @@ fn measure(g: &Graph, plan: &GraphAnalysis, draws: usize, batch: usize, seed: u6
             per[i].1.push(grads[g.nodes[wr.node].inputs[0].0].second());
         }
     }
-    plan.weights.iter().zip(per).map(|(wr, (f, b))| Measured { node: wr.node, fwd: mean_se(&f), bwd: mean_se(&b) }).collect()
+    plan.weights.iter().zip(per).map(|(wr, (f, b))| Measured { node: wr.node, fwd: mean_se(&f), bwd: mean_se(&b), bwd_draws: b }).collect()
 }
 
 /// Checks every weight layer: |measured − predicted| ≤ 4 SE + `slack` · predicted.
@@ -1121,6 +1123,95 @@ fn bottleneck_stacks_match_the_sampled_network() {
     for analysis in [Analysis::Paper, Analysis::Map] {
         let (f, b) = check(&g, analysis, Mode::Forward, 32, 8, 0.12);
         eprintln!("bottlenecks {analysis:?}: worst ratio forward {f:.3}, backward {b:.3}");
+    }
+}
+
+/// Bottlenecks without the skip at 7×7, BatchNorm after every conv: each 3×3 conv's border
+/// outputs (fewer real taps) are smaller, and its BatchNorm keeps them so (it divides by
+/// the channel's variance, not each position's); the next 3×3 conv's interior taps read
+/// the larger values. A map analysis that flattened the map at every training BatchNorm
+/// under-predicted each 3×3 conv's output by 8 % here, so its BatchNorm's variance, and
+/// over-predicted the gradient by that much a block (0.68 at the input after six).
+fn bn_chain_net(blocks: usize) -> Graph {
+    let (wide, hw) = (256, 7);
+    let mut b = B::new(3, hw, hw);
+    let u = b.conv(ValueId(0), wide, 3, 1, 1);
+    let n = b.bn(u);
+    let mut x = b.relu(n);
+    for _ in 0..blocks {
+        for (out, k) in [(wide / 4, 1), (wide / 4, 3), (wide, 1)] {
+            let u = b.conv(x, out, k, k / 2, 1);
+            let n = b.bn(u);
+            x = b.relu(n);
+        }
+    }
+    b.head(x, 10);
+    b.g
+}
+
+#[test]
+fn a_batch_norm_keeps_the_border_positions_of_a_small_map() {
+    let g = bn_chain_net(6);
+    let (f, b) = check(&g, Analysis::Map, Mode::Forward, 8, 8, 0.15);
+    eprintln!("bn chain at 7×7, map: worst ratio forward {f:.3}, backward {b:.3}");
+    assert!((0.85..1.2).contains(&b), "worst backward ratio {b:.3}");
+}
+
+/// A normalization-free residual stage's first link: the ReLU after the Add reads a + g(c),
+/// g the stem's ReLU, and where c is large a + g(c) is likely positive too: the two masks
+/// overlap, so the part of the gradient that reaches g through the identity path passes
+/// g with P(g open | f open), κ·E[g'²] (1.05–1.25 here), not E[g'²].
+fn plain_stage_net(blocks: usize) -> Graph {
+    let (c, hw) = (48, 8);
+    let mut b = B::new(3, hw, hw);
+    let u = b.conv(ValueId(0), c / 2, 3, 1, 1);
+    let x = b.relu(u);
+    // The stage's first block projects its input (as a downsampling block does), so the
+    // stream g reads, c, is a sum of two Gaussian values, not a stream ReLU's.
+    let u = b.conv(x, c, 3, 1, 1);
+    let r = b.relu(u);
+    let u = b.conv(r, c, 3, 1, 1);
+    let p = b.conv(x, c, 1, 0, 1);
+    let s = b.add(u, p);
+    let mut x = b.relu(s);
+    for _ in 0..blocks {
+        let u = b.conv(x, c, 3, 1, 1);
+        let r = b.relu(u);
+        let u = b.conv(r, c, 3, 1, 1);
+        let s = b.add(u, x);
+        x = b.relu(s);
+    }
+    b.head(x, 10);
+    b.g
+}
+
+#[test]
+fn a_stream_relu_and_the_relu_before_it_share_their_masks() {
+    let g = plain_stage_net(1);
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        let opts = GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0, batch: Some(8) };
+        let plan = analyze_graph_with(&g, opts, analysis).expect("the graph plans");
+        let measured = measure(&g, &plan, 32, 8, 7);
+        // The gain from the identity block's input (the stream f's ReLU gives it) back to
+        // the projecting block's layers, per draw: what the draws share downstream cancels.
+        let at = |node: usize| measured.iter().zip(&plan.weights).find(|(m, _)| m.node == node).expect("a weight layer");
+        let stream = g.nodes.len() - 8;
+        let (m_ref, w_ref) = at(stream);
+        for (m, wr) in measured.iter().zip(&plan.weights).filter(|(m, _)| m.node > 0 && m.node < stream) {
+            let ratios: Vec<f64> = m.bwd_draws.iter().zip(&m_ref.bwd_draws).map(|(a, b)| a / b).collect();
+            let (mean, se) = mean_se(&ratios);
+            let pred = wr.backward_variance / w_ref.backward_variance;
+            eprintln!(
+                "{analysis:?} node {} backward over node {stream}: measured {mean:.4} ± {se:.4}, predicted {pred:.4} ({:.3})",
+                m.node,
+                mean / pred
+            );
+            assert!(
+                (mean - pred).abs() <= 4.0 * se + 0.05 * pred,
+                "{analysis:?} node {}: measured {mean:.4} ± {se:.4}, predicted {pred:.4}",
+                m.node
+            );
+        }
     }
 }
 

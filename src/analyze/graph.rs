@@ -591,6 +591,12 @@ struct Bwd<'a, 'g> {
     /// the identity on x's support sent, already masked where g(c) = 0 ([`passes_unchanged`]):
     /// g passes it whole.
     on_support: HashMap<usize, Vec<f64>>,
+    /// Per value x = g(c) made by a ReLU g that a residual stream's next ReLU f reads
+    /// through an Add (f(a + g(c))): the part of x's gradient that came through f and the
+    /// Add's identity path, and per channel κ = E[f'² g'²]/(E[f'²] E[g'²]) — the masks of
+    /// the two ReLUs overlap (where c is large, a + g(c) is likely positive too), so g
+    /// passes that part with P(g open | f open), not P(g open) ([`mask_overlap`]).
+    via_skip: HashMap<usize, (Vec<f64>, Vec<f64>)>,
 }
 
 impl Fwd<'_, '_> {
@@ -747,7 +753,19 @@ fn backward_pass(
     let g = cx.g;
     let grads: Vec<Vec<f64>> = (0..=g.nodes.len()).map(|v| vec![0.0; channels(g.shape(ValueId(v))) as usize]).collect();
     let shared = grads.clone();
-    let mut b = Bwd { cx, p, opts, choose, stats, grads, shared, track_shared, memo: HashMap::new(), on_support: HashMap::new() };
+    let mut b = Bwd {
+        cx,
+        p,
+        opts,
+        choose,
+        stats,
+        grads,
+        shared,
+        track_shared,
+        memo: HashMap::new(),
+        on_support: HashMap::new(),
+        via_skip: HashMap::new(),
+    };
     let last = g.nodes.len();
     b.grads[last].iter_mut().for_each(|x| *x = 1.0);
     let fused_acts: HashSet<usize> = cx.fused.values().copied().collect();
@@ -1118,6 +1136,62 @@ pub(super) fn sum_moments(f: Func<'_>, mu_a: f64, v_a: f64, g: Func<'_>, mu_c: f
     out
 }
 
+/// A residual stream's ReLU: the input of element-wise node `k` is an Add of a value a
+/// and the output of a ReLU-like node g (the stream, g of its input c), read by nothing
+/// else. Returns (g's node, a, c).
+pub(super) fn stream_relu(g: &Graph, k: usize) -> Option<(usize, ValueId, ValueId)> {
+    func(&g.nodes[k].op).and_then(|f| f.slope())?;
+    let v = g.nodes[k].inputs[0];
+    let node = g.nodes.get(v.0.checked_sub(1)?)?;
+    if !matches!(node.op, Op::Add) || node.inputs.len() != 2 || node.inputs[0] == node.inputs[1] {
+        return None;
+    }
+    for (i, &r) in node.inputs.iter().enumerate() {
+        let Some(p) = r.0.checked_sub(1) else { continue };
+        if func(&g.nodes[p].op).is_some_and(|f| f.slope().is_some()) {
+            return Some((p, node.inputs[1 - i], g.nodes[p].inputs[0]));
+        }
+    }
+    None
+}
+
+/// κ = E[f'(s)² g'(c)²] / (E[f'(s)²] E[g'(c)²]) for s = μ_a + e + g(c), e ~ N(0, v_a) and
+/// c ~ N(μ_c, v_c) independent (offsets counted in the variances): how much more often
+/// the stream's ReLU f and the ReLU g that made the stream are open together than apart.
+/// For ReLUs, E[f'²g'²] = ∫_{c>0} φ Φ((μ_a + c)/√v_a). 1 where either has no spread.
+pub(super) fn mask_overlap(f: Func<'_>, mu_a: f64, v_a: f64, g: Func<'_>, mu_c: f64, v_c: f64) -> f64 {
+    let s_c = v_c.max(0.0).sqrt();
+    if s_c == 0.0 || v_a <= 0.0 {
+        return 1.0;
+    }
+    let inner = |z: f64, out: &mut [f64]| {
+        let c = mu_c + s_c * z;
+        let (gv, gd) = g.eval(c);
+        let d2 = gauss_moments(f, mu_a + gv, v_a).2;
+        let w = super::phi(z);
+        out[0] = d2 * gd * gd * w;
+        out[1] = d2 * w;
+        out[2] = gd * gd * w;
+    };
+    let mut cuts = vec![-10.0, 10.0];
+    let z0 = -mu_c / s_c;
+    if z0.abs() < 10.0 {
+        cuts.insert(1, z0);
+    }
+    let mut m = [0.0; 3];
+    for w in cuts.windows(2) {
+        let panels = ((w[1] - w[0]) / 0.5).ceil().max(1.0) as usize;
+        for (o, v) in m.iter_mut().zip(crate::quad::integrate_vec(inner, 3, w[0], w[1], panels)) {
+            *o += v;
+        }
+    }
+    if m[1] > 0.0 && m[2] > 0.0 {
+        m[0] / (m[1] * m[2])
+    } else {
+        1.0
+    }
+}
+
 /// Per channel of node `k`'s input: the moments of f for a residual stream plus a branch
 /// ([`rectified_sum`]), where neither carries an offset; `None` elsewhere.
 fn sum_channel_moments(cx: &Cx<'_>, stats: &[Option<Stat>], k: usize, fun: Func<'_>) -> Option<Vec<Option<[f64; 4]>>> {
@@ -1221,17 +1295,40 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
     let sum_at = |ch: usize| sums.as_ref().and_then(|v| v[ch]);
     // The part of the gradient that an identity-on-its-support reader already masked.
     let on = b.on_support.remove(&(k + 1));
+    // The part that came from the stream's next ReLU through the identity path: passed
+    // with P(open | that ReLU open) = κ P(open).
+    let skip = b.via_skip.remove(&(k + 1));
     let slopes = elementwise_slopes(b, k);
     let contrib: Vec<f64> = dz
         .iter()
         .zip(&slopes)
         .enumerate()
-        .map(|(ch, (&d, &p))| match &on {
-            Some(on) => (d - on[ch]).max(0.0) * p + on[ch],
-            None => d * p,
+        .map(|(ch, (&d, &p))| match (&on, &skip) {
+            (Some(on), _) => (d - on[ch]).max(0.0) * p + on[ch],
+            (None, Some((part, kappa))) => {
+                let part = part[ch].min(d);
+                (d - part) * p + part * p * kappa[ch]
+            }
+            (None, None) => d * p,
         })
         .collect();
     b.send(n.inputs[0], &contrib);
+    // Only where the stream before g is not itself a stream ReLU's sum (c a sum of
+    // Gaussian values: the first link after a downsample or a stem), where the pairwise
+    // κ is exact; along a chain c is mostly positive and κ would be too large.
+    if let Some((gk, a, c)) = stream_relu(b.cx.g, k).filter(|&(gk, _, _)| stream_relu(b.cx.g, gk).is_none()) {
+        let gfun = func(&b.cx.g.nodes[gk].op).expect("a ReLU-like node");
+        let (sa, sc) = (b.cx.input_stat(b.stats, a), b.cx.input_stat(b.stats, c));
+        let mut memo: HashMap<[u64; 4], f64> = HashMap::new();
+        let kappa: Vec<f64> = (0..contrib.len())
+            .map(|ch| {
+                let (ma, mc) = (sa.mean[ch], sc.mean[ch]);
+                let key = [ma, sa.second[ch], mc, sc.second[ch]].map(f64::to_bits);
+                *memo.entry(key).or_insert_with(|| mask_overlap(fun, ma, sa.second[ch] - ma * ma, gfun, mc, sc.second[ch] - mc * mc))
+            })
+            .collect();
+        b.via_skip.insert(gk + 1, (contrib.clone(), kappa));
+    }
     if !b.track_shared {
         return Ok(());
     }

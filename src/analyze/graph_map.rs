@@ -236,10 +236,18 @@ pub(super) struct MapPasses {
     /// Per value, the part of its gradient already masked on the support of the ReLU
     /// that made it (the paper analysis's `on_support`), for one backward pass.
     on_support: HashMap<usize, Val>,
+    /// The paper analysis's `via_skip`: per value made by a ReLU g that a residual
+    /// stream's next ReLU f reads through an Add, the part of its gradient that came
+    /// through f and the identity path, and per channel κ ([`super::graph::mask_overlap`]).
+    via_skip: HashMap<usize, (Val, Vec<f64>)>,
     /// iid max-pool windows: (node, mean, variance, members) → moments.
     iid: HashMap<IidKey, (f64, f64, f64)>,
     /// Per value, the spatial correlation of its fluctuation ([`super::corr`]).
     lags: Vec<Option<Lags>>,
+    /// Per value and channel, where known, E[m(o) m̄] per position: the offset its
+    /// weights give position o times the channel's mean offset ([`MapPasses::offset_cross`]).
+    /// Conv outputs have it; Concat and channel slices pass it on.
+    cross: Vec<Vec<Option<Rc<Plane>>>>,
 }
 
 impl MapPasses {
@@ -250,10 +258,12 @@ impl MapPasses {
             shared_memo: HashMap::new(),
             gfrac: Vec::new(),
             on_support: HashMap::new(),
+            via_skip: HashMap::new(),
             cache: HashMap::new(),
             memo: HashMap::new(),
             iid: HashMap::new(),
             lags: Vec::new(),
+            cross: Vec::new(),
         }
     }
 }
@@ -382,6 +392,8 @@ impl Passes for MapPasses {
         self.shared[0] = vec![0.0; c0 as usize];
         self.lags = vec![None; g.nodes.len() + 1];
         self.lags[0] = Some(corr::white());
+        self.cross = vec![Vec::new(); g.nodes.len() + 1];
+        self.cross[0] = vec![None; c0 as usize];
         for (k, n) in g.nodes.iter().enumerate() {
             let mut run = Run { cx, p: &mut *p, opts, choose };
             let out = (map_rules(&n.op).0)(self, &mut run, k)?;
@@ -389,6 +401,7 @@ impl Passes for MapPasses {
             self.stats[k + 1] = Some(out);
             self.shared[k + 1] = self.shared_fwd(cx, p, k);
             debug_assert_eq!(self.shared[k + 1].len() as u64, n.output.chw().0, "node {k}");
+            self.cross[k + 1] = self.cross_fwd(cx, p, k);
             let (stats, shared) = (&self.stats, &self.shared);
             let l = corr::propagate(g, k, &self.lags, &|v| summary(stats[v.0].as_ref().expect("computed"), &shared[v.0]));
             self.lags[k + 1] = Some(l);
@@ -399,6 +412,7 @@ impl Passes for MapPasses {
     fn backward(&mut self, cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Result<Vec<Moment>, AnalysisError> {
         let g = cx.g;
         self.on_support.clear();
+        self.via_skip.clear();
         let zero = |v: usize| -> Val {
             let s = g.shape(ValueId(v));
             let (c, h, w) = s.chw();
@@ -1166,7 +1180,7 @@ impl MapPasses {
         Ok({
             let gamma = p.bn_scale[&k];
             let out: Val = if bn.training {
-                x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].map(|_| 0.0), s.maps[1].map(|_| gamma * gamma)] }).collect()
+                self.batch_normalized_map(&x, &self.shared[n.inputs[0].0], &self.cross[n.inputs[0].0], gamma)
             } else {
                 let r = gamma / (1.0 + bn.epsilon).sqrt();
                 x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(r), s.maps[1].scaled(r * r)] }).collect()
@@ -1267,10 +1281,32 @@ impl MapPasses {
         }
         let x = self.get(n.inputs[0]).clone();
         let (_, xg) = self.elementwise(r.cx, k, func(&n.op).expect("element-wise"), &x);
-        let contrib = match self.on_support.remove(&(k + 1)) {
-            None => times(&dz, &xg),
-            Some(on) => unmasked(&dz, &on, &xg),
+        let skip = self.via_skip.remove(&(k + 1));
+        let contrib = match (self.on_support.remove(&(k + 1)), skip) {
+            (Some(on), _) => unmasked(&dz, &on, &xg),
+            (None, None) => times(&dz, &xg),
+            (None, Some((part, kappa))) => {
+                // The part from the stream's next ReLU passes with κ P(open).
+                let extra: Vec<f64> = kappa.iter().map(|k| k - 1.0).collect();
+                let more = split_by(&times(&part, &xg), &extra).into_iter().map(|(s, f)| Seg { n: s.n, maps: vec![s.maps[0].scaled(f)] });
+                sum(&times(&dz, &xg), &merge(more.collect()))
+            }
         };
+        if let Some((gk, a, c)) = super::graph::stream_relu(g, k).filter(|&(gk, _, _)| super::graph::stream_relu(g, gk).is_none()) {
+            let (f, gf) = (func(&n.op).expect("element-wise"), func(&g.nodes[gk].op).expect("a ReLU-like node"));
+            let (sa, sc) = (self.get(a), self.get(c));
+            let (ma, qa, mc, qc) = (channel_means(sa, 0), channel_means(sa, 1), channel_means(sc, 0), channel_means(sc, 1));
+            let mut memo: HashMap<[u64; 4], f64> = HashMap::new();
+            let kappa: Vec<f64> = (0..ma.len())
+                .map(|ch| {
+                    let key = [ma[ch], qa[ch], mc[ch], qc[ch]].map(f64::to_bits);
+                    *memo.entry(key).or_insert_with(|| {
+                        super::graph::mask_overlap(f, ma[ch], qa[ch] - ma[ch] * ma[ch], gf, mc[ch], qc[ch] - mc[ch] * mc[ch])
+                    })
+                })
+                .collect();
+            self.via_skip.insert(gk + 1, (contrib.clone(), kappa));
+        }
         send(grads, n.inputs[0], contrib);
         Ok(())
     }
@@ -1620,6 +1656,152 @@ impl MapPasses {
     /// E[m_c²]). Training-mode BatchNorm removes it; other ops carry it (element-wise f:
     /// Var_m E_e f(μ + m + e) on the channel's mean statistics; pooling and resize keep
     /// it, which is exact for averages and the named approximation for max pools).
+    /// Per output channel of conv node `k`, per position o: E[m(o) m̄], the product of
+    /// the offset its weights give o (Σ over o's real taps of the input's means and shared
+    /// parts) with the channel's mean offset m̄ over positions.
+    fn cross_fwd(&self, cx: &Cx<'_>, p: &Params, k: usize) -> Vec<Option<Rc<Plane>>> {
+        let n = &cx.g.nodes[k];
+        match &n.op {
+            Op::Conv(_) if super::graph::standardized(n).is_none() => self.offset_cross(cx, p, k).into_iter().map(Some).collect(),
+            Op::Concat => n.inputs.iter().flat_map(|v| self.cross[v.0].iter().cloned()).collect(),
+            Op::ChannelSlice { start, end } => self.cross[n.inputs[0].0][*start as usize..*end as usize].to_vec(),
+            Op::Pool(_) => {
+                // An average: m_out(o) is the mean of its window's m, so E[m_out(o) m̄] the
+                // mean of their cross terms (m̄ kept where the windows tile the input).
+                let win = Windows::of(n, cx.g.shape(n.inputs[0]));
+                let (oh, ow) = win.out_dims();
+                let mut done: Vec<(*const Plane, Rc<Plane>)> = Vec::new();
+                self.cross[n.inputs[0].0]
+                    .iter()
+                    .map(|c| {
+                        let c = c.as_ref().filter(|_| !win.max)?;
+                        if let Some((_, q)) = done.iter().find(|(k, _)| std::ptr::eq(*k, &**c)) {
+                            return Some(q.clone());
+                        }
+                        let mut q = Plane::filled(oh, ow, 0.0);
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let (cells, div) = win.cells(oy as u64, ox as u64);
+                                q.d[oy * ow + ox] = cells.iter().map(|&i| c.d[i]).sum::<f64>() / div;
+                            }
+                        }
+                        let q = Rc::new(q);
+                        done.push((&**c as *const Plane, q.clone()));
+                        Some(q)
+                    })
+                    .collect()
+            }
+            _ => vec![None; n.output.chw().0 as usize],
+        }
+    }
+
+    fn offset_cross(&self, cx: &Cx<'_>, p: &Params, k: usize) -> Vec<Rc<Plane>> {
+        let n = &cx.g.nodes[k];
+        let geo = &cx.weights[&k].0.geometry;
+        let x = self.get(n.inputs[0]);
+        let a_in = &self.shared[n.inputs[0].0];
+        let (kh, kw) = (geo.h.kernel as usize, geo.w.kernel as usize);
+        let (oh, ow) = (geo.h.output as usize, geo.w.output as usize);
+        let p_out = (oh * ow) as f64;
+        // f_t per axis: the fraction of outputs where tap t reads real input.
+        let frac = |a: &crate::index::Axis| -> Vec<f64> {
+            let mut f = vec![0.0; a.kernel as usize];
+            for o in 0..a.output {
+                for t in a.taps(o) {
+                    f[t as usize] += 1.0 / a.output as f64;
+                }
+            }
+            f
+        };
+        let (fh, fw) = (frac(&geo.h), frac(&geo.w));
+        // Per input channel run (equal planes and shared parts): Σ_{t real at o} μ(o+t) M_t + a f_t.
+        let per_run = |mu: &Plane, a: f64| -> Plane {
+            let mut m = vec![0.0; kh * kw];
+            for oy in 0..geo.h.output {
+                for ox in 0..geo.w.output {
+                    for ky in geo.h.taps(oy) {
+                        let row = geo.h.input_of(oy, ky) as usize * mu.w;
+                        for kx in geo.w.taps(ox) {
+                            m[ky as usize * kw + kx as usize] += mu.d[row + geo.w.input_of(ox, kx) as usize] / p_out;
+                        }
+                    }
+                }
+            }
+            let mut out = Plane::filled(oh, ow, 0.0);
+            for oy in 0..geo.h.output {
+                for ox in 0..geo.w.output {
+                    let mut acc = 0.0;
+                    for ky in geo.h.taps(oy) {
+                        let row = geo.h.input_of(oy, ky) as usize * mu.w;
+                        for kx in geo.w.taps(ox) {
+                            let t = ky as usize * kw + kx as usize;
+                            acc += mu.d[row + geo.w.input_of(ox, kx) as usize] * m[t] + a * fh[ky as usize] * fw[kx as usize];
+                        }
+                    }
+                    out.d[oy as usize * ow + ox as usize] = acc;
+                }
+            }
+            out
+        };
+        let s2 = p.sigma2[&k];
+        let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+        let per_in: Vec<(usize, Plane)> = split_by(x, a_in).into_iter().map(|(seg, a)| (seg.n, per_run(&seg.maps[0], a))).collect();
+        let mut out = Vec::with_capacity(geo.out_channels as usize);
+        let mut it = per_in.into_iter().flat_map(|(c, pl)| std::iter::repeat_n(pl, c));
+        for _ in 0..geo.groups {
+            let mut acc = Plane::filled(oh, ow, 0.0);
+            for _ in 0..cin_g {
+                acc.add(&it.next().expect("the conv's input channels"), 1.0);
+            }
+            let acc = Rc::new(acc.scaled(s2));
+            out.extend(std::iter::repeat_n(acc, cout_g));
+        }
+        out
+    }
+
+    /// A training BatchNorm's output map, y = γ (x − x̄)/s_B per position: E[(x(o) − x̄)²]
+    /// = E[x²](o) − 2 E[x(o) x̄] + E[x̄²], whose mean over positions is the batch
+    /// variance. With x = μ + m + e (m the offsets the weights give, [`Self::offset_cross`]
+    /// their product with the channel's mean offset m̄ per position, `shared` E[m̄²]) that
+    /// is E[x²](o) − 2 μ(o) μ̄ + μ̄² − 2 E[m(o) m̄] + E[m̄²]. So a conv's border outputs
+    /// (fewer real taps) stay below its interior, and the offsets that the batch mean does
+    /// not remove (the border positions' partial sums) stay with them. A channel with an
+    /// offset whose cross term is not known is taken as flat, as before.
+    fn batch_normalized_map(&self, x: &Val, shared: &[f64], cross: &[Option<Rc<Plane>>], gamma: f64) -> Val {
+        let mut out = Vec::new();
+        let mut c = 0;
+        for s in x {
+            let (mu, sec) = (&s.maps[0], &s.maps[1]);
+            let mbar = mu.mean();
+            for j in 0..s.n {
+                let a = shared[c + j];
+                let cr = match &cross[c + j] {
+                    Some(cr) => Some(&**cr),
+                    None if a == 0.0 => None,
+                    None => {
+                        out.push(Seg { n: 1, maps: vec![mu.map(|_| 0.0), sec.map(|_| gamma * gamma)] });
+                        continue;
+                    }
+                };
+                let mut num = sec.clone();
+                for (i, v) in num.d.iter_mut().enumerate() {
+                    let q = cr.map_or(0.0, |cr| cr.d[i]);
+                    *v = (*v - 2.0 * mu.d[i] * mbar + mbar * mbar - 2.0 * q + a).max(0.0);
+                }
+                let var = num.mean();
+                let seg = if var > 0.0 {
+                    let sd = var.sqrt();
+                    Seg { n: 1, maps: vec![mu.map(|m| gamma * (m - mbar) / sd), num.scaled(gamma * gamma / var)] }
+                } else {
+                    Seg { n: 1, maps: vec![mu.map(|_| 0.0), sec.map(|_| gamma * gamma)] }
+                };
+                out.push(seg);
+            }
+            c += s.n;
+        }
+        merge(out)
+    }
+
     fn shared_fwd(&mut self, cx: &Cx<'_>, p: &Params, k: usize) -> Vec<f64> {
         let g = cx.g;
         let n = &g.nodes[k];
