@@ -498,10 +498,15 @@ pub fn results_markdown(cfg: &ExperimentConfig, results: &[RunResult], config_pa
         let n = |k: usize| if k > 0 { format!("the first {k}") } else { "all".into() };
         s.insert_str(s.len() - 3, &format!(", {} training and {} validation images", n(cfg.limit_train), n(cfg.limit_val)));
     }
-    s.push_str("Best validation accuracy (%) per run, over seeds (quartiles: NumPy's linear interpolation):\n\n");
+    s.push_str(
+        "Best validation accuracy (%) per run, over seeds (quartiles: NumPy's linear interpolation), of the runs that finished:\n\n",
+    );
     s.push_str("| init | runs | diverged | max | Q1 | median | Q3 |\n|---|---|---|---|---|---|---|\n");
+    // A run counts once it has all its epochs or diverged; one not started, or stopped
+    // part way, is named below the table, not counted in it.
+    let finished = |r: &RunResult| r.diverged || r.val_accuracy.len() >= cfg.epochs;
     for init in &cfg.inits {
-        let runs: Vec<&RunResult> = results.iter().filter(|r| &r.init == init).collect();
+        let runs: Vec<&RunResult> = results.iter().filter(|r| &r.init == init && finished(r)).collect();
         let best: Vec<f64> = runs.iter().filter(|r| !r.diverged).filter_map(|r| r.best()).collect();
         s.push_str(&format!(
             "| {init} | {} | {} | {} | {} | {} | {} |\n",
@@ -513,10 +518,22 @@ pub fn results_markdown(cfg: &ExperimentConfig, results: &[RunResult], config_pa
             pct(quantile(&best, 0.75))
         ));
     }
+    let pending: Vec<String> = results
+        .iter()
+        .filter(|r| !finished(r))
+        .map(|r| match r.val_accuracy.len() {
+            0 => format!("{}-s{} (not started)", r.init, r.seed),
+            n => format!("{}-s{} ({n} of {} epochs)", r.init, r.seed, cfg.epochs),
+        })
+        .collect();
+    if !pending.is_empty() {
+        s.push_str(&format!("\nNot in the table yet: {}.\n", pending.join(", ")));
+    }
     s.push_str("\nLearning curves (mean validation accuracy per epoch): `curves.svg`.\n\nPer run:\n\n| run | validation accuracy per epoch (%) |\n|---|---|\n");
     for r in results {
         let accs: Vec<String> = r.val_accuracy.iter().map(|&a| format!("{:.2}", 100.0 * a)).collect();
-        s.push_str(&format!("| {}-s{}{} | {} |\n", r.init, r.seed, if r.diverged { " (diverged)" } else { "" }, accs.join(", ")));
+        let accs = if accs.is_empty() && !r.diverged { "not started".to_string() } else { accs.join(", ") };
+        s.push_str(&format!("| {}-s{}{} | {} |\n", r.init, r.seed, if r.diverged { " (diverged)" } else { "" }, accs));
     }
     s
 }
@@ -538,4 +555,23 @@ fn curves_svg(cfg: &ExperimentConfig, results: &[RunResult]) -> Result<String, S
         })
         .collect();
     line_chart(&format!("{}: validation accuracy", cfg.model), "epoch", "accuracy (%)", &series, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_count_finished_runs_only_and_name_the_others() {
+        let cfg: ExperimentConfig = serde_norway::from_str(
+            "model: m.cnn\ndata: d\nepochs: 3\nbatch_size: 4\nlr: 0.1\ninits: [forward]\nseeds: [0, 1, 2, 3]\nout: o\n",
+        )
+        .unwrap();
+        let run = |seed, acc: &[f64], diverged| RunResult { init: "forward".into(), seed, val_accuracy: acc.to_vec(), diverged };
+        let results = [run(0, &[0.5, 0.6, 0.7], false), run(1, &[0.4], false), run(2, &[], false), run(3, &[0.1], true)];
+        let md = results_markdown(&cfg, &results, Path::new("e.yaml"));
+        assert!(md.contains("| forward | 2 | 1 | 70.00 | 70.00 | 70.00 | 70.00 |"), "{md}");
+        assert!(md.contains("Not in the table yet: forward-s1 (1 of 3 epochs), forward-s2 (not started)."), "{md}");
+        assert!(md.contains("| forward-s2 | not started |"), "{md}");
+    }
 }
