@@ -568,7 +568,7 @@ impl GraphModel {
                         let w = weight.var.as_tensor().reshape(shape.to_vec())?;
                         let u = if cpu_ours { spec.apply(&x, &w, b)? } else { spec.apply_candle(&x, &w, b)? };
                         if *relu {
-                            u.relu()?
+                            crate::nn::relu::relu(&u)?
                         } else {
                             u
                         }

@@ -18,6 +18,7 @@ pub mod conv;
 pub mod graph;
 pub mod norm;
 pub mod pool;
+pub mod relu;
 
 pub use graph::GraphModel;
 
@@ -317,7 +318,7 @@ pub fn backward_with_sink(sink: &conv::GradSink, loss: &Tensor) -> candle_core::
 pub fn activate(a: Activation, u: &Tensor) -> candle_core::Result<Tensor> {
     match a {
         Activation::Identity => Ok(u.clone()),
-        Activation::Relu => u.relu(),
+        Activation::Relu => relu::relu(u),
         Activation::LeakyRelu { slope } => candle_nn::ops::leaky_relu(u, slope),
         Activation::Tanh => u.tanh(),
         Activation::Sigmoid => candle_nn::ops::sigmoid(u),

@@ -308,13 +308,13 @@ impl Model {
         // node 1: batchnorm `bn` → (8,12,12)
         let x2 = self.bn.forward(&x1, training)?;
         // node 2: activation `2` → (8,12,12)
-        let x3 = x2.relu()?;
+        let x3 = cnnc::nn::relu::relu(&x2)?;
         // node 3: conv `layer1.conv1` → (12,6,6)
         let x4 = self.conv(&self.layer1_conv1, &x3)?;
         // node 4: batchnorm `layer1.bn1` → (12,6,6)
         let x5 = self.layer1_bn1.forward(&x4, training)?;
         // node 5: activation `layer1.2` → (12,6,6)
-        let x6 = x5.relu()?;
+        let x6 = cnnc::nn::relu::relu(&x5)?;
         // node 6: conv `layer1.conv2` → (12,6,6)
         let x7 = self.conv(&self.layer1_conv2, &x6)?;
         // node 7: batchnorm `layer1.bn2` → (12,6,6)
@@ -326,7 +326,7 @@ impl Model {
         // node 10: add `layer1.add` → (12,6,6)
         let x11 = (&x8 + &x10)?;
         // node 11: activation `layer1.6` → (12,6,6)
-        let x12 = x11.relu()?;
+        let x12 = cnnc::nn::relu::relu(&x11)?;
         // node 12: conv `mix.0` → (4,6,6)
         let x13 = self.conv_relu(&self.mix_0, &x12)?;
         // node 13: activation `mix.1` → (4,6,6)

@@ -142,7 +142,7 @@ fn ident(name: &str, fallback: &str, taken: &mut HashSet<String>) -> String {
 fn act_code(a: Activation, v: &str) -> String {
     match a {
         Activation::Identity => format!("{v}.clone()"),
-        Activation::Relu => format!("{v}.relu()?"),
+        Activation::Relu => format!("cnnc::nn::relu::relu(&{v})?"),
         Activation::LeakyRelu { slope } => format!("candle_nn::ops::leaky_relu(&{v}, {})?", flit(slope)),
         Activation::Tanh => format!("{v}.tanh()?"),
         Activation::Sigmoid => format!("candle_nn::ops::sigmoid(&{v})?"),
@@ -887,7 +887,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
              fn conv_reshaped(c: &Conv2d, x: &Tensor, shape: [usize; 4], relu: bool) -> Result<Tensor> {\n    \
              let w = c.weight.reshape(shape.to_vec())?;\n    \
              let u = c.spec.apply(x, &w, c.bias.as_ref())?;\n    \
-             if relu {\n        u.relu()\n    } else {\n        Ok(u)\n    }\n}\n\n",
+             if relu {\n        cnnc::nn::relu::relu(&u)\n    } else {\n        Ok(u)\n    }\n}\n\n",
         );
     }
     if uses.linear {

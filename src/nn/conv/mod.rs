@@ -286,7 +286,7 @@ impl ConvSpec {
     fn run(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool, sink: Option<&GradSink>) -> candle_core::Result<Tensor> {
         if !x.device().is_cpu() {
             let u = self.apply_candle(x, w, b)?;
-            return if relu { u.relu() } else { Ok(u) };
+            return if relu { crate::nn::relu::relu(&u) } else { Ok(u) };
         }
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         // What the forward can keep for the input gradient, if there will be one.
