@@ -133,6 +133,25 @@ fn tap_sum(p: &Plane, h: &Axis, w: &Axis) -> Plane {
     out
 }
 
+/// Per tap t of a conv (row-major over the kernel): the mean over output positions of what
+/// t reads of `mu` (0 where it reads padding), M_t.
+fn tap_means(mu: &Plane, geo: &crate::index::ConvGeometry) -> Vec<f64> {
+    let kw = geo.w.kernel as usize;
+    let mut sum = vec![0.0; geo.h.kernel as usize * kw];
+    for oy in 0..geo.h.output {
+        for ox in 0..geo.w.output {
+            for ky in geo.h.taps(oy) {
+                let row = geo.h.input_of(oy, ky) as usize * mu.w;
+                for kx in geo.w.taps(ox) {
+                    sum[ky as usize * kw + kx as usize] += mu.d[row + geo.w.input_of(ox, kx) as usize];
+                }
+            }
+        }
+    }
+    let p_out = (geo.h.output * geo.w.output) as f64;
+    sum.iter().map(|v| v / p_out).collect()
+}
+
 /// Per input position: Σ over the (output, tap) pairs that read it (the transposed sum).
 fn reader_sum(p: &Plane, h: &Axis, w: &Axis) -> Plane {
     let rows: Vec<Vec<(u64, u64)>> = (0..h.input).map(|i| h.readers(i)).collect();
@@ -1700,9 +1719,8 @@ impl MapPasses {
         let geo = &cx.weights[&k].0.geometry;
         let x = self.get(n.inputs[0]);
         let a_in = &self.shared[n.inputs[0].0];
-        let (kh, kw) = (geo.h.kernel as usize, geo.w.kernel as usize);
+        let kw = geo.w.kernel as usize;
         let (oh, ow) = (geo.h.output as usize, geo.w.output as usize);
-        let p_out = (oh * ow) as f64;
         // f_t per axis: the fraction of outputs where tap t reads real input.
         let frac = |a: &crate::index::Axis| -> Vec<f64> {
             let mut f = vec![0.0; a.kernel as usize];
@@ -1716,17 +1734,7 @@ impl MapPasses {
         let (fh, fw) = (frac(&geo.h), frac(&geo.w));
         // Per input channel run (equal planes and shared parts): Σ_{t real at o} μ(o+t) M_t + a f_t.
         let per_run = |mu: &Plane, a: f64| -> Plane {
-            let mut m = vec![0.0; kh * kw];
-            for oy in 0..geo.h.output {
-                for ox in 0..geo.w.output {
-                    for ky in geo.h.taps(oy) {
-                        let row = geo.h.input_of(oy, ky) as usize * mu.w;
-                        for kx in geo.w.taps(ox) {
-                            m[ky as usize * kw + kx as usize] += mu.d[row + geo.w.input_of(ox, kx) as usize] / p_out;
-                        }
-                    }
-                }
-            }
+            let m = tap_means(mu, geo);
             let mut out = Plane::filled(oh, ow, 0.0);
             for oy in 0..geo.h.output {
                 for ox in 0..geo.w.output {
@@ -1814,8 +1822,6 @@ impl MapPasses {
                 let geo = &w.geometry;
                 let x = self.get(n.inputs[0]);
                 let a_in = &self.shared[input(0)];
-                let (kh, kw) = (geo.h.kernel as usize, geo.w.kernel as usize);
-                let p_out = (geo.h.output * geo.w.output) as f64;
                 // Σ_t f_t² (f_t: the fraction of output positions where tap t reads real
                 // input), separable per axis.
                 let f2 = super::graph::shared_taps(&geo.h) * super::graph::shared_taps(&geo.w);
@@ -1825,18 +1831,7 @@ impl MapPasses {
                     let mu = &s.maps[0];
                     let mut m2 = 0.0;
                     if mu.d.iter().any(|&v| v != 0.0) {
-                        let mut sum = vec![0.0; kh * kw];
-                        for oy in 0..geo.h.output {
-                            for ox in 0..geo.w.output {
-                                for ky in geo.h.taps(oy) {
-                                    let row = geo.h.input_of(oy, ky) as usize * mu.w;
-                                    for kx in geo.w.taps(ox) {
-                                        sum[ky as usize * kw + kx as usize] += mu.d[row + geo.w.input_of(ox, kx) as usize];
-                                    }
-                                }
-                            }
-                        }
-                        m2 = sum.iter().map(|v| (v / p_out).powi(2)).sum();
+                        m2 = tap_means(mu, geo).iter().map(|v| v * v).sum();
                     }
                     per_in.extend(std::iter::repeat_n(m2, s.n));
                 }
