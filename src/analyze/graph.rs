@@ -1076,7 +1076,7 @@ fn is_zero(x: &Stat) -> bool {
 }
 
 /// A residual stream after its ReLU plus a branch: the input of an element-wise f is an
-/// Add of a value a and a piecewise-linear g(c) of another value c, read by nothing else
+/// Add of a value a and a piecewise-linear g(c) of another value c
 /// (ResNet's `relu(bn3(…) + x)`, x = relu(s) of the block before). Returns (g, a, c).
 pub(super) fn rectified_sum<'g>(g: &'g Graph, v: ValueId) -> Option<(Func<'g>, ValueId, ValueId)> {
     let node = g.nodes.get(v.0.checked_sub(1)?)?;
@@ -1136,23 +1136,15 @@ pub(super) fn sum_moments(f: Func<'_>, mu_a: f64, v_a: f64, g: Func<'_>, mu_c: f
     out
 }
 
-/// A residual stream's ReLU: the input of element-wise node `k` is an Add of a value a
-/// and the output of a ReLU-like node g (the stream, g of its input c), read by nothing
-/// else. Returns (g's node, a, c).
+/// A residual stream's ReLU: element-wise node `k`, ReLU-like, reads a [`rectified_sum`]
+/// a + g(c). Returns (g's node, a, c).
 pub(super) fn stream_relu(g: &Graph, k: usize) -> Option<(usize, ValueId, ValueId)> {
     func(&g.nodes[k].op).and_then(|f| f.slope())?;
     let v = g.nodes[k].inputs[0];
-    let node = g.nodes.get(v.0.checked_sub(1)?)?;
-    if !matches!(node.op, Op::Add) || node.inputs.len() != 2 || node.inputs[0] == node.inputs[1] {
-        return None;
-    }
-    for (i, &r) in node.inputs.iter().enumerate() {
-        let Some(p) = r.0.checked_sub(1) else { continue };
-        if func(&g.nodes[p].op).is_some_and(|f| f.slope().is_some()) {
-            return Some((p, node.inputs[1 - i], g.nodes[p].inputs[0]));
-        }
-    }
-    None
+    let (_, a, c) = rectified_sum(g, v)?;
+    let add = &g.nodes[v.0 - 1];
+    let made = if add.inputs[0] == a { add.inputs[1] } else { add.inputs[0] };
+    Some((made.0 - 1, a, c))
 }
 
 /// κ = E[f'(s)² g'(c)²] / (E[f'(s)²] E[g'(c)²]) for s = μ_a + e + g(c), e ~ N(0, v_a) and
