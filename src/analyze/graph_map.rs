@@ -890,26 +890,14 @@ impl MapPasses {
         let fan = geo.taps_per_kernel().max(2) as f64;
         let x = self.get(n.inputs[0]);
         let a_in = &self.shared[n.inputs[0].0];
-        let (kw, p_out) = (geo.w.kernel as usize, (geo.h.output * geo.w.output) as f64);
         let f2 = super::graph::shared_taps(&geo.h) * super::graph::shared_taps(&geo.w);
         let kappa = super::graph::real_taps(&geo.h).0 * super::graph::real_taps(&geo.w).0;
         // Per input channel: (Σ_t M_ct², Σ_t M_ct).
         let mut per_in = Vec::with_capacity(a_in.len());
         for s in x {
-            let mu = &s.maps[0];
-            let mut sum = vec![0.0; geo.h.kernel as usize * kw];
-            for oy in 0..geo.h.output {
-                for ox in 0..geo.w.output {
-                    for ky in geo.h.taps(oy) {
-                        let row = geo.h.input_of(oy, ky) as usize * mu.w;
-                        for kx in geo.w.taps(ox) {
-                            sum[ky as usize * kw + kx as usize] += mu.d[row + geo.w.input_of(ox, kx) as usize];
-                        }
-                    }
-                }
-            }
-            let m2 = sum.iter().map(|v| (v / p_out).powi(2)).sum::<f64>();
-            let m1 = sum.iter().sum::<f64>() / p_out;
+            let m = tap_means(&s.maps[0], geo);
+            let m2 = m.iter().map(|v| v * v).sum::<f64>();
+            let m1 = m.iter().sum::<f64>();
             per_in.extend(std::iter::repeat_n((m2, m1), s.n));
         }
         let s2 = p.sigma2[&k];
