@@ -1120,16 +1120,22 @@ pub(super) fn sum_moments(f: Func<'_>, mu_a: f64, v_a: f64, g: Func<'_>, mu_c: f
         out[3] = mean_slope(f, y, v_a);
         return out;
     }
-    // Panels broken at g's kink (c = 0).
-    let mut cuts = vec![-10.0, 10.0];
-    let z0 = -mu_c / s_c;
-    if z0.abs() < 10.0 {
-        cuts.insert(1, z0);
-    }
     let mut out = [0.0; 4];
+    out.copy_from_slice(&over_standard_normal(inner, 4, -mu_c / s_c));
+    out
+}
+
+/// ∫ `inner`(z) dz over z ∈ [−10, 10] (`inner` carries φ(z) itself), `n` integrands at
+/// once, the panels broken at `kink` (where g(μ_c + s_c z) bends: z = −μ_c/s_c).
+fn over_standard_normal(inner: impl Fn(f64, &mut [f64]), n: usize, kink: f64) -> Vec<f64> {
+    let mut cuts = vec![-10.0, 10.0];
+    if kink.abs() < 10.0 {
+        cuts.insert(1, kink);
+    }
+    let mut out = vec![0.0; n];
     for w in cuts.windows(2) {
         let panels = ((w[1] - w[0]) / 0.5).ceil().max(1.0) as usize;
-        for (o, v) in out.iter_mut().zip(crate::quad::integrate_vec(inner, 4, w[0], w[1], panels)) {
+        for (o, v) in out.iter_mut().zip(crate::quad::integrate_vec(&inner, n, w[0], w[1], panels)) {
             *o += v;
         }
     }
@@ -1165,18 +1171,7 @@ pub(super) fn mask_overlap(f: Func<'_>, mu_a: f64, v_a: f64, g: Func<'_>, mu_c: 
         out[1] = d2 * w;
         out[2] = gd * gd * w;
     };
-    let mut cuts = vec![-10.0, 10.0];
-    let z0 = -mu_c / s_c;
-    if z0.abs() < 10.0 {
-        cuts.insert(1, z0);
-    }
-    let mut m = [0.0; 3];
-    for w in cuts.windows(2) {
-        let panels = ((w[1] - w[0]) / 0.5).ceil().max(1.0) as usize;
-        for (o, v) in m.iter_mut().zip(crate::quad::integrate_vec(inner, 3, w[0], w[1], panels)) {
-            *o += v;
-        }
-    }
+    let m = over_standard_normal(inner, 3, -mu_c / s_c);
     if m[1] > 0.0 && m[2] > 0.0 {
         m[0] / (m[1] * m[2])
     } else {
