@@ -1163,14 +1163,16 @@ impl MapPasses {
             let gamma = p.bn_scale[&k];
             let shared = &self.shared[n.inputs[0].0];
             let mut out = Vec::new();
-            for g in map_groups(&x, shared, groups) {
+            let extra = self.offset_positions(r.cx, p, n.inputs[0]);
+            for g in map_groups(&x, shared, &extra, groups) {
                 let (mut at, sd) = (g.range.start, g.var.max(0.0).sqrt());
-                for (seg, a) in split_by(&range(&x, g.range.start, g.range.end), &shared[g.range.clone()]) {
+                for (seg, _) in split_by(&range(&x, g.range.start, g.range.end), &runs(&shared[g.range.clone()], &extra.0[g.range.clone()]))
+                {
                     let (mu, sec) = (&seg.maps[0], &seg.maps[1]);
                     let mut m1 = mu.clone();
                     let mut m2 = sec.clone();
                     for i in 0..mu.d.len() {
-                        let (y2, y1, _) = g.channel(mu.d[i], sec.d[i], a);
+                        let (y2, y1, _) = g.channel(at, mu.d[i], sec.d[i], shared[at]);
                         m1.d[i] = gamma * y1;
                         m2.d[i] = gamma * gamma * y2;
                     }
@@ -1502,14 +1504,15 @@ impl MapPasses {
                 _ => None,
             };
             let (mu, sec) = (channel_means(&x, 0), channel_means(&x, 1));
-            for g in map_groups(&x, shared, groups) {
+            let extra = self.offset_positions(r.cx, p, n.inputs[0]);
+            for g in map_groups(&x, shared, &extra, groups) {
                 let k2 = g.gain(gamma);
                 let mean_part: f64 = g.range.clone().map(|c| frac[c] * d[c]).sum::<f64>() / (g.n * g.n);
                 let mut along = 0.0;
                 if let Some((f, gz, fz)) = &reader {
                     for c in g.range.clone() {
                         if fz[c] * gz[c] > 0.0 {
-                            let (y2, y1, _) = g.channel(mu[c], sec[c], shared[c]);
+                            let (y2, y1, _) = g.channel(c, mu[c], sec[c], shared[c]);
                             along += fz[c] * gz[c] * super::graph::slope_along(*f, gamma, y1, y2 - y1 * y1).powi(2);
                         }
                     }
@@ -1519,7 +1522,7 @@ impl MapPasses {
                     .range
                     .clone()
                     .map(|c| {
-                        let y2 = g.channel(mu[c], sec[c], shared[c]).0;
+                        let y2 = g.channel(c, mu[c], sec[c], shared[c]).0;
                         if d[c] > 0.0 {
                             k2 * ((d[c] - mean_part - along * y2).max(0.0) / d[c])
                         } else {
@@ -1644,8 +1647,26 @@ fn split_by(v: &Val, a: &[f64]) -> Vec<(Seg, f64)> {
 
 /// The groups of a per-sample normalization: the paper analysis's, on the channels'
 /// means over positions and their shared parts.
-fn map_groups(x: &Val, shared: &[f64], groups: u64) -> Vec<super::graph::GroupStats> {
-    super::graph::group_stats_of(&channel_means(x, 0), &channel_means(x, 1), shared, groups)
+fn map_groups(
+    x: &Val,
+    shared: &[f64],
+    extra: &(Vec<f64>, Option<super::graph::OffsetShape>),
+    groups: u64,
+) -> Vec<super::graph::GroupStats> {
+    super::graph::group_stats_of(&channel_means(x, 0), &channel_means(x, 1), shared, &extra.0, extra.1.as_ref(), groups)
+}
+
+/// A key per channel that changes where `a` or `b` does: [`split_by`] on it cuts at both.
+fn runs(a: &[f64], b: &[f64]) -> Vec<f64> {
+    let mut id = 0.0;
+    (0..a.len())
+        .map(|i| {
+            if i > 0 && (a[i] != a[i - 1] || b[i] != b[i - 1]) {
+                id += 1.0;
+            }
+            id
+        })
+        .collect()
 }
 
 /// Per channel, the mean over positions of map `m`.
@@ -1700,6 +1721,42 @@ impl MapPasses {
             }
             _ => vec![None; n.output.chw().0 as usize],
         }
+    }
+
+    /// Per channel of value `v`, the mean over positions of E[m(o)²] less E[m̄²] (its
+    /// `shared`): m(o) the offset the weights give position o. A conv's output has
+    /// E[m(o)²] = σ² Σ_c Σ_{t real at o} (μ_c(o+t)² + E[m_c²]) (the input's offsets taken
+    /// as its shared parts), so its mean over positions is σ² Σ_{c,t} (the mean over o of
+    /// μ_c(o+t)² where t is real, + f_t E[m_c²]), against E[m̄²]'s M_{c,t}² + f_t² E[m_c²].
+    /// Other values: 0 (not known; their offsets taken as flat).
+    fn offset_positions(&self, cx: &Cx<'_>, p: &Params, v: ValueId) -> (Vec<f64>, Option<super::graph::OffsetShape>) {
+        let c_out = cx.g.shape(v).chw().0 as usize;
+        let k = match v.0.checked_sub(1) {
+            Some(k) if matches!(cx.g.nodes[k].op, Op::Conv(_)) && super::graph::standardized(&cx.g.nodes[k]).is_none() => k,
+            _ => return (vec![0.0; c_out], None),
+        };
+        let n = &cx.g.nodes[k];
+        let geo = &cx.weights[&k].0.geometry;
+        let x = self.get(n.inputs[0]);
+        let a_in = &self.shared[n.inputs[0].0];
+        let real = |a: &crate::index::Axis| (0..a.output).map(|o| a.taps(o).count() as f64).sum::<f64>() / a.output as f64;
+        let f1 = real(&geo.h) * real(&geo.w);
+        let mut per_in = Vec::with_capacity(a_in.len());
+        for s in x {
+            let mu = &s.maps[0];
+            let m2 = if mu.d.iter().any(|&v| v != 0.0) { tap_means(&mu.map(|v| v * v), geo).iter().sum() } else { 0.0 };
+            per_in.extend(std::iter::repeat_n(m2, s.n));
+        }
+        let s2 = p.sigma2[&k];
+        let (cin_g, cout_g) = (geo.group_in() as usize, geo.group_out() as usize);
+        let pos: Vec<f64> = (0..geo.groups as usize)
+            .flat_map(|gi| {
+                let total: f64 = (gi * cin_g..(gi + 1) * cin_g).map(|c| per_in[c] + f1 * a_in[c]).sum();
+                std::iter::repeat_n(s2 * total, cout_g)
+            })
+            .collect();
+        let extra = pos.iter().zip(&self.shared[v.0]).map(|(p, a)| (p - a).max(0.0)).collect();
+        (extra, Some(super::graph::OffsetShape::of(geo)))
     }
 
     fn offset_cross(&self, cx: &Cx<'_>, p: &Params, k: usize) -> Vec<Rc<Plane>> {
@@ -1920,10 +1977,11 @@ impl MapPasses {
                     let a_in = &self.shared[input(0)];
                     let mu = channel_means(x, 0);
                     let sec = channel_means(x, 1);
+                    let extra = self.offset_positions(cx, p, n.inputs[0]);
                     let mut out = Vec::with_capacity(c_out);
-                    for g in map_groups(x, a_in, groups) {
+                    for g in map_groups(x, a_in, &extra, groups) {
                         for c in g.range.clone() {
-                            out.push(gamma * gamma * g.channel(mu[c], sec[c], a_in[c]).2);
+                            out.push(gamma * gamma * g.channel(c, mu[c], sec[c], a_in[c]).2);
                         }
                     }
                     out
