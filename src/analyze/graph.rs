@@ -1852,13 +1852,24 @@ impl GroupStats {
     /// offsets smaller (their sum over the group still 1: y is normalized).
     /// `c` is the channel's index in the value.
     pub(super) fn channel(&self, c: usize, mu: f64, s: f64, a: f64) -> (f64, f64, f64) {
+        self.at_position(c, mu, s, a, 1.0, a)
+    }
+
+    /// [`Self::channel`] at one position o of the map analysis, whose variance is `w`
+    /// times the channel's mean over positions: its offset there, E[m(o)²], taken as the
+    /// same share of the channel's (a conv's border outputs have fewer real taps for
+    /// both), `cross` E[m(o) m̄] (the channel's mean offset: `a` on average over o). The
+    /// group's mean removes M = mean_c m̄_c: E[(m(o) − M)²] = E[m(o)²] − 2 E[m(o) m̄]/n +
+    /// Ā/n.
+    pub(super) fn at_position(&self, c: usize, mu: f64, s: f64, a: f64, w: f64, cross: f64) -> (f64, f64, f64) {
         if self.var <= 0.0 {
             return (0.0, 0.0, 0.0);
         }
         let e = self.extra[c - self.range.start];
         let shared = (a * (1.0 - 2.0 / self.n) + self.offset / self.n).max(0.0);
-        let within = (s - mu * mu - a - e).max(0.0);
-        let spread = (mu - self.mean).powi(2) + shared + e;
+        let within = (s - mu * mu - (a + e) * w).max(0.0);
+        let offsets = (a + e) * w - 2.0 * cross / self.n + self.offset / self.n;
+        let spread = ((mu - self.mean).powi(2) + offsets).max(0.0);
         let second = within * self.within_gain + spread * self.offset_gain;
         (second, (mu - self.mean) / self.var.sqrt(), shared * self.offset_gain)
     }
@@ -2727,6 +2738,12 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
         }
     };
     let map = analysis == Analysis::Map;
+    if std::env::var("CNNC_DUMP").is_ok() {
+        for (k, n) in g.nodes.iter().enumerate() {
+            eprintln!("DUMP {} {} {:.6e} {:.6e}", n.name, n.op.kind_name(), fwd[k + 1].avg, bwd[k + 1].avg);
+        }
+        eprintln!("DUMP input input {:.6e} {:.6e}", fwd[0].avg, bwd[0].avg);
+    }
     let mut weights = Vec::new();
     let mut keys: Vec<usize> = cx.weights.keys().copied().collect();
     keys.sort_unstable();

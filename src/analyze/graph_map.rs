@@ -1171,8 +1171,13 @@ impl MapPasses {
                     let (mu, sec) = (&seg.maps[0], &seg.maps[1]);
                     let mut m1 = mu.clone();
                     let mut m2 = sec.clone();
+                    let var = |i: usize| sec.d[i] - mu.d[i] * mu.d[i];
+                    let mean_var = (0..mu.d.len()).map(var).sum::<f64>() / mu.d.len() as f64;
+                    let cross = self.cross[n.inputs[0].0][at].clone();
                     for i in 0..mu.d.len() {
-                        let (y2, y1, _) = g.channel(at, mu.d[i], sec.d[i], shared[at]);
+                        let w = if mean_var > 0.0 { var(i) / mean_var } else { 1.0 };
+                        let cr = cross.as_ref().map_or(shared[at], |cr| cr.d[i]);
+                        let (y2, y1, _) = g.at_position(at, mu.d[i], sec.d[i], shared[at], w, cr);
                         m1.d[i] = gamma * y1;
                         m2.d[i] = gamma * gamma * y2;
                     }
