@@ -90,6 +90,69 @@ pub fn integrate_width(f: impl Fn(f64) -> f64, a: f64, b: f64, width: f64) -> f6
     integrate(f, a, b, panels)
 }
 
+const HERMITE: usize = 32;
+
+/// Nodes and weights of the `HERMITE`-point Gauss–Hermite rule for E[f(z)], z ~ N(0, 1)
+/// (probabilists' He_n: He_{k+1} = z He_k − k He_{k−1}; the weights sum to 1). For the
+/// smooth integrands of nested Gaussian expectations, where the composite rule's
+/// thousands of points per level multiply.
+fn hermite_rule() -> &'static ([f64; HERMITE], [f64; HERMITE]) {
+    static RULE: OnceLock<([f64; HERMITE], [f64; HERMITE])> = OnceLock::new();
+    RULE.get_or_init(|| {
+        let n = HERMITE;
+        // He_n and He_{n−1}, scaled by 1/√(k!) as they are built (no overflow).
+        let he = |z: f64| {
+            let (mut p0, mut p1) = (0.0, 1.0);
+            for k in 0..n {
+                let p2 = (z * p1 - (k as f64).sqrt() * p0) / ((k + 1) as f64).sqrt();
+                p0 = p1;
+                p1 = p2;
+            }
+            (p1, p0)
+        };
+        let mut x = [0.0; HERMITE];
+        let mut w = [0.0; HERMITE];
+        // The roots lie within ±2√n; bracket each by a sign change on a fine grid.
+        let top = 2.0 * (n as f64).sqrt() + 1.0;
+        let steps = 20_000;
+        let mut found = 0;
+        let mut prev = (-top, he(-top).0);
+        for i in 1..=steps {
+            let z = -top + 2.0 * top * i as f64 / steps as f64;
+            let v = he(z).0;
+            if v == 0.0 || v.signum() != prev.1.signum() {
+                let (mut lo, mut hi) = (prev.0, z);
+                for _ in 0..100 {
+                    let mid = 0.5 * (lo + hi);
+                    if he(mid).0.signum() == he(lo).0.signum() {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                let r = 0.5 * (lo + hi);
+                // With the scaled polynomials, w = 1/(n ĥe_{n−1}(r)²).
+                x[found] = r;
+                w[found] = 1.0 / (n as f64 * he(r).1.powi(2));
+                found += 1;
+                if found == n {
+                    break;
+                }
+            }
+            prev = (z, v);
+        }
+        assert_eq!(found, n, "the Hermite roots");
+        (x, w)
+    })
+}
+
+/// E[f(z)] for z ~ N(0, 1) by Gauss–Hermite quadrature (exact for polynomials of degree
+/// below 64; for smooth f, close).
+pub fn normal_expectation(f: impl Fn(f64) -> f64) -> f64 {
+    let (x, w) = hermite_rule();
+    x.iter().zip(w).map(|(&z, &w)| w * f(z)).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +165,16 @@ mod tests {
         let exact = 2.0 / 39.0; // ∫_{-1}^{1} x^38
         let got: f64 = x.iter().zip(w).map(|(x, w)| w * x.powi(38)).sum();
         assert!((got - exact).abs() < 1e-14, "{got} vs {exact}");
+    }
+
+    #[test]
+    fn hermite_rule_gives_the_normal_moments() {
+        assert!((normal_expectation(|_| 1.0) - 1.0).abs() < 1e-13);
+        assert!((normal_expectation(|z| z * z) - 1.0).abs() < 1e-12);
+        assert!((normal_expectation(|z| z.powi(4)) - 3.0).abs() < 1e-11);
+        assert!((normal_expectation(|z| z.powi(10)) - 945.0).abs() < 1e-7);
+        // A smooth non-polynomial: E[e^z] = e^{1/2}.
+        assert!((normal_expectation(f64::exp) - 0.5f64.exp()).abs() < 1e-12);
     }
 
     #[test]

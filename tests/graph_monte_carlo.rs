@@ -1578,15 +1578,17 @@ fn split_attention_net() -> Graph {
 #[test]
 fn split_attention_matches_the_sampled_network_loosely() {
     // Measured (seed 7, 24 draws of 8): forward 0.84–1.06 at every layer; backward 1.1–1.45
-    // below the block, and 0.47–0.73 at the attention's own fc layers: the two gates'
+    // below the block, and 0.37–0.58 at the attention's own fc layers: the two gates'
     // gradients Σ_p δy_p s_p share their coherent part (the splits have one mean and are
     // summed after gating), which cancels in δz = σ'(d)(δa_me − δa_other), and the rule
-    // takes them as independent (docs/dag.md). The band guards the softmax's own factors
-    // (σ'² ≈ 0.2 of the gradient: dropping it is 5× off).
+    // takes them as independent (docs/dag.md). (0.47–0.73 before the ReLU's shared part
+    // took each channel's open fraction with its offset, `mean_slope_sq`: the coherent part
+    // is larger, and so is what the rule misses of its cancelling.) The band guards the
+    // softmax's own factors (σ'² ≈ 0.2 of the gradient: dropping it is 5× off).
     let g = split_attention_net();
     for (analysis, mode) in [(Analysis::Paper, Mode::Forward), (Analysis::Map, Mode::Backward)] {
         let (f, b) = check(&g, analysis, mode, 24, 8, 1.2);
-        assert!((0.4..2.2).contains(&f) && (0.4..2.2).contains(&b), "{analysis:?}: worst ratios {f} {b}");
+        assert!((0.33..2.2).contains(&f) && (0.33..2.2).contains(&b), "{analysis:?}: worst ratios {f} {b}");
         eprintln!("split attention {analysis:?} {mode:?}: worst ratio forward {f:.3}, backward {b:.3}");
     }
 }
@@ -1648,6 +1650,65 @@ fn group_norm_outputs_stay_normalized_in_both_analyses() {
                 let got = bn.forward_variance;
                 assert!((got - want).abs() <= 1e-6 * want, "{what}, {analysis:?}, node {}: E[y²] {got}, γ² {want}", bn.node);
             }
+        }
+    }
+}
+
+/// torchvision's GroupNorm(32) ResNet-50 in its first stages, small: bottlenecks of 64
+/// channels (16 in the middle: GroupNorms of two channels there, eight at the block's end)
+/// at 8×8. The convs that read the stream put most of their output into their channels'
+/// offsets (fixed by the weights), so after their GroupNorm a channel is open almost
+/// everywhere or almost nowhere: the part of the gradient a sample's positions share
+/// passes a ReLU with E[(open fraction)²] over the channels (`mean_slope_sq`), not (E f')²,
+/// and lies along x̂ with E[(E_e f'(ŷ)ŷ)²] (`slope_along_sq`). The group mean and the x̂
+/// projection remove that part, so taking it at (E f')² over-predicted every gradient
+/// here by 9–24 % (resnet50_gn in torch: 0.73 at layer1).
+fn gn_bottleneck_net(blocks: usize) -> Graph {
+    let (wide, hw, groups) = (64, 8, 8);
+    let mut b = B::new(3, hw, hw);
+    let u = b.conv(ValueId(0), wide, 3, 1, 1);
+    let n = b.gn(u, groups);
+    let mut x = b.relu(n);
+    for _ in 0..blocks {
+        let u = b.conv(x, wide / 4, 1, 0, 1);
+        let n = b.gn(u, groups);
+        let r = b.relu(n);
+        let u = b.conv(r, wide / 4, 3, 1, 1);
+        let n = b.gn(u, groups);
+        let r = b.relu(n);
+        let u = b.conv(r, wide, 1, 0, 1);
+        let n = b.gn(u, groups);
+        let s = b.add(n, x);
+        x = b.relu(s);
+    }
+    b.head(x, 10);
+    b.g
+}
+
+#[test]
+fn a_group_norm_s_offsets_open_or_close_whole_channels() {
+    let g = gn_bottleneck_net(3);
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        let opts = GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0, batch: Some(8) };
+        let plan = analyze_graph_with(&g, opts, analysis).expect("the graph plans");
+        let measured = measure(&g, &plan, 48, 8, 7);
+        // Per draw, relative to the linear layer's input gradient: what the draws share
+        // downstream (the head's noise) cancels.
+        let (m_ref, w_ref) = (measured.last().expect("a head"), plan.weights.last().expect("a head"));
+        for (m, wr) in measured.iter().zip(&plan.weights) {
+            let ratios: Vec<f64> = m.bwd_draws.iter().zip(&m_ref.bwd_draws).map(|(a, b)| a / b).collect();
+            let (mean, se) = mean_se(&ratios);
+            let pred = wr.backward_variance / w_ref.backward_variance;
+            eprintln!(
+                "{analysis:?} node {} backward over the head's: measured {mean:.4} ± {se:.4}, predicted {pred:.4} ({:.3})",
+                m.node,
+                mean / pred
+            );
+            assert!(
+                (mean - pred).abs() <= 4.0 * se + 0.08 * pred,
+                "{analysis:?} node {}: measured {mean:.4} ± {se:.4}, predicted {pred:.4}",
+                m.node
+            );
         }
     }
 }

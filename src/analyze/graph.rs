@@ -663,9 +663,51 @@ pub(super) fn mean_slope(f: Func<'_>, mu: f64, v: f64) -> f64 {
     integrate_width(|z| f.eval(mu + s * z).1 * super::phi(z), -12.0, 12.0, 0.0625)
 }
 
+/// E over a channel's offset o ~ N(0, a) of (E_e f'(μ + o + e))², e ~ N(0, b): the factor
+/// on the part of a gradient that every position of a sample shares, per channel. The
+/// offset is fixed by the weights, the same at every position, so a channel whose offset
+/// is high is open almost everywhere and one whose offset is low almost nowhere: the mean
+/// of the square of its open fraction, not (E f')² over all of its variance (for a ReLU
+/// whose input is all offset 1/2, not 1/4). Without an offset, [`mean_slope`]².
+/// (Smooth f: Gauss–Hermite at both levels, as the composite rule's points multiply.)
+pub(super) fn mean_slope_sq(f: Func<'_>, mu: f64, a: f64, b: f64) -> f64 {
+    if a <= 0.0 {
+        return mean_slope(f, mu, b).powi(2);
+    }
+    let (s, t) = (a.sqrt(), b.max(0.0).sqrt());
+    if f.slope().is_none() {
+        return crate::quad::normal_expectation(|z| crate::quad::normal_expectation(|u| f.eval(mu + s * z + t * u).1).powi(2));
+    }
+    integrate_width(|z| mean_slope(f, mu + s * z, b).powi(2) * super::phi(z), -10.0, 10.0, 0.25)
+}
+
+/// [`slope_along`]² taken over a channel's offset o ~ N(0, a), the rest of x̂'s variance
+/// `b` within: E_o[(E_e f'(γ(m + o + e)) (m + o + e))²] (see [`mean_slope_sq`]).
+pub(super) fn slope_along_sq(f: Func<'_>, gamma: f64, m: f64, a: f64, b: f64) -> f64 {
+    if a <= 0.0 {
+        return slope_along(f, gamma, m, b).powi(2);
+    }
+    let (s, t) = (a.sqrt(), b.max(0.0).sqrt());
+    if f.slope().is_none() || gamma <= 0.0 {
+        return crate::quad::normal_expectation(|z| {
+            crate::quad::normal_expectation(|u| {
+                let y = m + s * z + t * u;
+                f.eval(gamma * y).1 * y
+            })
+            .powi(2)
+        });
+    }
+    integrate_width(|z| slope_along(f, gamma, m + s * z, b).powi(2) * super::phi(z), -10.0, 10.0, 0.25)
+}
+
 /// E[f'(γ x̂) x̂] for x̂ ~ N(m, v): how much of the gradient through f(γ x̂) lies along x̂.
 pub(super) fn slope_along(f: Func<'_>, gamma: f64, m: f64, v: f64) -> f64 {
     let s = v.max(0.0).sqrt();
+    if let (Some(a), true) = (f.slope(), gamma > 0.0) {
+        // f' is 1 above 0 and a below: E[x̂; x̂ > 0] + a E[x̂; x̂ < 0].
+        let above = if s > 0.0 { m * super::big_phi(m / s) + s * super::phi(m / s) } else { m.max(0.0) };
+        return above + a * (m - above);
+    }
     integrate_width(|z| f.eval(gamma * (m + s * z)).1 * (m + s * z) * super::phi(z), -12.0, 12.0, 0.0625)
 }
 
@@ -1320,7 +1362,7 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
         return Ok(());
     }
     let gs = b.shared_of(k + 1, dz);
-    let mut slopes: HashMap<(u64, u64), f64> = HashMap::new();
+    let mut slopes: HashMap<(u64, u64, u64), f64> = HashMap::new();
     let to_shared: Vec<f64> = gs
         .iter()
         .zip(x.mean.iter().zip(&x.second))
@@ -1331,7 +1373,12 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
             }
             match sum_at(ch) {
                 Some(m) => d * m[3] * m[3],
-                None => d * slopes.entry((mu.to_bits(), s.to_bits())).or_insert_with(|| mean_slope(fun, mu, s - mu * mu)).powi(2),
+                None => {
+                    let a = x.offset[ch].max(0.0);
+                    d * *slopes
+                        .entry((mu.to_bits(), s.to_bits(), a.to_bits()))
+                        .or_insert_with(|| mean_slope_sq(fun, mu, a, (s - mu * mu - a).max(0.0)))
+                }
             }
         })
         .collect();
@@ -1684,8 +1731,8 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
             if let Some((f, gz)) = &reader {
                 for c in g.range.clone() {
                     if gz[c] > 0.0 {
-                        let (y2, y1, _) = g.channel(c, x.mean[c], x.second[c], x.offset[c]);
-                        along += gz[c] * slope_along(*f, gamma, y1, y2 - y1 * y1).powi(2);
+                        let (y2, y1, ya) = g.channel(c, x.mean[c], x.second[c], x.offset[c]);
+                        along += gz[c] * slope_along_sq(*f, gamma, y1, ya, (y2 - y1 * y1 - ya).max(0.0));
                     }
                 }
                 along /= g.n * g.n;
@@ -2738,12 +2785,6 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
         }
     };
     let map = analysis == Analysis::Map;
-    if std::env::var("CNNC_DUMP").is_ok() {
-        for (k, n) in g.nodes.iter().enumerate() {
-            eprintln!("DUMP {} {} {:.6e} {:.6e}", n.name, n.op.kind_name(), fwd[k + 1].avg, bwd[k + 1].avg);
-        }
-        eprintln!("DUMP input input {:.6e} {:.6e}", fwd[0].avg, bwd[0].avg);
-    }
     let mut weights = Vec::new();
     let mut keys: Vec<usize> = cx.weights.keys().copied().collect();
     keys.sort_unstable();
@@ -2842,6 +2883,77 @@ pub(crate) mod tests {
             let se = ((sq / draws as f64 - mean * mean) / draws as f64).sqrt();
             let rule = inverse_group_variance(c, a, n as f64);
             assert!((rule - mean).abs() < 4.0 * se + 1e-12, "c {c} A {a} n {n}: rule {rule}, sampled {mean} ± {se}");
+        }
+    }
+
+    /// The open fraction's square over a channel's offset, sampled: offsets m ~ N(0, a) per
+    /// channel, values μ + m + e at many positions; the mean over channels of (mean over
+    /// positions of f')² (and of f'(γy)·y for the part along x̂) against the rules, for
+    /// a ReLU (closed form inside) and smooth f (Gauss–Hermite at both levels).
+    #[test]
+    fn a_channel_s_offset_sets_its_open_fraction() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut normal = || {
+            let mut u = || {
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+            };
+            let (a, b) = (u(), u());
+            (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
+        };
+        for act in [Activation::Relu, Activation::Silu, Activation::Gelu] {
+            let f = Func::Act(act);
+            for (mu, a, b) in [(0.0f64, 0.8f64, 0.2f64), (0.5, 0.3, 0.7), (-0.4, 1.5, 0.5)] {
+                let (channels, positions) = (20_000, 400);
+                let (mut sq, mut sq2, mut al, mut al2) = (0.0, 0.0, 0.0, 0.0);
+                for _ in 0..channels {
+                    let m = a.sqrt() * normal();
+                    let (mut open, mut along) = (0.0, 0.0);
+                    for _ in 0..positions {
+                        let y = mu + m + b.sqrt() * normal();
+                        let d = f.eval(y).1;
+                        open += d;
+                        along += d * y;
+                    }
+                    let (o, l) = ((open / positions as f64).powi(2), (along / positions as f64).powi(2));
+                    sq += o;
+                    sq2 += o * o;
+                    al += l;
+                    al2 += l * l;
+                }
+                let n = channels as f64;
+                let (sq, al) = (sq / n, al / n);
+                let (se_sq, se_al) = (((sq2 / n - sq * sq) / n).sqrt(), ((al2 / n - al * al) / n).sqrt());
+                // What the positions' own noise adds to the square of their mean: E[f'²]/P.
+                let (rule_sq, rule_al) = (mean_slope_sq(f, mu, a, b), slope_along_sq(f, 1.0, mu, a, b));
+                let tol = |se: f64, rule: f64| 4.0 * se + rule / positions as f64 + 1e-4;
+                assert!((sq - rule_sq).abs() < tol(se_sq, rule_sq), "{act:?} μ {mu} a {a} b {b}: open² {sq} ± {se_sq}, rule {rule_sq}");
+                assert!((al - rule_al).abs() < tol(se_al, rule_al), "{act:?} μ {mu} a {a} b {b}: along² {al} ± {se_al}, rule {rule_al}");
+                // And the rule without the offset (over all of the variance) is off here.
+                let flat = mean_slope(f, mu, a + b).powi(2);
+                assert!((sq - flat).abs() > tol(se_sq, rule_sq), "{act:?} μ {mu} a {a} b {b}: (E f')² {flat} also fits {sq}");
+            }
+        }
+    }
+
+    /// The closed form of [`slope_along`] for piecewise-linear f against its integral.
+    #[test]
+    fn slope_along_of_a_relu_is_its_integral() {
+        for act in [Activation::Relu, Activation::LeakyRelu { slope: 0.1 }] {
+            let f = Func::Act(act);
+            for (m, v) in [(-1.0, 0.3), (0.0, 1.0), (0.5, 4.0), (2.0, 1.0), (0.3, 0.0)] {
+                let s: f64 = f64::sqrt(v);
+                let numeric = if v > 0.0 {
+                    integrate_width(|z| f.eval(m + s * z).1 * (m + s * z) * crate::analyze::phi(z), -12.0, 12.0, 0.0625)
+                } else {
+                    f.eval(m).1 * m
+                };
+                let closed = slope_along(f, 1.0, m, v);
+                // (The integral is not split at the kink: good to about 1e-7.)
+                assert!((closed - numeric).abs() < 1e-6, "{act:?} m {m} v {v}: {closed} vs {numeric}");
+            }
         }
     }
 

@@ -1517,8 +1517,8 @@ impl MapPasses {
                 if let Some((f, gz, fz)) = &reader {
                     for c in g.range.clone() {
                         if fz[c] * gz[c] > 0.0 {
-                            let (y2, y1, _) = g.channel(c, mu[c], sec[c], shared[c]);
-                            along += fz[c] * gz[c] * super::graph::slope_along(*f, gamma, y1, y2 - y1 * y1).powi(2);
+                            let (y2, y1, ya) = g.channel(c, mu[c], sec[c], shared[c]);
+                            along += fz[c] * gz[c] * super::graph::slope_along_sq(*f, gamma, y1, ya, (y2 - y1 * y1 - ya).max(0.0));
                         }
                     }
                     along /= g.n * g.n;
