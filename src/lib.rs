@@ -324,6 +324,17 @@ pub fn plan_graph(graph: &ir::Graph, req: GraphRequest) -> Result<plan::Plan, Er
     Ok(plan::build_graph(graph, &a, gopts, req.analysis))
 }
 
+/// `cnnc lower --nodes`: every node of the graph (a chain's too) with the second moments
+/// the graph analysis predicts at its output, forward and backward
+/// ([`report::node_table`]).
+pub fn node_report(graph: &ir::Graph, req: GraphRequest) -> Result<String, Error> {
+    let gopts =
+        analyze::graph::GraphOptions { mode: req.opts.mode, std_cap: req.opts.std_cap, branch_scale: req.branch_scale, batch: req.batch };
+    let a = analyze::graph::analyze_graph_with(graph, gopts, req.analysis)?;
+    analyze::check_graph_finite(graph, &a)?;
+    Ok(report::node_table(graph, &a))
+}
+
 /// The `lower` dump of any graph: the unified-layer table of a chain, or the graph
 /// table (weight layers, joins, BatchNorm nodes) of anything else.
 pub fn lower_report(graph: &ir::Graph, req: GraphRequest) -> Result<String, Error> {

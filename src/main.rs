@@ -103,6 +103,10 @@ enum Command {
         /// Graphs: the training batch size (see `cnnc plan --help`)
         #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
         batch: Option<u64>,
+        /// Every node's predicted E[x²] and E[δ²] (the graph analysis), by ONNX node name:
+        /// what `scripts/torch/measure_nodes.py` measures
+        #[arg(long)]
+        nodes: bool,
     },
     /// Print the graph IR (one line per node, with inferred shapes)
     Graph {
@@ -306,9 +310,14 @@ fn run(cli: Cli) -> Result<()> {
             };
             emit(&output, &text)
         }
-        Command::Lower { file, init, input, analysis, branch_scale, batch } => {
+        Command::Lower { file, init, input, analysis, branch_scale, batch, nodes } => {
             let opts = init.options()?;
             let model = load(&file, input)?;
+            if nodes {
+                let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch };
+                let text = cnnc::node_report(&model.graph, req).map_err(|e| model.located(e))?;
+                return emit(&None, &text);
+            }
             if !model.is_source_chain() {
                 let req = cnnc::GraphRequest { opts, analysis: analysis.into(), branch_scale, batch };
                 let text = cnnc::lower_report(&model.graph, req).map_err(|e| model.located(e))?;

@@ -17,6 +17,31 @@ fn window(kernel: [u64; 2], stride: [u64; 2], pad: &[crate::ir::Pad; 2]) -> Stri
 }
 
 /// One line per graph node: value, op, module name, output shape.
+/// Every node's output, as the graph analysis predicts it: the mean over channels and
+/// positions of E[x²] and of the gradient's E[δ²] (for a unit gradient of the output's
+/// second moment, as the plan's), one row per node, the input first. Names are the ONNX
+/// nodes', so that a measurement keyed by them (`scripts/torch/measure_nodes.py`) can be
+/// set beside it row by row.
+pub fn node_table(g: &Graph, a: &crate::analyze::graph::GraphAnalysis) -> String {
+    let header = ["#", "node", "op", "reads", "output", "E[x²]", "E[δ²]"];
+    let name = |v: crate::ir::ValueId| if v.0 == 0 { "input".to_string() } else { g.nodes[v.0 - 1].name.clone() };
+    let shape = |s: crate::ir::Shape| {
+        let (c, h, w) = s.chw();
+        dims(&[c, h, w])
+    };
+    let mut rows =
+        vec![vec!["0".into(), "input".into(), "input".into(), "-".into(), shape(g.input), fmt_g(a.values[0].0), fmt_g(a.values[0].1)]];
+    for (k, n) in g.nodes.iter().enumerate() {
+        let reads = n.inputs.iter().map(|&v| name(v)).collect::<Vec<_>>().join(",");
+        let (f, b) = a.values[k + 1];
+        let b = if b.is_nan() { "fused".to_string() } else { fmt_g(b) };
+        rows.push(vec![(k + 1).to_string(), n.name.clone(), n.op.kind_name().replace(' ', "_"), reads, shape(n.output), fmt_g(f), b]);
+    }
+    let mut out = format!("graph {}  nodes {}\n", g.name, g.nodes.len());
+    out.push_str(&columns(&header, &rows, &[true, false, false, false, false, true, true]));
+    out
+}
+
 pub fn graph_table(g: &Graph) -> String {
     let mut out = format!("graph {}  input {}\n", g.name, g.input);
     for (k, n) in g.nodes.iter().enumerate() {

@@ -246,3 +246,26 @@ fn outputs_never_follow_or_replace_links_fifos_or_directories() {
     assert_eq!(names, ["fifo", "folder", "hard", "link", "plan.json", "victim"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn lower_nodes_lists_every_node_with_its_moments() {
+    // A graph: the input row first, then one row per node; the forward plan's conv output
+    // is E[u²] = 1, the ReLU after the inference BatchNorm half of the BatchNorm's output,
+    // the output's gradient the unit one.
+    let (code, out, err) = cnnc(&["lower", "--nodes", "tests/data/onnx/ok/joins_and_batchnorm.onnx"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 6, "{out}");
+    let col = |name: &str, k: usize| -> f64 {
+        rows.iter().find(|r| r[1] == name).unwrap_or_else(|| panic!("{name} in {out}"))[k].parse().unwrap()
+    };
+    assert_eq!(col("input", 5), 1.0);
+    assert!((col("conv", 5) - 1.0).abs() < 1e-6, "{out}");
+    assert!((col("relu", 5) - 0.5 * col("bn", 5)).abs() < 1e-6, "{out}");
+    assert!((col("cat", 6) - 1.0).abs() < 1e-6, "{out}");
+    // A chain too; an activation fused into its max pool has no gradient of its own.
+    let (code, out, err) = cnnc(&["lower", "--nodes", "specs/f34.cnn"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2 + 71, "{out}");
+    assert!(out.lines().nth(4).is_some_and(|l| l.ends_with("fused")), "{out}");
+}

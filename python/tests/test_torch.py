@@ -356,3 +356,28 @@ def test_apply_sets_the_gain_parameter_of_standardized_weights():
         assert torch.allclose(per_filter, torch.full_like(per_filter, st["gain"]), rtol=1e-4), (name, per_filter, st["gain"])
     assert [g["parameter"] for g in report.gains] == ["conv1.gain", "conv2.gain"]
     assert "gain conv1.gain" in repr(report)
+
+
+def test_measure_nodes_names_every_node_of_a_torchscript_export(tmp_path):
+    """scripts/torch/measure_nodes.py beside `cnnc lower --nodes`: every node of the
+    TorchScript export of resnet18_nobn but the Flatten gets its measurement (the module
+    calls keyed like the ONNX node names, an Add by the ReLU that reads it), and the convs'
+    outputs, which the forward plan sets to E[u²] = 1, measure so."""
+    script = os.path.join(ROOT, "scripts", "torch")
+    onnx_path, plan_path, nodes_path = tmp_path / "r18.onnx", tmp_path / "plan.json", tmp_path / "nodes.txt"
+    subprocess.run([sys.executable, os.path.join(script, "measure_dag.py"), "--model", "resnet18_nobn", "--export", str(onnx_path), "--size", "64"],
+                   check=True, capture_output=True, timeout=600)
+    plan_path.write_text(json.dumps(cli_plan(str(onnx_path), "--analysis", "map")))
+    out = subprocess.run([CNNC, "lower", "--nodes", str(onnx_path), "--analysis", "map"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    nodes_path.write_text(out.stdout)
+    out = subprocess.run([sys.executable, os.path.join(script, "measure_nodes.py"), "--model", "resnet18_nobn", "--plan", str(plan_path),
+                          "--nodes", str(nodes_path), "--draws", "4", "--size", "64", "--threads", str(torch.get_num_threads())],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [[c.strip() for c in l.split("|")[1:-1]] for l in out.stdout.splitlines() if l.startswith("| `")]
+    assert len(rows) == len(nodes_path.read_text().splitlines()) - 2  # the title and the header
+    unmeasured = [r[0] for r in rows if r[3] == "-"]
+    assert unmeasured == ["`/Flatten`"], unmeasured
+    convs = [float(r[3]) for r in rows if r[1] == "conv"]
+    assert len(convs) == 20 and all(0.8 <= c <= 1.25 for c in convs), convs
