@@ -29,12 +29,19 @@ pub fn node_table(g: &Graph, a: &crate::analyze::graph::GraphAnalysis) -> String
         let (c, h, w) = s.chw();
         dims(&[c, h, w])
     };
-    let mut rows =
-        vec![vec!["0".into(), "input".into(), "input".into(), "-".into(), shape(g.input), fmt_g(a.values[0].0), fmt_g(a.values[0].1)]];
+    let mut rows = vec![vec![
+        "0".into(),
+        "input".into(),
+        "input".into(),
+        "-".into(),
+        shape(g.input),
+        fmt_g(a.values[0].0),
+        a.values[0].1.map_or("fused".into(), fmt_g),
+    ]];
     for (k, n) in g.nodes.iter().enumerate() {
         let reads = n.inputs.iter().map(|&v| name(v)).collect::<Vec<_>>().join(",");
         let (f, b) = a.values[k + 1];
-        let b = if b.is_nan() { "fused".to_string() } else { fmt_g(b) };
+        let b = b.map_or("fused".into(), fmt_g);
         rows.push(vec![(k + 1).to_string(), n.name.clone(), n.op.kind_name().replace(' ', "_"), reads, shape(n.output), fmt_g(f), b]);
     }
     let mut out = format!("graph {}  nodes {}\n", g.name, g.nodes.len());

@@ -118,9 +118,9 @@ pub struct GraphAnalysis {
     pub batch_norms: Vec<BatchNormResult>,
     pub joins: Vec<JoinResult>,
     /// Per value (0 the input, k + 1 node k's output): the mean over channels (and
-    /// positions) of its second moment and of its gradient's (`cnnc lower --nodes`; NaN
+    /// positions) of its second moment and of its gradient's (`cnnc lower --nodes`; none
     /// for an activation fused into the max pool that reads it).
-    pub values: Vec<(f64, f64)>,
+    pub values: Vec<(f64, Option<f64>)>,
     /// Mean second moment of the network output.
     pub output_variance: f64,
     /// Mean second moment of the gradient at the network input.
@@ -2850,9 +2850,9 @@ pub fn analyze_graph_with(g: &Graph, opts: GraphOptions, analysis: Analysis) -> 
         j.backward_variance = bwd[j.node + 1].avg;
     }
     // An activation fused into the max pool that reads it has no gradient of its own at
-    // its output (the pool's rule takes both): NaN there.
+    // its output (the pool's rule takes both).
     let fused: std::collections::HashSet<usize> = cx.fused.values().map(|&k| k + 1).collect();
-    let values = fwd.iter().zip(&bwd).enumerate().map(|(v, (f, b))| (f.avg, if fused.contains(&v) { f64::NAN } else { b.avg })).collect();
+    let values = fwd.iter().zip(&bwd).enumerate().map(|(v, (f, b))| (f.avg, (!fused.contains(&v)).then_some(b.avg))).collect();
     Ok(GraphAnalysis { weights, batch_norms, joins, values, output_variance: fwd[g.nodes.len()].avg, input_gradient_variance: bwd[0].avg })
 }
 
