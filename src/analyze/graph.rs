@@ -2861,13 +2861,10 @@ pub(crate) mod tests {
     use super::*;
     use crate::ir::Fn1;
 
-    /// E[1/V] of a group against sampled groups: n offsets drawn N(0, A), V = c + the
-    /// mean square of their deviations from their mean (one sample's group statistics
-    /// over many positions). Planting 1/E[V] fails it (1.8× at two channels).
-    #[test]
-    fn inverse_group_variance_matches_sampled_groups() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut normal = || {
+    /// Seeded N(0, 1) draws (xorshift, Box–Muller) for the tests that sample.
+    fn normals(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
             let mut u = || {
                 state ^= state >> 12;
                 state ^= state << 25;
@@ -2876,7 +2873,15 @@ pub(crate) mod tests {
             };
             let (a, b) = (u(), u());
             (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
-        };
+        }
+    }
+
+    /// E[1/V] of a group against sampled groups: n offsets drawn N(0, A), V = c + the
+    /// mean square of their deviations from their mean (one sample's group statistics
+    /// over many positions). Planting 1/E[V] fails it (1.8× at two channels).
+    #[test]
+    fn inverse_group_variance_matches_sampled_groups() {
+        let mut normal = normals(0x9E37_79B9_7F4A_7C15u64);
         for (c, a, n) in [(0.16f64, 0.84f64, 2usize), (0.3, 0.7, 4), (0.5, 0.5, 16), (0.05, 0.95, 3), (1.0, 0.0, 2)] {
             let draws = 200_000;
             let (mut sum, mut sq) = (0.0, 0.0);
@@ -2900,17 +2905,7 @@ pub(crate) mod tests {
     /// a ReLU (closed form inside) and smooth f (Gauss–Hermite at both levels).
     #[test]
     fn a_channel_s_offset_sets_its_open_fraction() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut normal = || {
-            let mut u = || {
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-            };
-            let (a, b) = (u(), u());
-            (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
-        };
+        let mut normal = normals(0x9E37_79B9_7F4A_7C15u64);
         for act in [Activation::Relu, Activation::Silu, Activation::Gelu] {
             let f = Func::Act(act);
             for (mu, a, b) in [(0.0f64, 0.8f64, 0.2f64), (0.5, 0.3, 0.7), (-0.4, 1.5, 0.5)] {
@@ -2973,17 +2968,7 @@ pub(crate) mod tests {
     /// here, counting it as fixed by 16–44 %.
     #[test]
     fn a_conv_s_border_offsets_give_the_group_variance_its_shape() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut normal = || {
-            let mut u = || {
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-            };
-            let (a, b) = (u(), u());
-            (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
-        };
+        let mut normal = normals(0x2545_F491_4F6C_DD1Du64);
         for (hw, k, n, c) in [(5u64, 3u64, 2usize, 0.2f64), (5, 3, 8, 0.05), (4, 3, 1, 0.02), (7, 3, 3, 0.1), (6, 5, 2, 0.3)] {
             let axis = crate::index::Axis { input: hw, output: hw, kernel: k, stride: 1, pad_begin: k / 2, dilation: 1 };
             let geo = crate::index::ConvGeometry { in_channels: 1, out_channels: n as u64, groups: 1, h: axis, w: axis };
