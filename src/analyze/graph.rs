@@ -352,6 +352,91 @@ pub(super) fn max_moments(f: Func<'_>, mu: f64, v: f64, t: u64) -> (f64, f64, f6
     (mean, second, grad)
 }
 
+/// A normalization with statistics of each channel of its own (a BatchNorm with batch
+/// statistics, an InstanceNorm): every output channel is standardized.
+pub(super) fn per_channel_norm(b: &ir::BatchNorm) -> bool {
+    (b.training && b.groups.is_none()) || b.groups == Some(b.channels)
+}
+
+/// Per channel of `v`, where it is a max pool's output channel unmixed: (the pool node,
+/// the channel there, whether a per-channel normalization lies between), read back
+/// through such normalizations, channel slices and concats. `None` where no channel is.
+///
+/// Such a channel is not Gaussian (a maximum of T members is skewed to the right): after a
+/// normalization, an element-wise f sees the standardized maximum, and its moments are
+/// the maximum's ([`max_composite_moments`]). In DenseNet-121, the ReLU after the first
+/// normalization of the stem's 3×3/2 max pool keeps E[x²] 0.57, not 0.5, and is open
+/// 46 % of the time, not 50 %; every dense layer of the first block reads those channels.
+pub(super) fn max_pooled_channels(g: &Graph, v: ValueId) -> Option<Vec<Option<(usize, usize, bool)>>> {
+    fn walk(g: &Graph, v: ValueId, budget: &mut usize) -> Option<Vec<Option<(usize, usize, bool)>>> {
+        if v.0 == 0 || *budget == 0 {
+            return None;
+        }
+        *budget -= 1;
+        let k = v.0 - 1;
+        let n = &g.nodes[k];
+        match &n.op {
+            Op::Pool(p) if p.kind == PoolKind::Max => Some((0..n.output.chw().0 as usize).map(|c| Some((k, c, false))).collect()),
+            Op::BatchNorm(b) if per_channel_norm(b) => {
+                Some(walk(g, n.inputs[0], budget)?.into_iter().map(|o| o.map(|(p, c, _)| (p, c, true))).collect())
+            }
+            Op::ChannelSlice { start, end } => Some(walk(g, n.inputs[0], budget)?[*start as usize..*end as usize].to_vec()),
+            Op::Concat => {
+                let parts: Vec<_> = n.inputs.iter().map(|&u| walk(g, u, budget)).collect();
+                if parts.iter().all(Option::is_none) {
+                    return None;
+                }
+                Some(n.inputs.iter().zip(parts).flat_map(|(&u, p)| p.unwrap_or_else(|| vec![None; g.shape(u).chw().0 as usize])).collect())
+            }
+            _ => None,
+        }
+    }
+    // A dense block's concats list every earlier map: the walk is bounded, not the graph.
+    walk(g, v, &mut 256)
+}
+
+/// (E f(x), E f(x)², E f'(x)²) for x = a·f0(M) + c, M the maximum of `t` independent
+/// N(μ, v) members (f0 the pool's own monotone function, looked through).
+pub(super) fn max_composite_moments(f: Func<'_>, f0: Func<'_>, mu: f64, v: f64, t: u64, a: f64, c: f64) -> (f64, f64, f64) {
+    let s = v.max(0.0).sqrt();
+    let x = |m: f64| a * f0.eval(mu + s * m).0 + c;
+    (max_expect(|m| f.eval(x(m)).0, t), max_expect(|m| f.eval(x(m)).0.powi(2), t), max_expect(|m| f.eval(x(m)).1.powi(2), t))
+}
+
+/// Per channel of element-wise node `k`'s input: [`max_composite_moments`] where the
+/// channel is a max pool's output ([`max_pooled_channels`]), from the pool's members and
+/// its output (the affine map a normalization makes of it: x = a·v + c).
+fn max_channel_moments(cx: &Cx<'_>, stats: &[Option<Stat>], k: usize, fun: Func<'_>) -> Option<Vec<Option<[f64; 3]>>> {
+    let g = cx.g;
+    let v = g.nodes[k].inputs[0];
+    let origin = max_pooled_channels(g, v)?;
+    let x = cx.input_stat(stats, v);
+    let mut memo: HashMap<[u64; 6], [f64; 3]> = HashMap::new();
+    Some(
+        origin
+            .iter()
+            .enumerate()
+            .map(|(ch, o)| {
+                let &(pool, pc, normalized) = o.as_ref()?;
+                let (f0, src) = max_source_of(g, pool);
+                let (sv, pv) = (cx.input_stat(stats, src), cx.input_stat(stats, ValueId(pool + 1)));
+                if sv.offset[pc] != 0.0 || pv.offset[pc] != 0.0 || x.offset[ch] != 0.0 {
+                    return None;
+                }
+                let (ms, vs) = (sv.mean[pc], sv.second[pc] - sv.mean[pc] * sv.mean[pc]);
+                let (mp, vp) = (pv.mean[pc], pv.second[pc] - pv.mean[pc] * pv.mean[pc]);
+                let (mx, vx) = (x.mean[ch], x.second[ch] - x.mean[ch] * x.mean[ch]);
+                let (a, c) = if normalized && vp > 0.0 { ((vx / vp).sqrt(), mx - (vx / vp).sqrt() * mp) } else { (1.0, 0.0) };
+                let t = window_of(&g.nodes[pool], g.shape(g.nodes[pool].inputs[0]));
+                let r = *memo
+                    .entry([ms, vs, a, c, t as f64, pool as f64].map(f64::to_bits))
+                    .or_insert_with(|| max_composite_moments(fun, f0, ms, vs, t, a, c).into());
+                Some(r)
+            })
+            .collect(),
+    )
+}
+
 /// A value's second moment as a pass reports it: the mean over channels and positions,
 /// and the range over positions (the paper's analysis has one number per channel).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -1257,11 +1342,13 @@ fn elementwise_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError>
         return Ok(x.clone());
     }
     let sums = sum_channel_moments(f.cx, &f.stats, k, fun);
+    let maxed = max_channel_moments(f.cx, &f.stats, k, fun);
     let mut out = Stat { mean: Vec::with_capacity(x.mean.len()), second: Vec::with_capacity(x.mean.len()), offset: Vec::new() };
     for (ch, (&mu, &s)) in x.mean.iter().zip(&x.second).enumerate() {
-        let (m1, m2) = match sums.as_ref().and_then(|v| v[ch]) {
-            Some(m) => (m[0], m[1]),
-            None => {
+        let (m1, m2) = match (sums.as_ref().and_then(|v| v[ch]), maxed.as_ref().and_then(|v| v[ch])) {
+            (Some(m), _) => (m[0], m[1]),
+            (None, Some(m)) => (m[0], m[1]),
+            (None, None) => {
                 let r = *f.memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu));
                 (r.0, r.1)
             }
@@ -1290,14 +1377,16 @@ fn elementwise_slopes(b: &mut Bwd<'_, '_>, k: usize) -> Vec<f64> {
     let fun = func(&n.op).expect("element-wise");
     let x = b.cx.input_stat(b.stats, n.inputs[0]);
     let sums = sum_channel_moments(b.cx, b.stats, k, fun);
+    let maxed = max_channel_moments(b.cx, b.stats, k, fun);
     let memo = &mut b.memo;
     x.mean
         .iter()
         .zip(&x.second)
         .enumerate()
-        .map(|(ch, (&mu, &s))| match sums.as_ref().and_then(|v| v[ch]) {
-            Some(m) => m[2],
-            None => *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu).2),
+        .map(|(ch, (&mu, &s))| match (sums.as_ref().and_then(|v| v[ch]), maxed.as_ref().and_then(|v| v[ch])) {
+            (Some(m), _) => m[2],
+            (None, Some(m)) => m[2],
+            (None, None) => *memo.entry((k, mu.to_bits(), s.to_bits())).or_insert_with(|| gauss_moments(fun, mu, s - mu * mu).2),
         })
         .collect()
 }

@@ -224,6 +224,26 @@ impl Windows {
     }
 }
 
+/// What [`MapPasses::max_pooled_seg`] reads of a max pool, per output position:
+/// [members' mean, their variance, their count, the output's mean, its variance].
+struct PooledSeg<'a> {
+    f0: Func<'a>,
+    normalized: bool,
+    at: Vec<[f64; 5]>,
+}
+
+/// The segment of `v` that holds channel `c`.
+fn seg_at(v: &Val, c: usize) -> &Seg {
+    let mut first = 0;
+    for s in v {
+        if c < first + s.n {
+            return s;
+        }
+        first += s.n;
+    }
+    v.last().expect("a value has channels")
+}
+
 type MaxCache = HashMap<Vec<u64>, Rc<MaxMoments>>;
 
 /// An iid max-pool window: (node, mean bits, second-moment bits, members).
@@ -252,6 +272,9 @@ pub(super) struct MapPasses {
     gfrac: Vec<Vec<f64>>,
     cache: MaxCache,
     memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
+    /// Element-wise node, then a max pool's members and the affine map to its input →
+    /// moments ([`MapPasses::max_composite_at`]).
+    composite: HashMap<(usize, [u64; 5]), (f64, f64, f64)>,
     /// Per value, the part of its gradient already masked on the support of the ReLU
     /// that made it (the paper analysis's `on_support`), for one backward pass.
     on_support: HashMap<usize, Val>,
@@ -280,6 +303,7 @@ impl MapPasses {
             via_skip: HashMap::new(),
             cache: HashMap::new(),
             memo: HashMap::new(),
+            composite: HashMap::new(),
             iid: HashMap::new(),
             lags: Vec::new(),
             cross: Vec::new(),
@@ -336,15 +360,23 @@ impl MapPasses {
         if let Some(r) = self.elementwise_of_sum(cx, k, f) {
             return r;
         }
+        let origin = super::graph::max_pooled_channels(cx.g, cx.g.nodes[k].inputs[0]);
         let mut out = Vec::with_capacity(x.len());
         let mut grads = Vec::with_capacity(x.len());
+        let mut first = 0;
         for s in x {
             let (mu, sec) = (&s.maps[0], &s.maps[1]);
             let mut m1 = Plane::filled(mu.h, mu.w, 0.0);
             let mut m2 = m1.clone();
             let mut d2 = m1.clone();
+            let pooled = origin.as_ref().and_then(|o| self.max_pooled_seg(cx, &o[first..first + s.n]));
+            first += s.n;
             for i in 0..mu.d.len() {
                 let (a, b) = (mu.d[i], sec.d[i]);
+                if let Some(m) = pooled.as_ref().and_then(|p| self.max_composite_at(k, p, f, i, a, b - a * a)) {
+                    (m1.d[i], m2.d[i], d2.d[i]) = m;
+                    continue;
+                }
                 let r = *self.memo.entry((k, a.to_bits(), b.to_bits())).or_insert_with(|| gauss_moments(f, a, b - a * a));
                 m1.d[i] = r.0;
                 m2.d[i] = r.1;
@@ -354,6 +386,49 @@ impl MapPasses {
             grads.push(Seg { n: s.n, maps: vec![d2] });
         }
         (out, grads)
+    }
+
+    /// A segment all of whose channels are one max pool's output channels, unmixed
+    /// ([`super::graph::max_pooled_channels`]), with no channel offset at the pool's
+    /// members: per position of the pool's output, its members' mean and variance (as
+    /// iid), their count, and the pool output's mean and variance; the pool's own function;
+    /// whether a normalization lies between. The first channel's stand for the segment's.
+    fn max_pooled_seg<'c>(&self, cx: &Cx<'c>, origin: &[Option<(usize, usize, bool)>]) -> Option<PooledSeg<'c>> {
+        let &(pool, pc, normalized) = origin.first()?.as_ref()?;
+        if origin.iter().any(|o| o.is_none_or(|(p, _, n)| p != pool || n != normalized)) {
+            return None;
+        }
+        let g = cx.g;
+        let (f0, src) = super::graph::max_source_of(g, pool);
+        if self.shared[src.0].get(pc).is_some_and(|&a| a != 0.0) {
+            return None;
+        }
+        let n = &g.nodes[pool];
+        let win = Windows::of(n, g.shape(n.inputs[0]));
+        let (oh, ow) = win.out_dims();
+        let (ss, ps) = (seg_at(self.get(src), pc), seg_at(self.get(ValueId(pool + 1)), pc));
+        let mut at = Vec::with_capacity(oh * ow);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (cells, _) = win.cells(oy as u64, ox as u64);
+                let t = cells.len() as f64;
+                let m = cells.iter().map(|&c| ss.maps[0].d[c]).sum::<f64>() / t;
+                let q = cells.iter().map(|&c| ss.maps[1].d[c]).sum::<f64>() / t;
+                let i = oy * ow + ox;
+                let (mp, qp) = (ps.maps[0].d[i], ps.maps[1].d[i]);
+                at.push([m, q - m * m, t, mp, qp - mp * mp]);
+            }
+        }
+        Some(PooledSeg { f0, normalized, at })
+    }
+
+    /// [`super::graph::max_composite_moments`] at position `i` of a [`PooledSeg`], the
+    /// element-wise input there having mean `mx` and variance `vx`.
+    fn max_composite_at(&mut self, k: usize, p: &PooledSeg<'_>, f: Func<'_>, i: usize, mx: f64, vx: f64) -> Option<(f64, f64, f64)> {
+        let [ms, vs, t, mp, vp] = *p.at.get(i)?;
+        let (a, c) = if p.normalized && vp > 0.0 { ((vx / vp).sqrt(), mx - (vx / vp).sqrt() * mp) } else { (1.0, 0.0) };
+        let key = [ms, vs, t, a, c].map(f64::to_bits);
+        Some(*self.composite.entry((k, key)).or_insert_with(|| super::graph::max_composite_moments(f, p.f0, ms, vs, t as u64, a, c)))
     }
 
     /// f of a residual stream plus a branch ([`super::graph::rectified_sum`]) where
