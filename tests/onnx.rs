@@ -912,6 +912,8 @@ fn real_exports_plan_and_agree_across_exporters() {
     files.sort();
     assert!(files.len() >= 39, "{} fixtures", files.len());
     let mut by_model: std::collections::BTreeMap<String, Vec<(String, Vec<f64>)>> = Default::default();
+    let mut convnext_stds: std::collections::HashMap<cnnc::analyze::Analysis, Vec<f64>> = Default::default();
+    let mut convnext_compared = 0;
     for path in &files {
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
         if file.starts_with("convnext") {
@@ -920,12 +922,8 @@ fn real_exports_plan_and_agree_across_exporters() {
             // analyses; in backward mode every layer but the classifier takes the forward
             // rule (each path from it meets a LayerNorm, or a layer that does, first). The
             // dynamo export writes the head's pooled vector as an `as_strided` (Reshape to
-            // [-1] and Gather): refused there, with the reason.
-            if file.ends_with(".dynamo.onnx") {
-                let e = onnx::load(path, &ImportOptions::default()).unwrap_err().to_string();
-                assert!(e.contains("(Reshape): a reshape of (768,1,1) to [-1]"), "{file}: {e}");
-                continue;
-            }
+            // [-1] and a Gather back in order: the identity); both exports plan alike.
+            let dynamo = file.ends_with(".dynamo.onnx");
             let g = onnx::load(path, &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
             let req =
                 |mode, analysis| cnnc::GraphRequest { opts: Options { mode, std_cap: None }, analysis, branch_scale: 1.0, batch: None };
@@ -944,11 +942,31 @@ fn real_exports_plan_and_agree_across_exporters() {
                     plan.batch_norms.iter().flatten().any(|b| b.mode == "scale" && b.scale.name == "features.1.0.layer_scale"),
                     "{file}"
                 );
-                // The exporter deduplicated equal initializers through Identity nodes named
-                // after the parameters: each normalization keeps its own.
+                // The TorchScript exporter deduplicated equal initializers through Identity
+                // nodes named after the parameters, the dynamo exporter by reading the first
+                // one's directly (every LayerNorm's γ is the stem's `features.0.1.weight`),
+                // its metadata naming the parameter each node reads: each normalization
+                // keeps its own.
                 let norms = plan.batch_norms.as_ref().expect("a graph plan");
                 let scales: std::collections::HashSet<&str> = norms.iter().map(|b| b.scale.name.as_str()).collect();
                 assert_eq!(scales.len(), norms.len(), "{file}: one γ per normalization");
+                if dynamo {
+                    assert!(g.notes.iter().any(|n| n.contains("shared between equal initial values")), "{file}: {:?}", g.notes);
+                }
+                let stds: Vec<f64> = plan.layers.iter().map(|l| l.weight.std).collect();
+                match convnext_stds.entry(analysis) {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(stds);
+                    }
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        // To 1e-6: the dynamo exporter writes the LayerNorms' ε as f32
+                        // (9.99999997e-7), TorchScript as 1e-6.
+                        for (a, b) in e.get().iter().zip(&stds) {
+                            assert!((a - b).abs() <= 1e-6 * a, "{file} {analysis:?}: the exporters' plans differ: {a} vs {b}");
+                        }
+                        convnext_compared += 1;
+                    }
+                }
             }
             for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
                 let fwd = cnnc::plan_graph(&g, req(Mode::Forward, analysis)).unwrap();
@@ -999,6 +1017,7 @@ fn real_exports_plan_and_agree_across_exporters() {
         let model = file.split('.').next().unwrap().to_string();
         by_model.entry(model).or_default().push((file, stds));
     }
+    assert_eq!(convnext_compared, 2, "ConvNeXt-T's two exports, each analysis compared");
     // Eval exports (TorchScript with or without weights, dynamo) fold BatchNorm the same way:
     // one network, one set of σ.
     for (model, exports) in &by_model {
@@ -1129,7 +1148,7 @@ fn bad_graphs_are_errors_that_name_the_node() {
             vec![node("g", "Gather", &["c", "idx"], &["t"], vec![]), node("view", "Reshape", &["c", "t"], &["f"], vec![])],
             vec![int64s("idx", &[0])]
         ),
-        "node `g` (Gather): Gather computes on the data value `c`: cnnc folds it only on constants"
+        "node `g` (Gather): a Gather of the data value `c` is taken only from a flattened image (Reshape to [-1]) read back in order"
     );
     // A Reshape target that depends on a weight whose values are not known.
     assert_eq!(
@@ -1754,4 +1773,57 @@ fn split_attention_imports_from_both_exporters() {
     );
     let e = import(&m).unwrap_err();
     assert!(e.contains("node `soft` (Softmax)") && e.contains("radix of 3"), "{e}");
+}
+
+/// The dynamo exporter's `as_strided` of a pooled map (ConvNeXt's head): Reshape to [-1],
+/// then a Gather by indices [1, C, H, W] in the image's own order — the identity. Any
+/// other order, other dims, or indices whose values the file lacks, are refused by name.
+#[test]
+fn a_flattened_image_gathered_back_in_order_is_the_identity() {
+    let gathered = |idx: TensorProto| {
+        let nodes = vec![
+            node("flat", "Reshape", &["c", "minus1"], &["f"], vec![]),
+            node("as_strided", "Gather", &["f", "idx"], &["g"], vec![attr("axis", A::I(0))]),
+            node("act", "Relu", &["g"], &["y"], vec![]),
+        ];
+        stem(nodes, vec![int64s("minus1", &[-1]), idx])
+    };
+    let indices = |name: &str, dims: &[i64], v: Vec<i64>| TensorProto { dims: dims.to_vec(), ..int64s(name, &v) };
+    let own: Vec<i64> = (0..4 * 9 * 9).collect();
+    let g = gathered(indices("idx", &[1, 4, 9, 9], own.clone())).unwrap();
+    let plain = stem(vec![node("act", "Relu", &["c"], &["y"], vec![])], vec![]).unwrap();
+    assert_eq!(g.nodes.len(), plain.nodes.len(), "the Reshape and the Gather add no node");
+    assert_eq!(g.nodes.last().unwrap().op, plain.nodes.last().unwrap().op);
+    assert_eq!(g.nodes.last().unwrap().output, img(4, 9, 9));
+    let mut swapped = own.clone();
+    swapped.swap(0, 81);
+    assert_eq!(
+        gathered(indices("idx", &[1, 4, 9, 9], swapped)).unwrap_err(),
+        "node `as_strided` (Gather): the indices `idx` do not read the image in its own order: cnnc takes only that (the identity)"
+    );
+    assert_eq!(
+        gathered(indices("idx", &[324], own)).unwrap_err(),
+        "node `as_strided` (Gather): the indices `idx` have dims [324]: expected the image's own [1, 4, 9, 9]"
+    );
+    // The flat view read by anything else.
+    let e = stem(
+        vec![node("flat", "Reshape", &["c", "minus1"], &["f"], vec![]), node("act", "Relu", &["f"], &["y"], vec![])],
+        vec![int64s("minus1", &[-1])],
+    )
+    .unwrap_err();
+    assert!(e.contains("is an image reshaped to one flat axis (Reshape to [-1])"), "{e}");
+    // The shapes-only reader keeps integer payloads (indices: 6 KiB in ConvNeXt's dynamo
+    // export) and drops the weights' of the same size.
+    let raw = |name: &str, data_type: DataType, n: usize| TensorProto {
+        name: Some(name.into()),
+        dims: vec![n as i64],
+        data_type: Some(data_type as i32),
+        raw_data: Some(vec![1u8; n * 8].into()),
+        ..Default::default()
+    };
+    let m = model(vec![image_input(3, 11, 11)], vec![], vec![raw("idx", DataType::Int64, 768), raw("w", DataType::Double, 768)]);
+    let bytes = m.encode_to_vec();
+    let slim = onnx::decode_shapes(std::io::Cursor::new(&bytes), bytes.len() as u64).unwrap();
+    let kept: Vec<Option<usize>> = slim.graph.unwrap().initializer.iter().map(|t| t.raw_data.as_ref().map(|d| d.len())).collect();
+    assert_eq!(kept, [Some(768 * 8), None]);
 }

@@ -91,6 +91,7 @@ const OPS: &[(&str, OpFn, &[usize])] = &[
     ("ReduceMax", reduce_max, &[1]),
     ("Flatten", flatten, &[]),
     ("Reshape", reshape, &[1]),
+    ("Gather", gather, &[1]),
     ("Transpose", transpose, &[]),
     ("Squeeze", squeeze, &[1]),
     ("Unsqueeze", unsqueeze, &[1]),
@@ -158,6 +159,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Identity",
     "Cast",
     "Softmax/LogSoftmax (trailing; over positions: global-context attention; across a radix of 2: split attention)",
+    "Gather (of a flattened image, back in its own order: the dynamo exporter's as_strided)",
     "constant shape arithmetic (Shape, Gather, Unsqueeze, Squeeze, Ceil, ConstantOfShape, …)",
 ];
 
@@ -271,6 +273,9 @@ struct Importer<'m> {
     outputs: HashSet<&'m str>,
     /// Weight layers whose names were recovered from the node's scope.
     renamed: Vec<String>,
+    /// Normalization parameters the dynamo exporter shared between equal initial values,
+    /// named after their own nodes instead ([`Importer::own_param_name`]).
+    unshared: Vec<String>,
     /// Values the graph holds channels-last (N, H, W, C), after a Transpose with perm
     /// [0, 2, 3, 1]: in the IR they are the image itself (ConvNeXt's LayerNorm and Linear
     /// layers between two permutes).
@@ -286,6 +291,10 @@ struct Importer<'m> {
     /// Split attention's view of a pooled vector (N, groups, radix, −1), maybe transposed
     /// to (N, radix, groups, −1): (the vector, its shape, groups, radix, transposed).
     radix_view: HashMap<&'m str, (ValueId, Shape, u64, u64, bool)>,
+    /// An image of a batch-1 export reshaped to one flat axis (Reshape to [-1]): the
+    /// value and its shape, for the Gather that reads it back in order (the dynamo
+    /// exporter's `as_strided` of ConvNeXt's pooled map).
+    flat_view: HashMap<&'m str, (ValueId, Shape)>,
     /// 3-D values (N, A, B), held as the image (A, 1, B): a pooled vector squeezed to
     /// (N, C, 1), its transpose (N, 1, C), a 1-D conv's output (efficient channel attention).
     rank3: HashSet<&'m str>,
@@ -332,12 +341,14 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
         fused_adds,
         outputs: graph.output.iter().map(|o| o.name()).collect(),
         renamed: Vec::new(),
+        unshared: Vec::new(),
         channels_last: HashSet::new(),
         expr_ops: 0,
         weight_syms: HashMap::new(),
         rank3: HashSet::new(),
         attention: HashMap::new(),
         radix_view: HashMap::new(),
+        flat_view: HashMap::new(),
     };
     for t in &graph.initializer {
         imp.params.insert(t.name().to_string(), param_of(t));
@@ -418,6 +429,16 @@ pub fn import(model: &ModelProto, opts: &ImportOptions) -> Result<ir::Graph, Onn
             } else {
                 ""
             },
+        ));
+    }
+    if !imp.unshared.is_empty() {
+        notes.push(format!(
+            "{} normalization parameter{} read an initializer the exporter shared between equal initial values, so cnnc named each after \
+             its own node's module ({}{})",
+            imp.unshared.len(),
+            if imp.unshared.len() == 1 { "" } else { "s" },
+            imp.unshared.iter().take(2).cloned().collect::<Vec<_>>().join(", "),
+            if imp.unshared.len() > 2 { ", …" } else { "" },
         ));
     }
     let name = if graph.name().is_empty() { "onnx".to_string() } else { graph.name().to_string() };
@@ -687,7 +708,8 @@ fn checked_shape(s: Shape) -> Result<Shape, String> {
 /// `slim::KEEP_LIMIT` bytes) and the full decoder see the same constants.
 fn param_of(t: &TensorProto) -> Param {
     let count = t.dims.iter().try_fold(1u64, |a, &d| u64::try_from(d).ok().and_then(|d| a.checked_mul(d)));
-    let value = if count.is_some_and(|n| n <= VALUE_LIMIT) { consts::from_proto(t) } else { None };
+    let limit = if t.data_type.is_some_and(super::slim::is_integer) { super::slim::INT_KEEP_LIMIT / 8 } else { VALUE_LIMIT };
+    let value = if count.is_some_and(|n| n <= limit) { consts::from_proto(t) } else { None };
     Param { dims: t.dims.clone(), value }
 }
 
@@ -888,6 +910,7 @@ impl<'m> Importer<'m> {
             || self.group_norm.contains_key(name)
             || self.attention.contains_key(name)
             || self.radix_view.contains_key(name)
+            || self.flat_view.contains_key(name)
     }
 
     /// The initializer a folded constant was made from through shape-only ops
@@ -895,6 +918,33 @@ impl<'m> Importer<'m> {
     /// name. An Identity whose output has a name of its own is where the TorchScript
     /// exporter deduplicated equal initializers (every ConvNeXt block's layer scale is
     /// `Identity(features.1.0.layer_scale)`): that name is the parameter's.
+    /// A normalization's (or layer scale's) parameter name: its initializer's
+    /// ([`Importer::source_name`]), or — where the dynamo exporter shares one initializer
+    /// between equal parameters (every LayerNorm γ of ConvNeXt is the stem's
+    /// `features.0.1.weight`, every layer scale the first block's) — the node's own: its
+    /// module (`pkg.torch.onnx.name_scopes`) and the initializer's last name component,
+    /// taken only where the node's `pkg.torch.onnx.fx_node` reads that parameter
+    /// (`%p_features_1_1_layer_scale`). A plan applied by name then sets each one.
+    fn own_param_name(&mut self, cx: &Cx<'m>, name: &'m str) -> String {
+        let source = self.source_name(name);
+        let own = name_scopes_module(cx.node).and_then(|m| {
+            let candidate = format!("{m}.{}", source.rsplit('.').next()?);
+            let fx = cx.node.metadata_props.iter().find(|p| p.key() == "pkg.torch.onnx.fx_node")?.value();
+            let placeholder = format!("%p_{}", candidate.replace('.', "_"));
+            let reads = fx
+                .match_indices(&placeholder)
+                .any(|(i, _)| !fx[i + placeholder.len()..].starts_with(|ch: char| ch.is_alphanumeric() || ch == '_'));
+            (reads && candidate != source).then_some(candidate)
+        });
+        match own {
+            Some(own) => {
+                self.unshared.push(format!("`{source}` → `{own}`"));
+                own
+            }
+            None => source.to_string(),
+        }
+    }
+
     fn source_name(&self, name: &'m str) -> &'m str {
         let made_up = made_up_name;
         let mut n = name;
@@ -925,7 +975,7 @@ impl<'m> Importer<'m> {
         if awaiting_shift != shift || numel != bn.channels as i64 || p.dims.iter().filter(|&&d| d != 1).count() > 1 {
             return Ok(false);
         }
-        let name = self.source_name(constant).to_string();
+        let name = self.own_param_name(cx, constant);
         let Op::BatchNorm(bn) = &mut self.nodes[node].op else { unreachable!("checked above") };
         if shift {
             bn.shift = name;
@@ -974,6 +1024,12 @@ impl<'m> Importer<'m> {
             return Err(format!(
                 "`{name}` is a (N, groups, radix, −1) view of a pooled vector: cnnc takes it only as split attention's Transpose [0, 2, 1, 3] \
                  and Softmax over the radix"
+            ));
+        }
+        if self.flat_view.contains_key(name) {
+            return Err(format!(
+                "`{name}` is an image reshaped to one flat axis (Reshape to [-1]): cnnc takes it only as read back in order by a Gather \
+                 (indices [1, C, H, W], the image's own)"
             ));
         }
         if self.attention.contains_key(name) {
@@ -1692,6 +1748,12 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
             return Ok(());
         }
     }
+    if let (Shape::Image { .. }, [-1]) = (shape, target.as_slice()) {
+        // One flat axis, the batch's too: only a Gather back to the image's own order
+        // ([`gather`]) may read it.
+        imp.flat_view.insert(cx.output()?, (x, shape));
+        return Ok(());
+    }
     let n = shape.numel() as i64;
     let ok = match *target.as_slice() {
         [_, f] if f == n => true,
@@ -1710,6 +1772,37 @@ fn reshape<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         }
     }
     Err(format!("a reshape of {shape} to {target:?} is not supported: only to 2-D (batch, {n}), or a channel shuffle"))
+}
+
+/// A Gather of data: only of a flattened image (Reshape to [-1], [`reshape`]) along its one
+/// axis, by constant indices shaped [1, C, H, W] that read every element in its own
+/// order — the identity. The dynamo exporter writes a permute of ConvNeXt's pooled
+/// (1, 768, 1, 1) map so (`as_strided`); any other order would move elements between
+/// channels and positions, which cnnc does not take.
+fn gather<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
+    let name = cx.input(0).ok_or("input 0 is missing")?;
+    let Some(&(x, shape)) = imp.flat_view.get(name) else {
+        return Err(format!(
+            "a Gather of the data value `{name}` is taken only from a flattened image (Reshape to [-1]) read back in order"
+        ));
+    };
+    if cx.int("axis", 0)? != 0 {
+        return Err("a Gather of a flattened image must be along its one axis (axis 0)".into());
+    }
+    let idx_name = cx.input(1).ok_or("the indices input is missing")?;
+    let idx = imp.params.get(idx_name).ok_or_else(|| format!("the indices `{idx_name}` must be a constant"))?;
+    let (c, h, w) = shape.chw();
+    if idx.dims != [1, c as i64, h as i64, w as i64] {
+        return Err(format!("the indices `{idx_name}` have dims {:?}: expected the image's own [1, {c}, {h}, {w}]", idx.dims));
+    }
+    let values = idx.ints().ok_or_else(|| {
+        format!("the values of the indices `{idx_name}` are not in the file (an integer tensor whose payload was dropped)")
+    })?;
+    if values.iter().enumerate().any(|(i, &v)| v != i as i64) {
+        return Err(format!("the indices `{idx_name}` do not read the image in its own order: cnnc takes only that (the identity)"));
+    }
+    imp.values.insert(cx.output()?, (x, shape));
+    Ok(())
 }
 
 /// The transpose of a channel shuffle: (N, g, C/g, H, W) with perm [0, 2, 1, 3, 4].
@@ -2031,7 +2124,7 @@ fn channel_scale<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, (data, constant): (&'m
         training: false,
         groups: None,
         per_position: false,
-        scale: imp.source_name(constant).to_string(),
+        scale: imp.own_param_name(cx, constant),
         shift: String::new(),
         affine: dims.iter().map(|&d| d as u64).skip_while(|&d| d == 1 && dims.len() == 4).collect(),
     };
@@ -2180,7 +2273,7 @@ fn instance_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> 
         if d.iter().product::<u64>() != c {
             return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}]"));
         }
-        names.push(imp.source_name(n).to_string());
+        names.push(imp.own_param_name(cx, n));
     }
     let bn = BatchNorm {
         channels: c,
@@ -2214,7 +2307,7 @@ fn group_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
             return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}] (or [{g}], one per group)"));
         }
         affine = vec![numel];
-        names.push(imp.source_name(n).to_string());
+        names.push(imp.own_param_name(cx, n));
     }
     let bn = BatchNorm {
         channels: c,
@@ -2262,7 +2355,7 @@ fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         if d.iter().product::<u64>() != affine.iter().product::<u64>() {
             return Err(format!("the {what} `{n}` has shape {d:?}, expected {affine:?}"));
         }
-        names.push(imp.source_name(n).to_string());
+        names.push(imp.own_param_name(cx, n));
     }
     let bn = BatchNorm {
         channels: c,

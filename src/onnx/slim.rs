@@ -17,6 +17,15 @@ use std::path::Path;
 /// Payload fields at most this long are kept (small int64 tensors are read by the importer).
 pub const KEEP_LIMIT: u64 = 4096;
 
+/// Integer tensors (indices and shapes, never weights) keep payloads up to this long: the
+/// dynamo exporter's Gather of ConvNeXt's pooled map reads 768 int64 indices (6 KiB).
+pub const INT_KEEP_LIMIT: u64 = 65536;
+
+/// TensorProto data types INT32 (6) and INT64 (7).
+pub fn is_integer(data_type: i32) -> bool {
+    matches!(data_type, 6 | 7)
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Msg {
     Model,
@@ -99,6 +108,9 @@ impl<R: BufRead + Seek> Walker<R> {
 
     /// Copies the fields of a `msg` that ends at byte `end` into `out`, slimmed.
     fn message(&mut self, msg: Msg, end: u64, out: &mut Vec<u8>) -> Result<(), OnnxError> {
+        // A tensor's data_type (field 2) comes before its payload as ONNX writes it; an
+        // integer tensor keeps a longer one ([`INT_KEEP_LIMIT`]).
+        let mut limit = KEEP_LIMIT;
         while self.pos < end {
             let at = self.pos;
             let key = self.varint(end)?;
@@ -109,6 +121,9 @@ impl<R: BufRead + Seek> Walker<R> {
             match wire {
                 0 => {
                     let v = self.varint(end)?;
+                    if matches!(msg, Msg::Tensor) && field == 2 {
+                        limit = if i32::try_from(v).is_ok_and(is_integer) { INT_KEEP_LIMIT } else { KEEP_LIMIT };
+                    }
                     put_varint(out, key);
                     put_varint(out, v);
                 }
@@ -131,7 +146,7 @@ impl<R: BufRead + Seek> Walker<R> {
                         put_varint(out, key);
                         put_varint(out, inner.len() as u64);
                         out.extend_from_slice(&inner);
-                    } else if is_payload(msg, field) && len > KEEP_LIMIT {
+                    } else if is_payload(msg, field) && len > limit {
                         self.skip(len)?;
                     } else {
                         put_varint(out, key);

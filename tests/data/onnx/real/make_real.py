@@ -23,7 +23,7 @@ Files written (see README.md next to this script):
 
 "Stripped": every initializer with more than 16 elements keeps name, dims and
 data_type but loses its data (raw_data and the typed *_data fields); smaller ones
-(shape constants) keep their data.  The files are not runnable, only readable.
+(shape constants) and integer ones (indices) keep their data.  The files are not runnable, only readable.
 
 Prints one op-type histogram per file and, at the end, a Markdown summary.
 """
@@ -45,6 +45,7 @@ import torchvision
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPSET_TS = 17
 STRIP_OVER = 16  # tensors with more elements than this lose their payload
+INT_TYPES = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)  # never stripped
 
 MODELS = ["resnet18", "resnet50", "mobilenet_v2", "densenet121",
           "squeezenet1_0", "vgg11", "vgg16_bn"]
@@ -112,7 +113,9 @@ def strip_model(m, base_dir=None):
 
     for t in tensors():
         external = t.data_location == onnx.TensorProto.EXTERNAL
-        if numel(t) > STRIP_OVER:
+        # Integer tensors are indices and shapes, not weights (ConvNeXt's dynamo export
+        # gathers its pooled vector by a [1, 768, 1, 1] index tensor): always kept.
+        if numel(t) > STRIP_OVER and t.data_type not in INT_TYPES:
             strip_tensor(t)
         elif external:
             onnx.external_data_helper.load_external_data_for_tensor(t, base_dir)
