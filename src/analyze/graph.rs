@@ -789,6 +789,53 @@ pub(super) fn slope_along_sq(f: Func<'_>, gamma: f64, m: f64, a: f64, b: f64) ->
     integrate_width(|z| slope_along(f, gamma, m + s * z, b).powi(2) * super::phi(z), -10.0, 10.0, 0.25)
 }
 
+/// The element-wise f that reads a per-sample normalization's output (node `k`'s): directly,
+/// or through an Add with one other value — a residual stream s, f(γ x̂ + s) (a ResNet's
+/// branch-ending GroupNorm). Returns f's node and the stream.
+pub(super) fn norm_reader(g: &Graph, consumers: &[Vec<usize>], k: usize) -> Option<(usize, Option<ValueId>)> {
+    let &[r] = consumers[k + 1].as_slice() else { return None };
+    if func(&g.nodes[r].op).is_some() {
+        return Some((r, None));
+    }
+    let n = &g.nodes[r];
+    if !matches!(n.op, Op::Add) || n.inputs.len() != 2 || n.inputs[0] == n.inputs[1] {
+        return None;
+    }
+    let &[fk] = consumers[r + 1].as_slice() else { return None };
+    func(&g.nodes[fk].op)?;
+    let stream = if n.inputs[0].0 == k + 1 { n.inputs[1] } else { n.inputs[0] };
+    Some((fk, Some(stream)))
+}
+
+/// [`slope_along_sq`] where f reads γ x̂ + s, s an independent stream N(μ_s, a_s + b_s) (a_s
+/// its channel offset, fixed per channel as x̂'s is): E_{o, o_s}[(E f'(u) (m + o + e))²],
+/// u = γ(m + o + e) + μ_s + o_s + e_s. For piecewise-linear f, by Stein's lemma,
+/// E[x 1(u > 0)] = (m + o) Φ(μ_u/σ_u) + (γ b/σ_u) φ(μ_u/σ_u); the offsets by Gauss–Hermite.
+/// `None` for a smooth f (the caller leaves the term out, as before).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn slope_along_sum_sq(f: Func<'_>, gamma: f64, m: f64, a: f64, b: f64, ms: f64, a_s: f64, b_s: f64) -> Option<f64> {
+    let alpha = f.slope()?;
+    if gamma <= 0.0 {
+        return Some(0.0);
+    }
+    let (sa, ss) = (a.max(0.0).sqrt(), a_s.max(0.0).sqrt());
+    let sigma = (gamma * gamma * b.max(0.0) + b_s.max(0.0)).sqrt();
+    let inner = |mo: f64, mu: f64| {
+        let above = if sigma > 0.0 {
+            mo * super::big_phi(mu / sigma) + gamma * b.max(0.0) / sigma * super::phi(mu / sigma)
+        } else if mu > 0.0 {
+            mo
+        } else {
+            0.0
+        };
+        above + alpha * (mo - above)
+    };
+    Some(crate::quad::normal_expectation(|z| {
+        let mo = m + sa * z;
+        crate::quad::normal_expectation(|zs| inner(mo, gamma * mo + ms + ss * zs).powi(2))
+    }))
+}
+
 /// E[f'(γ x̂) x̂] for x̂ ~ N(m, v): how much of the gradient through f(γ x̂) lies along x̂.
 pub(super) fn slope_along(f: Func<'_>, gamma: f64, m: f64, v: f64) -> f64 {
     let s = v.max(0.0).sqrt();
@@ -1812,20 +1859,29 @@ fn batch_norm_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Analy
         // removes the shared parts (1/n² of their sum), the second term what lies along
         // x̂ — through the element-wise f that reads the output, E[f'(y) x̂] per channel
         // times its output's shared gradient.
-        let reader = match b.cx.consumers[k + 1].as_slice() {
-            &[r] => func(&b.cx.g.nodes[r].op).map(|f| (f, b.shared_of(r + 1, &b.grads[r + 1]))),
-            _ => None,
-        };
+        let reader = norm_reader(b.cx.g, &b.cx.consumers, k).map(|(r, stream)| {
+            let f = func(&b.cx.g.nodes[r].op).expect("an element-wise reader");
+            (f, b.shared_of(r + 1, &b.grads[r + 1]), stream.map(|s| cx.input_stat(stats, s)))
+        });
         let (mut out, mut out_shared) = (Vec::with_capacity(dz.len()), Vec::with_capacity(dz.len()));
         for g in group_stats(x, groups) {
             let k2 = g.gain(gamma);
             let mean_part: f64 = gs[g.range.clone()].iter().sum::<f64>() / (g.n * g.n);
             let mut along = 0.0;
-            if let Some((f, gz)) = &reader {
+            if let Some((f, gz, stream)) = &reader {
                 for c in g.range.clone() {
                     if gz[c] > 0.0 {
                         let (y2, y1, ya) = g.channel(c, x.mean[c], x.second[c], x.offset[c]);
-                        along += gz[c] * slope_along_sq(*f, gamma, y1, ya, (y2 - y1 * y1 - ya).max(0.0));
+                        let yb = (y2 - y1 * y1 - ya).max(0.0);
+                        along += gz[c]
+                            * match stream {
+                                None => slope_along_sq(*f, gamma, y1, ya, yb),
+                                Some(s) => {
+                                    let (ms, as_) = (s.mean[c], s.offset[c]);
+                                    slope_along_sum_sq(*f, gamma, y1, ya, yb, ms, as_, (s.second[c] - ms * ms - as_).max(0.0))
+                                        .unwrap_or(0.0)
+                                }
+                            };
                     }
                 }
                 along /= g.n * g.n;
@@ -3026,6 +3082,43 @@ pub(crate) mod tests {
                 // And the rule without the offset (over all of the variance) is off here.
                 let flat = mean_slope(f, mu, a + b).powi(2);
                 assert!((sq - flat).abs() > tol(se_sq, rule_sq), "{act:?} μ {mu} a {a} b {b}: (E f')² {flat} also fits {sq}");
+            }
+        }
+    }
+
+    /// The part along x̂ where f reads γ x̂ + s (a branch-ending GroupNorm before a ResNet's
+    /// Add): offsets of x̂ and of the stream per channel, values at many positions; the
+    /// mean over channels of (mean over positions of f'(γy + s)·y)² against the rule.
+    #[test]
+    fn a_stream_beside_the_branch_sets_the_part_along_x_hat() {
+        let mut normal = normals(0x2545_F491_4F6C_DD1Du64);
+        for act in [Activation::Relu, Activation::LeakyRelu { slope: 0.1 }] {
+            let f = Func::Act(act);
+            for (gamma, mu, a, b, ms, a_s, b_s) in
+                [(1.0f64, 0.0f64, 0.6f64, 0.4f64, 1.2f64, 0.5f64, 0.8f64), (0.7, 0.2, 0.2, 0.8, 0.4, 1.0, 0.3)]
+            {
+                let (channels, positions) = (20_000, 400);
+                let (mut al, mut al2) = (0.0, 0.0);
+                for _ in 0..channels {
+                    let (m, o) = (a.sqrt() * normal(), a_s.sqrt() * normal());
+                    let mut along = 0.0;
+                    for _ in 0..positions {
+                        let y = mu + m + b.sqrt() * normal();
+                        along += f.eval(gamma * y + ms + o + b_s.sqrt() * normal()).1 * y;
+                    }
+                    let l = (along / positions as f64).powi(2);
+                    al += l;
+                    al2 += l * l;
+                }
+                let n = channels as f64;
+                let al = al / n;
+                let se = ((al2 / n - al * al) / n).sqrt();
+                let rule = slope_along_sum_sq(f, gamma, mu, a, b, ms, a_s, b_s).expect("piecewise linear");
+                let tol = 4.0 * se + rule / positions as f64 + 1e-4;
+                assert!((al - rule).abs() < tol, "{act:?}: along² {al} ± {se}, rule {rule}");
+                // Without the stream (f reading γ x̂ alone, the rule before) it is off.
+                let alone = slope_along_sq(f, gamma, mu, a, b);
+                assert!((al - alone).abs() > tol, "{act:?}: the stream-free rule {alone} also fits {al}");
             }
         }
     }

@@ -1577,23 +1577,35 @@ impl MapPasses {
             // here each channel's map is scaled by what is left of its mean.
             let d = channel_means(&dz, 0);
             let frac = &self.gfrac[k + 1];
-            let reader = match r.cx.consumers[k + 1].as_slice() {
-                &[rd] => {
-                    func(&r.cx.g.nodes[rd].op).and_then(|f| grads[rd + 1].as_ref().map(|v| (f, channel_means(v, 0), &self.gfrac[rd + 1])))
-                }
-                _ => None,
-            };
+            let reader = super::graph::norm_reader(r.cx.g, &r.cx.consumers, k).and_then(|(rd, stream)| {
+                let f = func(&r.cx.g.nodes[rd].op).expect("an element-wise reader");
+                let stream = stream.map(|s| {
+                    let v = self.get(s);
+                    (channel_means(v, 0), channel_means(v, 1), self.shared[s.0].clone())
+                });
+                grads[rd + 1].as_ref().map(|v| (f, channel_means(v, 0), &self.gfrac[rd + 1], stream))
+            });
             let (mu, sec) = (channel_means(&x, 0), channel_means(&x, 1));
             let extra = self.offset_positions(r.cx, p, n.inputs[0]);
             for g in map_groups(&x, shared, &extra, groups) {
                 let k2 = g.gain(gamma);
                 let mean_part: f64 = g.range.clone().map(|c| frac[c] * d[c]).sum::<f64>() / (g.n * g.n);
                 let mut along = 0.0;
-                if let Some((f, gz, fz)) = &reader {
+                if let Some((f, gz, fz, stream)) = &reader {
                     for c in g.range.clone() {
                         if fz[c] * gz[c] > 0.0 {
                             let (y2, y1, ya) = g.channel(c, mu[c], sec[c], shared[c]);
-                            along += fz[c] * gz[c] * super::graph::slope_along_sq(*f, gamma, y1, ya, (y2 - y1 * y1 - ya).max(0.0));
+                            let yb = (y2 - y1 * y1 - ya).max(0.0);
+                            along += fz[c]
+                                * gz[c]
+                                * match stream {
+                                    None => super::graph::slope_along_sq(*f, gamma, y1, ya, yb),
+                                    Some((sm, ss, sa)) => {
+                                        let (ms, as_) = (sm[c], sa[c]);
+                                        super::graph::slope_along_sum_sq(*f, gamma, y1, ya, yb, ms, as_, (ss[c] - ms * ms - as_).max(0.0))
+                                            .unwrap_or(0.0)
+                                    }
+                                };
                         }
                     }
                     along /= g.n * g.n;
