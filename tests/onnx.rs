@@ -914,6 +914,7 @@ fn real_exports_plan_and_agree_across_exporters() {
     let mut by_model: std::collections::BTreeMap<String, Vec<(String, Vec<f64>)>> = Default::default();
     let mut convnext_stds: std::collections::HashMap<cnnc::analyze::Analysis, Vec<f64>> = Default::default();
     let mut convnext_compared = 0;
+    let mut gn_norms: Option<Vec<(String, String, String)>> = None;
     for path in &files {
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
         if file.starts_with("convnext") {
@@ -980,6 +981,26 @@ fn real_exports_plan_and_agree_across_exporters() {
             continue;
         }
         let g = onnx::load(path, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if file.starts_with("resnet18_gn") {
+            // GroupNorm(32): the dynamo exporter folds γ and β into [C, 1, 1] views under
+            // made-up names (`val_27`); cnnc names them after the node's module, as the
+            // TorchScript export does, so that the plans agree name for name.
+            let opts = Options { mode: Mode::Forward, std_cap: None };
+            let plan =
+                cnnc::plan_graph(&g, cnnc::GraphRequest { opts, analysis: Default::default(), branch_scale: 0.0, batch: None }).unwrap();
+            let norms: Vec<(String, String, String)> = plan
+                .batch_norms
+                .unwrap()
+                .iter()
+                .map(|b| (b.mode.clone(), b.scale.name.clone(), format!("{:.12}", b.scale.value)))
+                .collect();
+            assert!(norms.iter().all(|(mode, _, _)| mode == "group:32"), "{file}: {norms:?}");
+            assert_eq!(norms[0].1, "bn1.weight", "{file}");
+            match &gn_norms {
+                None => gn_norms = Some(norms),
+                Some(other) => assert_eq!(&norms, other, "{file}: the exporters' GroupNorm entries differ"),
+            }
+        }
         let req = |mode, branch_scale| cnnc::GraphRequest {
             opts: Options { mode, std_cap: None },
             analysis: Default::default(),

@@ -925,10 +925,16 @@ impl<'m> Importer<'m> {
     /// module (`pkg.torch.onnx.name_scopes`) and the initializer's last name component,
     /// taken only where the node's `pkg.torch.onnx.fx_node` reads that parameter
     /// (`%p_features_1_1_layer_scale`). A plan applied by name then sets each one.
-    fn own_param_name(&mut self, cx: &Cx<'m>, name: &'m str) -> String {
+    ///
+    /// Where the initializer's name is made up (`val_27`: the dynamo exporter folded a
+    /// GroupNorm's γ into its [C, 1, 1] view), the last component is the parameter's role
+    /// in a torch normalization, `role` (`weight` for γ, `bias` for β), under the same check.
+    fn own_param_name(&mut self, cx: &Cx<'m>, name: &'m str, role: &str) -> String {
         let source = self.source_name(name);
+        let made_up = made_up_name(source);
         let own = name_scopes_module(cx.node).and_then(|m| {
-            let candidate = format!("{m}.{}", source.rsplit('.').next()?);
+            let last = if made_up { role } else { source.rsplit('.').next()? };
+            let candidate = format!("{m}.{last}");
             let fx = cx.node.metadata_props.iter().find(|p| p.key() == "pkg.torch.onnx.fx_node")?.value();
             let placeholder = format!("%p_{}", candidate.replace('.', "_"));
             let reads = fx
@@ -936,9 +942,17 @@ impl<'m> Importer<'m> {
                 .any(|(i, _)| !fx[i + placeholder.len()..].starts_with(|ch: char| ch.is_alphanumeric() || ch == '_'));
             (reads && candidate != source).then_some(candidate)
         });
+        // A TorchScript export has no fx_node to check against; its node names carry the
+        // module scope (`/bn1/Mul`), as for a MatMul's made-up weight.
+        let own = own.or_else(|| made_up.then(|| scope_module(&cx.name).map(|m| format!("{m}.{role}"))).flatten());
         match own {
             Some(own) => {
-                self.unshared.push(format!("`{source}` → `{own}`"));
+                let note = format!("`{source}` → `{own}`");
+                if made_up {
+                    self.renamed.push(note);
+                } else {
+                    self.unshared.push(note);
+                }
                 own
             }
             None => source.to_string(),
@@ -975,7 +989,7 @@ impl<'m> Importer<'m> {
         if awaiting_shift != shift || numel != bn.channels as i64 || p.dims.iter().filter(|&&d| d != 1).count() > 1 {
             return Ok(false);
         }
-        let name = self.own_param_name(cx, constant);
+        let name = self.own_param_name(cx, constant, if shift { "bias" } else { "weight" });
         let Op::BatchNorm(bn) = &mut self.nodes[node].op else { unreachable!("checked above") };
         if shift {
             bn.shift = name;
@@ -2124,7 +2138,7 @@ fn channel_scale<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, (data, constant): (&'m
         training: false,
         groups: None,
         per_position: false,
-        scale: imp.own_param_name(cx, constant),
+        scale: imp.own_param_name(cx, constant, "weight"),
         shift: String::new(),
         affine: dims.iter().map(|&d| d as u64).skip_while(|&d| d == 1 && dims.len() == 4).collect(),
     };
@@ -2273,7 +2287,7 @@ fn instance_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> 
         if d.iter().product::<u64>() != c {
             return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}]"));
         }
-        names.push(imp.own_param_name(cx, n));
+        names.push(imp.own_param_name(cx, n, if i == 1 { "weight" } else { "bias" }));
     }
     let bn = BatchNorm {
         channels: c,
@@ -2307,7 +2321,7 @@ fn group_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
             return Err(format!("the {what} `{n}` has shape {d:?}, expected [{c}] (or [{g}], one per group)"));
         }
         affine = vec![numel];
-        names.push(imp.own_param_name(cx, n));
+        names.push(imp.own_param_name(cx, n, if i == 1 { "weight" } else { "bias" }));
     }
     let bn = BatchNorm {
         channels: c,
@@ -2355,7 +2369,7 @@ fn layer_norm<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
         if d.iter().product::<u64>() != affine.iter().product::<u64>() {
             return Err(format!("the {what} `{n}` has shape {d:?}, expected {affine:?}"));
         }
-        names.push(imp.own_param_name(cx, n));
+        names.push(imp.own_param_name(cx, n, if i == 1 { "weight" } else { "bias" }));
     }
     let bn = BatchNorm {
         channels: c,

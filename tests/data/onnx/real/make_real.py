@@ -23,7 +23,9 @@ Files written (see README.md next to this script):
 
 "Stripped": every initializer with more than 16 elements keeps name, dims and
 data_type but loses its data (raw_data and the typed *_data fields); smaller ones
-(shape constants) and integer ones (indices) keep their data.  The files are not runnable, only readable.
+(shape constants) and integer ones (indices) keep their data; in the GroupNorm
+models, so do float tensors whose elements are all equal (the InstanceNormalization's
+ones, which the importer checks).  The files are not runnable, only readable.
 
 Prints one op-type histogram per file and, at the end, a Markdown summary.
 """
@@ -59,6 +61,10 @@ EXTRA_MODELS = ["efficientnet_b0", "shufflenet_v2_x1_0", "googlenet", "regnet_x_
 # A small U-Net with BatchNorm and transposed convs (scripts/torch/measure_dag.py's UNet):
 # TorchScript with weights, training mode, and dynamo.
 UNET_MODELS = ["unet"]
+# torchvision's ResNet-18 with GroupNorm(32) (`norm_layer`), eval: TorchScript with weights
+# (InstanceNormalization over a Reshape to groups, γ and β by Mul and Add) and dynamo (the
+# same, γ and β folded into [C, 1, 1] views under made-up names).
+GN_MODELS = ["resnet18_gn"]
 
 RESULTS = []   # (file, size, histogram) in write order
 FAILURES = []  # (file, error text)
@@ -74,6 +80,9 @@ def build(name, nobn=False):
         spec.loader.exec_module(mod)
         return mod.UNet()
     kwargs = {"weights": None}
+    if name.endswith("_gn"):
+        name = name[: -len("_gn")]
+        kwargs["norm_layer"] = lambda c: torch.nn.GroupNorm(32, c)
     if nobn:
         kwargs["norm_layer"] = lambda c: torch.nn.Identity()
     return getattr(torchvision.models, name)(**kwargs)
@@ -97,7 +106,20 @@ def strip_tensor(t):
         t.ClearField(f)
 
 
-def strip_model(m, base_dir=None):
+def is_fill(t, base_dir):
+    """A float tensor whose elements are all equal (an InstanceNormalization's ones)."""
+    if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) or numel(t) > 4096:
+        return False
+    try:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            onnx.external_data_helper.load_external_data_for_tensor(t, base_dir)
+        a = onnx.numpy_helper.to_array(t)
+    except Exception:
+        return False
+    return a.size > 0 and bool((a == a.flat[0]).all())
+
+
+def strip_model(m, base_dir=None, keep_fills=False):
     """Clear the payload of every initializer with > STRIP_OVER elements.
 
     External-data tensors: small ones are read in from base_dir and made internal;
@@ -115,9 +137,9 @@ def strip_model(m, base_dir=None):
         external = t.data_location == onnx.TensorProto.EXTERNAL
         # Integer tensors are indices and shapes, not weights (ConvNeXt's dynamo export
         # gathers its pooled vector by a [1, 768, 1, 1] index tensor): always kept.
-        if numel(t) > STRIP_OVER and t.data_type not in INT_TYPES:
+        if numel(t) > STRIP_OVER and t.data_type not in INT_TYPES and not (keep_fills and is_fill(t, base_dir)):
             strip_tensor(t)
-        elif external:
+        elif t.data_location == onnx.TensorProto.EXTERNAL:  # not read in by is_fill already
             onnx.external_data_helper.load_external_data_for_tensor(t, base_dir)
         if external:
             t.ClearField("external_data")
@@ -180,9 +202,9 @@ def drop_stack_traces(m):
             n.metadata_props.extend(keep)
 
 
-def resave_stripped(src, dst, base_dir=None, stack_traces=True):
+def resave_stripped(src, dst, base_dir=None, stack_traces=True, keep_fills=False):
     m = onnx.load(src, load_external_data=False)
-    strip_model(m, base_dir)
+    strip_model(m, base_dir, keep_fills)
     if not stack_traces:
         drop_stack_traces(m)
     onnx.save(m, dst)
@@ -199,7 +221,7 @@ def make_ts_weights(name):
         with tempfile.TemporaryDirectory() as d:
             tmp = os.path.join(d, "full.onnx")
             ts_export(build(name).eval(), tmp, export_params=True)
-            resave_stripped(tmp, path, d)
+            resave_stripped(tmp, path, d, keep_fills=name in GN_MODELS)
     return fn
 
 
@@ -225,7 +247,7 @@ def make_dynamo(name):
                                   output_names=["output"])
             wrote_external = any(f != "full.onnx" for f in os.listdir(d))
             print(f"  dynamo wrote: {sorted(os.listdir(d))} (external data: {wrote_external})")
-            resave_stripped(tmp, path, d, stack_traces=False)
+            resave_stripped(tmp, path, d, stack_traces=False, keep_fills=name in GN_MODELS)
         # the temporary directory (and any .data file) is gone now
     return fn
 
@@ -259,7 +281,7 @@ def main():
             attempt(os.path.join(HERE, f"{name}.train.onnx"), make_train(name))
     for name in keep(NOBN_MODELS):
         attempt(os.path.join(HERE, f"{name}_nobn.ts.onnx"), make_ts(name, nobn=True))
-    for name in keep(EXTRA_MODELS):
+    for name in keep(EXTRA_MODELS + GN_MODELS):
         attempt(os.path.join(HERE, f"{name}.ts.weights.onnx"), make_ts_weights(name))
         attempt(os.path.join(HERE, f"{name}.dynamo.onnx"), make_dynamo(name))
 
