@@ -79,15 +79,16 @@ def test_errors_carry_the_compilers_message(monkeypatch):
 
 def test_onnx_errors_name_the_node(monkeypatch):
     monkeypatch.chdir(ROOT)
-    out = cli("plan", "tests/data/onnx/real/convnext_tiny.dynamo.onnx")
+    bad = "tests/data/onnx/err/group_out_of_range.onnx"
+    out = cli("plan", bad)
     assert out.returncode != 0
     with pytest.raises(cnnc.PlanError) as e:
-        cnnc.plan("tests/data/onnx/real/convnext_tiny.dynamo.onnx")
+        cnnc.plan(bad)
     assert "error: " + str(e.value) == out.stderr.strip()
-    assert "node `node_Reshape_76` (Reshape)" in str(e.value)
-    with open(os.path.join(REAL, "convnext_tiny.dynamo.onnx"), "rb") as f:
-        with pytest.raises(cnnc.PlanError, match="^convnext: .*node_Reshape_76"):
-            cnnc.plan(f.read(), name="convnext")
+    assert "node `conv` (Conv)" in str(e.value)
+    with open(os.path.join(ROOT, bad), "rb") as f:
+        with pytest.raises(cnnc.PlanError, match="^grouped: .*node `conv`"):
+            cnnc.plan(f.read(), name="grouped")
     with pytest.raises(cnnc.PlanError, match="not a valid ONNX model"):
         cnnc.plan(b"network x\ninput 3x8x8\n")  # bytes are ONNX unless kind="cnn"
 
