@@ -838,6 +838,11 @@ fn measure(g: &Graph, plan: &GraphAnalysis, draws: usize, batch: usize, seed: u6
 /// Checks every weight layer: |measured − predicted| ≤ 4 SE + `slack` · predicted.
 /// Returns the worst ratio measured/predicted seen, forward and backward.
 fn check(g: &Graph, analysis: Analysis, mode: Mode, draws: usize, batch: usize, slack: f64) -> (f64, f64) {
+    check_with(g, analysis, mode, draws, batch, slack, true)
+}
+
+/// [`check`], the network input's gradient checked or not (`input_backward`).
+fn check_with(g: &Graph, analysis: Analysis, mode: Mode, draws: usize, batch: usize, slack: f64, input_backward: bool) -> (f64, f64) {
     let opts = GraphOptions { mode, std_cap: None, branch_scale: 1.0, batch: Some(batch as u64) };
     let plan = analyze_graph_with(g, opts, analysis).expect("the graph plans");
     let measured = measure(g, &plan, draws, batch, 7);
@@ -850,7 +855,8 @@ fn check(g: &Graph, analysis: Analysis, mode: Mode, draws: usize, batch: usize, 
             let line =
                 format!("{analysis:?} {mode:?} node {} {what}: measured {mean:.4} ± {se:.4}, predicted {pred:.4} (ratio {r:.3})", m.node);
             eprintln!("{line}");
-            if (mean - pred).abs() > 4.0 * se + slack * pred {
+            let checked = input_backward || !(what == "backward" && is_input);
+            if checked && (mean - pred).abs() > 4.0 * se + slack * pred {
                 failures.push(line);
             }
             let slot = if what == "forward" { &mut worst.0 } else { &mut worst.1 };
@@ -1727,26 +1733,9 @@ fn dense_stem_net() -> Graph {
 fn a_normalized_max_pool_is_skewed_and_its_neighbours_alike() {
     let g = dense_stem_net();
     for analysis in [Analysis::Paper, Analysis::Map] {
-        let opts = GraphOptions { mode: Mode::Forward, std_cap: None, branch_scale: 1.0, batch: Some(8) };
-        let plan = analyze_graph_with(&g, opts, analysis).expect("the graph plans");
-        let mut failures = Vec::new();
-        for (m, wr) in measure(&g, &plan, 48, 8, 7).iter().zip(&plan.weights) {
-            // The stem's input gradient (a max pool's routing seen by a BatchNorm of three
-            // input channels) is not what this is about: the band excludes it too.
-            let sides = if m.node == 0 {
-                vec![("forward", m.fwd, wr.forward_variance)]
-            } else {
-                vec![("forward", m.fwd, wr.forward_variance), ("backward", m.bwd, wr.backward_variance)]
-            };
-            for (what, (mean, se), pred) in sides {
-                let line =
-                    format!("{analysis:?} node {} {what}: measured {mean:.4} ± {se:.4}, predicted {pred:.4} ({:.3})", m.node, mean / pred);
-                eprintln!("{line}");
-                if (mean - pred).abs() > 4.0 * se + 0.05 * pred {
-                    failures.push(line);
-                }
-            }
-        }
-        assert!(failures.is_empty(), "predictions off:\n{}", failures.join("\n"));
+        // The stem's input gradient (a max pool's routing seen by a BatchNorm of three input
+        // channels) is not what this is about: the band excludes it too.
+        let (f, b) = check_with(&g, analysis, Mode::Forward, 48, 8, 0.05, false);
+        eprintln!("dense stem {analysis:?}: worst ratio forward {f:.3}, backward {b:.3}");
     }
 }
