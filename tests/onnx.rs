@@ -1847,4 +1847,10 @@ fn a_flattened_image_gathered_back_in_order_is_the_identity() {
     let slim = onnx::decode_shapes(std::io::Cursor::new(&bytes), bytes.len() as u64).unwrap();
     let kept: Vec<Option<usize>> = slim.graph.unwrap().initializer.iter().map(|t| t.raw_data.as_ref().map(|d| d.len())).collect();
     assert_eq!(kept, [Some(768 * 8), None]);
+    // All of them together keep at most 1 MiB: 20 index tensors of 64 KiB keep 16.
+    let many: Vec<TensorProto> = (0..20).map(|i| raw(&format!("idx{i}"), DataType::Int64, 8192)).collect();
+    let bytes = model(vec![image_input(3, 11, 11)], vec![], many).encode_to_vec();
+    let slim = onnx::decode_shapes(std::io::Cursor::new(&bytes), bytes.len() as u64).unwrap();
+    let kept = slim.graph.unwrap().initializer.iter().filter(|t| t.raw_data.is_some()).count();
+    assert_eq!(kept, 16);
 }

@@ -380,7 +380,7 @@ pub(super) fn max_pooled_channels(g: &Graph, v: ValueId) -> Option<Vec<Option<(u
             Op::BatchNorm(b) if per_channel_norm(b) => {
                 Some(walk(g, n.inputs[0], budget)?.into_iter().map(|o| o.map(|(p, c, _)| (p, c, true))).collect())
             }
-            Op::ChannelSlice { start, end } => Some(walk(g, n.inputs[0], budget)?[*start as usize..*end as usize].to_vec()),
+            Op::ChannelSlice { start, end } => Some(walk(g, n.inputs[0], budget)?.get(*start as usize..*end as usize)?.to_vec()),
             Op::Concat => {
                 let parts: Vec<_> = n.inputs.iter().map(|&u| walk(g, u, budget)).collect();
                 if parts.iter().all(Option::is_none) {

@@ -1812,7 +1812,7 @@ fn gather<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let values = idx.ints().ok_or_else(|| {
         format!("the values of the indices `{idx_name}` are not in the file (an integer tensor whose payload was dropped)")
     })?;
-    if values.iter().enumerate().any(|(i, &v)| v != i as i64) {
+    if values.len() as u64 != c * h * w || values.iter().enumerate().any(|(i, &v)| v != i as i64) {
         return Err(format!("the indices `{idx_name}` do not read the image in its own order: cnnc takes only that (the identity)"));
     }
     imp.values.insert(cx.output()?, (x, shape));

@@ -21,6 +21,10 @@ pub const KEEP_LIMIT: u64 = 4096;
 /// dynamo exporter's Gather of ConvNeXt's pooled map reads 768 int64 indices (6 KiB).
 pub const INT_KEEP_LIMIT: u64 = 65536;
 
+/// All integer payloads over [`KEEP_LIMIT`] together keep at most this much: a file of many
+/// index tensors is held no more than a file of weights.
+pub const INT_KEEP_TOTAL: u64 = 1 << 20;
+
 /// TensorProto data types INT32 (6) and INT64 (7).
 pub fn is_integer(data_type: i32) -> bool {
     matches!(data_type, 6 | 7)
@@ -50,6 +54,8 @@ fn is_payload(msg: Msg, field: u64) -> bool {
 struct Walker<R> {
     r: R,
     pos: u64,
+    /// Integer payload bytes kept over [`KEEP_LIMIT`] so far (at most [`INT_KEEP_TOTAL`]).
+    int_kept: u64,
 }
 
 fn corrupt(what: String) -> OnnxError {
@@ -146,9 +152,12 @@ impl<R: BufRead + Seek> Walker<R> {
                         put_varint(out, key);
                         put_varint(out, inner.len() as u64);
                         out.extend_from_slice(&inner);
-                    } else if is_payload(msg, field) && len > limit {
+                    } else if is_payload(msg, field) && (len > limit || (len > KEEP_LIMIT && self.int_kept + len > INT_KEEP_TOTAL)) {
                         self.skip(len)?;
                     } else {
+                        if is_payload(msg, field) && len > KEEP_LIMIT {
+                            self.int_kept += len;
+                        }
                         put_varint(out, key);
                         put_varint(out, len);
                         self.copy(len, out)?;
@@ -172,7 +181,7 @@ pub fn read_slim(path: &Path) -> Result<Vec<u8>, OnnxError> {
 /// The bytes of the `len`-byte model read from `r` (at its start) without its large
 /// weight payloads.
 pub fn slim<R: BufRead + Seek>(r: R, len: u64) -> Result<Vec<u8>, OnnxError> {
-    let mut w = Walker { r, pos: 0 };
+    let mut w = Walker { r, pos: 0, int_kept: 0 };
     let mut out = Vec::new();
     w.message(Msg::Model, len, &mut out)?;
     Ok(out)
