@@ -65,12 +65,11 @@ fn dims3(layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
 /// `x̂`, written channel by channel; returns the statistics.
 fn forward<T: WithDType>(x: &[T], n: usize, c: usize, p: usize, eps: f64) -> (Vec<T>, Vec<(f64, f64)>) {
     let stats: Vec<(f64, f64)> = (0..c).into_par_iter().map(|ch| channel_stats(x, n, c, p, ch)).collect();
-    let mut out = vec![T::from_f64(0.0); x.len()];
-    out.par_chunks_mut(p).enumerate().for_each(|(row, o)| {
+    let out = super::par_filled(x.len(), p, |row, o| {
         let (mean, var) = stats[row % c];
         let inv = 1.0 / (var + eps).sqrt();
         for (o, v) in o.iter_mut().zip(&x[row * p..][..p]) {
-            *o = T::from_f64((v.to_f64() - mean) * inv);
+            o.write(T::from_f64((v.to_f64() - mean) * inv));
         }
     });
     (out, stats)
@@ -97,16 +96,14 @@ fn backward<T: WithDType>(x: &[T], g: &[T], n: usize, c: usize, p: usize, eps: f
             (mean, inv, sg / count, sgx / count)
         })
         .collect();
-    let mut out = vec![T::from_f64(0.0); x.len()];
-    out.par_chunks_mut(p).enumerate().for_each(|(row, o)| {
+    super::par_filled(x.len(), p, |row, o| {
         let (mean, inv, mg, mgx) = per[row % c];
         let at = row * p;
         for ((o, v), d) in o.iter_mut().zip(&x[at..][..p]).zip(&g[at..][..p]) {
             let xh = (v.to_f64() - mean) * inv;
-            *o = T::from_f64((d.to_f64() - mg - xh * mgx) * inv);
+            o.write(T::from_f64((d.to_f64() - mg - xh * mgx) * inv));
         }
-    });
-    out
+    })
 }
 
 impl CustomOp1 for Standardize {
@@ -193,14 +190,12 @@ impl ChannelAffine {
 }
 
 fn affine_forward<T: WithDType>(x: &[T], g: &[T], b: &[T], c: usize, p: usize) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); x.len()];
-    out.par_chunks_mut(p).enumerate().for_each(|(row, o)| {
+    super::par_filled(x.len(), p, |row, o| {
         let (gc, bc) = (g[row % c], b[row % c]);
         for (o, &v) in o.iter_mut().zip(&x[row * p..][..p]) {
-            *o = v * gc + bc;
+            o.write(v * gc + bc);
         }
-    });
-    out
+    })
 }
 
 /// (dγ, dβ) of channel `ch` from `x` and the output gradient `d`.

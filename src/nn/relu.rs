@@ -9,7 +9,6 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
-use rayon::prelude::*;
 
 /// `max(x, 0)`, differentiable with the mask x > 0.
 pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -24,9 +23,12 @@ pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
 struct Relu;
 
 fn each<T: WithDType>(v: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); v.len()];
-    out.par_chunks_mut(1 << 14).zip(v.par_chunks(1 << 14)).for_each(|(o, v)| o.iter_mut().zip(v).for_each(|(o, &x)| *o = f(x)));
-    out
+    const CHUNK: usize = 1 << 14;
+    super::par_filled(v.len(), CHUNK, |i, o| {
+        o.iter_mut().zip(&v[i * CHUNK..]).for_each(|(o, &x)| {
+            o.write(f(x));
+        })
+    })
 }
 
 impl CustomOp1 for Relu {
@@ -53,13 +55,12 @@ struct ReluGrad;
 
 fn masked<T: WithDType>(y: &[T], g: &[T]) -> Vec<T> {
     let zero = T::from_f64(0.0);
-    let mut out = vec![zero; y.len()];
-    out.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14).zip(g.par_chunks(1 << 14))).for_each(|(o, (y, g))| {
-        for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-            *o = if y > zero { g } else { zero };
+    const CHUNK: usize = 1 << 14;
+    super::par_filled(y.len(), CHUNK, |i, o| {
+        for ((o, &y), &g) in o.iter_mut().zip(&y[i * CHUNK..]).zip(&g[i * CHUNK..]) {
+            o.write(if y > zero { g } else { zero });
         }
-    });
-    out
+    })
 }
 
 impl CustomOp2 for ReluGrad {
