@@ -83,7 +83,10 @@ enum NodeOp {
     Elementwise(Expr),
     Pool(PoolSpec),
     Flatten,
-    Add,
+    /// A sum of the inputs; of two, with the ReLU of its only reader applied (`relu`).
+    Add {
+        relu: bool,
+    },
     Concat,
     Mul,
     Slice {
@@ -383,6 +386,7 @@ impl GraphModel {
                         && match nodes.last().map(|n| &n.op) {
                             Some(NodeOp::Conv { relu, .. }) => *relu,
                             Some(NodeOp::Norm(norm)) => norm.relu,
+                            Some(NodeOp::Add { relu }) => *relu,
                             _ => false,
                         };
                     if fused {
@@ -396,7 +400,14 @@ impl GraphModel {
                     NodeOp::Pool(PoolSpec::of(&crate::unify::pooling(n, input)).map_err(|m| node_err(k, n, m))?)
                 }
                 Op::Flatten => NodeOp::Flatten,
-                Op::Add => NodeOp::Add,
+                Op::Add => {
+                    // A join of two whose only reader is a ReLU applies it.
+                    let relu = n.inputs.len() == 2
+                        && matches!(graph.nodes.get(k + 1), Some(next)
+                        if next.op == Op::Activation(Activation::Relu) && next.inputs == [ValueId(k + 1)])
+                        && readers[k + 1] == 1;
+                    NodeOp::Add { relu }
+                }
                 Op::Concat => NodeOp::Concat,
                 Op::Mul => NodeOp::Mul,
                 Op::ChannelSlice { start, end } => NodeOp::Slice { start: usize_of(*start), len: usize_of(end - start) },
@@ -473,6 +484,7 @@ impl GraphModel {
             match &mut node.op {
                 NodeOp::Conv { relu, .. } => *relu = false,
                 NodeOp::Norm(norm) => norm.relu = false,
+                NodeOp::Add { relu } => *relu = false,
                 op @ NodeOp::Fused => *op = NodeOp::Activation(Activation::Relu),
                 _ => {}
             }
@@ -607,7 +619,8 @@ impl GraphModel {
                 reshape_if(p.apply(&x)?, &out)?
             }
             NodeOp::Flatten => reshape_if(x.clone(), &out)?,
-            NodeOp::Add => {
+            NodeOp::Add { relu: true } => super::relu::add_relu(x, inputs[1])?,
+            NodeOp::Add { relu: false } => {
                 let mut s = x.clone();
                 for t in &inputs[1..] {
                     s = (s + *t)?;
