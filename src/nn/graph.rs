@@ -18,7 +18,8 @@
 //! [`Kernels::Candle`] or on other devices. Pooling is [`PoolSpec`].
 //!
 //! Normalizations: a BatchNorm the IR marks `training` is PyTorch's `BatchNorm2d`: batch
-//! statistics (biased variance; on the CPU [`super::norm::Standardize`]) while the model
+//! statistics (biased variance; on the CPU one op with γ, β and a reading ReLU,
+//! [`super::norm::BatchNormTrain`]) while the model
 //! trains, and then running statistics updated with momentum 0.1 and the unbiased batch
 //! variance; the running statistics in evaluation ([`GraphModel::set_training`]). They are buffers (`{module}.running_mean`,
 //! `{module}.running_var`), not parameters. A BatchNorm the IR marks inference (an
@@ -27,7 +28,7 @@
 //! sample's statistics in both modes.
 
 use super::conv::{self, ConvSpec};
-use super::norm::{ChannelAffine, Standardize};
+use super::norm::{BatchNormTrain, ChannelAffine, Standardize};
 use super::pool::PoolSpec;
 use super::{activate, normal, usize_of, Kernels, NnError};
 use crate::ir::{self, Activation, Expr, Fn1, Graph, Op, Shape, ValueId};
@@ -56,6 +57,8 @@ struct Norm {
     beta: Option<Param>,
     /// Running mean and variance: batch normalizations the IR marks `training` only.
     running: Option<(Param, Param)>,
+    /// ReLU applied in the op (its reader, a ReLU node, then passes the value on).
+    relu: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -80,7 +83,10 @@ enum NodeOp {
     Elementwise(Expr),
     Pool(PoolSpec),
     Flatten,
-    Add,
+    /// A sum of the inputs; of two, with the ReLU of its only reader applied (`relu`).
+    Add {
+        relu: bool,
+    },
     Concat,
     Mul,
     Slice {
@@ -376,8 +382,13 @@ impl GraphModel {
                     }
                 }
                 Op::Activation(a) => {
-                    let fused =
-                        *a == Activation::Relu && matches!(nodes.last(), Some(GraphNode { op: NodeOp::Conv { relu: true, .. }, .. }));
+                    let fused = *a == Activation::Relu
+                        && match nodes.last().map(|n| &n.op) {
+                            Some(NodeOp::Conv { relu, .. }) => *relu,
+                            Some(NodeOp::Norm(norm)) => norm.relu,
+                            Some(NodeOp::Add { relu }) => *relu,
+                            _ => false,
+                        };
                     if fused {
                         NodeOp::Fused
                     } else {
@@ -389,7 +400,14 @@ impl GraphModel {
                     NodeOp::Pool(PoolSpec::of(&crate::unify::pooling(n, input)).map_err(|m| node_err(k, n, m))?)
                 }
                 Op::Flatten => NodeOp::Flatten,
-                Op::Add => NodeOp::Add,
+                Op::Add => {
+                    // A join of two whose only reader is a ReLU applies it.
+                    let relu = n.inputs.len() == 2
+                        && matches!(graph.nodes.get(k + 1), Some(next)
+                        if next.op == Op::Activation(Activation::Relu) && next.inputs == [ValueId(k + 1)])
+                        && readers[k + 1] == 1;
+                    NodeOp::Add { relu }
+                }
                 Op::Concat => NodeOp::Concat,
                 Op::Mul => NodeOp::Mul,
                 Op::ChannelSlice { start, end } => NodeOp::Slice { start: usize_of(*start), len: usize_of(end - start) },
@@ -423,7 +441,11 @@ impl GraphModel {
                     } else {
                         None
                     };
-                    NodeOp::Norm(Box::new(Norm { spec: bn.clone(), gamma, beta, running }))
+                    // A BatchNorm whose only reader is a ReLU applies it.
+                    let relu = matches!(graph.nodes.get(k + 1), Some(next)
+                        if next.op == Op::Activation(Activation::Relu) && next.inputs == [ValueId(k + 1)])
+                        && readers[k + 1] == 1;
+                    NodeOp::Norm(Box::new(Norm { spec: bn.clone(), gamma, beta, running, relu }))
                 }
             };
             nodes.push(GraphNode {
@@ -461,6 +483,8 @@ impl GraphModel {
         for node in &mut self.nodes {
             match &mut node.op {
                 NodeOp::Conv { relu, .. } => *relu = false,
+                NodeOp::Norm(norm) => norm.relu = false,
+                NodeOp::Add { relu } => *relu = false,
                 op @ NodeOp::Fused => *op = NodeOp::Activation(Activation::Relu),
                 _ => {}
             }
@@ -561,7 +585,7 @@ impl GraphModel {
                 let x = if x.rank() == 4 { x.clone() } else { x.reshape((n, (), 1, 1))? };
                 let b = bias.as_ref().map(|b| b.var.as_tensor());
                 let cpu_ours = self.kernels == Kernels::Cnnc;
-                match reshaped {
+                let u = match reshaped {
                     None if cpu_ours => spec.apply_with_sink(&x, weight.var.as_tensor(), b, *relu, &self.sink)?,
                     None => spec.apply_candle(&x, weight.var.as_tensor(), b)?,
                     Some(shape) => {
@@ -573,16 +597,16 @@ impl GraphModel {
                             u
                         }
                     }
-                }
-                .reshape(out)?
+                };
+                reshape_if(u, &out)?
             }
             NodeOp::Linear { weight, bias } => {
-                let u = x.reshape((n, ()))?.matmul(&weight.var.as_tensor().t()?)?;
-                match bias {
+                let u = reshape_if(x.clone(), &[n, x.elem_count() / n.max(1)])?.matmul(&weight.var.as_tensor().t()?)?;
+                let u = match bias {
                     Some(b) => u.broadcast_add(b.var.as_tensor())?,
                     None => u,
-                }
-                .reshape(out)?
+                };
+                reshape_if(u, &out)?
             }
             NodeOp::Activation(a) => activate(*a, x)?,
             NodeOp::Fused => x.clone(),
@@ -592,10 +616,11 @@ impl GraphModel {
             },
             NodeOp::Pool(p) => {
                 let x = if x.rank() == 4 { x.clone() } else { x.reshape((n, (), 1, 1))? };
-                p.apply(&x)?.reshape(out)?
+                reshape_if(p.apply(&x)?, &out)?
             }
-            NodeOp::Flatten => x.reshape(out)?,
-            NodeOp::Add => {
+            NodeOp::Flatten => reshape_if(x.clone(), &out)?,
+            NodeOp::Add { relu: true } => super::relu::add_relu(x, inputs[1])?,
+            NodeOp::Add { relu: false } => {
                 let mut s = x.clone();
                 for t in &inputs[1..] {
                     s = (s + *t)?;
@@ -608,15 +633,27 @@ impl GraphModel {
             NodeOp::Shuffle { groups } => channel_shuffle(x, *groups)?,
             NodeOp::Dilate { stride } => dilate(x, *stride)?,
             NodeOp::Resize(r) => r.forward(x)?,
-            NodeOp::Norm(norm) => normalize(
+            NodeOp::Norm(norm) => normalize_relu(
                 &norm.spec,
                 x,
                 norm.gamma.as_ref().map(|p| p.var.as_tensor()),
                 norm.beta.as_ref().map(|p| p.var.as_tensor()),
                 norm.running.as_ref().map(|(m, v)| (&m.var, &v.var)),
                 self.is_training(),
+                norm.relu,
             )?,
         })
+    }
+}
+
+/// `t` shaped `dims`: itself where it has that shape already (a reshape is a node of the
+/// backward graph, and candle's autograd adds every node's gradient into a new zeroed
+/// buffer: a full pass over the value and a `memset` for nothing).
+fn reshape_if(t: Tensor, dims: &[usize]) -> candle_core::Result<Tensor> {
+    if t.dims() == dims {
+        Ok(t)
+    } else {
+        t.reshape(dims)
     }
 }
 
@@ -630,6 +667,21 @@ pub fn normalize(
     beta: Option<&Tensor>,
     running: Option<(&Var, &Var)>,
     training: bool,
+) -> candle_core::Result<Tensor> {
+    normalize_relu(spec, x, gamma, beta, running, training, false)
+}
+
+/// [`normalize`], then a ReLU ([`super::relu::relu`]) when `relu`: the same values and
+/// gradients, bit for bit; a batch normalization in training with γ and β runs as one op
+/// with its ReLU on the CPU ([`BatchNormTrain`]).
+pub fn normalize_relu(
+    spec: &ir::BatchNorm,
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    running: Option<(&Var, &Var)>,
+    training: bool,
+    relu: bool,
 ) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     let (n, c) = (dims[0], dims[1]);
@@ -653,14 +705,29 @@ pub fn normalize(
         }
         (None, Some((rm, rv))) if training => {
             // (N, C, P): the statistics of each channel over the batch and positions.
-            let flat = x.reshape((n, c, ()))?;
-            let count = n * flat.dim(2)?;
+            let positions: usize = dims[2..].iter().product();
+            let count = n * positions;
             if count < 2 {
                 candle_core::bail!(
-                    "BatchNorm needs more than one value per channel in training (batch of {n}, {} position(s) a sample; an epoch's last batch can be smaller than --batch-size: --drop-last leaves it out)",
-                    flat.dim(2)?
+                    "BatchNorm needs more than one value per channel in training (batch of {n}, {positions} position(s) a sample; an epoch's last batch can be smaller than --batch-size: --drop-last leaves it out)"
                 );
             }
+            // With per-channel γ and β on the CPU: one op, its ReLU included (`norm.rs`),
+            // on x as it is (each reshape would be a node of the backward, a zeroed buffer
+            // and an add).
+            let fused = match (gamma, beta) {
+                (Some(g), Some(b)) if x.device().is_cpu() && g.rank() == 1 && b.rank() == 1 => Some((g, b)),
+                _ => None,
+            };
+            if let Some((g, b)) = fused {
+                let op = BatchNormTrain::new(eps, relu);
+                let y = op.apply(x, g, b)?;
+                let (mean, var): (Vec<f64>, Vec<f64>) = op.stats().into_iter().unzip();
+                let dev = x.device();
+                update_running(rm, rv, &Tensor::new(mean, dev)?.to_dtype(x.dtype())?, &Tensor::new(var, dev)?.to_dtype(x.dtype())?, count)?;
+                return Ok(y);
+            }
+            let flat = x.reshape((n, c, ()))?;
             let (y, mean, var) = if x.device().is_cpu() {
                 // One op forward and backward (`norm.rs`).
                 let op = Standardize::new(eps);
@@ -675,10 +742,7 @@ pub fn normalize(
                 let y = centred.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
                 (y, mean.detach().flatten_all()?, var.detach().flatten_all()?)
             };
-            let m = BN_MOMENTUM;
-            let unbiased = var.affine(count as f64 / (count - 1) as f64, 0.0)?;
-            rm.set(&rm.as_tensor().affine(1.0 - m, 0.0)?.add(&mean.affine(m, 0.0)?)?)?;
-            rv.set(&rv.as_tensor().affine(1.0 - m, 0.0)?.add(&unbiased.affine(m, 0.0)?)?)?;
+            update_running(rm, rv, &mean, &var, count)?;
             y.reshape(dims.clone())?
         }
         (None, Some((rm, rv))) => {
@@ -700,20 +764,36 @@ pub fn normalize(
     // Per-channel γ and β on the CPU: one op (`norm.rs`), whose backward sums their
     // gradients per channel in one pass instead of candle's strided reduction; the same
     // values as the broadcast multiply and add below.
-    if let (Some(g), Some(b), true) = (gamma, beta, x.device().is_cpu()) {
-        if g.rank() == 1 && b.rank() == 1 && dims.len() >= 2 {
+    let y = match (gamma, beta) {
+        (Some(g), Some(b)) if x.device().is_cpu() && g.rank() == 1 && b.rank() == 1 && dims.len() >= 2 => {
             let flat = y.reshape((n, c, ()))?;
-            return ChannelAffine::apply(&flat, g, b)?.reshape(dims);
+            ChannelAffine::apply(&flat, g, b)?.reshape(dims)?
         }
-    }
-    let y = match gamma {
-        Some(g) => y.broadcast_mul(&affine_shape(g)?)?,
-        None => y,
+        _ => {
+            let y = match gamma {
+                Some(g) => y.broadcast_mul(&affine_shape(g)?)?,
+                None => y,
+            };
+            match beta {
+                Some(b) => y.broadcast_add(&affine_shape(b)?)?,
+                None => y,
+            }
+        }
     };
-    match beta {
-        Some(b) => y.broadcast_add(&affine_shape(b)?),
-        None => Ok(y),
+    if relu {
+        super::relu::relu(&y)
+    } else {
+        Ok(y)
     }
+}
+
+/// PyTorch's update of a BatchNorm's running statistics from a batch's per-channel mean
+/// and biased variance (C) over `count` values a channel (the unbiased variance goes in).
+fn update_running(rm: &Var, rv: &Var, mean: &Tensor, var: &Tensor, count: usize) -> candle_core::Result<()> {
+    let m = BN_MOMENTUM;
+    let unbiased = var.affine(count as f64 / (count - 1) as f64, 0.0)?;
+    rm.set(&rm.as_tensor().affine(1.0 - m, 0.0)?.add(&mean.affine(m, 0.0)?)?)?;
+    rv.set(&rv.as_tensor().affine(1.0 - m, 0.0)?.add(&unbiased.affine(m, 0.0)?)?)
 }
 
 /// A normalization layer on its own, as a generated crate holds one (`cnnc emit candle`):

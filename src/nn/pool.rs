@@ -150,15 +150,14 @@ impl PoolSpec {
 
     fn forward<T: Float>(&self, x: &[T], planes: usize) -> Vec<T> {
         let (ih, iw, oh, ow) = (self.h.input, self.w.input, self.h.output, self.w.output);
-        let mut out = vec![T::ZERO; planes * oh * ow];
-        let plane_fn = |(p, out): (usize, &mut [T])| {
+        super::par_filled(planes * oh * ow, oh * ow, |p, out| {
             let plane = &x[p * ih * iw..(p + 1) * ih * iw];
             let mut k = 0;
             for oy in 0..oh {
                 let ys = self.h.window(oy);
                 for ox in 0..ow {
                     let xs = self.w.window(ox);
-                    out[k] = match self.mode {
+                    out[k].write(match self.mode {
                         PoolMode::Max => {
                             let mut m = T::NEG_INFINITY;
                             for y in ys.clone() {
@@ -181,20 +180,22 @@ impl PoolSpec {
                             }
                             s / T::from_usize(self.divisor(oy, ox))
                         }
-                    };
+                    });
                     k += 1;
                 }
             }
-        };
-        over_planes(&mut out, oh * ow, plane_fn);
-        out
+        })
     }
 
     /// Gradient of the input from the output's gradient `g` (and, for a max pool, the input `x`).
     fn backward<T: Float>(&self, x: &[T], g: &[T], planes: usize) -> Vec<T> {
         let (ih, iw, oh, ow) = (self.h.input, self.w.input, self.h.output, self.w.output);
-        let mut dx = vec![T::ZERO; planes * ih * iw];
-        let plane_fn = |(p, dplane): (usize, &mut [T])| {
+        super::par_filled(planes * ih * iw, ih * iw, |p, dplane| {
+            for d in dplane.iter_mut() {
+                d.write(T::ZERO);
+            }
+            // SAFETY: every element was just written; `MaybeUninit<T>` has `T`'s layout.
+            let dplane = unsafe { &mut *(dplane as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
             for oy in 0..oh {
                 let ys = self.h.window(oy);
                 for ox in 0..ow {
@@ -229,9 +230,7 @@ impl PoolSpec {
                     }
                 }
             }
-        };
-        over_planes(&mut dx, ih * iw, plane_fn);
-        dx
+        })
     }
 
     fn out_shape(&self, layout: &Layout) -> candle_core::Result<Shape> {
@@ -243,20 +242,6 @@ impl PoolSpec {
 /// Whether the ops run on `dev` where the tensors are (else on the CPU, copied there and back).
 fn runs_on(dev: &Device) -> bool {
     dev.is_cpu() || (cfg!(feature = "cuda") && dev.is_cuda())
-}
-
-/// Runs `f((plane index, plane))` over the planes of `out` (each `len` long), split
-/// over rayon's threads when there are more than one (candle's thread count).
-fn over_planes<T: Send>(out: &mut [T], len: usize, f: impl Fn((usize, &mut [T])) + Sync + Send) {
-    use rayon::prelude::*;
-    if len == 0 {
-        return;
-    }
-    if candle_core::utils::get_num_threads() > 1 {
-        out.par_chunks_mut(len).enumerate().for_each(f);
-    } else {
-        out.chunks_mut(len).enumerate().for_each(f);
-    }
 }
 
 /// The floats the ops run on.
