@@ -16,6 +16,7 @@
 
 pub mod budget;
 mod corr;
+mod walk;
 pub mod graph;
 mod graph_map;
 pub mod map;

@@ -146,6 +146,12 @@ fn hermite_rule() -> &'static ([f64; HERMITE], [f64; HERMITE]) {
     })
 }
 
+/// The nodes and weights of [`normal_expectation`]'s rule (for nested expectations).
+pub fn hermite() -> (&'static [f64], &'static [f64]) {
+    let (x, w) = hermite_rule();
+    (x, w)
+}
+
 /// E[f(z)] for z ~ N(0, 1) by Gauss–Hermite quadrature (exact for polynomials of degree
 /// below 64; for smooth f, close).
 pub fn normal_expectation(f: impl Fn(f64) -> f64) -> f64 {

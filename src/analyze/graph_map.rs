@@ -15,7 +15,7 @@ use super::AnalysisError;
 use crate::index::{Axis, PoolGeometry};
 use crate::ir::{Activation, Op, PoolKind, Shape, ValueId};
 use crate::unify;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 /// One plane (h × w), row-major.
@@ -267,6 +267,11 @@ pub(super) struct MapPasses {
     /// shares ([`MapPasses::shared_fwd`]): what batch statistics remove besides the mean.
     shared: Vec<Vec<f64>>,
     shared_memo: HashMap<(usize, u64, u64, u64), f64>,
+    /// The element-wise nodes whose input is a stream plus a branch with shared parts
+    /// ([`MapPasses::elementwise`]): [`MapPasses::shared_fwd`] takes their offsets from
+    /// [`super::graph::sum_offset`], memoized here.
+    sum_shared: HashSet<usize>,
+    sum_shared_memo: HashMap<(usize, [u64; 6]), f64>,
     /// Per value and channel, the fraction of the gradient shared by a sample's positions
     /// ([`super::graph::shared_fractions`]), for the per-sample normalizations.
     gfrac: Vec<Vec<f64>>,
@@ -298,6 +303,8 @@ impl MapPasses {
             stats: Vec::new(),
             shared: Vec::new(),
             shared_memo: HashMap::new(),
+            sum_shared: HashSet::new(),
+            sum_shared_memo: HashMap::new(),
             gfrac: Vec::new(),
             on_support: HashMap::new(),
             via_skip: HashMap::new(),
@@ -357,7 +364,8 @@ impl MapPasses {
             let ones = x.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].map(|_| 1.0)] }).collect();
             return (x.clone(), ones);
         }
-        if let Some(r) = self.elementwise_of_sum(cx, k, f) {
+        let sum = self.elementwise_of_sum(cx, k, f);
+        if let Some((r, false)) = sum {
             return r;
         }
         let origin = super::graph::max_pooled_channels(cx.g, cx.g.nodes[k].inputs[0]);
@@ -384,6 +392,12 @@ impl MapPasses {
             }
             out.push(Seg { n: s.n, maps: vec![m1, m2] });
             grads.push(Seg { n: s.n, maps: vec![d2] });
+        }
+        if let Some(((sum_out, _), true)) = sum {
+            // A stream and a branch with shared parts: the sum's moments forward, the
+            // Gaussian's open fraction backward (see `super::graph::sum_channel_moments`).
+            self.sum_shared.insert(k);
+            return (sum_out, grads);
         }
         (out, grads)
     }
@@ -431,13 +445,12 @@ impl MapPasses {
         Some(*self.composite.entry((k, key)).or_insert_with(|| super::graph::max_composite_moments(f, p.f0, ms, vs, t as u64, a, c)))
     }
 
-    /// f of a residual stream plus a branch ([`super::graph::rectified_sum`]) where
-    /// neither carries a shared part: per position, [`super::graph::sum_moments`].
-    fn elementwise_of_sum(&mut self, cx: &Cx<'_>, k: usize, f: Func<'_>) -> Option<(Val, Val)> {
+    /// f of a residual stream plus a branch ([`super::graph::rectified_sum`]): per
+    /// position, [`super::graph::sum_moments`] (the shared parts in the variances), and
+    /// whether either carries a shared part.
+    fn elementwise_of_sum(&mut self, cx: &Cx<'_>, k: usize, f: Func<'_>) -> Option<((Val, Val), bool)> {
         let (g, a, c) = super::graph::rectified_sum(cx.g, cx.g.nodes[k].inputs[0])?;
-        if self.shared[a.0].iter().chain(&self.shared[c.0]).any(|&v| v != 0.0) {
-            return None;
-        }
+        let shared = self.shared[a.0].iter().chain(&self.shared[c.0]).any(|&v| v != 0.0);
         let (va, vc) = (self.get(a).clone(), self.get(c).clone());
         let mut memo: HashMap<[u64; 4], [f64; 4]> = HashMap::new();
         let (mut out, mut grads) = (Vec::new(), Vec::new());
@@ -459,7 +472,7 @@ impl MapPasses {
             out.push(Seg { n, maps: planes });
             grads.push(Seg { n, maps: vec![d2] });
         }
-        Some((merge(out), grads))
+        Some(((merge(out), grads), shared))
     }
 }
 
@@ -484,6 +497,7 @@ impl Passes for MapPasses {
         }]);
         self.shared = vec![Vec::new(); g.nodes.len() + 1];
         self.shared[0] = vec![0.0; c0 as usize];
+        self.sum_shared.clear();
         self.lags = vec![None; g.nodes.len() + 1];
         self.lags[0] = Some(corr::white());
         self.cross = vec![Vec::new(); g.nodes.len() + 1];
@@ -1983,6 +1997,24 @@ impl MapPasses {
             }
             Op::Activation(_) | Op::Elementwise(_) if super::graph::passes_unchanged(g, k, |v| self.is_zero(v)).is_some() => {
                 self.shared[input(0)].clone()
+            }
+            Op::Activation(_) | Op::Elementwise(_) if self.sum_shared.contains(&k) => {
+                // A stream plus a branch with shared parts ([`MapPasses::elementwise`]).
+                let f = func(&n.op).expect("element-wise");
+                let (g, a, c) = super::graph::rectified_sum(cx.g, n.inputs[0]).expect("checked by `elementwise`");
+                let (xa, xc) = (self.get(a), self.get(c));
+                let (ma, qa, mc, qc) = (channel_means(xa, 0), channel_means(xa, 1), channel_means(xc, 0), channel_means(xc, 1));
+                let (sa, sc) = (self.shared[a.0].clone(), self.shared[c.0].clone());
+                let memo = &mut self.sum_shared_memo;
+                (0..c_out)
+                    .map(|ch| {
+                        let key = [ma[ch], qa[ch], sa[ch], mc[ch], qc[ch], sc[ch]].map(f64::to_bits);
+                        *memo.entry((k, key)).or_insert_with(|| {
+                            let (va, vc) = (qa[ch] - ma[ch] * ma[ch], qc[ch] - mc[ch] * mc[ch]);
+                            super::graph::sum_offset(f, ma[ch], va, sa[ch], g, mc[ch], vc, sc[ch])
+                        })
+                    })
+                    .collect()
             }
             Op::Activation(_) | Op::Elementwise(_) => {
                 let f = func(&n.op).expect("element-wise");
