@@ -655,8 +655,9 @@ struct Fwd<'a, 'g> {
     /// Per value, the spatial correlation of its fluctuation ([`corr`]).
     lags: Vec<Option<corr::Lags>>,
     memo: HashMap<(usize, u64, u64), (f64, f64, f64)>,
-    /// The stages' streams ([`Chains`]).
+    /// The stages' streams ([`Chains`]), and each one's law so far.
     chains: Chains,
+    streams: HashMap<usize, super::walk::Stream>,
 }
 
 /// What a backward rule reads and writes: the forward statistics and the gradients.
@@ -902,10 +903,13 @@ fn forward(cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Re
     stats[0] = Some(Stat::uniform(channels(g.input), 0.0, 1.0));
     let mut lags = vec![None; g.nodes.len() + 1];
     lags[0] = Some(corr::white());
-    let mut f = Fwd { cx, p, opts, choose, stats, lags, memo: HashMap::new(), chains: Chains::of(g) };
+    let mut f = Fwd { cx, p, opts, choose, stats, lags, memo: HashMap::new(), chains: Chains::of(g), streams: HashMap::new() };
     for (k, n) in g.nodes.iter().enumerate() {
         let out = (rules(&n.op).0)(&mut f, k)?;
         debug_assert_eq!(out.second.len() as u64, channels(n.output), "node {k} {}", n.op.kind_name());
+        if std::env::var_os("CNNC_DBG").is_some() {
+            eprintln!("DBG {k} {} m1 {:.4} m2 {:.4} off {:.4}", n.name, avg(&out.mean), avg(&out.second), avg(&out.offset));
+        }
         f.stats[k + 1] = Some(out);
         let stats = &f.stats;
         f.lags[k + 1] = Some(corr::propagate(g, k, &f.lags, &|v| summary(cx.input_stat(stats, v))));
@@ -1419,6 +1423,16 @@ impl Chains {
         Chains { chains, pos }
     }
 
+    /// Chain `c`'s i-th ReLU.
+    pub(super) fn node(&self, c: usize, i: usize) -> usize {
+        self.chains[c].0[i]
+    }
+
+    /// The branch end that chain `c`'s i-th ReLU (i ≥ 1) adds to the stream.
+    pub(super) fn branch(&self, c: usize, i: usize) -> ValueId {
+        self.chains[c].1[i - 1]
+    }
+
     /// Node `k`'s chain and index in it.
     pub(super) fn at(&self, k: usize) -> Option<(usize, usize)> {
         self.pos.get(&k).copied()
@@ -1557,21 +1571,32 @@ fn elementwise_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError>
         out.mean.push(m1);
         out.second.push(m2);
     }
+    let mut walk_offset = None;
     if let Some((c, i)) = f.chains.at(k).filter(|&(_, i)| i > 0) {
-        // A stage's stream: the walk's moments (the sum's take c Gaussian, one level of it),
-        // spread over the channels as the sum's.
-        let stats = &f.stats;
-        let walk = f.chains.walk(f.cx.g, c, i, |v| {
-            let x = f.cx.input_stat(stats, v);
-            (avg(&x.mean), avg(&x.second))
-        });
-        if let Some(w) = walk {
-            let (m1, m2) = w.moments(i);
+        // A stage's stream: the walk's moments and channel offsets (the sum's take c
+        // Gaussian, one level of the walk), spread over the channels as the sum's.
+        let moments = |v: ValueId| {
+            let x = f.cx.input_stat(&f.stats, v);
+            let (m, q) = (avg(&x.mean), avg(&x.second));
+            (m, q - m * m, avg(&x.offset))
+        };
+        let (m, v, a) = moments(f.chains.branch(c, i));
+        let stream = if i == 1 {
+            let (m0, v0, a0) = moments(f.cx.g.nodes[f.chains.node(c, 0)].inputs[0]);
+            super::walk::Stream::start(m0, v0, a0)
+        } else {
+            f.streams.remove(&c)
+        };
+        let stream = stream.and_then(|mut s| s.step(m, v, a).then_some(s));
+        if let Some(s) = stream {
+            let (m1, m2, off) = s.moments();
+            walk_offset = Some(off);
             let (a1, a2) = (avg(&out.mean), avg(&out.second));
             if a1 > 0.0 && a2 > 0.0 {
                 out.mean.iter_mut().for_each(|v| *v *= m1 / a1);
                 out.second.iter_mut().for_each(|v| *v *= m2 / a2);
             }
+            f.streams.insert(c, s);
         }
     }
     let sum_offsets = sum_channel_offsets(f.cx, &f.stats, k, fun);
@@ -1579,7 +1604,9 @@ fn elementwise_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError>
     for (c, &a) in x.offset.iter().enumerate() {
         let (mu, s) = (x.mean[c], x.second[c]);
         let m1 = out.mean[c];
-        let v = if let Some(v) = sum_offsets.as_ref().and_then(|v| v[c]) {
+        let v = if let Some(v) = walk_offset {
+            v
+        } else if let Some(v) = sum_offsets.as_ref().and_then(|v| v[c]) {
             v
         } else if a > 0.0 {
             *memo.entry((mu.to_bits(), s.to_bits(), a.to_bits())).or_insert_with(|| offset_through(fun, mu, a, s - mu * mu - a, m1))
