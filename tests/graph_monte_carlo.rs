@@ -1231,6 +1231,49 @@ fn a_stream_relu_and_the_relu_before_it_share_their_masks() {
     }
 }
 
+/// A stage of five GroupNorm blocks after a projecting one: the stream is a random walk
+/// reflected at 0 (its branch ends, each a GroupNorm's output, are independent), and a
+/// gradient that comes back through the identity path from block j to block i passes
+/// masks that are open together far more often than apart: the walk's P(open i..j), not
+/// the product of the open fractions (× 1.7 over five links here). GroupNorms of four
+/// channels give the branch ends channel offsets, which the walk carries too.
+fn gn_stage_net(blocks: usize) -> Graph {
+    let (c, hw) = (32, 8);
+    let mut b = B::new(3, hw, hw);
+    let u = b.conv(ValueId(0), c / 2, 3, 1, 1);
+    let x = b.relu(u);
+    let u = b.conv(x, c, 3, 1, 1);
+    let n = b.gn(u, 8);
+    let r = b.relu(n);
+    let u = b.conv(r, c, 3, 1, 1);
+    let n = b.gn(u, 8);
+    let p = b.conv(x, c, 1, 0, 1);
+    let q = b.gn(p, 8);
+    let s = b.add(n, q);
+    let mut x = b.relu(s);
+    for _ in 0..blocks {
+        let u = b.conv(x, c, 3, 1, 1);
+        let n = b.gn(u, 8);
+        let r = b.relu(n);
+        let u = b.conv(r, c, 3, 1, 1);
+        let n = b.gn(u, 8);
+        let s = b.add(n, x);
+        x = b.relu(s);
+    }
+    b.head(x, 10);
+    b.g
+}
+
+#[test]
+fn a_stage_s_stream_masks_stay_open_together() {
+    let g = gn_stage_net(5);
+    // The gain from the head back to every layer of the stage.
+    let head = g.nodes.len() - 1;
+    for analysis in [Analysis::Paper, Analysis::Map] {
+        check_gains_from(&g, analysis, 24, head, |k| k > 0 && k < head, 0.08);
+    }
+}
+
 /// A BatchNorm right before the global pool: the gradient it receives is the same at
 /// every position of a sample, and its batch mean removes 1/N of it (N samples). The
 /// plan at `--batch N` predicts that; the large-batch plan (no projection) does not.

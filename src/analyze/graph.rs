@@ -907,9 +907,6 @@ fn forward(cx: &Cx<'_>, p: &mut Params, opts: &GraphOptions, choose: bool) -> Re
     for (k, n) in g.nodes.iter().enumerate() {
         let out = (rules(&n.op).0)(&mut f, k)?;
         debug_assert_eq!(out.second.len() as u64, channels(n.output), "node {k} {}", n.op.kind_name());
-        if std::env::var_os("CNNC_DBG").is_some() {
-            eprintln!("DBG {k} {} m1 {:.4} m2 {:.4} off {:.4}", n.name, avg(&out.mean), avg(&out.second), avg(&out.offset));
-        }
         f.stats[k + 1] = Some(out);
         let stats = &f.stats;
         f.lags[k + 1] = Some(corr::propagate(g, k, &f.lags, &|v| summary(cx.input_stat(stats, v))));
@@ -1658,7 +1655,6 @@ fn elementwise_slopes(b: &mut Bwd<'_, '_>, k: usize) -> Vec<f64> {
 fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), AnalysisError> {
     let n = &b.cx.g.nodes[k];
     let fun = func(&n.op).expect("element-wise");
-    let x = b.cx.input_stat(b.stats, n.inputs[0]);
     if let Some(g) = passes_unchanged(b.cx.g, k, |v| is_zero(b.cx.input_stat(b.stats, v))) {
         // Where g(c) > 0 only, which g passes whole (see `passes_unchanged`).
         let slopes = elementwise_slopes(b, g);
@@ -1677,7 +1673,6 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
         return Ok(());
     }
     let sums = sum_channel_moments(b.cx, b.stats, k, fun, Direction::Backward);
-    let sum_at = |ch: usize| sums.as_ref().and_then(|v| v[ch]);
     // The part of the gradient that an identity-on-its-support reader already masked.
     let on = b.on_support.remove(&(k + 1));
     if let (None, Some(pos)) = (&on, b.walks.get(&k).cloned()) {
@@ -1707,24 +1702,7 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
             b.along.insert(prev + 1, passed);
         }
         if b.track_shared {
-            let gs = b.shared_of(k + 1, dz);
-            let x = b.cx.input_stat(b.stats, n.inputs[0]);
-            let mut slopes: HashMap<(u64, u64, u64), f64> = HashMap::new();
-            let to_shared: Vec<f64> = gs
-                .iter()
-                .enumerate()
-                .map(|(ch, &d)| {
-                    if d == 0.0 {
-                        return 0.0;
-                    }
-                    if let Some(m) = sum_at(ch) {
-                        return d * m[3] * m[3];
-                    }
-                    let (mu, s, a) = (x.mean[ch], x.second[ch], x.offset[ch].max(0.0));
-                    d * *slopes.entry((mu.to_bits(), s.to_bits(), a.to_bits())).or_insert_with(|| mean_slope_sq(fun, mu, a, (s - mu * mu - a).max(0.0)))
-                })
-                .collect();
-            b.send_shared(n.inputs[0], &to_shared);
+            send_shared_through(b, k, fun, sums.as_deref(), dz);
         }
         return Ok(());
     }
@@ -1762,9 +1740,18 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
             .collect();
         b.via_skip.insert(gk + 1, (contrib.clone(), kappa));
     }
-    if !b.track_shared {
-        return Ok(());
+    if b.track_shared {
+        send_shared_through(b, k, fun, sums.as_deref(), dz);
     }
+    Ok(())
+}
+
+/// The part of element-wise node `k`'s gradient that a sample shares, to its input: ×
+/// E_o[(E f'(x) | o)²] per channel, o the channel's offset ([`mean_slope_sq`]; of a
+/// stream plus a branch without offsets, (E f')² of [`sum_moments`]).
+fn send_shared_through(b: &mut Bwd<'_, '_>, k: usize, fun: Func<'_>, sums: Option<&[Option<[f64; 4]>]>, dz: &[f64]) {
+    let n = &b.cx.g.nodes[k];
+    let x = b.cx.input_stat(b.stats, n.inputs[0]);
     let gs = b.shared_of(k + 1, dz);
     let mut slopes: HashMap<(u64, u64, u64), f64> = HashMap::new();
     let to_shared: Vec<f64> = gs
@@ -1775,7 +1762,7 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
             if d == 0.0 {
                 return 0.0;
             }
-            match sum_at(ch) {
+            match sums.and_then(|v| v[ch]) {
                 Some(m) => d * m[3] * m[3],
                 None => {
                     let a = x.offset[ch].max(0.0);
@@ -1787,7 +1774,6 @@ fn elementwise_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), Anal
         })
         .collect();
     b.send_shared(n.inputs[0], &to_shared);
-    Ok(())
 }
 
 /// What [`corr`] reads of a value: channel averages.

@@ -272,6 +272,16 @@ pub(super) struct MapPasses {
     /// [`super::graph::sum_offset`], memoized here.
     sum_shared: HashSet<usize>,
     sum_shared_memo: HashMap<(usize, [u64; 6]), f64>,
+    /// The stages' streams ([`super::graph::Chains`]), each one's law so far, and per
+    /// stream ReLU the channels' offset its law gives ([`super::walk::Stream`]).
+    chains: Option<super::graph::Chains>,
+    streams: HashMap<usize, super::walk::Stream>,
+    stream_offset: HashMap<usize, f64>,
+    /// Backward: the stages' walks ([`super::graph::stream_walks`]), and per value made by
+    /// a stream ReLU the parts of its gradient by how many of the stage's masks they
+    /// passed (the paper analysis's `along`).
+    walks: HashMap<usize, super::graph::ChainPos>,
+    along: HashMap<usize, Vec<Val>>,
     /// Per value and channel, the fraction of the gradient shared by a sample's positions
     /// ([`super::graph::shared_fractions`]), for the per-sample normalizations.
     gfrac: Vec<Vec<f64>>,
@@ -305,6 +315,11 @@ impl MapPasses {
             shared_memo: HashMap::new(),
             sum_shared: HashSet::new(),
             sum_shared_memo: HashMap::new(),
+            chains: None,
+            streams: HashMap::new(),
+            stream_offset: HashMap::new(),
+            walks: HashMap::new(),
+            along: HashMap::new(),
             gfrac: Vec::new(),
             on_support: HashMap::new(),
             via_skip: HashMap::new(),
@@ -498,6 +513,9 @@ impl Passes for MapPasses {
         self.shared = vec![Vec::new(); g.nodes.len() + 1];
         self.shared[0] = vec![0.0; c0 as usize];
         self.sum_shared.clear();
+        self.streams.clear();
+        self.stream_offset.clear();
+        self.chains = Some(super::graph::Chains::of(g));
         self.lags = vec![None; g.nodes.len() + 1];
         self.lags[0] = Some(corr::white());
         self.cross = vec![Vec::new(); g.nodes.len() + 1];
@@ -521,6 +539,11 @@ impl Passes for MapPasses {
         let g = cx.g;
         self.on_support.clear();
         self.via_skip.clear();
+        self.along.clear();
+        self.walks = super::graph::stream_walks(g, |v| {
+            let x = self.get(v);
+            (moment(x, 0).avg, moment(x, 1).avg)
+        });
         let zero = |v: usize| -> Val {
             let s = g.shape(ValueId(v));
             let (c, h, w) = s.chw();
@@ -1092,7 +1115,40 @@ impl MapPasses {
     fn elementwise_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
         let n = &r.cx.g.nodes[k];
         let x = self.get(n.inputs[0]).clone();
-        Ok(self.elementwise(r.cx, k, func(&n.op).expect("element-wise"), &x).0)
+        let out = self.elementwise(r.cx, k, func(&n.op).expect("element-wise"), &x).0;
+        Ok(self.stream_fwd(r.cx, k, out))
+    }
+
+    /// A stage's stream ReLU after its first: the walk's moments and channel offset
+    /// ([`super::walk::Stream`], on the values' means over channels and positions), spread
+    /// over the positions as `out`'s (the paper analysis's `elementwise_fwd` alike).
+    fn stream_fwd(&mut self, cx: &Cx<'_>, k: usize, out: Val) -> Val {
+        let Some((c, i)) = self.chains.as_ref().and_then(|ch| ch.at(k)).filter(|&(_, i)| i > 0) else { return out };
+        let chains = self.chains.as_ref().expect("set");
+        let moments = |v: ValueId| {
+            let x = self.get(v);
+            let (m, q) = (moment(x, 0).avg, moment(x, 1).avg);
+            let a = self.shared[v.0].iter().sum::<f64>() / self.shared[v.0].len().max(1) as f64;
+            (m, q - m * m, a)
+        };
+        let (m, v, a) = moments(chains.branch(c, i));
+        let stream = if i == 1 {
+            let (m0, v0, a0) = moments(cx.g.nodes[chains.node(c, 0)].inputs[0]);
+            super::walk::Stream::start(m0, v0, a0)
+        } else {
+            self.streams.remove(&c)
+        };
+        let Some(stream) = stream.and_then(|mut s| s.step(m, v, a).then_some(s)) else { return out };
+        let (m1, m2, off) = stream.moments();
+        self.streams.insert(c, stream);
+        let (a1, a2) = (moment(&out, 0).avg, moment(&out, 1).avg);
+        if !(a1 > 0.0 && a2 > 0.0) {
+            return out;
+        }
+        self.stream_offset.insert(k, off);
+        out.into_iter()
+            .map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(m1 / a1), s.maps[1].scaled(m2 / a2)] })
+            .collect()
     }
 
     fn pool_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {
@@ -1384,8 +1440,31 @@ impl MapPasses {
         }
         let x = self.get(n.inputs[0]).clone();
         let (_, xg) = self.elementwise(r.cx, k, func(&n.op).expect("element-wise"), &x);
+        let on = self.on_support.remove(&(k + 1));
+        if let (None, Some(pos)) = (&on, self.walks.get(&k).cloned()) {
+            // A stage's stream ReLU i (the paper analysis's rule): the walk's open
+            // fraction, spread over the positions as the sum's; a part that passed d of
+            // the stage's masks after it passes with P(open i..i+d)/P(open i+1..i+d).
+            let a = moment(&xg, 0).avg;
+            let xg = if a > 0.0 { scaled_val(&xg, pos.walk.open(pos.i) / a) } else { xg };
+            let parts = self.along.remove(&(k + 1)).unwrap_or_default();
+            let mut rest = dz.clone();
+            let mut passed = Vec::with_capacity(parts.len() + 1);
+            for (d, part) in parts.iter().enumerate() {
+                passed.push(scaled_val(&times(part, &xg), pos.walk.factor(pos.i, d + 1)));
+                rest = sum(&rest, &scaled_val(part, -1.0));
+            }
+            let fresh = times(&clamped(&rest), &xg);
+            let contrib = passed.iter().fold(fresh.clone(), |acc, p| sum(&acc, p));
+            if let Some(prev) = pos.prev {
+                passed.insert(0, fresh);
+                self.along.insert(prev + 1, passed);
+            }
+            send(grads, n.inputs[0], contrib);
+            return Ok(());
+        }
         let skip = self.via_skip.remove(&(k + 1));
-        let contrib = match (self.on_support.remove(&(k + 1)), skip) {
+        let contrib = match (on, skip) {
             (Some(on), _) => unmasked(&dz, &on, &xg),
             (None, None) => times(&dz, &xg),
             (None, Some((part, kappa))) => {
@@ -1776,6 +1855,16 @@ fn runs(a: &[f64], b: &[f64]) -> Vec<f64> {
 }
 
 /// Per channel, the mean over positions of map `m`.
+/// Every plane of a one-map value × `f`.
+fn scaled_val(v: &Val, f: f64) -> Val {
+    v.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(f)] }).collect()
+}
+
+/// A one-map value with its negative entries (rounding) set to 0.
+fn clamped(v: &Val) -> Val {
+    v.iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].map(|x| x.max(0.0))] }).collect()
+}
+
 fn channel_means(v: &Val, m: usize) -> Vec<f64> {
     v.iter().flat_map(|s| std::iter::repeat_n(s.maps[m].mean(), s.n)).collect()
 }
@@ -1998,6 +2087,7 @@ impl MapPasses {
             Op::Activation(_) | Op::Elementwise(_) if super::graph::passes_unchanged(g, k, |v| self.is_zero(v)).is_some() => {
                 self.shared[input(0)].clone()
             }
+            Op::Activation(_) | Op::Elementwise(_) if self.stream_offset.contains_key(&k) => vec![self.stream_offset[&k]; c_out],
             Op::Activation(_) | Op::Elementwise(_) if self.sum_shared.contains(&k) => {
                 // A stream plus a branch with shared parts ([`MapPasses::elementwise`]).
                 let f = func(&n.op).expect("element-wise");
