@@ -1596,7 +1596,7 @@ fn elementwise_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisError>
             f.streams.insert(c, s);
         }
     }
-    let sum_offsets = sum_channel_offsets(f.cx, &f.stats, k, fun);
+    let sum_offsets = if walk_offset.is_none() { sum_channel_offsets(f.cx, &f.stats, k, fun) } else { None };
     let mut memo: HashMap<(u64, u64, u64), f64> = HashMap::new();
     for (c, &a) in x.offset.iter().enumerate() {
         let (mu, s) = (x.mean[c], x.second[c]);

@@ -466,6 +466,11 @@ impl MapPasses {
     fn elementwise_of_sum(&mut self, cx: &Cx<'_>, k: usize, f: Func<'_>) -> Option<((Val, Val), bool)> {
         let (g, a, c) = super::graph::rectified_sum(cx.g, cx.g.nodes[k].inputs[0])?;
         let shared = self.shared[a.0].iter().chain(&self.shared[c.0]).any(|&v| v != 0.0);
+        if shared && self.chains.as_ref().and_then(|ch| ch.at(k)).is_some_and(|(_, i)| i > 0) {
+            // A stage's stream: the walk sets its moments and open fraction
+            // ([`MapPasses::stream_fwd`]); the Gaussian per position gives their shape.
+            return None;
+        }
         let (va, vc) = (self.get(a).clone(), self.get(c).clone());
         let mut memo: HashMap<[u64; 4], [f64; 4]> = HashMap::new();
         let (mut out, mut grads) = (Vec::new(), Vec::new());

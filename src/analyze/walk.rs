@@ -22,7 +22,7 @@ pub(super) struct Walk {
 }
 
 /// At most this many cells (the width grows to fit).
-const MAX_CELLS: usize = 2000;
+const MAX_CELLS: usize = 400;
 /// Cells per standard deviation of the narrowest step.
 const PER_SIGMA: f64 = 12.0;
 
@@ -118,11 +118,16 @@ pub(super) struct Stream {
     h: f64,
     /// Index 0: the atom at 0; k ≥ 1: the cell centred at (k − ½) h.
     one: Vec<f64>,
-    two: Vec<Vec<f64>>,
+    /// `None` while no offset has entered: two elements are then independent, their law
+    /// `one` ⊗ `one`.
+    two: Option<Vec<Vec<f64>>>,
 }
 
 /// Cells per standard deviation of a step's own part (not the offset's).
 const STREAM_PER_SIGMA: f64 = 5.0;
+/// At most this many cells above 0: past it, pairs of cells merge (h doubles). The joint
+/// law's step costs the cube of it.
+const STREAM_MAX_CELLS: usize = 80;
 /// Mass below which the top cells are dropped.
 const TAIL: f64 = 1e-13;
 
@@ -134,7 +139,7 @@ impl Stream {
         if !(b > 0.0 && m.is_finite() && v.is_finite()) {
             return None;
         }
-        let mut s = Stream { h: b.sqrt() / STREAM_PER_SIGMA, one: vec![1.0], two: vec![vec![1.0]] };
+        let mut s = Stream { h: b.sqrt() / STREAM_PER_SIGMA, one: vec![1.0], two: None };
         s.step(m, v, a);
         Some(s)
     }
@@ -147,6 +152,11 @@ impl Stream {
         if !(b > 0.0 && m.is_finite()) {
             return false;
         }
+        // A step much wider than the cells: coarser cells first (the step's own cost is
+        // the cube of its cells).
+        while ((m.max(0.0) + 8.0 * v.sqrt()) / self.h) as usize + self.one.len() > 2 * STREAM_MAX_CELLS {
+            self.merge_pairs();
+        }
         let h = self.h;
         let top = self.one.len() - 1; // positive cells now
         let reach = |sd: f64| (8.0 * sd / h).ceil() as usize;
@@ -157,12 +167,29 @@ impl Stream {
         // at 0, k ≥ 1 the centre (k − ½) h.
         let from = |k: usize| if k == 0 { 0.0 } else { (k as f64 - 0.5) * h };
         let raw = |t: usize| (t as f64 - below as f64 + 0.5) * h;
-        let cell = |t: usize, x0: f64, mean: f64, sd: f64| {
-            let z = |x: f64| super::big_phi((x - x0 - mean) / sd);
-            z(raw(t) + 0.5 * h) - z(raw(t) - 0.5 * h)
+        // The mass a source sends to raw cell t: from a cell centre k ≥ 1 it depends only
+        // on d = t − below + 1 − k (the centres are (d) h apart), so one table per spread.
+        let len = self.one.len();
+        let dmin = 1 - (below as i64) - (len as i64 - 1);
+        let table = |sd: f64| -> Vec<f64> {
+            (dmin..=(n as i64 - below as i64))
+                .map(|d| {
+                    let x = d as f64 * h;
+                    super::big_phi((x + 0.5 * h - m) / sd) - super::big_phi((x - 0.5 * h - m) / sd)
+                })
+                .collect()
+        };
+        let atom = |t: usize, sd: f64| super::big_phi((raw(t) + 0.5 * h - m) / sd) - super::big_phi((raw(t) - 0.5 * h - m) / sd);
+        let cell = |tab: &[f64], t: usize, k: usize, sd: f64| {
+            if k == 0 {
+                atom(t, sd)
+            } else {
+                tab[(t as i64 - below as i64 + 1 - k as i64 - dmin) as usize]
+            }
         };
         // One element: the whole step at once.
         let sd = v.sqrt();
+        let tab = table(sd);
         let mut one = vec![0.0; n];
         for (k, &p) in self.one.iter().enumerate() {
             if p == 0.0 {
@@ -173,23 +200,30 @@ impl Stream {
             let lo = (c - reach(sd) as f64).floor().max(0.0) as usize;
             let hi = ((c + reach(sd) as f64).ceil() as usize + 1).min(n);
             for (t, o) in one.iter_mut().enumerate().take(hi).skip(lo) {
-                *o += p * cell(t, x0, m, sd);
+                *o += p * cell(&tab, t, k, sd);
             }
         }
         // Two elements: their own parts apart (separably), then the shared offset along
-        // the diagonal.
+        // the diagonal; while no offset has entered, `one` says it all.
+        if self.two.is_none() && a == 0.0 {
+            self.one = relu_fold(&one, below, above);
+            self.coarsen();
+            return true;
+        }
+        let prior = self.two.take().unwrap_or_else(|| self.one.iter().map(|&p| self.one.iter().map(|&q| p * q).collect()).collect());
         let sb = b.sqrt();
+        let tab = table(sb);
         let columns: Vec<(usize, Vec<f64>)> = (0..self.one.len())
             .map(|k| {
                 let x0 = from(k);
                 let c = below as f64 + x0 / h - 0.5;
                 let lo = (c - reach(sb) as f64).floor().max(0.0) as usize;
                 let hi = ((c + reach(sb) as f64).ceil() as usize + 1).min(n);
-                (lo, (lo..hi).map(|t| cell(t, x0, m, sb)).collect())
+                (lo, (lo..hi).map(|t| cell(&tab, t, k, sb)).collect())
             })
             .collect();
         let mut half = vec![vec![0.0; self.one.len()]; n]; // raw × relu'd
-        for (k, row) in self.two.iter().enumerate() {
+        for (k, row) in prior.iter().enumerate() {
             let (lo, col) = &columns[k];
             for (k2, &p) in row.iter().enumerate() {
                 if p == 0.0 {
@@ -237,29 +271,57 @@ impl Stream {
         }
         // relu: the cells below 0 to the atom.
         let fold = |t: usize| if t < below { 0 } else { t - below + 1 };
-        let mut keep = above + 1;
-        let mut r1 = vec![0.0; keep];
-        for (t, &p) in one.iter().enumerate() {
-            r1[fold(t)] += p;
-        }
-        let mut r2 = vec![vec![0.0; keep]; keep];
+        let mut r2 = vec![vec![0.0; above + 1]; above + 1];
         for (t, row) in two.iter().enumerate() {
             for (t2, &p) in row.iter().enumerate() {
                 r2[fold(t)][fold(t2)] += p;
             }
         }
-        // Drop the top cells that hold (almost) nothing.
+        self.one = relu_fold(&one, below, above);
+        self.two = Some(r2);
+        self.coarsen();
+        true
+    }
+
+    /// Drops the top cells that hold (almost) nothing, then merges pairs of cells while
+    /// there are more than [`STREAM_MAX_CELLS`] (cells 2j − 1 and 2j into j: their centres'
+    /// mean is the new centre, so E s is kept).
+    fn coarsen(&mut self) {
+        let mut keep = self.one.len();
         let mut tail = 0.0;
-        while keep > 2 && tail + r1[keep - 1] < TAIL {
-            tail += r1[keep - 1];
+        while keep > 2 && tail + self.one[keep - 1] < TAIL {
+            tail += self.one[keep - 1];
             keep -= 1;
         }
-        r1.truncate(keep);
-        r2.truncate(keep);
-        r2.iter_mut().for_each(|row| row.truncate(keep));
-        self.one = r1;
-        self.two = r2;
-        true
+        self.one.truncate(keep);
+        if let Some(two) = self.two.as_mut() {
+            two.truncate(keep);
+            two.iter_mut().for_each(|row| row.truncate(keep));
+        }
+        while self.one.len() - 1 > STREAM_MAX_CELLS {
+            self.merge_pairs();
+        }
+    }
+
+    /// Cells 2j − 1 and 2j into j (h doubles; their centres' mean is the new centre).
+    fn merge_pairs(&mut self) {
+        let half = |k: usize| if k == 0 { 0 } else { k.div_ceil(2) };
+        let m = half(self.one.len() - 1) + 1;
+        let mut one = vec![0.0; m];
+        for (k, &p) in self.one.iter().enumerate() {
+            one[half(k)] += p;
+        }
+        if let Some(two) = self.two.as_mut() {
+            let mut merged = vec![vec![0.0; m]; m];
+            for (k, row) in two.iter().enumerate() {
+                for (k2, &p) in row.iter().enumerate() {
+                    merged[half(k)][half(k2)] += p;
+                }
+            }
+            *two = merged;
+        }
+        self.one = one;
+        self.h *= 2.0;
     }
 
     /// (E s, E s², the variance over channels of a channel's mean).
@@ -271,14 +333,24 @@ impl Stream {
             m1 += p * at(k);
             m2 += p * (at(k).powi(2) + if k == 0 { 0.0 } else { h * h / 12.0 });
         }
+        let Some(two) = &self.two else { return (m1, m2, 0.0) };
         let mut cross = 0.0;
-        for (k, row) in self.two.iter().enumerate() {
+        for (k, row) in two.iter().enumerate() {
             for (k2, &p) in row.iter().enumerate() {
                 cross += p * at(k) * at(k2);
             }
         }
         (m1, m2, (cross - m1 * m1).max(0.0))
     }
+}
+
+/// A raw law (cells from `below` cells under 0 to `above` over it) after a ReLU: the
+/// cells under 0 are the atom (index 0).
+fn relu_fold(raw: &[f64], below: usize, above: usize) -> Vec<f64> {
+    let mut out = vec![0.0; above + 1];
+    out[0] = raw[..below].iter().sum();
+    out[1..].copy_from_slice(&raw[below..below + above]);
+    out
 }
 
 /// The step's cell-to-cell masses by the offset δ = target − source in cells, δ ∈ [−(n−1),
