@@ -11,6 +11,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use cnnc::analyze::{Analysis, Mode, Options};
+use cnnc::ir::Op;
 use cnnc::nn::GraphModel;
 use cnnc::onnx;
 use cnnc::{GraphRequest, InputSize};
@@ -67,22 +68,38 @@ fn floats(t: &onnx::proto::TensorProto) -> Vec<f32> {
 }
 
 fn check(spec: &str, py: &Path, dir: &Path) {
-    let path = root().join("specs").join(spec);
-    let model = cnnc::load(&path, InputSize::Chw([3, 64, 64])).unwrap_or_else(|e| panic!("{e}"));
-    let graph = model.graph.clone();
+    let model = cnnc::load(&root().join("specs").join(spec), InputSize::Chw([3, 64, 64])).unwrap_or_else(|e| panic!("{e}"));
+    check_graph(spec, &model.graph, 8, py, dir);
+}
+
+/// Exports `graph`, and checks that the export plans as `graph` does.
+fn export_and_replan(what: &str, graph: &cnnc::ir::Graph, dir: &Path) -> (onnx::proto::ModelProto, cnnc::plan::Plan, PathBuf) {
     let req =
         GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis: Analysis::Map, branch_scale: 1.0, batch: None };
-    let plan = model.plan(req).unwrap();
-    let proto = onnx::export(&graph, &plan, 11).unwrap_or_else(|e| panic!("{spec}: {e}"));
-    let file = dir.join(spec.replace(".cnn", ".onnx"));
+    let plan = cnnc::plan_graph(graph, req).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let proto = onnx::export(graph, &plan, 11).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let file = dir.join(format!("{}.onnx", what.replace(['/', '.'], "_")));
     std::fs::write(&file, onnx::encode(&proto).unwrap()).unwrap();
+    let exported = cnnc::load(&file, InputSize::Declared).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let replanned = exported.plan(req).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(exported.graph.nodes.len(), graph.nodes.len(), "{what}: the export's graph has another number of nodes");
+    // The ops export-onnx writes in more than one way read back as themselves.
+    for (a, b) in exported.graph.nodes.iter().zip(&graph.nodes) {
+        if matches!(b.op, Op::Resize { .. } | Op::Resample(_) | Op::Shuffle { .. } | Op::BatchNorm(_)) {
+            assert_eq!((&a.op, a.output), (&b.op, b.output), "{what}: node `{}` reads back as another op", b.name);
+        }
+    }
+    assert!(replanned.to_json() == plan.to_json(), "{what}: the export's plan differs from the source's");
+    (proto, plan, file)
+}
 
-    // The export plans as its source.
-    let exported = cnnc::load(&file, InputSize::Declared).unwrap_or_else(|e| panic!("{e}"));
-    assert!(exported.plan(req).unwrap().to_json() == plan.to_json(), "{spec}: the export's plan differs from the source's");
+/// Exports `graph` (checking that the export plans as its source) and runs it in
+/// onnxruntime and in cnnc's candle model with the same weights, on a batch of `batch`.
+fn check_graph(spec: &str, graph: &cnnc::ir::Graph, batch: usize, py: &Path, dir: &Path) {
+    let (proto, plan, file) = export_and_replan(spec, graph, dir);
 
     // cnnc's candle model with the export's weights (every parameter named in both).
-    let m = GraphModel::new(&graph, &plan, 0, &Device::Cpu, DType::F32).unwrap_or_else(|e| panic!("{e}"));
+    let m = GraphModel::new(graph, &plan, 0, &Device::Cpu, DType::F32).unwrap_or_else(|e| panic!("{e}"));
     let inits: std::collections::HashMap<&str, &onnx::proto::TensorProto> =
         proto.graph.as_ref().unwrap().initializer.iter().map(|t| (t.name(), t)).collect();
     for (name, var) in m.named_vars() {
@@ -90,7 +107,8 @@ fn check(spec: &str, py: &Path, dir: &Path) {
         let v = Tensor::from_vec(floats(t), var.as_tensor().dims(), &Device::Cpu).unwrap();
         var.set(&v).unwrap();
     }
-    let dims = [8usize, 3, 64, 64];
+    let mut dims = vec![batch];
+    dims.extend(graph.input.dims().iter().map(|&d| d as usize));
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let x: Vec<f32> = (0..dims.iter().product::<usize>())
         .map(|_| {
@@ -101,7 +119,8 @@ fn check(spec: &str, py: &Path, dir: &Path) {
     let input = dir.join("input.f32");
     std::fs::write(&input, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
     m.set_training(true);
-    let ours: Vec<f32> = m.forward(&Tensor::from_vec(x, &dims, &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let ours: Vec<f32> =
+        m.forward(&Tensor::from_vec(x, dims.as_slice(), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let theirs = run_ort(py, &file, &input, &dims, &dir.join("output.f32"));
     assert_eq!(ours.len(), theirs.len(), "{spec}: output sizes");
     let scale = ours.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
@@ -124,6 +143,54 @@ fn exported_graphs_run_in_onnxruntime_as_in_cnnc() {
     std::fs::create_dir_all(&dir).unwrap();
     for spec in ["resnet18.cnn", "mobilenet_v2.cnn", "densenet_small.cnn"] {
         check(spec, &py, &dir);
+    }
+    for path in ["tests/data/onnx/resize/resize.ts.onnx", "tests/data/onnx/resize/resize.dynamo.onnx"] {
+        let graph = cnnc::load(&root().join(path), InputSize::Declared).unwrap_or_else(|e| panic!("{e}")).graph;
+        check_graph(path, &graph, 4, &py, &dir);
+    }
+    check_graph("resamplings", &resamplings(), 4, &py, &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A graph of every kind of resize: nearest and linear upsampling by whole factors
+/// (`Op::Resize`), and resamplings to any size with each coordinate transform and
+/// nearest rounding, by `sizes` and by a float32 `scales` that is not output/input.
+fn resamplings() -> cnnc::ir::Graph {
+    use cnnc::ir::{self, CoordTransform as T, NearestMode as R, Node, Origin, Shape, ValueId};
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut push = |op: Op, out: [u64; 2]| {
+        let name = format!("r{}", nodes.len());
+        let output = Shape::Image { c: 2, h: out[0], w: out[1] };
+        let inputs = vec![ValueId(nodes.len())];
+        nodes.push(Node { op, inputs, output, name: name.clone(), params: None, origin: Origin::OnnxNode(name) });
+    };
+    let pad = [ir::Pad { begin: 1, end: 1 }; 2];
+    let conv = ir::Conv { in_channels: 2, out_channels: 2, kernel: [3, 3], stride: [1, 1], pad, dilation: [1, 1], groups: 1, bias: true };
+    push(Op::Conv(conv), [3, 4]);
+    push(Op::Resize { scale: [2, 3], linear: false }, [6, 12]);
+    let resample =
+        |linear: bool, transform: T, nearest: R, scale: [f64; 2]| Op::Resample(ir::Resample { linear, transform, nearest, scale });
+    push(resample(true, T::HalfPixel, R::Floor, [5.0 / 6.0, 7.0 / 12.0]), [5, 7]);
+    push(resample(true, T::AlignCorners, R::Floor, [9.0 / 5.0, 4.0 / 7.0]), [9, 4]);
+    push(resample(false, T::Asymmetric, R::Floor, [0.5, 1.75]), [4, 7]);
+    push(resample(false, T::HalfPixel, R::RoundPreferCeil, [7.0 / 4.0, 5.0 / 7.0]), [7, 5]);
+    push(resample(false, T::TfHalfPixelForNn, R::Ceil, [3.0 / 7.0, 8.0 / 5.0]), [3, 8]);
+    push(resample(true, T::PytorchHalfPixel, R::Floor, [2.5, 1.0 / 8.0]), [7, 1]);
+    push(resample(false, T::AlignCorners, R::RoundPreferFloor, [6.0 / 7.0, 3.0]), [6, 3]);
+    push(resample(false, T::PytorchHalfPixel, R::RoundPreferFloor, [1.0 / 3.0, 3.0]), [2, 9]);
+    cnnc::ir::Graph { name: "resamplings".into(), input: Shape::Image { c: 2, h: 3, w: 4 }, nodes, notes: Vec::new() }
+}
+
+/// Resizes and resamplings export as ONNX `Resize` and read back as the same ops with the
+/// same plan (onnxruntime or not).
+#[test]
+fn resizes_export_and_read_back_as_themselves() {
+    let dir = std::env::temp_dir().join(format!("cnnc-export-resize-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    export_and_replan("resamplings", &resamplings(), &dir);
+    for path in ["tests/data/onnx/resize/resize.ts.onnx", "tests/data/onnx/resize/resize.dynamo.onnx"] {
+        let graph = cnnc::load(&root().join(path), InputSize::Declared).unwrap_or_else(|e| panic!("{e}")).graph;
+        export_and_replan(path, &graph, &dir);
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

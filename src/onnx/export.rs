@@ -3,8 +3,10 @@
 //! [`export`] writes opset 13 (IR version 7): Conv, Gemm (transB = 1, PyTorch's
 //! `[out, in]` layout), Relu, LeakyRelu, Tanh, Sigmoid, MaxPool, AveragePool,
 //! GlobalAveragePool, GlobalMaxPool, Flatten (axis 1); for graphs also Add (Sum of more
-//! than two), Concat, Mul, Slice (a channel slice), Clip (ReLU6) and
-//! BatchNormalization (γ the plan's, β, running mean 0 and variance 1; a training-mode
+//! than two), Concat, Mul, Slice (a channel slice), Clip (ReLU6), Resize (nearest by
+//! whole factors as asymmetric/floor, and any [`ir::Resample`] with its coordinate
+//! transform and rounding: float32 `scales`, or `sizes` of `axes` [2, 3], opset 18)
+//! and BatchNormalization (γ the plan's, β, running mean 0 and variance 1; a training-mode
 //! one with `training_mode = 1` and its two running-statistics outputs, opset 15). The
 //! batch axis is symbolic (`N`).
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
@@ -122,6 +124,15 @@ fn int(name: &str, v: i64) -> AttributeProto {
 
 fn float(name: &str, v: f32) -> AttributeProto {
     AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(v), ..Default::default() }
+}
+
+fn string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(Bytes::from(v.as_bytes().to_vec())),
+        ..Default::default()
+    }
 }
 
 fn node(name: &str, op: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
@@ -274,6 +285,23 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 }
                 other => return Err(OnnxError::Model(format!("node `{}`: the element-wise function {other} is not written yet", n.name))),
             },
+            Op::Resize { scale, linear } => {
+                // Whole factors: nearest as each input's own block (asymmetric, floor: the
+                // form the importer reads back as this op), linear as PyTorch's
+                // `align_corners=False` (half-pixel).
+                let (transform, nearest) = if *linear {
+                    (ir::CoordTransform::HalfPixel, ir::NearestMode::Floor)
+                } else {
+                    (ir::CoordTransform::Asymmetric, ir::NearestMode::Floor)
+                };
+                let r = ir::Resample { linear: *linear, transform, nearest, scale: scale.map(|s| s as f64) };
+                let node = resize(&mut g, &mut opset, k, &n.name, input, &r, [in_shape, n.output], &out)?;
+                g.node.push(node);
+            }
+            Op::Resample(r) => {
+                let node = resize(&mut g, &mut opset, k, &n.name, input, r, [in_shape, n.output], &out)?;
+                g.node.push(node);
+            }
             Op::BatchNorm(bn) if bn.groups.is_none() && !bn.per_position => {
                 let c = bn.channels;
                 let module = bn.scale.strip_suffix(".weight").map_or_else(|| n.name.clone(), str::to_string);
@@ -328,6 +356,69 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
         graph: Some(g),
         ..Default::default()
     })
+}
+
+/// An ONNX `Resize` of `r` from `shapes[0]` to `shapes[1]`, its `scales` or `sizes`
+/// initializer added to `g`: `scales` (opset 13) where the scale is a float32 (as the
+/// importer read it) that gives the output size, else `sizes` of the spatial `axes`
+/// (opset 18: the batch size is symbolic) where the scale is output/input (ONNX's scale
+/// then); the coordinate transform and the nearest rounding written out.
+#[allow(clippy::too_many_arguments)]
+fn resize(
+    g: &mut GraphProto,
+    opset: &mut i64,
+    k: usize,
+    name: &str,
+    input: String,
+    r: &ir::Resample,
+    shapes: [Shape; 2],
+    out: &str,
+) -> Result<NodeProto, OnnxError> {
+    let ((_, h, w), (_, oh, ow)) = (shapes[0].chw(), shapes[1].chw());
+    let at = format!("v{}", k + 1);
+    let gives = |i: u64, s: f64, o: u64| s as f32 as f64 == s && (i as f64 * s).floor() == o as f64;
+    // X, roi (none), then `scales`, or none and `sizes`.
+    let mut attrs = Vec::new();
+    let inputs = if gives(h, r.scale[0], oh) && gives(w, r.scale[1], ow) {
+        let bytes: Vec<u8> = [1.0, 1.0, r.scale[0], r.scale[1]].iter().flat_map(|&s| (s as f32).to_le_bytes()).collect();
+        g.initializer.push(tensor(&format!("{at}.scales"), &[4], DataType::Float, Bytes::from(bytes)));
+        vec![input, String::new(), format!("{at}.scales")]
+    } else if r.scale == [oh as f64 / h as f64, ow as f64 / w as f64] {
+        g.initializer.push(TensorProto {
+            name: Some(format!("{at}.sizes")),
+            dims: vec![2],
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: vec![oh as i64, ow as i64],
+            ..Default::default()
+        });
+        attrs.push(ints("axes", &[2, 3]));
+        *opset = (*opset).max(18);
+        vec![input, String::new(), String::new(), format!("{at}.sizes")]
+    } else {
+        return Err(OnnxError::Model(format!(
+            "node `{name}` (resample): scale {:?} from {} to {} is neither output/input nor a float32 that gives the output size, which ONNX `Resize` cannot write",
+            r.scale, shapes[0], shapes[1]
+        )));
+    };
+    let transform = match r.transform {
+        ir::CoordTransform::HalfPixel => "half_pixel",
+        ir::CoordTransform::PytorchHalfPixel => "pytorch_half_pixel",
+        ir::CoordTransform::AlignCorners => "align_corners",
+        ir::CoordTransform::Asymmetric => "asymmetric",
+        ir::CoordTransform::TfHalfPixelForNn => "tf_half_pixel_for_nn",
+    };
+    let nearest = match r.nearest {
+        ir::NearestMode::RoundPreferFloor => "round_prefer_floor",
+        ir::NearestMode::RoundPreferCeil => "round_prefer_ceil",
+        ir::NearestMode::Floor => "floor",
+        ir::NearestMode::Ceil => "ceil",
+    };
+    attrs.extend([
+        string("mode", if r.linear { "linear" } else { "nearest" }),
+        string("coordinate_transformation_mode", transform),
+        string("nearest_mode", nearest),
+    ]);
+    Ok(node(name, "Resize", inputs, out, attrs))
 }
 
 /// Adds the layer's weight and bias initializers; returns the node's inputs.
