@@ -149,6 +149,11 @@ fn exported_graphs_run_in_onnxruntime_as_in_cnnc() {
         check_graph(path, &graph, 4, &py, &dir);
     }
     check_graph("resamplings", &resamplings(), 4, &py, &dir);
+    check_graph("normalizations_and_shuffles", &normalizations_and_shuffles(), 4, &py, &dir);
+    for path in NORMS_AND_SHUFFLES {
+        let graph = load_real(path);
+        check_graph(path, &graph, 2, &py, &dir);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -190,6 +195,79 @@ fn resizes_export_and_read_back_as_themselves() {
     export_and_replan("resamplings", &resamplings(), &dir);
     for path in ["tests/data/onnx/resize/resize.ts.onnx", "tests/data/onnx/resize/resize.dynamo.onnx"] {
         let graph = cnnc::load(&root().join(path), InputSize::Declared).unwrap_or_else(|e| panic!("{e}")).graph;
+        export_and_replan(path, &graph, &dir);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// torch's exports with group norms (ResNet-18 with GroupNorm: TorchScript's
+/// InstanceNormalization of a grouped view, dynamo's GroupNormalization) and channel
+/// shuffles (ShuffleNetV2).
+const NORMS_AND_SHUFFLES: [&str; 4] = [
+    "tests/data/onnx/real/resnet18_gn.ts.weights.onnx",
+    "tests/data/onnx/real/resnet18_gn.dynamo.onnx",
+    "tests/data/onnx/real/shufflenet_v2_x1_0.ts.weights.onnx",
+    "tests/data/onnx/real/shufflenet_v2_x1_0.dynamo.onnx",
+];
+
+/// A model of [`NORMS_AND_SHUFFLES`] at its declared size, or at 64×64 where its sizes are
+/// symbolic.
+fn load_real(path: &str) -> cnnc::ir::Graph {
+    let model =
+        cnnc::load(&root().join(path), InputSize::Declared).or_else(|_| cnnc::load(&root().join(path), InputSize::Chw([3, 64, 64])));
+    model.unwrap_or_else(|e| panic!("{e}")).graph
+}
+
+/// Group, instance and layer norms (over (C, H, W), and over the channels at each
+/// position, with and without β) and channel shuffles between convs.
+fn normalizations_and_shuffles() -> cnnc::ir::Graph {
+    use cnnc::ir::{self, BatchNorm, Node, Origin, Shape, ValueId};
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut push = |op: Op, c: u64| {
+        let name = format!("n{}", nodes.len());
+        let output = Shape::Image { c, h: 5, w: 4 };
+        let inputs = vec![ValueId(nodes.len())];
+        nodes.push(Node { op, inputs, output, name: name.clone(), params: None, origin: Origin::OnnxNode(name) });
+    };
+    let pad = [ir::Pad { begin: 1, end: 1 }; 2];
+    let conv = |i: u64, o: u64| {
+        Op::Conv(ir::Conv { in_channels: i, out_channels: o, kernel: [3, 3], stride: [1, 1], pad, dilation: [1, 1], groups: 1, bias: true })
+    };
+    let norm = |k: usize, groups: u64, per_position: bool, affine: Vec<u64>, eps: f64, shift: bool| {
+        Op::BatchNorm(BatchNorm {
+            channels: 8,
+            epsilon: eps,
+            training: true,
+            groups: Some(groups),
+            per_position,
+            scale: format!("norm{k}.weight"),
+            shift: if shift { format!("norm{k}.bias") } else { String::new() },
+            affine,
+        })
+    };
+    push(conv(3, 8), 8);
+    push(norm(1, 2, false, vec![8], 1e-5, true), 8);
+    push(Op::Shuffle { groups: 2 }, 8);
+    push(norm(2, 8, false, vec![8], 1e-3, true), 8);
+    push(norm(3, 1, false, vec![8, 5, 4], 1e-5, true), 8);
+    push(norm(4, 1, false, vec![8, 5, 4], 1e-5, false), 8);
+    push(Op::Shuffle { groups: 4 }, 8);
+    push(norm(5, 1, true, vec![8], 1e-6, true), 8);
+    push(norm(6, 1, true, vec![8], 1e-6, false), 8);
+    push(norm(7, 1, false, vec![8], 1e-5, true), 8);
+    push(conv(8, 4), 4);
+    cnnc::ir::Graph { name: "norms".into(), input: Shape::Image { c: 3, h: 5, w: 4 }, nodes, notes: Vec::new() }
+}
+
+/// Group, instance and layer norms and channel shuffles export in the forms the importer
+/// reads back as themselves, with the same plan (onnxruntime or not).
+#[test]
+fn normalizations_and_shuffles_export_and_read_back_as_themselves() {
+    let dir = std::env::temp_dir().join(format!("cnnc-export-norms-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    export_and_replan("normalizations_and_shuffles", &normalizations_and_shuffles(), &dir);
+    for path in NORMS_AND_SHUFFLES {
+        let graph = load_real(path);
         export_and_replan(path, &graph, &dir);
     }
     std::fs::remove_dir_all(&dir).unwrap();

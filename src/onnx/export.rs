@@ -3,12 +3,20 @@
 //! [`export`] writes opset 13 (IR version 7): Conv, Gemm (transB = 1, PyTorch's
 //! `[out, in]` layout), Relu, LeakyRelu, Tanh, Sigmoid, MaxPool, AveragePool,
 //! GlobalAveragePool, GlobalMaxPool, Flatten (axis 1); for graphs also Add (Sum of more
-//! than two), Concat, Mul, Slice (a channel slice), Clip (ReLU6), Resize (nearest by
-//! whole factors as asymmetric/floor, and any [`ir::Resample`] with its coordinate
-//! transform and rounding: float32 `scales`, or `sizes` of `axes` [2, 3], opset 18)
-//! and BatchNormalization (γ the plan's, β, running mean 0 and variance 1; a training-mode
-//! one with `training_mode = 1` and its two running-statistics outputs, opset 15). The
-//! batch axis is symbolic (`N`).
+//! than two), Concat, Mul, Slice (a channel slice; consecutive slices of one name that
+//! cut a value into parts, a Split), Clip (ReLU6), ReduceMean/ReduceMax (keepdims 0: a
+//! global pooling and its flatten under one name), a channel shuffle as torch writes it
+//! (Reshape to (N, g, C/g, H, W), Transpose [0, 2, 1, 3, 4], Reshape back), Resize
+//! (nearest by whole factors as asymmetric/floor, and any [`ir::Resample`] with its
+//! coordinate transform and rounding: float32 `scales`, or `sizes` of `axes` [2, 3],
+//! opset 18), BatchNormalization (γ the plan's, β, running mean 0 and variance 1; a
+//! training-mode one with `training_mode = 1` and its two running-statistics outputs,
+//! opset 15), InstanceNormalization, LayerNormalization (opset 17: over (C, H, W), or
+//! over the channels of a channels-last view between two Transposes) and
+//! GroupNormalization (opset 21, γ and β per channel), each in the form the importer
+//! reads back as the same node. The batch axis is symbolic (`N`). Not written (an error
+//! naming the node): convs of standardized weights, dilations (a transposed conv's
+//! zeros), element-wise functions other than ReLU6, the attention ops.
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
 //! Box–Muller, seeded), one stream over the layers in order; biases are zero.
 //!
@@ -126,6 +134,16 @@ fn float(name: &str, v: f32) -> AttributeProto {
     AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(v), ..Default::default() }
 }
 
+fn int64s(name: &str, v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
 fn string(name: &str, v: &str) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
@@ -190,11 +208,23 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     let mut g = GraphProto { name: Some(graph.name.clone()), input: vec![value_info("input", graph.input)], ..Default::default() };
     // ONNX name of each IR value: value 0 is "input".
     let mut names: Vec<String> = vec!["input".into()];
+    // Nodes before this one are written by a `Split` of earlier nodes.
+    let mut split_until = 0;
+    let mut readers = vec![0usize; graph.nodes.len() + 1];
+    for v in graph.nodes.iter().flat_map(|n| &n.inputs) {
+        readers[v.0] += 1;
+    }
     for (k, n) in graph.nodes.iter().enumerate() {
         let mut input = names[n.inputs.first().map_or(0, |v| v.0)].clone();
         let out = if k + 1 == graph.nodes.len() { "output".to_string() } else { format!("v{}", k + 1) };
         let in_shape = graph.shape(n.inputs.first().copied().unwrap_or(ir::ValueId(0)));
         match &n.op {
+            Op::Conv(_) if n.params.as_ref().is_some_and(|p| p.standardized.is_some()) => {
+                return Err(OnnxError::Model(format!(
+                    "node `{}` (conv): export-onnx does not write a standardized weight yet (a plain conv would be another network)",
+                    n.name
+                )))
+            }
             Op::Conv(c) => {
                 let l = layers.next().expect("counted above");
                 let inputs = params(&mut g, &mut rng, l, input)?;
@@ -250,6 +280,19 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 let op = if *kind == PoolKind::Max { "GlobalMaxPool" } else { "GlobalAveragePool" };
                 g.node.push(node(&n.name, op, vec![input], &out, vec![]));
             }
+            // A global pooling and the flatten of it under one name are one ONNX reduction
+            // (`ReduceMean` with keepdims 0, as the importer read them): two nodes would
+            // share the name.
+            Op::Flatten if k > 0 && n.inputs == [ir::ValueId(k)] && readers[k] == 1 && graph.nodes[k - 1].name == n.name => {
+                let pool = g.node.last_mut().expect("the pooling before it");
+                let op = if graph.nodes[k - 1].op == Op::GlobalPool(PoolKind::Max) { "ReduceMax" } else { "ReduceMean" };
+                if !matches!(graph.nodes[k - 1].op, Op::GlobalPool(_)) {
+                    return Err(OnnxError::Model(format!("node `{}` and the node before it share their name", n.name)));
+                }
+                pool.op_type = Some(op.into());
+                pool.attribute = vec![ints("axes", &[2, 3]), int("keepdims", 0)];
+                pool.output = vec![out.clone()];
+            }
             Op::Flatten => g.node.push(node(&n.name, "Flatten", vec![input], &out, vec![int("axis", 1)])),
             Op::Add => {
                 let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
@@ -263,6 +306,23 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
             Op::Mul => {
                 let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
                 g.node.push(node(&n.name, "Mul", inputs, &out, vec![]));
+            }
+            // Written by the `Split` of the slice before it.
+            Op::ChannelSlice { .. } if k < split_until => {}
+            // Consecutive slices under one name that cut their input into parts, in
+            // order, are one ONNX `Split` (as the importer read them): two nodes would
+            // share the name.
+            Op::ChannelSlice { start: 0, .. } if split_parts(graph, k).is_some() => {
+                let parts = split_parts(graph, k).expect("checked");
+                let sizes = format!("v{}.split", k + 1);
+                g.initializer.push(int64s(&sizes, &parts.iter().map(|&p| p as i64).collect::<Vec<_>>()));
+                let outputs: Vec<String> = (k..k + parts.len())
+                    .map(|j| if j + 1 == graph.nodes.len() { "output".to_string() } else { format!("v{}", j + 1) })
+                    .collect();
+                let mut split = node(&n.name, "Split", vec![input, sizes], &out, vec![int("axis", 1)]);
+                split.output = outputs;
+                g.node.push(split);
+                split_until = k + parts.len();
             }
             Op::ChannelSlice { start, end } => {
                 let int64 = |name: String, v: i64| TensorProto {
@@ -297,6 +357,89 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 let r = ir::Resample { linear: *linear, transform, nearest, scale: scale.map(|s| s as f64) };
                 let node = resize(&mut g, &mut opset, k, &n.name, input, &r, [in_shape, n.output], &out)?;
                 g.node.push(node);
+            }
+            Op::Shuffle { groups } => {
+                // torch's form: (N, g, C/g, H, W), the two group axes swapped, and back.
+                let (c, h, w) = in_shape.chw();
+                let (g5, g5t, s5, s4) =
+                    (format!("{out}.grouped"), format!("{out}.swapped"), format!("{out}.shape5"), format!("{out}.shape4"));
+                let (gi, ci, hi, wi) = (*groups as i64, c as i64, h as i64, w as i64);
+                g.initializer.extend([int64s(&s5, &[-1, gi, ci / gi, hi, wi]), int64s(&s4, &[-1, ci, hi, wi])]);
+                g.node.push(node(&format!("{}.view", n.name), "Reshape", vec![input, s5], &g5, vec![]));
+                g.node.push(node(&format!("{}.swap", n.name), "Transpose", vec![g5], &g5t, vec![ints("perm", &[0, 2, 1, 3, 4])]));
+                g.node.push(node(&n.name, "Reshape", vec![g5t, s4], &out, vec![]));
+            }
+            Op::BatchNorm(bn) if bn.groups.is_some() => {
+                let module = bn.module(&n.name);
+                let c = bn.channels;
+                if bn.scale.is_empty() {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` ({}): export-onnx writes normalizations with γ (ONNX's group, instance and layer norms take a scale)",
+                        n.name,
+                        bn.mode()
+                    )));
+                }
+                let value =
+                    *scales.get(bn.scale.as_str()).ok_or_else(|| OnnxError::Model(format!("the plan has no scale `{}`", bn.scale)))?;
+                let numel_affine = numel(&bn.affine)?;
+                g.initializer.push(tensor(&bn.scale, &bn.affine, DataType::Float, constant(numel_affine, value, DataType::Float)));
+                let mut inputs = vec![input.clone(), bn.scale.clone()];
+                if !bn.shift.is_empty() {
+                    g.initializer.push(tensor(&bn.shift, &bn.affine, DataType::Float, zeros(numel_affine, DataType::Float)));
+                    inputs.push(bn.shift.clone());
+                }
+                let eps = float("epsilon", bn.epsilon as f32);
+                let groups = bn.groups.expect("matched");
+                let (_, h, w) = in_shape.chw();
+                let needs_shift = |what: &str| {
+                    if bn.shift.is_empty() {
+                        Err(OnnxError::Model(format!(
+                            "node `{}` ({what}): export-onnx writes it with β (ONNX's {what} takes a bias)",
+                            n.name
+                        )))
+                    } else {
+                        Ok(())
+                    }
+                };
+                if bn.per_position {
+                    // ConvNeXt's: a LayerNorm over the channels of a channels-last view.
+                    let (last, normed) = (format!("{out}.channels_last"), format!("{out}.normed"));
+                    opset = opset.max(17);
+                    inputs[0] = last.clone();
+                    g.node.push(node(
+                        &format!("{module}.to_channels_last"),
+                        "Transpose",
+                        vec![input],
+                        &last,
+                        vec![ints("perm", &[0, 2, 3, 1])],
+                    ));
+                    g.node.push(node(&n.name, "LayerNormalization", inputs, &normed, vec![int("axis", -1), eps]));
+                    g.node.push(node(
+                        &format!("{module}.to_channels_first"),
+                        "Transpose",
+                        vec![normed],
+                        &out,
+                        vec![ints("perm", &[0, 3, 1, 2])],
+                    ));
+                } else if groups == 1 && bn.affine == [c, h, w] {
+                    opset = opset.max(17);
+                    g.node.push(node(&n.name, "LayerNormalization", inputs, &out, vec![int("axis", 1), eps]));
+                } else if groups == c && c > 1 && bn.affine == [c] {
+                    needs_shift("InstanceNormalization")?;
+                    g.node.push(node(&n.name, "InstanceNormalization", inputs, &out, vec![eps]));
+                } else if bn.affine == [c] {
+                    // Opset 21's GroupNormalization: γ and β per channel.
+                    needs_shift("GroupNormalization")?;
+                    opset = opset.max(21);
+                    g.node.push(node(&n.name, "GroupNormalization", inputs, &out, vec![int("num_groups", groups as i64), eps]));
+                } else {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` ({}): export-onnx does not write γ and β of shape {:?} for it",
+                        n.name,
+                        bn.mode(),
+                        bn.affine
+                    )));
+                }
             }
             Op::Resample(r) => {
                 let node = resize(&mut g, &mut opset, k, &n.name, input, r, [in_shape, n.output], &out)?;
@@ -348,7 +491,12 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     let last = graph.nodes.last().map_or(graph.input, |n| n.output);
     g.output = vec![value_info(names.last().expect("value 0 exists"), last)];
     Ok(ModelProto {
-        ir_version: Some(IR_VERSION),
+        // The IR version each opset needs past 13: 18 → 8, 21 → 10.
+        ir_version: Some(match opset {
+            21.. => 10,
+            18.. => 8,
+            _ => IR_VERSION,
+        }),
         opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
         producer_name: Some("cnnc".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -356,6 +504,28 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
         graph: Some(g),
         ..Default::default()
     })
+}
+
+/// The channels of each part where nodes `k…` are two or more channel slices of one
+/// value under one name that cut all its channels, in order (`Split`'s outputs).
+fn split_parts(graph: &ir::Graph, k: usize) -> Option<Vec<u64>> {
+    let first = &graph.nodes[k];
+    let channels = graph.shape(*first.inputs.first()?).chw().0;
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for n in &graph.nodes[k..] {
+        match n.op {
+            Op::ChannelSlice { start, end } if start == at && n.name == first.name && n.inputs == first.inputs => {
+                parts.push(end - start);
+                at = end;
+            }
+            _ => break,
+        }
+        if at == channels {
+            break;
+        }
+    }
+    (at == channels && parts.len() > 1).then_some(parts)
 }
 
 /// An ONNX `Resize` of `r` from `shapes[0]` to `shapes[1]`, its `scales` or `sizes`
