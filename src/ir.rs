@@ -684,14 +684,3 @@ pub fn pool_out_size(input: u64, kernel: u64, stride: u64, pad: Pad, ceil_mode: 
     }
     Some(out)
 }
-
-/// Why the candle model cannot run node `n` yet (ops the analyses plan but training does
-/// not have), or `None`: `nn::GraphModel::new` and `cnnc emit candle` refuse these alike.
-pub fn not_in_candle_model(n: &Node) -> Option<&'static str> {
-    match &n.op {
-        Op::RadixSoftmax { .. } | Op::AddBroadcast | Op::SoftmaxPositions | Op::AttentionPool | Op::SwapChannelsWidth => {
-            Some("this op is not in the candle model yet (the plan is; train it in PyTorch)")
-        }
-        _ => None,
-    }
-}

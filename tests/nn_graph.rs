@@ -210,8 +210,40 @@ fn naive(g: &Graph, k: usize, inputs: &[Vec<f64>], params: &dyn Fn(&str) -> Vec<
             }
             out
         }
-        op @ (Op::RadixSoftmax { .. } | Op::AddBroadcast | Op::SoftmaxPositions | Op::AttentionPool | Op::SwapChannelsWidth) => {
-            unreachable!("the candle model refuses `{}`", op.kind_name())
+        Op::RadixSoftmax { radix, groups } => {
+            // Output (r, g, k) is the softmax at r of inputs (g, ·, k).
+            let (radix, groups) = (*radix as usize, *groups as usize);
+            let per = x.len() / (radix * groups);
+            let mut out = vec![0.0; x.len()];
+            for g in 0..groups {
+                for k in 0..per {
+                    let at = |r: usize| x[(g * radix + r) * per + k];
+                    let total: f64 = (0..radix).map(|r| at(r).exp()).sum();
+                    for r in 0..radix {
+                        out[(r * groups + g) * per + k] = at(r).exp() / total;
+                    }
+                }
+            }
+            out
+        }
+        Op::AddBroadcast => (0..x.len()).map(|i| x[i] + inputs[1][i / hw]).collect(),
+        Op::SoftmaxPositions => (0..x.len())
+            .map(|i| {
+                let ch = i / hw;
+                x[i].exp() / x[ch * hw..(ch + 1) * hw].iter().map(|v| v.exp()).sum::<f64>()
+            })
+            .collect(),
+        Op::AttentionPool => (0..c as usize).map(|ch| (0..hw).map(|p| inputs[1][p] * x[ch * hw + p]).sum()).collect(),
+        Op::SwapChannelsWidth => {
+            // Output channel b, position a = input channel a, position b.
+            let (a_len, b_len) = (c as usize, w as usize);
+            let mut out = vec![0.0; x.len()];
+            for a in 0..a_len {
+                for b in 0..b_len {
+                    out[b * a_len + a] = x[a * b_len + b];
+                }
+            }
+            out
         }
         Op::BatchNorm(bn) => {
             let gamma = params(&bn.scale);
@@ -441,6 +473,51 @@ fn torchs_standardized_convs_match_the_naive_loop() {
         check_nodes(&g, 2, 3);
         check_gradients(&g, 2);
     }
+}
+
+/// The attention ops: split attention's radix softmax (two, of 3 and 2 groups), global-context
+/// attention's softmax over the positions, attention pool and broadcast add, efficient
+/// channel attention's swap of channels and width and back.
+fn attention_ops() -> Graph {
+    let mut b = Builder::new(Shape::Image { c: 3, h: 4, w: 3 });
+    let x = b.conv(ValueId(0), 12, 3, 1, [1, 1, 1, 1], 1);
+    let pooled = b.push(Op::GlobalPool(PoolKind::Avg), &[x], Shape::Image { c: 12, h: 1, w: 1 });
+    let r2 = b.unary(Op::RadixSoftmax { radix: 2, groups: 3 }, pooled);
+    let r3 = b.unary(Op::RadixSoftmax { radix: 2, groups: 2 }, r2);
+    let gated = b.push(Op::Mul, &[x, r3], Shape::Image { c: 12, h: 4, w: 3 });
+    let mask = b.conv(gated, 1, 1, 1, [0; 4], 1);
+    let weights = b.unary(Op::SoftmaxPositions, mask);
+    let context = b.push(Op::AttentionPool, &[gated, weights], Shape::Image { c: 12, h: 1, w: 1 });
+    let row = b.push(Op::SwapChannelsWidth, &[context], Shape::Image { c: 1, h: 1, w: 12 });
+    // A 1×3 conv across the channels, as efficient channel attention's.
+    let across = ir::Conv {
+        in_channels: 1,
+        out_channels: 1,
+        kernel: [1, 3],
+        stride: [1, 1],
+        pad: [Pad { begin: 0, end: 0 }, Pad { begin: 1, end: 1 }],
+        dilation: [1, 1],
+        groups: 1,
+        bias: false,
+    };
+    let row = b.push(Op::Conv(across), &[row], Shape::Image { c: 1, h: 1, w: 12 });
+    let column = b.push(Op::SwapChannelsWidth, &[row], Shape::Image { c: 12, h: 1, w: 1 });
+    let sum = b.push(Op::AddBroadcast, &[gated, column], Shape::Image { c: 12, h: 4, w: 3 });
+    let v = b.conv(sum, 2, 3, 2, [1, 1, 1, 1], 1);
+    let (_, h, w) = b.shape(v).chw();
+    let v = b.push(Op::Flatten, &[v], Shape::Vector { n: 2 * h * w });
+    b.push(Op::Linear(ir::Linear { in_features: 2 * h * w, out_features: 3, bias: true }), &[v], Shape::Vector { n: 3 });
+    b.0
+}
+
+#[test]
+fn attention_ops_match_the_naive_loop() {
+    check_nodes(&attention_ops(), 3, 6);
+}
+
+#[test]
+fn gradients_of_attention_ops() {
+    check_gradients(&attention_ops(), 2);
 }
 
 /// Resamplings to any size (ONNX `Resize`): linear and nearest, up and down, non-square,
@@ -888,19 +965,25 @@ fn the_cli_trains_and_probes_a_graph() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// Ops the analyses plan but the candle model does not run yet (efficient channel
-/// attention's swap of a pooled vector, global-context attention, split attention's radix
-/// softmax) are refused at build time, naming the node, not mis-run.
+/// torch's exports of efficient channel, global-context and split attention
+/// (`tests/data/onnx/attn`, both exporters): every node against the naive loop, the
+/// gradients against finite differences.
 #[test]
-fn ops_the_candle_model_lacks_are_refused_by_name() {
-    for (path, what) in [
-        ("tests/data/onnx/attn/eca.ts.onnx", "this op is not in the candle model"),
-        ("tests/data/onnx/attn/gc.ts.onnx", "this op is not in the candle model"),
-        ("tests/data/onnx/attn/split.ts.onnx", "this op is not in the candle model"),
-    ] {
-        let source = cnnc::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path), InputSize::Declared).unwrap();
-        let plan = source.plan(req(Mode::Forward)).unwrap();
-        let err = GraphModel::new(&source.graph, &plan, 0, &Device::Cpu, DType::F32).unwrap_err().to_string();
-        assert!(err.contains(what) && err.contains("node"), "{path}: {err}");
+fn torchs_attention_blocks_match_the_naive_loop() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["eca", "gc", "split"] {
+        for exporter in ["ts", "dynamo"] {
+            let path = format!("tests/data/onnx/attn/{name}.{exporter}.onnx");
+            let g = cnnc::load(&root.join(&path), InputSize::Declared).unwrap_or_else(|e| panic!("{e}")).graph;
+            let attention = g.nodes.iter().filter(|n| {
+                matches!(
+                    n.op,
+                    Op::RadixSoftmax { .. } | Op::AddBroadcast | Op::SoftmaxPositions | Op::AttentionPool | Op::SwapChannelsWidth
+                )
+            });
+            assert!(attention.count() > 0, "{path}");
+            check_nodes(&g, 2, 3);
+            check_gradients(&g, 2);
+        }
     }
 }

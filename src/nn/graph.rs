@@ -1,6 +1,8 @@
 //! The candle model of any graph cnnc plans: residual additions, concatenations,
 //! BatchNorm, gates, slices, shuffles, element-wise functions, resizes and resamplings
-//! to any size.
+//! to any size, convs of standardized weights, and the attention ops (split attention's
+//! radix softmax, global-context attention's softmax over the positions, attention pool
+//! and broadcast add, efficient channel attention's swap of channels and width).
 //!
 //! In: a graph [`Graph`] (the IR of either front end) and a [`Plan`] for it (the std of
 //! every weight node, the BatchNorm scales of `batch_norms`). Out: a [`GraphModel`]: one
@@ -104,6 +106,14 @@ enum NodeOp {
     },
     Resize(Resize),
     Norm(Box<Norm>),
+    RadixSoftmax {
+        radix: usize,
+        groups: usize,
+    },
+    AddBroadcast,
+    SoftmaxPositions,
+    AttentionPool,
+    SwapChannelsWidth,
 }
 
 /// One node of the graph, runnable.
@@ -252,6 +262,42 @@ impl Resize {
     }
 }
 
+/// The softmax along `dim`: exp(x − max) / Σ exp(x − max), the max a constant (the
+/// softmax does not change with it, so no gradient goes through it).
+fn softmax(x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+    let e = x.broadcast_sub(&x.max_keepdim(dim)?.detach())?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(dim)?)
+}
+
+/// Split attention's softmax across the radix (ResNeSt's rSoftMax, [`Op::RadixSoftmax`]) of
+/// (N, C, 1, 1), C = groups · radix · n: viewed (N, groups, radix, n), transposed to
+/// (N, radix, groups, n), a softmax over the radix, back to (N, C, 1, 1).
+pub fn radix_softmax(x: &Tensor, radix: usize, groups: usize) -> candle_core::Result<Tensor> {
+    let (n, c) = (x.dim(0)?, x.elem_count() / x.dim(0)?.max(1));
+    let viewed = x.reshape((n, groups, radix, c / (groups * radix)))?.transpose(1, 2)?;
+    softmax(&viewed, 1)?.contiguous()?.reshape(x.dims())
+}
+
+/// A softmax over the positions of each channel of each sample of (N, C, H, W)
+/// ([`Op::SoftmaxPositions`]).
+pub fn softmax_positions(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    softmax(&x.reshape((n, c, h * w))?, 2)?.reshape((n, c, h, w))
+}
+
+/// The attention pool of x (N, C, H, W) with weights a (N, 1, H, W) ([`Op::AttentionPool`]):
+/// (N, C, 1, 1), Σ_p a_p x_c,p.
+pub fn attention_pool(x: &Tensor, a: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h * w))?.matmul(&a.reshape((n, h * w, 1))?)?.reshape((n, c, 1, 1))
+}
+
+/// The per-sample transpose of (N, A, 1, B) to (N, B, 1, A) ([`Op::SwapChannelsWidth`]).
+pub fn swap_channels_width(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, a, _, b) = x.dims4()?;
+    x.reshape((n, a, b))?.transpose(1, 2)?.contiguous()?.reshape((n, b, 1, a))
+}
+
 /// Zeros between the positions along `dim` (2 or 3) of an (N, C, H, W) tensor.
 fn dilate_axis(x: &Tensor, dim: usize, s: usize) -> candle_core::Result<Tensor> {
     if s == 1 {
@@ -372,9 +418,25 @@ impl GraphModel {
             }
             let input = graph.shape(n.inputs[0]);
             let op = match &n.op {
-                _ if ir::not_in_candle_model(n).is_some() => return Err(node_err(k, n, ir::not_in_candle_model(n).expect("checked"))),
-                Op::RadixSoftmax { .. } | Op::AddBroadcast | Op::SoftmaxPositions | Op::AttentionPool | Op::SwapChannelsWidth => {
-                    unreachable!("`not_in_candle_model` refuses these")
+                Op::RadixSoftmax { radix, groups } => {
+                    let c = input.numel();
+                    if input.chw().1 * input.chw().2 != 1 || *radix == 0 || *groups == 0 || !c.is_multiple_of(radix * groups) {
+                        return Err(node_err(
+                            k,
+                            n,
+                            format!("a radix softmax of {radix} × {groups} groups over {input}: it needs (C, 1, 1), C a multiple of both"),
+                        ));
+                    }
+                    NodeOp::RadixSoftmax { radix: usize_of(*radix), groups: usize_of(*groups) }
+                }
+                Op::AddBroadcast => NodeOp::AddBroadcast,
+                Op::SoftmaxPositions => NodeOp::SoftmaxPositions,
+                Op::AttentionPool => NodeOp::AttentionPool,
+                Op::SwapChannelsWidth => {
+                    if input.chw().1 != 1 {
+                        return Err(node_err(k, n, format!("swaps the channels and the width of a value of height 1, not {input}")));
+                    }
+                    NodeOp::SwapChannelsWidth
                 }
                 Op::Conv(_) | Op::Linear(_) => {
                     let w = crate::unify::weight(n, input);
@@ -723,6 +785,11 @@ impl GraphModel {
             NodeOp::Shuffle { groups } => channel_shuffle(x, *groups)?,
             NodeOp::Dilate { stride } => dilate(x, *stride)?,
             NodeOp::Resize(r) => r.forward(x)?,
+            NodeOp::RadixSoftmax { radix, groups } => radix_softmax(x, *radix, *groups)?,
+            NodeOp::AddBroadcast => x.broadcast_add(inputs[1])?,
+            NodeOp::SoftmaxPositions => softmax_positions(x)?,
+            NodeOp::AttentionPool => attention_pool(x, inputs[1])?,
+            NodeOp::SwapChannelsWidth => swap_channels_width(x)?,
             NodeOp::Norm(norm) => normalize_relu(
                 &norm.spec,
                 x,

@@ -14,10 +14,10 @@
 //! `cnnc::nn` building blocks, so the two agree bit for bit (the generated tests check it
 //! in training and evaluation mode, gradients included).
 //!
-//! Invariants: deterministic and rustfmt-clean output; what `GraphModel` refuses (a conv
-//! of a standardized weight, the attention ops) or the generator cannot write
-//! (a weight stored in another shape than the conv reads) is an error naming every such
-//! node, never a crate that differs from cnnc's model.
+//! Invariants: deterministic and rustfmt-clean output; what `GraphModel` refuses or the
+//! generator cannot write (a weight stored in another shape than the conv reads, and
+//! standardized) is an error naming every such node, never a crate that differs from
+//! cnnc's model.
 
 use super::MAIN_TEMPLATE;
 use super::{dims, fill, lit, raw_lit, valid_package_name, CandleOptions, BIG_MODEL_PARAMETERS};
@@ -257,6 +257,8 @@ struct Uses {
     activation: bool,
     shuffle: bool,
     dilate: bool,
+    /// The attention ops' functions of `cnnc::nn::graph` it calls.
+    attention: std::collections::BTreeSet<&'static str>,
     n: bool,
 }
 
@@ -445,11 +447,24 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
             }
         };
         match &n.op {
-            _ if crate::ir::not_in_candle_model(n).is_some() => {
-                errors.push(node_msg(k, n, crate::ir::not_in_candle_model(n).expect("checked")))
+            Op::RadixSoftmax { radix, groups } => {
+                uses.attention.insert("radix_softmax");
+                let _ = writeln!(body, "        let {y} = radix_softmax(&{}, {radix}, {groups})?;", x(0));
             }
-            Op::RadixSoftmax { .. } | Op::AddBroadcast | Op::SoftmaxPositions | Op::AttentionPool | Op::SwapChannelsWidth => {
-                unreachable!("`not_in_candle_model` refuses these")
+            Op::AddBroadcast => {
+                let _ = writeln!(body, "        let {y} = {}.broadcast_add(&{})?;", x(0), x(1));
+            }
+            Op::SoftmaxPositions => {
+                uses.attention.insert("softmax_positions");
+                let _ = writeln!(body, "        let {y} = softmax_positions(&{})?;", x(0));
+            }
+            Op::AttentionPool => {
+                uses.attention.insert("attention_pool");
+                let _ = writeln!(body, "        let {y} = attention_pool(&{}, &{})?;", x(0), x(1));
+            }
+            Op::SwapChannelsWidth => {
+                uses.attention.insert("swap_channels_width");
+                let _ = writeln!(body, "        let {y} = swap_channels_width(&{})?;", x(0));
             }
             Op::Conv(_) | Op::Linear(_) => {
                 let wt = crate::unify::weight(n, input);
@@ -823,6 +838,9 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
     if uses.standardized {
         g_items.push("WeightStandardization");
     }
+    g_items.extend(uses.attention.iter().copied());
+    // rustfmt's order: functions, then types, each alphabetical.
+    g_items.sort_by_key(|i| (i.starts_with(|c: char| c.is_ascii_uppercase()), *i));
     if !g_items.is_empty() {
         let list = if g_items.len() == 1 { g_items[0].to_string() } else { format!("{{{}}}", g_items.join(", ")) };
         let _ = writeln!(s, "use cnnc::nn::graph::{list};");
