@@ -81,7 +81,22 @@ fn export_and_replan(what: &str, graph: &cnnc::ir::Graph, dir: &Path) -> (onnx::
     let file = dir.join(format!("{}.onnx", what.replace(['/', '.'], "_")));
     std::fs::write(&file, onnx::encode(&proto).unwrap()).unwrap();
     let exported = cnnc::load(&file, InputSize::Declared).unwrap_or_else(|e| panic!("{what}: {e}"));
-    let replanned = exported.plan(req).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut replanned = exported.plan(req).unwrap_or_else(|e| panic!("{what}: {e}"));
+    // A standardized weight's gain parameter is written at the plan's value: the export
+    // applies the plan's gain (`network_gain`), the rest of its plan is the source's.
+    for (a, b) in replanned.layers.iter_mut().zip(&plan.layers) {
+        if let (Some(a), Some(b)) = (a.standardized.as_mut(), b.standardized.as_ref()) {
+            if b.gain_param.is_some() {
+                assert!(
+                    (a.network_gain - b.gain).abs() <= 1e-6 * b.gain,
+                    "{what}: the export applies gain {} for {}",
+                    a.network_gain,
+                    b.gain
+                );
+                a.network_gain = b.network_gain;
+            }
+        }
+    }
     assert_eq!(exported.graph.nodes.len(), graph.nodes.len(), "{what}: the export's graph has another number of nodes");
     // The ops export-onnx writes in more than one way read back as themselves.
     for (a, b) in exported.graph.nodes.iter().zip(&graph.nodes) {
@@ -200,10 +215,13 @@ fn resizes_export_and_read_back_as_themselves() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// torch's exports with group norms (ResNet-18 with GroupNorm: TorchScript's
+/// torch's exports with convs of standardized weights (BiT's `StdConv2d`, NF-ResNets'
+/// `ScaledStdConv2d`), group norms (ResNet-18 with GroupNorm: TorchScript's
 /// InstanceNormalization of a grouped view, dynamo's GroupNormalization) and channel
 /// shuffles (ShuffleNetV2).
-const NORMS_AND_SHUFFLES: [&str; 4] = [
+const NORMS_AND_SHUFFLES: [&str; 6] = [
+    "tests/data/onnx/std/std_conv.ts.onnx",
+    "tests/data/onnx/std/scaled_std_conv.ts.onnx",
     "tests/data/onnx/real/resnet18_gn.ts.weights.onnx",
     "tests/data/onnx/real/resnet18_gn.dynamo.onnx",
     "tests/data/onnx/real/shufflenet_v2_x1_0.ts.weights.onnx",
@@ -219,7 +237,8 @@ fn load_real(path: &str) -> cnnc::ir::Graph {
 }
 
 /// Group, instance and layer norms (over (C, H, W), and over the channels at each
-/// position, with and without β) and channel shuffles between convs.
+/// position, with and without β) and channel shuffles between convs, the first of a
+/// standardized weight.
 fn normalizations_and_shuffles() -> cnnc::ir::Graph {
     use cnnc::ir::{self, BatchNorm, Node, Origin, Shape, ValueId};
     let mut nodes: Vec<Node> = Vec::new();
@@ -256,7 +275,13 @@ fn normalizations_and_shuffles() -> cnnc::ir::Graph {
     push(norm(6, 1, true, vec![8], 1e-6, false), 8);
     push(norm(7, 1, false, vec![8], 1e-5, true), 8);
     push(conv(8, 4), 4);
-    cnnc::ir::Graph { name: "norms".into(), input: Shape::Image { c: 3, h: 5, w: 4 }, nodes, notes: Vec::new() }
+    let mut graph = cnnc::ir::Graph { name: "norms".into(), input: Shape::Image { c: 3, h: 5, w: 4 }, nodes, notes: Vec::new() };
+    // A standardized weight with a gain parameter: its ReduceMeans take their axes as an
+    // input at GroupNormalization's opset 21.
+    let standardized = ir::Standardized { gain: 0.5, gain_param: Some(("n0.gain".into(), 1.0)), epsilon: 1e-5f32 as f64 };
+    graph.nodes[0].params =
+        Some(ir::ParamNames { weight: "n0.weight".into(), bias: Some("n0.bias".into()), shape: None, standardized: Some(standardized) });
+    graph
 }
 
 /// Group, instance and layer norms and channel shuffles export in the forms the importer

@@ -15,8 +15,10 @@
 //! over the channels of a channels-last view between two Transposes) and
 //! GroupNormalization (opset 21, γ and β per channel), each in the form the importer
 //! reads back as the same node. The batch axis is symbolic (`N`). Not written (an error
-//! naming the node): convs of standardized weights, dilations (a transposed conv's
-//! zeros), element-wise functions other than ReLU6, the attention ops.
+//! naming the node): dilations (a transposed conv's zeros), element-wise functions other
+//! than ReLU6, the attention ops. A conv of a standardized weight is written as
+//! TorchScript writes one (see [`standardize`]): its gain parameter at the plan's value,
+//! so the export's plan gives `network_gain` = the plan's gain.
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
 //! Box–Muller, seeded), one stream over the layers in order; biases are zero.
 //!
@@ -219,15 +221,12 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
         let out = if k + 1 == graph.nodes.len() { "output".to_string() } else { format!("v{}", k + 1) };
         let in_shape = graph.shape(n.inputs.first().copied().unwrap_or(ir::ValueId(0)));
         match &n.op {
-            Op::Conv(_) if n.params.as_ref().is_some_and(|p| p.standardized.is_some()) => {
-                return Err(OnnxError::Model(format!(
-                    "node `{}` (conv): export-onnx does not write a standardized weight yet (a plain conv would be another network)",
-                    n.name
-                )))
-            }
             Op::Conv(c) => {
                 let l = layers.next().expect("counted above");
-                let inputs = params(&mut g, &mut rng, l, input)?;
+                let mut inputs = params(&mut g, &mut rng, l, input)?;
+                if let Some(st) = n.params.as_ref().and_then(|p| p.standardized.as_ref()) {
+                    inputs[1] = standardize(&mut g, l, st, c.out_channels)?;
+                }
                 let attrs = vec![
                     ints("kernel_shape", &c.kernel),
                     ints("strides", &c.stride),
@@ -488,6 +487,9 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
         }
         names.push(out);
     }
+    if opset >= 18 {
+        axes_as_inputs(&mut g);
+    }
     let last = graph.nodes.last().map_or(graph.input, |n| n.output);
     g.output = vec![value_info(names.last().expect("value 0 exists"), last)];
     Ok(ModelProto {
@@ -504,6 +506,61 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
         graph: Some(g),
         ..Default::default()
     })
+}
+
+/// Writes the standardization of the weight of `l` (drawn already) as the TorchScript
+/// exporter writes BiT's and NF-ResNets' convs: ReduceMean over the filter, Sub, Mul,
+/// ReduceMean, Add ε, Sqrt, Div; then the per-filter gain parameter, at the plan's value
+/// (so that the network applies the plan's gain), and the constant factor. Returns the
+/// name of the weight the conv reads.
+fn standardize(g: &mut GraphProto, l: &PlanLayer, st: &ir::Standardized, filters: u64) -> Result<String, OnnxError> {
+    let v = l.weight.name.clone();
+    let at = |step: &str| format!("{v}.{step}");
+    let scalar = |name: String, x: f64| tensor(&name, &[], DataType::Float, Bytes::from((x as f32).to_le_bytes().to_vec()));
+    let mean = vec![ints("axes", &[1, 2, 3]), int("keepdims", 1)];
+    g.initializer.push(scalar(at("epsilon"), st.epsilon));
+    g.node.extend([
+        node(&at("mean"), "ReduceMean", vec![v.clone()], &at("mean"), mean.clone()),
+        node(&at("centered"), "Sub", vec![v.clone(), at("mean")], &at("centered"), vec![]),
+        node(&at("square"), "Mul", vec![at("centered"), at("centered")], &at("square"), vec![]),
+        node(&at("var"), "ReduceMean", vec![at("square")], &at("var"), mean),
+        node(&at("var_eps"), "Add", vec![at("var"), at("epsilon")], &at("var_eps"), vec![]),
+        node(&at("std"), "Sqrt", vec![at("var_eps")], &at("std"), vec![]),
+        node(&at("standardized"), "Div", vec![at("centered"), at("std")], &at("standardized"), vec![]),
+    ]);
+    let mut w = at("standardized");
+    let factor = match &st.gain_param {
+        Some((name, init)) => {
+            let planned = l.standardized.as_ref().and_then(|i| i.gain_param.as_ref()).filter(|p| p.name == *name);
+            let value = planned.ok_or_else(|| OnnxError::Model(format!("the plan has no value of the gain `{name}`")))?.value;
+            let n = numel(&[filters])?;
+            g.initializer.push(tensor(name, &[filters, 1, 1, 1], DataType::Float, constant(n, value, DataType::Float)));
+            g.node.push(node(&at("gained"), "Mul", vec![w, name.clone()], &at("gained"), vec![]));
+            w = at("gained");
+            st.gain / init
+        }
+        None => st.gain,
+    };
+    if factor != 1.0 {
+        g.initializer.push(scalar(at("factor"), factor));
+        g.node.push(node(&at("scaled"), "Mul", vec![w, at("factor")], &at("scaled"), vec![]));
+        w = at("scaled");
+    }
+    Ok(w)
+}
+
+/// Opset 18 takes a reduction's axes as an input, not an attribute: rewrites the
+/// reductions of `g` so.
+fn axes_as_inputs(g: &mut GraphProto) {
+    let mut extra = Vec::new();
+    for n in g.node.iter_mut().filter(|n| matches!(n.op_type(), "ReduceMean" | "ReduceMax")) {
+        let Some(k) = n.attribute.iter().position(|a| a.name() == "axes") else { continue };
+        let axes = n.attribute.remove(k);
+        let name = format!("{}.axes", n.output[0]);
+        extra.push(int64s(&name, &axes.ints));
+        n.input.push(name);
+    }
+    g.initializer.extend(extra);
 }
 
 /// The channels of each part where nodes `k…` are two or more channel slices of one
