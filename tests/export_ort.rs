@@ -2,8 +2,12 @@
 //! outputs for the same weights: ResNet-18 (residual Adds, a strided downsample),
 //! MobileNetV2 (depthwise convs, ReLU6 as Clip, inverted residuals) and the small DenseNet
 //! (Concat), each with training-mode BatchNorm (batch statistics in both), at 64×64 (batch 8: at 32×32 the last BatchNorms normalize 4 values, and float order alone moves the output by 1e-3); the
-//! weights are the export's own initializers, set by name into `nn::GraphModel`. And the
-//! export plans as its source does.
+//! weights are the export's own initializers, set by name into `nn::GraphModel`; the same
+//! for every kind of resize, group/instance/layer norms and channel shuffles (hand-built
+//! graphs), and torch's exports of resizes to any size, convs of standardized weights,
+//! efficient channel, global-context and split attention, ResNet-18 with GroupNorm and
+//! ShuffleNetV2. And each export plans as its source does, the ops written in more than
+//! one way reading back as themselves (onnxruntime or not).
 //!
 //! onnxruntime runs in Python (the venv `scripts/torch/ci-pytest.sh` makes, or
 //! `CNNC_ORT_PYTHON`). Where it is missing the test says why and passes; under CI (which
@@ -100,7 +104,18 @@ fn export_and_replan(what: &str, graph: &cnnc::ir::Graph, dir: &Path) -> (onnx::
     assert_eq!(exported.graph.nodes.len(), graph.nodes.len(), "{what}: the export's graph has another number of nodes");
     // The ops export-onnx writes in more than one way read back as themselves.
     for (a, b) in exported.graph.nodes.iter().zip(&graph.nodes) {
-        if matches!(b.op, Op::Resize { .. } | Op::Resample(_) | Op::Shuffle { .. } | Op::BatchNorm(_)) {
+        if matches!(
+            b.op,
+            Op::Resize { .. }
+                | Op::Resample(_)
+                | Op::Shuffle { .. }
+                | Op::BatchNorm(_)
+                | Op::RadixSoftmax { .. }
+                | Op::AddBroadcast
+                | Op::SoftmaxPositions
+                | Op::AttentionPool
+                | Op::SwapChannelsWidth
+        ) {
             assert_eq!((&a.op, a.output), (&b.op, b.output), "{what}: node `{}` reads back as another op", b.name);
         }
     }
@@ -165,7 +180,7 @@ fn exported_graphs_run_in_onnxruntime_as_in_cnnc() {
     }
     check_graph("resamplings", &resamplings(), 4, &py, &dir);
     check_graph("normalizations_and_shuffles", &normalizations_and_shuffles(), 4, &py, &dir);
-    for path in NORMS_AND_SHUFFLES {
+    for path in TORCH_EXPORTS {
         let graph = load_real(path);
         check_graph(path, &graph, 2, &py, &dir);
     }
@@ -215,11 +230,18 @@ fn resizes_export_and_read_back_as_themselves() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// torch's exports with convs of standardized weights (BiT's `StdConv2d`, NF-ResNets'
+/// torch's exports with efficient channel, global-context and split attention, convs of
+/// standardized weights (BiT's `StdConv2d`, NF-ResNets'
 /// `ScaledStdConv2d`), group norms (ResNet-18 with GroupNorm: TorchScript's
 /// InstanceNormalization of a grouped view, dynamo's GroupNormalization) and channel
 /// shuffles (ShuffleNetV2).
-const NORMS_AND_SHUFFLES: [&str; 6] = [
+const TORCH_EXPORTS: [&str; 12] = [
+    "tests/data/onnx/attn/eca.ts.onnx",
+    "tests/data/onnx/attn/eca.dynamo.onnx",
+    "tests/data/onnx/attn/gc.ts.onnx",
+    "tests/data/onnx/attn/gc.dynamo.onnx",
+    "tests/data/onnx/attn/split.ts.onnx",
+    "tests/data/onnx/attn/split.dynamo.onnx",
     "tests/data/onnx/std/std_conv.ts.onnx",
     "tests/data/onnx/std/scaled_std_conv.ts.onnx",
     "tests/data/onnx/real/resnet18_gn.ts.weights.onnx",
@@ -228,7 +250,7 @@ const NORMS_AND_SHUFFLES: [&str; 6] = [
     "tests/data/onnx/real/shufflenet_v2_x1_0.dynamo.onnx",
 ];
 
-/// A model of [`NORMS_AND_SHUFFLES`] at its declared size, or at 64×64 where its sizes are
+/// A model of [`TORCH_EXPORTS`] at its declared size, or at 64×64 where its sizes are
 /// symbolic.
 fn load_real(path: &str) -> cnnc::ir::Graph {
     let model =
@@ -284,14 +306,15 @@ fn normalizations_and_shuffles() -> cnnc::ir::Graph {
     graph
 }
 
-/// Group, instance and layer norms and channel shuffles export in the forms the importer
-/// reads back as themselves, with the same plan (onnxruntime or not).
+/// Group, instance and layer norms, channel shuffles, convs of standardized weights and
+/// the attention ops export in the forms the importer reads back as themselves, with
+/// the same plan (onnxruntime or not).
 #[test]
-fn normalizations_and_shuffles_export_and_read_back_as_themselves() {
+fn ops_export_and_read_back_as_themselves() {
     let dir = std::env::temp_dir().join(format!("cnnc-export-norms-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     export_and_replan("normalizations_and_shuffles", &normalizations_and_shuffles(), &dir);
-    for path in NORMS_AND_SHUFFLES {
+    for path in TORCH_EXPORTS {
         let graph = load_real(path);
         export_and_replan(path, &graph, &dir);
     }

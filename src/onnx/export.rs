@@ -14,11 +14,16 @@
 //! opset 15), InstanceNormalization, LayerNormalization (opset 17: over (C, H, W), or
 //! over the channels of a channels-last view between two Transposes) and
 //! GroupNormalization (opset 21, γ and β per channel), each in the form the importer
-//! reads back as the same node. The batch axis is symbolic (`N`). Not written (an error
-//! naming the node): dilations (a transposed conv's zeros), element-wise functions other
-//! than ReLU6, the attention ops. A conv of a standardized weight is written as
-//! TorchScript writes one (see [`standardize`]): its gain parameter at the plan's value,
-//! so the export's plan gives `network_gain` = the plan's gain.
+//! reads back as the same node; the attention ops as torch writes them: split attention's
+//! radix softmax (Reshape, Transpose, Softmax, Reshape), global-context attention's
+//! softmax over the positions (Reshape to (N, 1, H·W), Softmax) and attention pool
+//! (Unsqueeze, MatMul, Reshape), its broadcast Add, efficient channel attention's swap
+//! (Squeeze, Transpose; a 1-D Conv across the row; Transpose, Unsqueeze). A conv of a
+//! standardized weight is written as TorchScript writes one (see [`standardize`]): its
+//! gain parameter at the plan's value, so the export's plan gives `network_gain` = the
+//! plan's gain. The batch axis is symbolic (`N`). Not written (an error naming the
+//! node): dilations (a transposed conv's zeros), element-wise functions other than
+//! ReLU6.
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
 //! Box–Muller, seeded), one stream over the layers in order; biases are zero.
 //!
@@ -216,7 +221,26 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     for v in graph.nodes.iter().flat_map(|n| &n.inputs) {
         readers[v.0] += 1;
     }
+    // How each value is written where it is not an (N, C, H, W) or (N, F) tensor.
+    let mut views = vec![View::Plain; graph.nodes.len() + 1];
     for (k, n) in graph.nodes.iter().enumerate() {
+        // The views only the attention ops' ONNX forms read.
+        for (i, v) in n.inputs.iter().enumerate() {
+            let ok = match views[v.0] {
+                View::Plain => true,
+                View::Row => matches!(n.op, Op::Conv(_) | Op::SwapChannelsWidth),
+                View::PositionWeights => n.op == Op::AttentionPool && i == 1,
+            };
+            if !ok {
+                return Err(OnnxError::Model(format!(
+                    "node `{}` ({}) reads `{}`, which export-onnx writes only in the form {} reads",
+                    n.name,
+                    n.op.kind_name(),
+                    names[v.0],
+                    if views[v.0] == View::Row { "a 1-D conv or a swap back" } else { "an attention pool" }
+                )));
+            }
+        }
         let mut input = names[n.inputs.first().map_or(0, |v| v.0)].clone();
         let out = if k + 1 == graph.nodes.len() { "output".to_string() } else { format!("v{}", k + 1) };
         let in_shape = graph.shape(n.inputs.first().copied().unwrap_or(ir::ValueId(0)));
@@ -227,13 +251,35 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 if let Some(st) = n.params.as_ref().and_then(|p| p.standardized.as_ref()) {
                     inputs[1] = standardize(&mut g, l, st, c.out_channels)?;
                 }
-                let attrs = vec![
-                    ints("kernel_shape", &c.kernel),
-                    ints("strides", &c.stride),
-                    ints("pads", &pads(&c.pad)),
-                    ints("dilations", &c.dilation),
-                    int("group", c.groups as i64),
-                ];
+                // A conv across the channels of efficient channel attention's row (a 3-D
+                // (N, 1, C) value, its weight [out, in, k]) is a 1-D conv.
+                let one_d = views[n.inputs[0].0] == View::Row;
+                if one_d != (l.weight.shape.len() == 3) {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` (conv): a weight of shape {:?} on {}: export-onnx writes 1-D convs (3-D weights) across a swapped row only",
+                        n.name,
+                        l.weight.shape,
+                        if one_d { "a swapped row" } else { "an image" }
+                    )));
+                }
+                let attrs = if one_d {
+                    views[k + 1] = View::Row;
+                    vec![
+                        ints("kernel_shape", &c.kernel[1..]),
+                        ints("strides", &c.stride[1..]),
+                        ints("pads", &[c.pad[1].begin, c.pad[1].end]),
+                        ints("dilations", &c.dilation[1..]),
+                        int("group", c.groups as i64),
+                    ]
+                } else {
+                    vec![
+                        ints("kernel_shape", &c.kernel),
+                        ints("strides", &c.stride),
+                        ints("pads", &pads(&c.pad)),
+                        ints("dilations", &c.dilation),
+                        int("group", c.groups as i64),
+                    ]
+                };
                 g.node.push(node(&n.name, "Conv", inputs, &out, attrs));
             }
             Op::Linear(_) => {
@@ -437,6 +483,83 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                         n.name,
                         bn.mode(),
                         bn.affine
+                    )));
+                }
+            }
+            Op::RadixSoftmax { radix, groups } => {
+                // Split attention's rSoftMax as torch writes it: (N, groups, radix, −1),
+                // the two middle axes swapped, a Softmax over the radix, back to (N, C, 1, 1).
+                let [view, swapped, soft, shape4] = ["view", "swapped", "softmax", "shape4"].map(|s| format!("{out}.{s}"));
+                let view_shape = format!("{out}.view_shape");
+                g.initializer.extend([int64s(&view_shape, &[0, *groups as i64, *radix as i64, -1]), int64s(&shape4, &[0, -1, 1, 1])]);
+                g.node.push(node(&format!("{}.view", n.name), "Reshape", vec![input, view_shape], &view, vec![]));
+                g.node.push(node(&format!("{}.swap", n.name), "Transpose", vec![view], &swapped, vec![ints("perm", &[0, 2, 1, 3])]));
+                g.node.push(node(&n.name, "Softmax", vec![swapped], &soft, vec![int("axis", 1)]));
+                g.node.push(node(&format!("{}.back", n.name), "Reshape", vec![soft, shape4], &out, vec![]));
+            }
+            Op::AddBroadcast => {
+                let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
+                g.node.push(node(&n.name, "Add", inputs, &out, vec![]));
+            }
+            Op::SoftmaxPositions => {
+                // Global-context attention's mask (N, 1, H·W), a Softmax over the positions:
+                // what its attention pool reads.
+                if in_shape.chw().0 != 1 {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` (softmax over the positions) of {in_shape}: export-onnx writes it of a 1-channel mask",
+                        n.name
+                    )));
+                }
+                let (flat, shape) = (format!("{out}.flat"), format!("{out}.shape"));
+                g.initializer.push(int64s(&shape, &[0, 1, -1]));
+                g.node.push(node(&format!("{}.view", n.name), "Reshape", vec![input, shape], &flat, vec![]));
+                g.node.push(node(&n.name, "Softmax", vec![flat], &out, vec![int("axis", 2)]));
+                views[k + 1] = View::PositionWeights;
+            }
+            Op::AttentionPool => {
+                // x viewed (N, 1, C, H·W) times the weights as a column (N, 1, H·W, 1),
+                // back to (N, C, 1, 1).
+                let c = in_shape.chw().0 as i64;
+                if views[n.inputs[1].0] != View::PositionWeights {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` (attention pool): export-onnx writes it with weights from a softmax over the positions",
+                        n.name
+                    )));
+                }
+                let [flat, values, column, pooled] = ["flat", "values", "column", "pooled"].map(|s| format!("{out}.{s}"));
+                let [flat_shape, one, last, shape4] = ["flat_shape", "axis1", "axis_last", "shape4"].map(|s| format!("{out}.{s}"));
+                g.initializer.extend([
+                    int64s(&flat_shape, &[0, c, -1]),
+                    int64s(&one, &[1]),
+                    int64s(&last, &[-1]),
+                    int64s(&shape4, &[0, c, 1, 1]),
+                ]);
+                let weights = names[n.inputs[1].0].clone();
+                g.node.push(node(&format!("{}.view", n.name), "Reshape", vec![input, flat_shape], &flat, vec![]));
+                g.node.push(node(&format!("{}.values", n.name), "Unsqueeze", vec![flat, one], &values, vec![]));
+                g.node.push(node(&format!("{}.column", n.name), "Unsqueeze", vec![weights, last], &column, vec![]));
+                g.node.push(node(&n.name, "MatMul", vec![values, column], &pooled, vec![]));
+                g.node.push(node(&format!("{}.back", n.name), "Reshape", vec![pooled, shape4], &out, vec![]));
+            }
+            Op::SwapChannelsWidth => {
+                // Efficient channel attention's pooled vector (N, C, 1, 1) squeezed to
+                // (N, C, 1) and transposed to a row (N, 1, C); a row transposed and
+                // unsqueezed back.
+                let swapped = format!("{out}.swapped");
+                let axis = format!("{out}.axis");
+                g.initializer.push(int64s(&axis, &[3]));
+                if views[n.inputs[0].0] == View::Row {
+                    g.node.push(node(&n.name, "Transpose", vec![input], &swapped, vec![ints("perm", &[0, 2, 1])]));
+                    g.node.push(node(&format!("{}.back", n.name), "Unsqueeze", vec![swapped, axis], &out, vec![]));
+                } else if in_shape.chw().1 == 1 && in_shape.chw().2 == 1 {
+                    let squeezed = format!("{out}.squeezed");
+                    g.node.push(node(&format!("{}.squeeze", n.name), "Squeeze", vec![input, axis], &squeezed, vec![]));
+                    g.node.push(node(&n.name, "Transpose", vec![squeezed], &out, vec![ints("perm", &[0, 2, 1])]));
+                    views[k + 1] = View::Row;
+                } else {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` (swap) of {in_shape}: export-onnx writes the swap of a pooled vector (C, 1, 1) and back",
+                        n.name
                     )));
                 }
             }
@@ -646,6 +769,18 @@ fn resize(
         string("nearest_mode", nearest),
     ]);
     Ok(node(name, "Resize", inputs, out, attrs))
+}
+
+/// How [`export`] writes a value other than as the IR's (N, C, H, W) or (N, F) tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum View {
+    Plain,
+    /// Efficient channel attention's swapped row (A, 1, B) as (N, A, B): what a 1-D conv
+    /// and the swap back read.
+    Row,
+    /// Global-context attention's softmax over the positions of a 1-channel map, as
+    /// (N, 1, H·W): what its attention pool reads.
+    PositionWeights,
 }
 
 /// Adds the layer's weight and bias initializers; returns the node's inputs.
