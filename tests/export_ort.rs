@@ -320,3 +320,52 @@ fn ops_export_and_read_back_as_themselves() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// What ONNX cannot say as cnnc has it is an error naming the node: a resampling whose
+/// scale is neither output/input nor a float32, a group norm without γ, a softmax over
+/// the positions read by something other than an attention pool.
+#[test]
+fn unwritable_nodes_are_errors_naming_them() {
+    let req =
+        GraphRequest { opts: Options { mode: Mode::Forward, std_cap: None }, analysis: Analysis::Map, branch_scale: 1.0, batch: None };
+    let export = |g: &cnnc::ir::Graph| {
+        let plan = cnnc::plan_graph(g, req).unwrap_or_else(|e| panic!("{e}"));
+        onnx::export(g, &plan, 0).map(|_| ()).unwrap_err().to_string()
+    };
+    let mut g = resamplings();
+    let Op::Resample(r) = &mut g.nodes[2].op else { panic!("node 2 resamples") };
+    r.scale = [0.8, 0.6];
+    let err = export(&g);
+    assert!(err.contains("node `r2` (resample): scale [0.8, 0.6] from (2,6,12) to (2,5,7)"), "{err}");
+
+    let mut g = normalizations_and_shuffles();
+    let Op::BatchNorm(bn) = &mut g.nodes[1].op else { panic!("node 1 normalizes") };
+    (bn.scale, bn.shift) = (String::new(), String::new());
+    let err = export(&g);
+    assert!(err.contains("node `n1` (group:2): export-onnx writes normalizations with γ"), "{err}");
+
+    let mut g = load_real("tests/data/onnx/attn/gc.ts.onnx");
+    let k = g.nodes.iter().position(|n| n.op == Op::SoftmaxPositions).unwrap();
+    let (c, h, w) = g.nodes[k].output.chw();
+    g.nodes.insert(
+        k + 1,
+        cnnc::ir::Node {
+            op: Op::Activation(cnnc::ir::Activation::Relu),
+            inputs: vec![cnnc::ir::ValueId(k + 1)],
+            output: cnnc::ir::Shape::Image { c, h, w },
+            name: "extra".into(),
+            params: None,
+            origin: cnnc::ir::Origin::OnnxNode("extra".into()),
+        },
+    );
+    // The nodes after it read values one later.
+    for n in &mut g.nodes[k + 2..] {
+        for v in &mut n.inputs {
+            if v.0 > k + 1 {
+                v.0 += 1;
+            }
+        }
+    }
+    let err = export(&g);
+    assert!(err.contains("node `extra` (activation) reads") && err.contains("only in the form an attention pool reads"), "{err}");
+}

@@ -906,6 +906,39 @@ fn the_probe_of_a_graph_measures_what_the_plan_predicts() {
     }
 }
 
+/// Attention and resampling nodes of shapes their definitions do not allow (a graph the
+/// plan of a well-formed one is given with) are errors naming the node, not panics.
+#[test]
+fn malformed_attention_and_resample_nodes_are_errors_naming_them() {
+    let good = attention_ops();
+    let plan = cnnc::plan_graph(&good, req(Mode::Forward)).unwrap();
+    let build = |g: &Graph| GraphModel::new(g, &plan, 0, &Device::Cpu, DType::F64).map(|_| ()).unwrap_err().to_string();
+    // 12 channels are not 5 groups of a radix of 2.
+    let mut g = good.clone();
+    g.nodes[2].op = Op::RadixSoftmax { radix: 2, groups: 5 };
+    let err = build(&g);
+    assert!(err.contains("node 2 `n2` (radix softmax)") && err.contains("a radix softmax of 2 × 5 groups over (12,1,1)"), "{err}");
+    // A swap of a value of height 4.
+    let mut g = good.clone();
+    g.nodes[8].inputs = vec![ValueId(1)];
+    let err = build(&g);
+    assert!(err.contains("node 8 `n8` (swap)") && err.contains("height 1"), "{err}");
+    // A resampling of a vector.
+    let mut g = good;
+    let r = ir::Resample { linear: true, transform: ir::CoordTransform::HalfPixel, nearest: ir::NearestMode::Floor, scale: [1.0, 1.0] };
+    let last = g.nodes.len() - 1;
+    g.nodes.push(Node {
+        op: Op::Resample(r),
+        inputs: vec![ValueId(last + 1)],
+        output: Shape::Image { c: 3, h: 1, w: 1 },
+        name: "up".into(),
+        params: None,
+        origin: Origin::OnnxNode("up".into()),
+    });
+    let err = build(&g);
+    assert!(err.contains("`up` (resample)") && err.contains("resamples images, not (3) → (3,1,1)"), "{err}");
+}
+
 /// A batch of the wrong shape, and BatchNorm in training with one value per channel, are
 /// errors naming what is wrong.
 #[test]

@@ -424,7 +424,7 @@ impl GraphModel {
                         return Err(node_err(
                             k,
                             n,
-                            format!("a radix softmax of {radix} × {groups} groups over {input}: it needs (C, 1, 1), C a multiple of both"),
+                            format!("a radix softmax of {radix} × {groups} groups over {input}: it needs (C, 1, 1), C a multiple of their product"),
                         ));
                     }
                     NodeOp::RadixSoftmax { radix: usize_of(*radix), groups: usize_of(*groups) }
