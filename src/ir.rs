@@ -684,17 +684,3 @@ pub fn pool_out_size(input: u64, kernel: u64, stride: u64, pad: Pad, ceil_mode: 
     }
     Some(out)
 }
-
-/// Why the candle model cannot run node `n` yet (ops the analyses plan but training does
-/// not have), or `None`: `nn::GraphModel::new` and `cnnc emit candle` refuse these alike.
-pub fn not_in_candle_model(n: &Node) -> Option<&'static str> {
-    match &n.op {
-        Op::Conv(_) if n.params.as_ref().is_some_and(|p| p.standardized.is_some()) => {
-            Some("a conv of a standardized weight is not in the candle model yet (the plan is; train it in PyTorch)")
-        }
-        Op::RadixSoftmax { .. } | Op::AddBroadcast | Op::SoftmaxPositions | Op::AttentionPool | Op::SwapChannelsWidth | Op::Resample(_) => {
-            Some("this op is not in the candle model yet (the plan is; train it in PyTorch)")
-        }
-        _ => None,
-    }
-}

@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use cnnc::analyze::{Analysis, Mode, Options};
-use cnnc::ir::{self, Activation, BatchNorm, Expr, Fn1, Graph, Node, Op, Origin, Pad, PoolKind, Shape, ValueId};
+use cnnc::ir::{self, Activation, BatchNorm, Expr, Fn1, Graph, Node, Op, Origin, Pad, ParamNames, PoolKind, Shape, Standardized, ValueId};
 use cnnc::nn::GraphModel;
 use cnnc::{GraphRequest, InputSize};
 
@@ -91,6 +91,24 @@ fn naive(g: &Graph, k: usize, inputs: &[Vec<f64>], params: &dyn Fn(&str) -> Vec<
             let wt = cnnc::unify::weight(n, in_shape);
             let gm = &wt.geometry;
             let wv = params(&wt.weight_param);
+            // A standardized weight: factor · gain_f · (v − mean)/√(biased var + ε) per filter f.
+            let wv = match n.params.as_ref().and_then(|p| p.standardized.as_ref()) {
+                None => wv,
+                Some(s) => {
+                    let per = wv.len() / gm.out_channels as usize;
+                    let factor = s.gain_param.as_ref().map_or(s.gain, |(_, init)| s.gain / init);
+                    let gain = s.gain_param.as_ref().map(|(name, _)| params(name));
+                    (0..wv.len())
+                        .map(|i| {
+                            let f = i / per;
+                            let filter = &wv[f * per..(f + 1) * per];
+                            let mean = filter.iter().sum::<f64>() / per as f64;
+                            let var = filter.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / per as f64;
+                            factor * gain.as_ref().map_or(1.0, |g| g[f]) * (wv[i] - mean) / (var + s.epsilon).sqrt()
+                        })
+                        .collect()
+                }
+            };
             let b = wt.bias_param.as_ref().map(|b| params(b));
             let per_kernel = gm.taps_per_kernel();
             (0..gm.m_out())
@@ -172,12 +190,61 @@ fn naive(g: &Graph, k: usize, inputs: &[Vec<f64>], params: &dyn Fn(&str) -> Vec<
             }
             out
         }
-        op @ (Op::RadixSoftmax { .. }
-        | Op::AddBroadcast
-        | Op::SoftmaxPositions
-        | Op::AttentionPool
-        | Op::SwapChannelsWidth
-        | Op::Resample(_)) => unreachable!("the candle model refuses `{}`", op.kind_name()),
+        Op::Resample(r) => {
+            // Output (y, x) = Σ over the taps of y along h and of x along w, as the IR
+            // defines them (`Resample::weights`, compared with torch's in tests/onnx.rs).
+            let (rows, cols) = (r.weights(0, h, oh), r.weights(1, w, ow));
+            let mut out = Vec::new();
+            for ch in 0..c as usize {
+                for row in &rows {
+                    for col in &cols {
+                        let mut v = 0.0;
+                        for &(iy, a) in row {
+                            for &(ix, b) in col {
+                                v += a * b * x[ch * (h * w) as usize + iy * w as usize + ix];
+                            }
+                        }
+                        out.push(v);
+                    }
+                }
+            }
+            out
+        }
+        Op::RadixSoftmax { radix, groups } => {
+            // Output (r, g, k) is the softmax at r of inputs (g, ·, k).
+            let (radix, groups) = (*radix as usize, *groups as usize);
+            let per = x.len() / (radix * groups);
+            let mut out = vec![0.0; x.len()];
+            for g in 0..groups {
+                for k in 0..per {
+                    let at = |r: usize| x[(g * radix + r) * per + k];
+                    let total: f64 = (0..radix).map(|r| at(r).exp()).sum();
+                    for r in 0..radix {
+                        out[(r * groups + g) * per + k] = at(r).exp() / total;
+                    }
+                }
+            }
+            out
+        }
+        Op::AddBroadcast => (0..x.len()).map(|i| x[i] + inputs[1][i / hw]).collect(),
+        Op::SoftmaxPositions => (0..x.len())
+            .map(|i| {
+                let ch = i / hw;
+                x[i].exp() / x[ch * hw..(ch + 1) * hw].iter().map(|v| v.exp()).sum::<f64>()
+            })
+            .collect(),
+        Op::AttentionPool => (0..c as usize).map(|ch| (0..hw).map(|p| inputs[1][p] * x[ch * hw + p]).sum()).collect(),
+        Op::SwapChannelsWidth => {
+            // Output channel b, position a = input channel a, position b.
+            let (a_len, b_len) = (c as usize, w as usize);
+            let mut out = vec![0.0; x.len()];
+            for a in 0..a_len {
+                for b in 0..b_len {
+                    out[b * a_len + a] = x[a * b_len + b];
+                }
+            }
+            out
+        }
         Op::BatchNorm(bn) => {
             let gamma = params(&bn.scale);
             let beta = if bn.shift.is_empty() { vec![0.0; gamma.len()] } else { params(&bn.shift) };
@@ -340,6 +407,166 @@ fn normalizations_match_the_naive_loop() {
         assert_eq!(bn.mode(), "scale");
     }
     check_nodes(&b.0, 3, 4);
+}
+
+/// Makes the conv that makes `v` one of a standardized weight (gain `gain`; with a
+/// per-filter gain parameter `{name}.gain` of initial value 1.3 where `param`).
+fn standardize(b: &mut Builder, v: ValueId, gain: f64, param: bool, epsilon: f64) {
+    let n = &mut b.0.nodes[v.0 - 1];
+    let name = n.name.clone();
+    let gain_param = param.then(|| (format!("{name}.gain"), 1.3));
+    n.params = Some(ParamNames {
+        weight: format!("{name}.weight"),
+        bias: Some(format!("{name}.bias")),
+        shape: None,
+        standardized: Some(Standardized { gain, gain_param, epsilon }),
+    });
+}
+
+/// Convs of standardized weights: without and with a per-filter gain parameter, grouped,
+/// one whose ReLU runs in it, one reading a vector.
+fn standardized_convs() -> Graph {
+    let mut b = Builder::new(Shape::Image { c: 4, h: 5, w: 4 });
+    let v = b.conv(ValueId(0), 6, 3, 1, [1, 1, 1, 1], 1);
+    standardize(&mut b, v, 1.0, false, 1e-10);
+    let v = b.unary(Op::Activation(Activation::Relu), v);
+    let v = b.conv(v, 4, 3, 2, [1, 0, 1, 1], 2);
+    standardize(&mut b, v, 1.7 / 27f64.sqrt(), true, 1e-6);
+    let v = b.unary(Op::Elementwise(Expr::Apply(Fn1::Act(Activation::Tanh), Box::new(Expr::X))), v);
+    let v = b.push(Op::GlobalPool(PoolKind::Avg), &[v], Shape::Image { c: 4, h: 1, w: 1 });
+    let v = b.conv(v, 3, 1, 1, [0; 4], 1);
+    standardize(&mut b, v, 0.8, true, 1e-4);
+    let v = b.push(Op::Flatten, &[v], Shape::Vector { n: 3 });
+    b.push(Op::Linear(ir::Linear { in_features: 3, out_features: 2, bias: true }), &[v], Shape::Vector { n: 2 });
+    b.0
+}
+
+#[test]
+fn standardized_convs_match_the_naive_loop() {
+    check_nodes(&standardized_convs(), 3, 5);
+}
+
+#[test]
+fn gradients_of_standardized_convs() {
+    check_gradients(&standardized_convs(), 3);
+}
+
+/// torch's exports of BiT's `StdConv2d` and NF-ResNets' `ScaledStdConv2d`
+/// (`tests/data/onnx/std`): the plan's gain parameter value, every node against the naive
+/// loop, the gradients against finite differences.
+#[test]
+fn torchs_standardized_convs_match_the_naive_loop() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (path, gains) in [("tests/data/onnx/std/std_conv.ts.onnx", 0), ("tests/data/onnx/std/scaled_std_conv.ts.onnx", 2)] {
+        let g = cnnc::load(&root.join(path), InputSize::Declared).unwrap_or_else(|e| panic!("{e}")).graph;
+        let std_nodes = g.nodes.iter().filter(|n| n.params.as_ref().is_some_and(|p| p.standardized.is_some())).count();
+        assert_eq!(std_nodes, 2, "{path}");
+        let plan = cnnc::plan_graph(&g, req(Mode::Forward)).unwrap();
+        let m = model_of(&g, 1);
+        let planned: Vec<(String, f64)> =
+            plan.layers.iter().filter_map(|l| l.standardized.as_ref()?.gain_param.as_ref()).map(|p| (p.name.clone(), p.value)).collect();
+        assert_eq!(planned.len(), gains, "{path}");
+        for (name, value) in planned {
+            let var = m.named_vars().into_iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{path}: no parameter {name}")).1;
+            assert!(flat(var.as_tensor()).iter().all(|&v| v == value), "{path}: {name} starts at the plan's {value}");
+        }
+        check_nodes(&g, 2, 3);
+        check_gradients(&g, 2);
+    }
+}
+
+/// The attention ops: split attention's radix softmax (two, of 3 and 2 groups), global-context
+/// attention's softmax over the positions, attention pool and broadcast add, efficient
+/// channel attention's swap of channels and width and back.
+fn attention_ops() -> Graph {
+    let mut b = Builder::new(Shape::Image { c: 3, h: 4, w: 3 });
+    let x = b.conv(ValueId(0), 12, 3, 1, [1, 1, 1, 1], 1);
+    let pooled = b.push(Op::GlobalPool(PoolKind::Avg), &[x], Shape::Image { c: 12, h: 1, w: 1 });
+    let r2 = b.unary(Op::RadixSoftmax { radix: 2, groups: 3 }, pooled);
+    let r3 = b.unary(Op::RadixSoftmax { radix: 2, groups: 2 }, r2);
+    let gated = b.push(Op::Mul, &[x, r3], Shape::Image { c: 12, h: 4, w: 3 });
+    let mask = b.conv(gated, 1, 1, 1, [0; 4], 1);
+    let weights = b.unary(Op::SoftmaxPositions, mask);
+    let context = b.push(Op::AttentionPool, &[gated, weights], Shape::Image { c: 12, h: 1, w: 1 });
+    let row = b.push(Op::SwapChannelsWidth, &[context], Shape::Image { c: 1, h: 1, w: 12 });
+    // A 1×3 conv across the channels, as efficient channel attention's.
+    let across = ir::Conv {
+        in_channels: 1,
+        out_channels: 1,
+        kernel: [1, 3],
+        stride: [1, 1],
+        pad: [Pad { begin: 0, end: 0 }, Pad { begin: 1, end: 1 }],
+        dilation: [1, 1],
+        groups: 1,
+        bias: false,
+    };
+    let row = b.push(Op::Conv(across), &[row], Shape::Image { c: 1, h: 1, w: 12 });
+    let column = b.push(Op::SwapChannelsWidth, &[row], Shape::Image { c: 12, h: 1, w: 1 });
+    let sum = b.push(Op::AddBroadcast, &[gated, column], Shape::Image { c: 12, h: 4, w: 3 });
+    let v = b.conv(sum, 2, 3, 2, [1, 1, 1, 1], 1);
+    let (_, h, w) = b.shape(v).chw();
+    let v = b.push(Op::Flatten, &[v], Shape::Vector { n: 2 * h * w });
+    b.push(Op::Linear(ir::Linear { in_features: 2 * h * w, out_features: 3, bias: true }), &[v], Shape::Vector { n: 3 });
+    b.0
+}
+
+#[test]
+fn attention_ops_match_the_naive_loop() {
+    check_nodes(&attention_ops(), 3, 6);
+}
+
+#[test]
+fn gradients_of_attention_ops() {
+    check_gradients(&attention_ops(), 2);
+}
+
+/// Resamplings to any size (ONNX `Resize`): linear and nearest, up and down, non-square,
+/// every coordinate transform and nearest rounding, a size of 1.
+fn resamplings() -> Graph {
+    use ir::{CoordTransform as T, NearestMode as R};
+    let mut b = Builder::new(Shape::Image { c: 2, h: 5, w: 4 });
+    let v = b.conv(ValueId(0), 3, 1, 1, [0; 4], 1);
+    let resample = |b: &mut Builder, x: ValueId, linear: bool, transform: T, nearest: R, out: [u64; 2]| {
+        let (c, h, w) = b.shape(x).chw();
+        let scale = [out[0] as f64 / h as f64, out[1] as f64 / w as f64];
+        b.push(Op::Resample(ir::Resample { linear, transform, nearest, scale }), &[x], Shape::Image { c, h: out[0], w: out[1] })
+    };
+    let a = resample(&mut b, v, true, T::HalfPixel, R::Floor, [7, 3]);
+    let a = resample(&mut b, a, true, T::AlignCorners, R::Floor, [4, 6]);
+    let a = resample(&mut b, a, true, T::PytorchHalfPixel, R::Floor, [1, 5]);
+    let a = resample(&mut b, a, false, T::Asymmetric, R::Floor, [3, 7]);
+    let a = resample(&mut b, a, false, T::HalfPixel, R::RoundPreferCeil, [5, 4]);
+    let a = resample(&mut b, a, false, T::TfHalfPixelForNn, R::Ceil, [2, 9]);
+    let a = resample(&mut b, a, false, T::AlignCorners, R::RoundPreferFloor, [6, 3]);
+    let a = resample(&mut b, a, true, T::Asymmetric, R::Floor, [4, 4]);
+    let a = b.conv(a, 2, 3, 1, [1, 1, 1, 1], 1);
+    let a = b.push(Op::GlobalPool(PoolKind::Avg), &[a], Shape::Image { c: 2, h: 1, w: 1 });
+    let a = b.push(Op::Flatten, &[a], Shape::Vector { n: 2 });
+    b.push(Op::Linear(ir::Linear { in_features: 2, out_features: 3, bias: true }), &[a], Shape::Vector { n: 3 });
+    b.0
+}
+
+#[test]
+fn resamplings_match_the_naive_loop() {
+    check_nodes(&resamplings(), 2, 9);
+}
+
+#[test]
+fn gradients_of_resamplings() {
+    check_gradients(&resamplings(), 2);
+}
+
+/// torch's exports of `F.interpolate` to 7×7 (bilinear, align_corners True and False) and
+/// then to 5×5 (nearest), `tests/data/onnx/resize`: every node against the naive loop.
+#[test]
+fn torchs_resizes_match_the_naive_loop() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for path in ["tests/data/onnx/resize/resize.ts.onnx", "tests/data/onnx/resize/resize.dynamo.onnx"] {
+        let g = cnnc::load(&root.join(path), InputSize::Declared).unwrap_or_else(|e| panic!("{e}")).graph;
+        assert_eq!(g.nodes.iter().filter(|n| matches!(n.op, Op::Resample(_))).count(), 3, "{path}");
+        check_nodes(&g, 2, 3);
+        check_gradients(&g, 2);
+    }
 }
 
 /// Every function of the importer's element-wise expressions, and arithmetic with constants.
@@ -679,6 +906,39 @@ fn the_probe_of_a_graph_measures_what_the_plan_predicts() {
     }
 }
 
+/// Attention and resampling nodes of shapes their definitions do not allow (a graph the
+/// plan of a well-formed one is given with) are errors naming the node, not panics.
+#[test]
+fn malformed_attention_and_resample_nodes_are_errors_naming_them() {
+    let good = attention_ops();
+    let plan = cnnc::plan_graph(&good, req(Mode::Forward)).unwrap();
+    let build = |g: &Graph| GraphModel::new(g, &plan, 0, &Device::Cpu, DType::F64).map(|_| ()).unwrap_err().to_string();
+    // 12 channels are not 5 groups of a radix of 2.
+    let mut g = good.clone();
+    g.nodes[2].op = Op::RadixSoftmax { radix: 2, groups: 5 };
+    let err = build(&g);
+    assert!(err.contains("node 2 `n2` (radix softmax)") && err.contains("a radix softmax of 2 × 5 groups over (12,1,1)"), "{err}");
+    // A swap of a value of height 4.
+    let mut g = good.clone();
+    g.nodes[8].inputs = vec![ValueId(1)];
+    let err = build(&g);
+    assert!(err.contains("node 8 `n8` (swap)") && err.contains("height 1"), "{err}");
+    // A resampling of a vector.
+    let mut g = good;
+    let r = ir::Resample { linear: true, transform: ir::CoordTransform::HalfPixel, nearest: ir::NearestMode::Floor, scale: [1.0, 1.0] };
+    let last = g.nodes.len() - 1;
+    g.nodes.push(Node {
+        op: Op::Resample(r),
+        inputs: vec![ValueId(last + 1)],
+        output: Shape::Image { c: 3, h: 1, w: 1 },
+        name: "up".into(),
+        params: None,
+        origin: Origin::OnnxNode("up".into()),
+    });
+    let err = build(&g);
+    assert!(err.contains("`up` (resample)") && err.contains("resamples images, not (3) → (3,1,1)"), "{err}");
+}
+
 /// A batch of the wrong shape, and BatchNorm in training with one value per channel, are
 /// errors naming what is wrong.
 #[test]
@@ -738,18 +998,25 @@ fn the_cli_trains_and_probes_a_graph() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// Ops the analyses plan but the candle model does not run yet (efficient channel
-/// attention's swap of a pooled vector, a standardized weight) are refused at build time,
-/// naming the node, not mis-run.
+/// torch's exports of efficient channel, global-context and split attention
+/// (`tests/data/onnx/attn`, both exporters): every node against the naive loop, the
+/// gradients against finite differences.
 #[test]
-fn ops_the_candle_model_lacks_are_refused_by_name() {
-    for (path, what) in [
-        ("tests/data/onnx/attn/eca.ts.onnx", "this op is not in the candle model"),
-        ("tests/data/onnx/std/std_conv.ts.onnx", "standardized weight"),
-    ] {
-        let source = cnnc::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path), InputSize::Declared).unwrap();
-        let plan = source.plan(req(Mode::Forward)).unwrap();
-        let err = GraphModel::new(&source.graph, &plan, 0, &Device::Cpu, DType::F32).unwrap_err().to_string();
-        assert!(err.contains(what) && err.contains("node"), "{path}: {err}");
+fn torchs_attention_blocks_match_the_naive_loop() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["eca", "gc", "split"] {
+        for exporter in ["ts", "dynamo"] {
+            let path = format!("tests/data/onnx/attn/{name}.{exporter}.onnx");
+            let g = cnnc::load(&root.join(&path), InputSize::Declared).unwrap_or_else(|e| panic!("{e}")).graph;
+            let attention = g.nodes.iter().filter(|n| {
+                matches!(
+                    n.op,
+                    Op::RadixSoftmax { .. } | Op::AddBroadcast | Op::SoftmaxPositions | Op::AttentionPool | Op::SwapChannelsWidth
+                )
+            });
+            assert!(attention.count() > 0, "{path}");
+            check_nodes(&g, 2, 3);
+            check_gradients(&g, 2);
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! The candle model of any graph cnnc plans: residual additions, concatenations,
-//! BatchNorm, gates, slices, shuffles, element-wise functions, resizes.
+//! BatchNorm, gates, slices, shuffles, element-wise functions, resizes and resamplings
+//! to any size, convs of standardized weights, and the attention ops (split attention's
+//! radix softmax, global-context attention's softmax over the positions, attention pool
+//! and broadcast add, efficient channel attention's swap of channels and width).
 //!
 //! In: a graph [`Graph`] (the IR of either front end) and a [`Plan`] for it (the std of
 //! every weight node, the BatchNorm scales of `batch_norms`). Out: a [`GraphModel`]: one
@@ -70,6 +73,8 @@ enum NodeOp {
         /// The weight's shape as the op reads it, where it is stored in another
         /// (a channels-last Linear as a 1×1 conv): then no gradient hand-over.
         reshaped: Option<[usize; 4]>,
+        /// The weight is standardized per filter before use: then no gradient hand-over.
+        standardized: Option<Box<StdWeight>>,
         /// ReLU applied in the op (its reader, a ReLU node, then passes the value on).
         relu: bool,
     },
@@ -101,6 +106,14 @@ enum NodeOp {
     },
     Resize(Resize),
     Norm(Box<Norm>),
+    RadixSoftmax {
+        radix: usize,
+        groups: usize,
+    },
+    AddBroadcast,
+    SoftmaxPositions,
+    AttentionPool,
+    SwapChannelsWidth,
 }
 
 /// One node of the graph, runnable.
@@ -121,6 +134,35 @@ impl GraphNode {
             _ => None,
         }
     }
+}
+
+/// How a conv of a standardized weight computes the weight it uses from the stored one
+/// (see [`standardize_weight`]).
+#[derive(Clone, Debug)]
+struct StdWeight {
+    epsilon: f64,
+    /// The constant factor: the network's gain over the gain parameter's initial value.
+    factor: f64,
+    /// The per-filter gain parameter (C_out, 1, 1, 1), where the network has one.
+    gain: Option<Param>,
+}
+
+/// A conv weight standardized per filter (weight standardization, [`ir::Standardized`]):
+/// `factor · gain_f · (v − mean(v)) / √(var(v) + ε)` for each filter f of the stored
+/// weight `v` (C_out, C_in/g, k_h, k_w), the mean and the biased variance over the
+/// filter's elements, `gain` (C_out, 1, 1, 1) the per-filter gain parameter where there
+/// is one. Candle operations: the gradient reaches `v` and `gain` through them.
+pub fn standardize_weight(v: &Tensor, epsilon: f64, factor: f64, gain: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let o = v.dim(0)?;
+    let flat = v.reshape((o, ()))?;
+    let centred = flat.broadcast_sub(&flat.mean_keepdim(1)?)?;
+    let var = centred.sqr()?.mean_keepdim(1)?;
+    let w = centred.broadcast_div(&var.affine(1.0, epsilon)?.sqrt()?)?.affine(factor, 0.0)?;
+    let w = match gain {
+        Some(g) => w.broadcast_mul(&g.reshape((o, 1))?)?,
+        None => w,
+    };
+    w.reshape(v.dims())
 }
 
 /// A graph ready to run.
@@ -180,8 +222,11 @@ pub fn channel_shuffle(x: &Tensor, groups: usize) -> candle_core::Result<Tensor>
     x.reshape((n, groups, c / groups, h, w))?.transpose(1, 2)?.contiguous()?.reshape((n, c, h, w))
 }
 
-/// Upsampling by an integer factor per axis as `y = A_h · x · A_wᵀ` per channel: nearest
-/// or linear (half-pixel), PyTorch's `Upsample` and ONNX's `Resize`.
+/// A separable resampling as `y = A_h · x · A_wᵀ` per channel: upsampling by an integer
+/// factor per axis (nearest or linear half-pixel, PyTorch's `Upsample` and ONNX's
+/// `Resize`), or any [`ir::Resample`] (ONNX `Resize` to any size, torch's
+/// `F.interpolate`), whose matrices hold [`ir::Resample::weights`]. Its backward is
+/// candle's of the two matrix products: `A_hᵀ · g · A_w`.
 #[derive(Clone, Debug)]
 pub struct Resize {
     rows: Tensor,
@@ -197,9 +242,60 @@ impl Resize {
         Ok(Resize { rows, cols_t })
     }
 
+    /// The resampling `r` of (N, C, `input`) inputs to (N, C, `output`) ([h, w] each).
+    pub fn resample(r: &ir::Resample, input: [usize; 2], output: [usize; 2], device: &Device, dtype: DType) -> candle_core::Result<Resize> {
+        let matrix = |axis: usize| -> candle_core::Result<Tensor> {
+            let (i, o) = (input[axis], output[axis]);
+            let mut a = vec![0.0; o * i];
+            for (row, taps) in r.weights(axis, i as u64, o as u64).into_iter().enumerate() {
+                for (at, weight) in taps {
+                    a[row * i + at] += weight;
+                }
+            }
+            Tensor::from_vec(a, (o, i), device)?.to_dtype(dtype)
+        };
+        Ok(Resize { rows: matrix(0)?, cols_t: matrix(1)?.t()?.contiguous()? })
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.rows.broadcast_matmul(&x.contiguous()?.broadcast_matmul(&self.cols_t)?)
     }
+}
+
+/// The softmax along `dim`: exp(x − max) / Σ exp(x − max), the max a constant (the
+/// softmax does not change with it, so no gradient goes through it).
+fn softmax(x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+    let e = x.broadcast_sub(&x.max_keepdim(dim)?.detach())?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(dim)?)
+}
+
+/// Split attention's softmax across the radix (ResNeSt's rSoftMax, [`Op::RadixSoftmax`]) of
+/// (N, C, 1, 1), C = groups · radix · n: viewed (N, groups, radix, n), transposed to
+/// (N, radix, groups, n), a softmax over the radix, back to (N, C, 1, 1).
+pub fn radix_softmax(x: &Tensor, radix: usize, groups: usize) -> candle_core::Result<Tensor> {
+    let (n, c) = (x.dim(0)?, x.elem_count() / x.dim(0)?.max(1));
+    let viewed = x.reshape((n, groups, radix, c / (groups * radix)))?.transpose(1, 2)?;
+    softmax(&viewed, 1)?.contiguous()?.reshape(x.dims())
+}
+
+/// A softmax over the positions of each channel of each sample of (N, C, H, W)
+/// ([`Op::SoftmaxPositions`]).
+pub fn softmax_positions(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    softmax(&x.reshape((n, c, h * w))?, 2)?.reshape((n, c, h, w))
+}
+
+/// The attention pool of x (N, C, H, W) with weights a (N, 1, H, W) ([`Op::AttentionPool`]):
+/// (N, C, 1, 1), Σ_p a_p x_c,p.
+pub fn attention_pool(x: &Tensor, a: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h * w))?.matmul(&a.reshape((n, h * w, 1))?)?.reshape((n, c, 1, 1))
+}
+
+/// The per-sample transpose of (N, A, 1, B) to (N, B, 1, A) ([`Op::SwapChannelsWidth`]).
+pub fn swap_channels_width(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, a, _, b) = x.dims4()?;
+    x.reshape((n, a, b))?.transpose(1, 2)?.contiguous()?.reshape((n, b, 1, a))
 }
 
 /// Zeros between the positions along `dim` (2 or 3) of an (N, C, H, W) tensor.
@@ -322,14 +418,25 @@ impl GraphModel {
             }
             let input = graph.shape(n.inputs[0]);
             let op = match &n.op {
-                _ if ir::not_in_candle_model(n).is_some() => return Err(node_err(k, n, ir::not_in_candle_model(n).expect("checked"))),
-                Op::RadixSoftmax { .. }
-                | Op::AddBroadcast
-                | Op::SoftmaxPositions
-                | Op::AttentionPool
-                | Op::SwapChannelsWidth
-                | Op::Resample(_) => {
-                    unreachable!("`not_in_candle_model` refuses these")
+                Op::RadixSoftmax { radix, groups } => {
+                    let c = input.numel();
+                    if input.chw().1 * input.chw().2 != 1 || *radix == 0 || *groups == 0 || !c.is_multiple_of(radix * groups) {
+                        return Err(node_err(
+                            k,
+                            n,
+                            format!("a radix softmax of {radix} × {groups} groups over {input}: it needs (C, 1, 1), C a multiple of their product"),
+                        ));
+                    }
+                    NodeOp::RadixSoftmax { radix: usize_of(*radix), groups: usize_of(*groups) }
+                }
+                Op::AddBroadcast => NodeOp::AddBroadcast,
+                Op::SoftmaxPositions => NodeOp::SoftmaxPositions,
+                Op::AttentionPool => NodeOp::AttentionPool,
+                Op::SwapChannelsWidth => {
+                    if input.chw().1 != 1 {
+                        return Err(node_err(k, n, format!("swaps the channels and the width of a value of height 1, not {input}")));
+                    }
+                    NodeOp::SwapChannelsWidth
                 }
                 Op::Conv(_) | Op::Linear(_) => {
                     let w = crate::unify::weight(n, input);
@@ -361,15 +468,43 @@ impl GraphModel {
                     match &n.op {
                         Op::Conv(c) => {
                             let own = [c.out_channels, c.in_channels / c.groups, c.kernel[0], c.kernel[1]].map(usize_of);
-                            let p = c.pad;
+                            let pd = c.pad;
                             let fuse = matches!(graph.nodes.get(k + 1), Some(next)
                                 if next.op == Op::Activation(Activation::Relu) && next.inputs == [ValueId(k + 1)])
                                 && readers[k + 1] == 1;
+                            let standardized = match n.params.as_ref().and_then(|p| p.standardized.as_ref()) {
+                                None => None,
+                                Some(s) => {
+                                    let planned = p.standardized.as_ref().and_then(|i| i.gain_param.as_ref());
+                                    let gain = match (&s.gain_param, planned) {
+                                        (None, _) => None,
+                                        (Some((name, _)), Some(g)) if g.name == *name => Some(Param {
+                                            name: name.clone(),
+                                            var: Var::from_tensor(&(Tensor::ones((own[0], 1, 1, 1), dtype, device)? * g.value)?)?,
+                                        }),
+                                        (Some((name, _)), _) => {
+                                            return Err(NnError::PlanMismatch(format!(
+                                                "node {k} (`{}`): the plan has no value of the gain `{name}`",
+                                                n.name
+                                            )))
+                                        }
+                                    };
+                                    let factor = match &s.gain_param {
+                                        Some((_, init)) => s.gain / init,
+                                        None => s.gain,
+                                    };
+                                    if !factor.is_finite() {
+                                        return Err(node_err(k, n, format!("the standardized weight's gain {factor} is not finite")));
+                                    }
+                                    Some(Box::new(StdWeight { epsilon: s.epsilon, factor, gain }))
+                                }
+                            };
                             NodeOp::Conv {
+                                standardized,
                                 spec: ConvSpec {
                                     stride: c.stride.map(usize_of),
                                     dilation: c.dilation.map(usize_of),
-                                    pad: [p[0].begin, p[1].begin, p[0].end, p[1].end].map(usize_of),
+                                    pad: [pd[0].begin, pd[1].begin, pd[0].end, pd[1].end].map(usize_of),
                                     groups: usize_of(c.groups),
                                 },
                                 weight,
@@ -416,6 +551,13 @@ impl GraphModel {
                 Op::Resize { scale, linear } => {
                     let (_, h, w) = input.chw();
                     NodeOp::Resize(Resize::new(usize_of(h), usize_of(w), scale.map(usize_of), *linear, device, dtype)?)
+                }
+                Op::Resample(r) => {
+                    let (Shape::Image { h, w, .. }, Shape::Image { h: oh, w: ow, .. }) = (input, n.output) else {
+                        return Err(node_err(k, n, format!("resamples images, not {input} → {}", n.output)));
+                    };
+                    let (input, output) = ([h, w].map(usize_of), [oh, ow].map(usize_of));
+                    NodeOp::Resize(Resize::resample(r, input, output, device, dtype)?)
                 }
                 Op::BatchNorm(bn) => {
                     let affine: Vec<usize> = bn.affine.iter().map(|&d| usize_of(d)).collect();
@@ -506,7 +648,10 @@ impl GraphModel {
         let mut out = Vec::new();
         for n in &self.nodes {
             let params: Vec<&Param> = match &n.op {
-                NodeOp::Conv { weight, bias, .. } | NodeOp::Linear { weight, bias } => std::iter::once(weight).chain(bias).collect(),
+                NodeOp::Conv { weight, bias, standardized, .. } => {
+                    std::iter::once(weight).chain(bias).chain(standardized.iter().flat_map(|s| &s.gain)).collect()
+                }
+                NodeOp::Linear { weight, bias } => std::iter::once(weight).chain(bias).collect(),
                 NodeOp::Norm(norm) => norm.gamma.iter().chain(&norm.beta).collect(),
                 _ => Vec::new(),
             };
@@ -581,15 +726,22 @@ impl GraphModel {
         let x = inputs[0];
         let out = batch_shape(n, node.output);
         Ok(match &node.op {
-            NodeOp::Conv { spec, weight, bias, reshaped, relu } => {
+            NodeOp::Conv { spec, weight, bias, reshaped, standardized, relu } => {
                 let x = if x.rank() == 4 { x.clone() } else { x.reshape((n, (), 1, 1))? };
                 let b = bias.as_ref().map(|b| b.var.as_tensor());
                 let cpu_ours = self.kernels == Kernels::Cnnc;
-                let u = match reshaped {
-                    None if cpu_ours => spec.apply_with_sink(&x, weight.var.as_tensor(), b, *relu, &self.sink)?,
-                    None => spec.apply_candle(&x, weight.var.as_tensor(), b)?,
-                    Some(shape) => {
-                        let w = weight.var.as_tensor().reshape(shape.to_vec())?;
+                let u = match (reshaped, standardized) {
+                    (None, None) if cpu_ours => spec.apply_with_sink(&x, weight.var.as_tensor(), b, *relu, &self.sink)?,
+                    (None, None) => spec.apply_candle(&x, weight.var.as_tensor(), b)?,
+                    (shape, standardized) => {
+                        let w = match shape {
+                            Some(shape) => weight.var.as_tensor().reshape(shape.to_vec())?,
+                            None => weight.var.as_tensor().clone(),
+                        };
+                        let w = match standardized {
+                            Some(s) => standardize_weight(&w, s.epsilon, s.factor, s.gain.as_ref().map(|g| g.var.as_tensor()))?,
+                            None => w,
+                        };
                         let u = if cpu_ours { spec.apply(&x, &w, b)? } else { spec.apply_candle(&x, &w, b)? };
                         if *relu {
                             crate::nn::relu::relu(&u)?
@@ -633,6 +785,11 @@ impl GraphModel {
             NodeOp::Shuffle { groups } => channel_shuffle(x, *groups)?,
             NodeOp::Dilate { stride } => dilate(x, *stride)?,
             NodeOp::Resize(r) => r.forward(x)?,
+            NodeOp::RadixSoftmax { radix, groups } => radix_softmax(x, *radix, *groups)?,
+            NodeOp::AddBroadcast => x.broadcast_add(inputs[1])?,
+            NodeOp::SoftmaxPositions => softmax_positions(x)?,
+            NodeOp::AttentionPool => attention_pool(x, inputs[1])?,
+            NodeOp::SwapChannelsWidth => swap_channels_width(x)?,
             NodeOp::Norm(norm) => normalize_relu(
                 &norm.spec,
                 x,
@@ -847,6 +1004,32 @@ impl Normalization {
     /// The running statistics (checkpoint buffers), by `state_dict` name.
     pub fn buffers(&self) -> Vec<(String, Var)> {
         self.running.iter().flat_map(|(m, v)| [(m.name.clone(), m.var.clone()), (v.name.clone(), v.var.clone())]).collect()
+    }
+}
+
+/// A conv's weight standardization on its own, as a generated crate holds one (`cnnc emit
+/// candle`): what [`GraphModel`] computes a standardized conv's weight with
+/// ([`standardize_weight`]), its gain parameter asked for under the same name and value.
+#[derive(Clone, Debug)]
+pub struct WeightStandardization {
+    pub epsilon: f64,
+    /// The constant factor: the network's gain over the gain parameter's initial value.
+    pub factor: f64,
+    /// The per-filter gain parameter (C_out, 1, 1, 1), where the network has one.
+    pub gain: Option<Tensor>,
+}
+
+impl WeightStandardization {
+    /// Asks `vb` for the gain parameter `(name, C_out, value)` (`Init::Const(value)`), where
+    /// there is one, as [`GraphModel::new`] sets it.
+    pub fn new(vb: &candle_nn::VarBuilder, epsilon: f64, factor: f64, gain: Option<(&str, usize, f64)>) -> candle_core::Result<Self> {
+        let gain = gain.map(|(name, c, value)| vb.get_with_hints((c, 1, 1, 1), name, candle_nn::Init::Const(value))).transpose()?;
+        Ok(WeightStandardization { epsilon, factor, gain })
+    }
+
+    /// The weight a conv uses, from the stored one.
+    pub fn weight(&self, v: &Tensor) -> candle_core::Result<Tensor> {
+        standardize_weight(v, self.epsilon, self.factor, self.gain.as_ref())
     }
 }
 

@@ -3,10 +3,27 @@
 //! [`export`] writes opset 13 (IR version 7): Conv, Gemm (transB = 1, PyTorch's
 //! `[out, in]` layout), Relu, LeakyRelu, Tanh, Sigmoid, MaxPool, AveragePool,
 //! GlobalAveragePool, GlobalMaxPool, Flatten (axis 1); for graphs also Add (Sum of more
-//! than two), Concat, Mul, Slice (a channel slice), Clip (ReLU6) and
-//! BatchNormalization (γ the plan's, β, running mean 0 and variance 1; a training-mode
-//! one with `training_mode = 1` and its two running-statistics outputs, opset 15). The
-//! batch axis is symbolic (`N`).
+//! than two), Concat, Mul, Slice (a channel slice; consecutive slices of one name that
+//! cut a value into parts, a Split), Clip (ReLU6), ReduceMean/ReduceMax (keepdims 0: a
+//! global pooling and its flatten under one name), a channel shuffle as torch writes it
+//! (Reshape to (N, g, C/g, H, W), Transpose [0, 2, 1, 3, 4], Reshape back), Resize
+//! (nearest by whole factors as asymmetric/floor, and any [`ir::Resample`] with its
+//! coordinate transform and rounding: float32 `scales`, or `sizes` of `axes` [2, 3],
+//! opset 18), BatchNormalization (γ the plan's, β, running mean 0 and variance 1; a
+//! training-mode one with `training_mode = 1` and its two running-statistics outputs,
+//! opset 15), InstanceNormalization, LayerNormalization (opset 17: over (C, H, W), or
+//! over the channels of a channels-last view between two Transposes) and
+//! GroupNormalization (opset 21, γ and β per channel), each in the form the importer
+//! reads back as the same node; the attention ops as torch writes them: split attention's
+//! radix softmax (Reshape, Transpose, Softmax, Reshape), global-context attention's
+//! softmax over the positions (Reshape to (N, 1, H·W), Softmax) and attention pool
+//! (Unsqueeze, MatMul, Reshape), its broadcast Add, efficient channel attention's swap
+//! (Squeeze, Transpose; a 1-D Conv across the row; Transpose, Unsqueeze). A conv of a
+//! standardized weight is written as TorchScript writes one (see [`standardize`]): its
+//! gain parameter at the plan's value, so the export's plan gives `network_gain` = the
+//! plan's gain. The batch axis is symbolic (`N`). Not written (an error naming the
+//! node): dilations (a transposed conv's zeros), element-wise functions other than
+//! ReLU6.
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
 //! Box–Muller, seeded), one stream over the layers in order; biases are zero.
 //!
@@ -124,6 +141,25 @@ fn float(name: &str, v: f32) -> AttributeProto {
     AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(v), ..Default::default() }
 }
 
+fn int64s(name: &str, v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(Bytes::from(v.as_bytes().to_vec())),
+        ..Default::default()
+    }
+}
+
 fn node(name: &str, op: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
     NodeProto {
         name: Some(name.into()),
@@ -179,21 +215,71 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     let mut g = GraphProto { name: Some(graph.name.clone()), input: vec![value_info("input", graph.input)], ..Default::default() };
     // ONNX name of each IR value: value 0 is "input".
     let mut names: Vec<String> = vec!["input".into()];
+    // Nodes before this one are written by a `Split` of earlier nodes.
+    let mut split_until = 0;
+    let mut readers = vec![0usize; graph.nodes.len() + 1];
+    for v in graph.nodes.iter().flat_map(|n| &n.inputs) {
+        readers[v.0] += 1;
+    }
+    // How each value is written where it is not an (N, C, H, W) or (N, F) tensor.
+    let mut views = vec![View::Plain; graph.nodes.len() + 1];
     for (k, n) in graph.nodes.iter().enumerate() {
+        // The views only the attention ops' ONNX forms read.
+        for (i, v) in n.inputs.iter().enumerate() {
+            let ok = match views[v.0] {
+                View::Plain => true,
+                View::Row => matches!(n.op, Op::Conv(_) | Op::SwapChannelsWidth),
+                View::PositionWeights => n.op == Op::AttentionPool && i == 1,
+            };
+            if !ok {
+                return Err(OnnxError::Model(format!(
+                    "node `{}` ({}) reads `{}`, which export-onnx writes only in the form {} reads",
+                    n.name,
+                    n.op.kind_name(),
+                    names[v.0],
+                    if views[v.0] == View::Row { "a 1-D conv or a swap back" } else { "an attention pool" }
+                )));
+            }
+        }
         let mut input = names[n.inputs.first().map_or(0, |v| v.0)].clone();
         let out = if k + 1 == graph.nodes.len() { "output".to_string() } else { format!("v{}", k + 1) };
         let in_shape = graph.shape(n.inputs.first().copied().unwrap_or(ir::ValueId(0)));
         match &n.op {
             Op::Conv(c) => {
                 let l = layers.next().expect("counted above");
-                let inputs = params(&mut g, &mut rng, l, input)?;
-                let attrs = vec![
-                    ints("kernel_shape", &c.kernel),
-                    ints("strides", &c.stride),
-                    ints("pads", &pads(&c.pad)),
-                    ints("dilations", &c.dilation),
-                    int("group", c.groups as i64),
-                ];
+                let mut inputs = params(&mut g, &mut rng, l, input)?;
+                if let Some(st) = n.params.as_ref().and_then(|p| p.standardized.as_ref()) {
+                    inputs[1] = standardize(&mut g, l, st, c.out_channels)?;
+                }
+                // A conv across the channels of efficient channel attention's row (a 3-D
+                // (N, 1, C) value, its weight [out, in, k]) is a 1-D conv.
+                let one_d = views[n.inputs[0].0] == View::Row;
+                if one_d != (l.weight.shape.len() == 3) {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` (conv): a weight of shape {:?} on {}: export-onnx writes 1-D convs (3-D weights) across a swapped row only",
+                        n.name,
+                        l.weight.shape,
+                        if one_d { "a swapped row" } else { "an image" }
+                    )));
+                }
+                let attrs = if one_d {
+                    views[k + 1] = View::Row;
+                    vec![
+                        ints("kernel_shape", &c.kernel[1..]),
+                        ints("strides", &c.stride[1..]),
+                        ints("pads", &[c.pad[1].begin, c.pad[1].end]),
+                        ints("dilations", &c.dilation[1..]),
+                        int("group", c.groups as i64),
+                    ]
+                } else {
+                    vec![
+                        ints("kernel_shape", &c.kernel),
+                        ints("strides", &c.stride),
+                        ints("pads", &pads(&c.pad)),
+                        ints("dilations", &c.dilation),
+                        int("group", c.groups as i64),
+                    ]
+                };
                 g.node.push(node(&n.name, "Conv", inputs, &out, attrs));
             }
             Op::Linear(_) => {
@@ -239,6 +325,19 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 let op = if *kind == PoolKind::Max { "GlobalMaxPool" } else { "GlobalAveragePool" };
                 g.node.push(node(&n.name, op, vec![input], &out, vec![]));
             }
+            // A global pooling and the flatten of it under one name are one ONNX reduction
+            // (`ReduceMean` with keepdims 0, as the importer read them): two nodes would
+            // share the name.
+            Op::Flatten if k > 0 && n.inputs == [ir::ValueId(k)] && readers[k] == 1 && graph.nodes[k - 1].name == n.name => {
+                let pool = g.node.last_mut().expect("the pooling before it");
+                let op = if graph.nodes[k - 1].op == Op::GlobalPool(PoolKind::Max) { "ReduceMax" } else { "ReduceMean" };
+                if !matches!(graph.nodes[k - 1].op, Op::GlobalPool(_)) {
+                    return Err(OnnxError::Model(format!("node `{}` and the node before it share their name", n.name)));
+                }
+                pool.op_type = Some(op.into());
+                pool.attribute = vec![ints("axes", &[2, 3]), int("keepdims", 0)];
+                pool.output = vec![out.clone()];
+            }
             Op::Flatten => g.node.push(node(&n.name, "Flatten", vec![input], &out, vec![int("axis", 1)])),
             Op::Add => {
                 let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
@@ -252,6 +351,23 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
             Op::Mul => {
                 let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
                 g.node.push(node(&n.name, "Mul", inputs, &out, vec![]));
+            }
+            // Written by the `Split` of the slice before it.
+            Op::ChannelSlice { .. } if k < split_until => {}
+            // Consecutive slices under one name that cut their input into parts, in
+            // order, are one ONNX `Split` (as the importer read them): two nodes would
+            // share the name.
+            Op::ChannelSlice { start: 0, .. } if split_parts(graph, k).is_some() => {
+                let parts = split_parts(graph, k).expect("checked");
+                let sizes = format!("v{}.split", k + 1);
+                g.initializer.push(int64s(&sizes, &parts.iter().map(|&p| p as i64).collect::<Vec<_>>()));
+                let outputs: Vec<String> = (k..k + parts.len())
+                    .map(|j| if j + 1 == graph.nodes.len() { "output".to_string() } else { format!("v{}", j + 1) })
+                    .collect();
+                let mut split = node(&n.name, "Split", vec![input, sizes], &out, vec![int("axis", 1)]);
+                split.output = outputs;
+                g.node.push(split);
+                split_until = k + parts.len();
             }
             Op::ChannelSlice { start, end } => {
                 let int64 = |name: String, v: i64| TensorProto {
@@ -274,6 +390,183 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 }
                 other => return Err(OnnxError::Model(format!("node `{}`: the element-wise function {other} is not written yet", n.name))),
             },
+            Op::Resize { scale, linear } => {
+                // Whole factors: nearest as each input's own block (asymmetric, floor: the
+                // form the importer reads back as this op), linear as PyTorch's
+                // `align_corners=False` (half-pixel).
+                let (transform, nearest) = if *linear {
+                    (ir::CoordTransform::HalfPixel, ir::NearestMode::Floor)
+                } else {
+                    (ir::CoordTransform::Asymmetric, ir::NearestMode::Floor)
+                };
+                let r = ir::Resample { linear: *linear, transform, nearest, scale: scale.map(|s| s as f64) };
+                let node = resize(&mut g, &mut opset, k, &n.name, input, &r, [in_shape, n.output], &out)?;
+                g.node.push(node);
+            }
+            Op::Shuffle { groups } => {
+                // torch's form: (N, g, C/g, H, W), the two group axes swapped, and back.
+                let (c, h, w) = in_shape.chw();
+                let (g5, g5t, s5, s4) =
+                    (format!("{out}.grouped"), format!("{out}.swapped"), format!("{out}.shape5"), format!("{out}.shape4"));
+                let (gi, ci, hi, wi) = (*groups as i64, c as i64, h as i64, w as i64);
+                g.initializer.extend([int64s(&s5, &[-1, gi, ci / gi, hi, wi]), int64s(&s4, &[-1, ci, hi, wi])]);
+                g.node.push(node(&format!("{}.view", n.name), "Reshape", vec![input, s5], &g5, vec![]));
+                g.node.push(node(&format!("{}.swap", n.name), "Transpose", vec![g5], &g5t, vec![ints("perm", &[0, 2, 1, 3, 4])]));
+                g.node.push(node(&n.name, "Reshape", vec![g5t, s4], &out, vec![]));
+            }
+            Op::BatchNorm(bn) if bn.groups.is_some() => {
+                let module = bn.module(&n.name);
+                let c = bn.channels;
+                if bn.scale.is_empty() {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` ({}): export-onnx writes normalizations with γ (ONNX's group, instance and layer norms take a scale)",
+                        n.name,
+                        bn.mode()
+                    )));
+                }
+                let value =
+                    *scales.get(bn.scale.as_str()).ok_or_else(|| OnnxError::Model(format!("the plan has no scale `{}`", bn.scale)))?;
+                let numel_affine = numel(&bn.affine)?;
+                g.initializer.push(tensor(&bn.scale, &bn.affine, DataType::Float, constant(numel_affine, value, DataType::Float)));
+                let mut inputs = vec![input.clone(), bn.scale.clone()];
+                if !bn.shift.is_empty() {
+                    g.initializer.push(tensor(&bn.shift, &bn.affine, DataType::Float, zeros(numel_affine, DataType::Float)));
+                    inputs.push(bn.shift.clone());
+                }
+                let eps = float("epsilon", bn.epsilon as f32);
+                let groups = bn.groups.expect("matched");
+                let (_, h, w) = in_shape.chw();
+                let needs_shift = |what: &str| {
+                    if bn.shift.is_empty() {
+                        Err(OnnxError::Model(format!(
+                            "node `{}` ({what}): export-onnx writes it with β (ONNX's {what} takes a bias)",
+                            n.name
+                        )))
+                    } else {
+                        Ok(())
+                    }
+                };
+                if bn.per_position {
+                    // ConvNeXt's: a LayerNorm over the channels of a channels-last view.
+                    let (last, normed) = (format!("{out}.channels_last"), format!("{out}.normed"));
+                    opset = opset.max(17);
+                    inputs[0] = last.clone();
+                    g.node.push(node(
+                        &format!("{module}.to_channels_last"),
+                        "Transpose",
+                        vec![input],
+                        &last,
+                        vec![ints("perm", &[0, 2, 3, 1])],
+                    ));
+                    g.node.push(node(&n.name, "LayerNormalization", inputs, &normed, vec![int("axis", -1), eps]));
+                    g.node.push(node(
+                        &format!("{module}.to_channels_first"),
+                        "Transpose",
+                        vec![normed],
+                        &out,
+                        vec![ints("perm", &[0, 3, 1, 2])],
+                    ));
+                } else if groups == 1 && bn.affine == [c, h, w] {
+                    opset = opset.max(17);
+                    g.node.push(node(&n.name, "LayerNormalization", inputs, &out, vec![int("axis", 1), eps]));
+                } else if groups == c && c > 1 && bn.affine == [c] {
+                    needs_shift("InstanceNormalization")?;
+                    g.node.push(node(&n.name, "InstanceNormalization", inputs, &out, vec![eps]));
+                } else if bn.affine == [c] {
+                    // Opset 21's GroupNormalization: γ and β per channel.
+                    needs_shift("GroupNormalization")?;
+                    opset = opset.max(21);
+                    g.node.push(node(&n.name, "GroupNormalization", inputs, &out, vec![int("num_groups", groups as i64), eps]));
+                } else {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` ({}): export-onnx does not write γ and β of shape {:?} for it",
+                        n.name,
+                        bn.mode(),
+                        bn.affine
+                    )));
+                }
+            }
+            Op::RadixSoftmax { radix, groups } => {
+                // Split attention's rSoftMax as torch writes it: (N, groups, radix, −1),
+                // the two middle axes swapped, a Softmax over the radix, back to (N, C, 1, 1).
+                let [view, swapped, soft, shape4] = ["view", "swapped", "softmax", "shape4"].map(|s| format!("{out}.{s}"));
+                let view_shape = format!("{out}.view_shape");
+                g.initializer.extend([int64s(&view_shape, &[0, *groups as i64, *radix as i64, -1]), int64s(&shape4, &[0, -1, 1, 1])]);
+                g.node.push(node(&format!("{}.view", n.name), "Reshape", vec![input, view_shape], &view, vec![]));
+                g.node.push(node(&format!("{}.swap", n.name), "Transpose", vec![view], &swapped, vec![ints("perm", &[0, 2, 1, 3])]));
+                g.node.push(node(&n.name, "Softmax", vec![swapped], &soft, vec![int("axis", 1)]));
+                g.node.push(node(&format!("{}.back", n.name), "Reshape", vec![soft, shape4], &out, vec![]));
+            }
+            Op::AddBroadcast => {
+                let inputs: Vec<String> = n.inputs.iter().map(|v| names[v.0].clone()).collect();
+                g.node.push(node(&n.name, "Add", inputs, &out, vec![]));
+            }
+            Op::SoftmaxPositions => {
+                // Global-context attention's mask (N, 1, H·W), a Softmax over the positions:
+                // what its attention pool reads.
+                if in_shape.chw().0 != 1 {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` (softmax over the positions) of {in_shape}: export-onnx writes it of a 1-channel mask",
+                        n.name
+                    )));
+                }
+                let (flat, shape) = (format!("{out}.flat"), format!("{out}.shape"));
+                g.initializer.push(int64s(&shape, &[0, 1, -1]));
+                g.node.push(node(&format!("{}.view", n.name), "Reshape", vec![input, shape], &flat, vec![]));
+                g.node.push(node(&n.name, "Softmax", vec![flat], &out, vec![int("axis", 2)]));
+                views[k + 1] = View::PositionWeights;
+            }
+            Op::AttentionPool => {
+                // x viewed (N, 1, C, H·W) times the weights as a column (N, 1, H·W, 1),
+                // back to (N, C, 1, 1).
+                let c = in_shape.chw().0 as i64;
+                if views[n.inputs[1].0] != View::PositionWeights {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` (attention pool): export-onnx writes it with weights from a softmax over the positions",
+                        n.name
+                    )));
+                }
+                let [flat, values, column, pooled] = ["flat", "values", "column", "pooled"].map(|s| format!("{out}.{s}"));
+                let [flat_shape, one, last, shape4] = ["flat_shape", "axis1", "axis_last", "shape4"].map(|s| format!("{out}.{s}"));
+                g.initializer.extend([
+                    int64s(&flat_shape, &[0, c, -1]),
+                    int64s(&one, &[1]),
+                    int64s(&last, &[-1]),
+                    int64s(&shape4, &[0, c, 1, 1]),
+                ]);
+                let weights = names[n.inputs[1].0].clone();
+                g.node.push(node(&format!("{}.view", n.name), "Reshape", vec![input, flat_shape], &flat, vec![]));
+                g.node.push(node(&format!("{}.values", n.name), "Unsqueeze", vec![flat, one], &values, vec![]));
+                g.node.push(node(&format!("{}.column", n.name), "Unsqueeze", vec![weights, last], &column, vec![]));
+                g.node.push(node(&n.name, "MatMul", vec![values, column], &pooled, vec![]));
+                g.node.push(node(&format!("{}.back", n.name), "Reshape", vec![pooled, shape4], &out, vec![]));
+            }
+            Op::SwapChannelsWidth => {
+                // Efficient channel attention's pooled vector (N, C, 1, 1) squeezed to
+                // (N, C, 1) and transposed to a row (N, 1, C); a row transposed and
+                // unsqueezed back.
+                let swapped = format!("{out}.swapped");
+                let axis = format!("{out}.axis");
+                g.initializer.push(int64s(&axis, &[3]));
+                if views[n.inputs[0].0] == View::Row {
+                    g.node.push(node(&n.name, "Transpose", vec![input], &swapped, vec![ints("perm", &[0, 2, 1])]));
+                    g.node.push(node(&format!("{}.back", n.name), "Unsqueeze", vec![swapped, axis], &out, vec![]));
+                } else if in_shape.chw().1 == 1 && in_shape.chw().2 == 1 {
+                    let squeezed = format!("{out}.squeezed");
+                    g.node.push(node(&format!("{}.squeeze", n.name), "Squeeze", vec![input, axis], &squeezed, vec![]));
+                    g.node.push(node(&n.name, "Transpose", vec![squeezed], &out, vec![ints("perm", &[0, 2, 1])]));
+                    views[k + 1] = View::Row;
+                } else {
+                    return Err(OnnxError::Model(format!(
+                        "node `{}` (swap) of {in_shape}: export-onnx writes the swap of a pooled vector (C, 1, 1) and back",
+                        n.name
+                    )));
+                }
+            }
+            Op::Resample(r) => {
+                let node = resize(&mut g, &mut opset, k, &n.name, input, r, [in_shape, n.output], &out)?;
+                g.node.push(node);
+            }
             Op::BatchNorm(bn) if bn.groups.is_none() && !bn.per_position => {
                 let c = bn.channels;
                 let module = bn.scale.strip_suffix(".weight").map_or_else(|| n.name.clone(), str::to_string);
@@ -317,10 +610,18 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
         }
         names.push(out);
     }
+    if opset >= 18 {
+        axes_as_inputs(&mut g);
+    }
     let last = graph.nodes.last().map_or(graph.input, |n| n.output);
     g.output = vec![value_info(names.last().expect("value 0 exists"), last)];
     Ok(ModelProto {
-        ir_version: Some(IR_VERSION),
+        // The IR version each opset needs past 13: 18 → 8, 21 → 10.
+        ir_version: Some(match opset {
+            21.. => 10,
+            18.. => 8,
+            _ => IR_VERSION,
+        }),
         opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
         producer_name: Some("cnnc".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -328,6 +629,158 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
         graph: Some(g),
         ..Default::default()
     })
+}
+
+/// Writes the standardization of the weight of `l` (drawn already) as the TorchScript
+/// exporter writes BiT's and NF-ResNets' convs: ReduceMean over the filter, Sub, Mul,
+/// ReduceMean, Add ε, Sqrt, Div; then the per-filter gain parameter, at the plan's value
+/// (so that the network applies the plan's gain), and the constant factor. Returns the
+/// name of the weight the conv reads.
+fn standardize(g: &mut GraphProto, l: &PlanLayer, st: &ir::Standardized, filters: u64) -> Result<String, OnnxError> {
+    let v = l.weight.name.clone();
+    let at = |step: &str| format!("{v}.{step}");
+    let scalar = |name: String, x: f64| tensor(&name, &[], DataType::Float, Bytes::from((x as f32).to_le_bytes().to_vec()));
+    let mean = vec![ints("axes", &[1, 2, 3]), int("keepdims", 1)];
+    g.initializer.push(scalar(at("epsilon"), st.epsilon));
+    g.node.extend([
+        node(&at("mean"), "ReduceMean", vec![v.clone()], &at("mean"), mean.clone()),
+        node(&at("centered"), "Sub", vec![v.clone(), at("mean")], &at("centered"), vec![]),
+        node(&at("square"), "Mul", vec![at("centered"), at("centered")], &at("square"), vec![]),
+        node(&at("var"), "ReduceMean", vec![at("square")], &at("var"), mean),
+        node(&at("var_eps"), "Add", vec![at("var"), at("epsilon")], &at("var_eps"), vec![]),
+        node(&at("std"), "Sqrt", vec![at("var_eps")], &at("std"), vec![]),
+        node(&at("standardized"), "Div", vec![at("centered"), at("std")], &at("standardized"), vec![]),
+    ]);
+    let mut w = at("standardized");
+    let factor = match &st.gain_param {
+        Some((name, init)) => {
+            let planned = l.standardized.as_ref().and_then(|i| i.gain_param.as_ref()).filter(|p| p.name == *name);
+            let value = planned.ok_or_else(|| OnnxError::Model(format!("the plan has no value of the gain `{name}`")))?.value;
+            let n = numel(&[filters])?;
+            g.initializer.push(tensor(name, &[filters, 1, 1, 1], DataType::Float, constant(n, value, DataType::Float)));
+            g.node.push(node(&at("gained"), "Mul", vec![w, name.clone()], &at("gained"), vec![]));
+            w = at("gained");
+            st.gain / init
+        }
+        None => st.gain,
+    };
+    if factor != 1.0 {
+        g.initializer.push(scalar(at("factor"), factor));
+        g.node.push(node(&at("scaled"), "Mul", vec![w, at("factor")], &at("scaled"), vec![]));
+        w = at("scaled");
+    }
+    Ok(w)
+}
+
+/// Opset 18 takes a reduction's axes as an input, not an attribute: rewrites the
+/// reductions of `g` so.
+fn axes_as_inputs(g: &mut GraphProto) {
+    let mut extra = Vec::new();
+    for n in g.node.iter_mut().filter(|n| matches!(n.op_type(), "ReduceMean" | "ReduceMax")) {
+        let Some(k) = n.attribute.iter().position(|a| a.name() == "axes") else { continue };
+        let axes = n.attribute.remove(k);
+        let name = format!("{}.axes", n.output[0]);
+        extra.push(int64s(&name, &axes.ints));
+        n.input.push(name);
+    }
+    g.initializer.extend(extra);
+}
+
+/// The channels of each part where nodes `k…` are two or more channel slices of one
+/// value under one name that cut all its channels, in order (`Split`'s outputs).
+fn split_parts(graph: &ir::Graph, k: usize) -> Option<Vec<u64>> {
+    let first = &graph.nodes[k];
+    let channels = graph.shape(*first.inputs.first()?).chw().0;
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for n in &graph.nodes[k..] {
+        match n.op {
+            Op::ChannelSlice { start, end } if start == at && n.name == first.name && n.inputs == first.inputs => {
+                parts.push(end - start);
+                at = end;
+            }
+            _ => break,
+        }
+        if at == channels {
+            break;
+        }
+    }
+    (at == channels && parts.len() > 1).then_some(parts)
+}
+
+/// An ONNX `Resize` of `r` from `shapes[0]` to `shapes[1]`, its `scales` or `sizes`
+/// initializer added to `g`: `scales` (opset 13) where the scale is a float32 (as the
+/// importer read it) that gives the output size, else `sizes` of the spatial `axes`
+/// (opset 18: the batch size is symbolic) where the scale is output/input (ONNX's scale
+/// then); the coordinate transform and the nearest rounding written out.
+#[allow(clippy::too_many_arguments)]
+fn resize(
+    g: &mut GraphProto,
+    opset: &mut i64,
+    k: usize,
+    name: &str,
+    input: String,
+    r: &ir::Resample,
+    shapes: [Shape; 2],
+    out: &str,
+) -> Result<NodeProto, OnnxError> {
+    let ((_, h, w), (_, oh, ow)) = (shapes[0].chw(), shapes[1].chw());
+    let at = format!("v{}", k + 1);
+    let gives = |i: u64, s: f64, o: u64| s as f32 as f64 == s && (i as f64 * s).floor() == o as f64;
+    // X, roi (none), then `scales`, or none and `sizes`.
+    let mut attrs = Vec::new();
+    let inputs = if gives(h, r.scale[0], oh) && gives(w, r.scale[1], ow) {
+        let bytes: Vec<u8> = [1.0, 1.0, r.scale[0], r.scale[1]].iter().flat_map(|&s| (s as f32).to_le_bytes()).collect();
+        g.initializer.push(tensor(&format!("{at}.scales"), &[4], DataType::Float, Bytes::from(bytes)));
+        vec![input, String::new(), format!("{at}.scales")]
+    } else if r.scale == [oh as f64 / h as f64, ow as f64 / w as f64] {
+        g.initializer.push(TensorProto {
+            name: Some(format!("{at}.sizes")),
+            dims: vec![2],
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: vec![oh as i64, ow as i64],
+            ..Default::default()
+        });
+        attrs.push(ints("axes", &[2, 3]));
+        *opset = (*opset).max(18);
+        vec![input, String::new(), String::new(), format!("{at}.sizes")]
+    } else {
+        return Err(OnnxError::Model(format!(
+            "node `{name}` (resample): scale {:?} from {} to {} is neither output/input nor a float32 that gives the output size, which ONNX `Resize` cannot write",
+            r.scale, shapes[0], shapes[1]
+        )));
+    };
+    let transform = match r.transform {
+        ir::CoordTransform::HalfPixel => "half_pixel",
+        ir::CoordTransform::PytorchHalfPixel => "pytorch_half_pixel",
+        ir::CoordTransform::AlignCorners => "align_corners",
+        ir::CoordTransform::Asymmetric => "asymmetric",
+        ir::CoordTransform::TfHalfPixelForNn => "tf_half_pixel_for_nn",
+    };
+    let nearest = match r.nearest {
+        ir::NearestMode::RoundPreferFloor => "round_prefer_floor",
+        ir::NearestMode::RoundPreferCeil => "round_prefer_ceil",
+        ir::NearestMode::Floor => "floor",
+        ir::NearestMode::Ceil => "ceil",
+    };
+    attrs.extend([
+        string("mode", if r.linear { "linear" } else { "nearest" }),
+        string("coordinate_transformation_mode", transform),
+        string("nearest_mode", nearest),
+    ]);
+    Ok(node(name, "Resize", inputs, out, attrs))
+}
+
+/// How [`export`] writes a value other than as the IR's (N, C, H, W) or (N, F) tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum View {
+    Plain,
+    /// Efficient channel attention's swapped row (A, 1, B) as (N, A, B): what a 1-D conv
+    /// and the swap back read.
+    Row,
+    /// Global-context attention's softmax over the positions of a 1-channel map, as
+    /// (N, 1, H·W): what its attention pool reads.
+    PositionWeights,
 }
 
 /// Adds the layer's weight and bias initializers; returns the node's inputs.

@@ -1,10 +1,11 @@
 //! The candle generator for graphs: any network `cnnc::nn::GraphModel` runs (residual
 //! additions, concatenations, BatchNorm, gates, slices, shuffles, element-wise
-//! functions, resizes) → a crate whose `src/model.rs` writes the graph out.
+//! functions, resizes and resamplings to any size) → a crate whose `src/model.rs`
+//! writes the graph out.
 //!
 //! In: the graph IR, its plan (`cnnc-plan/2`, or a chain's), the `.cnn` text. Out: the
 //! four files of [`super::generate`], the model a struct with one field per weight
-//! layer, normalization, pooling and resize (named after its module: `layer1_0_conv1`
+//! layer, normalization, pooling, resize and resampling (named after its module: `layer1_0_conv1`
 //! for `layer1.0.conv1`), `new(vb)` asking for every parameter in node order (each
 //! weight with `Init::Randn` and the plan's σ, biases and β `Init::Const(0)`, γ
 //! `Init::Const` of the plan's scale), so that a `SeededVarMap` draws `GraphModel`'s
@@ -13,10 +14,10 @@
 //! `cnnc::nn` building blocks, so the two agree bit for bit (the generated tests check it
 //! in training and evaluation mode, gradients included).
 //!
-//! Invariants: deterministic and rustfmt-clean output; what `GraphModel` refuses (a conv
-//! of a standardized weight, attention and resampling ops) or the generator cannot write
-//! (a weight stored in another shape than the conv reads) is an error naming every such
-//! node, never a crate that differs from cnnc's model.
+//! Invariants: deterministic and rustfmt-clean output; what `GraphModel` refuses or the
+//! generator cannot write (a weight stored in another shape than the conv reads, and
+//! standardized) is an error naming every such node, never a crate that differs from
+//! cnnc's model.
 
 use super::MAIN_TEMPLATE;
 use super::{dims, fill, lit, raw_lit, valid_package_name, CandleOptions, BIG_MODEL_PARAMETERS};
@@ -245,6 +246,8 @@ struct Uses {
     conv_relu: bool,
     /// A conv of a weight stored in another shape.
     conv_reshaped: bool,
+    /// A conv of a standardized weight.
+    standardized: bool,
     linear: bool,
     pool: bool,
     norm: bool,
@@ -254,6 +257,8 @@ struct Uses {
     activation: bool,
     shuffle: bool,
     dilate: bool,
+    /// The attention ops' functions of `cnnc::nn::graph` it calls.
+    attention: std::collections::BTreeSet<&'static str>,
     n: bool,
 }
 
@@ -316,6 +321,36 @@ fn field_call(y: &str, f: &str, call: &str, then: &str) -> String {
     s + ";\n"
 }
 
+/// The array literal of `items` as string literals after `head` (at the start of a line,
+/// the whole ending `;`), laid out as rustfmt lays it out: on one line where it fits
+/// (within `array_width`), else packed several a line where every literal is short
+/// (`short_array_element_width_threshold`, 10), else one a line.
+fn string_array(head: &str, items: &[String]) -> String {
+    let lits: Vec<String> = items.iter().map(|i| lit(i)).collect();
+    let one = format!("[{}]", lits.join(", "));
+    if one.len() <= ARRAY_WIDTH && head.len() + one.len() < MAX_WIDTH {
+        return one;
+    }
+    if lits.iter().all(|l| l.len() <= 10) {
+        let mut s = String::from("[\n");
+        let mut line = String::new();
+        for l in &lits {
+            if !line.is_empty() && 4 + line.len() + 1 + l.len() + 1 > MAX_WIDTH {
+                let _ = writeln!(s, "    {line}");
+                line.clear();
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(l);
+            line.push(',');
+        }
+        let _ = writeln!(s, "    {line}");
+        return s + "]";
+    }
+    array(&lits.iter().map(|l| format!("    {l},\n")).collect::<String>())
+}
+
 /// An array literal of the given entries (each its own lines), `[]` for none.
 fn array(entries: &str) -> String {
     if entries.is_empty() {
@@ -375,6 +410,8 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
     let mut layers = String::new(); // LAYERS entries
     let mut norms = String::new(); // BATCH_NORMS entries
     let (mut n_layers, mut n_norms) = (0usize, 0usize);
+    let mut resamples = String::new(); // RESAMPLES entries
+    let mut n_resamples = 0usize;
     let mut params: Vec<String> = Vec::new();
     let mut buffers: Vec<String> = Vec::new();
     let mut parameters: u64 = 0;
@@ -410,16 +447,24 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
             }
         };
         match &n.op {
-            _ if crate::ir::not_in_candle_model(n).is_some() => {
-                errors.push(node_msg(k, n, crate::ir::not_in_candle_model(n).expect("checked")))
+            Op::RadixSoftmax { radix, groups } => {
+                uses.attention.insert("radix_softmax");
+                let _ = writeln!(body, "        let {y} = radix_softmax(&{}, {radix}, {groups})?;", x(0));
             }
-            Op::RadixSoftmax { .. }
-            | Op::AddBroadcast
-            | Op::SoftmaxPositions
-            | Op::AttentionPool
-            | Op::SwapChannelsWidth
-            | Op::Resample(_) => {
-                unreachable!("`not_in_candle_model` refuses these")
+            Op::AddBroadcast => {
+                let _ = writeln!(body, "        let {y} = {}.broadcast_add(&{})?;", x(0), x(1));
+            }
+            Op::SoftmaxPositions => {
+                uses.attention.insert("softmax_positions");
+                let _ = writeln!(body, "        let {y} = softmax_positions(&{})?;", x(0));
+            }
+            Op::AttentionPool => {
+                uses.attention.insert("attention_pool");
+                let _ = writeln!(body, "        let {y} = attention_pool(&{}, &{})?;", x(0), x(1));
+            }
+            Op::SwapChannelsWidth => {
+                uses.attention.insert("swap_channels_width");
+                let _ = writeln!(body, "        let {y} = swap_channels_width(&{})?;", x(0));
             }
             Op::Conv(_) | Op::Linear(_) => {
                 let wt = crate::unify::weight(n, input);
@@ -461,6 +506,11 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
                         // A weight stored in another shape than the op reads (a channels-last
                         // linear layer as a 1×1 conv): reshaped, no gradient hand-over.
                         let reshaped = wt.weight_shape != own;
+                        let standardized = n.params.as_ref().and_then(|p| p.standardized.as_ref());
+                        if reshaped && standardized.is_some() {
+                            errors.push(node_msg(k, n, "a standardized weight stored in another shape than the conv reads"));
+                            continue;
+                        }
                         let pd = cv.pad;
                         let relu = matches!(graph.nodes.get(k + 1), Some(next)
                             if next.op == Op::Activation(Activation::Relu) && next.inputs == [ValueId(k + 1)])
@@ -489,7 +539,33 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
                         let arg = if arg.starts_with('&') { arg } else { format!("&{arg}") };
                         let (_, oh, ow) = n.output.chw();
                         let out = reshape_out([cv.out_channels, oh, ow], &mut uses);
-                        if reshaped {
+                        if let Some(st) = standardized {
+                            uses.standardized = true;
+                            let g = ident(&format!("{f}_std"), &format!("std{k}"), &mut taken);
+                            let (factor, gain) = match &st.gain_param {
+                                None => (st.gain, "None".to_string()),
+                                Some((name, init)) => {
+                                    let Some(v) = p.standardized.as_ref().and_then(|i| i.gain_param.as_ref()).filter(|g| g.name == *name)
+                                    else {
+                                        return Err(EmitError::PlanMismatch(format!(
+                                            "node {k} (`{}`): the plan has no value of the gain `{name}`",
+                                            n.name
+                                        )));
+                                    };
+                                    params.push(name.clone());
+                                    (st.gain / init, format!("Some(({}, {}, {}))", lit(name), cv.out_channels, flit(v.value)))
+                                }
+                            };
+                            let _ = writeln!(
+                                fields,
+                                "    /// `{}`: the conv's weight standardization.\n    pub {g}: WeightStandardization,",
+                                n.name
+                            );
+                            let args = ["&vb".to_string(), flit(st.epsilon), flit(factor), gain];
+                            inits.push_str(&call(12, &format!("{g}: WeightStandardization::new("), &args, ")?,"));
+                            let args = [format!("&self.{f}"), format!("&self.{g}"), arg, relu.to_string()];
+                            body.push_str(&call(8, &format!("let {y} = conv_standardized("), &args, &format!(")?{out};")));
+                        } else if reshaped {
                             uses.conv_reshaped = true;
                             let args = [format!("&self.{f}"), arg, format!("{own:?}"), relu.to_string()];
                             body.push_str(&call(8, &format!("let {y} = conv_reshaped("), &args, &format!(")?{out};")));
@@ -587,6 +663,40 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
                     n.output
                 );
                 let _ = writeln!(inits, "            {f}: Resize::new({ih}, {iw}, {scale:?}, {linear}, vb.device(), vb.dtype())?,");
+                body.push_str(&field_call(&y, &f, &format!("forward(&{})?", x(0)), ""));
+            }
+            Op::Resample(r) => {
+                let (Shape::Image { h: ih, w: iw, .. }, Shape::Image { h: oh, w: ow, .. }) = (input, n.output) else {
+                    errors.push(node_msg(k, n, &format!("resamples images, not {input} → {}", n.output)));
+                    continue;
+                };
+                uses.resize = true;
+                let f = ident(&n.name, &format!("resample{k}"), &mut taken);
+                let _ = writeln!(
+                    fields,
+                    "    /// `{}`: {} resampling → {}.\n    pub {f}: Resize,",
+                    n.name,
+                    if r.linear { "linear" } else { "nearest" },
+                    n.output
+                );
+                let _ = write!(
+                    resamples,
+                    "    Resample {{\n        linear: {},\n        transform: CoordTransform::{:?},\n        nearest: NearestMode::{:?},\n        scale: [{}, {}],\n    }},\n",
+                    r.linear,
+                    r.transform,
+                    r.nearest,
+                    flit(r.scale[0]),
+                    flit(r.scale[1])
+                );
+                let args = [
+                    format!("&RESAMPLES[{n_resamples}]"),
+                    format!("[{ih}, {iw}]"),
+                    format!("[{oh}, {ow}]"),
+                    "vb.device()".to_string(),
+                    "vb.dtype()".to_string(),
+                ];
+                n_resamples += 1;
+                inits.push_str(&call(12, &format!("{f}: Resize::resample("), &args, ")?,"));
                 body.push_str(&field_call(&y, &f, &format!("forward(&{})?", x(0)), ""));
             }
             Op::BatchNorm(bn) => {
@@ -700,6 +810,9 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
     if uses.norm {
         ir_items.push("BatchNorm");
     }
+    if n_resamples > 0 {
+        ir_items.extend(["CoordTransform", "NearestMode", "Resample"]);
+    }
     if !ir_items.is_empty() {
         ir_items.sort();
         let list = if ir_items.len() == 1 { ir_items[0].to_string() } else { format!("{{{}}}", ir_items.join(", ")) };
@@ -722,6 +835,12 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
     if uses.resize {
         g_items.push("Resize");
     }
+    if uses.standardized {
+        g_items.push("WeightStandardization");
+    }
+    g_items.extend(uses.attention.iter().copied());
+    // rustfmt's order: functions, then types, each alphabetical.
+    g_items.sort_by_key(|i| (i.starts_with(|c: char| c.is_ascii_uppercase()), *i));
     if !g_items.is_empty() {
         let list = if g_items.len() == 1 { g_items[0].to_string() } else { format!("{{{}}}", g_items.join(", ")) };
         let _ = writeln!(s, "use cnnc::nn::graph::{list};");
@@ -779,6 +898,7 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
          /// The normalizations, in node order.\n\
          pub const BATCH_NORMS: [PlanNorm; {n_norms}] = {norms};\n\
          \n\
+         {resample_const}\
          /// The parameters in node order (weight, bias; γ, β), as cnnc's model lists them.\n\
          pub const PARAMETERS: [&str; {n_params}] = {param_list};\n\
          \n\
@@ -795,9 +915,18 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
         },
         mode = lit(&plan.mode),
         n_params = params.len(),
-        param_list = array(&params.iter().map(|p| format!("    {},\n", lit(p))).collect::<String>()),
+        param_list = string_array(&format!("pub const PARAMETERS: [&str; {}] = ", params.len()), &params),
         layers = array(&layers),
         norms = array(&norms),
+        resample_const = if n_resamples == 0 {
+            String::new()
+        } else {
+            format!(
+                "/// The resamplings (`cnnc::ir::Resample`: ONNX `Resize` to any size), in node order.\n\
+                 pub const RESAMPLES: [Resample; {n_resamples}] = {};\n\n",
+                array(&resamples)
+            )
+        },
         name = graph.name,
     );
     let n_line = if uses.n { "        let n = xs.dim(0)?;\n" } else { "" };
@@ -886,6 +1015,17 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
              /// of its only reader after it, as `GraphModel` runs it.\n\
              fn conv_reshaped(c: &Conv2d, x: &Tensor, shape: [usize; 4], relu: bool) -> Result<Tensor> {\n    \
              let w = c.weight.reshape(shape.to_vec())?;\n    \
+             let u = c.spec.apply(x, &w, c.bias.as_ref())?;\n    \
+             if relu {\n        cnnc::nn::relu::relu(&u)\n    } else {\n        Ok(u)\n    }\n}\n\n",
+        );
+    }
+    if uses.standardized {
+        s.push_str(
+            "/// A conv of a standardized weight: the weight it uses computed from the stored one\n\
+             /// (`cnnc::nn::graph::standardize_weight`), its gradient through candle's autograd,\n\
+             /// the ReLU of its only reader after it, as `GraphModel` runs it.\n\
+             fn conv_standardized(\n    c: &Conv2d,\n    s: &WeightStandardization,\n    x: &Tensor,\n    relu: bool,\n) -> Result<Tensor> {\n    \
+             let w = s.weight(&c.weight)?;\n    \
              let u = c.spec.apply(x, &w, c.bias.as_ref())?;\n    \
              if relu {\n        cnnc::nn::relu::relu(&u)\n    } else {\n        Ok(u)\n    }\n}\n\n",
         );
