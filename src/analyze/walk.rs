@@ -127,7 +127,7 @@ pub(super) struct Stream {
 const STREAM_PER_SIGMA: f64 = 5.0;
 /// At most this many cells above 0: past it, pairs of cells merge (h doubles). The joint
 /// law's step costs the cube of it.
-const STREAM_MAX_CELLS: usize = 80;
+const STREAM_MAX_CELLS: usize = 120;
 /// Mass below which the top cells are dropped.
 const TAIL: f64 = 1e-13;
 
