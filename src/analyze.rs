@@ -16,10 +16,10 @@
 
 pub mod budget;
 mod corr;
-mod walk;
 pub mod graph;
 mod graph_map;
 pub mod map;
+mod walk;
 
 use crate::ir::{Activation, PoolKind};
 use crate::quad::{integrate, integrate_width};

@@ -1511,7 +1511,9 @@ fn sum_channel_moments(cx: &Cx<'_>, stats: &[Option<Stat>], k: usize, fun: Func<
     Some(
         (0..sa.mean.len())
             .map(|ch| {
-                if dir == Direction::Backward && (sa.offset[ch] != 0.0 || sc.offset[ch] != 0.0) {
+                // With offsets only for piecewise-linear f (closed forms inside; a smooth f
+                // costs a quadrature per node of the offsets' and takes the Gaussian).
+                if (dir == Direction::Backward || fun.slope().is_none()) && (sa.offset[ch] != 0.0 || sc.offset[ch] != 0.0) {
                     return None;
                 }
                 let key = [sa.mean[ch], sa.second[ch], sc.mean[ch], sc.second[ch]].map(f64::to_bits);
@@ -1525,8 +1527,10 @@ fn sum_channel_moments(cx: &Cx<'_>, stats: &[Option<Stat>], k: usize, fun: Func<
 }
 
 /// Per channel of node `k`'s output, where it is f of a residual stream plus a branch
-/// ([`rectified_sum`]) and either carries an offset: the offset ([`sum_offset`]).
+/// ([`rectified_sum`]), f piecewise linear, and either carries an offset: the offset
+/// ([`sum_offset`]).
 fn sum_channel_offsets(cx: &Cx<'_>, stats: &[Option<Stat>], k: usize, fun: Func<'_>) -> Option<Vec<Option<f64>>> {
+    fun.slope()?;
     let (g, a, c) = rectified_sum(cx.g, cx.g.nodes[k].inputs[0])?;
     let (sa, sc) = (cx.input_stat(stats, a), cx.input_stat(stats, c));
     let mut memo: HashMap<[u64; 6], f64> = HashMap::new();
@@ -1538,7 +1542,11 @@ fn sum_channel_offsets(cx: &Cx<'_>, stats: &[Option<Stat>], k: usize, fun: Func<
                     return None;
                 }
                 let key = [ma, sa.second[ch], oa, mc, sc.second[ch], oc].map(f64::to_bits);
-                Some(*memo.entry(key).or_insert_with(|| sum_offset(fun, ma, sa.second[ch] - ma * ma, oa, g, mc, sc.second[ch] - mc * mc, oc)))
+                Some(
+                    *memo
+                        .entry(key)
+                        .or_insert_with(|| sum_offset(fun, ma, sa.second[ch] - ma * ma, oa, g, mc, sc.second[ch] - mc * mc, oc)),
+                )
             })
             .collect(),
     )

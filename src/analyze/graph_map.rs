@@ -466,9 +466,11 @@ impl MapPasses {
     fn elementwise_of_sum(&mut self, cx: &Cx<'_>, k: usize, f: Func<'_>) -> Option<((Val, Val), bool)> {
         let (g, a, c) = super::graph::rectified_sum(cx.g, cx.g.nodes[k].inputs[0])?;
         let shared = self.shared[a.0].iter().chain(&self.shared[c.0]).any(|&v| v != 0.0);
-        if shared && self.chains.as_ref().and_then(|ch| ch.at(k)).is_some_and(|(_, i)| i > 0) {
+        if shared && (f.slope().is_none() || self.chains.as_ref().and_then(|ch| ch.at(k)).is_some_and(|(_, i)| i > 0)) {
             // A stage's stream: the walk sets its moments and open fraction
-            // ([`MapPasses::stream_fwd`]); the Gaussian per position gives their shape.
+            // ([`MapPasses::stream_fwd`]); the Gaussian per position gives their shape. A
+            // smooth f with offsets: the Gaussian (the sum's quadrature per position and
+            // offset node costs too much).
             return None;
         }
         let (va, vc) = (self.get(a).clone(), self.get(c).clone());
@@ -1151,9 +1153,7 @@ impl MapPasses {
             return out;
         }
         self.stream_offset.insert(k, off);
-        out.into_iter()
-            .map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(m1 / a1), s.maps[1].scaled(m2 / a2)] })
-            .collect()
+        out.into_iter().map(|s| Seg { n: s.n, maps: vec![s.maps[0].scaled(m1 / a1), s.maps[1].scaled(m2 / a2)] }).collect()
     }
 
     fn pool_fwd(&mut self, r: &mut Run<'_, '_>, k: usize) -> Result<Val, AnalysisError> {

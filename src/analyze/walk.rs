@@ -249,9 +249,8 @@ impl Stream {
         if a > 0.0 {
             let sa = a.sqrt();
             let r = reach(sa) as i64;
-            let kernel: Vec<f64> = (-r..=r)
-                .map(|d| super::big_phi(((d as f64) + 0.5) * h / sa) - super::big_phi(((d as f64) - 0.5) * h / sa))
-                .collect();
+            let kernel: Vec<f64> =
+                (-r..=r).map(|d| super::big_phi(((d as f64) + 0.5) * h / sa) - super::big_phi(((d as f64) - 0.5) * h / sa)).collect();
             let mut shifted = vec![vec![0.0; n]; n];
             for (t, row) in two.iter().enumerate() {
                 for (t2, &p) in row.iter().enumerate() {
@@ -480,7 +479,10 @@ mod tests {
             };
             let (se1, se2) = (sd(&means[i]), sd(&squares[i]));
             let (w1, w2, wo) = got[i];
-            assert!((w1 - e1).abs() < 4.0 * se1 + 0.003 * e1 && (w2 - e2).abs() < 4.0 * se2 + 0.003 * e2, "s_{i}: ({w1}, {w2}) vs sampled ({e1} ± {se1}, {e2} ± {se2})");
+            assert!(
+                (w1 - e1).abs() < 4.0 * se1 + 0.003 * e1 && (w2 - e2).abs() < 4.0 * se2 + 0.003 * e2,
+                "s_{i}: ({w1}, {w2}) vs sampled ({e1} ± {se1}, {e2} ± {se2})"
+            );
             assert!((wo - offset).abs() < 4.0 * se + 0.01 * offset, "s_{i} offset: {wo} vs sampled {offset} ± {se}");
         }
     }
