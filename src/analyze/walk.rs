@@ -411,9 +411,9 @@ mod tests {
                     }
                 }
             }
-            for i in 0..n {
-                for d in 0..n - i {
-                    let p = counts[i][d] as f64 / paths as f64;
+            for (i, row) in counts.iter().enumerate() {
+                for (d, &count) in row.iter().enumerate().take(n - i) {
+                    let p = count as f64 / paths as f64;
                     let se = (p * (1.0 - p) / paths as f64).sqrt();
                     let got = w.open_through(i, d);
                     assert!((got - p).abs() < 4.0 * se + 1e-3, "start {start:?} P(open {i}..{}) {got} vs sampled {p} ± {se}", i + d);
