@@ -115,6 +115,8 @@ fn export_and_replan(what: &str, graph: &cnnc::ir::Graph, dir: &Path) -> (onnx::
                 | Op::SoftmaxPositions
                 | Op::AttentionPool
                 | Op::SwapChannelsWidth
+                | Op::Activation(_)
+                | Op::Elementwise(_)
         ) {
             assert_eq!((&a.op, a.output), (&b.op, b.output), "{what}: node `{}` reads back as another op", b.name);
         }
@@ -180,6 +182,7 @@ fn exported_graphs_run_in_onnxruntime_as_in_cnnc() {
     }
     check_graph("resamplings", &resamplings(), 4, &py, &dir);
     check_graph("normalizations_and_shuffles", &normalizations_and_shuffles(), 4, &py, &dir);
+    check_graph("element_wise_functions", &element_wise_functions(), 4, &py, &dir);
     for path in TORCH_EXPORTS {
         let graph = load_real(path);
         check_graph(path, &graph, 2, &py, &dir);
@@ -306,6 +309,71 @@ fn normalizations_and_shuffles() -> cnnc::ir::Graph {
     graph
 }
 
+/// Convs, each followed by one of the element-wise functions the importer knows: the
+/// activations (GELU, SiLU, leaky ReLU, tanh), ReLU6 and hard-swish as MobileNets have
+/// them, ELU, softplus, mish, a hard sigmoid, and an expression of building blocks
+/// (torch's GELU at opset 13: x · 0.5 · (1 + erf(x / √2)), √2 a float32 as in torch's
+/// export), and a sigmoid of x − 0.5.
+fn element_wise_functions() -> cnnc::ir::Graph {
+    use cnnc::ir::{self, Activation as A, Expr, Fn1, Node, Origin, Shape, ValueId};
+    let apply = |f: Fn1| Op::Elementwise(Expr::Apply(f, Box::new(Expr::X)));
+    let b = Box::new;
+    let torch_gelu = Expr::Mul(
+        b(Expr::Mul(b(Expr::X), b(Expr::Const(0.5)))),
+        b(Expr::Add(
+            b(Expr::Const(1.0)),
+            b(Expr::Apply(Fn1::Erf, b(Expr::Div(b(Expr::X), b(Expr::Const(std::f64::consts::SQRT_2 as f32 as f64)))))),
+        )),
+    );
+    let sigmoid_of_half = Expr::Apply(Fn1::Act(A::Sigmoid), b(Expr::Sub(b(Expr::X), b(Expr::Const(0.5)))));
+    let fs = [
+        Op::Activation(A::Gelu),
+        Op::Activation(A::Silu),
+        Op::Activation(A::LeakyRelu { slope: 0.1 }),
+        Op::Activation(A::Tanh),
+        apply(Fn1::Clip { min: 0.0, max: 6.0 }),
+        apply(Fn1::HardSwish),
+        apply(Fn1::Elu { alpha: 1.0 }),
+        apply(Fn1::Softplus),
+        apply(Fn1::Mish),
+        // ONNX's attributes are float32: a hard sigmoid read from a model has alpha 0.2f32.
+        apply(Fn1::HardSigmoid { alpha: 0.2f32 as f64, beta: 0.5 }),
+        Op::Elementwise(torch_gelu),
+        Op::Elementwise(sigmoid_of_half),
+    ];
+    let mut nodes: Vec<Node> = Vec::new();
+    let pad = [ir::Pad { begin: 1, end: 1 }; 2];
+    let mut c_in = 3;
+    for f in fs {
+        for op in [
+            Op::Conv(ir::Conv {
+                in_channels: c_in,
+                out_channels: 6,
+                kernel: [3, 3],
+                stride: [1, 1],
+                pad,
+                dilation: [1, 1],
+                groups: 1,
+                bias: true,
+            }),
+            f,
+        ] {
+            let name = format!("n{}", nodes.len());
+            let inputs = vec![ValueId(nodes.len())];
+            nodes.push(Node {
+                op,
+                inputs,
+                output: Shape::Image { c: 6, h: 5, w: 4 },
+                name: name.clone(),
+                params: None,
+                origin: Origin::OnnxNode(name),
+            });
+        }
+        c_in = 6;
+    }
+    cnnc::ir::Graph { name: "functions".into(), input: Shape::Image { c: 3, h: 5, w: 4 }, nodes, notes: Vec::new() }
+}
+
 /// Group, instance and layer norms, channel shuffles, convs of standardized weights and
 /// the attention ops export in the forms the importer reads back as themselves, with
 /// the same plan (onnxruntime or not).
@@ -314,6 +382,7 @@ fn ops_export_and_read_back_as_themselves() {
     let dir = std::env::temp_dir().join(format!("cnnc-export-norms-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     export_and_replan("normalizations_and_shuffles", &normalizations_and_shuffles(), &dir);
+    export_and_replan("element_wise_functions", &element_wise_functions(), &dir);
     for path in TORCH_EXPORTS {
         let graph = load_real(path);
         export_and_replan(path, &graph, &dir);

@@ -406,3 +406,24 @@ fn huge_inputs_are_errors_not_aborts() {
     let e = cnnc::analyze::analyze_with(&net, Options { mode: Mode::Forward, std_cap: None }, cnnc::analyze::Analysis::Map).unwrap_err();
     assert!(e.to_string().contains("the map analysis keeps 3298534883328 positions"), "{e}");
 }
+
+#[test]
+fn a_radix_softmax_other_than_two_is_an_error_not_a_panic() {
+    // The importer builds radix 2 only (a sigmoid of the difference); a hand-built graph
+    // can ask for more, and for channels that do not split into the groups.
+    for (radix, groups, c) in [(3, 1, 6), (2, 2, 6)] {
+        let mut b = B::new(c, 1, 1);
+        let x = b.conv("c0", ValueId(0), c, 1, 0, 1);
+        let a = b.push("rs", Op::RadixSoftmax { radix, groups }, &[x], Shape::Image { c, h: 1, w: 1 });
+        b.conv("c1", a, 2, 1, 0, 1);
+        for analysis in [cnnc::analyze::Analysis::Paper, cnnc::analyze::Analysis::Map] {
+            for mode in [Mode::Forward, Mode::Backward] {
+                let e = analyze_graph_with(&b.g, GraphOptions { mode, std_cap: None, branch_scale: 1.0, batch: None }, analysis)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.starts_with("node `rs` (radix softmax): "), "{e}");
+                assert!(e.contains(if radix == 3 { "a radix of 3" } else { "6 channels are not 2 groups of radix 2" }), "{e}");
+            }
+        }
+    }
+}

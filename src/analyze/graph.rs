@@ -2742,16 +2742,24 @@ fn add_broadcast_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), An
 }
 
 /// Split attention's softmax across a radix of 2: output channel j reads input `me` and
-/// its partner `other`, a = σ(z_me − z_other). Per output channel: (me, other).
-pub(super) fn radix_pairs(c: u64, radix: u64, groups: u64) -> Vec<(usize, usize)> {
+/// its partner `other`, a = σ(z_me − z_other). Per output channel: (me, other). An error
+/// (naming node `k`) for another radix, or channels that are not groups · radix · n: the
+/// importer builds neither, a hand-built graph can.
+pub(super) fn radix_pairs(g: &Graph, k: usize, c: u64, radix: u64, groups: u64) -> Result<Vec<(usize, usize)>, AnalysisError> {
+    if radix != 2 {
+        return Err(fail(g, k, format!("a softmax across a radix of {radix}: only radix 2 (a sigmoid of the difference) has a rule")));
+    }
+    if groups == 0 || !c.is_multiple_of(radix * groups) {
+        return Err(fail(g, k, format!("{c} channels are not {groups} groups of radix {radix}")));
+    }
     let rest = c / (radix * groups);
-    (0..c)
+    Ok((0..c)
         .map(|j| {
             let (r, g, k) = (j / (groups * rest), j / rest % groups, j % rest);
             let input = |r: u64| ((g * radix + r) * rest + k) as usize;
             (input(r), input(1 - r))
         })
-        .collect()
+        .collect())
 }
 
 /// Per output channel of a radix-2 softmax, from the inputs' (mean, second, offset):
@@ -2789,7 +2797,7 @@ fn radix_softmax_fwd(f: &mut Fwd<'_, '_>, k: usize) -> Result<Stat, AnalysisErro
     let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
     let x = f.input(n.inputs[0]);
     let xs: Vec<(f64, f64, f64)> = (0..x.mean.len()).map(|c| (x.mean[c], x.second[c], x.offset[c])).collect();
-    let m = radix_moments(&xs, &radix_pairs(x.mean.len() as u64, radix, groups));
+    let m = radix_moments(&xs, &radix_pairs(f.cx.g, k, x.mean.len() as u64, radix, groups)?);
     Ok(Stat { mean: m.iter().map(|v| v.0).collect(), second: m.iter().map(|v| v.1).collect(), offset: m.iter().map(|v| v.2).collect() })
 }
 
@@ -2800,7 +2808,7 @@ fn radix_softmax_bwd(b: &mut Bwd<'_, '_>, k: usize, dz: &[f64]) -> Result<(), An
     let Op::RadixSoftmax { radix, groups } = n.op else { unreachable!("the radix softmax rule") };
     let x = b.input(n.inputs[0]);
     let xs: Vec<(f64, f64, f64)> = (0..x.mean.len()).map(|c| (x.mean[c], x.second[c], x.offset[c])).collect();
-    let pairs = radix_pairs(x.mean.len() as u64, radix, groups);
+    let pairs = radix_pairs(b.cx.g, k, x.mean.len() as u64, radix, groups)?;
     let m = radix_moments(&xs, &pairs);
     // Output j holds (me, other); the input `me` of output j gets σ'(d_j)² (δa_j² + δa_partner²).
     let mut contrib = vec![0.0; dz.len()];

@@ -793,7 +793,7 @@ impl MapPasses {
         let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
         let a = &self.shared[n.inputs[0].0];
         let xs: Vec<(f64, f64, f64)> = (0..mu.len()).map(|c| (mu[c], sec[c], a[c])).collect();
-        let m = super::graph::radix_moments(&xs, &super::graph::radix_pairs(mu.len() as u64, radix, groups));
+        let m = super::graph::radix_moments(&xs, &super::graph::radix_pairs(r.cx.g, k, mu.len() as u64, radix, groups)?);
         Ok(merge(m.iter().map(|v| Seg { n: 1, maps: vec![Plane::filled(1, 1, v.0), Plane::filled(1, 1, v.1)] }).collect()))
     }
 
@@ -804,7 +804,7 @@ impl MapPasses {
         let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
         let a = &self.shared[n.inputs[0].0];
         let xs: Vec<(f64, f64, f64)> = (0..mu.len()).map(|c| (mu[c], sec[c], a[c])).collect();
-        let pairs = super::graph::radix_pairs(mu.len() as u64, radix, groups);
+        let pairs = super::graph::radix_pairs(r.cx.g, k, mu.len() as u64, radix, groups)?;
         let m = super::graph::radix_moments(&xs, &pairs);
         let d = channel_means(dz, 0);
         let out_of: HashMap<usize, usize> = pairs.iter().enumerate().map(|(j, &(me, _))| (me, j)).collect();
@@ -2137,7 +2137,9 @@ impl MapPasses {
                 let (mu, sec) = (channel_means(x, 0), channel_means(x, 1));
                 let a = &self.shared[input(0)];
                 let xs: Vec<(f64, f64, f64)> = (0..mu.len()).map(|c| (mu[c], sec[c], a[c])).collect();
-                super::graph::radix_moments(&xs, &super::graph::radix_pairs(mu.len() as u64, *radix, *groups)).iter().map(|m| m.2).collect()
+                // The forward rule (run first, on the same node) refused any other radix.
+                let pairs = super::graph::radix_pairs(cx.g, k, mu.len() as u64, *radix, *groups).unwrap_or_default();
+                super::graph::radix_moments(&xs, &pairs).iter().map(|m| m.2).collect()
             }
             Op::AttentionPool => self.shared[input(0)].clone(),
             Op::AddBroadcast => self.shared[input(0)].iter().zip(&self.shared[input(1)]).map(|(a, b)| a + b).collect(),

@@ -22,8 +22,9 @@
 //! standardized weight is written as TorchScript writes one (see [`standardize`]): its
 //! gain parameter at the plan's value, so the export's plan gives `network_gain` = the
 //! plan's gain. The batch axis is symbolic (`N`). Not written (an error naming the
-//! node): dilations (a transposed conv's zeros), element-wise functions other than
-//! ReLU6.
+//! node): dilations (a transposed conv's zeros). Element-wise functions: each named
+//! one as its operator (GELU opset 20, hard-swish 14, mish 18; SiLU as x · Sigmoid(x)),
+//! arithmetic on constants as Add/Sub/Mul/Div of scalar initializers.
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
 //! Box–Muller, seeded), one stream over the layers in order; biases are zero.
 //!
@@ -293,17 +294,8 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 g.node.push(node(&n.name, "Gemm", inputs, &out, vec![int("transB", 1)]));
             }
             Op::Activation(a) => {
-                let (op, attrs) = match a {
-                    Activation::Identity => ("Identity", vec![]),
-                    Activation::Relu => ("Relu", vec![]),
-                    Activation::LeakyRelu { slope } => ("LeakyRelu", vec![float("alpha", *slope as f32)]),
-                    Activation::Tanh => ("Tanh", vec![]),
-                    Activation::Sigmoid => ("Sigmoid", vec![]),
-                    other => {
-                        return Err(OnnxError::Model(format!("activation {other} of node `{}` has no opset {OPSET} operator", n.name)))
-                    }
-                };
-                g.node.push(node(&n.name, op, vec![input], &out, attrs));
+                let f = ir::Expr::Apply(ir::Fn1::Act(*a), Box::new(ir::Expr::X));
+                ExprWriter { g: &mut g, opset: &mut opset, name: &n.name, out: &out, count: 0 }.write(&f, &input, true)?;
             }
             Op::Pool(p) => {
                 let mut attrs = vec![
@@ -381,15 +373,9 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
                 g.initializer.extend([int64(starts.clone(), *start as i64), int64(ends.clone(), *end as i64), int64(axes.clone(), 1)]);
                 g.node.push(node(&n.name, "Slice", vec![input, starts, ends, axes], &out, vec![]));
             }
-            Op::Elementwise(e) => match e {
-                ir::Expr::Apply(ir::Fn1::Clip { min, max }, x) if **x == ir::Expr::X => {
-                    let bound = |name: String, v: f64| tensor(&name, &[], DataType::Float, Bytes::from((v as f32).to_le_bytes().to_vec()));
-                    let (lo, hi) = (format!("v{}.min", k + 1), format!("v{}.max", k + 1));
-                    g.initializer.extend([bound(lo.clone(), *min), bound(hi.clone(), *max)]);
-                    g.node.push(node(&n.name, "Clip", vec![input, lo, hi], &out, vec![]));
-                }
-                other => return Err(OnnxError::Model(format!("node `{}`: the element-wise function {other} is not written yet", n.name))),
-            },
+            Op::Elementwise(e) => {
+                ExprWriter { g: &mut g, opset: &mut opset, name: &n.name, out: &out, count: 0 }.write(e, &input, true)?;
+            }
             Op::Resize { scale, linear } => {
                 // Whole factors: nearest as each input's own block (asymmetric, floor: the
                 // form the importer reads back as this op), linear as PyTorch's
@@ -616,9 +602,10 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
     let last = graph.nodes.last().map_or(graph.input, |n| n.output);
     g.output = vec![value_info(names.last().expect("value 0 exists"), last)];
     Ok(ModelProto {
-        // The IR version each opset needs past 13: 18 → 8, 21 → 10.
+        // The IR version each opset needs past 13: 18 → 8, 19 and 20 → 9, 21 → 10.
         ir_version: Some(match opset {
             21.. => 10,
+            19.. => 9,
             18.. => 8,
             _ => IR_VERSION,
         }),
@@ -629,6 +616,104 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
         graph: Some(g),
         ..Default::default()
     })
+}
+
+/// Writes an element-wise function f(input) as ONNX nodes: each named function as its
+/// operator (GELU as opset 20's `Gelu`, hard-swish opset 14's, mish opset 18's, SiLU as
+/// x · Sigmoid(x), the form the importer reads back as SiLU), constants as float32 scalar
+/// initializers, arithmetic as Add/Sub/Mul/Div. The node that computes f's value is named
+/// `name` and writes `out`; the nodes before it `name.e1`, `name.e2`, …
+struct ExprWriter<'a> {
+    g: &'a mut GraphProto,
+    opset: &'a mut i64,
+    name: &'a str,
+    out: &'a str,
+    count: usize,
+}
+
+impl ExprWriter<'_> {
+    /// The value name of `e` (of the data value `x`); `last`: e is f itself.
+    fn write(&mut self, e: &ir::Expr, x: &str, last: bool) -> Result<String, OnnxError> {
+        use ir::{Expr, Fn1};
+        let value = match e {
+            Expr::X if last => return self.push("Identity", vec![x.to_string()], vec![], true),
+            Expr::X => return Ok(x.to_string()),
+            Expr::Const(c) if last => {
+                return Err(OnnxError::Model(format!("node `{}`: the element-wise function is the constant {c}", self.name)))
+            }
+            Expr::Const(c) => {
+                self.count += 1;
+                let name = format!("{}.c{}", self.out, self.count);
+                self.g.initializer.push(tensor(&name, &[], DataType::Float, Bytes::from((*c as f32).to_le_bytes().to_vec())));
+                return Ok(name);
+            }
+            Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) => {
+                let op = match e {
+                    Expr::Add(..) => "Add",
+                    Expr::Sub(..) => "Sub",
+                    Expr::Mul(..) => "Mul",
+                    _ => "Div",
+                };
+                let inputs = vec![self.write(a, x, false)?, self.write(b, x, false)?];
+                return self.push(op, inputs, vec![], last);
+            }
+            Expr::Apply(f, inner) => (f, self.write(inner, x, false)?),
+        };
+        let (f, v) = value;
+        let (op, attrs, opset) = match f {
+            Fn1::Act(Activation::Silu) => {
+                let s = self.push("Sigmoid", vec![v.clone()], vec![], false)?;
+                return self.push("Mul", vec![v, s], vec![], last);
+            }
+            Fn1::Act(Activation::Identity) => ("Identity", vec![], 13),
+            Fn1::Act(Activation::Relu) => ("Relu", vec![], 13),
+            Fn1::Act(Activation::LeakyRelu { slope }) => ("LeakyRelu", vec![float("alpha", *slope as f32)], 13),
+            Fn1::Act(Activation::Tanh) => ("Tanh", vec![], 13),
+            Fn1::Act(Activation::Sigmoid) => ("Sigmoid", vec![], 13),
+            Fn1::Act(Activation::Gelu) => ("Gelu", vec![], 20),
+            Fn1::Clip { min, max } => {
+                // Clip's bounds are optional inputs: an infinite one is left out ("").
+                let mut inputs = vec![v];
+                for (what, b) in [("min", *min), ("max", *max)] {
+                    if b.is_finite() {
+                        let name = format!("{}.{what}", self.out);
+                        self.g.initializer.push(tensor(&name, &[], DataType::Float, Bytes::from((b as f32).to_le_bytes().to_vec())));
+                        inputs.push(name);
+                    } else {
+                        inputs.push(String::new());
+                    }
+                }
+                while inputs.last().is_some_and(String::is_empty) {
+                    inputs.pop();
+                }
+                return self.push("Clip", inputs, vec![], last);
+            }
+            Fn1::HardSigmoid { alpha, beta } => ("HardSigmoid", vec![float("alpha", *alpha as f32), float("beta", *beta as f32)], 13),
+            Fn1::HardSwish => ("HardSwish", vec![], 14),
+            Fn1::Elu { alpha } => ("Elu", vec![float("alpha", *alpha as f32)], 13),
+            Fn1::Softplus => ("Softplus", vec![], 13),
+            Fn1::Mish => ("Mish", vec![], 18),
+            Fn1::Erf => ("Erf", vec![], 13),
+            Fn1::Exp => ("Exp", vec![], 13),
+            Fn1::Neg => ("Neg", vec![], 13),
+            Fn1::Abs => ("Abs", vec![], 13),
+            Fn1::Sqrt => ("Sqrt", vec![], 13),
+        };
+        *self.opset = (*self.opset).max(opset);
+        self.push(op, vec![v], attrs, last)
+    }
+
+    /// A node of `op`; the last one is `name` writing `out`, the others numbered.
+    fn push(&mut self, op: &str, inputs: Vec<String>, attrs: Vec<AttributeProto>, last: bool) -> Result<String, OnnxError> {
+        let (name, out) = if last {
+            (self.name.to_string(), self.out.to_string())
+        } else {
+            self.count += 1;
+            (format!("{}.e{}", self.name, self.count), format!("{}.e{}", self.out, self.count))
+        };
+        self.g.node.push(node(&name, op, inputs, &out, attrs));
+        Ok(out)
+    }
 }
 
 /// Writes the standardization of the weight of `l` (drawn already) as the TorchScript
