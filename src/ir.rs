@@ -112,8 +112,14 @@ pub struct ParamNames {
     pub weight: String,
     pub bias: Option<String>,
     /// The stored weight's shape where it is not the op's own: a Linear applied at each
-    /// position of a channels-last image is a 1×1 conv here, its weight [out, in].
+    /// position of a channels-last image is a 1×1 conv here, its weight [out, in]; a
+    /// ConvTranspose's weight is [C_in, C_out/g, k_h, k_w] (see `transposed`).
     pub shape: Option<Vec<u64>>,
+    /// The conv is a ConvTranspose's (after its zeros, [`Op::Dilate`], where the stride
+    /// is not 1): the stored weight v is [C_in, C_out/g, k_h, k_w] and the conv's is its
+    /// transpose per group with the kernel turned by 180°,
+    /// w[g·C_out/g + o, i, y, x] = v[g·C_in/g + i, o, k_h − 1 − y, k_w − 1 − x].
+    pub transposed: bool,
     /// The weight is standardized per filter before the conv uses it (weight
     /// standardization: BiT's and timm's `StdConv2d`, NF-ResNets' `ScaledStdConv2d`).
     pub standardized: Option<Standardized>,

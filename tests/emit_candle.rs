@@ -115,6 +115,13 @@ fn check_crate(dir: &Path, files: &[cnnc::emit::File]) -> Vec<String> {
 
 /// The generated `model.rs` of the ONNX model at `path` (relative to the crate root, where
 /// the tests that include it run), at its declared input size.
+/// The generated model of a U-Net (torch's training export: transposed convs, skip
+/// concats, BatchNorm with batch statistics), with its tests against `GraphModel`.
+#[rustfmt::skip]
+#[path = "data/emit/unet_model.rs"]
+#[allow(dead_code)]
+mod unet_model;
+
 fn generate_onnx_model(path: &str, name: &str) -> cnnc::emit::File {
     let source = cnnc::load(&root().join(path), cnnc::InputSize::Declared).unwrap();
     let req = cnnc::GraphRequest {
@@ -142,6 +149,7 @@ fn checked_in_crates_are_the_generators_output() {
             generate_onnx_model("tests/data/onnx/attn/eca.ts.onnx", "eca"),
             generate_onnx_model("tests/data/onnx/attn/gc.ts.onnx", "gc"),
             generate_onnx_model("tests/data/onnx/attn/split.ts.onnx", "split"),
+            generate_onnx_model("tests/data/onnx/real/unet.train.onnx", "unet"),
         ],
     );
     failures.extend(check_crate(&root().join("codegen/f34"), &generate("specs/f34.cnn", "f34")));

@@ -117,7 +117,11 @@ fn export_and_replan(what: &str, graph: &cnnc::ir::Graph, dir: &Path) -> (onnx::
                 | Op::SwapChannelsWidth
                 | Op::Activation(_)
                 | Op::Elementwise(_)
+                | Op::Conv(_)
+                | Op::Dilate { .. }
         ) {
+            let stored = |n: &cnnc::ir::Node| n.params.as_ref().map_or((false, None), |p| (p.transposed, p.shape.clone()));
+            assert_eq!(stored(a), stored(b), "{what}: node `{}` reads back with its weight stored otherwise", b.name);
             assert_eq!((&a.op, a.output), (&b.op, b.output), "{what}: node `{}` reads back as another op", b.name);
         }
     }
@@ -237,8 +241,9 @@ fn resizes_export_and_read_back_as_themselves() {
 /// standardized weights (BiT's `StdConv2d`, NF-ResNets'
 /// `ScaledStdConv2d`), group norms (ResNet-18 with GroupNorm: TorchScript's
 /// InstanceNormalization of a grouped view, dynamo's GroupNormalization) and channel
-/// shuffles (ShuffleNetV2).
-const TORCH_EXPORTS: [&str; 12] = [
+/// shuffles (ShuffleNetV2), and a U-Net's transposed convs (stride 2, BatchNorm in
+/// training mode).
+const TORCH_EXPORTS: [&str; 14] = [
     "tests/data/onnx/attn/eca.ts.onnx",
     "tests/data/onnx/attn/eca.dynamo.onnx",
     "tests/data/onnx/attn/gc.ts.onnx",
@@ -251,6 +256,8 @@ const TORCH_EXPORTS: [&str; 12] = [
     "tests/data/onnx/real/resnet18_gn.dynamo.onnx",
     "tests/data/onnx/real/shufflenet_v2_x1_0.ts.weights.onnx",
     "tests/data/onnx/real/shufflenet_v2_x1_0.dynamo.onnx",
+    "tests/data/onnx/real/unet.train.onnx",
+    "tests/data/onnx/real/unet.dynamo.onnx",
 ];
 
 /// A model of [`TORCH_EXPORTS`] at its declared size, or at 64×64 where its sizes are
@@ -304,8 +311,13 @@ fn normalizations_and_shuffles() -> cnnc::ir::Graph {
     // A standardized weight with a gain parameter: its ReduceMeans take their axes as an
     // input at GroupNormalization's opset 21.
     let standardized = ir::Standardized { gain: 0.5, gain_param: Some(("n0.gain".into(), 1.0)), epsilon: 1e-5f32 as f64 };
-    graph.nodes[0].params =
-        Some(ir::ParamNames { weight: "n0.weight".into(), bias: Some("n0.bias".into()), shape: None, standardized: Some(standardized) });
+    graph.nodes[0].params = Some(ir::ParamNames {
+        weight: "n0.weight".into(),
+        bias: Some("n0.bias".into()),
+        shape: None,
+        standardized: Some(standardized),
+        transposed: false,
+    });
     graph
 }
 

@@ -47,6 +47,7 @@ impl B {
             bias: None,
             shape: None,
             standardized: Some(ir::Standardized { gain: 1.0, gain_param: None, epsilon: 0.0 }),
+            transposed: false,
         };
         self.g.nodes[v.0 - 1].params = Some(names);
         v

@@ -420,6 +420,7 @@ fn standardize(b: &mut Builder, v: ValueId, gain: f64, param: bool, epsilon: f64
         bias: Some(format!("{name}.bias")),
         shape: None,
         standardized: Some(Standardized { gain, gain_param, epsilon }),
+        transposed: false,
     });
 }
 

@@ -75,6 +75,9 @@ enum NodeOp {
         reshaped: Option<[usize; 4]>,
         /// The weight is standardized per filter before use: then no gradient hand-over.
         standardized: Option<Box<StdWeight>>,
+        /// The weight is a ConvTranspose's, [C_in, C_out/g, k_h, k_w] ([`transposed_weight`]):
+        /// then no gradient hand-over.
+        transposed: bool,
         /// ReLU applied in the op (its reader, a ReLU node, then passes the value on).
         relu: bool,
     },
@@ -292,6 +295,25 @@ pub fn attention_pool(x: &Tensor, a: &Tensor) -> candle_core::Result<Tensor> {
     x.reshape((n, c, h * w))?.matmul(&a.reshape((n, h * w, 1))?)?.reshape((n, c, 1, 1))
 }
 
+/// A transposed conv's weight as the stride-1 conv after its zeros reads it. ONNX's (and
+/// PyTorch's) ConvTranspose stores v as [C_in, C_out/g, k_h, k_w] and adds v[i, o, y, x] ·
+/// input i at output position (p·s + y, q·s + x); the conv over the dilated input that
+/// computes the same reads w[g·C_out/g + o, i, y, x] = v[g·C_in/g + i, o, k_h − 1 − y,
+/// k_w − 1 − x]: per group the transpose, the kernel turned by 180°. Differentiable.
+pub fn transposed_weight(v: &Tensor, groups: usize) -> candle_core::Result<Tensor> {
+    let (ci, mg, kh, kw) = v.dims4()?;
+    if groups == 0 || ci % groups != 0 {
+        candle_core::bail!("a transposed conv's weight of {ci} input channels in {groups} groups");
+    }
+    let turned = |k: usize| Tensor::from_vec((0..k as u32).rev().collect::<Vec<u32>>(), k, v.device());
+    v.reshape((groups, ci / groups, mg, kh, kw))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .index_select(&turned(kh)?, 3)?
+        .index_select(&turned(kw)?, 4)?
+        .reshape((groups * mg, ci / groups, kh, kw))
+}
+
 /// The per-sample transpose of (N, A, 1, B) to (N, B, 1, A) ([`Op::SwapChannelsWidth`]).
 pub fn swap_channels_width(x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, a, _, b) = x.dims4()?;
@@ -499,8 +521,13 @@ impl GraphModel {
                                     Some(Box::new(StdWeight { epsilon: s.epsilon, factor, gain }))
                                 }
                             };
+                            let transposed = n.params.as_ref().is_some_and(|p| p.transposed);
+                            if transposed && standardized.is_some() {
+                                return Err(node_err(k, n, "a transposed conv of a standardized weight"));
+                            }
                             NodeOp::Conv {
                                 standardized,
+                                transposed,
                                 spec: ConvSpec {
                                     stride: c.stride.map(usize_of),
                                     dilation: c.dilation.map(usize_of),
@@ -509,7 +536,7 @@ impl GraphModel {
                                 },
                                 weight,
                                 bias,
-                                reshaped: (shape != own).then_some(own),
+                                reshaped: (!transposed && shape != own).then_some(own),
                                 relu: fuse,
                             }
                         }
@@ -726,15 +753,16 @@ impl GraphModel {
         let x = inputs[0];
         let out = batch_shape(n, node.output);
         Ok(match &node.op {
-            NodeOp::Conv { spec, weight, bias, reshaped, standardized, relu } => {
+            NodeOp::Conv { spec, weight, bias, reshaped, standardized, transposed, relu } => {
                 let x = if x.rank() == 4 { x.clone() } else { x.reshape((n, (), 1, 1))? };
                 let b = bias.as_ref().map(|b| b.var.as_tensor());
                 let cpu_ours = self.kernels == Kernels::Cnnc;
                 let u = match (reshaped, standardized) {
-                    (None, None) if cpu_ours => spec.apply_with_sink(&x, weight.var.as_tensor(), b, *relu, &self.sink)?,
-                    (None, None) => spec.apply_candle(&x, weight.var.as_tensor(), b)?,
+                    (None, None) if cpu_ours && !transposed => spec.apply_with_sink(&x, weight.var.as_tensor(), b, *relu, &self.sink)?,
+                    (None, None) if !transposed => spec.apply_candle(&x, weight.var.as_tensor(), b)?,
                     (shape, standardized) => {
                         let w = match shape {
+                            _ if *transposed => transposed_weight(weight.var.as_tensor(), spec.groups)?,
                             Some(shape) => weight.var.as_tensor().reshape(shape.to_vec())?,
                             None => weight.var.as_tensor().clone(),
                         };

@@ -22,7 +22,9 @@
 //! standardized weight is written as TorchScript writes one (see [`standardize`]): its
 //! gain parameter at the plan's value, so the export's plan gives `network_gain` = the
 //! plan's gain. The batch axis is symbolic (`N`). Not written (an error naming the
-//! node): dilations (a transposed conv's zeros). Element-wise functions: each named
+//! node): zeros between positions that no transposed conv reads. A transposed conv (its
+//! zeros and its conv, with the stored [C_in, C_out/g, k_h, k_w] weight) is one
+//! ConvTranspose with the strides, pads and `output_padding` the importer read. Element-wise functions: each named
 //! one as its operator (GELU opset 20, hard-swish 14, mish 18; SiLU as x · Sigmoid(x)),
 //! arithmetic on constants as Add/Sub/Mul/Div of scalar initializers.
 //! Weights are float32, drawn from N(0, std²) of the plan with [`Normal`] (splitmix64 +
@@ -246,6 +248,55 @@ pub fn export(graph: &ir::Graph, plan: &Plan, seed: u64) -> Result<ModelProto, O
         let out = if k + 1 == graph.nodes.len() { "output".to_string() } else { format!("v{}", k + 1) };
         let in_shape = graph.shape(n.inputs.first().copied().unwrap_or(ir::ValueId(0)));
         match &n.op {
+            Op::Conv(c) if n.params.as_ref().is_some_and(|p| p.transposed) => {
+                let l = layers.next().expect("counted above");
+                // The zeros between the positions (stride s) are the ConvTranspose's own.
+                let dilated = n.inputs[0].0.checked_sub(1).map(|d| &graph.nodes[d]).filter(|d| matches!(d.op, Op::Dilate { .. }));
+                let stride = match dilated {
+                    Some(d) => {
+                        input = names[d.inputs[0].0].clone();
+                        let Op::Dilate { stride } = d.op else { unreachable!("matched") };
+                        stride
+                    }
+                    None => [1, 1],
+                };
+                let mut pads = [0; 4];
+                let mut extra = [0; 2];
+                for a in 0..2 {
+                    let span = c.dilation[a] * (c.kernel[a] - 1);
+                    let unwritable = || {
+                        OnnxError::Model(format!(
+                            "node `{}` (conv): a transposed conv padded {:?} by its span {span}: no ConvTranspose has it",
+                            n.name, c.pad
+                        ))
+                    };
+                    pads[a] = span.checked_sub(c.pad[a].begin).ok_or_else(unwritable)?;
+                    // The end's padding, less what `output_padding` adds past the last input.
+                    match span.checked_sub(c.pad[a].end) {
+                        Some(end) => pads[a + 2] = end,
+                        None if c.pad[a].end - span < stride[a].max(c.dilation[a]) => extra[a] = c.pad[a].end - span,
+                        None => return Err(unwritable()),
+                    }
+                }
+                let inputs = params(&mut g, &mut rng, l, input)?;
+                let mut attrs = vec![
+                    ints("kernel_shape", &c.kernel),
+                    ints("strides", &stride),
+                    ints("pads", &pads),
+                    ints("dilations", &c.dilation),
+                    int("group", c.groups as i64),
+                ];
+                if extra != [0, 0] {
+                    attrs.push(ints("output_padding", &extra));
+                }
+                g.node.push(node(&n.name, "ConvTranspose", inputs, &out, attrs));
+            }
+            // A transposed conv's zeros: written by the ConvTranspose that reads them.
+            Op::Dilate { .. }
+                if readers[k + 1] == 1
+                    && graph.nodes.get(k + 1).is_some_and(|r| {
+                        r.inputs == [ir::ValueId(k + 1)] && matches!(r.op, Op::Conv(_)) && r.params.as_ref().is_some_and(|p| p.transposed)
+                    }) => {}
             Op::Conv(c) => {
                 let l = layers.next().expect("counted above");
                 let mut inputs = params(&mut g, &mut rng, l, input)?;

@@ -1187,10 +1187,11 @@ impl<'m> Importer<'m> {
                     bias: bias.map(|_| format!("{module}.bias")),
                     shape: None,
                     standardized: None,
+                    transposed: false,
                 };
             }
         }
-        ParamNames { weight: weight.to_string(), bias, shape: None, standardized: None }
+        ParamNames { weight: weight.to_string(), bias, shape: None, standardized: None, transposed: false }
     }
 }
 
@@ -1448,6 +1449,7 @@ fn conv_transpose<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String>
     });
     let mut params = imp.param_names(cx, weight, bias);
     params.shape = Some(wd.clone());
+    params.transposed = true;
     imp.push(cx, op, input, Shape::Image { c: m, h: oh, w: ow }, Some(params), cx.output()?)?;
     Ok(())
 }
@@ -1527,7 +1529,7 @@ fn matmul<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>) -> Result<(), String> {
     let fused = imp.matmul_bias.get(&cx.index).copied();
     let bias = linear_bias(imp, cx, fused.map(|(b, _)| b), out)?;
     let op = Op::Linear(Linear { in_features: n, out_features: out, bias: bias.is_some() });
-    let params = Some(ParamNames { weight: weight.to_string(), bias, shape: None, standardized: None });
+    let params = Some(ParamNames { weight: weight.to_string(), bias, shape: None, standardized: None, transposed: false });
     let id = imp.push(cx, op, x, Shape::Vector { n: out }, params, cx.output()?)?;
     if let Some((_, add_out)) = fused {
         imp.values.insert(add_out, (id, Shape::Vector { n: out }));
@@ -1568,9 +1570,15 @@ fn channels_last_linear<'m>(imp: &mut Importer<'m>, cx: &Cx<'m>, x: ValueId, sha
     let mut params = match module {
         Some(m) if made_up_name(weight) => {
             imp.renamed.push(format!("`{weight}` → `{m}.weight`"));
-            ParamNames { weight: format!("{m}.weight"), bias: bias.map(|_| format!("{m}.bias")), shape: None, standardized: None }
+            ParamNames {
+                weight: format!("{m}.weight"),
+                bias: bias.map(|_| format!("{m}.bias")),
+                shape: None,
+                standardized: None,
+                transposed: false,
+            }
         }
-        _ => ParamNames { weight: weight.to_string(), bias, shape: None, standardized: None },
+        _ => ParamNames { weight: weight.to_string(), bias, shape: None, standardized: None, transposed: false },
     };
     params.shape = Some(vec![out, c]);
     let out_shape = Shape::Image { c: out, h, w };

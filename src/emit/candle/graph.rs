@@ -246,6 +246,8 @@ struct Uses {
     conv_relu: bool,
     /// A conv of a weight stored in another shape.
     conv_reshaped: bool,
+    /// A ConvTranspose's conv.
+    conv_transposed: bool,
     /// A conv of a standardized weight.
     standardized: bool,
     linear: bool,
@@ -505,9 +507,12 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
                         let own = [cv.out_channels, cv.in_channels / cv.groups, cv.kernel[0], cv.kernel[1]];
                         // A weight stored in another shape than the op reads (a channels-last
                         // linear layer as a 1×1 conv): reshaped, no gradient hand-over.
-                        let reshaped = wt.weight_shape != own;
+                        // A ConvTranspose's weight ([C_in, C_out/g, k_h, k_w]): transposed and
+                        // turned (`cnnc::nn::graph::transposed_weight`), no hand-over either.
+                        let transposed = n.params.as_ref().is_some_and(|p| p.transposed);
+                        let reshaped = !transposed && wt.weight_shape != own;
                         let standardized = n.params.as_ref().and_then(|p| p.standardized.as_ref());
-                        if reshaped && standardized.is_some() {
+                        if (reshaped || transposed) && standardized.is_some() {
                             errors.push(node_msg(k, n, "a standardized weight stored in another shape than the conv reads"));
                             continue;
                         }
@@ -534,7 +539,8 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
                             format!("{:?}", [pd[0].begin, pd[1].begin, pd[0].end, pd[1].end]),
                             cv.groups.to_string(),
                         ];
-                        inits.push_str(&call(12, &format!("{f}: conv("), &args, ")?,"));
+                        let init = if transposed { "conv_transposed_layer" } else { "conv" };
+                        inits.push_str(&call(12, &format!("{f}: {init}("), &args, ")?,"));
                         let arg = as_image(&mut uses);
                         let arg = if arg.starts_with('&') { arg } else { format!("&{arg}") };
                         let (_, oh, ow) = n.output.chw();
@@ -565,6 +571,10 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
                             inits.push_str(&call(12, &format!("{g}: WeightStandardization::new("), &args, ")?,"));
                             let args = [format!("&self.{f}"), format!("&self.{g}"), arg, relu.to_string()];
                             body.push_str(&call(8, &format!("let {y} = conv_standardized("), &args, &format!(")?{out};")));
+                        } else if transposed {
+                            uses.conv_transposed = true;
+                            let args = [format!("&self.{f}"), arg, cv.groups.to_string(), relu.to_string()];
+                            body.push_str(&call(8, &format!("let {y} = conv_transposed("), &args, &format!(")?{out};")));
                         } else if reshaped {
                             uses.conv_reshaped = true;
                             let args = [format!("&self.{f}"), arg, format!("{own:?}"), relu.to_string()];
@@ -1017,6 +1027,24 @@ fn model(graph: &Graph, plan: &Plan, opts: &CandleOptions, source: &GraphSource)
              let w = c.weight.reshape(shape.to_vec())?;\n    \
              let u = c.spec.apply(x, &w, c.bias.as_ref())?;\n    \
              if relu {\n        cnnc::nn::relu::relu(&u)\n    } else {\n        Ok(u)\n    }\n}\n\n",
+        );
+    }
+    if uses.conv_transposed {
+        s.push_str(
+            "/// A ConvTranspose's stride-1 conv (after its zeros): the stored weight, [C_in, C_out/g,\n\
+             /// k_h, k_w], transposed per group and turned by 180° (`cnnc::nn::graph::transposed_weight`),\n\
+             /// its gradient through candle's autograd, the ReLU of its only reader after it, as\n\
+             /// `GraphModel` runs it.\n\
+             fn conv_transposed(c: &Conv2d, x: &Tensor, groups: usize, relu: bool) -> Result<Tensor> {\n    \
+             let w = cnnc::nn::graph::transposed_weight(&c.weight, groups)?;\n    \
+             let u = c.spec.apply(x, &w, c.bias.as_ref())?;\n    \
+             if relu {\n        cnnc::nn::relu::relu(&u)\n    } else {\n        Ok(u)\n    }\n}\n\n\
+             /// A ConvTranspose's layer: its weight as stored, [C_in, C_out/g, k_h, k_w], and a\n\
+             /// bias of C_out = C_out/g · g.\n\
+             fn conv_transposed_layer(\n    vb: &VarBuilder,\n    p: &PlanLayer,\n    stride: [usize; 2],\n    dilation: [usize; 2],\n    pad: [usize; 4],\n    groups: usize,\n) -> Result<Conv2d> {\n    \
+             let spec = ConvSpec {\n        stride,\n        dilation,\n        pad,\n        groups,\n    };\n    \
+             let bias = p\n        .bias\n        .map(|b| vb.get_with_hints(p.shape[1] * groups, b, Init::Const(0.0)))\n        .transpose()?;\n    \
+             Ok(Conv2d::new(weight(vb, p)?, bias, spec))\n}\n\n",
         );
     }
     if uses.standardized {
