@@ -380,9 +380,10 @@ def test_measure_nodes_names_every_node_of_a_torchscript_export(tmp_path):
     unmeasured = [r[0] for r in rows if r[3] == "-"]
     assert unmeasured == ["`/Flatten`"], unmeasured
     convs = [float(r[3]) for r in rows if r[1] == "conv"]
-    # At 64×64 the deepest stages' maps are 4×4 and 2×2, and the map plan's forward there
-    # measures 0.80–0.87 at the convs that read the stream (0.85–0.97 before the stream's
-    # walk, which holds 0.84–1.01 at 224×224): a looser band than the analysis's own.
+    # At 64×64 the deepest stages' maps are 4×4 and 2×2, where one draw of 8 samples
+    # measures a conv's E[u²] anywhere in 0.35–2.2 of the plan; the mean of 4 draws has
+    # fallen to 0.797 (32 draws: 0.87–1.03 over the 20 convs, the deepest 0.99–1.03).
+    # The band is the script's sanity check, not the analysis's.
     assert len(convs) == 20 and all(0.75 <= c <= 1.25 for c in convs), convs
 
 
