@@ -3,7 +3,7 @@
 //!
 //! Run with `RAYON_NUM_THREADS=2 cargo bench --features train --bench layers -- [--size 64] [--reps 40]
 //! [--only I]`. For each distinct conv shape of F34 at `--size`×`--size` input (batch 16,
-//! f32; `--only` picks shape I of the eight): the fastest of `--reps` calls of
+//! f32; `--only` picks shape I of the eleven): the fastest of `--reps` calls of
 //! - forward: `ConvSpec::apply_relu` (conv + bias + ReLU, one op, as `cnnc train` runs it);
 //! - backward: `(out · g).sum().backward()` for a fixed random `g`, i.e. the ReLU mask, the
 //!   input gradient (not for the stem, whose input is the data), the weight and bias
@@ -11,7 +11,9 @@
 //!   does not have (≈ 1–3 % here).
 //!
 //! Counts in F34: the stem once, 64→64 16×16 six times (at 64×64), 128→128 seven,
-//! 256→256 eleven, 512→512 five, each stride-2 layer once.
+//! 256→256 eleven, 512→512 five, each stride-2 layer once. At `--size 224` these are
+//! ResNet-18's 3×3 shapes and stem; the last three (8–10) are ResNet-18's 1×1 stride-2
+//! downsampling convolutions (once each in ResNet-18, not in F34).
 
 use candle_core::{DType, Device, Tensor, Var};
 use cnnc::nn::conv::ConvSpec;
@@ -37,6 +39,10 @@ fn main() {
         (256, 256, s / 16, 3, 1, 1),
         (256, 512, s / 16, 3, 2, 1),
         (512, 512, s / 32, 3, 1, 1),
+        // ResNet-18's 1×1 stride-2 downsampling convolutions (not in F34).
+        (64, 128, s / 4, 1, 2, 0),
+        (128, 256, s / 8, 1, 2, 0),
+        (256, 512, s / 16, 1, 2, 0),
     ];
     println!("threads: {}", rayon::current_num_threads());
     for (i, &(ci, co, h, k, st, p)) in shapes.iter().enumerate() {

@@ -226,7 +226,8 @@ fn every_split_over_threads_matches_naive_loop() {
 }
 
 /// 3×3 stride-1 convolutions with 16 or more channels each way run by Winograd's
-/// F(2×2, 3×3), forward and input gradient, from 4 tiles a sample on: the naive loop's
+/// F(2×2, 3×3), all three passes, from 4 tiles a sample on, and from four 4×4 tiles on by
+/// F(4×4, 3×3), forward and input gradient: the naive loop's
 /// values for odd and even sizes (partial tiles), any padding (asymmetric, none, more than
 /// the kernel's reach), at 1–3 threads, in f64 (1e-12) and f32 (1e-4); maps of at most 4
 /// pixels (a 1×1 map: one tile) take tiny.rs's per-pixel GEMMs and agree too.
@@ -239,6 +240,13 @@ fn winograd_path_matches_naive_loop() {
         Case { n: 1, c: 20, co: 16, h: 4, w: 3, kh: 3, kw: 3, spec: spec([2, 0, 1, 3]), bias: true },
         Case { n: 5, c: 16, co: 32, h: 3, w: 3, kh: 3, kw: 3, spec: spec([1; 4]), bias: true },
         Case { n: 2, c: 16, co: 16, h: 1, w: 1, kh: 3, kw: 3, spec: spec([1; 4]), bias: true },
+        // Four 4×4 tiles or more in the output and the input: F(4×4, 3×3) for the forward
+        // and the input gradient (winograd4.rs): partial tiles, no padding, padding past
+        // the kernel's reach (the input gradient's correlation then starts inside the map).
+        Case { n: 2, c: 16, co: 17, h: 9, w: 11, kh: 3, kw: 3, spec: spec([1; 4]), bias: true },
+        Case { n: 1, c: 18, co: 16, h: 8, w: 8, kh: 3, kw: 3, spec: spec([0; 4]), bias: false },
+        Case { n: 3, c: 16, co: 16, h: 10, w: 7, kh: 3, kw: 3, spec: spec([3, 0, 2, 4]), bias: true },
+        Case { n: 5, c: 17, co: 20, h: 16, w: 13, kh: 3, kw: 3, spec: spec([1, 2, 0, 1]), bias: true },
         // Maps of at most 4 pixels: one GEMM per (output pixel, input pixel) pair (tiny.rs).
         Case { n: 4, c: 16, co: 18, h: 2, w: 2, kh: 3, kw: 3, spec: spec([1; 4]), bias: true },
         Case { n: 3, c: 17, co: 16, h: 2, w: 1, kh: 3, kw: 3, spec: spec([0, 2, 1, 1]), bias: false },

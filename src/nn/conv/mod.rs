@@ -23,9 +23,11 @@
 //! - input gradient: `dcols = Wᵀ·dOut`, scattered back by col2im ([`ConvInputGrad`]); it is
 //!   skipped when the input tracks no gradient (the data).
 //!
-//! 3×3 stride-1 layers with enough channels and tiles run Winograd F(2×2, 3×3) instead
-//! (`winograd.rs`, all three passes); maps of at most 4 pixels run their forward and
-//! input gradient as one GEMM per pair of pixels a tap joins (`tiny.rs`).
+//! 3×3 stride-1 layers with enough channels and tiles run Winograd's minimal filtering
+//! instead, all three passes: F(4×4, 3×3) from four 4×4 tiles a sample on
+//! (`winograd4.rs`: 7×7 maps and up), F(2×2, 3×3) below (`winograd.rs`); maps of at most
+//! 4 pixels run their forward and input gradient as one GEMM per pair of pixels a tap
+//! joins (`tiny.rs`).
 //!
 //! With more than one thread (candle's count: `RAYON_NUM_THREADS`, else the cores) the
 //! blocks are split over rayon's threads, each GEMM single-threaded (the weight gradient
@@ -42,7 +44,7 @@
 //! The files: this one the ops and their plumbing; `passes.rs` the three passes over the
 //! blocks; `im2col.rs` the geometry and gather/scatter; `matmul.rs` the GEMM call;
 //! `buffers.rs` the scratch buffers and the pool; `threads.rs` the thread policy;
-//! `winograd.rs` and `tiny.rs` the special cases. [`widest!`] compiles a loop for the
+//! `winograd.rs`, `winograd4.rs` and `tiny.rs` the special cases. [`widest!`] compiles a loop for the
 //! CPU's vector width, chosen at run time (the kernels' Winograd transform).
 //!
 //! Runs on the CPU in f32 and f64. Other devices use candle's `conv2d` (see
@@ -93,6 +95,7 @@ mod passes;
 mod threads;
 mod tiny;
 mod winograd;
+mod winograd4;
 
 use buffers::{grow, zeros, Block, Pooled};
 use im2col::Geom;
@@ -211,6 +214,8 @@ trait Elem:
 {
     const ONE: Self;
     const HALF: Self;
+    /// `v` rounded to this type (the transforms' constants).
+    fn of(v: f64) -> Self;
     /// `max(v, 0)`, NaN kept (PyTorch's `relu`; candle's maps NaN to 0).
     fn relu(self) -> Self {
         if self < Self::default() {
@@ -238,6 +243,9 @@ macro_rules! elem {
         impl Elem for $t {
             const ONE: $t = 1.0;
             const HALF: $t = 0.5;
+            fn of(v: f64) -> $t {
+                v as $t
+            }
             fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<$t>>>> {
                 &$scratch
             }

@@ -61,6 +61,9 @@ pub(super) fn over_blocks<T: Elem>(g: &Geom, dst: &mut [T], per_sample: usize, f
 }
 
 pub(super) fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, relu: bool, keep: Option<&Kept>) -> Vec<T> {
+    if winograd4::fits(g) {
+        return winograd4::forward(g, x, w, b, relu);
+    }
     if winograd::fits(g) {
         return winograd::forward(g, x, w, b, relu, keep);
     }
@@ -107,6 +110,11 @@ pub(super) fn input_grad_block<T: Elem>(g: &Geom, dout: &[T], w: &[T], dx: &mut 
 }
 
 pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&Kept>) -> Vec<T> {
+    if winograd4::fits(g) {
+        // Nothing is kept for it; what an earlier forward by another path left goes.
+        drop(kept.and_then(Kept::take::<T>));
+        return winograd4::input_grad(g, dout, w);
+    }
     if winograd::fits(g) {
         return winograd::input_grad(g, dout, w, kept);
     }
@@ -173,6 +181,9 @@ pub(super) fn sum<T: Elem>(v: &[T]) -> T {
 }
 
 pub(super) fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
+    if winograd4::fits(g) {
+        return winograd4::param_grad(g, x, dout);
+    }
     if winograd::fits(g) {
         return winograd::param_grad(g, x, dout);
     }

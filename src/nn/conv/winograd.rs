@@ -47,17 +47,17 @@ const MIN_CHANNELS: usize = 16;
 
 /// One correlation `y (N, Co, OH, OW) = x (N, C, H, W) ⋆ 3×3 kernels`, with x read at
 /// row `2·ty + r − top`, column `2·tx + q − left` for tile (ty, tx) (zero outside).
-struct Corr {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    oh: usize,
-    ow: usize,
-    top: isize,
-    left: isize,
-    threads: usize,
+pub(super) struct Corr {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) co: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
+    pub(super) top: isize,
+    pub(super) left: isize,
+    pub(super) threads: usize,
 }
 
 impl Corr {
@@ -70,7 +70,7 @@ impl Corr {
     fn tiles(&self) -> usize {
         self.th() * self.tw()
     }
-    fn out_sample(&self) -> usize {
+    pub(super) fn out_sample(&self) -> usize {
         self.co * self.oh * self.ow
     }
 }
@@ -114,7 +114,7 @@ fn turn(xi: usize) -> usize {
 }
 
 /// The correlation the forward pass of `g` is.
-fn forward_corr(g: &Geom) -> Corr {
+pub(super) fn forward_corr(g: &Geom) -> Corr {
     Corr {
         n: g.n,
         c: g.c,
@@ -129,10 +129,10 @@ fn forward_corr(g: &Geom) -> Corr {
     }
 }
 
-/// The input gradient of the convolution `g` from its output gradient `dout`, with the
-/// forward's transformed kernels if it [`Kept`] them.
-pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&Kept>) -> Vec<T> {
-    let s = Corr {
+/// The correlation the input gradient of `g` is: the output gradient by the kernels
+/// turned by 180° and transposed over channels, padded by `2 − pad`.
+pub(super) fn input_corr(g: &Geom) -> Corr {
+    Corr {
         n: g.n,
         c: g.co,
         h: g.oh,
@@ -143,7 +143,13 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&K
         top: 2 - g.spec.pad[0] as isize,
         left: 2 - g.spec.pad[1] as isize,
         threads: g.threads,
-    };
+    }
+}
+
+/// The input gradient of the convolution `g` from its output gradient `dout`, with the
+/// forward's transformed kernels if it [`Kept`] them.
+pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&Kept>) -> Vec<T> {
+    let s = input_corr(g);
     let us = skew(g.co * g.c);
     let u =
         kept.and_then(Kept::take).filter(|u: &Pooled<T>| u.len() == 16 * us).unwrap_or_else(|| transform_kernels(w, g.co, g.c, g.threads));
@@ -159,32 +165,49 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&K
 /// `S_ξ (Co × C) += E_ξ (Co × tiles) · V_ξᵀ (tiles × C)`, V the forward's input transform.
 pub(super) fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
     let s = forward_corr(g);
+    param_grad_by(&s, x, dout, block(&s), &grad_block, &weight_tile)
+}
+
+/// Adds samples `start..start + len`'s `S_ξ` (P planes `ss` apart) into `acc`, or, unless
+/// `accumulate`, writes them there: the blocks' part of a Winograd weight gradient.
+pub(super) type GradBlock<T> = dyn Fn(&Corr, &[T], &[T], usize, usize, &mut [T], usize, &mut Block<T>, Parallelism, bool) + Sync;
+
+/// The weight and bias gradients of correlation `s` by a Winograd transform of P values
+/// a tile: `S` summed over blocks of `bs` samples by `grad_block` (one accumulator per
+/// job, a fixed split of the blocks, summed in job order), then `dW = weight_tile(S)` for
+/// every kernel, then `db`.
+pub(super) fn param_grad_by<T: Elem, const P: usize>(
+    s: &Corr,
+    x: &[T],
+    dout: &[T],
+    bs: usize,
+    grad_block: &GradBlock<T>,
+    weight_tile: &(dyn Fn(&[T; P]) -> [T; 9] + Sync),
+) -> Vec<T> {
     let (co, c, t) = (s.co, s.c, s.threads);
     let ss = skew(co * c);
-    let bs = block(&s);
     let blocks = s.n.div_ceil(bs);
-    // S summed over blocks `range` (16 planes `ss` apart, Co × C each, the first block's
+    // S summed over blocks `range` (P planes `ss` apart, Co × C each, the first block's
     // GEMMs writing over the pooled buffer's old contents).
     let sum_blocks = |range: std::ops::Range<usize>, par: Parallelism| {
-        let mut acc = Pooled::take(16 * ss);
+        let mut acc = Pooled::take(P * ss);
         if range.is_empty() {
             acc.fill(T::default());
         }
         let mut blk = Block::new();
         for (k, i) in range.enumerate() {
             let start = i * bs;
-            grad_block(&s, x, dout, start, bs.min(s.n - start), &mut acc, ss, &mut blk, par, k > 0);
+            grad_block(s, x, dout, start, bs.min(s.n - start), &mut acc, ss, &mut blk, par, k > 0);
         }
         acc
     };
     let parts: Vec<Pooled<T>> = if t > 1 && blocks >= t {
-        // One accumulator per job (a fixed split of the blocks), summed in job order below.
         let per = blocks.div_ceil(t);
         (0..blocks.div_ceil(per)).into_par_iter().map(|j| sum_blocks(j * per..((j + 1) * per).min(blocks), Parallelism::None)).collect()
     } else {
         vec![sum_blocks(0..blocks, parallelism(t))]
     };
-    // dW (Co·C kernels, `Gᵀ S G` each, S summed over the jobs in order; in parallel), then db.
+    // dW (Co·C kernels, one tile of S each, S summed over the jobs in order; in parallel), then db.
     let (first, rest) = parts.split_first().expect("one job or more");
     let (first, rest): (&[T], Vec<&[T]>) = (first, rest.iter().map(|p| &p[..]).collect());
     let kernels = co * c;
@@ -192,7 +215,7 @@ pub(super) fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
     const KERNELS: usize = 256;
     out[..kernels * 9].par_chunks_mut(9 * KERNELS).enumerate().for_each(|(i, dst)| {
         for (k, kernel) in (i * KERNELS..).zip(dst.chunks_exact_mut(9)) {
-            let sm: [T; 16] = std::array::from_fn(|xi| rest.iter().fold(first[xi * ss + k], |a, part| a + part[xi * ss + k]));
+            let sm: [T; P] = std::array::from_fn(|xi| rest.iter().fold(first[xi * ss + k], |a, part| a + part[xi * ss + k]));
             kernel.copy_from_slice(&weight_tile(&sm));
         }
     });
@@ -547,7 +570,7 @@ fn transform_input<T: Elem>(s: &Corr, x: &[T], start: usize, len: usize, v: &mut
 }
 
 /// `d[i] = f(a[i], b[i])`.
-fn zip3<T: Elem>(d: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+pub(super) fn zip3<T: Elem>(d: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
     for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
         *d = f(a, b);
     }
