@@ -24,8 +24,9 @@
 //!   skipped when the input tracks no gradient (the data).
 //!
 //! 3×3 stride-1 layers with enough channels and tiles run Winograd's minimal filtering
-//! instead, all three passes: F(4×4, 3×3) from four 4×4 tiles a sample on
-//! (`winograd4.rs`: 7×7 maps and up), F(2×2, 3×3) below (`winograd.rs`); maps of at most
+//! instead, all three passes: F(4×4, 3×3) where a sample has four 4×4 tiles or more and
+//! they pay (`winograd4.rs`: 7×7, 8×8, 16×16, 28×28, 56×56 maps; not 14×14), else
+//! F(2×2, 3×3) (`winograd.rs`); maps of at most
 //! 4 pixels run their forward and input gradient as one GEMM per pair of pixels a tap
 //! joins (`tiny.rs`).
 //!

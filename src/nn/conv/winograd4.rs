@@ -1,5 +1,6 @@
 //! 3×3 stride-1 convolutions by Winograd's F(4×4, 3×3) (Lavin and Gray, 2016): all three
-//! passes of the layers whose maps hold four 4×4 tiles or more (from 7×7 on).
+//! passes of the layers whose maps hold four 4×4 tiles or more with little padding to
+//! whole tiles (7×7, 8×8, 16×16, 28×28, 56×56; not 14×14: [`fits`]).
 //!
 //! Each 4×4 tile of the output is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for the 6×6 input patch `d`
 //! under it (interpolation points 0, ±1, ±2, ∞): 36 multiplies per tile and channel pair
@@ -26,19 +27,25 @@ use rayon::prelude::*;
 /// Values in a transformed tile (6 × 6), and so GEMMs per pass.
 const N: usize = 36;
 
-/// Whether the three passes of `g` go through F(4×4, 3×3): where
-/// F(2×2, 3×3) would ([`super::winograd::fits`]) and a sample has at least
-/// [`MIN_TILES`] 4×4 tiles in its output and in its input.
+/// Whether the three passes of `g` go through F(4×4, 3×3): where F(2×2, 3×3) would
+/// ([`super::winograd::fits`]), a sample has at least [`MIN_TILES`] 4×4 tiles in its
+/// output and in its input, and the 4×4 tiles' GEMMs do at most 0.6× the multiply-adds of
+/// the 2×2 tiles' (0.56× where the map's size is a multiple of 4; a 14×14 map's 16 tiles
+/// cover 16×16, 0.73×: measured on a par with F(2×2, 3×3), so it stays there).
 pub(super) fn fits(g: &Geom) -> bool {
-    let tiles = |a: usize, b: usize| a.div_ceil(4) * b.div_ceil(4);
-    super::winograd::fits(g) && tiles(g.oh, g.ow).min(tiles(g.h, g.w)) >= MIN_TILES
+    // 4×4 tiles of an a × b map, at least MIN_TILES, whose 36 GEMM columns each come to
+    // at most 0.6× the 16 of F(2×2, 3×3)'s 2×2 tiles (maps a multiple of 4 or near it).
+    let pays = |a: usize, b: usize| {
+        let (t4, t2) = (a.div_ceil(4) * b.div_ceil(4), a.div_ceil(2) * b.div_ceil(2));
+        t4 >= MIN_TILES && 5 * 36 * t4 <= 3 * 16 * t2
+    };
+    super::winograd::fits(g) && pays(g.oh, g.ow) && pays(g.h, g.w)
 }
 
 /// From this many 4×4 tiles per sample on, F(4×4, 3×3) is the faster in every pass on
 /// ResNet-18's and F34's shapes at batch 16 (`benches/layers.rs`, one thread, AMD EPYC
-/// Zen 3): forward and backward 5–27 % faster from 7×7 maps (4 tiles) to 56×56, on a par
-/// at 14×14 (whose 16 tiles cover 16×16: 0.73× F(2×2)'s FLOPs, not 0.56×). Smaller maps
-/// (F34's 4×4 at 64×64 input: one tile) stay with F(2×2, 3×3).
+/// Zen 3): forward and backward 5–27 % faster on 7×7, 8×8, 16×16, 28×28 and 56×56 maps.
+/// Smaller maps (F34's 4×4 at 64×64 input: one tile) stay with F(2×2, 3×3).
 const MIN_TILES: usize = 4;
 
 fn th(s: &Corr) -> usize {
