@@ -148,7 +148,9 @@ fn run(k: &Case, x: &[f64], w: &[f64], b: &[f64], g: &[f64], dtype: DType) -> (V
 }
 
 /// cnnc's op in `dtype` against the naive loop on case `k`, inputs drawn from `seed`: an
-/// error naming the first result that differs by `tol` or more.
+/// error naming the first result that differs by `tol` or more, times the result's scale
+/// (its root mean square, at least 1: float errors grow with the values summed, and a
+/// weight gradient sums over every sample and position).
 fn check(k: &Case, seed: u64, dtype: DType, tol: f64) -> Result<(), String> {
     let (oh, ow) = k.out();
     let x = values(k.n * k.c * k.h * k.w, seed);
@@ -166,7 +168,8 @@ fn check(k: &Case, seed: u64, dtype: DType, tol: f64) -> Result<(), String> {
         [("forward", &o, &out), ("input gradient", &gx, &dx), ("weight gradient", &gw, &dw), ("bias gradient", &gb, &db)]
     {
         let d = max_diff(ours, theirs);
-        if d.is_nan() || d >= tol {
+        let scale = (theirs.iter().map(|v| v * v).sum::<f64>() / theirs.len().max(1) as f64).sqrt().max(1.0);
+        if d.is_nan() || d >= tol * scale {
             return Err(format!("{dtype:?} {what} differs by {d}"));
         }
     }
