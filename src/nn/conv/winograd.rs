@@ -165,25 +165,26 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T], kept: Option<&K
 /// `S_ξ (Co × C) += E_ξ (Co × tiles) · V_ξᵀ (tiles × C)`, V the forward's input transform.
 pub(super) fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
     let s = forward_corr(g);
-    param_grad_by(&s, x, dout, block(&s), &grad_block, &weight_tile)
+    param_grad_by(&s, x, dout, block(&s), grad_block, weight_tile)
 }
 
-/// Adds samples `start..start + len`'s `S_ξ` (P planes `ss` apart) into `acc`, or, unless
-/// `accumulate`, writes them there: the blocks' part of a Winograd weight gradient.
-pub(super) type GradBlock<T> = dyn Fn(&Corr, &[T], &[T], usize, usize, &mut [T], usize, &mut Block<T>, Parallelism, bool) + Sync;
-
 /// The weight and bias gradients of correlation `s` by a Winograd transform of P values
-/// a tile: `S` summed over blocks of `bs` samples by `grad_block` (one accumulator per
-/// job, a fixed split of the blocks, summed in job order), then `dW = weight_tile(S)` for
-/// every kernel, then `db`.
-pub(super) fn param_grad_by<T: Elem, const P: usize>(
+/// a tile: `S` summed over blocks of `bs` samples by `grad_block` (which adds samples
+/// `start..start + len`'s `S_ξ`, P planes `ss` apart, into `acc`, or, unless
+/// `accumulate`, writes them there; one accumulator per job, a fixed split of the blocks,
+/// summed in job order), then `dW = weight_tile(S)` for every kernel, then `db`.
+pub(super) fn param_grad_by<T: Elem, const P: usize, B, W>(
     s: &Corr,
     x: &[T],
     dout: &[T],
     bs: usize,
-    grad_block: &GradBlock<T>,
-    weight_tile: &(dyn Fn(&[T; P]) -> [T; 9] + Sync),
-) -> Vec<T> {
+    grad_block: B,
+    weight_tile: W,
+) -> Vec<T>
+where
+    B: Fn(&Corr, &[T], &[T], usize, usize, &mut [T], usize, &mut Block<T>, Parallelism, bool) + Sync,
+    W: Fn(&[T; P]) -> [T; 9] + Sync,
+{
     let (co, c, t) = (s.co, s.c, s.threads);
     let ss = skew(co * c);
     let blocks = s.n.div_ceil(bs);

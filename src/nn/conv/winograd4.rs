@@ -79,7 +79,7 @@ pub(super) fn input_grad<T: Elem>(g: &Geom, dout: &[T], w: &[T]) -> Vec<T> {
 /// `dW[co][c] = Gᵀ S G` with `S_ξ = Σ_tiles (A E Aᵀ)_ξ (Bᵀ D B)_ξ`, 36 GEMMs over the tiles.
 pub(super) fn param_grad<T: Elem>(g: &Geom, x: &[T], dout: &[T]) -> Vec<T> {
     let s = forward_corr(g);
-    param_grad_by::<T, N>(&s, x, dout, block(&s), &grad_block, &weight_tile)
+    param_grad_by::<T, N, _, _>(&s, x, dout, block(&s), grad_block, weight_tile)
 }
 
 /// Adds samples `start..start + len`'s `S_ξ` into `acc` (or, unless `accumulate`, writes them there).
