@@ -26,9 +26,8 @@
 //! 3×3 stride-1 layers with enough channels and tiles run Winograd's minimal filtering
 //! instead, all three passes: F(4×4, 3×3) where a sample has four 4×4 tiles or more and
 //! they pay (`winograd4.rs`: 7×7, 8×8, 16×16, 28×28, 56×56 maps; not 14×14), else
-//! F(2×2, 3×3) (`winograd.rs`); maps of at most
-//! 4 pixels run their forward and input gradient as one GEMM per pair of pixels a tap
-//! joins (`tiny.rs`).
+//! F(2×2, 3×3) (`winograd.rs`); maps of at most 4 pixels run their forward and input
+//! gradient as one GEMM per pair of pixels a tap joins (`tiny.rs`).
 //!
 //! With more than one thread (candle's count: `RAYON_NUM_THREADS`, else the cores) the
 //! blocks are split over rayon's threads, each GEMM single-threaded (the weight gradient
@@ -45,8 +44,8 @@
 //! The files: this one the ops and their plumbing; `passes.rs` the three passes over the
 //! blocks; `im2col.rs` the geometry and gather/scatter; `matmul.rs` the GEMM call;
 //! `buffers.rs` the scratch buffers and the pool; `threads.rs` the thread policy;
-//! `winograd.rs`, `winograd4.rs` and `tiny.rs` the special cases. [`widest!`] compiles a loop for the
-//! CPU's vector width, chosen at run time (the kernels' Winograd transform).
+//! `winograd.rs`, `winograd4.rs` and `tiny.rs` the special cases. [`widest!`] compiles a
+//! loop for the CPU's vector width, chosen at run time (the kernels' Winograd transforms).
 //!
 //! Runs on the CPU in f32 and f64. Other devices use candle's `conv2d` (see
 //! [`Conv2d::forward`]).
